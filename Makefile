@@ -1,0 +1,39 @@
+# knowd — the two commands a new user runs are `make demo` and `make test`.
+# Both install what is missing (scripts/install-deps), then build.
+
+BUILD_DIR ?= build
+BUILD_TYPE ?= Release
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build test test-gpu demo bench format clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+configure: deps
+	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# The whole test suite. GPU tests (label gpu) skip themselves when no device is present.
+test: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200
+
+test-gpu: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -L gpu
+
+demo: build
+	@scripts/demo $(BUILD_DIR)
+
+bench: build
+	@scripts/bench $(BUILD_DIR)
+
+format:
+	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD_DIR)

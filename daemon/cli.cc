@@ -1,0 +1,147 @@
+#include "daemon/cli.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "absl/flags/flag.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "bench/engine_bench.h"
+#include "daemon/flags.h"
+#include "kernels/backend.h"
+#include "model/generate.h"
+#include "model/tensor_file.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+
+namespace knowd {
+namespace {
+
+int Fail(std::string_view command, const absl::Status& status) {
+  std::fprintf(stderr, "knowd %.*s: %s\n", static_cast<int>(command.size()), command.data(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend() {
+  const std::string kind = absl::GetFlag(FLAGS_backend);
+  if (kind == "cpu") return MakeCpuBackend(absl::GetFlag(FLAGS_threads));
+  if (kind == "cuda") return MakeCudaBackend(0);
+  return absl::InvalidArgumentError(absl::StrCat("--backend must be cpu or cuda, not ", kind));
+}
+
+}  // namespace
+
+std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
+  storage->clear();
+  storage->reserve(argc);
+  bool flags_done = false;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--") flags_done = true;
+    if (!flags_done && i > 0 && arg.size() > 2 && arg.rfind("--", 0) == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
+      }
+    }
+    storage->push_back(std::move(arg));
+  }
+  std::vector<char*> out;
+  for (std::string& s : *storage) out.push_back(s.data());
+  return out;
+}
+
+int RunGenerate() {
+  const std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty()) return Fail("generate", absl::InvalidArgumentError("--model is required"));
+  if (!absl::GetFlag(FLAGS_adapter).empty()) {
+    return Fail("generate", absl::UnimplementedError(
+                                "--adapter: adapters are not supported by this build yet"));
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend();
+  if (!backend.ok()) return Fail("generate", backend.status());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(path);
+  if (!tokenizer.ok()) return Fail("generate", tokenizer.status());
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(path, backend->get());
+  if (!model.ok()) return Fail("generate", model.status());
+
+  std::vector<int32_t> prompt = (*tokenizer)->Encode(absl::GetFlag(FLAGS_prompt), true);
+  if (prompt.empty()) prompt.push_back((*model)->config().bos_token_id);
+  const int max_tokens = std::max(0, absl::GetFlag(FLAGS_max_tokens));
+  const int capacity = std::min<int>((*model)->config().max_position_embeddings,
+                                     static_cast<int>(prompt.size()) + max_tokens);
+  if (static_cast<int>(prompt.size()) >= (*model)->config().max_position_embeddings) {
+    return Fail("generate", absl::InvalidArgumentError(absl::StrCat(
+                                "the prompt has ", prompt.size(), " tokens; the model takes ",
+                                (*model)->config().max_position_embeddings)));
+  }
+  absl::StatusOr<std::unique_ptr<KvCache>> cache = (*model)->NewCache(capacity);
+  if (!cache.ok()) return Fail("generate", cache.status());
+
+  GenerateOptions options;
+  options.max_tokens = max_tokens;
+  options.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  options.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  options.sampling.seed = absl::GetFlag(FLAGS_seed);
+  IncrementalDecoder decoder(**tokenizer);
+  absl::StatusOr<std::vector<int32_t>> ids =
+      Generate(**model, **cache, prompt, options, [&](int32_t id) {
+        const std::string piece = decoder.Push(id);
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+        return true;
+      });
+  if (!ids.ok()) return Fail("generate", ids.status());
+  const std::string rest = decoder.Flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  return 0;
+}
+
+int RunTokenize() {
+  std::string path = absl::GetFlag(FLAGS_tokenizer);
+  if (path.empty()) path = absl::GetFlag(FLAGS_model);
+  if (path.empty()) {
+    return Fail("tokenize", absl::InvalidArgumentError("--model or --tokenizer is required"));
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(path);
+  if (!tokenizer.ok()) return Fail("tokenize", tokenizer.status());
+  const std::vector<int32_t> ids =
+      (*tokenizer)->Encode(absl::GetFlag(FLAGS_text), !absl::GetFlag(FLAGS_no_bos));
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&line, i ? " " : "", ids[i]);
+  std::printf("%s\n", line.c_str());
+  return 0;
+}
+
+int RunBench(const std::vector<std::string>& args) {
+  const std::string what = args.empty() ? "" : args[0];
+  if (what == "engine") {
+    EngineBenchOptions o;
+    o.model = absl::GetFlag(FLAGS_model);
+    if (o.model.empty()) return Fail("bench", absl::InvalidArgumentError("--model is required"));
+    o.threads = absl::GetFlag(FLAGS_threads);
+    o.prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
+    o.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
+    o.json = absl::GetFlag(FLAGS_json);
+    absl::Status s = RunEngineBench(o);
+    return s.ok() ? 0 : Fail("bench engine", s);
+  }
+  if (what == "synth-model") {
+    const std::string out = absl::GetFlag(FLAGS_out);
+    if (out.empty()) return Fail("bench", absl::InvalidArgumentError("--out DIR is required"));
+    SyntheticModelOptions o;
+    o.config = Synthetic30MConfig();
+    o.seed = absl::GetFlag(FLAGS_seed) ? absl::GetFlag(FLAGS_seed) : 1234;
+    absl::Status s = WriteSyntheticModel(out, o);
+    if (!s.ok()) return Fail("bench synth-model", s);
+    std::printf("wrote %s (%.1fM parameters)\n", out.c_str(), o.config.ParameterCount() / 1e6);
+    return 0;
+  }
+  return Fail("bench", absl::InvalidArgumentError(
+                           absl::StrCat("unknown benchmark \"", what, "\" (engine, synth-model)")));
+}
+
+}  // namespace knowd

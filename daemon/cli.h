@@ -1,0 +1,18 @@
+// `knowd` subcommands. Each returns the process exit code; errors are printed to stderr as
+// "knowd <command>: <message>".
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace knowd {
+
+int RunGenerate();
+int RunTokenize();
+int RunBench(const std::vector<std::string>& args);
+
+// Rewrites "--max-tokens=5" style flags to absl's "--max_tokens=5" (the command-line contract
+// uses dashes; absl flag names cannot contain them). Arguments after "--" are left alone.
+std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage);
+
+}  // namespace knowd

@@ -1,0 +1,57 @@
+// knowd: the daemon and its tools. See docs/cli.md for the command-line contract.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "daemon/cli.h"
+#include "daemon/flags.h"
+
+ABSL_FLAG(std::string, model, "", "Model: a GGUF file or a Hugging Face directory");
+ABSL_FLAG(std::string, adapter, "", "Adapter directory (adapter.json + adapter.safetensors)");
+ABSL_FLAG(std::string, tokenizer, "", "Tokenizer: tokenizer.model, tokenizer.json or .gguf");
+ABSL_FLAG(std::string, prompt, "", "Prompt text; empty starts from BOS");
+ABSL_FLAG(std::string, text, "", "Text to tokenize");
+ABSL_FLAG(int, max_tokens, 128, "Most tokens to generate");
+ABSL_FLAG(double, temperature, 0.0, "Sampling temperature; 0 is greedy");
+ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling mass");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+ABSL_FLAG(bool, no_bos, false, "Do not prepend the BOS token");
+ABSL_FLAG(int, threads, 0, "CPU threads; 0 is one per core");
+ABSL_FLAG(std::string, backend, "cpu", "Compute backend: cpu or cuda");
+ABSL_FLAG(std::string, out, "", "Output path (bench synth-model)");
+ABSL_FLAG(int, prompt_tokens, 256, "Prefill length (bench engine)");
+ABSL_FLAG(int, decode_tokens, 64, "Decode steps (bench engine)");
+ABSL_FLAG(bool, json, false, "Print JSON instead of a table");
+
+namespace {
+constexpr const char* kUsage =
+    "knowd — keeps a frozen LLM's knowledge current.\n\n"
+    "usage:\n"
+    "  knowd generate --model PATH [--adapter PATH] --prompt TEXT [--max-tokens N]\n"
+    "                 [--temperature T] [--seed S]\n"
+    "  knowd tokenize (--model PATH | --tokenizer PATH) --text TEXT [--no-bos]\n"
+    "  knowd bench engine --model PATH [--threads N] [--prompt-tokens N] [--decode-tokens N]\n"
+    "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n";
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<std::string> storage;
+  std::vector<char*> args = knowd::NormalizeFlagNames(argc, argv, &storage);
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = positional[1];
+  std::vector<std::string> rest(positional.begin() + 2, positional.end());
+  if (command == "generate") return knowd::RunGenerate();
+  if (command == "tokenize") return knowd::RunTokenize();
+  if (command == "bench") return knowd::RunBench(rest);
+  std::fprintf(stderr, "knowd: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
+  return 2;
+}

@@ -1,0 +1,408 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "model/tensor_file.h"
+
+namespace knowd {
+namespace {
+
+// The checkpoint tensors of one layer, and their names in both supported layouts.
+enum class LayerTensor { kAttnNorm, kQ, kK, kV, kO, kQBias, kKBias, kVBias, kFfnNorm, kGate, kUp, kDown };
+
+std::string LayerTensorName(bool gguf, int layer, LayerTensor t) {
+  static constexpr const char* kGguf[] = {
+      "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+      "attn_output.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias",
+      "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+  static constexpr const char* kHf[] = {
+      "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+      "self_attn.v_proj.weight", "self_attn.o_proj.weight", "self_attn.q_proj.bias",
+      "self_attn.k_proj.bias", "self_attn.v_proj.bias", "post_attention_layernorm.weight",
+      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+  const int i = static_cast<int>(t);
+  return gguf ? absl::StrCat("blk.", layer, ".", kGguf[i])
+              : absl::StrCat("model.layers.", layer, ".", kHf[i]);
+}
+
+}  // namespace
+
+// ---- KvCache ---------------------------------------------------------------------------------
+
+KvCache::~KvCache() {
+  if (backend_ != nullptr) {
+    backend_->Free(keys_);
+    backend_->Free(values_);
+  }
+}
+
+absl::Status KvCache::TruncateTokens(int tokens) {
+  if (tokens < 0 || tokens > size_ - prefix_) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot keep ", tokens, " tokens of ",
+                                                   size_ - prefix_));
+  }
+  size_ = prefix_ + tokens;
+  return absl::OkStatus();
+}
+
+absl::Status KvCache::SetPrefix(std::span<const float> keys, std::span<const float> values,
+                                int p) {
+  const int64_t want = int64_t{num_layers_} * p * kv_dim_;
+  if (p < 0 || p > capacity_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefix of ", p, " rows does not fit a cache of ", capacity_));
+  }
+  if (static_cast<int64_t>(keys.size()) != want || static_cast<int64_t>(values.size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefix needs ", want, " keys and values (", num_layers_, " layers x ", p, " rows x ",
+        kv_dim_, "), got ", keys.size(), " and ", values.size()));
+  }
+  const size_t layer_bytes = sizeof(float) * p * kv_dim_;
+  for (int l = 0; l < num_layers_; ++l) {
+    backend_->Upload(layer_keys(l), keys.data() + int64_t{l} * p * kv_dim_, layer_bytes);
+    backend_->Upload(layer_values(l), values.data() + int64_t{l} * p * kv_dim_, layer_bytes);
+  }
+  size_ = prefix_ = p;
+  return absl::OkStatus();
+}
+
+absl::Status KvCache::ReadRows(int layer, int begin, int end, std::vector<float>* keys,
+                               std::vector<float>* values) const {
+  if (layer < 0 || layer >= num_layers_ || begin < 0 || begin > end || end > size_) {
+    return absl::InvalidArgumentError(absl::StrCat("rows [", begin, ", ", end, ") of layer ",
+                                                   layer, " are outside the cache"));
+  }
+  const int64_t n = int64_t{end - begin} * kv_dim_;
+  keys->resize(n);
+  values->resize(n);
+  backend_->Download(keys->data(), layer_keys(layer) + int64_t{begin} * kv_dim_,
+                     n * sizeof(float));
+  backend_->Download(values->data(), layer_values(layer) + int64_t{begin} * kv_dim_,
+                     n * sizeof(float));
+  return absl::OkStatus();
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string& path,
+                                                               Backend* backend) {
+  std::unique_ptr<TensorFile> file;
+  LlamaConfig config;
+  const bool gguf = !std::filesystem::is_directory(path);
+  if (gguf) {
+    absl::StatusOr<std::unique_ptr<GgufFile>> g = GgufFile::Open(path);
+    if (!g.ok()) return g.status();
+    absl::StatusOr<LlamaConfig> c = LlamaConfigFromGguf(**g);
+    if (!c.ok()) return c.status();
+    config = *c;
+    file = std::move(*g);
+  } else {
+    absl::StatusOr<LlamaConfig> c = LlamaConfigFromHfJson(path + "/config.json");
+    if (!c.ok()) return c.status();
+    config = *c;
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> s = SafetensorsFile::Open(path);
+    if (!s.ok()) return s.status();
+    file = std::move(*s);
+  }
+
+  std::unique_ptr<Transformer> model(new Transformer());
+  model->config_ = config;
+  model->backend_ = backend;
+  const LlamaConfig& c = model->config_;
+  const int64_t d = c.hidden_size;
+
+  auto alloc = [&](int64_t floats) -> absl::StatusOr<float*> {
+    void* p = backend->Alloc(floats * sizeof(float));
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          path, ": out of ", backend->name(), " memory loading ", floats * 4, " bytes"));
+    }
+    model->allocations_.push_back(p);
+    return static_cast<float*>(p);
+  };
+  // Copies `t` into dst as f32, converting on the backend when the file holds another dtype.
+  auto load_into = [&](const HostTensor& t, float* dst) -> absl::Status {
+    if (t.dtype == DType::kF32) {
+      backend->Upload(dst, t.data, t.bytes);
+      return absl::OkStatus();
+    }
+    if (t.dtype == DType::kI32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", t.name, " is i32, expected a float type"));
+    }
+    void* raw = backend->Alloc(t.bytes);
+    if (raw == nullptr) return absl::ResourceExhaustedError("out of memory converting " + t.name);
+    backend->Upload(raw, t.data, t.bytes);
+    backend->Dequantize(raw, t.dtype, dst, t.numel());
+    backend->Synchronize();
+    backend->Free(raw);
+    return absl::OkStatus();
+  };
+  auto load = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<float*> {
+    absl::StatusOr<const HostTensor*> t = file->Require(name, shape);
+    if (!t.ok()) return t.status();
+    absl::StatusOr<float*> dst = alloc((*t)->numel());
+    if (!dst.ok()) return dst.status();
+    if (absl::Status s = load_into(**t, *dst); !s.ok()) return s;
+    return *dst;
+  };
+#define KNOWD_ASSIGN(lhs, expr)             \
+  do {                                      \
+    auto result_ = (expr);                  \
+    if (!result_.ok()) return result_.status(); \
+    lhs = *result_;                         \
+  } while (0)
+
+  // Token embedding: kept in its file dtype; the Embedding op dequantizes rows on the fly.
+  const std::string embed_name = gguf ? "token_embd.weight" : "model.embed_tokens.weight";
+  absl::StatusOr<const HostTensor*> embed =
+      file->Require(embed_name, std::vector<int64_t>{c.vocab_size, d});
+  if (!embed.ok()) return embed.status();
+  if ((*embed)->dtype == DType::kI32) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", embed_name, " is i32"));
+  }
+  model->embedding_dtype_ = (*embed)->dtype;
+  model->embedding_ = backend->Alloc((*embed)->bytes);
+  if (model->embedding_ == nullptr) return absl::ResourceExhaustedError("out of memory: " + embed_name);
+  model->allocations_.push_back(model->embedding_);
+  backend->Upload(model->embedding_, (*embed)->data, (*embed)->bytes);
+
+  KNOWD_ASSIGN(model->output_norm_, load(gguf ? "output_norm.weight" : "model.norm.weight", {d}));
+  const std::string output_name = gguf ? "output.weight" : "lm_head.weight";
+  if (file->Find(output_name) != nullptr) {
+    model->config_.tie_word_embeddings = false;
+    KNOWD_ASSIGN(model->output_, load(output_name, {c.vocab_size, d}));
+  } else if (model->embedding_dtype_ == DType::kF32) {
+    model->config_.tie_word_embeddings = true;
+    model->output_ = static_cast<float*>(model->embedding_);
+  } else {
+    model->config_.tie_word_embeddings = true;
+    KNOWD_ASSIGN(model->output_, load(embed_name, {c.vocab_size, d}));
+  }
+
+  const int64_t qkv = c.q_dim() + 2 * c.kv_dim();
+  model->layers_.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    Layer& layer = model->layers_[l];
+    auto name = [&](LayerTensor t) { return LayerTensorName(gguf, l, t); };
+    KNOWD_ASSIGN(layer.attn_norm, load(name(LayerTensor::kAttnNorm), {d}));
+    KNOWD_ASSIGN(layer.wqkv, alloc(qkv * d));
+    const std::pair<LayerTensor, int64_t> parts[] = {
+        {LayerTensor::kQ, c.q_dim()}, {LayerTensor::kK, c.kv_dim()}, {LayerTensor::kV, c.kv_dim()}};
+    int64_t row = 0;
+    for (auto [which, rows] : parts) {
+      absl::StatusOr<const HostTensor*> t = file->Require(name(which), std::vector{rows, d});
+      if (!t.ok()) return t.status();
+      if (absl::Status s = load_into(**t, layer.wqkv + row * d); !s.ok()) return s;
+      row += rows;
+    }
+    if (c.attention_bias) {
+      KNOWD_ASSIGN(layer.bqkv, alloc(qkv));
+      const std::pair<LayerTensor, int64_t> biases[] = {{LayerTensor::kQBias, c.q_dim()},
+                                                        {LayerTensor::kKBias, c.kv_dim()},
+                                                        {LayerTensor::kVBias, c.kv_dim()}};
+      row = 0;
+      for (auto [which, rows] : biases) {
+        absl::StatusOr<const HostTensor*> t = file->Require(name(which), std::vector{rows});
+        if (!t.ok()) return t.status();
+        if (absl::Status s = load_into(**t, layer.bqkv + row); !s.ok()) return s;
+        row += rows;
+      }
+    }
+    KNOWD_ASSIGN(layer.wo, load(name(LayerTensor::kO), {d, c.q_dim()}));
+    KNOWD_ASSIGN(layer.ffn_norm, load(name(LayerTensor::kFfnNorm), {d}));
+    KNOWD_ASSIGN(layer.w_gate, load(name(LayerTensor::kGate), {c.intermediate_size, d}));
+    KNOWD_ASSIGN(layer.w_up, load(name(LayerTensor::kUp), {c.intermediate_size, d}));
+    KNOWD_ASSIGN(layer.w_down, load(name(LayerTensor::kDown), {d, c.intermediate_size}));
+  }
+#undef KNOWD_ASSIGN
+  backend->Synchronize();
+  return model;
+}
+
+Transformer::~Transformer() {
+  for (void* p : allocations_) backend_->Free(p);
+  for (auto& [p, n] : scratch_) backend_->Free(p);
+}
+
+int64_t Transformer::WeightBytesPerToken() const {
+  const LlamaConfig& c = config_;
+  const int64_t d = c.hidden_size;
+  const int64_t per_layer = d * (c.q_dim() + 2 * c.kv_dim()) + d * c.q_dim() +
+                            3 * d * c.intermediate_size + 2 * d;
+  return sizeof(float) * (per_layer * c.num_layers + int64_t{c.vocab_size} * d + 2 * d);
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> Transformer::NewCache(int capacity, bool allow_longer) {
+  if (capacity <= 0 || (!allow_longer && capacity > config_.max_position_embeddings)) {
+    return absl::InvalidArgumentError(absl::StrCat("cache capacity ", capacity,
+                                                   " is outside [1, max_position_embeddings=",
+                                                   config_.max_position_embeddings, "]"));
+  }
+  std::unique_ptr<KvCache> cache(new KvCache());
+  cache->backend_ = backend_;
+  cache->num_layers_ = config_.num_layers;
+  cache->kv_dim_ = config_.kv_dim();
+  cache->capacity_ = capacity;
+  const size_t bytes = sizeof(float) * config_.num_layers * int64_t{capacity} * config_.kv_dim();
+  cache->keys_ = static_cast<float*>(backend_->Alloc(bytes));
+  cache->values_ = static_cast<float*>(backend_->Alloc(bytes));
+  if (cache->keys_ == nullptr || cache->values_ == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of ", backend_->name(), " memory for a KV cache of ", capacity, " rows"));
+  }
+  return cache;
+}
+
+float* Transformer::Scratch(int slot, int64_t floats) {
+  if (static_cast<int>(scratch_.size()) <= slot) scratch_.resize(slot + 1, {nullptr, 0});
+  auto& [ptr, size] = scratch_[slot];
+  if (size < floats) {
+    backend_->Synchronize();
+    backend_->Free(ptr);
+    size = std::max(floats, size * 2);
+    ptr = static_cast<float*>(backend_->Alloc(size * sizeof(float)));
+  }
+  return ptr;
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vector<float>* logits) {
+  const LlamaConfig& c = config_;
+  if (batch.empty()) return absl::InvalidArgumentError("empty batch");
+  int total = 0;
+  int n_out = 0;
+  std::set<const KvCache*> seen;
+  for (const SequenceStep& s : batch) {
+    if (s.cache == nullptr || s.tokens.empty()) {
+      return absl::InvalidArgumentError("every sequence needs a cache and at least one token");
+    }
+    if (!seen.insert(s.cache).second) {
+      return absl::InvalidArgumentError("a cache appears twice in one batch");
+    }
+    if (s.cache->backend_ != backend_ || s.cache->num_layers_ != c.num_layers ||
+        s.cache->kv_dim_ != c.kv_dim()) {
+      return absl::InvalidArgumentError("cache was not made by this model");
+    }
+    if (s.cache->size_ + static_cast<int64_t>(s.tokens.size()) > s.cache->capacity_) {
+      return absl::OutOfRangeError(absl::StrCat("sequence of ", s.cache->size_, " + ",
+                                                s.tokens.size(), " rows exceeds its cache of ",
+                                                s.cache->capacity_));
+    }
+    for (int32_t id : s.tokens) {
+      if (id < 0 || id >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+    total += static_cast<int>(s.tokens.size());
+    n_out += s.all_logits ? static_cast<int>(s.tokens.size()) : 1;
+  }
+
+  const int64_t d = c.hidden_size;
+  const int64_t qkv_dim = c.q_dim() + 2 * c.kv_dim();
+  const int64_t ff = c.intermediate_size;
+  std::vector<int32_t> ids;
+  std::vector<int32_t> positions;
+  ids.reserve(total);
+  positions.reserve(total);
+  for (const SequenceStep& s : batch) {
+    for (size_t i = 0; i < s.tokens.size(); ++i) {
+      ids.push_back(s.tokens[i]);
+      positions.push_back(s.cache->size_ + static_cast<int32_t>(i));
+    }
+  }
+  // Scratch slots: 0 x, 1 normed, 2 qkv, 3 attention out, 4 gate, 5 up, 6 ids, 7 positions,
+  // 8 logits.
+  float* x = Scratch(0, total * d);
+  float* h = Scratch(1, std::max(total, n_out) * d);
+  float* qkv = Scratch(2, total * qkv_dim);
+  float* attn = Scratch(3, total * int64_t{c.q_dim()});
+  float* gate = Scratch(4, total * ff);
+  float* up = Scratch(5, total * ff);
+  auto* ids_dev = reinterpret_cast<int32_t*>(Scratch(6, total));
+  auto* pos_dev = reinterpret_cast<int32_t*>(Scratch(7, total));
+  float* logits_dev = Scratch(8, int64_t{n_out} * c.vocab_size);
+  backend_->Upload(ids_dev, ids.data(), ids.size() * sizeof(int32_t));
+  backend_->Upload(pos_dev, positions.data(), positions.size() * sizeof(int32_t));
+
+  backend_->Embedding(embedding_, embedding_dtype_, ids_dev, x, total, static_cast<int>(d));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const size_t kv_row_bytes = sizeof(float) * c.kv_dim();
+  for (int l = 0; l < c.num_layers; ++l) {
+    const Layer& w = layers_[l];
+    backend_->RmsNorm(x, w.attn_norm, h, total, static_cast<int>(d), c.rms_norm_eps);
+    backend_->MatMul(h, d, w.wqkv, qkv, qkv_dim, total, static_cast<int>(qkv_dim),
+                     static_cast<int>(d), false);
+    if (w.bqkv != nullptr) {
+      backend_->AddBias(qkv, qkv_dim, w.bqkv, total, static_cast<int>(qkv_dim));
+    }
+    backend_->Rope(qkv, pos_dev, total, c.num_heads, c.head_dim, qkv_dim, c.rope_theta,
+                   c.rope_style);
+    backend_->Rope(qkv + c.q_dim(), pos_dev, total, c.num_kv_heads, c.head_dim, qkv_dim,
+                   c.rope_theta, c.rope_style);
+    int row = 0;
+    for (const SequenceStep& s : batch) {
+      const int n = static_cast<int>(s.tokens.size());
+      KvCache& cache = *s.cache;
+      float* k_dst = cache.layer_keys(l) + int64_t{cache.size_} * c.kv_dim();
+      float* v_dst = cache.layer_values(l) + int64_t{cache.size_} * c.kv_dim();
+      const float* src = qkv + int64_t{row} * qkv_dim;
+      backend_->CopyRows(k_dst, kv_row_bytes, src + c.q_dim(), qkv_dim * sizeof(float), n,
+                         kv_row_bytes);
+      backend_->CopyRows(v_dst, kv_row_bytes, src + c.q_dim() + c.kv_dim(),
+                         qkv_dim * sizeof(float), n, kv_row_bytes);
+      AttentionArgs a;
+      a.q = src;
+      a.k = cache.layer_keys(l);
+      a.v = cache.layer_values(l);
+      a.out = attn + int64_t{row} * c.q_dim();
+      a.n_queries = n;
+      a.n_past = cache.size_;
+      a.n_heads = c.num_heads;
+      a.n_kv_heads = c.num_kv_heads;
+      a.head_dim = c.head_dim;
+      a.q_stride = qkv_dim;
+      a.kv_stride = c.kv_dim();
+      a.out_stride = c.q_dim();
+      a.scale = scale;
+      backend_->Attention(a);
+      row += n;
+    }
+    backend_->MatMul(attn, c.q_dim(), w.wo, x, d, total, static_cast<int>(d), c.q_dim(), true);
+    backend_->RmsNorm(x, w.ffn_norm, h, total, static_cast<int>(d), c.rms_norm_eps);
+    backend_->MatMul(h, d, w.w_gate, gate, ff, total, static_cast<int>(ff), static_cast<int>(d),
+                     false);
+    backend_->MatMul(h, d, w.w_up, up, ff, total, static_cast<int>(ff), static_cast<int>(d),
+                     false);
+    backend_->SiluMul(gate, up, gate, total * ff);
+    backend_->MatMul(gate, ff, w.w_down, x, d, total, static_cast<int>(d), static_cast<int>(ff),
+                     true);
+  }
+
+  // Gather the rows whose logits were asked for, then the final norm and the output head.
+  int out_row = 0;
+  int row = 0;
+  for (const SequenceStep& s : batch) {
+    const int n = static_cast<int>(s.tokens.size());
+    const int first = s.all_logits ? row : row + n - 1;
+    const int count = s.all_logits ? n : 1;
+    backend_->Copy(h + int64_t{out_row} * d, x + int64_t{first} * d, sizeof(float) * d * count);
+    out_row += count;
+    row += n;
+  }
+  backend_->RmsNorm(h, output_norm_, h, n_out, static_cast<int>(d), c.rms_norm_eps);
+  backend_->MatMul(h, d, output_, logits_dev, c.vocab_size, n_out, c.vocab_size,
+                   static_cast<int>(d), false);
+  logits->resize(int64_t{n_out} * c.vocab_size);
+  backend_->Download(logits->data(), logits_dev, logits->size() * sizeof(float));
+  for (const SequenceStep& s : batch) s.cache->size_ += static_cast<int>(s.tokens.size());
+  return absl::OkStatus();
+}
+
+}  // namespace knowd

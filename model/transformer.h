@@ -1,0 +1,127 @@
+// The Llama-family transformer: RMSNorm, RoPE (rope_theta, either pairing order), grouped-query
+// attention, SwiGLU, tied or untied output, optional q/k/v bias. Written once against
+// kernels/backend.h, so it runs on the CPU or CUDA backend alike.
+//
+// Prefix-KV injection — the hook modulations use: a KvCache may start with P prefix key/value
+// rows per layer that are stored as given (never rotated). The sequence's real tokens then take
+// positions P, P+1, ...; attention treats prefix rows like earlier context.
+//
+// Thread-safety: a Transformer's weights are immutable after Load, but Forward uses scratch
+// space owned by the Transformer: one thread drives it at a time. KvCaches belong to the caller.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+
+namespace knowd {
+
+class Transformer;
+
+// One sequence's keys and values for every layer, in backend memory: rows [0, size) hold the
+// prefix (if any) followed by the tokens run so far.
+class KvCache {
+ public:
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  int size() const { return size_; }          // rows filled (prefix + tokens)
+  int prefix_size() const { return prefix_; }  // P
+  int capacity() const { return capacity_; }
+
+  // Forgets everything, prefix included.
+  void Clear() { size_ = prefix_ = 0; }
+  // Keeps the prefix and the first `tokens` token rows (tokens <= size() - prefix_size()).
+  absl::Status TruncateTokens(int tokens);
+
+  // Installs P prefix rows per layer, replacing the cache's contents. keys/values are host
+  // arrays [num_layers][P][kv_dim] (kv_dim = num_kv_heads * head_dim), used as given.
+  absl::Status SetPrefix(std::span<const float> keys, std::span<const float> values, int p);
+
+  // Copies rows [begin, end) of `layer` to host arrays [end-begin][kv_dim].
+  absl::Status ReadRows(int layer, int begin, int end, std::vector<float>* keys,
+                        std::vector<float>* values) const;
+
+  float* layer_keys(int layer) const { return keys_ + int64_t{layer} * capacity_ * kv_dim_; }
+  float* layer_values(int layer) const {
+    return values_ + int64_t{layer} * capacity_ * kv_dim_;
+  }
+
+ private:
+  friend class Transformer;
+  KvCache() = default;
+  Backend* backend_ = nullptr;
+  int num_layers_ = 0;
+  int kv_dim_ = 0;
+  int capacity_ = 0;
+  int size_ = 0;
+  int prefix_ = 0;
+  float* keys_ = nullptr;  // [num_layers][capacity][kv_dim]
+  float* values_ = nullptr;
+};
+
+// The new tokens of one sequence in a Forward batch.
+struct SequenceStep {
+  KvCache* cache = nullptr;
+  std::span<const int32_t> tokens;  // appended after the cache's current rows
+  bool all_logits = false;          // logits for every token, not just the last
+};
+
+class Transformer {
+ public:
+  // Loads a model: a GGUF file (llama architecture) or a directory with config.json and
+  // model.safetensors (or a sharded index). Weights are converted to f32 in backend memory,
+  // except the token embedding, which keeps its file dtype. `backend` must outlive the model.
+  static absl::StatusOr<std::unique_ptr<Transformer>> Load(const std::string& path,
+                                                           Backend* backend);
+  ~Transformer();
+
+  const LlamaConfig& config() const { return config_; }
+  Backend* backend() const { return backend_; }
+  // Bytes of weights read per decoded token (every matrix once, plus the used embedding row).
+  int64_t WeightBytesPerToken() const;
+
+  // A cache for up to `capacity` rows (prefix + tokens); capacity <= max_position_embeddings
+  // unless allow_longer.
+  absl::StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity, bool allow_longer = false);
+
+  // Runs the new tokens of every sequence in `batch` together (batched prefill and batched
+  // decode are the same call) and appends their keys/values to the caches. Returns logits on the
+  // host, [n_outputs, vocab_size]: per sequence in order, one row for its last token, or one per
+  // token when all_logits. Fails (changing no cache) on an empty sequence, a token id out of
+  // range, a full cache, or one cache appearing twice.
+  absl::Status Forward(std::span<const SequenceStep> batch, std::vector<float>* logits);
+
+ private:
+  struct Layer {
+    float* attn_norm = nullptr;
+    float* wqkv = nullptr;  // [(q_dim + 2 kv_dim), hidden]: q, k, v rows stacked
+    float* bqkv = nullptr;  // optional
+    float* wo = nullptr;
+    float* ffn_norm = nullptr;
+    float* w_gate = nullptr;
+    float* w_up = nullptr;
+    float* w_down = nullptr;
+  };
+  Transformer() = default;
+  float* Scratch(int slot, int64_t floats);
+
+  LlamaConfig config_;
+  Backend* backend_ = nullptr;
+  std::vector<void*> allocations_;
+  void* embedding_ = nullptr;
+  DType embedding_dtype_ = DType::kF32;
+  float* output_norm_ = nullptr;
+  float* output_ = nullptr;  // [vocab, hidden]; aliases a f32 copy of the embedding when tied
+  std::vector<Layer> layers_;
+  std::vector<std::pair<float*, int64_t>> scratch_;
+};
+
+}  // namespace knowd
