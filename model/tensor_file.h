@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -33,10 +34,10 @@ struct HostTensor {
 
 // A GGUF metadata value. Arrays hold one element type.
 using GgufValue = std::variant<uint64_t, int64_t, double, bool, std::string,
-                               std::vector<std::string>, std::vector<int64_t>,
-                               std::vector<double>>;
+                               std::vector<std::string>, std::vector<int64_t>, std::vector<double>>;
 
-// A set of named tensors from one or more files, plus the metadata they carried.
+// A set of named tensors from one or more files, plus the metadata they carried. An opened file
+// never changes, so it is safe for concurrent use from multiple threads without synchronization.
 class TensorFile {
  public:
   virtual ~TensorFile() = default;
@@ -101,7 +102,12 @@ class SafetensorsFile : public TensorFile {
   std::vector<std::pair<void*, size_t>> maps_;
 };
 
-// Writes tensors (f32, f16, bf16, i32) to a safetensors file, atomically (temp file + rename).
+// Writes tensors (f32, f16, bf16, i32) to a safetensors file, atomically (temp file in the same
+// directory, fsync, rename, fsync of the directory): readers see the old file or the new one,
+// never a partial one. The header is padded to 8 bytes and tensors are laid out wider elements
+// first, so every tensor is aligned to its element size when read back (file order may therefore
+// differ from `tensors` order). INVALID_ARGUMENT for other dtypes, duplicate or empty names, or a
+// `bytes` that does not match the shape.
 absl::Status WriteSafetensors(const std::string& path, std::span<const HostTensor> tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
