@@ -273,10 +273,13 @@ TEST_F(TransformerTest, BatchedPrefillAndDecodeEqualOneSequenceAtATime) {
   }
   std::vector<float> logits;
   ASSERT_TRUE(model_->Forward(batch, &logits).ok());
+  // sgemm blocks differently for a different number of rows, so sums round differently: allow
+  // float rounding of logits of magnitude ~10, not more.
+  constexpr float kTolerance = 1e-4f;
   const int vocab = model_->config().vocab_size;
   for (size_t s = 0; s < prompts.size(); ++s) {
     std::vector<float> row(logits.begin() + s * vocab, logits.begin() + (s + 1) * vocab);
-    EXPECT_LE(MaxAbsDiff(row, single[s]), 1e-5f) << "prefill sequence " << s;
+    EXPECT_LE(MaxAbsDiff(row, single[s]), kTolerance) << "prefill sequence " << s;
   }
   // One batched decode step with a different token per sequence.
   const std::vector<int32_t> next = {300, 6, 407};
@@ -287,7 +290,7 @@ TEST_F(TransformerTest, BatchedPrefillAndDecodeEqualOneSequenceAtATime) {
   ASSERT_TRUE(model_->Forward(batch, &logits).ok());
   for (size_t s = 0; s < prompts.size(); ++s) {
     std::vector<float> row(logits.begin() + s * vocab, logits.begin() + (s + 1) * vocab);
-    EXPECT_LE(MaxAbsDiff(row, single[s]), 1e-5f) << "decode sequence " << s;
+    EXPECT_LE(MaxAbsDiff(row, single[s]), kTolerance) << "decode sequence " << s;
   }
 }
 
@@ -303,7 +306,8 @@ TEST_F(TransformerTest, BadStepsAreRefusedWithoutTouchingTheCache) {
   step.tokens = too_long;
   EXPECT_EQ(model_->Forward(std::span(&step, 1), &logits).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(cache->size(), 0);
-  SequenceStep twice[2] = {{cache.get(), bad_id.data(), 1}, {cache.get(), bad_id.data(), 1}};
+  const std::vector<int32_t> one = {1};
+  SequenceStep twice[2] = {{cache.get(), one, false}, {cache.get(), one, false}};
   EXPECT_EQ(model_->Forward(twice, &logits).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache->size(), 0);
 }

@@ -1,0 +1,424 @@
+// The CPU backend: OpenBLAS for MatMul, OpenMP-threaded loops for everything else. The
+// per-element arithmetic of every operation comes from kernels/math.h, shared with the CUDA
+// backend; this file only decides how the work is split and walked.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/backend.h"
+#include "kernels/math.h"
+
+namespace knowd {
+namespace {
+
+// Below this many elements an operation runs on the calling thread: waking the OpenMP team costs
+// microseconds, more than the loop itself for decode-time vectors of a few thousand floats.
+constexpr int64_t kParallelMin = int64_t{1} << 15;
+
+// Keys scored per online-softmax step of Attention: enough to amortise the rescale of the
+// accumulators, few enough that the transposed block (head_dim × 64 floats) stays in L1.
+constexpr int kAttentionBlock = 64;
+
+// (query row, head) pairs per Attention task. They share each transposed key block, so more
+// pairs amortise the transpose; 32 keeps their accumulators (32 × head_dim floats) in L1 and
+// still gives prefill hundreds of tasks. Decode (one row) has one task per kv head.
+constexpr int kAttentionPairsPerTile = 32;
+
+// Below this many pairs per tile, scoring each key by a dot product beats transposing the block.
+constexpr int kAttentionMinPairsToTranspose = 4;
+
+// Elements per task of Dequantize (a multiple of the q8_0 block).
+constexpr int64_t kDequantizeChunk = int64_t{1} << 14;
+
+// Converts n consecutive elements of `src` to f32 on the calling thread. For kQ8_0, n is a
+// multiple of the block size.
+void DequantizeSpan(const void* src, DType dtype, float* dst, int64_t n) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      return;
+    case DType::kF16: {
+      const uint16_t* h = static_cast<const uint16_t*>(src);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(h[i]);
+      return;
+    }
+    case DType::kBF16: {
+      const uint16_t* h = static_cast<const uint16_t*>(src);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = BF16ToF32(h[i]);
+      return;
+    }
+    case DType::kQ8_0: {
+      const uint8_t* blocks = static_cast<const uint8_t*>(src);
+      for (int64_t b = 0; b < n / kQ8_0BlockSize; ++b) {
+        const uint8_t* block = blocks + b * kQ8_0BlockBytes;
+        const float scale = Q8_0BlockScale(block);
+        float* out = dst + b * kQ8_0BlockSize;
+#pragma omp simd
+        for (int j = 0; j < kQ8_0BlockSize; ++j) {
+          out[j] = Q8_0Dequant(scale, static_cast<int8_t>(block[2 + j]));
+        }
+      }
+      return;
+    }
+    case DType::kI32: {
+      const int32_t* v = static_cast<const int32_t*>(src);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(v[i]);
+      return;
+    }
+  }
+}
+
+template <RopeStyle kStyle>
+void RotateHead(float* head, const float* cos_table, const float* sin_table, int head_dim) {
+  const int pairs = head_dim / 2;
+#pragma omp simd
+  for (int p = 0; p < pairs; ++p) {
+    int first, second;
+    RopePairIndices(kStyle, p, head_dim, &first, &second);
+    RopeRotate(&head[first], &head[second], cos_table[p], sin_table[p]);
+  }
+}
+
+// Per-thread scratch of AttendTile.
+struct AttentionScratch {
+  std::vector<float> key_t;           // head_dim × kAttentionBlock: one key block, transposed
+  std::vector<float> scores;          // kAttentionBlock
+  std::vector<float> acc;             // one head_dim accumulator per (row, head) of the tile
+  std::vector<OnlineSoftmax> states;  // one per (row, head) of the tile
+};
+
+// scores[j] = q · key_j for the `count` keys of a transposed block: a loop over keys with the
+// query element broadcast, which vectorises without horizontal sums (a dot product per key
+// would end each key with one).
+void ScoreBlock(const float* q, const float* key_t, int head_dim, int count, float* scores) {
+  std::fill(scores, scores + count, 0.0f);
+  int d = 0;
+  for (; d + 3 < head_dim; d += 4) {
+    const float q0 = q[d], q1 = q[d + 1], q2 = q[d + 2], q3 = q[d + 3];
+    const float* k0 = key_t + d * kAttentionBlock;
+    const float* k1 = k0 + kAttentionBlock;
+    const float* k2 = k1 + kAttentionBlock;
+    const float* k3 = k2 + kAttentionBlock;
+#pragma omp simd
+    for (int j = 0; j < count; ++j) scores[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
+  }
+  for (; d < head_dim; ++d) {
+    const float qd = q[d];
+    const float* kd = key_t + d * kAttentionBlock;
+#pragma omp simd
+    for (int j = 0; j < count; ++j) scores[j] += qd * kd[j];
+  }
+}
+
+// scores[j] = q · key_j for `count` key rows starting at `k`, one dot product per key: cheaper
+// than transposing the block when few (row, head) pairs share it (decode without GQA).
+void ScoreRows(const float* q, const float* k, int64_t kv_stride, int head_dim, int count,
+               float* scores) {
+  for (int j = 0; j < count; ++j) {
+    const float* key = k + j * kv_stride;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int d = 0; d < head_dim; ++d) dot += q[d] * key[d];
+    scores[j] = dot;
+  }
+}
+
+// acc += Σ_j weights[j] · value_j over `count` value rows starting at `v`; four rows per sweep
+// so the accumulator is loaded and stored once per four rows.
+void AccumulateValues(const float* weights, const float* v, int64_t kv_stride, int count,
+                      int head_dim, float* acc) {
+  int j = 0;
+  for (; j + 3 < count; j += 4) {
+    const float w0 = weights[j], w1 = weights[j + 1], w2 = weights[j + 2], w3 = weights[j + 3];
+    const float* v0 = v + j * kv_stride;
+    const float* v1 = v0 + kv_stride;
+    const float* v2 = v1 + kv_stride;
+    const float* v3 = v2 + kv_stride;
+#pragma omp simd
+    for (int d = 0; d < head_dim; ++d) acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d];
+  }
+  for (; j < count; ++j) {
+    const float w0 = weights[j];
+    const float* v0 = v + j * kv_stride;
+#pragma omp simd
+    for (int d = 0; d < head_dim; ++d) acc[d] += w0 * v0[d];
+  }
+}
+
+// Attention of query rows [row_begin, row_end) for the `group` heads that read kv head
+// `kv_head`, in one pass over the keys (online softmax) with fp32 accumulation. Each block of
+// keys is transposed once and then scored against every (row, head) pair of the tile, which
+// amortises the transpose (tiles of very few pairs score by dot products instead).
+void AttendTile(const AttentionArgs& a, int kv_head, int group, int row_begin, int row_end,
+                AttentionScratch& scratch) {
+  const int head_dim = a.head_dim;
+  const int pairs = (row_end - row_begin) * group;
+  scratch.key_t.resize(static_cast<size_t>(head_dim) * kAttentionBlock);
+  scratch.scores.resize(kAttentionBlock);
+  scratch.acc.assign(static_cast<size_t>(pairs) * head_dim, 0.0f);
+  scratch.states.assign(pairs, OnlineSoftmax());
+  float* key_t = scratch.key_t.data();
+  float* scores = scratch.scores.data();
+  const float* k = a.k + static_cast<int64_t>(kv_head) * head_dim;
+  const float* v = a.v + static_cast<int64_t>(kv_head) * head_dim;
+  const int n_keys = a.n_past + row_end;  // what the tile's last row sees
+  const bool transpose = pairs >= kAttentionMinPairsToTranspose;
+
+  for (int j0 = 0; j0 < n_keys; j0 += kAttentionBlock) {
+    const int count = std::min(kAttentionBlock, n_keys - j0);
+    const float* keys = k + static_cast<int64_t>(j0) * a.kv_stride;
+    const float* values = v + static_cast<int64_t>(j0) * a.kv_stride;
+    if (transpose) {
+      for (int j = 0; j < count; ++j) {
+        for (int d = 0; d < head_dim; ++d) {
+          key_t[d * kAttentionBlock + j] = keys[j * a.kv_stride + d];
+        }
+      }
+    }
+    for (int i = row_begin; i < row_end; ++i) {
+      const int visible = std::min(count, a.n_past + i + 1 - j0);  // causal mask
+      if (visible <= 0) continue;
+      for (int g = 0; g < group; ++g) {
+        const int pair = (i - row_begin) * group + g;
+        const int h = kv_head * group + g;
+        const float* q = a.q + i * a.q_stride + static_cast<int64_t>(h) * head_dim;
+        if (transpose) {
+          ScoreBlock(q, key_t, head_dim, visible, scores);
+        } else {
+          ScoreRows(q, keys, a.kv_stride, head_dim, visible, scores);
+        }
+        float block_max = -INFINITY;
+#pragma omp simd reduction(max : block_max)
+        for (int j = 0; j < visible; ++j) {
+          scores[j] *= a.scale;
+          block_max = scores[j] > block_max ? scores[j] : block_max;
+        }
+        OnlineSoftmax& state = scratch.states[pair];
+        float* acc = scratch.acc.data() + static_cast<int64_t>(pair) * head_dim;
+        const float factor = OnlineSoftmaxRaise(&state, block_max);
+        if (factor != 1.0f) {
+#pragma omp simd
+          for (int d = 0; d < head_dim; ++d) acc[d] *= factor;
+        }
+        float block_sum = 0.0f;
+#pragma omp simd reduction(+ : block_sum)
+        for (int j = 0; j < visible; ++j) {
+          scores[j] = OnlineSoftmaxWeight(state, scores[j]);
+          block_sum += scores[j];
+        }
+        state.sum += block_sum;
+        AccumulateValues(scores, values, a.kv_stride, visible, head_dim, acc);
+      }
+    }
+  }
+
+  for (int i = row_begin; i < row_end; ++i) {
+    for (int g = 0; g < group; ++g) {
+      const int pair = (i - row_begin) * group + g;
+      const float norm = OnlineSoftmaxFinish(scratch.states[pair]);
+      const float* acc = scratch.acc.data() + static_cast<int64_t>(pair) * head_dim;
+      float* out = a.out + i * a.out_stride + static_cast<int64_t>(kv_head * group + g) * head_dim;
+#pragma omp simd
+      for (int d = 0; d < head_dim; ++d) out[d] = acc[d] * norm;
+    }
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : threads_(threads) { openblas_set_num_threads(threads_); }
+
+  BackendKind kind() const override { return BackendKind::kCpu; }
+  std::string name() const override {
+    return absl::StrCat("cpu (", threads_, " threads, OpenBLAS)");
+  }
+
+  void* Alloc(size_t bytes) override {
+    if (bytes > SIZE_MAX - 64) return nullptr;
+    // aligned_alloc wants a size that is a multiple of the alignment, and a non-zero one so that
+    // every successful call returns a distinct pointer.
+    const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    return std::aligned_alloc(64, rounded);
+  }
+  void Free(void* ptr) override { std::free(ptr); }
+  void Upload(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, host_src, bytes);
+  }
+  void Download(void* host_dst, const void* src, size_t bytes) override {
+    if (bytes > 0) std::memcpy(host_dst, src, bytes);
+  }
+  void Copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0) std::memmove(dst, src, bytes);
+  }
+  void Synchronize() override {}
+
+  void MatMul(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int m, int n,
+              int k, bool accumulate) override {
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+      if (!accumulate) {
+        for (int r = 0; r < m; ++r) std::fill(y + r * ldy, y + r * ldy + n, 0.0f);
+      }
+      return;
+    }
+    // The thread count is process-wide in OpenBLAS; another backend may have changed it.
+    if (openblas_get_num_threads() != threads_) openblas_set_num_threads(threads_);
+    if (m == 1) {
+      // OpenBLAS 0.3.21's sgemm does not hand m == 1 to gemv; its gemm path packs all of w for a
+      // single row, which makes decode several times slower. y is zeroed by hand rather than
+      // with beta = 0 because sgemv's scaling by 0 keeps NaNs of uninitialised memory.
+      if (!accumulate) std::fill(y, y + n, 0.0f);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, 1.0f, y, 1);
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, static_cast<int>(ldx), w,
+                k, accumulate ? 1.0f : 0.0f, y, static_cast<int>(ldy));
+  }
+
+  void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,
+               float eps) override {
+#pragma omp parallel for num_threads(threads_) if (int64_t{rows} * dim >= kParallelMin)
+    for (int r = 0; r < rows; ++r) {
+      const float* in = x + static_cast<int64_t>(r) * dim;
+      float* out = y + static_cast<int64_t>(r) * dim;
+      float sum_squares = 0.0f;
+#pragma omp simd reduction(+ : sum_squares)
+      for (int c = 0; c < dim; ++c) sum_squares += in[c] * in[c];
+      const float scale = RmsScale(sum_squares, dim, eps);
+#pragma omp simd
+      for (int c = 0; c < dim; ++c) out[c] = RmsApply(in[c], scale, weight[c]);
+    }
+  }
+
+  void Rope(float* x, const int32_t* positions, int rows, int n_heads, int head_dim,
+            int64_t row_stride, float theta, RopeStyle style) override {
+    const int pairs = head_dim / 2;
+    std::vector<double> inv_freq(pairs);
+    for (int p = 0; p < pairs; ++p) inv_freq[p] = RopeInvFreq(p, head_dim, theta);
+#pragma omp parallel num_threads(threads_) if (int64_t{rows} * n_heads * head_dim >= kParallelMin)
+    {
+      // The angles depend on (row, pair) only: computed once per row, applied to every head.
+      std::vector<float> cos_table(pairs), sin_table(pairs);
+#pragma omp for
+      for (int r = 0; r < rows; ++r) {
+        for (int p = 0; p < pairs; ++p) {
+          RopeCosSinAt(positions[r], inv_freq[p], &cos_table[p], &sin_table[p]);
+        }
+        for (int h = 0; h < n_heads; ++h) {
+          float* head = x + r * row_stride + static_cast<int64_t>(h) * head_dim;
+          if (style == RopeStyle::kInterleaved) {
+            RotateHead<RopeStyle::kInterleaved>(head, cos_table.data(), sin_table.data(), head_dim);
+          } else {
+            RotateHead<RopeStyle::kHalf>(head, cos_table.data(), sin_table.data(), head_dim);
+          }
+        }
+      }
+    }
+  }
+
+  void Attention(const AttentionArgs& a) override {
+    const int group = a.n_heads / a.n_kv_heads;
+    const int rows_per_tile = std::max(1, kAttentionPairsPerTile / group);
+    const int tiles = (a.n_queries + rows_per_tile - 1) / rows_per_tile;
+    const int64_t tasks = int64_t{tiles} * a.n_kv_heads;
+    const int64_t work = int64_t{a.n_queries} * a.n_heads * (a.n_past + a.n_queries) * a.head_dim;
+#pragma omp parallel num_threads(threads_) if (work >= kParallelMin)
+    {
+      AttentionScratch scratch;
+      // Last tiles first: their rows see the most keys, so the dynamic schedule ends with short
+      // tasks and the threads finish together.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < tasks; ++t) {
+        const int tile = tiles - 1 - static_cast<int>(t / a.n_kv_heads);
+        const int kv_head = static_cast<int>(t % a.n_kv_heads);
+        const int row_begin = tile * rows_per_tile;
+        AttendTile(a, kv_head, group, row_begin, std::min(a.n_queries, row_begin + rows_per_tile),
+                   scratch);
+      }
+    }
+  }
+
+  void Softmax(float* x, int rows, int cols) override {
+#pragma omp parallel for num_threads(threads_) if (int64_t{rows} * cols >= kParallelMin)
+    for (int r = 0; r < rows; ++r) {
+      float* row = x + static_cast<int64_t>(r) * cols;
+      float row_max = -INFINITY;
+#pragma omp simd reduction(max : row_max)
+      for (int c = 0; c < cols; ++c) row_max = row[c] > row_max ? row[c] : row_max;
+      const float shift = SoftmaxShift(row_max);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int c = 0; c < cols; ++c) {
+        row[c] = Exp(row[c] - shift);
+        sum += row[c];
+      }
+      const float norm = SoftmaxNormalizer(sum);
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) row[c] *= norm;
+    }
+  }
+
+  void SiluMul(const float* gate, const float* up, float* out, int64_t n) override {
+#pragma omp parallel for simd num_threads(threads_) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) out[i] = knowd::SiluMul(gate[i], up[i]);
+  }
+
+  void Add(const float* a, const float* b, float* out, int64_t n) override {
+#pragma omp parallel for simd num_threads(threads_) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+  }
+
+  void AddBias(float* y, int64_t ldy, const float* bias, int rows, int cols) override {
+#pragma omp parallel for num_threads(threads_) if (int64_t{rows} * cols >= kParallelMin)
+    for (int r = 0; r < rows; ++r) {
+      float* row = y + r * ldy;
+#pragma omp simd
+      for (int c = 0; c < cols; ++c) row[c] += bias[c];
+    }
+  }
+
+  void Embedding(const void* table, DType dtype, const int32_t* ids, float* out, int n,
+                 int dim) override {
+    const int64_t row_bytes = DTypeBytes(dtype, dim);
+    const uint8_t* base = static_cast<const uint8_t*>(table);
+#pragma omp parallel for num_threads(threads_) if (int64_t{n} * dim >= kParallelMin)
+    for (int i = 0; i < n; ++i) {
+      DequantizeSpan(base + ids[i] * row_bytes, dtype, out + static_cast<int64_t>(i) * dim, dim);
+    }
+  }
+
+  void Dequantize(const void* src, DType dtype, float* dst, int64_t n) override {
+    const int64_t chunks = (n + kDequantizeChunk - 1) / kDequantizeChunk;
+    const uint8_t* base = static_cast<const uint8_t*>(src);
+#pragma omp parallel for num_threads(threads_) if (n >= kParallelMin)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t start = c * kDequantizeChunk;
+      DequantizeSpan(base + DTypeBytes(dtype, start), dtype, dst + start,
+                     std::min(kDequantizeChunk, n - start));
+    }
+  }
+
+ private:
+  const int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
+  return std::make_unique<CpuBackend>(std::max(threads, 1));
+}
+
+}  // namespace knowd

@@ -1,0 +1,239 @@
+// The CUDA backend: cuBLAS sgemm for MatMul, kernels/cuda/cuda_ops.cu for the rest, all on one
+// stream per backend. Operations return void (backend.h), so a CUDA or cuBLAS error is kept as
+// the backend's first error and reported by status().
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_ops.h"
+
+namespace knowd {
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, std::string device_name, cudaStream_t stream, cublasHandle_t blas)
+      : device_(device), device_name_(std::move(device_name)), stream_(stream), blas_(blas) {}
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    cublasDestroy(blas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  BackendKind kind() const override { return BackendKind::kCuda; }
+  std::string name() const override {
+    return absl::StrCat("cuda:", device_, " (", device_name_, ")");
+  }
+  absl::Status status() const override { return status_; }
+
+  void* Alloc(size_t bytes) override {
+    Activate();
+    void* ptr = nullptr;
+    if (cudaMalloc(&ptr, bytes == 0 ? 1 : bytes) != cudaSuccess) {
+      // Running out of memory is answered by nullptr; clear it so the next launch's check does not
+      // report it as that launch's failure.
+      cudaGetLastError();
+      return nullptr;
+    }
+    return ptr;  // cudaMalloc aligns to at least 256 bytes
+  }
+
+  void Free(void* ptr) override {
+    if (ptr == nullptr) return;
+    Activate();
+    Check(cudaFree(ptr), "cudaFree");
+  }
+
+  // Synchronous: the caller may reuse host_src as soon as this returns.
+  void Upload(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes == 0) return;
+    Activate();
+    Check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload");
+    Check(cudaStreamSynchronize(stream_), "upload");
+  }
+
+  void Download(void* host_dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    Activate();
+    Check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "download");
+    Check(cudaStreamSynchronize(stream_), "download");
+  }
+
+  void Copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    Activate();
+    Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "copy");
+  }
+
+  void Synchronize() override {
+    Activate();
+    Check(cudaStreamSynchronize(stream_), "synchronize");
+  }
+
+  void MatMul(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int m, int n,
+              int k, bool accumulate) override {
+    if (m <= 0 || n <= 0) return;
+    Activate();
+    if (k <= 0) {  // cuBLAS rejects lda = 0; the product of nothing is zero
+      if (!accumulate) {
+        Check(cudaMemset2DAsync(y, ldy * sizeof(float), 0, n * sizeof(float), m, stream_),
+              "MatMul");
+      }
+      return;
+    }
+    // cuBLAS is column-major: row-major y[m, n] is column-major yᵀ[n, m], so compute
+    // yᵀ = w · xᵀ, where w's row-major [n, k] storage read column-major is wᵀ (hence OP_T) and
+    // x's row-major [m, k] storage read column-major is already xᵀ. Full fp32 (cuBLAS's default
+    // math mode, no TF32) so results match the CPU backend.
+    const float alpha = 1.0f;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    CheckBlas(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, k, x,
+                          static_cast<int>(ldx), &beta, y, static_cast<int>(ldy)),
+              "cublasSgemm");
+  }
+
+  void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,
+               float eps) override {
+    Activate();
+    Check(cuda::LaunchRmsNorm(stream_, x, weight, y, rows, dim, eps), "RmsNorm");
+  }
+
+  void Rope(float* x, const int32_t* positions, int rows, int n_heads, int head_dim,
+            int64_t row_stride, float theta, RopeStyle style) override {
+    Activate();
+    Check(
+        cuda::LaunchRope(stream_, x, positions, rows, n_heads, head_dim, row_stride, theta, style),
+        "Rope");
+  }
+
+  void Attention(const AttentionArgs& args) override {
+    if (args.head_dim > cuda::kMaxAttentionHeadDim) {
+      Fail(absl::InvalidArgumentError(
+          absl::StrCat("CUDA Attention supports head_dim <= ", cuda::kMaxAttentionHeadDim, ", got ",
+                       args.head_dim)));
+      return;
+    }
+    Activate();
+    Check(cuda::LaunchAttention(stream_, args), "Attention");
+  }
+
+  void Softmax(float* x, int rows, int cols) override {
+    Activate();
+    Check(cuda::LaunchSoftmax(stream_, x, rows, cols), "Softmax");
+  }
+
+  void SiluMul(const float* gate, const float* up, float* out, int64_t n) override {
+    Activate();
+    Check(cuda::LaunchSiluMul(stream_, gate, up, out, n), "SiluMul");
+  }
+
+  void Add(const float* a, const float* b, float* out, int64_t n) override {
+    Activate();
+    Check(cuda::LaunchAdd(stream_, a, b, out, n), "Add");
+  }
+
+  void AddBias(float* y, int64_t ldy, const float* bias, int rows, int cols) override {
+    Activate();
+    Check(cuda::LaunchAddBias(stream_, y, ldy, bias, rows, cols), "AddBias");
+  }
+
+  void Embedding(const void* table, DType dtype, const int32_t* ids, float* out, int n,
+                 int dim) override {
+    Activate();
+    Check(cuda::LaunchEmbedding(stream_, table, dtype, DTypeBytes(dtype, dim), ids, out, n, dim),
+          "Embedding");
+  }
+
+  void Dequantize(const void* src, DType dtype, float* dst, int64_t n) override {
+    Activate();
+    Check(cuda::LaunchDequantize(stream_, src, dtype, dst, n), "Dequantize");
+  }
+
+ private:
+  // The current device is per host thread, and any thread may drive the backend (one at a time).
+  void Activate() { Check(cudaSetDevice(device_), "cudaSetDevice"); }
+
+  void Fail(const absl::Status& status) { status_.Update(status); }  // keeps the first error
+
+  void Check(cudaError_t err, const char* what) {
+    if (err == cudaSuccess) return;
+    Fail(absl::InternalError(absl::StrCat("cuda:", device_, " ", what, ": ", cudaGetErrorName(err),
+                                          " (", cudaGetErrorString(err), ")")));
+  }
+
+  void CheckBlas(cublasStatus_t status, const char* what) {
+    if (status == CUBLAS_STATUS_SUCCESS) return;
+    Fail(absl::InternalError(absl::StrCat("cuda:", device_, " ", what, ": ",
+                                          cublasGetStatusName(status), " (",
+                                          cublasGetStatusString(status), ")")));
+  }
+
+  const int device_;
+  const std::string device_name_;
+  cudaStream_t stream_;
+  cublasHandle_t blas_;
+  absl::Status status_;
+};
+
+// Number of visible devices, or the reason there are none usable (no driver, no device).
+absl::StatusOr<int> VisibleDevices() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // not sticky: clear it so it does not surface at a later call
+    return absl::FailedPreconditionError(
+        absl::StrCat("no usable CUDA device: ", cudaGetErrorString(err)));
+  }
+  if (count == 0) return absl::FailedPreconditionError("no CUDA device is present");
+  return count;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
+  absl::StatusOr<int> count = VisibleDevices();
+  if (!count.ok()) return count.status();
+  if (device < 0 || device >= *count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", device, " requested but ", *count, " present"));
+  }
+  cudaError_t err = cudaSetDevice(device);
+  cudaDeviceProp prop;
+  if (err == cudaSuccess) err = cudaGetDeviceProperties(&prop, device);
+  cudaStream_t stream = nullptr;
+  if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot use CUDA device ", device, ": ", cudaGetErrorString(err)));
+  }
+  cublasHandle_t blas = nullptr;
+  cublasStatus_t blas_status = cublasCreate(&blas);
+  if (blas_status == CUBLAS_STATUS_SUCCESS) blas_status = cublasSetStream(blas, stream);
+  if (blas_status != CUBLAS_STATUS_SUCCESS) {
+    if (blas != nullptr) cublasDestroy(blas);
+    cudaStreamDestroy(stream);
+    return absl::FailedPreconditionError(absl::StrCat("cannot start cuBLAS on CUDA device ", device,
+                                                      ": ", cublasGetStatusString(blas_status)));
+  }
+  return std::unique_ptr<Backend>(
+      std::make_unique<CudaBackend>(device, std::string(prop.name), stream, blas));
+}
+
+bool CudaAvailable() {
+  // The answer cannot change while the process runs (devices are not hot-plugged under a
+  // running CUDA context), and asking the driver costs milliseconds the first time.
+  static const bool available = VisibleDevices().ok();
+  return available;
+}
+
+}  // namespace knowd

@@ -1,0 +1,23 @@
+// The machine's own bounds, measured in the running process, so that benchmarks can print each
+// figure as a fraction of what this machine can do (DESIGN: "Performance is measured in
+// benchmarks"). Each call takes about one second and uses `threads` threads; run them while the
+// machine is otherwise idle. Not for use on a serving path.
+#pragma once
+
+namespace knowd {
+
+// Best observed single-precision matrix-multiply throughput, in GFLOP/s (1e9 floating-point
+// operations per second, counting a multiply-add as 2): the best of several timed calls of
+// OpenBLAS cblas_sgemm on square row-major matrices (2048×2048, or 1024×1024 on a machine
+// too slow for that in ~1 s) with OpenBLAS set to `threads` threads. This is the compute roof
+// for MatMul-bound work such as prefill. OpenBLAS's thread count is restored afterwards.
+double MeasureSgemmPeakGflops(int threads);
+
+// Best observed memory read bandwidth, in GB/s (1e9 bytes per second): the best of several
+// timed passes of a read-only float sum, split over `threads` OpenMP threads, over one buffer
+// at least 8 times the last-level cache (and at least 256 MiB), so it measures DRAM rather than
+// cache. Read-only because decode streams weights and writes almost nothing; a STREAM triad
+// would also count write-allocate traffic. This is the roof for memory-bound work such as decode.
+double MeasureMemoryBandwidthGBs(int threads);
+
+}  // namespace knowd
