@@ -85,7 +85,7 @@ int RunGenerate() {
   options.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   options.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   options.sampling.seed = absl::GetFlag(FLAGS_seed);
-  IncrementalDecoder decoder(**tokenizer);
+  IncrementalDecoder decoder(**tokenizer, prompt);
   absl::StatusOr<std::vector<int32_t>> ids =
       Generate(**model, **cache, prompt, options, [&](int32_t id) {
         const std::string piece = decoder.Push(id);

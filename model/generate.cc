@@ -40,6 +40,12 @@ size_t CompleteUtf8Prefix(const std::string& s) {
 }
 }  // namespace
 
+IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer,
+                                       std::span<const int32_t> context)
+    : tokenizer_(tokenizer), ids_(context.begin(), context.end()) {
+  emitted_ = ids_.empty() ? 0 : tokenizer_.Decode(ids_).size();
+}
+
 std::string IncrementalDecoder::Push(int32_t id) {
   ids_.push_back(id);
   const std::string text = tokenizer_.Decode(ids_);

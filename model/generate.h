@@ -31,9 +31,12 @@ absl::StatusOr<std::vector<int32_t>> Generate(
 // Turns a growing token sequence into text pieces for streaming: each Push returns the text
 // that the new token adds, holding back bytes of an incomplete UTF-8 character and the effect
 // of SentencePiece's leading-space rule, so the concatenated pieces equal Decode(all ids).
+//
+// `context` (usually the prompt) is decoded first but not returned, so the first generated piece
+// keeps the space that joins it to the prompt ("named" + " Lily").
 class IncrementalDecoder {
  public:
-  explicit IncrementalDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  explicit IncrementalDecoder(const Tokenizer& tokenizer, std::span<const int32_t> context = {});
   std::string Push(int32_t id);
   // Whatever is still held back (call at the end).
   std::string Flush();
