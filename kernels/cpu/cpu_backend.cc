@@ -23,6 +23,7 @@ namespace {
 // Below this many elements an operation runs on the calling thread: waking the OpenMP team costs
 // microseconds, more than the loop itself for decode-time vectors of a few thousand floats.
 constexpr int64_t kParallelMin = int64_t{1} << 15;
+constexpr int64_t kParallelMatMulMin = int64_t{1} << 17;  // m*n*k below this: one thread
 
 // Keys scored per online-softmax step of Attention: enough to amortise the rescale of the
 // accumulators, few enough that the transposed block (head_dim × 64 floats) stays in L1.
@@ -238,7 +239,7 @@ void AttendTile(const AttentionArgs& a, int kv_head, int group, int row_begin, i
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(threads) { openblas_set_num_threads(threads_); }
+  explicit CpuBackend(int threads) : threads_(threads) { openblas_set_num_threads(1); }
 
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string name() const override {
@@ -273,18 +274,21 @@ class CpuBackend final : public Backend {
       }
       return;
     }
-    // The thread count is process-wide in OpenBLAS; another backend may have changed it.
-    if (openblas_get_num_threads() != threads_) openblas_set_num_threads(threads_);
-    if (m == 1) {
-      // OpenBLAS 0.3.21's sgemm does not hand m == 1 to gemv; its gemm path packs all of w for a
-      // single row, which makes decode several times slower. y is zeroed by hand rather than
-      // with beta = 0 because sgemv's scaling by 0 keeps NaNs of uninitialised memory.
-      if (!accumulate) std::fill(y, y + n, 0.0f);
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, 1.0f, y, 1);
-      return;
+    // One thread pool only: OpenBLAS runs single-threaded inside our OpenMP threads, each thread
+    // taking a block of w's rows (y's columns). Two pools (OpenBLAS's pthreads and OpenMP's)
+    // on the same cores make each spin while the other works: on 2 cores that cost decode 15x.
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+    const int64_t work = int64_t{m} * n * k;
+    const int blocks = work >= kParallelMatMulMin ? std::min(threads_, (n + 15) / 16) : 1;
+#pragma omp parallel for num_threads(blocks) schedule(static) if (blocks > 1)
+    for (int b = 0; b < blocks; ++b) {
+      // Block boundaries on multiples of 16 rows keep each block's w rows cache-line aligned.
+      const int per = (n / 16 + blocks - 1) / blocks * 16;
+      const int begin = std::min(n, b * per);
+      const int end = b == blocks - 1 ? n : std::min(n, begin + per);
+      if (begin < end) MatMulBlock(x, ldx, w + int64_t{begin} * k, y + begin, ldy, m, end - begin,
+                                   k, accumulate);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, static_cast<int>(ldx), w,
-                k, accumulate ? 1.0f : 0.0f, y, static_cast<int>(ldy));
   }
 
   void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,
@@ -411,6 +415,20 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  static void MatMulBlock(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
+                          int m, int n, int k, bool accumulate) {
+    if (m == 1) {
+      // OpenBLAS 0.3.21's sgemm does not hand m == 1 to gemv; its gemm path packs all of w for a
+      // single row, which makes decode several times slower. y is zeroed by hand rather than
+      // with beta = 0 because sgemv's scaling by 0 keeps NaNs of uninitialised memory.
+      if (!accumulate) std::fill(y, y + n, 0.0f);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, 1.0f, y, 1);
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, static_cast<int>(ldx), w,
+                k, accumulate ? 1.0f : 0.0f, y, static_cast<int>(ldy));
+  }
+
   const int threads_;
 };
 
