@@ -7,7 +7,10 @@
 #include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "bench/engine_bench.h"
+#include "bench/storage_bench.h"
 #include "daemon/flags.h"
 #include "kernels/backend.h"
 #include "model/generate.h"
@@ -140,8 +143,33 @@ int RunBench(const std::vector<std::string>& args) {
     std::printf("wrote %s (%.1fM parameters)\n", out.c_str(), o.config.ParameterCount() / 1e6);
     return 0;
   }
-  return Fail("bench", absl::InvalidArgumentError(
-                           absl::StrCat("unknown benchmark \"", what, "\" (engine, synth-model)")));
+  if (what == "storage") {
+    StorageBenchOptions o;
+    o.entries.clear();
+    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_entries), ',')) {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(part, &n) || n <= 0) {
+        return Fail("bench storage", absl::InvalidArgumentError(absl::StrCat(
+                                         "--entries: \"", part, "\" is not a positive count")));
+      }
+      o.entries.push_back(n);
+    }
+    o.index_factory = absl::GetFlag(FLAGS_index);
+    const std::string format = absl::GetFlag(FLAGS_latent_format);
+    if (format != "fp16" && format != "int8") {
+      return Fail("bench storage",
+                  absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
+    }
+    o.latent_format =
+        format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+    o.lexical_index = absl::GetFlag(FLAGS_lexical);
+    o.threads = absl::GetFlag(FLAGS_threads);
+    o.output = absl::GetFlag(FLAGS_out);
+    absl::Status s = RunStorageBench(o);
+    return s.ok() ? 0 : Fail("bench storage", s);
+  }
+  return Fail("bench", absl::InvalidArgumentError(absl::StrCat(
+                           "unknown benchmark \"", what, "\" (engine, synth-model, storage)")));
 }
 
 }  // namespace knowd

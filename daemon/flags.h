@@ -22,3 +22,7 @@ ABSL_DECLARE_FLAG(std::string, out);
 ABSL_DECLARE_FLAG(int, prompt_tokens);
 ABSL_DECLARE_FLAG(int, decode_tokens);
 ABSL_DECLARE_FLAG(bool, json);
+ABSL_DECLARE_FLAG(std::string, entries);
+ABSL_DECLARE_FLAG(std::string, index);
+ABSL_DECLARE_FLAG(std::string, latent_format);
+ABSL_DECLARE_FLAG(bool, lexical);

@@ -25,6 +25,10 @@ ABSL_FLAG(std::string, out, "", "Output path (bench synth-model)");
 ABSL_FLAG(int, prompt_tokens, 256, "Prefill length (bench engine)");
 ABSL_FLAG(int, decode_tokens, 64, "Decode steps (bench engine)");
 ABSL_FLAG(bool, json, false, "Print JSON instead of a table");
+ABSL_FLAG(std::string, entries, "10000,100000,1000000", "Bank sizes (bench storage)");
+ABSL_FLAG(std::string, index, "Flat", "FAISS index factory string (bench storage)");
+ABSL_FLAG(std::string, latent_format, "fp16", "Stored latents: fp16 or int8 (bench storage)");
+ABSL_FLAG(bool, lexical, false, "Keep the BM25 index too (bench storage)");
 
 namespace {
 constexpr const char* kUsage =
@@ -34,7 +38,9 @@ constexpr const char* kUsage =
     "                 [--temperature T] [--seed S]\n"
     "  knowd tokenize (--model PATH | --tokenizer PATH) --text TEXT [--no-bos]\n"
     "  knowd bench engine --model PATH [--threads N] [--prompt-tokens N] [--decode-tokens N]\n"
-    "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n";
+    "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n"
+    "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format fp16]\n"
+    "                      [--lexical] [--out FILE.json]\n";
 }  // namespace
 
 int main(int argc, char** argv) {

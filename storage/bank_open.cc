@@ -1,0 +1,391 @@
+// Open, validation of what the bank records, index load-or-rebuild, Close.
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "storage/bank_impl.h"
+
+namespace knowd::storage {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::Status ValidateOptions(const BankOptions& o) {
+  auto bad = [](std::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("memory bank options: ", AbslView(what)));
+  };
+  if (o.data_dir.empty()) return bad("data_dir is empty");
+  if (o.key_dim <= 0 || o.key_dim > 65536) return bad("key_dim must be in [1, 65536]");
+  if (o.latent_rows <= 0 || o.latent_cols <= 0 ||
+      static_cast<int64_t>(o.latent_rows) * o.latent_cols > (1 << 24)) {
+    return bad("latent_rows and latent_cols must be positive with rows*cols <= 2^24");
+  }
+  if (o.metric != Metric::kInnerProduct && o.metric != Metric::kL2) return bad("unknown metric");
+  if (o.latent_format != LatentFormat::kFp16 && o.latent_format != LatentFormat::kInt8) {
+    return bad("unknown latent format");
+  }
+  if (o.index_factory.empty()) return bad("index_factory is empty");
+  if (o.index_train_min < 1) return bad("index_train_min must be >= 1");
+  return absl::OkStatus();
+}
+
+std::string Describe(const Fingerprint& f) {
+  return absl::StrCat("adapter '", f.adapter_hash, "' on base model '", f.base_model_hash, "'");
+}
+
+}  // namespace
+
+absl::Status FromRocks(const rocksdb::Status& s, std::string_view context) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string msg = absl::StrCat(AbslView(context), ": ", s.ToString());
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
+  return absl::InternalError(msg);
+}
+
+absl::Status ValidateNamespace(std::string_view ns) {
+  if (ns.empty() || ns.size() > kMaxNamespaceBytes || ns.find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("namespace must be 1..", kMaxNamespaceBytes, " bytes without NUL"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<MemoryBank>> MemoryBank::Open(const BankOptions& options) {
+  return BankImpl::OpenImpl(options);
+}
+
+BankImpl::BankImpl(const BankOptions& options)
+    : options_(options),
+      db_dir_((fs::path(options.data_dir) / "db").string()),
+      index_dir_((fs::path(options.data_dir) / "index").string()),
+      cache_(options.latent_cache_bytes) {
+  closed_ = true;  // until OpenImpl() completes; the destructor must not save half-built state
+}
+
+BankImpl::~BankImpl() {
+  if (absl::Status s = Close(); !s.ok()) {
+    spdlog::error("memory bank {}: close failed: {}", options_.data_dir, s.ToString());
+  }
+}
+
+absl::StatusOr<std::unique_ptr<MemoryBank>> BankImpl::OpenImpl(const BankOptions& options) {
+  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateOptions(options));
+  const absl::Time start = absl::Now();
+  std::unique_ptr<BankImpl> bank(new BankImpl(options));
+  KNOWD_STORAGE_RETURN_IF_ERROR(bank->OpenDatabase());
+  KNOWD_STORAGE_RETURN_IF_ERROR(bank->CheckLayout());
+  KNOWD_STORAGE_RETURN_IF_ERROR(bank->CheckFingerprint());
+  // Read after the (creation-only) writes above: the index files must match this number.
+  KNOWD_STORAGE_RETURN_IF_ERROR(bank->BuildIndexes(bank->db_->GetLatestSequenceNumber()));
+  bank->open_time_ = absl::Now() - start;
+  bank->closed_ = false;
+  return std::unique_ptr<MemoryBank>(std::move(bank));
+}
+
+absl::Status BankImpl::OpenDatabase() {
+  std::error_code ec;
+  if (!fs::exists(fs::path(db_dir_) / "CURRENT", ec)) {
+    if (!options_.create_if_missing) {
+      return absl::NotFoundError(absl::StrCat("no memory bank at ", options_.data_dir));
+    }
+    fs::create_directories(db_dir_, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("cannot create ", db_dir_, ": ", ec.message()));
+    }
+  }
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = options_.create_if_missing;
+  db_options.create_missing_column_families = true;
+  db_options.IncreaseParallelism(2);
+  db_options.keep_log_file_num = 4;
+  // Point-in-time recovery (the default) drops a torn WAL tail from a crash mid-write; every
+  // acknowledged batch precedes it because each was synced before Put() returned.
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+
+  rocksdb::ColumnFamilyOptions text_cf;  // default compression: text compresses well
+  rocksdb::ColumnFamilyOptions vector_cf;
+  vector_cf.compression = rocksdb::kNoCompression;  // quantized floats do not
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
+      {rocksdb::kDefaultColumnFamilyName, text_cf},
+      {kCfPassages, text_cf},
+      {kCfLatents, vector_cf},
+      {kCfKeys, vector_cf},
+      {kCfMeta, text_cf}};
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, db_dir_, descriptors, &handles_, &raw);
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+      return absl::UnavailableError(absl::StrCat(
+          "memory bank ", options_.data_dir, " is in use by another process (", s.ToString(), ")"));
+    }
+    return FromRocks(s, absl::StrCat("opening memory bank ", options_.data_dir));
+  }
+  db_.reset(raw);
+  cf_passages_ = handles_[1];
+  cf_latents_ = handles_[2];
+  cf_keys_ = handles_[3];
+  cf_meta_ = handles_[4];
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::string>> BankImpl::GetMeta(std::string_view key) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_meta_, key, &value);
+  if (s.IsNotFound()) return std::optional<std::string>();
+  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading meta '", AbslView(key), "'")));
+  return std::optional<std::string>(std::move(value));
+}
+
+rocksdb::WriteOptions BankImpl::SyncWrite() const {
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  return w;
+}
+
+absl::Status BankImpl::CheckLayout() {
+  LayoutRecord want{
+      static_cast<uint32_t>(options_.key_dim), static_cast<uint32_t>(options_.latent_rows),
+      static_cast<uint32_t>(options_.latent_cols), static_cast<uint8_t>(options_.metric)};
+  auto stored = GetMeta(kMetaLayout);
+  if (!stored.ok()) return stored.status();
+  if (!stored->has_value()) {
+    // A new bank: record what it is, once, atomically.
+    rocksdb::WriteBatch batch;
+    batch.Put(cf_meta_, kMetaLayout, EncodeLayout(want));
+    batch.Put(cf_meta_, kMetaNextPassageId, EncodeU64(1));
+    batch.Put(cf_meta_, kMetaFingerprint,
+              EncodeFingerprint(
+                  {options_.fingerprint.adapter_hash, options_.fingerprint.base_model_hash}));
+    next_pid_ = 1;
+    return FromRocks(db_->Write(SyncWrite(), &batch), "initializing memory bank");
+  }
+  auto have = DecodeLayout(**stored);
+  if (!have.ok()) return have.status();
+  auto mismatch = [&](std::string_view what, uint64_t was, uint64_t asked) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "memory bank ", options_.data_dir, " was created with ", AbslView(what), " ", was,
+        " but the options ask for ", asked, "; use a new data directory or the original settings"));
+  };
+  if (have->key_dim != want.key_dim) return mismatch("key_dim", have->key_dim, want.key_dim);
+  if (have->latent_rows != want.latent_rows) {
+    return mismatch("latent_rows", have->latent_rows, want.latent_rows);
+  }
+  if (have->latent_cols != want.latent_cols) {
+    return mismatch("latent_cols", have->latent_cols, want.latent_cols);
+  }
+  if (have->metric != want.metric) return mismatch("metric", have->metric, want.metric);
+  auto next = GetMeta(kMetaNextPassageId);
+  if (!next.ok()) return next.status();
+  if (!next->has_value()) return absl::DataLossError("memory bank meta lacks the id counter");
+  auto value = DecodeU64(**next);
+  if (!value.ok()) return value.status();
+  next_pid_ = *value;
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::CheckFingerprint() {
+  auto stored = GetMeta(kMetaFingerprint);
+  if (!stored.ok()) return stored.status();
+  if (stored->has_value()) {
+    auto f = DecodeFingerprint(**stored);
+    if (!f.ok()) return f.status();
+    fingerprint_ = {f->adapter_hash, f->base_model_hash};
+  }
+  auto pending = GetMeta(kMetaReencodeTarget);
+  if (!pending.ok()) return pending.status();
+  if (options_.fingerprint.empty()) return absl::OkStatus();  // caller does not encode
+  if (!pending->has_value() && fingerprint_ == options_.fingerprint) return absl::OkStatus();
+
+  std::string why;
+  if (pending->has_value()) {
+    auto target = DecodeFingerprint(**pending);
+    if (!target.ok()) return target.status();
+    why = absl::StrCat("memory bank ", options_.data_dir, " has an interrupted re-encode to ",
+                       Describe({target->adapter_hash, target->base_model_hash}),
+                       " (its latents are mixed); finish it with `knowd reencode --data-dir ",
+                       options_.data_dir, "`, which resumes where it stopped");
+  } else {
+    why = absl::StrCat("memory bank ", options_.data_dir, " was encoded with ",
+                       Describe(fingerprint_), " but this process uses ",
+                       Describe(options_.fingerprint),
+                       "; re-encode it from the stored text with `knowd reencode --data-dir ",
+                       options_.data_dir, "`, or run with the adapter that encoded it");
+  }
+  if (!options_.open_for_reencode) return absl::FailedPreconditionError(why);
+  spdlog::warn("{}; opened for re-encoding", why);
+  needs_reencode_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::LoadCounts(NamespaceMap* namespaces) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_meta_));
+  const std::string_view prefix = kMetaNamespacePrefix;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto counts = DecodeCounts(it->value().ToStringView());
+    if (!counts.ok()) return counts.status();
+    (*namespaces)[it->key().ToString().substr(prefix.size())].counts = *counts;
+  }
+  return FromRocks(it->status(), "reading namespace counts");
+}
+
+VectorIndexConfig BankImpl::VectorConfig() const {
+  return {options_.key_dim, options_.metric, options_.index_factory, options_.index_search_params,
+          options_.index_train_min};
+}
+
+absl::Status BankImpl::BuildIndexes(uint64_t seqno) {
+  // Refuse a bad factory string or parameter now rather than at the first Put().
+  if (auto probe = VectorIndex::Build(VectorConfig(), {}, {}); !probe.ok()) return probe.status();
+  NamespaceMap fresh;
+  KNOWD_STORAGE_RETURN_IF_ERROR(LoadCounts(&fresh));
+  absl::Status loaded = LoadIndexFiles(index_dir_, seqno, &fresh);
+  indexes_loaded_ = loaded.ok();
+  if (!loaded.ok()) {
+    rebuild_reason_ = std::string(loaded.message());
+    if (!fresh.empty())
+      spdlog::info("memory bank {}: rebuilding vector indexes ({})", options_.data_dir,
+                   rebuild_reason_);
+    for (auto& [name, ns] : fresh) ns.vectors.reset();  // drop any partly loaded state
+    KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&fresh));
+  }
+  if (options_.lexical_index) KNOWD_STORAGE_RETURN_IF_ERROR(RebuildLexical(&fresh));
+  namespaces_ = std::move(fresh);
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::RebuildVectors(NamespaceMap* namespaces, std::string_view only) {
+  const VectorIndexConfig config = VectorConfig();
+  const int dim = options_.key_dim;
+  std::string current;
+  std::vector<uint64_t> ids;
+  std::vector<float> vectors;
+  auto flush = [&]() -> absl::Status {
+    if (!current.empty() || !ids.empty()) {
+      auto index = VectorIndex::Build(config, ids, vectors);
+      if (!index.ok()) return index.status();
+      (*namespaces)[current].vectors = std::move(*index);
+    }
+    ids.clear();
+    vectors.clear();
+    return absl::OkStatus();
+  };
+  rocksdb::ReadOptions read;
+  read.fill_cache = false;  // one sequential pass; do not evict the hot set
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, cf_keys_));
+  const std::string prefix = only.empty() ? std::string() : KeyPrefix(only);
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    const std::string_view key = it->key().ToStringView();
+    auto pid = PidFromKeySuffix(key);
+    if (!pid.has_value()) return absl::DataLossError("malformed entry in the keys column family");
+    const std::string_view ns = key.substr(0, key.size() - 9);
+    if (ns != current) {
+      KNOWD_STORAGE_RETURN_IF_ERROR(flush());
+      current = std::string(ns);
+    }
+    ids.push_back(*pid);
+    vectors.resize(vectors.size() + dim);
+    KNOWD_STORAGE_RETURN_IF_ERROR(
+        DecodeKeyVector(it->value().ToStringView(), dim, vectors.data() + vectors.size() - dim));
+  }
+  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "reading the keys column family"));
+  if (!current.empty()) KNOWD_STORAGE_RETURN_IF_ERROR(flush());
+  // Namespaces with no keys at all still get an (empty) index.
+  for (auto& [name, ns] : *namespaces) {
+    if ((only.empty() || name == only) && ns.vectors == nullptr) {
+      auto index = VectorIndex::Build(config, {}, {});
+      if (!index.ok()) return index.status();
+      ns.vectors = std::move(*index);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces) {
+  for (auto& [name, ns] : *namespaces) {
+    auto lexical = LexicalIndex::Create();
+    if (!lexical.ok()) return lexical.status();
+    ns.lexical = std::move(*lexical);
+  }
+  rocksdb::ReadOptions read;
+  read.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, cf_passages_));
+  for (it->Seek("p"); it->Valid() && it->key().starts_with("p"); it->Next()) {
+    auto pid = PidFromPassageKey(it->key().ToStringView());
+    auto passage = DecodePassage(it->value().ToStringView());
+    if (!pid.has_value() || !passage.ok()) {
+      return absl::DataLossError("malformed entry in the passages column family");
+    }
+    auto ns = namespaces->find(passage->ns);
+    if (ns == namespaces->end() || ns->second.lexical == nullptr) {
+      return absl::DataLossError(absl::StrCat("passage ", *pid, " names namespace '", passage->ns,
+                                              "' which has no recorded counts"));
+    }
+    KNOWD_STORAGE_RETURN_IF_ERROR(ns->second.lexical->Add(*pid, passage->text));
+  }
+  return FromRocks(it->status(), "reading the passages column family");
+}
+
+absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
+  for (const std::string& name : touched) {
+    {
+      absl::ReaderMutexLock lock(&index_mu_);
+      auto it = namespaces_.find(name);
+      if (it == namespaces_.end() || !it->second.vectors->NeedsRebuild()) continue;
+    }
+    // write_mu_ is held, so the keys column family cannot change while we read it unlocked.
+    NamespaceMap scratch;
+    scratch[name];
+    KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
+    absl::WriterMutexLock lock(&index_mu_);
+    namespaces_[name].vectors = std::move(scratch[name].vectors);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::CheckOpenLocked() const {
+  if (closed_) return absl::FailedPreconditionError("memory bank is closed");
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::Close() {
+  std::lock_guard write(write_mu_);
+  absl::Status saved = absl::OkStatus();
+  {
+    absl::ReaderMutexLock lock(&index_mu_);
+    if (db_ != nullptr && !closed_) {
+      if (index_suspect_) {
+        // Never persist indexes that may disagree with RocksDB; the next Open() rebuilds.
+        std::error_code ec;
+        fs::remove(fs::path(index_dir_) / "MANIFEST", ec);
+      } else {
+        saved = SaveIndexFiles(index_dir_, db_->GetLatestSequenceNumber());
+      }
+    }
+  }
+  {
+    absl::WriterMutexLock lock(&index_mu_);
+    closed_ = true;
+    namespaces_.clear();
+  }
+  cache_.Clear();
+  if (db_ == nullptr) return saved;
+  if (!handles_.empty()) {
+    // Flush so the next Open() has no WAL to replay; the data is durable either way.
+    rocksdb::FlushOptions flush;
+    flush.wait = true;
+    if (rocksdb::Status s = db_->Flush(flush, handles_); !s.ok()) {
+      spdlog::warn("memory bank {}: flush at close failed: {}", options_.data_dir, s.ToString());
+    }
+  }
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+  handles_.clear();
+  rocksdb::Status s = db_->Close();
+  db_.reset();
+  if (!saved.ok()) return saved;
+  return FromRocks(s, "closing memory bank");
+}
+
+}  // namespace knowd::storage

@@ -1,0 +1,179 @@
+// The on-disk vector index files: DIR/index/vec-<seqno>-<n>.faiss and DIR/index/MANIFEST (JSON).
+//
+// Commit protocol: index files are written under fresh names, fsynced, then MANIFEST is
+// replaced by rename (the commit point), then files the new MANIFEST does not name are removed.
+// A crash at any step leaves either the old or the new MANIFEST, each naming intact files, or
+// files whose CRC no longer matches; Open() rebuilds in the latter case.
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "storage/bank_impl.h"
+
+namespace knowd::storage {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kManifestVersion = 1;
+constexpr char kManifestName[] = "MANIFEST";
+
+uint32_t Crc32(std::string_view bytes) {
+  return static_cast<uint32_t>(
+      crc32_z(0L, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+}
+
+absl::Status ErrnoError(std::string_view what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(AbslView(what), " ", path, ": ", std::strerror(errno)));
+}
+
+// Writes `bytes` to `path` and fsyncs it. Does not fsync the directory.
+absl::Status WriteFileSynced(const std::string& path, std::string_view bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("cannot create", path);
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      return ErrnoError("cannot write", path);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    return ErrnoError("cannot fsync", path);
+  }
+  if (::close(fd) != 0) return ErrnoError("cannot close", path);
+  return absl::OkStatus();
+}
+
+absl::Status SyncDirectory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open directory", dir);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return ErrnoError("cannot fsync directory", dir);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, " is missing"));
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
+  return std::move(buffer).str();
+}
+
+}  // namespace
+
+absl::Status BankImpl::SaveIndexFiles(const std::string& dir, uint64_t seqno) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+
+  nlohmann::json manifest;
+  manifest["version"] = kManifestVersion;
+  manifest["seqno"] = seqno;
+  manifest["factory"] = options_.index_factory;
+  manifest["search_params"] = options_.index_search_params;
+  manifest["train_min"] = options_.index_train_min;
+  manifest["key_dim"] = options_.key_dim;
+  manifest["metric"] = static_cast<int>(options_.metric);
+  manifest["namespaces"] = nlohmann::json::array();
+  std::set<std::string> keep = {kManifestName};
+  int n = 0;
+  for (const auto& [name, ns] : namespaces_) {
+    auto bytes = ns.vectors->Serialize();
+    if (!bytes.ok()) return bytes.status();
+    const std::string file = absl::StrCat("vec-", seqno, "-", n++, ".faiss");
+    KNOWD_STORAGE_RETURN_IF_ERROR(WriteFileSynced((fs::path(dir) / file).string(), *bytes));
+    keep.insert(file);
+    // Names are arbitrary bytes; JSON wants UTF-8, so store them hex-encoded.
+    manifest["namespaces"].push_back({{"name_hex", absl::BytesToHexString(name)},
+                                      {"file", file},
+                                      {"bytes", bytes->size()},
+                                      {"crc32", Crc32(*bytes)},
+                                      {"vectors", ns.vectors->size()}});
+  }
+  const std::string tmp = (fs::path(dir) / "MANIFEST.tmp").string();
+  KNOWD_STORAGE_RETURN_IF_ERROR(WriteFileSynced(tmp, manifest.dump(2)));
+  fs::rename(tmp, fs::path(dir) / kManifestName, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot commit index manifest: ", ec.message()));
+  KNOWD_STORAGE_RETURN_IF_ERROR(SyncDirectory(dir));
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (!keep.count(entry.path().filename().string())) fs::remove(entry.path(), ec);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BankImpl::LoadIndexFiles(const std::string& dir, uint64_t seqno,
+                                      NamespaceMap* namespaces) {
+  auto text = ReadFile((fs::path(dir) / kManifestName).string());
+  if (!text.ok()) return absl::NotFoundError("no index manifest");
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(*text);
+    if (manifest.at("version").get<int>() != kManifestVersion) {
+      return absl::DataLossError("index manifest has an unknown version");
+    }
+    const auto saved_seqno = manifest.at("seqno").get<uint64_t>();
+    if (saved_seqno != seqno) {
+      return absl::FailedPreconditionError(absl::StrCat("index files reflect sequence number ",
+                                                        saved_seqno, ", the database is at ", seqno,
+                                                        " (unclean shutdown or stale files)"));
+    }
+    if (manifest.at("factory").get<std::string>() != options_.index_factory ||
+        manifest.at("search_params").get<std::string>() != options_.index_search_params ||
+        manifest.at("train_min").get<int64_t>() != options_.index_train_min ||
+        manifest.at("key_dim").get<int>() != options_.key_dim ||
+        manifest.at("metric").get<int>() != static_cast<int>(options_.metric)) {
+      return absl::FailedPreconditionError("index configuration changed");
+    }
+    std::set<std::string> seen;
+    for (const auto& entry : manifest.at("namespaces")) {
+      std::string name = absl::HexStringToBytes(entry.at("name_hex").get<std::string>());
+      auto ns = namespaces->find(name);
+      if (ns == namespaces->end()) {
+        return absl::DataLossError("index manifest names a namespace the database lacks");
+      }
+      seen.insert(name);
+      const std::string path = (fs::path(dir) / entry.at("file").get<std::string>()).string();
+      auto bytes = ReadFile(path);
+      if (!bytes.ok()) return bytes.status();
+      if (bytes->size() != entry.at("bytes").get<size_t>() ||
+          Crc32(*bytes) != entry.at("crc32").get<uint32_t>()) {
+        return absl::DataLossError(absl::StrCat(path, " is corrupt (size or CRC mismatch)"));
+      }
+      auto index = VectorIndex::Deserialize(VectorConfig(), *bytes);
+      if (!index.ok()) return index.status();
+      if (static_cast<uint64_t>((*index)->size()) != ns->second.counts.passages) {
+        return absl::DataLossError(absl::StrCat(path, " holds ", (*index)->size(),
+                                                " vectors, the database ",
+                                                ns->second.counts.passages));
+      }
+      ns->second.vectors = std::move(*index);
+    }
+    if (seen.size() != namespaces->size()) {
+      return absl::DataLossError("index manifest lacks some namespaces of the database");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat("index manifest is unreadable: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace knowd::storage

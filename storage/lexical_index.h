@@ -1,0 +1,45 @@
+// One namespace's lexical index (private to storage/): BM25 over passage text with Xapian's
+// in-memory backend. Each passage is a Xapian document whose unique term is "Q<pid>" and whose
+// data is the pid, so Xapian's own 32-bit docids never leak out. English stemming.
+//
+// Xapian database objects are not thread-safe, so every method takes the index's own mutex.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace knowd::storage {
+
+struct LexicalHit {
+  uint64_t id;
+  float weight;  // BM25
+};
+
+class LexicalIndex {
+ public:
+  static absl::StatusOr<std::unique_ptr<LexicalIndex>> Create();
+  ~LexicalIndex();
+
+  absl::Status Add(uint64_t id, std::string_view text);
+  absl::Status Remove(std::span<const uint64_t> ids);
+  // Top `k` passages for a free-text query (terms OR-ed, stemmed). Empty when nothing matches.
+  absl::StatusOr<std::vector<LexicalHit>> Search(std::string_view query, int k);
+  absl::StatusOr<std::vector<uint64_t>> Ids();  // sorted
+  uint64_t size();
+
+ private:
+  struct State;
+  explicit LexicalIndex(std::unique_ptr<State> state);
+
+  std::mutex mu_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace knowd::storage

@@ -1,0 +1,286 @@
+// The memory bank: where knowd's knowledge lives. It stores, per document, the text, metadata
+// and, per passage, the latent matrix (T×d) and the retrieval key (d_key) produced by the
+// encoder, and answers top-k queries by key within a namespace. storage/ knows nothing of the
+// model: latents and keys are plain floats, text is plain bytes.
+//
+// On disk (DIR = BankOptions::data_dir):
+//   DIR/db/     RocksDB; column families "passages" (document + passage records), "latents"
+//               (fp16, or int8 with a per-row scale), "keys" (f32) and "meta" (options,
+//               fingerprint, id counter, per-namespace counts, re-encode cursor).
+//   DIR/index/  one FAISS file per namespace plus a MANIFEST naming the RocksDB sequence number
+//               the files reflect and a CRC per file. Written on Close() and by Snapshot().
+//
+// Durability: Put() and Delete() return only after their single RocksDB WriteBatch is in the
+// synced WAL. After a crash (kill -9, power loss) every acknowledged write is present and no
+// partial batch is. The FAISS files are a cache of the "keys" column family: Open() loads them
+// only when their sequence number equals the database's and every CRC matches; otherwise (crash,
+// missing, stale or corrupt files, changed index factory) it rebuilds them from RocksDB.
+//
+// Lexical index: BM25 over passage text with Xapian's in-memory backend, rebuilt from the
+// "passages" column family at every Open(). Chosen over an on-disk Xapian database because it
+// can never disagree with RocksDB after a crash and needs no second commit per write; the cost
+// is open time (reported by the storage benchmark). Disable it with BankOptions::lexical_index.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace knowd::storage {
+
+// Stable id of one passage, unique in the bank for its lifetime and never reused. Allocated by
+// Put() from a persistent counter; used as the FAISS and Xapian id.
+using PassageId = uint64_t;
+
+enum class LatentFormat : uint8_t {
+  // IEEE half precision. Values must satisfy |x| <= 65504. Round trip error per element is at
+  // most |x| * 2^-11 (plus 2^-25 for subnormals).
+  kFp16 = 1,
+  // int8 with one f32 scale per row (scale = max|row| / 127). Round trip error per element is
+  // at most max|row| / 254.
+  kInt8 = 2,
+};
+
+enum class Metric : uint8_t {
+  kInnerProduct = 1,  // score = <q, k>; use with normalized keys for cosine
+  kL2 = 2,            // score = -|q - k|^2
+};
+
+// Identifies the encoder that produced a bank's latents and keys (hashes chosen by the caller).
+struct Fingerprint {
+  std::string adapter_hash;
+  std::string base_model_hash;
+
+  bool empty() const { return adapter_hash.empty() && base_model_hash.empty(); }
+  friend bool operator==(const Fingerprint&, const Fingerprint&) = default;
+};
+
+struct BankOptions {
+  std::string data_dir;  // created when missing and create_if_missing is set
+  bool create_if_missing = true;
+
+  // Shape of what is stored. Fixed when the bank is created and recorded in it; reopening with
+  // other values is refused (FAILED_PRECONDITION).
+  int key_dim = 0;      // d_key, > 0
+  int latent_rows = 0;  // T, > 0
+  int latent_cols = 0;  // d, > 0
+  Metric metric = Metric::kInnerProduct;
+
+  // Applies to latents written from now on; every stored matrix records its own format, so a
+  // bank may hold both.
+  LatentFormat latent_format = LatentFormat::kFp16;
+
+  // FAISS index_factory string for each namespace's index ("Flat", "HNSW32", "IVF1024,Flat").
+  // May change between opens (the indexes are then rebuilt). Trainable factories (IVF, PQ)
+  // serve from an exact flat index until a namespace holds index_train_min vectors, then train.
+  std::string index_factory = "Flat";
+  // FAISS ParameterSpace settings applied to every index, e.g. "efSearch=64" or "nprobe=16".
+  std::string index_search_params;
+  int64_t index_train_min = 10000;
+
+  bool lexical_index = true;              // Xapian BM25 for hybrid search (rebuilt at Open)
+  size_t latent_cache_bytes = 64u << 20;  // LRU cache of decoded latents
+
+  // The encoder this process uses. A bank created with a fingerprint records it; opening a bank
+  // whose recorded fingerprint differs is refused with FAILED_PRECONDITION unless
+  // open_for_reencode is set. An empty fingerprint skips the check (tools that do not encode).
+  Fingerprint fingerprint;
+  // Open a bank recorded with another fingerprint (or with an interrupted re-encode) so that
+  // Reencode() can bring it to `fingerprint`. Until Reencode() completes, Put() and Search()
+  // return FAILED_PRECONDITION; Get(), Scan(), Delete() and Stats() work.
+  bool open_for_reencode = false;
+};
+
+struct Passage {
+  std::string text;
+  std::vector<float> latents;  // latent_rows × latent_cols, row-major
+  std::vector<float> key;      // key_dim
+  PassageId id = 0;            // set by the bank; ignored by Put()
+};
+
+struct Document {
+  std::string name_space;  // 1..255 bytes, no NUL
+  std::string id;          // 1..4096 bytes
+  std::string text;        // the whole document (optional; passages carry their own text)
+  std::string metadata;    // opaque to the bank (JSON by convention)
+  std::optional<absl::Time> valid_from;  // when the content becomes true, if the source says
+  absl::Time ingest_time;                // set by Put(); ignored on input
+  std::vector<Passage> passages;         // at least one
+};
+
+struct DocumentAck {
+  std::string name_space;
+  std::string id;
+  std::vector<PassageId> passage_ids;  // in passage order
+  bool replaced = false;               // the document existed and its passages were replaced
+};
+
+struct SearchRequest {
+  std::string name_space;
+  std::vector<float> key;  // key_dim query key
+  int k = 10;              // 1..4096
+  // Hybrid retrieval: fuse the dense ranking with Xapian BM25 over `query_text` by reciprocal
+  // rank fusion, score = sum over rankings of 1 / (rrf_k + rank), rank starting at 1. Each
+  // ranking contributes its top `candidates` (default 4k).
+  bool hybrid = false;
+  std::string query_text;
+  int rrf_k = 60;
+  int candidates = 0;
+  bool with_text = false;  // fill SearchHit::text
+};
+
+struct SearchHit {
+  PassageId passage_id = 0;
+  std::string doc_id;
+  int passage_index = 0;  // position of the passage in its document
+  // Higher is better. Dense: the metric's score. Hybrid: the fused RRF score.
+  float score = 0.0f;
+  std::optional<float> dense_score;    // set when the passage was in the dense candidates
+  std::optional<float> lexical_score;  // BM25 weight, set when it was in the lexical candidates
+  absl::Time ingest_time;
+  std::optional<absl::Time> valid_from;
+  std::string text;  // when SearchRequest::with_text
+};
+
+struct DocumentSummary {
+  std::string id;
+  std::string metadata;
+  absl::Time ingest_time;
+  std::optional<absl::Time> valid_from;
+  int num_passages = 0;
+};
+
+struct ScanPage {
+  std::vector<DocumentSummary> documents;  // in byte order of id
+  std::string next_start_after;            // pass back to continue; empty when done
+};
+
+struct NamespaceStats {
+  std::string name_space;
+  uint64_t documents = 0;
+  uint64_t passages = 0;
+  std::string index_description;  // e.g. "Flat" or "Flat (untrained IVF fallback)"
+};
+
+struct BankStats {
+  std::vector<NamespaceStats> namespaces;  // sorted by name
+  uint64_t documents = 0;
+  uint64_t passages = 0;
+  uint64_t disk_bytes = 0;  // SST + WAL + index files, approximate
+  uint64_t latent_cache_hits = 0;
+  uint64_t latent_cache_misses = 0;
+  // How the last Open() got its vector indexes, and how long it took.
+  bool indexes_loaded_from_disk = false;  // false: rebuilt from RocksDB
+  std::string index_rebuild_reason;       // empty when loaded
+  absl::Duration open_time;
+  Fingerprint fingerprint;
+  bool needs_reencode = false;
+};
+
+// Re-encoding support: maps passage texts to new latents and keys. `out` has texts.size()
+// entries on success, each with latents of latent_rows × latent_cols and a key of key_dim.
+struct EncodedPassage {
+  std::vector<float> latents;
+  std::vector<float> key;
+};
+using PassageEncoder = std::function<absl::Status(std::span<const std::string_view> texts,
+                                                  std::vector<EncodedPassage>* out)>;
+using ReencodeProgress = std::function<void(uint64_t done, uint64_t total)>;
+
+// A MemoryBank is safe for concurrent use from many threads without external synchronization.
+// Reads (Get, Search, GetLatents, Scan, Stats) run in parallel; writes (Put, Delete, Reencode,
+// Snapshot, Close) are serialized among themselves and block readers only while the in-memory
+// indexes are updated. A read concurrent with a write sees it entirely or not at all for each
+// passage; once Put() or Delete() has returned, every later read sees its effect.
+class MemoryBank {
+ public:
+  // Opens (or creates) the bank at options.data_dir. On success the caller owns the bank.
+  // Errors: INVALID_ARGUMENT for bad options; FAILED_PRECONDITION when the bank was created with
+  // other dimensions or metric, or encoded with another fingerprint; NOT_FOUND when it does not
+  // exist and create_if_missing is false; INTERNAL/DATA_LOSS for I/O or corruption that
+  // recovery cannot repair. Another process holding the bank gives UNAVAILABLE.
+  static absl::StatusOr<std::unique_ptr<MemoryBank>> Open(const BankOptions& options);
+
+  // Copies the snapshot at `snapshot_dir` (made by Snapshot()) to `data_dir`, which must not
+  // exist. The copy is assembled beside data_dir and renamed into place, so a crash leaves
+  // either no data_dir or a complete one. The restored bank is opened with Open() as usual.
+  static absl::Status RestoreSnapshot(const std::string& snapshot_dir, const std::string& data_dir);
+
+  // Closes the bank (see Close()) if the caller did not; errors are logged.
+  virtual ~MemoryBank() = default;
+
+  // Stores a batch of documents atomically: one RocksDB WriteBatch, WAL synced before return.
+  // A document whose (name_space, id) exists replaces all its passages (upsert). On error
+  // nothing of the batch is written. Returns one ack per document, in order.
+  // Errors: INVALID_ARGUMENT (empty or oversized name_space/id, no passages, wrong latent or
+  // key size, non-finite values, fp16 overflow, a document twice in the batch);
+  // FAILED_PRECONDITION while a re-encode is pending; INTERNAL on I/O failure.
+  virtual absl::StatusOr<std::vector<DocumentAck>> Put(std::span<const Document> batch) = 0;
+
+  // Returns the document with its passages (text, key and id; latents when with_latents).
+  // NOT_FOUND when absent.
+  virtual absl::StatusOr<Document> Get(std::string_view name_space, std::string_view id,
+                                       bool with_latents = false) = 0;
+
+  // Forgets documents: text, metadata, latents, keys and both index entries, atomically for the
+  // whole list, WAL synced before return. Ids that do not exist are skipped. Returns how many
+  // documents were removed. After return no API returns them. The bytes leave the disk at the
+  // next RocksDB compaction of their range; pass purge=true to force that compaction now (and
+  // a WAL flush) so no file under data_dir still holds them.
+  virtual absl::StatusOr<int> Delete(std::string_view name_space, std::span<const std::string> ids,
+                                     bool purge = false) = 0;
+
+  // Top-k passages of one namespace by key (and optionally BM25 text). Returns at most k hits,
+  // best first; an unknown namespace gives an empty result. Errors: INVALID_ARGUMENT (wrong key
+  // size, non-finite key, k out of range, hybrid without lexical index or query text),
+  // FAILED_PRECONDITION while a re-encode is pending.
+  virtual absl::StatusOr<std::vector<SearchHit>> Search(const SearchRequest& request) = 0;
+
+  // Decoded latents (latent_rows × latent_cols floats) of passages of `name_space`, in the order
+  // asked, served from the LRU cache when possible. The returned buffers are immutable and
+  // shared with the cache. NOT_FOUND names the first id that is absent or in another namespace.
+  virtual absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> GetLatents(
+      std::string_view name_space, std::span<const PassageId> ids) = 0;
+
+  // Up to `limit` documents of a namespace with id > start_after, in id byte order.
+  virtual absl::StatusOr<ScanPage> Scan(std::string_view name_space, std::string_view start_after,
+                                        int limit) = 0;
+
+  virtual absl::StatusOr<BankStats> Stats() = 0;
+
+  // Checks that every namespace's FAISS index (and Xapian index, when enabled) holds exactly the
+  // passage ids of the RocksDB "keys" column family, no more, no fewer. DATA_LOSS names the
+  // first difference. O(bank size); meant for tests, tools and operators.
+  virtual absl::Status VerifyIndexes() = 0;
+
+  // Writes a consistent copy of the bank into `snapshot_dir` (which must not exist): a RocksDB
+  // checkpoint (hard links where possible) plus the FAISS files and manifest of the same
+  // sequence number. Writers wait while it runs; readers do not. The result is itself a bank
+  // directory; restore it with RestoreSnapshot().
+  virtual absl::Status Snapshot(const std::string& snapshot_dir) = 0;
+
+  // Rebuilds every passage's latents and key from its stored text with `encoder`, in batches of
+  // `batch_size` passages, each batch one synced WriteBatch that also records a resume cursor.
+  // If interrupted (crash, error from encoder), calling Reencode() again with the same target
+  // fingerprint (BankOptions::fingerprint) continues after the last committed batch. On
+  // completion the bank records the new fingerprint and rebuilds its vector indexes. Writers
+  // wait while it runs. `progress` (optional) is called after each batch.
+  virtual absl::Status Reencode(const PassageEncoder& encoder, const ReencodeProgress& progress,
+                                int batch_size = 256) = 0;
+
+  // Saves the vector indexes with the current sequence number, so the next Open() loads them
+  // instead of rebuilding, and closes the database. Later calls on the bank return
+  // FAILED_PRECONDITION. Idempotent.
+  virtual absl::Status Close() = 0;
+};
+
+}  // namespace knowd::storage

@@ -1,0 +1,108 @@
+// RocksDB key layout and record encodings of the memory bank (private to storage/).
+//
+// Column family "passages":
+//   'd' ns '\0' doc_id  -> DocRecord       (ns never contains NUL, so prefixes are unambiguous)
+//   'p' be64(pid)       -> PassageRecord   (big-endian: iteration order is id order)
+// Column family "latents":  be64(pid)          -> encoded latent matrix (latent_codec.h)
+// Column family "keys":     ns '\0' be64(pid)  -> key_dim f32, little-endian
+// Column family "meta":     see the kMeta* names below.
+//
+// Records start with a version byte; integers are little-endian fixed width; strings and lists
+// are u32-length-prefixed. Decoders reject truncated or trailing bytes.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace knowd::storage {
+
+inline constexpr char kCfPassages[] = "passages";
+inline constexpr char kCfLatents[] = "latents";
+inline constexpr char kCfKeys[] = "keys";
+inline constexpr char kCfMeta[] = "meta";
+
+// Meta keys.
+inline constexpr char kMetaLayout[] = "layout";                   // LayoutRecord
+inline constexpr char kMetaNextPassageId[] = "next_pid";          // u64
+inline constexpr char kMetaFingerprint[] = "fingerprint";         // FingerprintRecord
+inline constexpr char kMetaReencodeTarget[] = "reencode/target";  // FingerprintRecord
+inline constexpr char kMetaReencodeCursor[] = "reencode/cursor";  // u64 last done pid, u64 done
+inline constexpr char kMetaNamespacePrefix[] = "ns/";             // "ns/" ns -> NamespaceCounts
+
+std::string DocKey(std::string_view ns, std::string_view doc_id);
+std::string DocKeyPrefix(std::string_view ns);  // 'd' ns '\0'
+std::string PassageKey(uint64_t pid);           // 'p' be64
+std::string LatentKey(uint64_t pid);            // be64
+std::string KeyKey(std::string_view ns, uint64_t pid);
+std::string KeyPrefix(std::string_view ns);  // ns '\0'
+std::string NamespaceMetaKey(std::string_view ns);
+
+// Inverse of PassageKey / the pid suffix of KeyKey. Nullopt when malformed.
+std::optional<uint64_t> PidFromPassageKey(std::string_view key);
+std::optional<uint64_t> PidFromKeySuffix(std::string_view key);
+
+std::string EncodeU64(uint64_t v);
+absl::StatusOr<uint64_t> DecodeU64(std::string_view bytes);
+
+struct DocRecord {
+  int64_t ingest_us = 0;
+  std::optional<int64_t> valid_from_us;
+  std::string metadata;
+  std::string text;
+  std::vector<uint64_t> passage_ids;
+};
+std::string EncodeDoc(const DocRecord& r);
+absl::StatusOr<DocRecord> DecodeDoc(std::string_view bytes);
+
+struct PassageRecord {
+  std::string ns;
+  std::string doc_id;
+  uint32_t index = 0;  // position in the document
+  int64_t ingest_us = 0;
+  std::optional<int64_t> valid_from_us;
+  std::string text;
+};
+std::string EncodePassage(const PassageRecord& r);
+absl::StatusOr<PassageRecord> DecodePassage(std::string_view bytes);
+
+struct LayoutRecord {
+  uint32_t key_dim = 0;
+  uint32_t latent_rows = 0;
+  uint32_t latent_cols = 0;
+  uint8_t metric = 0;
+};
+std::string EncodeLayout(const LayoutRecord& r);
+absl::StatusOr<LayoutRecord> DecodeLayout(std::string_view bytes);
+
+struct FingerprintRecord {
+  std::string adapter_hash;
+  std::string base_model_hash;
+};
+std::string EncodeFingerprint(const FingerprintRecord& r);
+absl::StatusOr<FingerprintRecord> DecodeFingerprint(std::string_view bytes);
+
+struct NamespaceCounts {
+  uint64_t documents = 0;
+  uint64_t passages = 0;
+};
+std::string EncodeCounts(const NamespaceCounts& c);
+absl::StatusOr<NamespaceCounts> DecodeCounts(std::string_view bytes);
+
+// Keys are stored as raw f32 (little-endian hosts only; checked at compile time).
+std::string EncodeKeyVector(const float* key, int dim);
+absl::Status DecodeKeyVector(std::string_view bytes, int dim, float* out);
+
+// Debian's Abseil has its own string_view type; StrCat and Status messages need this bridge.
+inline absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
+
+inline int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }
+inline absl::Time FromMicros(int64_t us) { return absl::FromUnixMicros(us); }
+
+}  // namespace knowd::storage

@@ -1,0 +1,277 @@
+#include "storage/vector_index.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "faiss/AutoTune.h"
+#include "faiss/IndexFlatCodes.h"
+#include "faiss/impl/IDSelector.h"
+#include "faiss/impl/io.h"
+#include "faiss/index_factory.h"
+#include "faiss/index_io.h"
+#include "storage/records.h"
+
+namespace knowd::storage {
+namespace {
+
+// File layout: magic, u8 flat_fallback, u64 #tombstones, tombstones (u64 each), FAISS bytes.
+using FaissId = faiss::Index::idx_t;
+
+constexpr char kMagic[8] = {'K', 'N', 'D', 'V', 'I', 'D', 'X', '1'};
+
+// Train on at most this many vectors: k-means quality saturates long before, time does not.
+constexpr int64_t kMaxTrainVectors = 200000;
+
+faiss::MetricType ToFaiss(Metric m) {
+  return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+}
+
+absl::Status FaissError(std::string_view what, const std::exception& e) {
+  return absl::InternalError(absl::StrCat("FAISS ", AbslView(what), " failed: ", e.what()));
+}
+
+std::vector<FaissId> ToFaissIds(std::span<const uint64_t> ids) {
+  return std::vector<FaissId>(ids.begin(), ids.end());
+}
+
+// Makes an empty IndexIDMap2 around index_factory(config); `flat` forces "Flat".
+absl::StatusOr<std::unique_ptr<faiss::IndexIDMap2>> MakeEmpty(const VectorIndexConfig& config,
+                                                              bool flat) {
+  try {
+    std::unique_ptr<faiss::Index> inner(faiss::index_factory(
+        config.dim, flat ? "Flat" : config.factory.c_str(), ToFaiss(config.metric)));
+    if (!flat && !config.search_params.empty()) {
+      faiss::ParameterSpace().set_index_parameters(inner.get(), config.search_params.c_str());
+    }
+    auto map = std::make_unique<faiss::IndexIDMap2>(inner.release());
+    map->own_fields = true;
+    return map;
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("index factory '", config.factory,
+                                                   "' with parameters '", config.search_params,
+                                                   "' is not usable: ", e.what()));
+  }
+}
+
+}  // namespace
+
+VectorIndex::VectorIndex(const VectorIndexConfig& config, faiss::IndexIDMap2* index,
+                         bool flat_fallback)
+    : config_(config), index_(index), flat_fallback_(flat_fallback) {}
+
+VectorIndex::~VectorIndex() = default;
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorIndexConfig& config,
+                                                                std::span<const uint64_t> ids,
+                                                                std::span<const float> vectors) {
+  auto probe = MakeEmpty(config, /*flat=*/false);
+  if (!probe.ok()) return probe.status();
+  const auto n = static_cast<int64_t>(ids.size());
+  const bool needs_training = !(*probe)->is_trained;
+  const bool fallback = needs_training && n < std::max<int64_t>(config.train_min, 1);
+  std::unique_ptr<faiss::IndexIDMap2> index;
+  if (fallback) {
+    auto flat = MakeEmpty(config, /*flat=*/true);
+    if (!flat.ok()) return flat.status();
+    index = std::move(*flat);
+  } else {
+    index = std::move(*probe);
+  }
+  bool training_failed = false;
+  if (needs_training && !fallback) {
+    // Train on an evenly strided sample; deterministic, so rebuilds are reproducible.
+    const int64_t step = std::max<int64_t>(1, n / kMaxTrainVectors);
+    std::vector<float> sample;
+    for (int64_t i = 0; i < n; i += step) {
+      sample.insert(sample.end(), vectors.begin() + i * config.dim,
+                    vectors.begin() + (i + 1) * config.dim);
+    }
+    try {
+      index->train(static_cast<FaissId>(sample.size() / config.dim), sample.data());
+    } catch (const std::exception& e) {
+      // E.g. fewer training points than IVF lists. Serving exactly beats not serving; the next
+      // Open() tries again.
+      spdlog::warn("FAISS '{}' could not train on {} vectors ({}); serving a flat index",
+                   config.factory, sample.size() / config.dim, e.what());
+      auto flat = MakeEmpty(config, /*flat=*/true);
+      if (!flat.ok()) return flat.status();
+      index = std::move(*flat);
+      training_failed = true;
+    }
+  }
+  try {
+    if (n > 0) {
+      auto fids = ToFaissIds(ids);
+      index->add_with_ids(n, vectors.data(), fids.data());
+    }
+  } catch (const std::exception& e) {
+    return FaissError("build", e);
+  }
+  auto out = std::unique_ptr<VectorIndex>(
+      new VectorIndex(config, index.release(), fallback || training_failed));
+  out->training_failed_ = training_failed;
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
+    const VectorIndexConfig& config, std::string_view bytes) {
+  const size_t header = sizeof(kMagic) + 1 + 8;
+  if (bytes.size() < header || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::DataLossError("index file has no knowd header");
+  }
+  const bool fallback = bytes[sizeof(kMagic)] != 0;
+  uint64_t n_tomb;
+  std::memcpy(&n_tomb, bytes.data() + sizeof(kMagic) + 1, 8);
+  if (n_tomb > (bytes.size() - header) / 8) return absl::DataLossError("index file is truncated");
+  std::unordered_set<uint64_t> tombstones;
+  for (uint64_t i = 0; i < n_tomb; ++i) {
+    uint64_t id;
+    std::memcpy(&id, bytes.data() + header + 8 * i, 8);
+    tombstones.insert(id);
+  }
+  faiss::VectorIOReader reader;
+  const size_t faiss_start = header + 8 * n_tomb;
+  reader.data.assign(bytes.begin() + faiss_start, bytes.end());
+  std::unique_ptr<faiss::Index> index;
+  try {
+    index.reset(faiss::read_index(&reader));
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("index file is not readable by FAISS: ", e.what()));
+  }
+  auto* map = dynamic_cast<faiss::IndexIDMap2*>(index.get());
+  if (map == nullptr || map->d != config.dim || map->metric_type != ToFaiss(config.metric) ||
+      reader.rp != reader.data.size()) {
+    return absl::DataLossError("index file does not match the bank's dimension and metric");
+  }
+  index.release();
+  try {
+    if (!fallback && !config.search_params.empty()) {
+      faiss::ParameterSpace().set_index_parameters(map->index, config.search_params.c_str());
+    }
+  } catch (const std::exception& e) {
+    delete map;
+    return absl::InvalidArgumentError(
+        absl::StrCat("index parameters '", config.search_params, "': ", e.what()));
+  }
+  auto out = std::unique_ptr<VectorIndex>(new VectorIndex(config, map, fallback));
+  out->tombstones_ = std::move(tombstones);
+  return out;
+}
+
+absl::StatusOr<std::string> VectorIndex::Serialize() const {
+  faiss::VectorIOWriter writer;
+  try {
+    faiss::write_index(index_.get(), &writer);
+  } catch (const std::exception& e) {
+    return FaissError("write_index", e);
+  }
+  std::string out(kMagic, sizeof(kMagic));
+  out.push_back(flat_fallback_ ? 1 : 0);
+  const uint64_t n_tomb = tombstones_.size();
+  out.append(reinterpret_cast<const char*>(&n_tomb), 8);
+  for (uint64_t id : tombstones_) out.append(reinterpret_cast<const char*>(&id), 8);
+  out.append(reinterpret_cast<const char*>(writer.data.data()), writer.data.size());
+  return out;
+}
+
+absl::Status VectorIndex::Add(std::span<const uint64_t> ids, std::span<const float> vectors) {
+  if (ids.empty()) return absl::OkStatus();
+  auto fids = ToFaissIds(ids);
+  try {
+    index_->add_with_ids(static_cast<FaissId>(ids.size()), vectors.data(), fids.data());
+  } catch (const std::exception& e) {
+    return FaissError("add", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VectorIndex::Remove(std::span<const uint64_t> ids) {
+  if (ids.empty()) return absl::OkStatus();
+  // IndexIDMap2::remove_ids assumes the sub-index renumbers its remaining vectors compactly,
+  // which only the flat-codes family (Flat, PQ, SQ, LSH) does; IVF keeps its internal ids and
+  // HNSW cannot remove at all. Everything else gets tombstones.
+  if (dynamic_cast<const faiss::IndexFlatCodes*>(index_->index) != nullptr) {
+    auto fids = ToFaissIds(ids);
+    faiss::IDSelectorBatch selector(fids.size(), fids.data());
+    try {
+      index_->remove_ids(selector);
+    } catch (const std::exception& e) {
+      return FaissError("remove", e);
+    }
+    return absl::OkStatus();
+  }
+  for (uint64_t id : ids) {
+    if (index_->rev_map.count(static_cast<FaissId>(id))) tombstones_.insert(id);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ScoredId>> VectorIndex::Search(const float* query, int k) const {
+  const int64_t total = index_->ntotal;
+  std::vector<ScoredId> out;
+  // With tombstones, over-fetch and widen until k live results or the index is exhausted.
+  // Tombstones stay under a tenth of the index (NeedsRebuild), so one round is the norm.
+  int64_t want = std::min<int64_t>(total, tombstones_.empty() ? k : 2 * k + 16);
+  const bool l2 = config_.metric == Metric::kL2;
+  while (want > 0) {
+    std::vector<float> distances(want);
+    std::vector<FaissId> labels(want);
+    try {
+      index_->search(1, query, want, distances.data(), labels.data());
+    } catch (const std::exception& e) {
+      return FaissError("search", e);
+    }
+    out.clear();
+    bool exhausted = want == total;
+    for (int64_t i = 0; i < want && static_cast<int>(out.size()) < k; ++i) {
+      if (labels[i] < 0) {  // fewer results than asked (IVF with small nprobe, HNSW)
+        exhausted = true;
+        break;
+      }
+      const auto id = static_cast<uint64_t>(labels[i]);
+      if (tombstones_.count(id)) continue;
+      out.push_back({id, l2 ? -distances[i] : distances[i]});
+    }
+    if (static_cast<int>(out.size()) >= k || exhausted) break;
+    want = std::min<int64_t>(total, want * 4);
+  }
+  return out;
+}
+
+bool VectorIndex::Contains(uint64_t id) const {
+  return index_->rev_map.count(static_cast<FaissId>(id)) && !tombstones_.count(id);
+}
+
+int64_t VectorIndex::size() const {
+  return index_->ntotal - static_cast<int64_t>(tombstones_.size());
+}
+
+std::vector<uint64_t> VectorIndex::LiveIds() const {
+  std::vector<uint64_t> ids;
+  ids.reserve(index_->id_map.size());
+  for (FaissId id : index_->id_map) {
+    if (!tombstones_.count(static_cast<uint64_t>(id))) ids.push_back(static_cast<uint64_t>(id));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+bool VectorIndex::NeedsRebuild() const {
+  if (flat_fallback_ && !training_failed_ && size() >= config_.train_min) return true;
+  return !tombstones_.empty() && tombstones_.size() * 10 > static_cast<size_t>(index_->ntotal);
+}
+
+std::string VectorIndex::Description() const {
+  if (flat_fallback_)
+    return absl::StrCat("Flat (until ", config_.train_min, " vectors: ", config_.factory, ")");
+  if (!tombstones_.empty()) {
+    return absl::StrCat(config_.factory, " (", tombstones_.size(), " tombstones)");
+  }
+  return config_.factory;
+}
+
+}  // namespace knowd::storage

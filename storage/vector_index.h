@@ -1,0 +1,79 @@
+// One namespace's dense index (private to storage/): a faiss::Index made by index_factory,
+// wrapped in IndexIDMap2 so it is addressed by passage id. The bank talks to faiss::Index only;
+// what the factory string builds is configuration.
+//
+// Two FAISS limitations are hidden here:
+//  - IndexIDMap2::remove_ids is only correct for sub-indexes that renumber compactly (the
+//    flat-codes family: Flat, PQ, SQ). Others (HNSW cannot remove; IVF keeps internal ids) get
+//    tombstones: removed ids stay in the index and are filtered out of results (over-fetching).
+//    NeedsRebuild() asks the owner to rebuild from the source of truth once tombstones pass a
+//    tenth of the index.
+//  - Trainable indexes (IVF, PQ) cannot be searched before training. Until a namespace holds
+//    train_min vectors it is served by an exact "Flat" index; NeedsRebuild() turns true when the
+//    threshold is crossed so the owner rebuilds with training.
+//
+// Not thread-safe for writes; Search() may run concurrently with other Search() calls.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "faiss/IndexIDMap.h"
+#include "storage/memory_bank.h"
+
+namespace knowd::storage {
+
+struct VectorIndexConfig {
+  int dim = 0;
+  Metric metric = Metric::kInnerProduct;
+  std::string factory = "Flat";
+  std::string search_params;  // faiss::ParameterSpace string, may be empty
+  int64_t train_min = 10000;
+};
+
+struct ScoredId {
+  uint64_t id;
+  float score;  // higher is better
+};
+
+class VectorIndex {
+ public:
+  // Builds an index over (ids, vectors) in one pass (training first when the factory needs it
+  // and there are at least train_min vectors). `vectors` holds ids.size() × dim floats.
+  static absl::StatusOr<std::unique_ptr<VectorIndex>> Build(const VectorIndexConfig& config,
+                                                            std::span<const uint64_t> ids,
+                                                            std::span<const float> vectors);
+  // Reads what Serialize() wrote. DATA_LOSS when the bytes are not a valid index for `config`.
+  static absl::StatusOr<std::unique_ptr<VectorIndex>> Deserialize(const VectorIndexConfig& config,
+                                                                  std::string_view bytes);
+  ~VectorIndex();
+
+  absl::Status Add(std::span<const uint64_t> ids, std::span<const float> vectors);
+  absl::Status Remove(std::span<const uint64_t> ids);
+  absl::StatusOr<std::vector<ScoredId>> Search(const float* query, int k) const;
+
+  bool Contains(uint64_t id) const;       // present and not a tombstone
+  int64_t size() const;                   // live vectors (excludes tombstones)
+  std::vector<uint64_t> LiveIds() const;  // sorted
+  bool NeedsRebuild() const;
+  std::string Description() const;
+  absl::StatusOr<std::string> Serialize() const;
+
+ private:
+  VectorIndex(const VectorIndexConfig& config, faiss::IndexIDMap2* index, bool flat_fallback);
+
+  VectorIndexConfig config_;
+  std::unique_ptr<faiss::IndexIDMap2> index_;
+  bool flat_fallback_;            // serving "Flat" because the factory index is not trained yet
+  bool training_failed_ = false;  // do not ask for a rebuild again in this process
+  std::unordered_set<uint64_t> tombstones_;
+};
+
+}  // namespace knowd::storage
