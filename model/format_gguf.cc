@@ -20,10 +20,10 @@ namespace {
 static_assert(std::endian::native == std::endian::little,
               "GGUF fields are read in place; a big-endian host needs byte swapping");
 
-constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as a little-endian uint32.
-constexpr uint64_t kDefaultAlignment = 32;
-constexpr uint32_t kMaxDims = 4;  // GGML_MAX_DIMS.
-constexpr int64_t kMaxKeyBytes = 65535;
+using internal::kGgufMagic;
+constexpr uint64_t kDefaultAlignment = internal::kGgufDefaultAlignment;
+constexpr uint32_t kMaxDims = internal::kGgufMaxDims;
+constexpr uint64_t kMaxKeyBytes = internal::kGgufMaxKeyBytes;
 
 // Smallest encodings, used to bound counts by the bytes left: a kv is key length (8) + one key
 // byte + value type (4) + one value byte; a tensor info is name length (8) + one name byte +
@@ -31,21 +31,7 @@ constexpr int64_t kMaxKeyBytes = 65535;
 constexpr uint64_t kMinKvBytes = 8 + 1 + 4 + 1;
 constexpr uint64_t kMinTensorInfoBytes = 8 + 1 + 4 + 4 + 8;
 
-enum GgufType : uint32_t {
-  kUint8 = 0,
-  kInt8 = 1,
-  kUint16 = 2,
-  kInt16 = 3,
-  kUint32 = 4,
-  kInt32 = 5,
-  kFloat32 = 6,
-  kBool = 7,
-  kString = 8,
-  kArray = 9,
-  kUint64 = 10,
-  kInt64 = 11,
-  kFloat64 = 12,
-};
+using enum internal::GgufType;
 
 // Bytes of a scalar GGUF value; 0 for string, array and unknown types.
 uint64_t ScalarBytes(uint32_t type) {
@@ -84,16 +70,16 @@ const char* GgmlTypeName(uint32_t type) {
 
 bool DTypeFromGgml(uint32_t type, DType* dtype) {
   switch (type) {
-    case 0:
+    case internal::kGgmlF32:
       *dtype = DType::kF32;
       return true;
-    case 1:
+    case internal::kGgmlF16:
       *dtype = DType::kF16;
       return true;
-    case 8:
+    case internal::kGgmlQ8_0:
       *dtype = DType::kQ8_0;
       return true;
-    case 30:
+    case internal::kGgmlBF16:
       *dtype = DType::kBF16;
       return true;
     default:

@@ -3,9 +3,7 @@
 // then the data section. Like the reference implementation, the reader insists that the tensors
 // tile the data section exactly (no holes, no overlaps, nothing left over), so every byte of the
 // file is accounted for before any tensor is handed out.
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -311,34 +309,21 @@ bool PathExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// Writes all of [data, data + n) to fd, retrying short writes.
-absl::Status WriteAll(int fd, const void* data, size_t n, absl::string_view label) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t written = ::write(fd, p, n);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, absl::StrCat(label, ": write failed"));
-    }
-    p += written;
-    n -= static_cast<size_t>(written);
-  }
-  return absl::OkStatus();
-}
-
 absl::Status WriteFileContents(int fd, const std::string& label, const std::string& header,
                                std::span<const HostTensor> tensors,
                                const std::vector<size_t>& order) {
   const uint64_t header_bytes = header.size();
-  if (absl::Status s = WriteAll(fd, &header_bytes, 8, label); !s.ok()) return s;
-  if (absl::Status s = WriteAll(fd, header.data(), header.size(), label); !s.ok()) return s;
+  if (absl::Status s = internal::WriteAll(fd, &header_bytes, 8, label); !s.ok()) return s;
+  if (absl::Status s = internal::WriteAll(fd, header.data(), header.size(), label); !s.ok()) {
+    return s;
+  }
   for (size_t i : order) {
     const HostTensor& t = tensors[i];
-    if (absl::Status s = WriteAll(fd, t.data, static_cast<size_t>(t.bytes), label); !s.ok()) {
+    if (absl::Status s = internal::WriteAll(fd, t.data, static_cast<size_t>(t.bytes), label);
+        !s.ok()) {
       return s;
     }
   }
-  if (::fsync(fd) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(label, ": fsync failed"));
   return absl::OkStatus();
 }
 
@@ -471,42 +456,8 @@ absl::Status WriteSafetensors(const std::string& path, std::span<const HostTenso
   }
   header.append((8 - header.size() % 8) % 8, ' ');
 
-  // Temp file in the same directory, so the rename is atomic and readers never see a partial
-  // file.
-  std::string temp = path + ".tmp-XXXXXX";
-  int fd = ::mkstemp(temp.data());
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(label, ": cannot create ", temp));
-  // mkstemp creates 0600; model files are meant to be shared like any other output.
-  absl::Status status;
-  if (::fchmod(fd, 0644) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(label, ": fchmod failed"));
-  }
-  if (status.ok()) status = WriteFileContents(fd, label, header, tensors, order);
-  if (::close(fd) != 0 && status.ok()) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(label, ": close failed"));
-  }
-  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
-    status =
-        absl::ErrnoToStatus(errno, absl::StrCat(label, ": cannot rename ", temp, " to ", path));
-  }
-  if (!status.ok()) {
-    ::unlink(temp.c_str());
-    return status;
-  }
-  // The rename is durable only once the directory entry is.
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "."
-                          : slash == 0               ? "/"
-                                                     : path.substr(0, slash);
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(label, ": cannot open ", dir));
-  if (::fsync(dir_fd) != 0) {
-    int err = errno;
-    ::close(dir_fd);
-    return absl::ErrnoToStatus(err, absl::StrCat(label, ": fsync of ", dir, " failed"));
-  }
-  ::close(dir_fd);
-  return absl::OkStatus();
+  return internal::WriteFileAtomically(
+      path, [&](int fd) { return WriteFileContents(fd, label, header, tensors, order); });
 }
 
 }  // namespace knowd

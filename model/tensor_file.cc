@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -118,6 +119,62 @@ bool CheckedNumel(std::span<const int64_t> dims, int64_t* numel) {
 
 std::string ShapeString(std::span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::Status WriteAll(int fd, const void* data, size_t n, absl::string_view label) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t written = ::write(fd, p, n);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, absl::StrCat(label, ": write failed"));
+    }
+    p += written;
+    n -= static_cast<size_t>(written);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::function<absl::Status(int fd)>& write) {
+  const std::string label = FileLabel(path);
+  std::string temp = path + ".tmp-XXXXXX";
+  int fd = ::mkstemp(temp.data());
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(label, ": cannot create ", temp));
+  // mkstemp creates 0600; model files are meant to be shared like any other output.
+  absl::Status status;
+  if (::fchmod(fd, 0644) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat(label, ": fchmod failed"));
+  }
+  if (status.ok()) status = write(fd);
+  if (status.ok() && ::fsync(fd) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat(label, ": fsync failed"));
+  }
+  if (::close(fd) != 0 && status.ok()) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat(label, ": close failed"));
+  }
+  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    status =
+        absl::ErrnoToStatus(errno, absl::StrCat(label, ": cannot rename ", temp, " to ", path));
+  }
+  if (!status.ok()) {
+    ::unlink(temp.c_str());
+    return status;
+  }
+  // The rename is durable only once the directory entry is.
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(label, ": cannot open ", dir));
+  if (::fsync(dir_fd) != 0) {
+    int err = errno;
+    ::close(dir_fd);
+    return absl::ErrnoToStatus(err, absl::StrCat(label, ": fsync of ", dir, " failed"));
+  }
+  ::close(dir_fd);
+  return absl::OkStatus();
 }
 
 }  // namespace internal

@@ -111,4 +111,27 @@ class SafetensorsFile : public TensorFile {
 absl::Status WriteSafetensors(const std::string& path, std::span<const HostTensor> tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
+// Writes a GGUF v3 file, atomically (as WriteSafetensors). Tensors keep their order; each one's
+// data starts at a multiple of `alignment` (a power of two >= 8), and general.alignment is
+// written when it is not the default 32 (metadata may carry that key only with the same value).
+//
+// GgufValue does not say which GGUF type a value came from, so the narrowest type that holds it
+// exactly is written; GgufFile::Open then returns the same values. In particular integers that
+// fit are written as UINT32 / INT32 and floats as FLOAT32, the types llama.cpp insists on for
+// keys such as llama.block_count and llama.attention.layer_norm_rms_epsilon:
+//   uint64_t            -> UINT32 if <= UINT32_MAX, else UINT64
+//   int64_t             -> INT32 if it fits, else INT64
+//   double              -> FLOAT32 if a float holds it exactly (NaN and inf included), else FLOAT64
+//   bool, std::string   -> BOOL, STRING
+//   vector<std::string> -> ARRAY of STRING
+//   vector<int64_t>     -> ARRAY of INT32 if every element fits, else ARRAY of INT64
+//   vector<double>      -> ARRAY of FLOAT32 if every element is a float exactly, else FLOAT64
+// INVALID_ARGUMENT (naming the key or tensor) for an empty or over-long key, a tensor dtype other
+// than f32, f16, bf16 or q8_0, a name that is empty, repeated or longer than 63 bytes (ggml's
+// GGML_MAX_NAME), a rank outside 1..4, a non-positive dimension, q8_0 rows that are not a
+// multiple of 32, or `bytes` that do not match the shape.
+absl::Status WriteGguf(const std::string& path,
+                       const std::map<std::string, GgufValue, std::less<>>& metadata,
+                       std::span<const HostTensor> tensors, int alignment = 32);
+
 }  // namespace knowd

@@ -1,9 +1,10 @@
-// Helpers shared by the model-file loaders (format_gguf.cc, format_safetensors.cc). Private to
-// model/: nothing outside the folder includes this.
+// Helpers shared by the model-file readers and writers (format_*.cc) and the converter
+// (convert.cc). Private to model/: nothing outside the folder includes this.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -13,6 +14,36 @@
 #include "absl/strings/string_view.h"
 
 namespace knowd::internal {
+
+// GGUF constants (ggml docs/gguf.md), shared by the reader (format_gguf.cc) and the writer
+// (format_gguf_writer.cc).
+inline constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as a little-endian uint32.
+inline constexpr uint64_t kGgufDefaultAlignment = 32;
+inline constexpr uint32_t kGgufMaxDims = 4;  // GGML_MAX_DIMS.
+inline constexpr uint64_t kGgufMaxKeyBytes = 65535;
+
+// Metadata value types.
+enum GgufType : uint32_t {
+  kUint8 = 0,
+  kInt8 = 1,
+  kUint16 = 2,
+  kInt16 = 3,
+  kUint32 = 4,
+  kInt32 = 5,
+  kFloat32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kUint64 = 10,
+  kInt64 = 11,
+  kFloat64 = 12,
+};
+
+// ggml tensor type numbers of the dtypes knowd reads and writes.
+inline constexpr uint32_t kGgmlF32 = 0;
+inline constexpr uint32_t kGgmlF16 = 1;
+inline constexpr uint32_t kGgmlQ8_0 = 8;
+inline constexpr uint32_t kGgmlBF16 = 30;
 
 // A whole file mapped read-only. Unmaps on destruction unless Release() handed the mapping to
 // a longer-lived owner (GgufFile, SafetensorsFile), which then calls Unmap().
@@ -54,5 +85,16 @@ bool CheckedNumel(std::span<const int64_t> dims, int64_t* numel);
 
 // "[512, 64]".
 std::string ShapeString(std::span<const int64_t> shape);
+
+// Writes all of [data, data + n) to `fd`, retrying short writes. Errors start with `label`.
+absl::Status WriteAll(int fd, const void* data, size_t n, absl::string_view label);
+
+// Replaces `path` atomically with what `write` puts into the descriptor it is given: a temp file
+// in the same directory (so the rename cannot cross file systems), mode 0644, fsynced, renamed
+// over `path`, then the directory fsynced so the rename itself is durable. Readers see the old
+// file or the new one, never a partial one. On any failure the temp file is removed and `path`
+// is left as it was. Errors start with FileLabel(path).
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::function<absl::Status(int fd)>& write);
 
 }  // namespace knowd::internal

@@ -1,0 +1,438 @@
+// ConvertModel: decode every tensor to f32, rename and permute it for the target format, encode
+// it in the target dtype, and write the target format's files.
+#include "model/convert.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/math.h"
+#include "model/config.h"
+#include "model/tensor_file.h"
+#include "model/tensor_file_internal.h"
+#include "model/tokenizer_internal.h"
+
+namespace knowd {
+namespace {
+
+using Metadata = std::map<std::string, GgufValue, std::less<>>;
+using tokenizer_internal::SentencePieceModel;
+
+enum class Format { kGguf, kHf };
+
+absl::string_view Str(std::string_view s) { return internal::ToAbsl(s); }
+
+// ---- tensor names ------------------------------------------------------------------------
+
+// {GGUF name, Hugging Face name}, model-wide and per layer (after "blk.N." /
+// "model.layers.N.").
+constexpr std::pair<std::string_view, std::string_view> kGlobalNames[] = {
+    {"token_embd.weight", "model.embed_tokens.weight"},
+    {"output_norm.weight", "model.norm.weight"},
+    {"output.weight", "lm_head.weight"},
+};
+constexpr std::pair<std::string_view, std::string_view> kLayerNames[] = {
+    {"attn_norm.weight", "input_layernorm.weight"},
+    {"attn_q.weight", "self_attn.q_proj.weight"},
+    {"attn_k.weight", "self_attn.k_proj.weight"},
+    {"attn_v.weight", "self_attn.v_proj.weight"},
+    {"attn_output.weight", "self_attn.o_proj.weight"},
+    {"attn_q.bias", "self_attn.q_proj.bias"},
+    {"attn_k.bias", "self_attn.k_proj.bias"},
+    {"attn_v.bias", "self_attn.v_proj.bias"},
+    {"ffn_norm.weight", "post_attention_layernorm.weight"},
+    {"ffn_gate.weight", "mlp.gate_proj.weight"},
+    {"ffn_up.weight", "mlp.up_proj.weight"},
+    {"ffn_down.weight", "mlp.down_proj.weight"},
+};
+
+std::string_view LayerPrefix(Format f) { return f == Format::kGguf ? "blk." : "model.layers."; }
+
+// `name` (in format `from`) as format `to` names it; nullopt when it has no counterpart.
+std::optional<std::string> RenameTensor(std::string_view name, Format from, Format to) {
+  if (from == to) return std::string(name);
+  const bool from_gguf = from == Format::kGguf;
+  for (const auto& [gguf, hf] : kGlobalNames) {
+    if (name == (from_gguf ? gguf : hf)) return std::string(from_gguf ? hf : gguf);
+  }
+  const std::string_view prefix = LayerPrefix(from);
+  if (!name.starts_with(prefix)) return std::nullopt;
+  std::string_view rest = name.substr(prefix.size());
+  int layer = 0;
+  const auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), layer);
+  if (ec != std::errc() || end == rest.data() + rest.size() || *end != '.') return std::nullopt;
+  rest = rest.substr(end - rest.data() + 1);
+  for (const auto& [gguf, hf] : kLayerNames) {
+    if (rest == (from_gguf ? gguf : hf)) {
+      return absl::StrCat(Str(LayerPrefix(to)), layer, ".", Str(from_gguf ? hf : gguf));
+    }
+  }
+  return std::nullopt;
+}
+
+// Whether `name` is a Q or K projection (weight or bias); sets the head count it is split into.
+bool IsRotated(std::string_view name, Format format, const LlamaConfig& c, int* heads) {
+  const std::string_view q = format == Format::kGguf ? ".attn_q." : ".self_attn.q_proj.";
+  const std::string_view k = format == Format::kGguf ? ".attn_k." : ".self_attn.k_proj.";
+  if (name.find(q) != std::string_view::npos) {
+    *heads = c.num_heads;
+    return true;
+  }
+  if (name.find(k) != std::string_view::npos) {
+    *heads = c.num_kv_heads;
+    return true;
+  }
+  return false;
+}
+
+// ---- tensor data -------------------------------------------------------------------------
+
+std::vector<float> DecodeF32(const HostTensor& t) {
+  const int64_t n = t.numel();
+  std::vector<float> out(n);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = LoadAsF32(t.data, t.dtype, i);
+  return out;
+}
+
+// Reorders the rows of every head of a Q or K projection ([heads * head_dim, cols], or a bias
+// with cols = 1) between the RoPE pairings: a head's row j * head_dim/2 + i (rotate-half) is row
+// 2i + j in the interleaved order, as llama.cpp's converter permutes Hugging Face weights.
+std::vector<float> PermuteHeads(const std::vector<float>& w, int heads, int64_t cols,
+                                RopeStyle to) {
+  const int64_t rows = static_cast<int64_t>(w.size()) / cols;
+  const int64_t head_dim = rows / heads;
+  const int64_t half = head_dim / 2;
+  std::vector<float> out(w.size());
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < half; ++i) {
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t interleaved = h * head_dim + 2 * i + j;
+        const int64_t rotate_half = h * head_dim + j * half + i;
+        const int64_t dst = to == RopeStyle::kInterleaved ? interleaved : rotate_half;
+        const int64_t src = to == RopeStyle::kInterleaved ? rotate_half : interleaved;
+        std::memcpy(out.data() + dst * cols, w.data() + src * cols, cols * sizeof(float));
+      }
+    }
+  }
+  return out;
+}
+
+// ggml's quantize_row_q8_0_ref: the scale is computed and applied in f32 and stored as f16.
+void QuantizeQ8_0(std::span<const float> x, uint8_t* out) {
+  const int64_t blocks = static_cast<int64_t>(x.size()) / kQ8_0BlockSize;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* v = x.data() + b * kQ8_0BlockSize;
+    uint8_t* block = out + b * kQ8_0BlockBytes;
+    float amax = 0.0f;
+    for (int64_t j = 0; j < kQ8_0BlockSize; ++j) amax = std::max(amax, std::fabs(v[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t scale = F32ToF16(d);
+    block[0] = static_cast<uint8_t>(scale & 0xff);
+    block[1] = static_cast<uint8_t>(scale >> 8);
+    for (int64_t j = 0; j < kQ8_0BlockSize; ++j) {
+      block[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(v[j] * id)));
+    }
+  }
+}
+
+std::vector<uint8_t> Encode(std::span<const float> x, DType dtype) {
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint8_t> out(DTypeBytes(dtype, n));
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(out.data(), x.data(), out.size());
+      break;
+    case DType::kF16:
+    case DType::kBF16: {
+      uint16_t* h = reinterpret_cast<uint16_t*>(out.data());
+      const bool f16 = dtype == DType::kF16;
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) h[i] = f16 ? F32ToF16(x[i]) : F32ToBF16(x[i]);
+      break;
+    }
+    case DType::kQ8_0:
+      QuantizeQ8_0(x, out.data());
+      break;
+    case DType::kI32:
+      break;  // refused by the caller
+  }
+  return out;
+}
+
+// A converted tensor and the bytes it points at.
+struct OwnedTensor {
+  HostTensor tensor;
+  std::vector<uint8_t> storage;
+};
+
+// ---- sources -----------------------------------------------------------------------------
+
+struct Source {
+  Format format = Format::kGguf;
+  LlamaConfig config;
+  std::unique_ptr<GgufFile> gguf;            // when format == kGguf
+  std::unique_ptr<SafetensorsFile> weights;  // when format == kHf
+  const TensorFile& file() const {
+    return gguf != nullptr ? static_cast<const TensorFile&>(*gguf) : *weights;
+  }
+};
+
+absl::StatusOr<Source> OpenSource(const std::string& in) {
+  Source source;
+  if (std::filesystem::is_directory(in)) {
+    source.format = Format::kHf;
+    absl::StatusOr<LlamaConfig> config = LlamaConfigFromHfJson(in + "/config.json");
+    if (!config.ok()) return config.status();
+    source.config = *config;
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(in);
+    if (!file.ok()) return file.status();
+    source.weights = *std::move(file);
+  } else {
+    absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(in);
+    if (!file.ok()) return file.status();
+    absl::StatusOr<LlamaConfig> config = LlamaConfigFromGguf(**file);
+    if (!config.ok()) return config.status();
+    source.config = *config;
+    source.gguf = *std::move(file);
+  }
+  return source;
+}
+
+// The tensors of `source`, renamed for `to`, in `weights` (2-D) or f32 (the rest).
+absl::StatusOr<std::vector<OwnedTensor>> ConvertTensors(const Source& source, Format to,
+                                                        DType weights) {
+  std::vector<OwnedTensor> result;
+  for (const HostTensor& t : source.file().tensors()) {
+    // Old Hugging Face checkpoints store RoPE's inverse frequencies; they follow from the config.
+    if (source.format == Format::kHf && t.name.ends_with("rotary_emb.inv_freq")) continue;
+    if (t.dtype == DType::kI32) {
+      return absl::InvalidArgumentError(absl::StrCat(internal::FileLabel(source.file().path()),
+                                                     ": tensor ", t.name,
+                                                     " is i32; only float tensors convert"));
+    }
+    std::optional<std::string> name = RenameTensor(t.name, source.format, to);
+    if (!name.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(internal::FileLabel(source.file().path()), ": tensor ", t.name,
+                       " has no name in ", to == Format::kGguf ? "GGUF" : "Hugging Face"));
+    }
+    std::vector<float> values = DecodeF32(t);
+    int heads = 0;
+    if (source.format != to && IsRotated(t.name, source.format, source.config, &heads)) {
+      const int64_t cols = t.shape.size() == 2 ? t.shape[1] : 1;
+      values = PermuteHeads(values, heads, cols,
+                            to == Format::kGguf ? RopeStyle::kInterleaved : RopeStyle::kHalf);
+    }
+    DType dtype = t.shape.size() == 2 ? weights : DType::kF32;
+    // q8_0 blocks run along rows; a row that does not split into blocks keeps f16 precision.
+    if (dtype == DType::kQ8_0 && t.shape.back() % kQ8_0BlockSize != 0) dtype = DType::kF16;
+    OwnedTensor& out = result.emplace_back();
+    out.storage = Encode(values, dtype);
+    out.tensor.name = *std::move(name);
+    out.tensor.dtype = dtype;
+    out.tensor.shape = t.shape;
+    out.tensor.bytes = static_cast<int64_t>(out.storage.size());
+  }
+  // Pointers are taken last: `result` reallocated while it grew.
+  for (OwnedTensor& t : result) t.tensor.data = t.storage.data();
+  return result;
+}
+
+std::vector<HostTensor> Views(const std::vector<OwnedTensor>& tensors) {
+  std::vector<HostTensor> views;
+  views.reserve(tensors.size());
+  for (const OwnedTensor& t : tensors) views.push_back(t.tensor);
+  return views;
+}
+
+// ---- GGUF metadata -----------------------------------------------------------------------
+
+// llama.cpp's general.file_type (enum llama_ftype) for a file whose matrices are `weights`.
+uint64_t LlamaFileType(DType weights) {
+  switch (weights) {
+    case DType::kF16:
+      return 1;
+    case DType::kQ8_0:
+      return 7;
+    case DType::kBF16:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+// A SentencePiece tokenizer.model as a GGUF "llama" vocabulary of `vocab_size` tokens, laid out
+// as llama.cpp's convert_hf_to_gguf.py writes it.
+absl::Status AddSentencePieceVocab(const SentencePieceModel& spm, int vocab_size,
+                                   const std::string& label, Metadata* metadata) {
+  if (spm.model_type != tokenizer_internal::kModelTypeBpe) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        label, ": a unigram SentencePiece model cannot become a GGUF \"llama\" vocabulary (BPE)"));
+  }
+  if (static_cast<int64_t>(spm.pieces.size()) > vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": ", spm.pieces.size(), " pieces, more than vocab_size ", vocab_size));
+  }
+  std::vector<std::string> tokens;
+  std::vector<double> scores;
+  std::vector<int64_t> types;
+  for (const SentencePieceModel::Piece& p : spm.pieces) {
+    tokens.push_back(p.text);
+    scores.push_back(p.score);
+    types.push_back(static_cast<int64_t>(p.type));
+  }
+  // Embedding rows past the tokenizer's pieces (vocab padded for speed) get unused tokens.
+  for (int i = static_cast<int>(tokens.size()), pad = 1; i < vocab_size; ++i, ++pad) {
+    tokens.push_back(absl::StrCat("[PAD", pad, "]"));
+    scores.push_back(-1000.0);
+    types.push_back(static_cast<int64_t>(tokenizer_internal::PieceType::kUnused));
+  }
+  (*metadata)["tokenizer.ggml.model"] = std::string("llama");
+  (*metadata)["tokenizer.ggml.pre"] = std::string("default");
+  (*metadata)["tokenizer.ggml.tokens"] = std::move(tokens);
+  (*metadata)["tokenizer.ggml.scores"] = std::move(scores);
+  (*metadata)["tokenizer.ggml.token_type"] = std::move(types);
+  if (spm.unk_id >= 0) {
+    (*metadata)["tokenizer.ggml.unknown_token_id"] = static_cast<uint64_t>(spm.unk_id);
+  }
+  if (spm.pad_id >= 0) {
+    (*metadata)["tokenizer.ggml.padding_token_id"] = static_cast<uint64_t>(spm.pad_id);
+  }
+  (*metadata)["tokenizer.ggml.add_space_prefix"] = spm.add_dummy_prefix;
+  (*metadata)["tokenizer.ggml.remove_extra_whitespaces"] = spm.remove_extra_whitespaces;
+  (*metadata)["tokenizer.ggml.add_bos_token"] = true;
+  (*metadata)["tokenizer.ggml.add_eos_token"] = false;
+  return absl::OkStatus();
+}
+
+// The metadata of a GGUF made from a Hugging Face directory: the "llama" hyperparameters and,
+// when the directory has a tokenizer.model, its vocabulary.
+absl::StatusOr<Metadata> MetadataFromHf(const std::string& dir, const LlamaConfig& c) {
+  if (c.head_dim * c.num_heads != c.hidden_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": head_dim ", c.head_dim, " is not hidden_size / num_attention_heads (",
+                     c.hidden_size, " / ", c.num_heads, "), which GGUF \"llama\" files assume"));
+  }
+  Metadata m;
+  m["general.architecture"] = std::string("llama");
+  m["general.name"] = internal::FileLabel(dir);
+  // Counts as uint64 (written UINT32) and floats as exact floats (written FLOAT32): the types
+  // llama.cpp requires for these keys.
+  m["llama.context_length"] = static_cast<uint64_t>(c.max_position_embeddings);
+  m["llama.embedding_length"] = static_cast<uint64_t>(c.hidden_size);
+  m["llama.block_count"] = static_cast<uint64_t>(c.num_layers);
+  m["llama.feed_forward_length"] = static_cast<uint64_t>(c.intermediate_size);
+  m["llama.attention.head_count"] = static_cast<uint64_t>(c.num_heads);
+  m["llama.attention.head_count_kv"] = static_cast<uint64_t>(c.num_kv_heads);
+  m["llama.rope.dimension_count"] = static_cast<uint64_t>(c.head_dim);
+  m["llama.rope.freq_base"] = double{c.rope_theta};
+  m["llama.attention.layer_norm_rms_epsilon"] = double{c.rms_norm_eps};
+  m["llama.vocab_size"] = static_cast<uint64_t>(c.vocab_size);
+  if (c.bos_token_id >= 0) m["tokenizer.ggml.bos_token_id"] = static_cast<uint64_t>(c.bos_token_id);
+  if (c.eos_token_id >= 0) m["tokenizer.ggml.eos_token_id"] = static_cast<uint64_t>(c.eos_token_id);
+
+  const std::string spm_path = dir + "/tokenizer.model";
+  if (!std::filesystem::exists(spm_path)) {
+    m["tokenizer.ggml.model"] = std::string("no_vocab");
+    return m;
+  }
+  absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(spm_path);
+  if (!bytes.ok()) return bytes.status();
+  absl::StatusOr<SentencePieceModel> spm =
+      tokenizer_internal::ParseSentencePieceModel(*bytes, spm_path);
+  if (!spm.ok()) return spm.status();
+  if (absl::Status s = AddSentencePieceVocab(*spm, c.vocab_size, spm_path, &m); !s.ok()) return s;
+  return m;
+}
+
+// ---- writers -----------------------------------------------------------------------------
+
+absl::Status WriteBytesAtomically(const std::string& path, std::string_view bytes) {
+  return internal::WriteFileAtomically(path, [&](int fd) {
+    return internal::WriteAll(fd, bytes.data(), bytes.size(), internal::FileLabel(path));
+  });
+}
+
+absl::Status WriteGgufModel(const Source& source, const std::string& in, const std::string& out,
+                            DType weights) {
+  Metadata metadata;
+  if (source.format == Format::kGguf) {
+    metadata = source.gguf->metadata();
+    metadata.erase("general.alignment");  // written with the default alignment
+  } else {
+    absl::StatusOr<Metadata> m = MetadataFromHf(in, source.config);
+    if (!m.ok()) return m.status();
+    metadata = *std::move(m);
+  }
+  metadata["general.file_type"] = LlamaFileType(weights);
+  if (weights == DType::kQ8_0) metadata["general.quantization_version"] = uint64_t{2};
+
+  absl::StatusOr<std::vector<OwnedTensor>> tensors = ConvertTensors(source, Format::kGguf, weights);
+  if (!tensors.ok()) return tensors.status();
+  return WriteGguf(out, metadata, Views(*tensors));
+}
+
+absl::Status WriteHfModel(const Source& source, const std::string& in, const std::string& out,
+                          DType weights) {
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  if (ec) return absl::InternalError(absl::StrCat(out, ": cannot create: ", ec.message()));
+  absl::StatusOr<std::vector<OwnedTensor>> tensors = ConvertTensors(source, Format::kHf, weights);
+  if (!tensors.ok()) return tensors.status();
+  if (absl::Status s = WriteSafetensors(out + "/model.safetensors", Views(*tensors)); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = WriteHfConfigJson(source.config, out + "/config.json"); !s.ok()) return s;
+
+  if (source.format == Format::kHf) {
+    for (const char* name : {"tokenizer.model", "tokenizer.json"}) {
+      const std::string from = absl::StrCat(in, "/", name);
+      if (!std::filesystem::exists(from)) continue;
+      absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(from);
+      if (!bytes.ok()) return bytes.status();
+      if (absl::Status s = WriteBytesAtomically(absl::StrCat(out, "/", name), *bytes); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+  // A GGUF "llama" vocabulary is a SentencePiece BPE model; knowd writes it back as one.
+  absl::StatusOr<std::string> model = source.gguf->GetString("tokenizer.ggml.model");
+  if (!model.ok() || *model != "llama") return absl::OkStatus();
+  absl::StatusOr<SentencePieceModel> spm =
+      tokenizer_internal::SentencePieceModelFromGguf(*source.gguf);
+  if (!spm.ok()) return spm.status();
+  return WriteBytesAtomically(out + "/tokenizer.model",
+                              tokenizer_internal::SerializeSentencePieceModel(*spm));
+}
+
+}  // namespace
+
+absl::Status ConvertModel(const std::string& in, const std::string& out, DType weights) {
+  const bool to_gguf = out.ends_with(".gguf");
+  if (weights == DType::kI32) {
+    return absl::InvalidArgumentError("ConvertModel: weights must be f32, f16, bf16 or q8_0");
+  }
+  if (!to_gguf && weights == DType::kQ8_0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(out, ": safetensors has no q8_0; write a .gguf file instead"));
+  }
+  absl::StatusOr<Source> source = OpenSource(in);
+  if (!source.ok()) return source.status();
+  return to_gguf ? WriteGgufModel(*source, in, out, weights)
+                 : WriteHfModel(*source, in, out, weights);
+}
+
+}  // namespace knowd
