@@ -23,6 +23,7 @@ namespace {
 // Below this many elements an operation runs on the calling thread: waking the OpenMP team costs
 // microseconds, more than the loop itself for decode-time vectors of a few thousand floats.
 constexpr int64_t kParallelMin = int64_t{1} << 15;
+constexpr int kSmallBatchRows = 16;  // MatMul with 2..16 rows of x skips sgemm
 constexpr int64_t kParallelMatMulMin = int64_t{1} << 17;  // m*n*k below this: one thread
 
 // Keys scored per online-softmax step of Attention: enough to amortise the rescale of the
@@ -417,6 +418,10 @@ class CpuBackend final : public Backend {
  private:
   static void MatMulBlock(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
                           int m, int n, int k, bool accumulate) {
+    if (m > 1 && m <= kSmallBatchRows) {
+      SmallBatchMatMul(x, ldx, w, y, ldy, m, n, k, accumulate);
+      return;
+    }
     if (m == 1) {
       // OpenBLAS 0.3.21's sgemm does not hand m == 1 to gemv; its gemm path packs all of w for a
       // single row, which makes decode several times slower. y is zeroed by hand rather than
@@ -427,6 +432,46 @@ class CpuBackend final : public Backend {
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, static_cast<int>(ldx), w,
                 k, accumulate ? 1.0f : 0.0f, y, static_cast<int>(ldy));
+  }
+
+  // Batched decode (a few rows of x): sgemm's packing costs more than the product, and the step
+  // is bound by reading w once. Stream w four rows at a time, each against every row of x,
+  // with four independent accumulators so the FMA units stay busy.
+  static void SmallBatchMatMul(const float* x, int64_t ldx, const float* w, float* y,
+                               int64_t ldy, int m, int n, int k, bool accumulate) {
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const float* w0 = w + int64_t{j} * k;
+      const float* w1 = w0 + k;
+      const float* w2 = w1 + k;
+      const float* w3 = w2 + k;
+      for (int i = 0; i < m; ++i) {
+        const float* xi = x + i * ldx;
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int t = 0; t < k; ++t) {
+          a0 += xi[t] * w0[t];
+          a1 += xi[t] * w1[t];
+          a2 += xi[t] * w2[t];
+          a3 += xi[t] * w3[t];
+        }
+        float* yi = y + i * ldy + j;
+        yi[0] = a0 + (accumulate ? yi[0] : 0.0f);
+        yi[1] = a1 + (accumulate ? yi[1] : 0.0f);
+        yi[2] = a2 + (accumulate ? yi[2] : 0.0f);
+        yi[3] = a3 + (accumulate ? yi[3] : 0.0f);
+      }
+    }
+    for (; j < n; ++j) {
+      const float* wj = w + int64_t{j} * k;
+      for (int i = 0; i < m; ++i) {
+        const float* xi = x + i * ldx;
+        float a = 0;
+#pragma omp simd reduction(+ : a)
+        for (int t = 0; t < k; ++t) a += xi[t] * wj[t];
+        y[i * ldy + j] = a + (accumulate ? y[i * ldy + j] : 0.0f);
+      }
+    }
   }
 
   const int threads_;

@@ -105,7 +105,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(MatMulCase{1, 300, 257, 257, 300, false},  // decode: sgemv
                       MatMulCase{1, 300, 257, 260, 300, true}, MatMulCase{3, 19, 33, 33, 19, false},
                       MatMulCase{17, 19, 33, 40, 23, false}, MatMulCase{17, 19, 33, 40, 23, true},
-                      MatMulCase{64, 128, 96, 100, 130, false}));
+                      MatMulCase{64, 128, 96, 100, 130, false},
+                      // batched decode (2..16 rows): the streaming kernel, split across threads
+                      MatMulCase{8, 301, 257, 260, 305, true}, MatMulCase{5, 67, 130, 130, 70, false},
+                      MatMulCase{16, 1030, 512, 512, 1030, false}));
 
 TEST_F(CpuBackendTest, MatMulWithEmptyInnerDimensionZeroesOrKeeps) {
   std::vector<float> y = {NAN, NAN, 5.0f, 6.0f};
