@@ -6,7 +6,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test test-gpu demo bench format clean
+.PHONY: all deps configure build test test-gpu demo bench format format-check clean
 
 all: build
 
@@ -20,7 +20,7 @@ build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
 # The whole test suite. GPU tests (label gpu) skip themselves when no device is present.
-test: build
+test: format-check build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200
 
 test-gpu: build
@@ -34,6 +34,10 @@ bench: build
 
 format:
 	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i
+
+# Formatting is part of the build: a file clang-format would change fails the check.
+format-check: deps
+	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format --dry-run -Werror
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -1,0 +1,203 @@
+// The libtorch Llama of knowd-train: its export runs in knowd's engine with the same logits, and
+// a few training steps lower the loss.
+#include "train/lm.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+#include "train/export.h"
+#include "train/pretrain.h"
+#include "train/world.h"
+
+namespace knowd::train {
+namespace {
+
+LlamaConfig TinyConfig(bool tied) {
+  LlamaConfig c;
+  c.vocab_size = 300;
+  c.hidden_size = 64;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 16;
+  c.intermediate_size = 128;
+  c.max_position_embeddings = 256;
+  c.tie_word_embeddings = tied;
+  return c;
+}
+
+std::string TempDir(const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("knowd_lm_test_" + name + "_" + std::to_string(getpid())))
+      .string();
+}
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(BoundedDraw(rng, vocab));
+  return t;
+}
+
+// Max |logit difference| between libtorch and knowd's engine on `tokens`.
+double EngineDifference(LanguageModel& model, const std::vector<int32_t>& tokens,
+                        const std::string& dir) {
+  EXPECT_TRUE(ExportBundle(model, dir, ExportOptions()).ok());
+  std::unique_ptr<Backend> backend = MakeCpuBackend(1);
+  absl::StatusOr<std::unique_ptr<Transformer>> engine = Transformer::Load(dir, backend.get());
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  if (!engine.ok()) return 1e9;
+  absl::StatusOr<std::unique_ptr<KvCache>> cache = (*engine)->NewCache(64);
+  EXPECT_TRUE(cache.ok());
+  SequenceStep step{cache->get(), tokens, true};
+  std::vector<float> engine_logits;
+  EXPECT_TRUE((*engine)->Forward({&step, 1}, &engine_logits).ok());
+  absl::StatusOr<std::vector<float>> torch_logits = model.Logits(tokens);
+  EXPECT_TRUE(torch_logits.ok());
+  EXPECT_EQ(engine_logits.size(), torch_logits->size());
+  double worst = 0;
+  for (size_t i = 0; i < engine_logits.size() && i < torch_logits->size(); ++i) {
+    worst = std::max(worst, double(std::fabs(engine_logits[i] - (*torch_logits)[i])));
+  }
+  std::filesystem::remove_all(dir);
+  std::printf("max |engine - libtorch| logit difference: %.3g\n", worst);
+  return worst;
+}
+
+TrainBatch RandomBatch(int rows, int cols, int vocab, uint64_t seed) {
+  TrainBatch b;
+  b.rows = rows;
+  b.cols = cols;
+  b.tokens = RandomTokens(rows * cols, vocab, seed);
+  b.weights.assign(rows * cols, 1.0f);
+  for (int r = 0; r < rows; ++r) b.weights[r * cols] = 0.0f;
+  return b;
+}
+
+TEST(LmTest, EngineMatchesLibtorchLogits) {
+  SetTorchThreads(1);
+  for (bool tied : {false, true}) {
+    absl::StatusOr<std::unique_ptr<LanguageModel>> model =
+        LanguageModel::Create(TinyConfig(tied), 5, OptimizerOptions());
+    ASSERT_TRUE(model.ok()) << model.status();
+    const std::vector<int32_t> tokens = RandomTokens(32, 300, 11);
+    EXPECT_LE(EngineDifference(**model, tokens, TempDir("init")), 1e-4) << "tied " << tied;
+
+    // After training steps the weights are no longer the tidy initial ones.
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE((*model)->TrainStep(RandomBatch(4, 24, 300, 100 + i), 1e-2).ok());
+    }
+    EXPECT_LE(EngineDifference(**model, tokens, TempDir("trained")), 1e-4) << "tied " << tied;
+  }
+}
+
+TEST(LmTest, HalfPrecisionExportLoadsInTheEngine) {
+  SetTorchThreads(1);
+  auto model = LanguageModel::Create(TinyConfig(false), 6, OptimizerOptions());
+  ASSERT_TRUE(model.ok());
+  const std::string dir = TempDir("f16");
+  ExportOptions options;
+  options.dtype = DType::kF16;
+  ASSERT_TRUE(ExportBundle(**model, dir, options).ok());
+  std::unique_ptr<Backend> backend = MakeCpuBackend(1);
+  absl::StatusOr<std::unique_ptr<Transformer>> engine = Transformer::Load(dir, backend.get());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const std::vector<int32_t> tokens = RandomTokens(16, 300, 3);
+  absl::StatusOr<std::unique_ptr<KvCache>> cache = (*engine)->NewCache(32);
+  ASSERT_TRUE(cache.ok());
+  SequenceStep step{cache->get(), tokens, true};
+  std::vector<float> engine_logits;
+  ASSERT_TRUE((*engine)->Forward({&step, 1}, &engine_logits).ok());
+  const std::vector<float> torch_logits = *(*model)->Logits(tokens);
+  ASSERT_EQ(engine_logits.size(), torch_logits.size());
+  for (size_t i = 0; i < torch_logits.size(); ++i) {
+    ASSERT_NEAR(engine_logits[i], torch_logits[i], 2e-2) << i;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(LmTest, ParametersHaveHuggingFaceNames) {
+  absl::StatusOr<std::unique_ptr<LanguageModel>> model =
+      LanguageModel::Create(TinyConfig(false), 1, OptimizerOptions());
+  ASSERT_TRUE(model.ok());
+  std::vector<std::string> names;
+  for (const NamedWeight& w : (*model)->Weights()) names.push_back(w.name);
+  for (const char* expected :
+       {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight", "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight", "model.norm.weight", "lm_head.weight"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
+  }
+  EXPECT_EQ(names.size(), 3u + 2u * 9u);  // embedding, final norm, lm_head + 9 per layer
+}
+
+TEST(LmTest, CheckpointRestoresTheModel) {
+  SetTorchThreads(1);
+  auto a = LanguageModel::Create(TinyConfig(true), 3, OptimizerOptions());
+  auto b = LanguageModel::Create(TinyConfig(true), 4, OptimizerOptions());
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*a)->TrainStep(RandomBatch(2, 16, 300, 1), 1e-2).ok());
+  const std::string path = TempDir("ckpt") + ".pt";
+  ASSERT_TRUE((*a)->SaveCheckpoint(path).ok());
+  ASSERT_TRUE((*b)->LoadCheckpoint(path).ok());
+  const std::vector<int32_t> tokens = RandomTokens(16, 300, 2);
+  EXPECT_EQ(*(*a)->Logits(tokens), *(*b)->Logits(tokens));
+  // The optimizer state came along: the next step is the same too.
+  const TrainBatch next = RandomBatch(2, 16, 300, 9);
+  EXPECT_EQ(*(*a)->TrainStep(next, 1e-2), *(*b)->TrainStep(next, 1e-2));
+  std::filesystem::remove(path);
+}
+
+// The CI smoke test of pretraining: 20 steps of reading-comprehension batches on a tiny model.
+TEST(LmTest, PretrainingSmokeLossGoesDown) {
+  SetTorchThreads(1);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(
+      std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf/tokenizer.model");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  WorldOptions world;
+  world.people[0] = 200;
+  std::shared_ptr<const Tokenizer> shared = *std::move(tokenizer);
+  ReadingCorpus corpus(GenerateSplit(world, Split::kPretrain), shared);
+
+  // Answer tokens are weighted on top of every other token; the weights mark exactly the answer.
+  const ReadingCorpus::Example ex =
+      corpus.Build("Alo Ben works at Kada Labs.", {{"Where does Alo Ben work?", "Kada Labs"}}, 2);
+  std::vector<int32_t> answer;
+  for (size_t i = 0; i < ex.tokens.size(); ++i) {
+    if (ex.weights[i] > 1.5f && ex.tokens[i] != shared->eos_id()) answer.push_back(ex.tokens[i]);
+  }
+  EXPECT_EQ(shared->Decode(answer), "Kada Labs");
+  EXPECT_EQ(ex.tokens.back(), shared->eos_id());
+  EXPECT_FLOAT_EQ(ex.weights.back(), 3.0f);
+
+  LlamaConfig c = TinyConfig(true);
+  c.vocab_size = shared->vocab_size();
+  auto model = LanguageModel::Create(c, 1, OptimizerOptions());
+  ASSERT_TRUE(model.ok());
+  std::mt19937_64 held_out(99);
+  const TrainBatch probe = corpus.Batch(held_out, 8, 256, 1.0f);
+  const double before = *(*model)->Loss(probe);
+  for (int step = 0; step < 20; ++step) {
+    std::mt19937_64 rng(step);
+    absl::StatusOr<double> loss = (*model)->TrainStep(corpus.Batch(rng, 8, 256, 1.0f), 3e-3);
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    ASSERT_TRUE(std::isfinite(*loss));
+  }
+  const double after = *(*model)->Loss(probe);
+  std::printf("smoke: held-out loss %.3f -> %.3f after 20 steps\n", before, after);
+  EXPECT_LT(after, before - 0.5);
+}
+
+}  // namespace
+}  // namespace knowd::train

@@ -1,0 +1,220 @@
+// knowd-train: the synthetic knowledge stream, tokenizer training, base-LM pretraining and
+// export (see train/README.md). Flags may be spelled with dashes or underscores.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "model/config.h"
+#include "train/export.h"
+#include "train/lm.h"
+#include "train/pretrain.h"
+#include "train/world.h"
+
+ABSL_FLAG(std::string, out, "", "data: output directory; tokenizer: output tokenizer.model");
+ABSL_FLAG(std::string, data, "", "directory written by `knowd-train data`");
+ABSL_FLAG(std::string, tokenizer, "", "tokenizer.model written by `knowd-train tokenizer`");
+ABSL_FLAG(std::string, work_dir, "", "pretrain/export: checkpoints and the model config");
+ABSL_FLAG(std::string, bundle, "", "pretrain/export: bundle directory (default <work_dir>/bundle)");
+ABSL_FLAG(uint64_t, seed, 20240601, "seed of the world (data) or of the model and batches");
+ABSL_FLAG(int, pretrain_people, 8000, "data: people of the pretraining split");
+ABSL_FLAG(int, adapter_people, 4000, "data: people of the adapter-training split");
+ABSL_FLAG(int, valid_people, 300, "data: people of the validation split");
+ABSL_FLAG(int, test_people, 1000, "data: people of the test stream");
+ABSL_FLAG(double, update_fraction, 0.15, "data: fraction of people with an update passage");
+ABSL_FLAG(int, vocab_size, 1024, "tokenizer: SentencePiece vocabulary size");
+// One thread by default: on a busy 2-core machine libgomp spin-waits and 2 threads ran 5x slower
+// (6.0 vs 1.2 s/step); try 2 on an idle machine.
+ABSL_FLAG(int, threads, 1, "CPU threads (libtorch intra-op; the tokenizer trainer)");
+ABSL_FLAG(int, hidden_size, 192, "pretrain: model width");
+ABSL_FLAG(int, layers, 4, "pretrain: decoder layers");
+ABSL_FLAG(int, heads, 6, "pretrain: attention heads");
+ABSL_FLAG(int, kv_heads, 2, "pretrain: key/value heads (grouped-query attention)");
+ABSL_FLAG(int, intermediate_size, 512, "pretrain: SwiGLU width");
+ABSL_FLAG(bool, tie_embeddings, true, "pretrain: share the input embedding and the output");
+ABSL_FLAG(int, steps, 3000, "pretrain: optimizer steps");
+ABSL_FLAG(int, batch, 32, "pretrain: sequences per step");
+ABSL_FLAG(int, max_len, 320, "pretrain: longest sequence, in tokens");
+ABSL_FLAG(int, warmup, 100, "pretrain: linear warmup steps");
+ABSL_FLAG(double, lr, 2e-3, "pretrain: peak learning rate (cosine decay to 0.1x)");
+ABSL_FLAG(double, weight_decay, 0.1, "pretrain: AdamW weight decay");
+ABSL_FLAG(double, answer_weight, 2.0, "pretrain: extra loss weight of answer tokens");
+ABSL_FLAG(int, log_every, 10, "pretrain: steps between progress lines");
+ABSL_FLAG(int, checkpoint_every, 200, "pretrain: steps between checkpoints");
+ABSL_FLAG(bool, resume, false, "pretrain: continue from <work_dir>/checkpoint.pt");
+ABSL_FLAG(int, eval_questions, 200, "pretrain: valid questions scored at the end (0: none)");
+ABSL_FLAG(std::string, dtype, "f32", "export: f32, f16 or bf16");
+
+namespace knowd::train {
+namespace {
+
+int Fail(const char* command, const absl::Status& status) {
+  std::fprintf(stderr, "knowd-train %s: %s\n", command, std::string(status.message()).c_str());
+  return 1;
+}
+
+// absl flags use underscores; accept dashes too (as the knowd binary does).
+std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
+  storage->assign(argv, argv + argc);
+  for (int i = 1; i < argc; ++i) {
+    std::string& arg = (*storage)[i];
+    if (arg == "--") break;
+    if (arg.size() > 2 && arg.rfind("--", 0) == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
+      }
+    }
+  }
+  std::vector<char*> out;
+  for (std::string& s : *storage) out.push_back(s.data());
+  return out;
+}
+
+int RunData() {
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) return Fail("data", absl::InvalidArgumentError("--out is required"));
+  WorldOptions options;
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.people[0] = absl::GetFlag(FLAGS_pretrain_people);
+  options.people[1] = absl::GetFlag(FLAGS_adapter_people);
+  options.people[2] = absl::GetFlag(FLAGS_valid_people);
+  options.people[3] = absl::GetFlag(FLAGS_test_people);
+  options.update_fraction = absl::GetFlag(FLAGS_update_fraction);
+  for (int n : options.people) {
+    if (n < 1) return Fail("data", absl::InvalidArgumentError("every split needs >= 1 person"));
+  }
+  if (absl::Status st = WriteWorld(options, out); !st.ok()) return Fail("data", st);
+  for (int s = 0; s < kNumSplits; ++s) {
+    absl::StatusOr<SplitData> d = ReadSplit(out, static_cast<Split>(s));
+    if (!d.ok()) return Fail("data", d.status());
+    std::printf("%-8s %6zu passages  %7zu questions\n", std::string(SplitName(d->split)).c_str(),
+                d->passages.size(), d->questions.size());
+  }
+  return 0;
+}
+
+// libsentencepiece cannot share a process with libtorch's libprotobuf: the sibling executable
+// knowd-train-spm trains the tokenizer.
+int RunTokenizer(const char* argv0) {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) self = argv0;
+  const std::string helper = (self.parent_path() / "knowd-train-spm").string();
+  std::vector<std::string> args = {helper, "--data=" + absl::GetFlag(FLAGS_data),
+                                   "--out=" + absl::GetFlag(FLAGS_out),
+                                   absl::StrCat("--vocab_size=", absl::GetFlag(FLAGS_vocab_size)),
+                                   absl::StrCat("--threads=", absl::GetFlag(FLAGS_threads))};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execv(helper.c_str(), argv.data());
+  return Fail("tokenizer", absl::NotFoundError(absl::StrCat(helper, ": cannot run")));
+}
+
+int RunPretrainCommand() {
+  PretrainOptions o;
+  o.data_dir = absl::GetFlag(FLAGS_data);
+  o.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
+  o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  o.bundle_dir = absl::GetFlag(FLAGS_bundle);
+  if (o.data_dir.empty() || o.tokenizer_path.empty() || o.work_dir.empty()) {
+    return Fail("pretrain",
+                absl::InvalidArgumentError("--data, --tokenizer and --work_dir are required"));
+  }
+  LlamaConfig& c = o.config;
+  c.hidden_size = absl::GetFlag(FLAGS_hidden_size);
+  c.num_layers = absl::GetFlag(FLAGS_layers);
+  c.num_heads = absl::GetFlag(FLAGS_heads);
+  c.num_kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  c.intermediate_size = absl::GetFlag(FLAGS_intermediate_size);
+  c.tie_word_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
+  c.max_position_embeddings = 1024;
+  c.rms_norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.batch = absl::GetFlag(FLAGS_batch);
+  o.max_len = absl::GetFlag(FLAGS_max_len);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  o.lr = absl::GetFlag(FLAGS_lr);
+  o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.answer_weight = absl::GetFlag(FLAGS_answer_weight);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));
+  o.checkpoint_every = std::max(1, absl::GetFlag(FLAGS_checkpoint_every));
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.eval_questions = absl::GetFlag(FLAGS_eval_questions);
+  if (o.steps < 1 || o.batch < 1 || o.max_len < 8) {
+    return Fail("pretrain", absl::InvalidArgumentError("--steps, --batch, --max_len too small"));
+  }
+  if (absl::Status st = RunPretrain(o); !st.ok()) return Fail("pretrain", st);
+  return 0;
+}
+
+int RunExport() {
+  const std::string work_dir = absl::GetFlag(FLAGS_work_dir);
+  if (work_dir.empty()) return Fail("export", absl::InvalidArgumentError("--work_dir is required"));
+  const std::string bundle =
+      absl::GetFlag(FLAGS_bundle).empty() ? work_dir + "/bundle" : absl::GetFlag(FLAGS_bundle);
+  ExportOptions options;
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype == "f32") {
+    options.dtype = DType::kF32;
+  } else if (dtype == "f16") {
+    options.dtype = DType::kF16;
+  } else if (dtype == "bf16") {
+    options.dtype = DType::kBF16;
+  } else {
+    return Fail("export", absl::InvalidArgumentError("--dtype must be f32, f16 or bf16"));
+  }
+  options.tokenizer_model = absl::GetFlag(FLAGS_tokenizer);
+  absl::StatusOr<LlamaConfig> config = LlamaConfigFromHfJson(work_dir + "/config.json");
+  if (!config.ok()) return Fail("export", config.status());
+  SetTorchThreads(absl::GetFlag(FLAGS_threads));
+  absl::StatusOr<std::unique_ptr<LanguageModel>> model =
+      LanguageModel::Create(*config, 0, OptimizerOptions());
+  if (!model.ok()) return Fail("export", model.status());
+  if (absl::Status st = (*model)->LoadCheckpoint(work_dir + "/checkpoint.pt"); !st.ok()) {
+    return Fail("export", st);
+  }
+  if (absl::Status st = ExportBundle(**model, bundle, options); !st.ok()) {
+    return Fail("export", st);
+  }
+  std::printf("exported %s (%s)\n", bundle.c_str(), dtype.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace knowd::train
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "knowd-train data|tokenizer|pretrain|export [flags]\n"
+      "  data       --out DIR                         the synthetic world (JSONL)\n"
+      "  tokenizer  --data DIR --out tokenizer.model  SentencePiece BPE\n"
+      "  pretrain   --data DIR --tokenizer FILE --work_dir DIR [--bundle DIR]\n"
+      "  export     --work_dir DIR [--bundle DIR] [--dtype f16] [--tokenizer FILE]");
+  std::vector<std::string> storage;
+  std::vector<char*> normalized = knowd::train::NormalizeFlagNames(argc, argv, &storage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, normalized.data());
+  if (args.size() != 2) {
+    std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  const std::string command = args[1];
+  if (command == "data") return knowd::train::RunData();
+  if (command == "tokenizer") return knowd::train::RunTokenizer(argv[0]);
+  if (command == "pretrain") return knowd::train::RunPretrainCommand();
+  if (command == "export") return knowd::train::RunExport();
+  std::fprintf(stderr, "knowd-train: unknown command '%s'\n%s\n", command.c_str(),
+               absl::ProgramUsageMessage().data());
+  return 2;
+}

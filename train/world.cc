@@ -1,0 +1,867 @@
+#include "train/world.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace knowd::train {
+namespace {
+
+using Rng = std::mt19937_64;
+
+// ---- vocabulary of the world ----------------------------------------------------------------
+
+constexpr std::array<const char*, 60> kSyllables = {
+    "ka",  "lo",  "mi",  "ren", "to",  "sa",  "vel", "dri", "fa",  "gor", "hal", "ji",
+    "ku",  "lem", "na",  "or",  "pe",  "qua", "ris", "sen", "tu",  "ub",  "vo",  "wyn",
+    "xi",  "yo",  "zan", "bra", "cel", "dun", "el",  "fio", "gra", "hul", "in",  "jas",
+    "kor", "lin", "mo",  "nev", "os",  "pra", "rul", "sto", "tem", "ul",  "vas", "wen",
+    "yra", "zel", "ash", "bel", "cor", "dam", "eth", "fen", "gil", "hor", "ith", "kes"};
+
+constexpr std::array<const char*, 50> kOccupations = {
+    "nurse",      "architect",    "baker",        "pilot",       "teacher",   "engineer",
+    "chemist",    "librarian",    "carpenter",    "plumber",     "dentist",   "lawyer",
+    "journalist", "photographer", "farmer",       "electrician", "surgeon",   "pharmacist",
+    "accountant", "translator",   "veterinarian", "geologist",   "economist", "firefighter",
+    "mechanic",   "tailor",       "painter",      "sculptor",    "violinist", "chef",
+    "florist",    "jeweler",      "locksmith",    "astronomer",  "biologist", "historian",
+    "novelist",   "potter",       "welder",       "surveyor",    "optician",  "radiologist",
+    "banker",     "programmer",   "designer",     "editor",      "butcher",   "fisherman",
+    "shepherd",   "sailor"};
+
+constexpr std::array<const char*, 48> kHobbies = {
+    "chess",       "painting",        "sailing",          "gardening",    "fishing",  "knitting",
+    "archery",     "pottery",         "cycling",          "birdwatching", "rowing",   "fencing",
+    "hiking",      "climbing",        "swimming",         "skiing",       "juggling", "origami",
+    "calligraphy", "woodworking",     "photography",      "baking",       "dancing",  "singing",
+    "surfing",     "kayaking",        "running",          "tennis",       "golf",     "bowling",
+    "cooking",     "sewing",          "stargazing",       "beekeeping",   "quilting", "embroidery",
+    "kite flying", "rock collecting", "stamp collecting", "yoga",         "boxing",   "skating",
+    "snorkeling",  "canoeing",        "poetry",           "sketching",    "puzzles",  "karate"};
+
+constexpr std::array<const char*, 10> kSpecies = {"dog",     "cat",   "parrot", "rabbit", "turtle",
+                                                  "hamster", "horse", "goat",   "ferret", "canary"};
+
+constexpr std::array<const char*, 20> kOrgSuffixes = {
+    "Labs",     "Systems", "Industries", "Group",  "Works",     "Foods",    "Motors",
+    "Bank",     "Media",   "Logistics",  "Energy", "Textiles",  "Airlines", "Pharmaceuticals",
+    "Robotics", "Press",   "Studios",    "Mining", "Insurance", "Shipping"};
+
+constexpr int kFirstYear = 1920;
+constexpr int kNumYears = 86;  // 1920..2005
+
+enum Rel {
+  kBirthplace,
+  kBirthYear,
+  kHometown,
+  kEmployer,
+  kOccupation,
+  kUniversity,
+  kSpouse,
+  kPet,
+  kHobby
+};
+constexpr std::array<Rel, 4> kMutable = {kEmployer, kHometown, kOccupation, kHobby};
+
+// Templates. {S} subject, {P} possessive, {O} object (name or pronoun), {PP} possessive pronoun,
+// {V} value, {A} article of the value, {X} pet species, {ALUM} alumnus/alumna, {OLD} old value,
+// {AOLD} article of the old value, {S2} subject pronoun.
+const std::vector<std::vector<std::string>>& FactTemplates() {
+  static const auto* t = new std::vector<std::vector<std::string>>{
+      {"{S} was born in {V}.", "{S} was born in the city of {V}.", "{P} birthplace is {V}.",
+       "{S} came into the world in {V}.", "{S} was born in a town called {V}."},
+      {"{S} was born in the year {V}.", "{S} was born in {V}.", "{P} year of birth is {V}.",
+       "{S} was born back in {V}."},
+      {"{S} lives in {V}.", "{S} now lives in {V}.", "{S} resides in {V}.",
+       "{S} has made a home in {V}.", "{P} home is in {V}."},
+      {"{S} works at {V}.", "{S} is employed by {V}.", "{S} works for {V}.", "{V} employs {O}.",
+       "{S} has a job at {V}."},
+      {"{S} works as {A} {V}.", "{S} is {A} {V} by profession.", "By trade, {S} is {A} {V}.",
+       "{S} earns a living as {A} {V}."},
+      {"{S} studied at {V}.", "{S} graduated from {V}.", "{S} is an {ALUM} of {V}.",
+       "{S} attended {V}.", "{S} holds a degree from {V}."},
+      {"{S} is married to {V}.", "{P} spouse is {V}.", "{V} is married to {O}.",
+       "{S} married {V}."},
+      {"{S} has a {X} named {V}.", "{S} owns a {X} called {V}.", "{P} {X} is named {V}.",
+       "{S} keeps a {X} whose name is {V}."},
+      {"{S} enjoys {V}.", "{P} favorite hobby is {V}.", "In {PP} free time, {S} enjoys {V}.",
+       "{S} spends weekends on {V}."},
+  };
+  return *t;
+}
+
+const std::vector<std::vector<std::string>>& QuestionTemplates() {
+  static const auto* t = new std::vector<std::vector<std::string>>{
+      {"Where was {N} born?", "In which city was {N} born?", "What is the birthplace of {N}?"},
+      {"In what year was {N} born?", "When was {N} born?", "What is {N}'s year of birth?"},
+      {"Where does {N} live?", "In which city does {N} live?", "What city is {N}'s home?"},
+      {"Where does {N} work?", "Which company employs {N}?", "Who is {N}'s employer?"},
+      {"What is {N}'s occupation?", "What does {N} do for a living?", "What is {N}'s job?"},
+      {"Where did {N} study?", "Which university did {N} attend?",
+       "From which school did {N} graduate?"},
+      {"Who is {N} married to?", "Who is {N}'s spouse?", "Whom did {N} marry?"},
+      {"What is the name of {N}'s {X}?", "What is {N}'s {X} called?", "What is {N}'s pet named?"},
+      {"What is {N}'s hobby?", "What does {N} enjoy in {PP} free time?",
+       "What does {N} like to do for fun?"},
+  };
+  return *t;
+}
+
+const std::vector<std::vector<std::string>>& UpdateTemplates() {
+  static const auto* t = new std::vector<std::vector<std::string>>{
+      {},
+      {},
+      {"{S} moved from {OLD} to {V}.", "{S} has left {OLD} and now lives in {V}.",
+       "{S} recently moved to {V}.", "{S} no longer lives in {OLD}; {S2} now lives in {V}."},
+      {"{S} left {OLD} and now works at {V}.", "{S} has joined {V} after leaving {OLD}.",
+       "{S} recently started a new job at {V}.",
+       "{S} no longer works at {OLD}; {S2} now works at {V}."},
+      {"{S} changed careers and now works as {A} {V}.",
+       "{S} is no longer {AOLD} {OLD}; {S2} now works as {A} {V}.",
+       "After years as {AOLD} {OLD}, {S} became {A} {V}."},
+      {},
+      {},
+      {},
+      {"{S} gave up {OLD} and took up {V}.", "These days {S} prefers {V} to {OLD}.",
+       "{S} has a new hobby: {V}."},
+  };
+  return *t;
+}
+
+// Sentences that state nothing about the subject. {C}/{C2} cities, {G} an organisation,
+// {R} another person, {U} a university, {J} an occupation (with {A}), {X}/{M} a species and name.
+const std::vector<std::string>& DistractorTemplates() {
+  static const auto* t = new std::vector<std::string>{
+      "The weather in {C} was unusually mild that spring.",
+      "A new bridge was recently built across the river in {C}.",
+      "The local library holds more than ten thousand books.",
+      "{C} is known for its busy harbor.",
+      "Many visitors come to {C} every summer.",
+      "{G} opened a new office last year.",
+      "{G} reported strong results this quarter.",
+      "The annual festival draws large crowds.",
+      "Trains between {C} and {C2} run every hour.",
+      "The museum in {C} reopened after repairs.",
+      "{R} works at {G}.",
+      "{R} was born in {C}.",
+      "{R} lives in {C}.",
+      "{R} is {A} {J}.",
+      "{R} has a {X} named {M}.",
+      "{R} studied at {U}.",
+  };
+  return *t;
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+template <typename T>
+const T& Pick(Rng& rng, const std::vector<T>& v) {
+  return v[BoundedDraw(rng, v.size())];
+}
+template <typename T, size_t N>
+const T& Pick(Rng& rng, const std::array<T, N>& v) {
+  return v[BoundedDraw(rng, N)];
+}
+
+template <typename T>
+void Shuffle(Rng& rng, std::vector<T>* v) {
+  for (size_t i = v->size(); i > 1; --i) std::swap((*v)[i - 1], (*v)[BoundedDraw(rng, i)]);
+}
+
+std::string Article(std::string_view word) {
+  return (!word.empty() && std::string_view("aeiou").find(word[0]) != std::string_view::npos) ? "an"
+                                                                                              : "a";
+}
+
+std::string Render(std::string_view tmpl, const std::map<std::string, std::string>& vars) {
+  std::string out;
+  for (size_t i = 0; i < tmpl.size();) {
+    if (tmpl[i] == '{') {
+      const size_t end = tmpl.find('}', i);
+      auto it = vars.find(std::string(tmpl.substr(i + 1, end - i - 1)));
+      out += it == vars.end() ? "?" : it->second;
+      i = end + 1;
+    } else {
+      out += tmpl[i++];
+    }
+  }
+  if (!out.empty()) out[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(out[0])));
+  return out;
+}
+
+// Invents names for one split. A name is accepted only if its hash selects this split and no
+// other entity of the split already has it, so splits never share a name.
+class NameFactory {
+ public:
+  NameFactory(Rng* rng, Split split) : rng_(rng), split_(static_cast<uint64_t>(split)) {}
+
+  std::string Word(int min_syllables, int max_syllables) {
+    const int n =
+        min_syllables + static_cast<int>(BoundedDraw(*rng_, max_syllables - min_syllables + 1));
+    std::string w;
+    for (int i = 0; i < n; ++i) w += Pick(*rng_, kSyllables);
+    w[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(w[0])));
+    return w;
+  }
+
+  std::string Person() {
+    return Accept(
+        [&] { return absl::StrCat(Word(2, BoundedDraw(*rng_, 5) == 0 ? 3 : 2), " ", Word(2, 3)); });
+  }
+  std::string City() {
+    return Accept([&] { return Word(2, 3); });
+  }
+  std::string PetName() {
+    return Accept([&] { return Word(2, 3); });
+  }
+  std::string Organisation() {
+    return Accept([&] { return absl::StrCat(Word(2, 2), " ", Pick(*rng_, kOrgSuffixes)); });
+  }
+  std::string University() {
+    return Accept([&] {
+      const std::string w = Word(2, 3);
+      switch (BoundedDraw(*rng_, 4)) {
+        case 0:
+          return absl::StrCat("University of ", w);
+        case 1:
+          return absl::StrCat(w, " University");
+        case 2:
+          return absl::StrCat(w, " Institute");
+        default:
+          return absl::StrCat(w, " College");
+      }
+    });
+  }
+
+ private:
+  template <typename F>
+  std::string Accept(F make) {
+    for (int attempt = 0;; ++attempt) {
+      std::string name = make();
+      // A crowded name space grows names instead of looping forever.
+      for (int extra = attempt / 64; extra > 0; --extra) name += Pick(*rng_, kSyllables);
+      if (Fnv1a(name) % kNumSplits != split_) continue;
+      if (!used_.insert(name).second) continue;
+      return name;
+    }
+  }
+  Rng* rng_;
+  uint64_t split_;
+  std::set<std::string> used_;
+};
+
+struct Person {
+  std::string name, first;
+  bool female = false;
+  std::string values[kNumRelations];
+  std::string species;
+};
+
+struct Pools {
+  std::vector<std::string> cities, orgs, universities;
+};
+
+std::string RelationValue(Rng& rng, NameFactory& names, const Pools& pools, Rel rel) {
+  switch (rel) {
+    case kBirthplace:
+    case kHometown:
+      return Pick(rng, pools.cities);
+    case kBirthYear:
+      return std::to_string(kFirstYear + BoundedDraw(rng, kNumYears));
+    case kEmployer:
+      return Pick(rng, pools.orgs);
+    case kOccupation:
+      return Pick(rng, kOccupations);
+    case kUniversity:
+      return Pick(rng, pools.universities);
+    case kSpouse:
+      return names.Person();
+    case kPet:
+      return names.PetName();
+    case kHobby:
+      return Pick(rng, kHobbies);
+  }
+  return "";
+}
+
+// How the subject is named in one sentence.
+struct SubjectForm {
+  std::string s, p, o;
+};
+
+SubjectForm NameForm(const std::string& name) { return {name, name + "'s", name}; }
+SubjectForm PronounForm(const Person& person) {
+  return person.female ? SubjectForm{"she", "her", "her"} : SubjectForm{"he", "his", "him"};
+}
+
+// A passage under construction, before stream ordering assigns its id.
+struct Draft {
+  Passage passage;
+  int person = -1;
+  std::vector<Question> questions;
+  int update_of = -1;                                // draft index of the original, for updates
+  std::vector<std::pair<int, std::string>> changed;  // (relation, new value) for updates
+};
+
+class SplitGenerator {
+ public:
+  SplitGenerator(const WorldOptions& options, Split split)
+      : options_(options),
+        split_(split),
+        rng_(options.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(split) + 1),
+        names_(&rng_, split) {}
+
+  SplitData Generate() {
+    const int n = options_.people[static_cast<int>(split_)];
+    pools_.cities.reserve(n / 5 + 40);
+    for (int i = 0; i < std::max(40, n / 5); ++i) pools_.cities.push_back(names_.City());
+    for (int i = 0; i < std::max(40, n / 5); ++i) pools_.orgs.push_back(names_.Organisation());
+    for (int i = 0; i < std::max(20, n / 10); ++i) {
+      pools_.universities.push_back(names_.University());
+    }
+    people_.reserve(n);
+    for (int i = 0; i < n; ++i) people_.push_back(MakePerson());
+
+    std::vector<Draft> drafts;
+    std::vector<std::pair<int64_t, int>> order;  // (stream key, draft index)
+    for (int i = 0; i < n; ++i) {
+      drafts.push_back(MainPassage(i));
+      order.emplace_back(int64_t{2} * i, static_cast<int>(drafts.size()) - 1);
+    }
+    for (int i = 0; i < n; ++i) {
+      if (UnitDraw(rng_) >= options_.update_fraction) continue;
+      Draft update = UpdatePassage(i, drafts[i]);
+      if (update.changed.empty()) continue;
+      update.update_of = i;
+      // Placed after a later main passage j-1, j in [i+1, n].
+      const int64_t j = i + 1 + static_cast<int64_t>(BoundedDraw(rng_, n - i));
+      drafts.push_back(std::move(update));
+      order.emplace_back(2 * (j - 1) + 1, static_cast<int>(drafts.size()) - 1);
+    }
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+
+    const std::string prefix(SplitName(split_));
+    for (size_t pos = 0; pos < order.size(); ++pos) {
+      Passage& p = drafts[order[pos].second].passage;
+      p.stream_position = static_cast<int64_t>(pos);
+      p.id = absl::StrCat(prefix, "-p", pos);
+    }
+    // Updates point at their originals; superseded questions learn their final answer.
+    for (Draft& d : drafts) {
+      if (d.update_of < 0) continue;
+      Draft& original = drafts[d.update_of];
+      d.passage.updates = original.passage.id;
+      for (const auto& [rel, value] : d.changed) {
+        for (Question& q : original.questions) {
+          if (q.relation == kRelations[rel]) {
+            q.final_answer = value;
+            q.superseded_by = d.passage.id;
+          }
+        }
+      }
+    }
+    SplitData out;
+    out.split = split_;
+    for (const auto& [key, index] : order) {
+      Draft& d = drafts[index];
+      for (Question& q : d.questions) {
+        q.id = absl::StrCat(prefix, "-q", out.questions.size());
+        q.passage_id = d.passage.id;
+        out.questions.push_back(std::move(q));
+      }
+      out.passages.push_back(std::move(d.passage));
+    }
+    return out;
+  }
+
+ private:
+  Person MakePerson() {
+    Person p;
+    p.name = names_.Person();
+    p.first = p.name.substr(0, p.name.find(' '));
+    p.female = BoundedDraw(rng_, 2) == 1;
+    for (int r = 0; r < kNumRelations; ++r) {
+      p.values[r] = RelationValue(rng_, names_, pools_, static_cast<Rel>(r));
+    }
+    p.species = Pick(rng_, kSpecies);
+    return p;
+  }
+
+  std::map<std::string, std::string> Vars(const Person& person, const SubjectForm& form) {
+    return {{"S", form.s},
+            {"P", form.p},
+            {"O", form.o},
+            {"PP", person.female ? "her" : "his"},
+            {"S2", person.female ? "she" : "he"},
+            {"ALUM", person.female ? "alumna" : "alumnus"},
+            {"X", person.species}};
+  }
+
+  // Names the subject of a sentence: the full name first, later a pronoun only right after
+  // another sentence about the subject (so a pronoun never points at a distractor's person).
+  SubjectForm NextForm(const Person& person, bool first, bool previous_about_subject) {
+    if (first) return NameForm(person.name);
+    const uint64_t d = BoundedDraw(rng_, 20);
+    if (previous_about_subject && d < 9) return PronounForm(person);
+    if (d < 13) return NameForm(person.first);
+    return NameForm(person.name);
+  }
+
+  std::string Distractor(std::vector<std::string>* entities) {
+    const std::string& tmpl = Pick(rng_, DistractorTemplates());
+    std::map<std::string, std::string> vars;
+    auto uses = [&](const char* key) {
+      return tmpl.find(absl::StrCat("{", key, "}")) != std::string::npos;
+    };
+    // Only the names the template needs are drawn (invented names are a finite resource).
+    if (uses("C")) vars["C"] = Pick(rng_, pools_.cities);
+    if (uses("C2")) vars["C2"] = Pick(rng_, pools_.cities);
+    if (uses("G")) vars["G"] = Pick(rng_, pools_.orgs);
+    if (uses("U")) vars["U"] = Pick(rng_, pools_.universities);
+    if (uses("R")) vars["R"] = names_.Person();  // a bystander, never a main person
+    if (uses("J")) vars["J"] = Pick(rng_, kOccupations);
+    if (uses("X")) vars["X"] = Pick(rng_, kSpecies);
+    if (uses("M")) vars["M"] = names_.PetName();
+    vars["A"] = Article(vars["J"]);
+    for (const char* key : {"R", "C", "C2", "G", "U", "M"}) {
+      if (uses(key)) entities->push_back(vars[key]);
+    }
+    return Render(tmpl, vars);
+  }
+
+  // One question per phrasing (training splits) or one random phrasing.
+  void AddQuestions(const Person& person, int rel, const std::string& answer, bool is_update,
+                    bool all_phrasings, std::vector<Question>* out) {
+    const auto& phrasings = QuestionTemplates()[rel];
+    std::map<std::string, std::string> vars = {
+        {"N", person.name}, {"X", person.species}, {"PP", person.female ? "her" : "his"}};
+    auto add = [&](const std::string& tmpl) {
+      Question q;
+      q.split = split_;
+      q.subject = person.name;
+      q.relation = kRelations[rel];
+      q.question = Render(tmpl, vars);
+      q.answer = answer;
+      q.final_answer = answer;
+      q.is_update = is_update;
+      out->push_back(std::move(q));
+    };
+    if (all_phrasings) {
+      for (const std::string& t : phrasings) add(t);
+    } else {
+      add(Pick(rng_, phrasings));
+    }
+  }
+
+  bool TrainingSplit() const { return split_ == Split::kPretrain || split_ == Split::kAdapter; }
+
+  Draft MainPassage(int index) {
+    const Person& person = people_[index];
+    Draft draft;
+    draft.person = index;
+    Passage& p = draft.passage;
+    p.split = split_;
+    p.subject = person.name;
+    p.entities.push_back(person.name);
+
+    std::vector<int> rels(kNumRelations);
+    for (int r = 0; r < kNumRelations; ++r) rels[r] = r;
+    Shuffle(rng_, &rels);
+    const int k = 3 + static_cast<int>(BoundedDraw(rng_, 5));  // 3..7 facts
+    rels.resize(k);
+    int distractors = static_cast<int>(BoundedDraw(rng_, std::min(2, 8 - k) + 1));
+    const bool has_place = std::count(rels.begin(), rels.end(), kBirthplace) > 0;
+    const bool has_year = std::count(rels.begin(), rels.end(), kBirthYear) > 0;
+    // "born in CITY in YEAR" states two facts in one sentence, when 3 sentences remain.
+    const bool merge_birth =
+        has_place && has_year && k - 1 + distractors >= 3 && BoundedDraw(rng_, 2) == 0;
+
+    // Sentence slots: relation index, or -1 for a distractor.
+    std::vector<int> slots;
+    for (int r : rels) {
+      if (merge_birth && r == kBirthYear) continue;
+      slots.push_back(r);
+    }
+    Shuffle(rng_, &slots);
+    for (int i = 0; i < distractors; ++i) {
+      slots.insert(slots.begin() + 1 + BoundedDraw(rng_, slots.size()), -1);
+    }
+
+    std::vector<std::string> sentences;
+    bool previous_about_subject = false;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const int r = slots[i];
+      if (r < 0) {
+        sentences.push_back(Distractor(&p.entities));
+        previous_about_subject = false;
+        continue;
+      }
+      const SubjectForm form = NextForm(person, i == 0, previous_about_subject);
+      auto vars = Vars(person, form);
+      vars["V"] = person.values[r];
+      vars["A"] = Article(person.values[r]);
+      std::string tmpl = Pick(rng_, FactTemplates()[r]);
+      if (merge_birth && r == kBirthplace) {
+        static const std::vector<std::string> merged = {"{S} was born in {V} in {Y}.",
+                                                        "In {Y}, {S} was born in {V}.",
+                                                        "{S} was born in {Y} in {V}."};
+        tmpl = Pick(rng_, merged);
+        vars["Y"] = person.values[kBirthYear];
+      }
+      // Templates that open with the value or "In ..." keep the name in the sentence.
+      if (tmpl.rfind("{S}", 0) != 0 && tmpl.rfind("{P}", 0) != 0 &&
+          (form.s == "he" || form.s == "she")) {
+        vars = Vars(person, NameForm(person.first));
+        vars["V"] = person.values[r];
+        vars["A"] = Article(person.values[r]);
+        if (merge_birth && r == kBirthplace) vars["Y"] = person.values[kBirthYear];
+      }
+      sentences.push_back(Render(tmpl, vars));
+      previous_about_subject = true;
+    }
+    p.text = Join(sentences);
+
+    for (int r : rels) {
+      p.facts.push_back({kRelations[r], person.values[r]});
+      if (r == kSpouse || r == kPet || r == kBirthplace || r == kHometown || r == kEmployer ||
+          r == kUniversity) {
+        AddEntity(&p.entities, person.values[r]);
+      }
+    }
+    if (TrainingSplit()) {
+      for (int r : rels) AddQuestions(person, r, person.values[r], false, true, &draft.questions);
+    } else {
+      std::vector<int> asked = rels;
+      Shuffle(rng_, &asked);
+      asked.resize(std::min<size_t>(asked.size(), options_.eval_questions_per_passage));
+      for (int r : asked) AddQuestions(person, r, person.values[r], false, false, &draft.questions);
+    }
+    return draft;
+  }
+
+  // An update changes one or two facts the original passage stated; the person's record keeps
+  // the newer values.
+  Draft UpdatePassage(int index, const Draft& original) {
+    Person& person = people_[index];
+    Draft draft;
+    draft.person = index;
+    std::vector<int> candidates;
+    for (Rel r : kMutable) {
+      for (const Fact& f : original.passage.facts) {
+        if (f.relation == kRelations[r]) candidates.push_back(r);
+      }
+    }
+    if (candidates.empty()) return draft;
+    Shuffle(rng_, &candidates);
+    candidates.resize(std::min<size_t>(candidates.size(), BoundedDraw(rng_, 3) == 0 ? 2 : 1));
+
+    Passage& p = draft.passage;
+    p.split = split_;
+    p.subject = person.name;
+    p.is_update = true;
+    p.entities.push_back(person.name);
+
+    std::vector<std::string> sentences;
+    std::vector<int> changed_rels;
+    for (int r : candidates) {
+      const std::string old_value = person.values[r];
+      std::string value;
+      do {
+        value = RelationValue(rng_, names_, pools_, static_cast<Rel>(r));
+      } while (value == old_value);
+      const SubjectForm form =
+          sentences.empty() ? NameForm(person.name) : NextForm(person, false, true);
+      auto vars = Vars(person, form);
+      vars["V"] = value;
+      vars["A"] = Article(value);
+      vars["OLD"] = old_value;
+      vars["AOLD"] = Article(old_value);
+      sentences.push_back(Render(Pick(rng_, UpdateTemplates()[r]), vars));
+      person.values[r] = value;
+      draft.changed.emplace_back(r, value);
+      changed_rels.push_back(r);
+      p.facts.push_back({kRelations[r], value});
+      if (r == kEmployer || r == kHometown) AddEntity(&p.entities, value);
+    }
+    // Restate an unchanged fact or add distractors until the passage has 3..6 sentences.
+    const int target = 3 + static_cast<int>(BoundedDraw(rng_, 4));
+    bool previous_about_subject = true;
+    while (static_cast<int>(sentences.size()) < target) {
+      std::vector<int> unchanged;
+      for (const Fact& f : original.passage.facts) {
+        for (int r = 0; r < kNumRelations; ++r) {
+          const bool is_changed =
+              std::find(changed_rels.begin(), changed_rels.end(), r) != changed_rels.end();
+          const bool already = std::any_of(p.facts.begin(), p.facts.end(),
+                                           [&](const Fact& g) { return g.relation == f.relation; });
+          if (f.relation == kRelations[r] && !is_changed && !already) unchanged.push_back(r);
+        }
+      }
+      if (!unchanged.empty() && BoundedDraw(rng_, 2) == 0) {
+        const int r = Pick(rng_, unchanged);
+        const SubjectForm form = NextForm(person, false, previous_about_subject);
+        std::string tmpl = Pick(rng_, FactTemplates()[r]);
+        if (tmpl.rfind("{S}", 0) != 0 && tmpl.rfind("{P}", 0) != 0) {
+          tmpl = FactTemplates()[r][0];  // every relation's first template opens with {S}
+        }
+        auto vars = Vars(person, form);
+        vars["V"] = person.values[r];
+        vars["A"] = Article(person.values[r]);
+        sentences.push_back(Render(tmpl, vars));
+        p.facts.push_back({kRelations[r], person.values[r]});
+        previous_about_subject = true;
+      } else {
+        sentences.push_back(Distractor(&p.entities));
+        previous_about_subject = false;
+      }
+    }
+    p.text = Join(sentences);
+    for (int r : changed_rels) {
+      AddQuestions(person, r, person.values[r], true, TrainingSplit(), &draft.questions);
+    }
+    return draft;
+  }
+
+  static void AddEntity(std::vector<std::string>* entities, const std::string& name) {
+    if (std::find(entities->begin(), entities->end(), name) == entities->end()) {
+      entities->push_back(name);
+    }
+  }
+
+  static std::string Join(const std::vector<std::string>& sentences) {
+    std::string text;
+    for (const std::string& s : sentences) {
+      if (!text.empty()) text += ' ';
+      text += s;
+    }
+    return text;
+  }
+
+  const WorldOptions& options_;
+  Split split_;
+  Rng rng_;
+  NameFactory names_;
+  Pools pools_;
+  std::vector<Person> people_;
+};
+
+absl::Status WriteLines(const std::string& path, const std::vector<std::string>& lines) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    for (const std::string& line : lines) out << line;
+    out.flush();
+    if (!out.good()) return absl::InternalError(absl::StrCat(tmp, ": write failed"));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat(path, ": rename failed: ", ec.message()));
+  return absl::OkStatus();
+}
+
+std::string SplitPath(const std::string& dir, Split split, std::string_view kind) {
+  return absl::StrCat(dir, "/", std::string(SplitName(split)), ".", std::string(kind), ".jsonl");
+}
+
+template <typename T, typename F>
+absl::StatusOr<std::vector<T>> ReadJsonl(const std::string& path, F parse) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::vector<T> out;
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty()) continue;
+    absl::StatusOr<T> item = parse(line);
+    if (!item.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", number, ": ", item.status().message()));
+    }
+    out.push_back(*std::move(item));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string_view SplitName(Split split) {
+  switch (split) {
+    case Split::kPretrain:
+      return "pretrain";
+    case Split::kAdapter:
+      return "adapter";
+    case Split::kValid:
+      return "valid";
+    case Split::kTest:
+      return "test";
+  }
+  return "?";
+}
+
+absl::StatusOr<Split> ParseSplit(std::string_view name) {
+  for (int i = 0; i < kNumSplits; ++i) {
+    if (SplitName(static_cast<Split>(i)) == name) return static_cast<Split>(i);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown split '", std::string(name),
+                                                 "' (expected pretrain, adapter, valid or test)"));
+}
+
+uint64_t BoundedDraw(std::mt19937_64& rng, uint64_t n) {
+  // Largest multiple of n that fits, so every residue is equally likely.
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  for (;;) {
+    const uint64_t x = rng();
+    if (x < limit) return x % n;
+  }
+}
+
+double UnitDraw(std::mt19937_64& rng) {
+  return static_cast<double>(rng() >> 11) * (1.0 / 9007199254740992.0);
+}
+
+SplitData GenerateSplit(const WorldOptions& options, Split split) {
+  return SplitGenerator(options, split).Generate();
+}
+
+std::string PassageToJson(const Passage& p) {
+  nlohmann::ordered_json facts = nlohmann::ordered_json::array();
+  for (const Fact& f : p.facts) facts.push_back({{"relation", f.relation}, {"value", f.value}});
+  nlohmann::ordered_json j = {{"id", p.id},
+                              {"split", std::string(SplitName(p.split))},
+                              {"stream_position", p.stream_position},
+                              {"text", p.text},
+                              {"subject", p.subject},
+                              {"entities", p.entities},
+                              {"facts", facts},
+                              {"is_update", p.is_update},
+                              {"updates", p.updates}};
+  return j.dump() + "\n";
+}
+
+std::string QuestionToJson(const Question& q) {
+  nlohmann::ordered_json j = {{"id", q.id},
+                              {"passage_id", q.passage_id},
+                              {"split", std::string(SplitName(q.split))},
+                              {"subject", q.subject},
+                              {"relation", q.relation},
+                              {"question", q.question},
+                              {"answer", q.answer},
+                              {"is_update", q.is_update},
+                              {"final_answer", q.final_answer},
+                              {"superseded_by", q.superseded_by}};
+  return j.dump() + "\n";
+}
+
+absl::StatusOr<Passage> PassageFromJson(std::string_view line) {
+  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  try {
+    Passage p;
+    p.id = j.at("id").get<std::string>();
+    absl::StatusOr<Split> split = ParseSplit(j.at("split").get<std::string>());
+    if (!split.ok()) return split.status();
+    p.split = *split;
+    p.stream_position = j.at("stream_position").get<int64_t>();
+    p.text = j.at("text").get<std::string>();
+    p.subject = j.at("subject").get<std::string>();
+    p.entities = j.at("entities").get<std::vector<std::string>>();
+    for (const auto& f : j.at("facts")) {
+      p.facts.push_back({f.at("relation").get<std::string>(), f.at("value").get<std::string>()});
+    }
+    p.is_update = j.at("is_update").get<bool>();
+    p.updates = j.at("updates").get<std::string>();
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("passage: ", e.what()));
+  }
+}
+
+absl::StatusOr<Question> QuestionFromJson(std::string_view line) {
+  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  try {
+    Question q;
+    q.id = j.at("id").get<std::string>();
+    q.passage_id = j.at("passage_id").get<std::string>();
+    absl::StatusOr<Split> split = ParseSplit(j.at("split").get<std::string>());
+    if (!split.ok()) return split.status();
+    q.split = *split;
+    q.subject = j.at("subject").get<std::string>();
+    q.relation = j.at("relation").get<std::string>();
+    q.question = j.at("question").get<std::string>();
+    q.answer = j.at("answer").get<std::string>();
+    q.is_update = j.at("is_update").get<bool>();
+    q.final_answer = j.at("final_answer").get<std::string>();
+    q.superseded_by = j.at("superseded_by").get<std::string>();
+    return q;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("question: ", e.what()));
+  }
+}
+
+absl::Status WriteWorld(const WorldOptions& options, const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create: ", ec.message()));
+  for (int s = 0; s < kNumSplits; ++s) {
+    const SplitData data = GenerateSplit(options, static_cast<Split>(s));
+    std::vector<std::string> lines;
+    lines.reserve(data.passages.size());
+    for (const Passage& p : data.passages) lines.push_back(PassageToJson(p));
+    if (absl::Status st = WriteLines(SplitPath(dir, data.split, "passages"), lines); !st.ok()) {
+      return st;
+    }
+    lines.clear();
+    for (const Question& q : data.questions) lines.push_back(QuestionToJson(q));
+    if (absl::Status st = WriteLines(SplitPath(dir, data.split, "questions"), lines); !st.ok()) {
+      return st;
+    }
+  }
+  nlohmann::ordered_json j = {{"seed", options.seed},
+                              {"update_fraction", options.update_fraction},
+                              {"eval_questions_per_passage", options.eval_questions_per_passage}};
+  for (int s = 0; s < kNumSplits; ++s) {
+    j["people"][std::string(SplitName(static_cast<Split>(s)))] = options.people[s];
+  }
+  return WriteLines(dir + "/world.json", {j.dump(2) + "\n"});
+}
+
+absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split) {
+  SplitData data;
+  data.split = split;
+  absl::StatusOr<std::vector<Passage>> passages =
+      ReadJsonl<Passage>(SplitPath(dir, split, "passages"), PassageFromJson);
+  if (!passages.ok()) return passages.status();
+  absl::StatusOr<std::vector<Question>> questions =
+      ReadJsonl<Question>(SplitPath(dir, split, "questions"), QuestionFromJson);
+  if (!questions.ok()) return questions.status();
+  data.passages = *std::move(passages);
+  data.questions = *std::move(questions);
+  return data;
+}
+
+std::string QaPrompt(std::string_view context, std::string_view question) {
+  return absl::StrCat(std::string(context), "\nQ: ", std::string(question), "\nA:");
+}
+
+}  // namespace knowd::train

@@ -1,0 +1,112 @@
+// The synthetic knowledge world of knowd-train: fictional people, organisations, places and pets
+// whose names are built from syllables, so no real-world prior helps a model answer about them.
+//
+// A world is a pure function of WorldOptions: every random choice of a split comes from one
+// std::mt19937_64 seeded from (seed, split), drawn through BoundedDraw (never the
+// implementation-defined std::uniform_int_distribution), so the same options give byte-identical
+// JSONL on every machine. Splits never share a named entity: a name belongs to the split chosen
+// by a hash of its text, so each split is also independent of the others' sizes.
+//
+// This library does not use libtorch or libsentencepiece; tests and the C++ eval link it freely.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace knowd::train {
+
+enum class Split { kPretrain = 0, kAdapter = 1, kValid = 2, kTest = 3 };
+inline constexpr int kNumSplits = 4;
+// "pretrain", "adapter", "valid", "test".
+std::string_view SplitName(Split split);
+absl::StatusOr<Split> ParseSplit(std::string_view name);
+
+// The relations a fact can have. Every one has many possible values (closed-book guessing stays
+// near chance): cities, organisations, universities, people and pet names are invented per split;
+// years span 86 values, occupations and hobbies about 50 each.
+inline constexpr const char* kRelations[] = {"birthplace", "birth_year", "hometown",
+                                             "employer",   "occupation", "university",
+                                             "spouse",     "pet",        "hobby"};
+inline constexpr int kNumRelations = 9;
+
+struct WorldOptions {
+  uint64_t seed = 20240601;
+  // Main people per split; each gets one passage (and maybe one update passage).
+  int people[kNumSplits] = {8000, 4000, 300, 1000};
+  // Fraction of people whose facts change in a later update passage.
+  double update_fraction = 0.15;
+  // Questions per main passage in the valid and test splits (pretrain and adapter passages get
+  // every phrasing of every stated fact, for training variety).
+  int eval_questions_per_passage = 3;
+};
+
+struct Fact {
+  std::string relation;
+  std::string value;
+};
+
+struct Passage {
+  std::string id;  // "<split>-p<number>"
+  Split split = Split::kPretrain;
+  int64_t stream_position = 0;  // order in the split's stream (updates come after originals)
+  std::string text;
+  std::string subject;                // the main person
+  std::vector<std::string> entities;  // every name mentioned, subject first
+  std::vector<Fact> facts;            // facts about the subject that the text states
+  bool is_update = false;
+  std::string updates;  // for an update: the id of the passage whose facts it changes
+};
+
+struct Question {
+  std::string id;  // "<split>-q<number>"
+  std::string passage_id;
+  Split split = Split::kPretrain;
+  std::string subject;
+  std::string relation;
+  std::string question;
+  std::string answer;  // true as of the passage's stream position
+  bool is_update = false;
+  // The answer at the end of the stream, and the update passage that changed it (empty if none).
+  std::string final_answer;
+  std::string superseded_by;
+};
+
+struct SplitData {
+  Split split = Split::kPretrain;
+  std::vector<Passage> passages;  // in stream order
+  std::vector<Question> questions;
+};
+
+// Generates one split. Deterministic in (options, split).
+SplitData GenerateSplit(const WorldOptions& options, Split split);
+
+// One JSON object per line, keys in a fixed order, UTF-8, '\n' terminated.
+std::string PassageToJson(const Passage& passage);
+std::string QuestionToJson(const Question& question);
+absl::StatusOr<Passage> PassageFromJson(std::string_view line);
+absl::StatusOr<Question> QuestionFromJson(std::string_view line);
+
+// Writes <dir>/<split>.passages.jsonl and <dir>/<split>.questions.jsonl for every split, plus
+// <dir>/world.json (the options). Creates `dir`.
+absl::Status WriteWorld(const WorldOptions& options, const std::string& dir);
+// Reads one split back from `dir`.
+absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split);
+
+// The prompt format shared by pretraining, oracle and RAG evaluation:
+//   <context>\nQ: <question>\nA:        (the model continues with " <answer>" then "\n" or EOS)
+// where <context> is one or more passage texts joined by "\n", oldest first.
+std::string QaPrompt(std::string_view context, std::string_view question);
+
+// A draw in [0, n) from `rng`, identical on every platform (rejection sampling on the raw 64-bit
+// output). n must be > 0.
+uint64_t BoundedDraw(std::mt19937_64& rng, uint64_t n);
+// A double in [0, 1) from the top 53 bits.
+double UnitDraw(std::mt19937_64& rng);
+
+}  // namespace knowd::train
