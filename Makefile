@@ -6,7 +6,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test test-gpu demo bench format format-check clean
+.PHONY: all deps configure build test test-gpu demo bench model format format-check clean
 
 all: build
 
@@ -31,6 +31,11 @@ demo: build
 
 bench: build
 	@scripts/bench $(BUILD_DIR)
+
+# Rebuilds models/knowd-tiny from nothing with knowd-train (fixed seeds; about 45 minutes of
+# pretraining on a 2-core machine). Work files go to $(BUILD_DIR)/model-work.
+model: build
+	@scripts/make-model $(BUILD_DIR)
 
 format:
 	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i
