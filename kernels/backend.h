@@ -46,7 +46,7 @@ struct AttentionArgs {
   int64_t q_stride = 0;   // floats between consecutive query rows (>= n_heads * head_dim)
   int64_t kv_stride = 0;  // floats between consecutive key/value rows (>= n_kv_heads * head_dim)
   int64_t out_stride = 0;
-  float scale = 0.0f;     // usually 1/sqrt(head_dim)
+  float scale = 0.0f;  // usually 1/sqrt(head_dim)
 };
 
 class Backend {
@@ -83,8 +83,8 @@ class Backend {
   // ---- operations ----
   // y[m, n] = x[m, k] · w[n, k]ᵀ (+ y when accumulate). w is a weight matrix in nn.Linear
   // layout. ldx/ldy are the row strides of x and y in floats (>= k and >= n).
-  virtual void MatMul(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
-                      int m, int n, int k, bool accumulate) = 0;
+  virtual void MatMul(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int m,
+                      int n, int k, bool accumulate) = 0;
 
   // y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * weight. In place allowed (y == x).
   virtual void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,

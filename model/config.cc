@@ -108,16 +108,16 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromGguf(const GgufFile& gguf) {
   absl::StatusOr<std::string> arch = gguf.GetString("general.architecture");
   if (!arch.ok()) return arch.status();
   if (*arch != "llama") {
-    return absl::InvalidArgumentError(absl::StrCat(gguf.path(), ": architecture \"", *arch,
-                                                   "\" is not supported (only llama)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(gguf.path(), ": architecture \"", *arch, "\" is not supported (only llama)"));
   }
   LlamaConfig c;
   auto get_int = [&](const char* key, int* out) -> absl::Status {
     absl::StatusOr<int64_t> v = gguf.GetInt(key);
     if (!v.ok()) return v.status();
     if (*v <= 0 || *v > (int64_t{1} << 30)) {
-      return absl::InvalidArgumentError(absl::StrCat(gguf.path(), ": ", key, " = ", *v,
-                                                     " is out of range"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(gguf.path(), ": ", key, " = ", *v, " is out of range"));
     }
     *out = static_cast<int>(*v);
     return absl::OkStatus();
@@ -144,9 +144,9 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromGguf(const GgufFile& gguf) {
     int rope_dims = 0;
     if (absl::Status s = get_int("llama.rope.dimension_count", &rope_dims); !s.ok()) return s;
     if (rope_dims != c.head_dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          gguf.path(), ": partial rotary embeddings (", rope_dims, " of ", c.head_dim,
-          " dimensions) are not supported"));
+      return absl::InvalidArgumentError(absl::StrCat(gguf.path(), ": partial rotary embeddings (",
+                                                     rope_dims, " of ", c.head_dim,
+                                                     " dimensions) are not supported"));
     }
   }
   if (auto eps = gguf.GetFloat("llama.attention.layer_norm_rms_epsilon"); eps.ok()) {

@@ -40,8 +40,7 @@ size_t CompleteUtf8Prefix(const std::string& s) {
 }
 }  // namespace
 
-IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer,
-                                       std::span<const int32_t> context)
+IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer, std::span<const int32_t> context)
     : tokenizer_(tokenizer), ids_(context.begin(), context.end()) {
   emitted_ = ids_.empty() ? 0 : tokenizer_.Decode(ids_).size();
 }

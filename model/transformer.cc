@@ -12,18 +12,31 @@ namespace knowd {
 namespace {
 
 // The checkpoint tensors of one layer, and their names in both supported layouts.
-enum class LayerTensor { kAttnNorm, kQ, kK, kV, kO, kQBias, kKBias, kVBias, kFfnNorm, kGate, kUp, kDown };
+enum class LayerTensor {
+  kAttnNorm,
+  kQ,
+  kK,
+  kV,
+  kO,
+  kQBias,
+  kKBias,
+  kVBias,
+  kFfnNorm,
+  kGate,
+  kUp,
+  kDown
+};
 
 std::string LayerTensorName(bool gguf, int layer, LayerTensor t) {
   static constexpr const char* kGguf[] = {
-      "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-      "attn_output.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias",
-      "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+      "attn_norm.weight",   "attn_q.weight",   "attn_k.weight", "attn_v.weight",
+      "attn_output.weight", "attn_q.bias",     "attn_k.bias",   "attn_v.bias",
+      "ffn_norm.weight",    "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
   static constexpr const char* kHf[] = {
-      "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+      "input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
       "self_attn.v_proj.weight", "self_attn.o_proj.weight", "self_attn.q_proj.bias",
-      "self_attn.k_proj.bias", "self_attn.v_proj.bias", "post_attention_layernorm.weight",
-      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+      "self_attn.k_proj.bias",   "self_attn.v_proj.bias",   "post_attention_layernorm.weight",
+      "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
   const int i = static_cast<int>(t);
   return gguf ? absl::StrCat("blk.", layer, ".", kGguf[i])
               : absl::StrCat("model.layers.", layer, ".", kHf[i]);
@@ -42,24 +55,23 @@ KvCache::~KvCache() {
 
 absl::Status KvCache::TruncateTokens(int tokens) {
   if (tokens < 0 || tokens > size_ - prefix_) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot keep ", tokens, " tokens of ",
-                                                   size_ - prefix_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot keep ", tokens, " tokens of ", size_ - prefix_));
   }
   size_ = prefix_ + tokens;
   return absl::OkStatus();
 }
 
-absl::Status KvCache::SetPrefix(std::span<const float> keys, std::span<const float> values,
-                                int p) {
+absl::Status KvCache::SetPrefix(std::span<const float> keys, std::span<const float> values, int p) {
   const int64_t want = int64_t{num_layers_} * p * kv_dim_;
   if (p < 0 || p > capacity_) {
     return absl::InvalidArgumentError(
         absl::StrCat("prefix of ", p, " rows does not fit a cache of ", capacity_));
   }
   if (static_cast<int64_t>(keys.size()) != want || static_cast<int64_t>(values.size()) != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefix needs ", want, " keys and values (", num_layers_, " layers x ", p, " rows x ",
-        kv_dim_, "), got ", keys.size(), " and ", values.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefix needs ", want, " keys and values (", num_layers_, " layers x ", p,
+                     " rows x ", kv_dim_, "), got ", keys.size(), " and ", values.size()));
   }
   const size_t layer_bytes = sizeof(float) * p * kv_dim_;
   for (int l = 0; l < num_layers_; ++l) {
@@ -73,14 +85,13 @@ absl::Status KvCache::SetPrefix(std::span<const float> keys, std::span<const flo
 absl::Status KvCache::ReadRows(int layer, int begin, int end, std::vector<float>* keys,
                                std::vector<float>* values) const {
   if (layer < 0 || layer >= num_layers_ || begin < 0 || begin > end || end > size_) {
-    return absl::InvalidArgumentError(absl::StrCat("rows [", begin, ", ", end, ") of layer ",
-                                                   layer, " are outside the cache"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rows [", begin, ", ", end, ") of layer ", layer, " are outside the cache"));
   }
   const int64_t n = int64_t{end - begin} * kv_dim_;
   keys->resize(n);
   values->resize(n);
-  backend_->Download(keys->data(), layer_keys(layer) + int64_t{begin} * kv_dim_,
-                     n * sizeof(float));
+  backend_->Download(keys->data(), layer_keys(layer) + int64_t{begin} * kv_dim_, n * sizeof(float));
   backend_->Download(values->data(), layer_values(layer) + int64_t{begin} * kv_dim_,
                      n * sizeof(float));
   return absl::OkStatus();
@@ -118,8 +129,8 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   auto alloc = [&](int64_t floats) -> absl::StatusOr<float*> {
     void* p = backend->Alloc(floats * sizeof(float));
     if (p == nullptr) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          path, ": out of ", backend->name(), " memory loading ", floats * 4, " bytes"));
+      return absl::ResourceExhaustedError(absl::StrCat(path, ": out of ", backend->name(),
+                                                       " memory loading ", floats * 4, " bytes"));
     }
     model->allocations_.push_back(p);
     return static_cast<float*>(p);
@@ -150,11 +161,11 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
     if (absl::Status s = load_into(**t, *dst); !s.ok()) return s;
     return *dst;
   };
-#define KNOWD_ASSIGN(lhs, expr)             \
-  do {                                      \
-    auto result_ = (expr);                  \
+#define KNOWD_ASSIGN(lhs, expr)                 \
+  do {                                          \
+    auto result_ = (expr);                      \
     if (!result_.ok()) return result_.status(); \
-    lhs = *result_;                         \
+    lhs = *result_;                             \
   } while (0)
 
   // Token embedding: kept in its file dtype; the Embedding op dequantizes rows on the fly.
@@ -167,7 +178,8 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   }
   model->embedding_dtype_ = (*embed)->dtype;
   model->embedding_ = backend->Alloc((*embed)->bytes);
-  if (model->embedding_ == nullptr) return absl::ResourceExhaustedError("out of memory: " + embed_name);
+  if (model->embedding_ == nullptr)
+    return absl::ResourceExhaustedError("out of memory: " + embed_name);
   model->allocations_.push_back(model->embedding_);
   backend->Upload(model->embedding_, (*embed)->data, (*embed)->bytes);
 
@@ -232,16 +244,16 @@ Transformer::~Transformer() {
 int64_t Transformer::WeightBytesPerToken() const {
   const LlamaConfig& c = config_;
   const int64_t d = c.hidden_size;
-  const int64_t per_layer = d * (c.q_dim() + 2 * c.kv_dim()) + d * c.q_dim() +
-                            3 * d * c.intermediate_size + 2 * d;
+  const int64_t per_layer =
+      d * (c.q_dim() + 2 * c.kv_dim()) + d * c.q_dim() + 3 * d * c.intermediate_size + 2 * d;
   return sizeof(float) * (per_layer * c.num_layers + int64_t{c.vocab_size} * d + 2 * d);
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> Transformer::NewCache(int capacity, bool allow_longer) {
   if (capacity <= 0 || (!allow_longer && capacity > config_.max_position_embeddings)) {
-    return absl::InvalidArgumentError(absl::StrCat("cache capacity ", capacity,
-                                                   " is outside [1, max_position_embeddings=",
-                                                   config_.max_position_embeddings, "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cache capacity ", capacity,
+        " is outside [1, max_position_embeddings=", config_.max_position_embeddings, "]"));
   }
   std::unique_ptr<KvCache> cache(new KvCache());
   cache->backend_ = backend_;
@@ -355,8 +367,8 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
       const float* src = qkv + int64_t{row} * qkv_dim;
       backend_->CopyRows(k_dst, kv_row_bytes, src + c.q_dim(), qkv_dim * sizeof(float), n,
                          kv_row_bytes);
-      backend_->CopyRows(v_dst, kv_row_bytes, src + c.q_dim() + c.kv_dim(),
-                         qkv_dim * sizeof(float), n, kv_row_bytes);
+      backend_->CopyRows(v_dst, kv_row_bytes, src + c.q_dim() + c.kv_dim(), qkv_dim * sizeof(float),
+                         n, kv_row_bytes);
       AttentionArgs a;
       a.q = src;
       a.k = cache.layer_keys(l);
@@ -378,8 +390,7 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
     backend_->RmsNorm(x, w.ffn_norm, h, total, static_cast<int>(d), c.rms_norm_eps);
     backend_->MatMul(h, d, w.w_gate, gate, ff, total, static_cast<int>(ff), static_cast<int>(d),
                      false);
-    backend_->MatMul(h, d, w.w_up, up, ff, total, static_cast<int>(ff), static_cast<int>(d),
-                     false);
+    backend_->MatMul(h, d, w.w_up, up, ff, total, static_cast<int>(ff), static_cast<int>(d), false);
     backend_->SiluMul(gate, up, gate, total * ff);
     backend_->MatMul(gate, ff, w.w_down, x, d, total, static_cast<int>(d), static_cast<int>(ff),
                      true);

@@ -32,7 +32,7 @@ class KvCache {
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
 
-  int size() const { return size_; }          // rows filled (prefix + tokens)
+  int size() const { return size_; }           // rows filled (prefix + tokens)
   int prefix_size() const { return prefix_; }  // P
   int capacity() const { return capacity_; }
 
@@ -50,9 +50,7 @@ class KvCache {
                         std::vector<float>* values) const;
 
   float* layer_keys(int layer) const { return keys_ + int64_t{layer} * capacity_ * kv_dim_; }
-  float* layer_values(int layer) const {
-    return values_ + int64_t{layer} * capacity_ * kv_dim_;
-  }
+  float* layer_values(int layer) const { return values_ + int64_t{layer} * capacity_ * kv_dim_; }
 
  private:
   friend class Transformer;

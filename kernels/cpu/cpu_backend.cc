@@ -23,7 +23,7 @@ namespace {
 // Below this many elements an operation runs on the calling thread: waking the OpenMP team costs
 // microseconds, more than the loop itself for decode-time vectors of a few thousand floats.
 constexpr int64_t kParallelMin = int64_t{1} << 15;
-constexpr int kSmallBatchRows = 16;  // MatMul with 2..16 rows of x skips sgemm
+constexpr int kSmallBatchRows = 16;                       // MatMul with 2..16 rows of x skips sgemm
 constexpr int64_t kParallelMatMulMin = int64_t{1} << 17;  // m*n*k below this: one thread
 
 // Keys scored per online-softmax step of Attention: enough to amortise the rescale of the
@@ -287,8 +287,8 @@ class CpuBackend final : public Backend {
       const int per = (n / 16 + blocks - 1) / blocks * 16;
       const int begin = std::min(n, b * per);
       const int end = b == blocks - 1 ? n : std::min(n, begin + per);
-      if (begin < end) MatMulBlock(x, ldx, w + int64_t{begin} * k, y + begin, ldy, m, end - begin,
-                                   k, accumulate);
+      if (begin < end)
+        MatMulBlock(x, ldx, w + int64_t{begin} * k, y + begin, ldy, m, end - begin, k, accumulate);
     }
   }
 
@@ -416,8 +416,8 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  static void MatMulBlock(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
-                          int m, int n, int k, bool accumulate) {
+  static void MatMulBlock(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int m,
+                          int n, int k, bool accumulate) {
     if (m > 1 && m <= kSmallBatchRows) {
       SmallBatchMatMul(x, ldx, w, y, ldy, m, n, k, accumulate);
       return;
@@ -437,8 +437,8 @@ class CpuBackend final : public Backend {
   // Batched decode (a few rows of x): sgemm's packing costs more than the product, and the step
   // is bound by reading w once. Stream w four rows at a time, each against every row of x,
   // with four independent accumulators so the FMA units stay busy.
-  static void SmallBatchMatMul(const float* x, int64_t ldx, const float* w, float* y,
-                               int64_t ldy, int m, int n, int k, bool accumulate) {
+  static void SmallBatchMatMul(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
+                               int m, int n, int k, bool accumulate) {
     int j = 0;
     for (; j + 4 <= n; j += 4) {
       const float* w0 = w + int64_t{j} * k;

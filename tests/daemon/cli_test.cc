@@ -34,8 +34,9 @@ Result RunKnowd(const std::string& args, bool with_stderr = false) {
 }
 
 TEST(KnowdCli, GenerateGreedyFromBosOnGguf) {
-  Result r = RunKnowd("generate --model " + kModels + "/stories260K/stories260K.gguf --prompt '' "
-                 "--max-tokens 16");
+  Result r = RunKnowd("generate --model " + kModels +
+                      "/stories260K/stories260K.gguf --prompt '' "
+                      "--max-tokens 16");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out.rfind("Once upon a time, there was a little girl named Lily.", 0), 0u) << r.out;
 }
@@ -66,7 +67,7 @@ TEST(KnowdCli, TokenizePrintsIdsWithAndWithoutBos) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out, "1 346 306 414 263 304 341\n");
   Result no_bos = RunKnowd("tokenize --tokenizer " + kModels +
-                      "/stories260K/stories260K.gguf --text 'Hello world' --no-bos");
+                           "/stories260K/stories260K.gguf --text 'Hello world' --no-bos");
   EXPECT_EQ(no_bos.exit_code, 0);
   EXPECT_EQ(no_bos.out, "346 306 414 263 304 341\n");
 }

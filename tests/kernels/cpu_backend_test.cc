@@ -107,7 +107,8 @@ INSTANTIATE_TEST_SUITE_P(
                       MatMulCase{17, 19, 33, 40, 23, false}, MatMulCase{17, 19, 33, 40, 23, true},
                       MatMulCase{64, 128, 96, 100, 130, false},
                       // batched decode (2..16 rows): the streaming kernel, split across threads
-                      MatMulCase{8, 301, 257, 260, 305, true}, MatMulCase{5, 67, 130, 130, 70, false},
+                      MatMulCase{8, 301, 257, 260, 305, true},
+                      MatMulCase{5, 67, 130, 130, 70, false},
                       MatMulCase{16, 1030, 512, 512, 1030, false}));
 
 TEST_F(CpuBackendTest, MatMulWithEmptyInnerDimensionZeroesOrKeeps) {

@@ -1,6 +1,8 @@
 // The transformer against an independent float64 implementation of the Llama formulas written
 // here (it shares no code with the engine beyond reading the GGUF file), on the real pretrained
 // stories260K model, in both checkpoint layouts.
+#include "model/transformer.h"
+
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -11,7 +13,6 @@
 #include "model/generate.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
-#include "model/transformer.h"
 
 namespace knowd {
 namespace {
