@@ -6,6 +6,9 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/math.h"
+#include "model/tensor_file.h"
+#include "train/lm_torch.h"
 
 namespace knowd::train {
 namespace {
@@ -39,15 +42,28 @@ struct AttentionImpl : torch::nn::Module {
     v_proj = register_module("v_proj", MakeLinear(c.hidden_size, c.kv_dim()));
     o_proj = register_module("o_proj", MakeLinear(c.q_dim(), c.hidden_size));
   }
-  // x [B, T, hidden]; cos/sin [T, head_dim]; mask [T, T] (true = masked).
+  // x [B, T, hidden]; cos/sin [T, head_dim] for the tokens' positions; mask [T, P + T]
+  // (true = masked). prefix_k/prefix_v [B, kv_heads, P, head_dim] are attended to as given (never
+  // rotated); undefined means P = 0. When `capture` is set, it receives this layer's keys (after
+  // RoPE) and values as [B, T, kv_heads, head_dim].
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask) {
+                        const torch::Tensor& mask, const torch::Tensor& prefix_k = {},
+                        const torch::Tensor& prefix_v = {},
+                        internal::TrunkStates* capture = nullptr) {
     const int64_t b = x.size(0), t = x.size(1);
     auto q = q_proj(x).view({b, t, c.num_heads, c.head_dim}).transpose(1, 2);
     auto k = k_proj(x).view({b, t, c.num_kv_heads, c.head_dim}).transpose(1, 2);
     auto v = v_proj(x).view({b, t, c.num_kv_heads, c.head_dim}).transpose(1, 2);
     q = q * cos + RotateHalf(q) * sin;
     k = k * cos + RotateHalf(k) * sin;
+    if (capture != nullptr) {
+      capture->keys.push_back(k.transpose(1, 2));
+      capture->values.push_back(v.transpose(1, 2));
+    }
+    if (prefix_k.defined()) {
+      k = torch::cat({prefix_k, k}, 2);
+      v = torch::cat({prefix_v, v}, 2);
+    }
     const int64_t group = c.num_heads / c.num_kv_heads;
     if (group > 1) {  // Hugging Face repeat_kv: kv head j serves query heads j*group..
       k = k.repeat_interleave(group, 1);
@@ -85,9 +101,13 @@ struct DecoderLayerImpl : torch::nn::Module {
         register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
   }
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask) {
-    x = x + self_attn(input_layernorm(x), cos, sin, mask);
-    return x + mlp(post_attention_layernorm(x));
+                        const torch::Tensor& mask, const torch::Tensor& prefix_k = {},
+                        const torch::Tensor& prefix_v = {},
+                        internal::TrunkStates* capture = nullptr) {
+    x = x + self_attn(input_layernorm(x), cos, sin, mask, prefix_k, prefix_v, capture);
+    x = x + mlp(post_attention_layernorm(x));
+    if (capture != nullptr) capture->hidden.push_back(x);
+    return x;
   }
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
@@ -120,16 +140,29 @@ struct CausalLmImpl : torch::nn::Module {
     inv_freq = inv_freq.to(torch::kFloat32);
   }
   // tokens [B, T] int64 -> logits [B, T, vocab].
-  torch::Tensor forward(const torch::Tensor& tokens) {
+  torch::Tensor forward(const torch::Tensor& tokens) { return Run(tokens, {}, {}, nullptr); }
+
+  // The general pass behind forward(): prefix_k/prefix_v [B, layers, P, kv_heads, head_dim] (or
+  // undefined) precede the tokens in every layer, unrotated, and the tokens take positions
+  // P, P+1, ... — KvCache::SetPrefix's semantics. `capture` (optional) receives per-layer states.
+  torch::Tensor Run(const torch::Tensor& tokens, const torch::Tensor& prefix_k,
+                    const torch::Tensor& prefix_v, internal::TrunkStates* capture) {
     const int64_t t = tokens.size(1);
-    auto positions = torch::arange(t, torch::kFloat32);
+    const int64_t p = prefix_k.defined() ? prefix_k.size(2) : 0;
+    auto positions = torch::arange(p, p + t, torch::kFloat32);
     auto freqs = torch::outer(positions, inv_freq);
     auto emb = torch::cat({freqs, freqs}, -1);
     auto cos = emb.cos(), sin = emb.sin();
     auto mask = torch::ones({t, t}, torch::kBool).triu(1);
+    if (p > 0) mask = torch::cat({torch::zeros({t, p}, torch::kBool), mask}, 1);
     auto x = model->embed_tokens(tokens);
-    for (const auto& layer : *model->layers) {
-      x = layer->as<DecoderLayer>()->forward(x, cos, sin, mask);
+    for (size_t l = 0; l < model->layers->size(); ++l) {
+      torch::Tensor pk, pv;
+      if (p > 0) {  // [B, L, P, kvh, hd] -> [B, kvh, P, hd]
+        pk = prefix_k.select(1, static_cast<int64_t>(l)).transpose(1, 2);
+        pv = prefix_v.select(1, static_cast<int64_t>(l)).transpose(1, 2);
+      }
+      x = model->layers[l]->as<DecoderLayer>()->forward(x, cos, sin, mask, pk, pv, capture);
     }
     x = model->norm(x);
     if (c.tie_word_embeddings) return torch::matmul(x, model->embed_tokens->weight.t());
@@ -344,6 +377,102 @@ std::vector<NamedWeight> LanguageModel::Weights() const {
   }
   return out;
 }
+
+absl::StatusOr<LanguageModel::SequenceStates> LanguageModel::States(
+    std::span<const int32_t> tokens) {
+  try {
+    torch::NoGradGuard no_grad;
+    impl_->net->eval();
+    auto t = torch::from_blob(const_cast<int32_t*>(tokens.data()),
+                              {1, static_cast<int64_t>(tokens.size())}, torch::kInt32)
+                 .to(torch::kInt64);
+    internal::TrunkStates states;
+    impl_->net->Run(t, {}, {}, &states);
+    SequenceStates out;
+    out.tokens = static_cast<int>(tokens.size());
+    auto append = [](const torch::Tensor& x, std::vector<float>* to) {
+      const torch::Tensor c = x.contiguous();
+      to->insert(to->end(), c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    };
+    for (size_t l = 0; l < states.hidden.size(); ++l) {
+      out.hidden.emplace_back();
+      append(states.hidden[l][0], &out.hidden.back());
+      append(states.keys[l][0], &out.keys);
+      append(states.values[l][0], &out.values);
+    }
+    return out;
+  } catch (const std::exception& e) {
+    return TorchError("states", e);
+  }
+}
+
+absl::StatusOr<std::vector<float>> LanguageModel::LogitsWithPrefix(
+    std::span<const float> keys, std::span<const float> values, int p,
+    std::span<const int32_t> tokens) {
+  const LlamaConfig& c = impl_->config;
+  const size_t want = size_t{1} * c.num_layers * std::max(p, 0) * c.kv_dim();
+  if (p < 0 || keys.size() != want || values.size() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefix needs ", want, " keys and values (", c.num_layers, " layers x ", p,
+                     " rows x ", c.kv_dim(), "), got ", keys.size(), " and ", values.size()));
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    impl_->net->eval();
+    auto t = torch::from_blob(const_cast<int32_t*>(tokens.data()),
+                              {1, static_cast<int64_t>(tokens.size())}, torch::kInt32)
+                 .to(torch::kInt64);
+    torch::Tensor pk, pv;
+    if (p > 0) {
+      const std::vector<int64_t> shape = {1, c.num_layers, p, c.num_kv_heads, c.head_dim};
+      pk = torch::from_blob(const_cast<float*>(keys.data()), shape, torch::kFloat32);
+      pv = torch::from_blob(const_cast<float*>(values.data()), shape, torch::kFloat32);
+    }
+    auto logits = impl_->net->Run(t, pk, pv, nullptr).contiguous();
+    const float* out = logits.data_ptr<float>();
+    return std::vector<float>(out, out + logits.numel());
+  } catch (const std::exception& e) {
+    return TorchError("logits with prefix", e);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::LoadBundle(const std::string& dir) {
+  absl::StatusOr<LlamaConfig> config = LlamaConfigFromHfJson(dir + "/config.json");
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<LanguageModel>> model = Create(*config, 0, OptimizerOptions());
+  if (!model.ok()) return model.status();
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(dir);
+  if (!file.ok()) return file.status();
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& p : (*model)->impl_->net->named_parameters()) {
+      const std::vector<int64_t> shape(p.value().sizes().begin(), p.value().sizes().end());
+      absl::StatusOr<const HostTensor*> t = (*file)->Require(p.key(), shape);
+      if (!t.ok()) return t.status();
+      std::vector<float> data((*t)->numel());
+      for (int64_t i = 0; i < (*t)->numel(); ++i) data[i] = LoadAsF32((*t)->data, (*t)->dtype, i);
+      p.value().copy_(torch::from_blob(data.data(), shape, torch::kFloat32));
+    }
+  } catch (const std::exception& e) {
+    return TorchError(absl::StrCat("loading ", dir), e);
+  }
+  return model;
+}
+
+namespace internal {
+
+torch::Tensor TorchAccess::Forward(LanguageModel& model, const torch::Tensor& tokens,
+                                   const torch::Tensor& prefix_keys,
+                                   const torch::Tensor& prefix_values, TrunkStates* capture) {
+  return model.impl_->net->Run(tokens, prefix_keys, prefix_values, capture);
+}
+
+void TorchAccess::Freeze(LanguageModel& model) {
+  for (auto& p : model.impl_->net->parameters()) p.set_requires_grad(false);
+  model.impl_->net->eval();
+}
+
+}  // namespace internal
 
 void SetTorchThreads(int threads) { at::set_num_threads(std::max(1, threads)); }
 

@@ -3,8 +3,9 @@
 // Hugging Face names one for one (model.layers.N.self_attn.q_proj.weight, ...), so an export is a
 // plain copy and knowd's engine (model/transformer.h) computes the same logits.
 //
-// This header does not include libtorch: only lm.cc does, so the rest of knowd-train and the
-// tests compile quickly. A LanguageModel is driven by one thread at a time.
+// This header does not include libtorch (lm.cc does; adapter.cc reaches the torch modules through
+// the private lm_torch.h), so the rest of knowd-train and the tests compile quickly. A
+// LanguageModel is driven by one thread at a time.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,10 @@
 #include "model/config.h"
 
 namespace knowd::train {
+
+namespace internal {
+struct TorchAccess;
+}
 
 // Token sequences of one step, right-padded to a common length.
 struct TrainBatch {
@@ -69,6 +74,28 @@ class LanguageModel {
   absl::StatusOr<std::vector<int32_t>> Greedy(std::span<const int32_t> prompt, int max_tokens,
                                               std::span<const int32_t> stop);
 
+  // The frozen-LM views an adapter is built on. Host arrays are f32 and use the engine's layouts,
+  // so they move to and from KvCache (ReadRows, SetPrefix) unchanged.
+  struct SequenceStates {
+    int tokens = 0;
+    std::vector<std::vector<float>> hidden;  // per layer: the block's output, [tokens][hidden]
+    std::vector<float> keys;    // [layers][tokens][kv_dim], after RoPE at positions 0, 1, ...
+    std::vector<float> values;  // [layers][tokens][kv_dim]
+  };
+  // Per-layer hidden states, keys and values of one sequence (the adapter's encoder trunk).
+  absl::StatusOr<SequenceStates> States(std::span<const int32_t> tokens);
+  // Logits [tokens.size()][vocab_size] of `tokens` after p prefix rows per layer. keys/values are
+  // [layers][p][kv_dim], attended to as given (never rotated); the tokens take positions p, p+1,
+  // ... — the semantics of KvCache::SetPrefix, so the engine serves what this computes.
+  absl::StatusOr<std::vector<float>> LogitsWithPrefix(std::span<const float> keys,
+                                                      std::span<const float> values, int p,
+                                                      std::span<const int32_t> tokens);
+
+  // Loads a bundle directory (config.json + model.safetensors with Hugging Face names, any float
+  // dtype) into a new model with fresh optimizer state. Refuses a missing tensor or a shape that
+  // does not match config.json, naming it.
+  static absl::StatusOr<std::unique_ptr<LanguageModel>> LoadBundle(const std::string& dir);
+
   // Weights and optimizer state (torch::serialize archive); Load needs a model of the same shape.
   absl::Status SaveCheckpoint(const std::string& path) const;
   absl::Status LoadCheckpoint(const std::string& path);
@@ -77,6 +104,7 @@ class LanguageModel {
   std::vector<NamedWeight> Weights() const;
 
  private:
+  friend struct internal::TorchAccess;
   struct Impl;
   explicit LanguageModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

@@ -1,5 +1,5 @@
-// knowd-train: the synthetic knowledge stream, tokenizer training, base-LM pretraining and
-// export (see train/README.md). Flags may be spelled with dashes or underscores.
+// knowd-train: the synthetic knowledge stream, tokenizer training, base-LM pretraining, export
+// and adapter meta-training (see train/README.md). Flags may be spelled with dashes or underscores.
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,9 +9,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "model/config.h"
+#include "train/adapter.h"
 #include "train/export.h"
 #include "train/lm.h"
 #include "train/pretrain.h"
@@ -49,7 +51,18 @@ ABSL_FLAG(int, log_every, 10, "pretrain: steps between progress lines");
 ABSL_FLAG(int, checkpoint_every, 200, "pretrain: steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "pretrain: continue from <work_dir>/checkpoint.pt");
 ABSL_FLAG(int, eval_questions, 200, "pretrain: valid questions scored at the end (0: none)");
-ABSL_FLAG(std::string, dtype, "f32", "export: f32, f16 or bf16");
+ABSL_FLAG(std::string, dtype, "f32", "export: f32, f16 or bf16; adapter: f16 (default) or f32");
+// Adapter meta-training. --steps, --batch, --lr, --warmup, --log_every, --checkpoint_every,
+// --eval_questions, --seed, --threads and --resume apply too; --steps, --batch, --lr, --warmup and
+// --eval_questions have adapter defaults (2000, 8, 1e-3, 50, 100) unless given.
+ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
+ABSL_FLAG(int, slots, 8, "adapter: latent tokens per passage = prefix rows per layer");
+ABSL_FLAG(int, latent_dim, 80, "adapter: values per latent token");
+ABSL_FLAG(int, questions_per_passage, 2, "adapter: questions per passage in a step");
+ABSL_FLAG(double, distill_weight, 1.0, "adapter: weight of the context-distillation KL");
+ABSL_FLAG(double, contrastive_weight, 0.2, "adapter: weight of the InfoNCE key loss");
+ABSL_FLAG(double, backprop_dropout, 0.5, "adapter: P(a distractor's latents carry no gradient)");
+ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage alone this long");
 
 namespace knowd::train {
 namespace {
@@ -192,16 +205,69 @@ int RunExport() {
   return 0;
 }
 
+// The flag's value when it was given (differs from its pretraining default), else the adapter's.
+template <typename T>
+T FlagOr(const absl::Flag<T>& flag, T adapter_default) {
+  const absl::CommandLineFlag& handle = absl::GetFlagReflectionHandle(flag);
+  return handle.CurrentValue() != handle.DefaultValue() ? absl::GetFlag(flag) : adapter_default;
+}
+
+int RunAdapterCommand() {
+  AdapterRunOptions o;
+  o.data_dir = absl::GetFlag(FLAGS_data);
+  o.bundle_dir = absl::GetFlag(FLAGS_bundle);
+  o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  if (o.data_dir.empty() || o.bundle_dir.empty() || o.work_dir.empty()) {
+    return Fail("adapter",
+                absl::InvalidArgumentError("--data, --bundle and --work_dir are required"));
+  }
+  o.config.slots = absl::GetFlag(FLAGS_slots);
+  o.config.latent_dim = absl::GetFlag(FLAGS_latent_dim);
+  o.train.batch = FlagOr(FLAGS_batch, 8);
+  o.train.questions_per_passage = absl::GetFlag(FLAGS_questions_per_passage);
+  o.train.distill_weight = absl::GetFlag(FLAGS_distill_weight);
+  o.train.contrastive_weight = absl::GetFlag(FLAGS_contrastive_weight);
+  o.train.backprop_dropout = absl::GetFlag(FLAGS_backprop_dropout);
+  o.train.seed = absl::GetFlag(FLAGS_seed);
+  o.steps = FlagOr(FLAGS_steps, 2000);
+  o.warmup = FlagOr(FLAGS_warmup, 50);
+  o.lr = FlagOr(FLAGS_lr, 1e-3);
+  o.top_k = absl::GetFlag(FLAGS_top_k);
+  o.gold_only_fraction = absl::GetFlag(FLAGS_gold_only_fraction);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));
+  o.checkpoint_every = std::max(1, absl::GetFlag(FLAGS_checkpoint_every));
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.eval_questions = FlagOr(FLAGS_eval_questions, 100);
+  const std::string dtype = FlagOr(FLAGS_dtype, std::string("f16"));
+  if (dtype == "f16") {
+    o.export_dtype = DType::kF16;
+  } else if (dtype == "f32") {
+    o.export_dtype = DType::kF32;
+  } else {
+    return Fail("adapter", absl::InvalidArgumentError("--dtype must be f16 or f32"));
+  }
+  if (o.steps < 1 || o.train.batch < 2 || o.top_k < 1 || o.top_k > o.train.batch) {
+    return Fail("adapter", absl::InvalidArgumentError(
+                               "need --steps >= 1, --batch >= 2 and 1 <= --top_k <= --batch "
+                               "(the other passages of a step are the distractors)"));
+  }
+  o.config.max_candidates = std::max(o.config.max_candidates, o.top_k);
+  if (absl::Status st = RunAdapterTraining(o); !st.ok()) return Fail("adapter", st);
+  return 0;
+}
+
 }  // namespace
 }  // namespace knowd::train
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "knowd-train data|tokenizer|pretrain|export [flags]\n"
+      "knowd-train data|tokenizer|pretrain|export|adapter [flags]\n"
       "  data       --out DIR                         the synthetic world (JSONL)\n"
       "  tokenizer  --data DIR --out tokenizer.model  SentencePiece BPE\n"
       "  pretrain   --data DIR --tokenizer FILE --work_dir DIR [--bundle DIR]\n"
-      "  export     --work_dir DIR [--bundle DIR] [--dtype f16] [--tokenizer FILE]");
+      "  export     --work_dir DIR [--bundle DIR] [--dtype f16] [--tokenizer FILE]\n"
+      "  adapter    --data DIR --bundle DIR --work_dir DIR [--steps N] [--top_k K] [--resume]");
   std::vector<std::string> storage;
   std::vector<char*> normalized = knowd::train::NormalizeFlagNames(argc, argv, &storage);
   std::vector<char*> args = absl::ParseCommandLine(argc, normalized.data());
@@ -214,6 +280,7 @@ int main(int argc, char** argv) {
   if (command == "tokenizer") return knowd::train::RunTokenizer(argv[0]);
   if (command == "pretrain") return knowd::train::RunPretrainCommand();
   if (command == "export") return knowd::train::RunExport();
+  if (command == "adapter") return knowd::train::RunAdapterCommand();
   std::fprintf(stderr, "knowd-train: unknown command '%s'\n%s\n", command.c_str(),
                absl::ProgramUsageMessage().data());
   return 2;

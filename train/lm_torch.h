@@ -1,0 +1,38 @@
+// Private to train/: the libtorch face of LanguageModel, for the translation units that already
+// include libtorch (lm.cc and adapter.cc). Everything else uses train/lm.h, which stays free of
+// torch so that it compiles quickly.
+//
+// These calls run the model as it is: callers that train something on top of a frozen LM call
+// Freeze once, and wrap passes that need no gradient in torch::NoGradGuard.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "train/lm.h"
+
+namespace knowd::train::internal {
+
+// Per-layer states of a batch of sequences, as the frozen LM computes them.
+struct TrunkStates {
+  std::vector<torch::Tensor> hidden;  // per layer: the block's output, [B, T, hidden]
+  std::vector<torch::Tensor> keys;    // per layer: [B, T, kv_heads, head_dim], after RoPE
+  std::vector<torch::Tensor> values;  // per layer: [B, T, kv_heads, head_dim]
+};
+
+struct TorchAccess {
+  // Logits [B, T, vocab] of `tokens` ([B, T] int64). prefix_keys / prefix_values
+  // [B, layers, P, kv_heads, head_dim] (both undefined for none) are attended to by every token,
+  // as given (never rotated), and the tokens take positions P, P+1, ... — exactly
+  // KvCache::SetPrefix in the engine. Differentiable with respect to the prefix. `capture`
+  // (optional) receives the per-layer states of the tokens.
+  static torch::Tensor Forward(LanguageModel& model, const torch::Tensor& tokens,
+                               const torch::Tensor& prefix_keys, const torch::Tensor& prefix_values,
+                               TrunkStates* capture);
+  // Stops gradients into the model's weights and puts it in eval mode, for good: a frozen base LM
+  // under an adapter. The model's own TrainStep must not be used afterwards.
+  static void Freeze(LanguageModel& model);
+};
+
+}  // namespace knowd::train::internal
