@@ -24,8 +24,8 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 // product (2 per weight per token) plus attention scores and weighted sums.
 double ForwardFlops(const LlamaConfig& c, int64_t n, int64_t past) {
   const double d = c.hidden_size;
-  const double matmul_params = d * (c.q_dim() + 2.0 * c.kv_dim()) + d * c.q_dim() +
-                               3.0 * d * c.intermediate_size;
+  const double matmul_params =
+      d * (c.q_dim() + 2.0 * c.kv_dim()) + d * c.q_dim() + 3.0 * d * c.intermediate_size;
   double attention = 0;  // sum over new tokens of the keys each sees
   attention = static_cast<double>(n) * past + static_cast<double>(n) * (n + 1) / 2.0;
   const double per_layer = 2.0 * matmul_params * n + 4.0 * c.q_dim() * attention;
@@ -35,8 +35,9 @@ double ForwardFlops(const LlamaConfig& c, int64_t n, int64_t past) {
 }  // namespace
 
 absl::Status RunEngineBench(const EngineBenchOptions& o) {
-  const int threads =
-      o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = o.threads > 0
+                          ? o.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::unique_ptr<Backend> backend = MakeCpuBackend(threads);
   absl::StatusOr<std::unique_ptr<Transformer>> loaded = Transformer::Load(o.model, backend.get());
   if (!loaded.ok()) return loaded.status();
@@ -137,19 +138,22 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
   }
   std::printf("knowd bench engine — %s\n", o.model.c_str());
   std::printf("model: %.1fM parameters, hidden %d, %d layers, %d/%d heads, vocab %d; %s\n",
-              c.ParameterCount() / 1e6, c.hidden_size, c.num_layers, c.num_heads,
-              c.num_kv_heads, c.vocab_size, backend->name().c_str());
+              c.ParameterCount() / 1e6, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads,
+              c.vocab_size, backend->name().c_str());
   std::printf("machine (measured now): sgemm peak %.1f GFLOP/s, memory bandwidth %.1f GB/s\n\n",
               peak_gflops, bandwidth_gbs);
   std::printf("%-28s %14s %14s %10s\n", "measurement", "figure", "bound", "fraction");
   std::printf("%-28s %10.1f tok/s %9.1f GFLOP/s %8.1f%%   (%.1f GFLOP/s of sgemm peak)\n",
               absl::StrFormat("prefill (%d tokens)", o.prompt_tokens).c_str(), prefill_tps,
               prefill_gflops, 100.0 * prefill_gflops / peak_gflops, peak_gflops);
-  std::printf("%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (%.1f MB of weights per step, %.1f GFLOP/s)\n",
-              "decode, batch 1", *decode1, bound1, 100.0 * *decode1 / bound1,
-              bytes_per_step / 1e6, decode1_gflops);
-  std::printf("%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (roofline of bandwidth and sgemm peak, %.1f GFLOP/s)\n",
-              "decode, batch 8", *decode8, bound8, 100.0 * *decode8 / bound8, decode8_gflops);
+  std::printf(
+      "%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (%.1f MB of weights per step, %.1f GFLOP/s)\n",
+      "decode, batch 1", *decode1, bound1, 100.0 * *decode1 / bound1, bytes_per_step / 1e6,
+      decode1_gflops);
+  std::printf(
+      "%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (roofline of bandwidth and sgemm peak, %.1f "
+      "GFLOP/s)\n",
+      "decode, batch 8", *decode8, bound8, 100.0 * *decode8 / bound8, decode8_gflops);
   return absl::OkStatus();
 }
 

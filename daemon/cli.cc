@@ -6,10 +6,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/engine_bench.h"
+#include "bench/eval.h"
 #include "bench/storage_bench.h"
 #include "daemon/flags.h"
 #include "kernels/backend.h"
@@ -170,6 +171,26 @@ int RunBench(const std::vector<std::string>& args) {
   }
   return Fail("bench", absl::InvalidArgumentError(absl::StrCat(
                            "unknown benchmark \"", what, "\" (engine, synth-model, storage)")));
+}
+
+int RunEval() {
+  bench::EvalOptions o;
+  o.bundle_dir = absl::GetFlag(FLAGS_bundle);
+  if (o.bundle_dir.empty()) return Fail("eval", absl::InvalidArgumentError("--bundle is empty"));
+  o.data_dir = absl::GetFlag(FLAGS_data);
+  if (o.data_dir.empty()) o.data_dir = (std::filesystem::path(o.bundle_dir) / "eval").string();
+  o.split = absl::GetFlag(FLAGS_split);
+  o.limit = absl::GetFlag(FLAGS_limit);
+  if (o.limit < 0) return Fail("eval", absl::InvalidArgumentError("--limit must be >= 0"));
+  o.report_path = absl::GetFlag(FLAGS_report);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.batch = absl::GetFlag(FLAGS_batch);
+  if (o.batch < 1) return Fail("eval", absl::InvalidArgumentError("--batch must be >= 1"));
+  if (absl::GetFlag(FLAGS_backend) != "cpu") {
+    return Fail("eval", absl::InvalidArgumentError("eval runs on the cpu backend only"));
+  }
+  absl::Status s = bench::RunEval(o);
+  return s.ok() ? 0 : Fail("eval", s);
 }
 
 }  // namespace knowd

@@ -10,6 +10,8 @@ namespace knowd {
 int RunGenerate();
 int RunTokenize();
 int RunBench(const std::vector<std::string>& args);
+// Accuracy evaluation on a world split (bench/eval.h); --data defaults to <bundle>/eval.
+int RunEval();
 
 // Rewrites "--max-tokens=5" style flags to absl's "--max_tokens=5" (the command-line contract
 // uses dashes; absl flag names cannot contain them). Arguments after "--" are left alone.

@@ -1,5 +1,8 @@
 // knowd: the daemon and its tools. See docs/cli.md for the command-line contract.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,12 @@ ABSL_FLAG(std::string, entries, "10000,100000,1000000", "Bank sizes (bench stora
 ABSL_FLAG(std::string, index, "Flat", "FAISS index factory string (bench storage)");
 ABSL_FLAG(std::string, latent_format, "fp16", "Stored latents: fp16 or int8 (bench storage)");
 ABSL_FLAG(bool, lexical, false, "Keep the BM25 index too (bench storage)");
+ABSL_FLAG(std::string, bundle, "models/knowd-tiny", "Model bundle directory (eval)");
+ABSL_FLAG(std::string, data, "", "World data directory (eval); empty: <bundle>/eval");
+ABSL_FLAG(std::string, split, "test", "World split to evaluate on (eval)");
+ABSL_FLAG(int, limit, 0, "Questions to evaluate, spread evenly over the stream; 0 is all (eval)");
+ABSL_FLAG(std::string, report, "", "JSON report path; .md and .png are written beside it (eval)");
+ABSL_FLAG(int, batch, 16, "Sequences per forward pass (eval)");
 
 namespace {
 constexpr const char* kUsage =
@@ -40,10 +49,21 @@ constexpr const char* kUsage =
     "  knowd bench engine --model PATH [--threads N] [--prompt-tokens N] [--decode-tokens N]\n"
     "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n"
     "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format fp16]\n"
-    "                      [--lexical] [--out FILE.json]\n";
+    "                      [--lexical] [--out FILE.json]\n"
+    "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
+    "             [--batch N] [--threads N]\n";
 }  // namespace
 
 int main(int argc, char** argv) {
+  // libgomp's default wait policy spins between parallel regions; when anything else runs on the
+  // same cores (a shared node, a CPU-limited pod) a spinning thread holds the core its partner
+  // needs, and 2-thread decode drops 50x; fully passive waiting halves decode on an idle machine.
+  // A short spin (tens of microseconds) then sleep keeps both. libgomp reads it when it loads, so
+  // it is set by re-executing once; OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the operator win.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
+    setenv("GOMP_SPINCOUNT", "20000", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+  }
   absl::SetProgramUsageMessage(kUsage);
   std::vector<std::string> storage;
   std::vector<char*> args = knowd::NormalizeFlagNames(argc, argv, &storage);
@@ -58,6 +78,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return knowd::RunGenerate();
   if (command == "tokenize") return knowd::RunTokenize();
   if (command == "bench") return knowd::RunBench(rest);
+  if (command == "eval") return knowd::RunEval();
   std::fprintf(stderr, "knowd: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

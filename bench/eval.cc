@@ -1,0 +1,955 @@
+#include "bench/eval.h"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/png_plot.h"
+#include "kernels/backend.h"
+#include "nlohmann/json.hpp"
+#include "train/world.h"
+
+namespace knowd::bench {
+namespace {
+
+using Json = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+bool IsPunctuation(unsigned char c) { return c < 0x80 && std::ispunct(c); }
+bool IsWordByte(unsigned char c) { return c >= 0x80 || std::isalnum(c) || c == '_'; }
+bool IsSpace(unsigned char c) { return c < 0x80 && std::isspace(c); }
+
+std::vector<std::string> SplitWhitespace(std::string_view s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    while (i < s.size() && IsSpace(s[i])) ++i;
+    size_t j = i;
+    while (j < s.size() && !IsSpace(s[j])) ++j;
+    if (j > i) out.emplace_back(s.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+// ---- modes and stages ----
+
+enum Mode { kClosedBook = 0, kOracle, kRagTop1, kRagTop3, kMac, kMacRag, kNumModes };
+constexpr const char* kModeNames[kNumModes] = {"closed-book", "oracle", "rag-top1",
+                                               "rag-top3",    "mac",    "mac+rag"};
+bool UsesMemory(int mode) { return mode >= kRagTop1; }
+bool NeedsModulator(int mode) { return mode >= kMac; }
+
+// When a question was asked: at the end of the stream (the main figures, gold = final value),
+// right after its passage was stored, or after the first bank_sizes[i] passages (retention).
+constexpr int kAtEnd = 0;
+constexpr int kRightAfter = 1;
+int AtBankSize(int point) { return 2 + point; }
+
+constexpr const char* kNamespace = "eval";
+constexpr int kHashedKeyDim = 256;
+constexpr int kLexicalCandidates = 20;
+constexpr int kRecallDepth = 5;
+
+// Feature hashing of the lower-cased alphanumeric words, L2-normalised: a stand-in retrieval key
+// until the bundle has an adapter whose encoder produces real keys.
+std::vector<float> HashedKey(std::string_view text) {
+  std::vector<float> key(kHashedKeyDim, 0.0f);
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && !std::isalnum(static_cast<unsigned char>(text[i]))) ++i;
+    uint64_t h = 1469598103934665603ull;
+    size_t j = i;
+    while (j < text.size() && std::isalnum(static_cast<unsigned char>(text[j]))) {
+      h = (h ^ static_cast<uint64_t>(std::tolower(static_cast<unsigned char>(text[j])))) *
+          1099511628211ull;
+      ++j;
+    }
+    if (j > i) key[h % kHashedKeyDim] += (h >> 63) ? -1.0f : 1.0f;
+    i = j;
+  }
+  double norm = 0.0;
+  for (float v : key) norm += double{v} * v;
+  if (norm > 0.0) {
+    for (float& v : key) v = static_cast<float>(v / std::sqrt(norm));
+  }
+  return key;
+}
+
+struct Retrieved {
+  std::vector<int> bm25;    // passage indices, best first
+  std::vector<int> dense;   // by the dense key alone (only when asked for)
+  std::vector<int> hybrid;  // RRF of both (only when asked for)
+};
+
+struct Asked {
+  int question;
+  int mode;
+  int stage;
+  int request;
+};
+
+struct RecallCounts {
+  int at1 = 0;
+  int at5 = 0;
+  void Add(const std::vector<int>& ranking, int gold) {
+    for (int r = 0; r < std::min<int>(kRecallDepth, ranking.size()); ++r) {
+      if (ranking[r] == gold) {
+        at1 += r == 0;
+        ++at5;
+        break;
+      }
+    }
+  }
+};
+
+std::string Fixed(double v, int digits = 3) { return absl::StrFormat("%.*f", digits, v); }
+
+class Evaluator {
+ public:
+  Evaluator(const EvalOptions& options, train::SplitData data, Transformer& model,
+            const Tokenizer& tokenizer, Modulator* modulator, std::string modulator_reason)
+      : o_(options),
+        data_(std::move(data)),
+        model_(model),
+        tokenizer_(tokenizer),
+        modulator_(modulator),
+        modulator_reason_(std::move(modulator_reason)) {}
+
+  absl::Status Run(const std::string& bank_dir);
+
+ private:
+  const train::Passage& PassageOf(const train::Question& q) const {
+    return data_.passages[passage_index_.at(q.passage_id)];
+  }
+  std::string FinalAnswer(const train::Question& q) const {
+    return q.final_answer.empty() ? q.answer : q.final_answer;
+  }
+  int GoldPassage(const train::Question& q, int stage) const;
+
+  absl::Status StorePassages(int begin, int end);
+  absl::StatusOr<Retrieved> Retrieve(const train::Question& q, bool all_rankings);
+  absl::StatusOr<std::vector<int32_t>> FitPrompt(std::vector<int> ranked_passages,
+                                                 const std::string& question, int reserved);
+  int AddRequest(std::vector<int32_t> prompt, std::shared_ptr<const PrefixKv> prefix);
+  absl::Status AskMemoryModes(int question, int stage);
+  absl::Status AskNoMemoryModes(int question, int stage);
+  Json Report(const std::vector<std::string>& answers, double generation_seconds);
+
+  const EvalOptions& o_;
+  train::SplitData data_;
+  Transformer& model_;
+  const Tokenizer& tokenizer_;
+  Modulator* modulator_;  // null: mac modes skipped with modulator_reason_
+  std::string modulator_reason_;
+
+  std::unique_ptr<storage::MemoryBank> bank_;
+  std::unordered_map<std::string, int> passage_index_;
+  std::vector<storage::PassageId> passage_ids_;
+  std::vector<int> main_questions_;
+  std::vector<std::vector<int>> retention_by_passage_;
+  std::vector<int> retention_questions_;
+  std::vector<int> curve_sizes_;
+
+  std::vector<AnswerRequest> requests_;
+  std::unordered_map<std::string, int> request_by_prompt_;
+  std::vector<Asked> asked_;
+  RecallCounts recall_bm25_, recall_dense_, recall_hybrid_;
+  int recall_questions_ = 0;
+  int dropped_passages_ = 0;
+  int truncated_prompts_ = 0;
+};
+
+int Evaluator::GoldPassage(const train::Question& q, int stage) const {
+  if (stage == kAtEnd && !q.superseded_by.empty()) {
+    auto it = passage_index_.find(q.superseded_by);
+    if (it != passage_index_.end()) return it->second;
+  }
+  return passage_index_.at(q.passage_id);
+}
+
+absl::Status Evaluator::StorePassages(int begin, int end) {
+  std::vector<storage::EncodedPassage> encoded;
+  if (modulator_ != nullptr) {
+    std::vector<std::string_view> texts;
+    for (int i = begin; i < end; ++i) texts.push_back(data_.passages[i].text);
+    if (absl::Status s = modulator_->EncodePassages(texts, &encoded); !s.ok()) return s;
+    if (encoded.size() != texts.size()) {
+      return absl::InternalError("the adapter encoded a different number of passages");
+    }
+  }
+  std::vector<storage::Document> batch;
+  for (int i = begin; i < end; ++i) {
+    const train::Passage& p = data_.passages[i];
+    storage::Document doc;
+    doc.name_space = kNamespace;
+    doc.id = p.id;
+    doc.metadata = Json{{"stream_position", p.stream_position}}.dump();
+    storage::Passage passage;
+    passage.text = p.text;
+    if (modulator_ != nullptr) {
+      passage.latents = std::move(encoded[i - begin].latents);
+      passage.key = std::move(encoded[i - begin].key);
+    } else {
+      passage.latents = {0.0f};
+      passage.key = HashedKey(p.text);
+    }
+    doc.passages.push_back(std::move(passage));
+    batch.push_back(std::move(doc));
+  }
+  absl::StatusOr<std::vector<storage::DocumentAck>> acks = bank_->Put(batch);
+  if (!acks.ok()) return acks.status();
+  for (int i = begin; i < end; ++i) passage_ids_[i] = (*acks)[i - begin].passage_ids.at(0);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q, bool all_rankings) {
+  std::vector<float> key;
+  if (modulator_ != nullptr) {
+    absl::StatusOr<std::vector<float>> k = modulator_->QuestionKey(q.question);
+    if (!k.ok()) return k.status();
+    key = *std::move(k);
+  } else {
+    key = HashedKey(q.question);
+  }
+  auto to_indices = [&](const std::vector<storage::SearchHit>& hits) {
+    std::vector<int> out;
+    for (const storage::SearchHit& h : hits) {
+      auto it = passage_index_.find(h.doc_id);
+      if (it != passage_index_.end()) out.push_back(it->second);
+    }
+    return out;
+  };
+  Retrieved r;
+  // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
+  // re-ranked by the BM25 weight, is exactly the BM25 top list.
+  storage::SearchRequest request;
+  request.name_space = kNamespace;
+  request.key = key;
+  request.hybrid = true;
+  request.query_text = q.question;
+  request.candidates = kLexicalCandidates;
+  request.k = 2 * kLexicalCandidates;
+  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank_->Search(request);
+  if (!hits.ok()) return hits.status();
+  if (all_rankings) {
+    std::vector<storage::SearchHit> fused(
+        hits->begin(), hits->begin() + std::min<size_t>(kRecallDepth, hits->size()));
+    r.hybrid = to_indices(fused);
+  }
+  std::vector<storage::SearchHit> lexical;
+  for (const storage::SearchHit& h : *hits) {
+    if (h.lexical_score.has_value()) lexical.push_back(h);
+  }
+  std::stable_sort(lexical.begin(), lexical.end(), [](const auto& a, const auto& b) {
+    return *a.lexical_score > *b.lexical_score;
+  });
+  if (lexical.size() > kRecallDepth) lexical.resize(kRecallDepth);
+  r.bm25 = to_indices(lexical);
+  if (all_rankings || modulator_ != nullptr) {
+    storage::SearchRequest dense;
+    dense.name_space = kNamespace;
+    dense.key = std::move(key);
+    dense.k = std::max(kRecallDepth, o_.mac_top_k);
+    absl::StatusOr<std::vector<storage::SearchHit>> dense_hits = bank_->Search(dense);
+    if (!dense_hits.ok()) return dense_hits.status();
+    r.dense = to_indices(*dense_hits);
+  }
+  return r;
+}
+
+absl::StatusOr<std::vector<int32_t>> Evaluator::FitPrompt(std::vector<int> ranked,
+                                                          const std::string& question,
+                                                          int reserved) {
+  const int budget = model_.config().max_position_embeddings - o_.max_answer_tokens - reserved;
+  if (budget < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the model's context (", model_.config().max_position_embeddings,
+        " positions) leaves no room for a prompt and ", o_.max_answer_tokens, " answer tokens"));
+  }
+  while (true) {
+    std::vector<int> ordered = ranked;
+    std::sort(ordered.begin(), ordered.end());  // passage index = stream order: oldest first
+    std::string text;
+    if (ordered.empty()) {
+      text = absl::StrCat("Q: ", question, "\nA:");
+    } else {
+      std::string context;
+      for (int p : ordered) {
+        absl::StrAppend(&context, context.empty() ? "" : "\n", data_.passages[p].text);
+      }
+      text = train::QaPrompt(context, question);
+    }
+    std::vector<int32_t> ids = tokenizer_.Encode(text, true);
+    if (static_cast<int>(ids.size()) <= budget) return ids;
+    if (ranked.size() > 1) {
+      ranked.pop_back();  // the lowest-ranked passage makes room first
+      ++dropped_passages_;
+      continue;
+    }
+    // One passage that alone overflows the context: keep BOS and the prompt's tail, which holds
+    // the question.
+    ++truncated_prompts_;
+    std::vector<int32_t> kept;
+    if (tokenizer_.bos_id() >= 0) kept.push_back(tokenizer_.bos_id());
+    kept.insert(kept.end(), ids.end() - (budget - static_cast<int>(kept.size())), ids.end());
+    return kept;
+  }
+}
+
+int Evaluator::AddRequest(std::vector<int32_t> prompt, std::shared_ptr<const PrefixKv> prefix) {
+  std::string key;
+  if (prefix == nullptr) {
+    // Greedy decoding is a function of the prompt, so identical prompts (the same passages
+    // retrieved at two bank sizes) are generated once.
+    key.assign(reinterpret_cast<const char*>(prompt.data()), prompt.size() * sizeof(int32_t));
+    auto it = request_by_prompt_.find(key);
+    if (it != request_by_prompt_.end()) return it->second;
+  }
+  requests_.push_back({std::move(prompt), std::move(prefix)});
+  const int id = static_cast<int>(requests_.size()) - 1;
+  if (!key.empty()) request_by_prompt_.emplace(std::move(key), id);
+  return id;
+}
+
+absl::Status Evaluator::AskNoMemoryModes(int question, int stage) {
+  const train::Question& q = data_.questions[question];
+  absl::StatusOr<std::vector<int32_t>> closed = FitPrompt({}, q.question, 0);
+  if (!closed.ok()) return closed.status();
+  asked_.push_back({question, kClosedBook, stage, AddRequest(*std::move(closed), nullptr)});
+
+  // Oracle context: the passage holding the gold answer first, then the one it updates or that
+  // updates it (dropped first if the context is short); the prompt orders them oldest first.
+  const train::Passage& own = PassageOf(q);
+  std::vector<int> gold;
+  const int gold_index = GoldPassage(q, stage);
+  gold.push_back(gold_index);
+  if (gold_index != passage_index_.at(q.passage_id))
+    gold.push_back(passage_index_.at(q.passage_id));
+  if (own.is_update && passage_index_.contains(own.updates)) {
+    gold.push_back(passage_index_.at(own.updates));
+  }
+  absl::StatusOr<std::vector<int32_t>> oracle = FitPrompt(gold, q.question, 0);
+  if (!oracle.ok()) return oracle.status();
+  asked_.push_back({question, kOracle, stage, AddRequest(*std::move(oracle), nullptr)});
+  return absl::OkStatus();
+}
+
+absl::Status Evaluator::AskMemoryModes(int question, int stage) {
+  const train::Question& q = data_.questions[question];
+  absl::StatusOr<Retrieved> r = Retrieve(q, stage == kAtEnd);
+  if (!r.ok()) return r.status();
+  if (stage == kAtEnd) {
+    const int gold = GoldPassage(q, stage);
+    recall_bm25_.Add(r->bm25, gold);
+    recall_dense_.Add(r->dense, gold);
+    recall_hybrid_.Add(r->hybrid, gold);
+    ++recall_questions_;
+  }
+  const std::vector<int> top1(r->bm25.begin(),
+                              r->bm25.begin() + std::min<size_t>(1, r->bm25.size()));
+  const std::vector<int> top3(r->bm25.begin(),
+                              r->bm25.begin() + std::min<size_t>(3, r->bm25.size()));
+  absl::StatusOr<std::vector<int32_t>> rag1 = FitPrompt(top1, q.question, 0);
+  if (!rag1.ok()) return rag1.status();
+  asked_.push_back({question, kRagTop1, stage, AddRequest(*std::move(rag1), nullptr)});
+  absl::StatusOr<std::vector<int32_t>> rag3 = FitPrompt(top3, q.question, 0);
+  if (!rag3.ok()) return rag3.status();
+  asked_.push_back({question, kRagTop3, stage, AddRequest(*std::move(rag3), nullptr)});
+  if (modulator_ == nullptr) return absl::OkStatus();
+
+  std::vector<storage::PassageId> ids;
+  for (int i = 0; i < std::min<int>(o_.mac_top_k, r->dense.size()); ++i) {
+    ids.push_back(passage_ids_[r->dense[i]]);
+  }
+  if (ids.empty()) return absl::InternalError("mac: the bank returned no passage");
+  auto latents = bank_->GetLatents(kNamespace, ids);
+  if (!latents.ok()) return latents.status();
+  absl::StatusOr<PrefixKv> prefix = modulator_->Modulate(q.question, *latents);
+  if (!prefix.ok()) return prefix.status();
+  auto shared = std::make_shared<const PrefixKv>(*std::move(prefix));
+  absl::StatusOr<std::vector<int32_t>> mac = FitPrompt({}, q.question, shared->p);
+  if (!mac.ok()) return mac.status();
+  asked_.push_back({question, kMac, stage, AddRequest(*std::move(mac), shared)});
+  absl::StatusOr<std::vector<int32_t>> mac_rag = FitPrompt(top3, q.question, shared->p);
+  if (!mac_rag.ok()) return mac_rag.status();
+  asked_.push_back({question, kMacRag, stage, AddRequest(*std::move(mac_rag), shared)});
+  return absl::OkStatus();
+}
+
+absl::Status Evaluator::Run(const std::string& bank_dir) {
+  const Clock::time_point t0 = Clock::now();
+  const int total = static_cast<int>(data_.passages.size());
+  if (total == 0) return absl::InvalidArgumentError("the split has no passages");
+  for (int i = 0; i < total; ++i) passage_index_[data_.passages[i].id] = i;
+  passage_ids_.assign(total, 0);
+
+  const int limit = o_.limit > 0 ? o_.limit : static_cast<int>(data_.questions.size());
+  const int retention_passages = std::clamp(o_.retention_passages, 1, total);
+  retention_by_passage_.assign(retention_passages, {});
+  for (int i = 0; i < static_cast<int>(data_.questions.size()); ++i) {
+    const train::Question& q = data_.questions[i];
+    auto it = passage_index_.find(q.passage_id);
+    if (it == passage_index_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("question ", q.id, " refers to unknown passage ", q.passage_id));
+    }
+    // A limit takes questions spread evenly over the stream, so late passages (updates among
+    // them) are represented too.
+    const int64_t n = static_cast<int64_t>(data_.questions.size());
+    if (limit >= n || (int64_t{i} * limit) / n != (int64_t{i + 1} * limit) / n) {
+      main_questions_.push_back(i);
+    }
+    // Retention is about keeping what was stored: only facts no later passage changes.
+    if (it->second < retention_passages && q.superseded_by.empty()) {
+      retention_by_passage_[it->second].push_back(i);
+      retention_questions_.push_back(i);
+    }
+  }
+  curve_sizes_ = {retention_passages, total};
+  for (int s : o_.bank_sizes) {
+    if (s > retention_passages && s < total) curve_sizes_.push_back(s);
+  }
+  std::sort(curve_sizes_.begin(), curve_sizes_.end());
+  curve_sizes_.erase(std::unique(curve_sizes_.begin(), curve_sizes_.end()), curve_sizes_.end());
+
+  storage::BankOptions bank_options;
+  bank_options.data_dir = bank_dir;
+  bank_options.key_dim = modulator_ ? modulator_->key_dim() : kHashedKeyDim;
+  bank_options.latent_rows = modulator_ ? modulator_->latent_rows() : 1;
+  bank_options.latent_cols = modulator_ ? modulator_->latent_cols() : 1;
+  bank_options.lexical_index = true;
+  bank_options.latent_cache_bytes = 16u << 20;
+  absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank =
+      storage::MemoryBank::Open(bank_options);
+  if (!bank.ok()) return bank.status();
+  bank_ = *std::move(bank);
+
+  // The stream. The first retention_passages passages go in one at a time so their questions can
+  // be asked right after; later ones in batches up to the next plot point.
+  int stored = 0;
+  while (stored < total) {
+    const int next_point = *std::upper_bound(curve_sizes_.begin(), curve_sizes_.end(), stored);
+    const int end = stored < retention_passages ? stored + 1 : std::min(next_point, stored + 64);
+    if (absl::Status s = StorePassages(stored, end); !s.ok()) return s;
+    for (int i = stored; i < std::min(end, retention_passages); ++i) {
+      for (int q : retention_by_passage_[i]) {
+        if (absl::Status s = AskMemoryModes(q, kRightAfter); !s.ok()) return s;
+      }
+    }
+    stored = end;
+    auto point = std::find(curve_sizes_.begin(), curve_sizes_.end(), stored);
+    if (point == curve_sizes_.end()) continue;
+    const int stage = AtBankSize(static_cast<int>(point - curve_sizes_.begin()));
+    for (int q : retention_questions_) {
+      if (absl::Status s = AskMemoryModes(q, stage); !s.ok()) return s;
+    }
+    if (stored == total) {
+      for (int q : main_questions_) {
+        if (absl::Status s = AskMemoryModes(q, kAtEnd); !s.ok()) return s;
+      }
+    }
+  }
+  for (int q : main_questions_) {
+    if (absl::Status s = AskNoMemoryModes(q, kAtEnd); !s.ok()) return s;
+  }
+  // Without memory the answer does not depend on the bank: asked once for the retention set.
+  for (int q : retention_questions_) {
+    if (absl::Status s = AskNoMemoryModes(q, kRightAfter); !s.ok()) return s;
+  }
+  if (absl::Status s = bank_->Close(); !s.ok()) return s;
+  const double stream_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  const Clock::time_point g0 = Clock::now();
+  absl::StatusOr<std::vector<std::string>> answers =
+      GreedyAnswers(model_, tokenizer_, requests_, o_.batch, o_.max_answer_tokens);
+  if (!answers.ok()) return answers.status();
+  const double generation_seconds = std::chrono::duration<double>(Clock::now() - g0).count();
+
+  Json report = Report(*answers, generation_seconds);
+  report["seconds"] = {{"stream_and_retrieval", stream_seconds},
+                       {"generation", generation_seconds},
+                       {"total", std::chrono::duration<double>(Clock::now() - t0).count()}};
+
+  // The markdown table.
+  std::string md =
+      absl::StrCat("## knowd eval — ", o_.split, " split, ", report["questions"].get<int>(),
+                   " questions, ", total, " passages streamed\n\n");
+  absl::StrAppend(&md,
+                  "| mode | EM | F1 | retention EM (right after → whole stream) | update EM "
+                  "(stale) |\n|---|---|---|---|---|\n");
+  for (int m = 0; m < kNumModes; ++m) {
+    const Json& mode = report["modes"][kModeNames[m]];
+    if (mode["status"] != "ok") {
+      absl::StrAppend(&md, "| ", kModeNames[m], " | skipped: ", mode["reason"].get<std::string>(),
+                      " | | | |\n");
+      continue;
+    }
+    const Json& ret = report["retention"]["modes"][kModeNames[m]];
+    const std::string retention =
+        ret.contains("em_right_after")
+            ? absl::StrCat(Fixed(ret["em_right_after"]), " → ", Fixed(ret["em_after_stream"]))
+            : "n/a (no memory)";
+    const Json& upd = report["updates"]["modes"][kModeNames[m]];
+    const std::string update =
+        report["updates"]["questions"].get<int>() > 0
+            ? absl::StrCat(Fixed(upd["em"]), " (", Fixed(upd["stale_em"]), ")")
+            : "n/a";
+    absl::StrAppend(&md, "| ", kModeNames[m], " | ", Fixed(mode["em"]), " | ", Fixed(mode["f1"]),
+                    " | ", retention, " | ", update, " |\n");
+  }
+  const Json& ret = report["retrieval"];
+  absl::StrAppend(
+      &md, "\nRetrieval recall@1 / @5 (", ret["questions"].get<int>(), " questions): BM25 ",
+      Fixed(ret["bm25"]["recall_at_1"]), " / ", Fixed(ret["bm25"]["recall_at_5"]), "; dense (",
+      ret["dense_key"].get<std::string>(), ") ", Fixed(ret["dense"]["recall_at_1"]), " / ",
+      Fixed(ret["dense"]["recall_at_5"]), "; hybrid ", Fixed(ret["hybrid"]["recall_at_1"]), " / ",
+      Fixed(ret["hybrid"]["recall_at_5"]), "\n");
+  const Json& curve = report["em_vs_stored"];
+  absl::StrAppend(&md, "\nEM vs stored passages (", curve["questions"].get<int>(),
+                  " retention questions):\n\n| mode |");
+  for (const Json& n : curve["bank_sizes"]) absl::StrAppend(&md, " ", n.get<int>(), " |");
+  absl::StrAppend(&md, "\n|---|");
+  for (size_t i = 0; i < curve["bank_sizes"].size(); ++i) absl::StrAppend(&md, "---|");
+  absl::StrAppend(&md, "\n");
+  for (const auto& [name, values] : curve["series"].items()) {
+    absl::StrAppend(&md, "| ", name, " |");
+    for (const Json& v : values) absl::StrAppend(&md, " ", Fixed(v.get<double>()), " |");
+    absl::StrAppend(&md, "\n");
+  }
+  const Json& bytes = report["storage_bytes"];
+  absl::StrAppend(
+      &md, "\nBytes per stored passage: modulation ",
+      bytes["modulation"].contains("bytes")
+          ? std::to_string(bytes["modulation"]["bytes"].get<int64_t>())
+          : absl::StrCat("n/a (", bytes["modulation"]["reason"].get<std::string>(), ")"),
+      "; text ", Fixed(bytes["text_per_passage"], 1), "; KV cache of the passage ",
+      Fixed(bytes["kv_cache_f16_per_passage"], 0), " (f16) / ",
+      Fixed(bytes["kv_cache_f32_per_passage"], 0), " (f32, as the engine holds it)\n");
+
+  if (o_.print_table) std::fputs(md.c_str(), stdout);
+  if (o_.report_path.empty()) return absl::OkStatus();
+
+  std::vector<PlotSeries> series;
+  const Rgb colors[kNumModes] = {{120, 120, 120}, {0, 0, 0},     {31, 119, 180},
+                                 {214, 39, 40},   {44, 160, 44}, {148, 103, 189}};
+  for (int m = 0; m < kNumModes; ++m) {
+    if (!curve["series"].contains(kModeNames[m])) continue;
+    PlotSeries s;
+    s.label = kModeNames[m];
+    s.color = colors[m];
+    for (const Json& n : curve["bank_sizes"]) s.x.push_back(n.get<double>());
+    for (const Json& v : curve["series"][kModeNames[m]]) s.y.push_back(v.get<double>());
+    series.push_back(std::move(s));
+  }
+  LinePlot plot;
+  plot.title = "EM vs stored passages";
+  plot.x_label = "passages in the bank";
+  plot.y_label = "EM";
+  absl::StatusOr<std::string> png = RenderLinePlot(plot, series);
+  if (!png.ok()) return png.status();
+
+  const std::filesystem::path json_path(o_.report_path);
+  std::filesystem::path md_path = json_path, png_path = json_path;
+  md_path.replace_extension(".md");
+  png_path.replace_extension(".png");
+  report["files"] = {{"markdown", md_path.string()}, {"plot", png_path.string()}};
+  std::error_code ec;
+  if (json_path.has_parent_path()) std::filesystem::create_directories(json_path.parent_path(), ec);
+  auto write = [](const std::filesystem::path& path, const std::string& content) -> absl::Status {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(content.data(), static_cast<std::streamsize>(content.size()));
+    out.close();
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+    return absl::OkStatus();
+  };
+  if (absl::Status s = write(json_path, report.dump(2) + "\n"); !s.ok()) return s;
+  if (absl::Status s = write(md_path, md); !s.ok()) return s;
+  return write(png_path, *png);
+}
+
+Json Evaluator::Report(const std::vector<std::string>& answers, double generation_seconds) {
+  const int num_stages = 2 + static_cast<int>(curve_sizes_.size());
+  std::vector<std::vector<AnswerScore>> scores(kNumModes, std::vector<AnswerScore>(num_stages));
+  std::vector<AnswerScore> update(kNumModes), stale(kNumModes);
+  std::map<std::pair<int, int>, std::string> main_answer;  // (question, mode)
+  int update_questions = 0;
+  for (int q : main_questions_) update_questions += !data_.questions[q].superseded_by.empty();
+  for (const Asked& a : asked_) {
+    const train::Question& q = data_.questions[a.question];
+    const std::string& predicted = answers[a.request];
+    if (a.stage == kAtEnd) {
+      scores[a.mode][a.stage].Add(predicted, FinalAnswer(q));
+      main_answer[{a.question, a.mode}] = predicted;
+      if (!q.superseded_by.empty()) {
+        update[a.mode].Add(predicted, FinalAnswer(q));
+        stale[a.mode].Add(predicted, q.answer);
+      }
+    } else {
+      scores[a.mode][a.stage].Add(predicted, q.answer);
+    }
+  }
+
+  const LlamaConfig& c = model_.config();
+  Json report;
+  report["bundle"] = o_.bundle_dir;
+  report["data"] = o_.data_dir;
+  report["split"] = o_.split;
+  report["model"] = {{"parameters", c.ParameterCount()},
+                     {"layers", c.num_layers},
+                     {"hidden_size", c.hidden_size},
+                     {"kv_dim", c.kv_dim()},
+                     {"context", c.max_position_embeddings}};
+  report["stream_passages"] = data_.passages.size();
+  report["questions"] = main_questions_.size();
+  report["max_answer_tokens"] = o_.max_answer_tokens;
+  report["gold"] =
+      "final_answer: the value at the end of the stream (SQuAD-normalised EM and token F1)";
+
+  auto recall = [&](const RecallCounts& r) {
+    const double n = std::max(1, recall_questions_);
+    return Json{{"recall_at_1", r.at1 / n}, {"recall_at_5", r.at5 / n}};
+  };
+  report["retrieval"] = {
+      {"questions", recall_questions_},
+      {"rag_ranking", "bm25"},
+      {"recall_at_1", recall_questions_ ? recall_bm25_.at1 / double(recall_questions_) : 0.0},
+      {"recall_at_5", recall_questions_ ? recall_bm25_.at5 / double(recall_questions_) : 0.0},
+      {"dense_key", modulator_ ? "adapter" : "hashed bag of words (no adapter)"},
+      {"bm25", recall(recall_bm25_)},
+      {"dense", recall(recall_dense_)},
+      {"hybrid", recall(recall_hybrid_)}};
+
+  Json modes = Json::object();
+  Json retention_modes = Json::object();
+  Json update_modes = Json::object();
+  Json curve_series = Json::object();
+  const Json skipped = {{"status", "skipped"}, {"reason", modulator_reason_}};
+  for (int m = 0; m < kNumModes; ++m) {
+    const char* name = kModeNames[m];
+    if (NeedsModulator(m) && modulator_ == nullptr) {
+      modes[name] = skipped;
+      retention_modes[name] = skipped;
+      update_modes[name] = skipped;
+      continue;
+    }
+    const AnswerScore& s = scores[m][kAtEnd];
+    modes[name] = {{"status", "ok"}, {"em", s.em()}, {"f1", s.f1()}, {"questions", s.count()}};
+    update_modes[name] = {
+        {"em", update[m].em()}, {"f1", update[m].f1()}, {"stale_em", stale[m].em()}};
+    std::vector<double> points;
+    for (size_t i = 0; i < curve_sizes_.size(); ++i) {
+      points.push_back(UsesMemory(m) ? scores[m][AtBankSize(static_cast<int>(i))].em()
+                                     : scores[m][kRightAfter].em());
+    }
+    curve_series[name] = points;
+    if (!UsesMemory(m)) {
+      retention_modes[name] = {{"status", "not applicable"},
+                               {"reason", "no memory: the prompt does not depend on the bank"},
+                               {"em", scores[m][kRightAfter].em()}};
+      continue;
+    }
+    const double after = scores[m][kRightAfter].em();
+    const double end = scores[m][AtBankSize(static_cast<int>(curve_sizes_.size()) - 1)].em();
+    retention_modes[name] = {{"em_right_after", after},
+                             {"em_after_stream", end},
+                             {"retained_fraction", after > 0 ? Json(end / after) : Json()}};
+  }
+  report["modes"] = modes;
+  report["retention"] = {{"passages", retention_by_passage_.size()},
+                         {"questions", retention_questions_.size()},
+                         {"note",
+                          "questions of the first passages whose fact no later passage changes, "
+                          "asked right after their passage was stored and after the whole stream"},
+                         {"modes", retention_modes}};
+  report["updates"] = {{"questions", update_questions},
+                       {"note",
+                        "questions whose fact a later passage changed, asked after the whole "
+                        "stream: em against the new value, stale_em against the old one"},
+                       {"modes", update_modes}};
+  report["em_vs_stored"] = {{"questions", retention_questions_.size()},
+                            {"bank_sizes", curve_sizes_},
+                            {"series", curve_series}};
+
+  // Storage per passage. The KV cache is what the frozen LM would hold to keep the passage in its
+  // context (every layer's keys and values for its tokens).
+  double tokens = 0.0, text = 0.0;
+  for (const train::Passage& p : data_.passages) {
+    tokens += static_cast<double>(tokenizer_.Encode(p.text, false).size());
+    text += static_cast<double>(p.text.size());
+  }
+  tokens /= data_.passages.size();
+  text /= data_.passages.size();
+  const double kv_row_floats = 2.0 * c.num_layers * c.kv_dim();
+  Json modulation = modulator_ ? Json{{"bytes", modulator_->BytesPerModulation()}}
+                               : Json{{"status", "skipped"}, {"reason", modulator_reason_}};
+  report["storage_bytes"] = {{"mean_passage_tokens", tokens},
+                             {"text_per_passage", text},
+                             {"kv_cache_f32_per_passage", tokens * kv_row_floats * 4},
+                             {"kv_cache_f16_per_passage", tokens * kv_row_floats * 2},
+                             {"modulation", modulation}};
+  if (modulator_) {
+    report["storage_bytes"]["modulation_vs_kv_f16"] =
+        modulator_->BytesPerModulation() / (tokens * kv_row_floats * 2);
+  }
+
+  int64_t prompt_tokens = 0;
+  for (const AnswerRequest& r : requests_) prompt_tokens += static_cast<int64_t>(r.prompt.size());
+  report["generation"] = {{"asked", asked_.size()},
+                          {"generated", requests_.size()},
+                          {"prompt_tokens", prompt_tokens},
+                          {"batch", o_.batch},
+                          {"prompt_tokens_per_second",
+                           generation_seconds > 0 ? prompt_tokens / generation_seconds : 0.0},
+                          {"dropped_passages", dropped_passages_},
+                          {"truncated_prompts", truncated_prompts_}};
+
+  Json examples = Json::array();
+  for (int i = 0; i < std::min<int>(o_.examples, main_questions_.size()); ++i) {
+    const train::Question& q = data_.questions[main_questions_[i]];
+    Json predicted = Json::object();
+    for (int m = 0; m < kNumModes; ++m) {
+      auto it = main_answer.find({main_questions_[i], m});
+      if (it != main_answer.end()) predicted[kModeNames[m]] = it->second;
+    }
+    examples.push_back({{"id", q.id},
+                        {"question", q.question},
+                        {"gold", FinalAnswer(q)},
+                        {"predicted", predicted}});
+  }
+  report["examples"] = examples;
+  return report;
+}
+
+}  // namespace
+
+std::string NormalizeAnswer(std::string_view text) {
+  std::string s;
+  s.reserve(text.size());
+  for (char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (IsPunctuation(c)) continue;
+    s.push_back(c < 0x80 ? static_cast<char>(std::tolower(c)) : ch);
+  }
+  // \b(a|an|the)\b -> " ": a whole run of word characters equal to an article.
+  std::string no_articles;
+  no_articles.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    if (!IsWordByte(s[i])) {
+      no_articles.push_back(s[i++]);
+      continue;
+    }
+    size_t j = i;
+    while (j < s.size() && IsWordByte(s[j])) ++j;
+    const std::string_view word(s.data() + i, j - i);
+    if (word == "a" || word == "an" || word == "the") {
+      no_articles.push_back(' ');
+    } else {
+      no_articles.append(word);
+    }
+    i = j;
+  }
+  std::string out;
+  for (const std::string& token : SplitWhitespace(no_articles)) {
+    absl::StrAppend(&out, out.empty() ? "" : " ", token);
+  }
+  return out;
+}
+
+bool ExactMatch(std::string_view prediction, std::string_view gold) {
+  return NormalizeAnswer(prediction) == NormalizeAnswer(gold);
+}
+
+double TokenF1(std::string_view prediction, std::string_view gold) {
+  const std::vector<std::string> p = SplitWhitespace(NormalizeAnswer(prediction));
+  const std::vector<std::string> g = SplitWhitespace(NormalizeAnswer(gold));
+  if (p.empty() || g.empty()) return p == g ? 1.0 : 0.0;
+  std::unordered_map<std::string, int> gold_counts;
+  for (const std::string& t : g) ++gold_counts[t];
+  int same = 0;
+  for (const std::string& t : p) {
+    auto it = gold_counts.find(t);
+    if (it != gold_counts.end() && it->second > 0) {
+      --it->second;
+      ++same;
+    }
+  }
+  if (same == 0) return 0.0;
+  const double precision = static_cast<double>(same) / p.size();
+  const double recall = static_cast<double>(same) / g.size();
+  return 2.0 * precision * recall / (precision + recall);
+}
+
+void AnswerScore::Add(std::string_view prediction, std::string_view gold) {
+  ++count_;
+  exact_ += ExactMatch(prediction, gold) ? 1.0 : 0.0;
+  f1_ += TokenF1(prediction, gold);
+}
+
+absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string& bundle_dir,
+                                                               Transformer& /*model*/,
+                                                               const Tokenizer& /*tokenizer*/) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(std::filesystem::path(bundle_dir) / "adapter", ec)) {
+    return absl::FailedPreconditionError("mode unavailable: no adapter in the bundle");
+  }
+  return absl::UnimplementedError("mode unavailable: this build cannot run adapters yet");
+}
+
+absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
+                                                       const Tokenizer& tokenizer,
+                                                       std::span<const AnswerRequest> requests,
+                                                       int batch, int max_tokens) {
+  const int capacity = model.config().max_position_embeddings;
+  const int vocab = model.config().vocab_size;
+  const int32_t eos = tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : model.config().eos_token_id;
+  batch = std::max(1, batch);
+  std::vector<std::string> answers(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const AnswerRequest& r = requests[i];
+    const int prefix = r.prefix ? r.prefix->p : 0;
+    if (r.prompt.empty() || prefix + static_cast<int>(r.prompt.size()) > capacity) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", i, ": a prompt of ", r.prompt.size(), " tokens after ", prefix,
+                       " prefix rows does not fit the model's ", capacity, " positions"));
+    }
+  }
+  // Longest prompts first: a batch then holds prompts of similar length.
+  std::vector<size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return requests[a].prompt.size() > requests[b].prompt.size();
+  });
+  std::vector<std::unique_ptr<KvCache>> caches;
+  for (int i = 0; i < std::min<int>(batch, requests.size()); ++i) {
+    absl::StatusOr<std::unique_ptr<KvCache>> cache = model.NewCache(capacity);
+    if (!cache.ok()) return cache.status();
+    caches.push_back(*std::move(cache));
+  }
+
+  struct Live {
+    size_t request;
+    KvCache* cache;
+    std::vector<int32_t> out;
+    std::string text;
+    int32_t next = 0;
+    bool done = false;
+  };
+  std::vector<float> logits;
+  std::vector<SequenceStep> steps;
+  for (size_t start = 0; start < order.size(); start += batch) {
+    const size_t end = std::min(order.size(), start + batch);
+    std::vector<Live> live;
+    live.reserve(end - start);
+    steps.clear();
+    for (size_t i = start; i < end; ++i) {
+      const AnswerRequest& r = requests[order[i]];
+      KvCache* cache = caches[i - start].get();
+      cache->Clear();
+      if (r.prefix) {
+        if (absl::Status s = cache->SetPrefix(r.prefix->keys, r.prefix->values, r.prefix->p);
+            !s.ok()) {
+          return s;
+        }
+      }
+      live.push_back({order[i], cache, {}, {}});
+      steps.push_back({cache, r.prompt, false});
+    }
+    while (!steps.empty()) {
+      if (absl::Status s = model.Forward(steps, &logits); !s.ok()) return s;
+      size_t row = 0;
+      for (Live& l : live) {
+        if (l.done) continue;
+        const float* z = logits.data() + row++ * static_cast<size_t>(vocab);
+        l.next = static_cast<int32_t>(std::max_element(z, z + vocab) - z);
+      }
+      steps.clear();
+      for (Live& l : live) {
+        if (l.done) continue;
+        if (l.next == eos) {
+          l.done = true;
+          continue;
+        }
+        l.out.push_back(l.next);
+        l.text = tokenizer.Decode(l.out);
+        const size_t newline = l.text.find('\n');
+        if (newline != std::string::npos) {
+          l.text.resize(newline);
+          l.done = true;
+        } else if (static_cast<int>(l.out.size()) >= max_tokens ||
+                   l.cache->size() >= l.cache->capacity()) {
+          l.done = true;
+        } else {
+          steps.push_back({l.cache, std::span<const int32_t>(&l.next, 1), false});
+        }
+      }
+    }
+    for (Live& l : live) answers[l.request] = std::move(l.text);
+  }
+  return answers;
+}
+
+absl::Status RunEval(const EvalOptions& options) {
+  absl::StatusOr<train::Split> split = train::ParseSplit(options.split);
+  if (!split.ok()) return split.status();
+  absl::StatusOr<train::SplitData> data = train::ReadSplit(options.data_dir, *split);
+  if (!data.ok()) return data.status();
+  std::unique_ptr<Backend> backend = MakeCpuBackend(options.threads);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(options.bundle_dir);
+  if (!tokenizer.ok()) return tokenizer.status();
+  absl::StatusOr<std::unique_ptr<Transformer>> model =
+      Transformer::Load(options.bundle_dir, backend.get());
+  if (!model.ok()) return model.status();
+
+  std::unique_ptr<Modulator> modulator;
+  std::string reason;
+  if (options.modulator_loader) {
+    absl::StatusOr<std::unique_ptr<Modulator>> loaded =
+        options.modulator_loader(options.bundle_dir, **model, **tokenizer);
+    if (loaded.ok()) {
+      modulator = *std::move(loaded);
+    } else {
+      reason = std::string(loaded.status().message());
+    }
+  } else {
+    reason = "mode unavailable: no adapter loader";
+  }
+
+  std::string bank_dir = options.work_dir;
+  std::string temp_dir;
+  if (bank_dir.empty()) {
+    std::string pattern = (std::filesystem::temp_directory_path() / "knowd-eval-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) {
+      return absl::InternalError(absl::StrCat("cannot create a temporary directory ", pattern));
+    }
+    temp_dir = pattern;
+    bank_dir = temp_dir + "/bank";
+  } else {
+    bank_dir = (std::filesystem::path(bank_dir) / "bank").string();
+    std::error_code ec;
+    std::filesystem::remove_all(bank_dir, ec);  // every run streams into an empty bank
+  }
+  absl::Status status;
+  {
+    Evaluator evaluator(options, *std::move(data), **model, **tokenizer, modulator.get(), reason);
+    status = evaluator.Run(bank_dir);
+  }  // the bank is closed before its directory goes
+  if (!temp_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(temp_dir, ec);
+  }
+  return status;
+}
+
+}  // namespace knowd::bench

@@ -1,0 +1,165 @@
+// `knowd eval`: question-answering accuracy of a model bundle on a split of the synthetic world
+// (train/world.h), in every ask mode, as JSON + a markdown table + a PNG plot.
+//
+// The stream: the split's passages are stored one by one, in stream order, into a fresh memory
+// bank (storage/memory_bank.h, lexical index on). Questions are asked at the end of the stream,
+// so the gold answer of a question is the value true at the end (`final_answer`: a fact a later
+// update passage changed is scored against the new value, and its oracle context is the original
+// passage followed by the update, oldest first as in pretraining).
+//
+// Modes:
+//   closed-book   "<BOS>Q: <question>\nA:"                     (no memory)
+//   oracle        "<BOS><gold passage(s)>\nQ: <question>\nA:"   (upper bound for reading)
+//   rag-top1/3    the top 1 / 3 passages retrieved by BM25 for the question, oldest first
+//   mac, mac+rag  need the bundle's MAC adapter (a Modulator); without one they are reported as
+//                 skipped with the reason, never as zero.
+// Answers are the greedy continuation up to the first newline or EOS, scored with the official
+// SQuAD normalisation (exact match and token F1).
+//
+// Retrieval without an adapter: the bank needs a key per passage, and keys come from the adapter's
+// encoder. Until a bundle has one, each passage's key is a hashed bag of its words (256 signed
+// feature-hashing buckets, L2-normalised) and its latent a 1×1 placeholder. RAG retrieves by BM25
+// alone (the bank's hybrid search, re-ranked by the BM25 weight), so the placeholder keys do not
+// influence the RAG figures; recall is also reported for the hashed-key dense ranking and the
+// fused hybrid ranking.
+//
+// Also measured: recall@1/@5 (the gold passage is the one stating the final value); retention
+// (RAG EM on the unchanged facts of the first `retention_passages` passages, asked right after
+// each passage was stored, then after bank_sizes passages and after the whole stream — the EM vs
+// stored-passages plot); update accuracy (questions whose fact a later passage changed: EM
+// against the new value, and how often the old value was given); bytes per stored entry: the
+// modulation (when an adapter exists), the passage text (what RAG stores) and the KV cache the
+// frozen LM would hold for the same passage.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+#include "storage/memory_bank.h"
+
+namespace knowd::bench {
+
+// ---- SQuAD scoring --------------------------------------------------------------------------
+
+// normalize_answer of the official SQuAD v1.1/v2.0 evaluation script: lower case, remove ASCII
+// punctuation (string.punctuation, deleted, not replaced by a space), replace the words a/an/the
+// by a space, collapse whitespace. Lower-casing is ASCII only; bytes >= 0x80 count as word
+// characters for the article rule (as Python's Unicode \b does for letters).
+std::string NormalizeAnswer(std::string_view text);
+// Normalised strings equal.
+bool ExactMatch(std::string_view prediction, std::string_view gold);
+// Token F1 of the normalised strings (bag of whitespace tokens). As in the v2.0 script, when
+// either side has no tokens the F1 is 1 if both have none, else 0.
+double TokenF1(std::string_view prediction, std::string_view gold);
+
+// Mean EM and F1 over the answers added.
+class AnswerScore {
+ public:
+  void Add(std::string_view prediction, std::string_view gold);
+  int count() const { return count_; }
+  double em() const { return count_ ? exact_ / count_ : 0.0; }
+  double f1() const { return count_ ? f1_ / count_ : 0.0; }
+
+ private:
+  int count_ = 0;
+  double exact_ = 0.0;
+  double f1_ = 0.0;
+};
+
+// ---- the adapter hook (mac, mac+rag) ---------------------------------------------------------
+
+// Per-layer prefix keys/values for one question: [num_layers][p][kv_dim] each, as
+// KvCache::SetPrefix takes them.
+struct PrefixKv {
+  std::vector<float> keys;
+  std::vector<float> values;
+  int p = 0;
+};
+
+// What the eval needs from a trained MAC adapter. Implementations wrap the bundle's adapter/
+// networks over the same frozen Transformer. Called from one thread.
+class Modulator {
+ public:
+  virtual ~Modulator() = default;
+
+  // Shape of a bank entry: latents are latent_rows × latent_cols, keys key_dim.
+  virtual int latent_rows() const = 0;
+  virtual int latent_cols() const = 0;
+  virtual int key_dim() const = 0;
+
+  // Encodes passages into bank entries; `out` gets one per text, in order.
+  virtual absl::Status EncodePassages(std::span<const std::string_view> texts,
+                                      std::vector<storage::EncodedPassage>* out) = 0;
+  // The retrieval key of a question (key_dim floats).
+  virtual absl::StatusOr<std::vector<float>> QuestionKey(std::string_view question) = 0;
+  // The modulation for `question` aggregated from the latents of its retrieved passages (best
+  // first; at least one).
+  virtual absl::StatusOr<PrefixKv> Modulate(
+      std::string_view question,
+      std::span<const std::shared_ptr<const std::vector<float>>> latents) = 0;
+  // Bytes one passage occupies in the bank as a modulation (latents as stored, plus its key).
+  virtual int64_t BytesPerModulation() const = 0;
+};
+
+// Loads the Modulator of a bundle. Errors become the reason the mac modes are skipped.
+using ModulatorLoader = std::function<absl::StatusOr<std::unique_ptr<Modulator>>(
+    const std::string& bundle_dir, Transformer& model, const Tokenizer& tokenizer)>;
+
+// The default loader: FAILED_PRECONDITION "mode unavailable: no adapter in the bundle" when
+// <bundle>/adapter/ is missing; UNIMPLEMENTED "mode unavailable: this build cannot run adapters
+// yet" when it exists (the adapter runtime is not written yet).
+absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string& bundle_dir,
+                                                               Transformer& model,
+                                                               const Tokenizer& tokenizer);
+
+// ---- batched greedy answering ----------------------------------------------------------------
+
+struct AnswerRequest {
+  std::vector<int32_t> prompt;             // with BOS; non-empty
+  std::shared_ptr<const PrefixKv> prefix;  // optional modulation
+};
+
+// Greedy answers for every request: the generated text up to the first newline or EOS, at most
+// max_tokens tokens (fewer when the context fills up). Requests run `batch` at a time through
+// Transformer::Forward (batched prefill, then batched decode). Fails if a prompt (plus prefix)
+// does not fit the model's context.
+absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
+                                                       const Tokenizer& tokenizer,
+                                                       std::span<const AnswerRequest> requests,
+                                                       int batch, int max_tokens);
+
+// ---- the evaluation --------------------------------------------------------------------------
+
+struct EvalOptions {
+  std::string bundle_dir;  // config.json + model.safetensors + tokenizer.model [+ adapter/]
+  std::string data_dir;    // <split>.passages.jsonl + <split>.questions.jsonl
+  std::string split = "test";
+  int limit = 0;            // questions, spread evenly over the stream (0: all)
+  std::string report_path;  // FILE.json; FILE.md and FILE.png are written beside it ("": none)
+  std::string work_dir;     // where the bank lives ("": a temporary directory, removed after)
+  int threads = 0;          // CPU threads (0: one per core)
+  int batch = 16;           // sequences per Forward
+  int max_answer_tokens = 24;
+  int retention_passages = 100;
+  std::vector<int> bank_sizes = {250, 500};  // extra plot points; the first retention_passages
+                                             // and the whole stream are always measured
+  int mac_top_k = 3;
+  int examples = 10;        // predictions of the first questions copied into the report
+  bool print_table = true;  // the markdown table to stdout
+  ModulatorLoader modulator_loader = LoadBundleModulator;
+};
+
+// Runs the evaluation and writes the report. Errors: NOT_FOUND / INVALID_ARGUMENT for a missing or
+// bad bundle or data file, INTERNAL for I/O. A missing adapter is not an error (see above).
+absl::Status RunEval(const EvalOptions& options);
+
+}  // namespace knowd::bench

@@ -1,0 +1,218 @@
+// RunEval end to end: a tiny test split of the synthetic world, streamed into a real memory bank
+// and answered by the shipped stories260K model. The model knows nothing of the world, so the
+// figures are near zero; the test checks the report's structure and invariants, and that the mac
+// modes are skipped with a reason (or, with a stand-in Modulator, run through the prefix path).
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "bench/eval.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "nlohmann/json.hpp"
+#include "train/world.h"
+
+namespace knowd::bench {
+namespace {
+
+using Json = nlohmann::json;
+
+const std::string kModel = std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf";
+
+class RunEvalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (std::filesystem::temp_directory_path() / "eval-test-XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    train::WorldOptions world;
+    world.people[static_cast<int>(train::Split::kTest)] = 14;
+    const train::SplitData split = train::GenerateSplit(world, train::Split::kTest);
+    std::ofstream passages(dir_ + "/test.passages.jsonl");
+    for (const train::Passage& p : split.passages) passages << train::PassageToJson(p);
+    std::ofstream questions(dir_ + "/test.questions.jsonl");
+    for (const train::Question& q : split.questions) questions << train::QuestionToJson(q);
+    passages_ = static_cast<int>(split.passages.size());
+    questions_ = static_cast<int>(split.questions.size());
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  EvalOptions Options() const {
+    EvalOptions o;
+    o.bundle_dir = kModel;
+    o.data_dir = dir_;
+    o.report_path = dir_ + "/out/report.json";
+    o.threads = 1;
+    o.batch = 8;
+    o.max_answer_tokens = 8;
+    o.retention_passages = 5;
+    o.bank_sizes = {10};
+    o.print_table = false;
+    return o;
+  }
+
+  Json ReadReport() const {
+    std::ifstream in(dir_ + "/out/report.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    return Json::parse(text.str());
+  }
+
+  std::string dir_;
+  int passages_ = 0;
+  int questions_ = 0;
+};
+
+void ExpectScore(const Json& mode, const std::string& name) {
+  ASSERT_EQ(mode["status"], "ok") << name;
+  EXPECT_GE(mode["em"].get<double>(), 0.0) << name;
+  EXPECT_LE(mode["em"].get<double>(), 1.0) << name;
+  EXPECT_GE(mode["f1"].get<double>(), mode["em"].get<double>()) << name;
+  EXPECT_LE(mode["f1"].get<double>(), 1.0) << name;
+}
+
+TEST_F(RunEvalTest, WritesReportTableAndPlotAndSkipsMacWithoutAdapter) {
+  EvalOptions o = Options();
+  o.limit = 12;
+  ASSERT_TRUE(RunEval(o).ok());
+  const Json r = ReadReport();
+  EXPECT_EQ(r["split"], "test");
+  EXPECT_EQ(r["stream_passages"].get<int>(), passages_);
+  EXPECT_EQ(r["questions"].get<int>(), 12);
+  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3"}) {
+    ExpectScore(r["modes"][name], name);
+    EXPECT_EQ(r["modes"][name]["questions"].get<int>(), 12);
+  }
+  for (const char* name : {"mac", "mac+rag"}) {
+    EXPECT_EQ(r["modes"][name]["status"], "skipped") << name;
+    EXPECT_EQ(r["modes"][name]["reason"], "mode unavailable: no adapter in the bundle") << name;
+    EXPECT_FALSE(r["modes"][name].contains("em")) << name;
+    EXPECT_EQ(r["retention"]["modes"][name]["status"], "skipped") << name;
+  }
+
+  const Json& ret = r["retrieval"];
+  EXPECT_EQ(ret["questions"].get<int>(), 12);
+  for (const char* ranking : {"bm25", "dense", "hybrid"}) {
+    const double r1 = ret[ranking]["recall_at_1"], r5 = ret[ranking]["recall_at_5"];
+    EXPECT_GE(r1, 0.0) << ranking;
+    EXPECT_GE(r5, r1) << ranking;
+    EXPECT_LE(r5, 1.0) << ranking;
+  }
+  // Names are unique to a person, so BM25 on the question finds its passage among 16 or so.
+  EXPECT_GE(ret["bm25"]["recall_at_5"].get<double>(), 0.5);
+
+  const Json& curve = r["em_vs_stored"];
+  EXPECT_EQ(curve["bank_sizes"], Json({5, 10, passages_}));
+  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3"}) {
+    ASSERT_EQ(curve["series"][name].size(), 3u) << name;
+  }
+  EXPECT_FALSE(curve["series"].contains("mac"));
+  EXPECT_TRUE(r["retention"]["modes"]["rag-top1"].contains("em_right_after"));
+  EXPECT_EQ(r["retention"]["modes"]["oracle"]["status"], "not applicable");
+  EXPECT_GE(r["updates"]["questions"].get<int>(), 0);
+
+  const Json& bytes = r["storage_bytes"];
+  EXPECT_GT(bytes["mean_passage_tokens"].get<double>(), 10.0);
+  // stories260K: 5 layers, kv_dim 32: 2 * 5 * 32 floats per token.
+  EXPECT_NEAR(bytes["kv_cache_f32_per_passage"].get<double>(),
+              bytes["mean_passage_tokens"].get<double>() * 2 * 5 * 32 * 4, 1e-6);
+  EXPECT_EQ(bytes["modulation"]["status"], "skipped");
+  EXPECT_EQ(r["examples"].size(), 10u);
+
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/out/report.md"));
+  std::ifstream png(dir_ + "/out/report.png", std::ios::binary);
+  std::string head(8, '\0');
+  png.read(head.data(), 8);
+  EXPECT_EQ(head, std::string("\x89PNG\r\n\x1a\n", 8));
+}
+
+// Stands in for a trained adapter: constant keys and a zero prefix of two rows per layer.
+class FakeModulator : public Modulator {
+ public:
+  FakeModulator(int layers, int kv_dim) : layers_(layers), kv_dim_(kv_dim) {}
+  int latent_rows() const override { return 2; }
+  int latent_cols() const override { return 4; }
+  int key_dim() const override { return 8; }
+  absl::Status EncodePassages(std::span<const std::string_view> texts,
+                              std::vector<storage::EncodedPassage>* out) override {
+    out->clear();
+    for (std::string_view t : texts) {
+      storage::EncodedPassage e;
+      e.latents.assign(8, 0.5f);
+      e.key.assign(8, 0.0f);
+      e.key[t.size() % 8] = 1.0f;
+      out->push_back(std::move(e));
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<float>> QuestionKey(std::string_view) override {
+    return std::vector<float>(8, 0.25f);
+  }
+  absl::StatusOr<PrefixKv> Modulate(
+      std::string_view,
+      std::span<const std::shared_ptr<const std::vector<float>>> latents) override {
+    if (latents.empty() || latents[0]->size() != 8) {
+      return absl::InvalidArgumentError("expected latents of 2x4");
+    }
+    PrefixKv p;
+    p.p = 2;
+    p.keys.assign(static_cast<size_t>(layers_) * 2 * kv_dim_, 0.0f);
+    p.values = p.keys;
+    return p;
+  }
+  int64_t BytesPerModulation() const override { return 2 * 4 * 2 + 8 * 4; }
+
+ private:
+  int layers_;
+  int kv_dim_;
+};
+
+TEST_F(RunEvalTest, RunsMacModesThroughAModulator) {
+  EvalOptions o = Options();
+  o.limit = 6;
+  o.examples = 2;
+  o.modulator_loader = [](const std::string&, Transformer& model,
+                          const Tokenizer&) -> absl::StatusOr<std::unique_ptr<Modulator>> {
+    return std::make_unique<FakeModulator>(model.config().num_layers, model.config().kv_dim());
+  };
+  ASSERT_TRUE(RunEval(o).ok());
+  const Json r = ReadReport();
+  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "mac", "mac+rag"}) {
+    ExpectScore(r["modes"][name], name);
+  }
+  EXPECT_EQ(r["retrieval"]["dense_key"], "adapter");
+  EXPECT_EQ(r["storage_bytes"]["modulation"]["bytes"].get<int64_t>(), 48);
+  EXPECT_TRUE(r["retention"]["modes"]["mac"].contains("em_after_stream"));
+  EXPECT_EQ(r["em_vs_stored"]["series"]["mac+rag"].size(), 3u);
+}
+
+TEST_F(RunEvalTest, AdapterDirectoryWithoutRuntimeIsReportedNotFailed) {
+  std::unique_ptr<Backend> backend = MakeCpuBackend(1);
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(kModel, backend.get());
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(kModel);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  absl::StatusOr<std::unique_ptr<Modulator>> none =
+      LoadBundleModulator(kModel, **model, **tokenizer);
+  EXPECT_EQ(none.status().message(), "mode unavailable: no adapter in the bundle");
+  std::filesystem::create_directories(dir_ + "/bundle/adapter");
+  absl::StatusOr<std::unique_ptr<Modulator>> unsupported =
+      LoadBundleModulator(dir_ + "/bundle", **model, **tokenizer);
+  EXPECT_FALSE(unsupported.ok());
+  EXPECT_NE(unsupported.status().message().find("mode unavailable"), std::string::npos);
+}
+
+TEST_F(RunEvalTest, MissingDataIsAnError) {
+  EvalOptions o = Options();
+  o.data_dir = dir_ + "/nowhere";
+  EXPECT_FALSE(RunEval(o).ok());
+  o = Options();
+  o.split = "nonsense";
+  EXPECT_FALSE(RunEval(o).ok());
+}
+
+}  // namespace
+}  // namespace knowd::bench
