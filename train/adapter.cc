@@ -24,14 +24,9 @@ namespace knowd::train {
 namespace {
 
 using internal::TorchAccess;
+using internal::TorchError;
 using internal::TrunkStates;
 using Clock = std::chrono::steady_clock;
-
-absl::Status TorchError(std::string_view what, const std::exception& e) {
-  std::string message = e.what();
-  if (const size_t nl = message.find('\n'); nl != std::string::npos) message.resize(nl);
-  return absl::InternalError(absl::StrCat(std::string(what), ": ", message));
-}
 
 torch::Tensor RmsNormalize(const torch::Tensor& x) {
   return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + 1e-6);
@@ -847,37 +842,11 @@ absl::StatusOr<AdapterScore> Adapter::Score(const AdapterCorpus& corpus, int que
 }
 
 absl::Status Adapter::SaveCheckpoint(const std::string& path) const {
-  try {
-    torch::serialize::OutputArchive archive;
-    impl_->net->save(archive);
-    torch::serialize::OutputArchive optimizer;
-    impl_->optimizer->save(optimizer);
-    archive.write("optimizer", optimizer);
-    const std::string tmp = path + ".tmp";
-    archive.save_to(tmp);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat(path, ": rename failed"));
-    }
-    return absl::OkStatus();
-  } catch (const std::exception& e) {
-    return TorchError(absl::StrCat("saving ", path), e);
-  }
+  return internal::SaveTorchCheckpoint(*impl_->net, *impl_->optimizer, path);
 }
 
 absl::Status Adapter::LoadCheckpoint(const std::string& path) {
-  try {
-    torch::serialize::InputArchive archive;
-    archive.load_from(path);
-    impl_->net->load(archive);
-    torch::serialize::InputArchive optimizer;
-    if (!archive.try_read("optimizer", optimizer)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": no optimizer state"));
-    }
-    impl_->optimizer->load(optimizer);
-    return absl::OkStatus();
-  } catch (const std::exception& e) {
-    return TorchError(absl::StrCat("loading ", path), e);
-  }
+  return internal::LoadTorchCheckpoint(*impl_->net, *impl_->optimizer, path);
 }
 
 absl::Status Adapter::Export(const std::string& dir, DType dtype, const std::string& base_sha256,

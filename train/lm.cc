@@ -11,6 +11,8 @@
 #include "train/lm_torch.h"
 
 namespace knowd::train {
+
+using internal::TorchError;
 namespace {
 
 struct RmsNormImpl : torch::nn::Module {
@@ -175,12 +177,6 @@ struct CausalLmImpl : torch::nn::Module {
 };
 TORCH_MODULE(CausalLm);
 
-absl::Status TorchError(std::string_view what, const std::exception& e) {
-  std::string message = e.what();
-  if (const size_t nl = message.find('\n'); nl != std::string::npos) message.resize(nl);
-  return absl::InternalError(absl::StrCat(std::string(what), ": ", message));
-}
-
 }  // namespace
 
 struct LanguageModel::Impl {
@@ -331,37 +327,11 @@ absl::StatusOr<std::vector<int32_t>> LanguageModel::Greedy(std::span<const int32
 }
 
 absl::Status LanguageModel::SaveCheckpoint(const std::string& path) const {
-  try {
-    torch::serialize::OutputArchive archive;
-    impl_->net->save(archive);
-    torch::serialize::OutputArchive optimizer;
-    impl_->optimizer->save(optimizer);
-    archive.write("optimizer", optimizer);
-    const std::string tmp = path + ".tmp";
-    archive.save_to(tmp);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat(path, ": rename failed"));
-    }
-    return absl::OkStatus();
-  } catch (const std::exception& e) {
-    return TorchError(absl::StrCat("saving ", path), e);
-  }
+  return internal::SaveTorchCheckpoint(*impl_->net, *impl_->optimizer, path);
 }
 
 absl::Status LanguageModel::LoadCheckpoint(const std::string& path) {
-  try {
-    torch::serialize::InputArchive archive;
-    archive.load_from(path);
-    impl_->net->load(archive);
-    torch::serialize::InputArchive optimizer;
-    if (!archive.try_read("optimizer", optimizer)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": no optimizer state"));
-    }
-    impl_->optimizer->load(optimizer);
-    return absl::OkStatus();
-  } catch (const std::exception& e) {
-    return TorchError(absl::StrCat("loading ", path), e);
-  }
+  return internal::LoadTorchCheckpoint(*impl_->net, *impl_->optimizer, path);
 }
 
 std::vector<NamedWeight> LanguageModel::Weights() const {
@@ -475,5 +445,52 @@ void TorchAccess::Freeze(LanguageModel& model) {
 }  // namespace internal
 
 void SetTorchThreads(int threads) { at::set_num_threads(std::max(1, threads)); }
+
+namespace internal {
+
+absl::Status TorchError(std::string_view what, const std::exception& e) {
+  std::string message = e.what();
+  if (const size_t nl = message.find('\n'); nl != std::string::npos) message.resize(nl);
+  return absl::InternalError(absl::StrCat(std::string(what), ": ", message));
+}
+
+absl::Status SaveTorchCheckpoint(const torch::nn::Module& net,
+                                 const torch::optim::Optimizer& optimizer,
+                                 const std::string& path) {
+  try {
+    torch::serialize::OutputArchive archive;
+    net.save(archive);
+    torch::serialize::OutputArchive optimizer_archive;
+    optimizer.save(optimizer_archive);
+    archive.write("optimizer", optimizer_archive);
+    const std::string tmp = path + ".tmp";
+    archive.save_to(tmp);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat(path, ": rename failed"));
+    }
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return TorchError(absl::StrCat("saving ", path), e);
+  }
+}
+
+absl::Status LoadTorchCheckpoint(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
+                                 const std::string& path) {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    net.load(archive);
+    torch::serialize::InputArchive optimizer_archive;
+    if (!archive.try_read("optimizer", optimizer_archive)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": no optimizer state"));
+    }
+    optimizer.load(optimizer_archive);
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return TorchError(absl::StrCat("loading ", path), e);
+  }
+}
+
+}  // namespace internal
 
 }  // namespace knowd::train

@@ -14,6 +14,17 @@
 
 namespace knowd::train::internal {
 
+// A libtorch exception as a Status ("what: first line of the message").
+absl::Status TorchError(std::string_view what, const std::exception& e);
+
+// A module's weights and its optimizer's state in one torch::serialize archive, written to a
+// temporary file and renamed into place so an interrupted save keeps the previous checkpoint.
+absl::Status SaveTorchCheckpoint(const torch::nn::Module& net,
+                                 const torch::optim::Optimizer& optimizer, const std::string& path);
+// Loads what SaveTorchCheckpoint wrote into a module and optimizer of the same shape.
+absl::Status LoadTorchCheckpoint(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
+                                 const std::string& path);
+
 // Per-layer states of a batch of sequences, as the frozen LM computes them.
 struct TrunkStates {
   std::vector<torch::Tensor> hidden;  // per layer: the block's output, [B, T, hidden]
