@@ -1,5 +1,5 @@
 // Helpers for the tokenizer tests: shipped vocabulary paths, llama.cpp's tokenizer test vectors,
-// scratch directories, and readable dumps of ids and text.
+// and readable dumps of ids and text.
 #pragma once
 
 #include <stdlib.h>
@@ -18,8 +18,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
+#include "tests/model/formats_test_util.h"
 
 namespace knowd::tokenizer_testing {
+
+// Shipped model paths, file bytes and scratch directories are shared with the format tests.
+using knowd::testing::ReadBytes;
+using knowd::testing::ScratchDir;
+using knowd::testing::StoriesGguf;
+using knowd::testing::StoriesHfDir;
+using knowd::testing::WriteBytes;
 
 inline std::string SourcePath(std::string_view relative) {
   return std::string(KNOWD_SOURCE_DIR) + "/" + std::string(relative);
@@ -30,39 +38,7 @@ inline std::string SpmVocabGguf() {
 inline std::string Gpt2VocabGguf() {
   return SourcePath("tests/data/tokenizers/ggml-vocab-gpt-2.gguf");
 }
-inline std::string StoriesGguf() { return SourcePath("models/stories260K/stories260K.gguf"); }
-inline std::string StoriesHfDir() { return SourcePath("models/stories260K-hf"); }
 inline std::string StoriesTokenizerModel() { return StoriesHfDir() + "/tokenizer.model"; }
-
-inline std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-inline void WriteBytes(const std::string& path, std::string_view bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-// A fresh directory under the test temp dir, removed with its contents on destruction.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = ::testing::TempDir() + "/knowd_tokenizer_XXXXXX";
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-    EXPECT_FALSE(path_.empty()) << "mkdtemp failed";
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(std::string_view name) const { return path_ + "/" + std::string(name); }
-
- private:
-  std::string path_;
-};
 
 struct VocabCase {
   std::string input;
