@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
+#include "tests/train/train_test_util.h"
 #include "train/export.h"
 #include "train/lm.h"
 #include "train/pretrain.h"
@@ -26,33 +27,6 @@
 
 namespace knowd::train {
 namespace {
-
-LlamaConfig TinyConfig(int vocab = 300) {
-  LlamaConfig c;
-  c.vocab_size = vocab;
-  c.hidden_size = 64;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 256;
-  c.tie_word_embeddings = true;
-  return c;
-}
-
-std::string TempDir(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("knowd_adapter_test_" + name + "_" + std::to_string(getpid())))
-      .string();
-}
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(BoundedDraw(rng, vocab));
-  return t;
-}
 
 // A tiny LM whose weights moved away from the tidy initial ones.
 std::unique_ptr<LanguageModel> TrainedTinyModel(uint64_t seed) {

@@ -15,39 +15,13 @@
 #include "kernels/backend.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
+#include "tests/train/train_test_util.h"
 #include "train/export.h"
 #include "train/pretrain.h"
 #include "train/world.h"
 
 namespace knowd::train {
 namespace {
-
-LlamaConfig TinyConfig(bool tied) {
-  LlamaConfig c;
-  c.vocab_size = 300;
-  c.hidden_size = 64;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 256;
-  c.tie_word_embeddings = tied;
-  return c;
-}
-
-std::string TempDir(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("knowd_lm_test_" + name + "_" + std::to_string(getpid())))
-      .string();
-}
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(BoundedDraw(rng, vocab));
-  return t;
-}
 
 // Max |logit difference| between libtorch and knowd's engine on `tokens`.
 double EngineDifference(LanguageModel& model, const std::vector<int32_t>& tokens,
@@ -88,7 +62,7 @@ TEST(LmTest, EngineMatchesLibtorchLogits) {
   SetTorchThreads(1);
   for (bool tied : {false, true}) {
     absl::StatusOr<std::unique_ptr<LanguageModel>> model =
-        LanguageModel::Create(TinyConfig(tied), 5, OptimizerOptions());
+        LanguageModel::Create(TinyConfig(kTinyVocab, tied), 5, OptimizerOptions());
     ASSERT_TRUE(model.ok()) << model.status();
     const std::vector<int32_t> tokens = RandomTokens(32, 300, 11);
     EXPECT_LE(EngineDifference(**model, tokens, TempDir("init")), 1e-4) << "tied " << tied;
@@ -103,7 +77,7 @@ TEST(LmTest, EngineMatchesLibtorchLogits) {
 
 TEST(LmTest, HalfPrecisionExportLoadsInTheEngine) {
   SetTorchThreads(1);
-  auto model = LanguageModel::Create(TinyConfig(false), 6, OptimizerOptions());
+  auto model = LanguageModel::Create(TinyConfig(kTinyVocab, false), 6, OptimizerOptions());
   ASSERT_TRUE(model.ok());
   const std::string dir = TempDir("f16");
   ExportOptions options;
@@ -128,7 +102,7 @@ TEST(LmTest, HalfPrecisionExportLoadsInTheEngine) {
 
 TEST(LmTest, ParametersHaveHuggingFaceNames) {
   absl::StatusOr<std::unique_ptr<LanguageModel>> model =
-      LanguageModel::Create(TinyConfig(false), 1, OptimizerOptions());
+      LanguageModel::Create(TinyConfig(kTinyVocab, false), 1, OptimizerOptions());
   ASSERT_TRUE(model.ok());
   std::vector<std::string> names;
   for (const NamedWeight& w : (*model)->Weights()) names.push_back(w.name);
@@ -144,8 +118,8 @@ TEST(LmTest, ParametersHaveHuggingFaceNames) {
 
 TEST(LmTest, CheckpointRestoresTheModel) {
   SetTorchThreads(1);
-  auto a = LanguageModel::Create(TinyConfig(true), 3, OptimizerOptions());
-  auto b = LanguageModel::Create(TinyConfig(true), 4, OptimizerOptions());
+  auto a = LanguageModel::Create(TinyConfig(kTinyVocab, true), 3, OptimizerOptions());
+  auto b = LanguageModel::Create(TinyConfig(kTinyVocab, true), 4, OptimizerOptions());
   ASSERT_TRUE(a.ok() && b.ok());
   ASSERT_TRUE((*a)->TrainStep(RandomBatch(2, 16, 300, 1), 1e-2).ok());
   const std::string path = TempDir("ckpt") + ".pt";
@@ -181,7 +155,7 @@ TEST(LmTest, PretrainingSmokeLossGoesDown) {
   EXPECT_EQ(ex.tokens.back(), shared->eos_id());
   EXPECT_FLOAT_EQ(ex.weights.back(), 3.0f);
 
-  LlamaConfig c = TinyConfig(true);
+  LlamaConfig c = TinyConfig(kTinyVocab, true);
   c.vocab_size = shared->vocab_size();
   auto model = LanguageModel::Create(c, 1, OptimizerOptions());
   ASSERT_TRUE(model.ok());
