@@ -101,27 +101,33 @@ struct AttentionScratch {
   std::vector<OnlineSoftmax> states;  // one per (row, head) of the tile
 };
 
-// scores[j] = q · key_j for the `count` keys of a transposed block: a loop over keys with the
-// query element broadcast, which vectorises without horizontal sums (a dot product per key
-// would end each key with one).
+// out[i] += Σ_r coef[r] · rows[r·stride + i] for i < len: four rows per sweep, so `out` is loaded
+// and stored once per four rows and the inner loop vectorises without horizontal sums.
+void AddWeightedRows(const float* coef, const float* rows, int64_t stride, int n_rows, int len,
+                     float* out) {
+  int r = 0;
+  for (; r + 3 < n_rows; r += 4) {
+    const float c0 = coef[r], c1 = coef[r + 1], c2 = coef[r + 2], c3 = coef[r + 3];
+    const float* r0 = rows + r * stride;
+    const float* r1 = r0 + stride;
+    const float* r2 = r1 + stride;
+    const float* r3 = r2 + stride;
+#pragma omp simd
+    for (int i = 0; i < len; ++i) out[i] += c0 * r0[i] + c1 * r1[i] + c2 * r2[i] + c3 * r3[i];
+  }
+  for (; r < n_rows; ++r) {
+    const float c0 = coef[r];
+    const float* r0 = rows + r * stride;
+#pragma omp simd
+    for (int i = 0; i < len; ++i) out[i] += c0 * r0[i];
+  }
+}
+
+// scores[j] = q · key_j for the `count` keys of a transposed block (row d holds element d of
+// every key): the query's elements weight the block's rows.
 void ScoreBlock(const float* q, const float* key_t, int head_dim, int count, float* scores) {
   std::fill(scores, scores + count, 0.0f);
-  int d = 0;
-  for (; d + 3 < head_dim; d += 4) {
-    const float q0 = q[d], q1 = q[d + 1], q2 = q[d + 2], q3 = q[d + 3];
-    const float* k0 = key_t + d * kAttentionBlock;
-    const float* k1 = k0 + kAttentionBlock;
-    const float* k2 = k1 + kAttentionBlock;
-    const float* k3 = k2 + kAttentionBlock;
-#pragma omp simd
-    for (int j = 0; j < count; ++j) scores[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
-  }
-  for (; d < head_dim; ++d) {
-    const float qd = q[d];
-    const float* kd = key_t + d * kAttentionBlock;
-#pragma omp simd
-    for (int j = 0; j < count; ++j) scores[j] += qd * kd[j];
-  }
+  AddWeightedRows(q, key_t, kAttentionBlock, head_dim, count, scores);
 }
 
 // scores[j] = q · key_j for `count` key rows starting at `k`, one dot product per key: cheaper
@@ -137,26 +143,10 @@ void ScoreRows(const float* q, const float* k, int64_t kv_stride, int head_dim, 
   }
 }
 
-// acc += Σ_j weights[j] · value_j over `count` value rows starting at `v`; four rows per sweep
-// so the accumulator is loaded and stored once per four rows.
+// acc += Σ_j weights[j] · value_j over `count` value rows starting at `v`.
 void AccumulateValues(const float* weights, const float* v, int64_t kv_stride, int count,
                       int head_dim, float* acc) {
-  int j = 0;
-  for (; j + 3 < count; j += 4) {
-    const float w0 = weights[j], w1 = weights[j + 1], w2 = weights[j + 2], w3 = weights[j + 3];
-    const float* v0 = v + j * kv_stride;
-    const float* v1 = v0 + kv_stride;
-    const float* v2 = v1 + kv_stride;
-    const float* v3 = v2 + kv_stride;
-#pragma omp simd
-    for (int d = 0; d < head_dim; ++d) acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d];
-  }
-  for (; j < count; ++j) {
-    const float w0 = weights[j];
-    const float* v0 = v + j * kv_stride;
-#pragma omp simd
-    for (int d = 0; d < head_dim; ++d) acc[d] += w0 * v0[d];
-  }
+  AddWeightedRows(weights, v, kv_stride, count, head_dim, acc);
 }
 
 // Attention of query rows [row_begin, row_end) for the `group` heads that read kv head
