@@ -1,0 +1,108 @@
+// The MAC adapter networks of a bundle (adapter/adapter.json + adapter/adapter.safetensors, written
+// by `knowd-train adapter`), run on the engine's kernels over a frozen Transformer:
+//
+//   EncodePassages   the amortizer: one trunk pass of the frozen LM over each passage, pooled
+//                    per-layer keys/values compressed to a latent Z (slots x latent_dim) refined
+//                    by cross-attention blocks over the hidden states, and the retrieval key
+//                    k = normalize(W_k rmsnorm(mean(Z))). Z and k are what the memory bank stores.
+//   EncodeQuestion   the question encoder: learned queries over the question's hidden states ->
+//                    Q (slots x latent_dim) and the question key q.
+//   Modulate         the aggregator over the top-k candidates' latents (with rank and score
+//                    embeddings), then the expander: per-layer prefix keys/values for
+//                    KvCache::SetPrefix (row 0: the attention sink, then one row per slot).
+//
+// After the prefix the engine runs QuestionPrompt(question) WITHOUT BOS (row 0 stands for it) and
+// decodes greedily up to "\n" or EOS. train/README.md states the contract; the libtorch networks
+// in train/adapter.cc are the reference and tests/train/adapter_parity_test checks this port
+// against them.
+//
+// An Adapter is immutable after Load; Encode/Modulate calls may run concurrently only if the
+// Transformer's Forward may (it may not: callers serialise engine work).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/transformer.h"
+
+namespace knowd {
+
+// Hyper-parameters read from adapter.json.
+struct AdapterSpec {
+  int slots = 0;       // T: latent rows per passage; the prefix has 1 + T rows per layer
+  int latent_dim = 0;  // d
+  int key_dim = 0;
+  int heads = 0;  // attention heads of the adapter's blocks
+  int mlp_ratio = 0;
+  int readout_blocks = 0;
+  int question_blocks = 0;
+  int aggregator_blocks = 0;
+  int max_candidates = 0;     // the aggregator takes at most this many candidates
+  std::string base_sha256;    // SHA-256 of the base model.safetensors it was trained on
+  std::string adapter_sha256;  // SHA-256 of adapter.safetensors: the bank's fingerprint
+};
+
+// One passage as the bank stores it.
+struct PassageCode {
+  std::vector<float> latents;  // slots * latent_dim, row-major
+  std::vector<float> key;      // key_dim, unit norm
+};
+
+// One question, encoded.
+struct QuestionCode {
+  std::vector<float> queries;  // slots * latent_dim
+  std::vector<float> key;      // key_dim, unit norm
+};
+
+// Prefix keys/values for KvCache::SetPrefix: [layers][rows][kv_dim] each.
+struct PrefixKv {
+  std::vector<float> keys;
+  std::vector<float> values;
+  int rows = 0;
+};
+
+class Adapter {
+ public:
+  // Loads <dir>/adapter.json and <dir>/adapter.safetensors (any float dtype; weights converted to
+  // f32) for `base`, which must outlive the adapter. Refuses (FAILED_PRECONDITION) an adapter
+  // trained for another base architecture; a different base SHA-256 is refused only when
+  // `base_sha256` is given and differs.
+  static absl::StatusOr<std::unique_ptr<Adapter>> Load(const std::string& dir, Transformer* base,
+                                                       std::string_view base_sha256 = {});
+  ~Adapter();
+
+  const AdapterSpec& spec() const;
+  // The similarity scale: aggregator scores are scale * dot(q, k).
+  float score_scale() const;
+
+  // The prompt the frozen LM reads after the prefix ("Q: <question>\nA:"); the question encoder
+  // reads the same text with BOS.
+  static std::string QuestionPrompt(std::string_view question);
+
+  // Encodes passages (token ids, BOS first; at most max_position_embeddings) in one batched trunk
+  // pass. `out` gets one code per passage, in order.
+  absl::Status EncodePassages(std::span<const std::vector<int32_t>> passages,
+                              std::vector<PassageCode>* out);
+  // Encodes a question prompt (token ids of QuestionPrompt with BOS first).
+  absl::StatusOr<QuestionCode> EncodeQuestion(std::span<const int32_t> prompt);
+  // The retrieval key of a stored latent (what EncodePassages returned with it).
+  std::vector<float> KeyOfLatent(std::span<const float> latents) const;
+
+  // Aggregates the candidates (best first; 1 .. max_candidates; each slots * latent_dim floats)
+  // for the question and expands the result into the prefix.
+  absl::StatusOr<PrefixKv> Modulate(const QuestionCode& question,
+                                    std::span<const std::span<const float>> latents);
+
+ private:
+  struct Impl;
+  explicit Adapter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace knowd
