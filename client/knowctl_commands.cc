@@ -1,0 +1,288 @@
+#include "client/knowctl_commands.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/document_source.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace knowd::client {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// One line of JSON with the proto field names, defaults included (so "passages": 0 is printed).
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+std::string Shorten(const std::string& text, size_t width) {
+  if (text.size() <= width) return text;
+  size_t cut = width - 3;
+  // Do not split a UTF-8 sequence.
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "...";
+}
+
+void PrintPassages(const google::protobuf::RepeatedPtrField<v1::Passage>& passages) {
+  int rank = 0;
+  for (const v1::Passage& p : passages) {
+    std::cout << absl::StrFormat("[%d] %s#%d  score %.3f\n    %s\n", ++rank, p.document_id(),
+                                 p.index(), p.score(), Shorten(p.text(), 200));
+  }
+}
+
+absl::Status UsageError(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+int Usage(const std::string& command, const std::string& message) {
+  std::cerr << "knowctl " << command << ": " << message << "\n";
+  return 2;
+}
+
+// Progress of an ingest on a terminal: "[#####.....] 120/500 docs  35.2 docs/s  ETA 0:11".
+class ProgressBar {
+ public:
+  ProgressBar(std::optional<int64_t> total, bool enabled) : total_(total), enabled_(enabled) {}
+
+  void Update(int64_t done, double seconds, bool force = false) {
+    if (!enabled_) return;
+    const auto now = Clock::now();
+    if (!force && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    const double rate = seconds > 0 ? done / seconds : 0;
+    std::string line;
+    if (total_ && *total_ > 0) {
+      const int width = 30;
+      const int filled = static_cast<int>(width * std::min<int64_t>(done, *total_) / *total_);
+      const int64_t eta = rate > 0 ? static_cast<int64_t>((*total_ - done) / rate + 0.5) : 0;
+      line = absl::StrFormat("[%s%s] %d/%d docs  %.1f docs/s  ETA %d:%02d",
+                             std::string(filled, '#'), std::string(width - filled, '.'), done,
+                             *total_, rate, eta / 60, eta % 60);
+    } else {
+      line = absl::StrFormat("%d docs  %.1f docs/s", done, rate);
+    }
+    std::cerr << "\r" << line << "\033[K" << std::flush;
+    drawn_ = true;
+  }
+
+  void Finish() {
+    if (drawn_) std::cerr << "\n";
+  }
+
+ private:
+  std::optional<int64_t> total_;
+  bool enabled_;
+  bool drawn_ = false;
+  Clock::time_point last_draw_{};
+};
+
+}  // namespace
+
+std::string CommandLine::Get(const std::string& name, const std::string& fallback) const {
+  auto it = flags.find(name);
+  return it == flags.end() ? fallback : it->second;
+}
+
+absl::StatusOr<int> IntFlag(const CommandLine& line, const std::string& name, int fallback) {
+  if (!line.Has(name)) return fallback;
+  int value = 0;
+  if (!absl::SimpleAtoi(line.Get(name), &value) || value < 0) {
+    return UsageError(
+        absl::StrCat("--", name, " needs a non-negative integer, got \"", line.Get(name), "\""));
+  }
+  return value;
+}
+
+absl::StatusOr<double> DoubleFlag(const CommandLine& line, const std::string& name,
+                                  double fallback) {
+  if (!line.Has(name)) return fallback;
+  double value = 0;
+  if (!absl::SimpleAtod(line.Get(name), &value) || value < 0) {
+    return UsageError(
+        absl::StrCat("--", name, " needs a non-negative number, got \"", line.Get(name), "\""));
+  }
+  return value;
+}
+
+int ReportError(const std::string& command, const ClientOptions& options,
+                const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kUnavailable) {
+    std::cerr << "knowctl: cannot reach " << options.target << ": " << status.message() << "\n";
+  } else {
+    std::cerr << "knowctl " << command << ": " << absl::StatusCodeToString(status.code()) << ": "
+              << status.message() << "\n";
+  }
+  return 1;
+}
+
+int RunIngest(Client& client, const CommandLine& line) {
+  if (line.words.size() != 1) return Usage("ingest", "needs one FILE, DIR or - (stdin)");
+  absl::StatusOr<std::unique_ptr<DocumentSource>> source = DocumentSource::Open(line.words[0]);
+  if (!source.ok()) return ReportError("ingest", client.options(), source.status());
+  const bool json = line.Has("json");
+  ProgressBar bar((*source)->total(), !json && isatty(STDERR_FILENO));
+  const auto start = Clock::now();
+  int64_t acked = 0, passages = 0, replaced = 0, failed = 0;
+  absl::Status status = client.Ingest(
+      [&](v1::IngestRequest* request) { return (*source)->Next(request); },
+      [&](const v1::IngestAck& ack) {
+        ++acked;
+        if (json) {
+          std::cout << ToJson(ack) << "\n" << std::flush;
+        } else if (ack.error_code() != 0) {
+          bar.Update(acked, SecondsSince(start), /*force=*/true);
+          std::cerr << "\rknowctl ingest: " << ack.id() << ": "
+                    << absl::StatusCodeToString(static_cast<absl::StatusCode>(ack.error_code()))
+                    << ": " << ack.error_message() << "\033[K\n";
+        }
+        if (ack.error_code() != 0) {
+          ++failed;
+        } else {
+          passages += ack.passages();
+          replaced += ack.replaced() ? 1 : 0;
+        }
+        bar.Update(acked, SecondsSince(start));
+      });
+  const double seconds = SecondsSince(start);
+  bar.Update(acked, seconds, /*force=*/true);
+  bar.Finish();
+  if (!json) {
+    std::cerr << absl::StrFormat(
+        "knowctl ingest: %d documents stored (%d passages, %d replaced), %d failed, in %.2f s "
+        "(%.1f docs/s)\n",
+        acked - failed, passages, replaced, failed, seconds, seconds > 0 ? acked / seconds : 0.0);
+  }
+  if (!status.ok()) return ReportError("ingest", client.options(), status);
+  return failed == 0 ? 0 : 1;
+}
+
+int RunAsk(Client& client, const CommandLine& line) {
+  if (line.words.size() != 1) return Usage("ask", "needs one QUESTION (quote it)");
+  v1::AskRequest request;
+  request.set_question(line.words[0]);
+  if (line.Has("mode")) {
+    absl::StatusOr<v1::AskMode> mode = ParseAskMode(line.Get("mode"));
+    if (!mode.ok()) return Usage("ask", std::string(mode.status().message()));
+    request.set_mode(*mode);
+  }
+  absl::StatusOr<int> top_k = IntFlag(line, "top-k", 0);
+  absl::StatusOr<int> max_tokens = IntFlag(line, "max-tokens", 0);
+  if (!top_k.ok()) return Usage("ask", std::string(top_k.status().message()));
+  if (!max_tokens.ok()) return Usage("ask", std::string(max_tokens.status().message()));
+  request.set_top_k(*top_k);
+  request.set_max_tokens(*max_tokens);
+  const bool json = line.Has("json");
+  request.set_stream(!json);
+  absl::StatusOr<v1::AskFinal> final_message =
+      client.Ask(request, [](std::string_view text) { std::cout << text << std::flush; });
+  if (!final_message.ok()) {
+    if (!json) std::cout << std::endl;
+    return ReportError("ask", client.options(), final_message.status());
+  }
+  if (json) {
+    std::cout << ToJson(*final_message) << "\n";
+    return 0;
+  }
+  std::cout << "\n";
+  if (!final_message->cited().empty()) {
+    std::cout << "\ncited (" << AskModeName(final_message->mode()) << "):\n";
+    PrintPassages(final_message->cited());
+  }
+  return 0;
+}
+
+int RunSearch(Client& client, const CommandLine& line) {
+  if (line.words.size() != 1) return Usage("search", "needs one QUERY (quote it)");
+  absl::StatusOr<int> top_k = IntFlag(line, "top-k", 0);
+  if (!top_k.ok()) return Usage("search", std::string(top_k.status().message()));
+  v1::SearchRequest request;
+  request.set_query(line.words[0]);
+  request.set_top_k(*top_k);
+  absl::StatusOr<v1::SearchResponse> response = client.Search(request);
+  if (!response.ok()) return ReportError("search", client.options(), response.status());
+  if (line.Has("json")) {
+    std::cout << ToJson(*response) << "\n";
+  } else {
+    PrintPassages(response->passages());
+  }
+  return 0;
+}
+
+int RunGet(Client& client, const CommandLine& line) {
+  if (line.words.size() != 1) return Usage("get", "needs one document ID");
+  v1::GetRequest request;
+  request.set_id(line.words[0]);
+  absl::StatusOr<v1::Document> doc = client.Get(request);
+  if (!doc.ok()) return ReportError("get", client.options(), doc.status());
+  if (line.Has("json")) {
+    std::cout << ToJson(*doc) << "\n";
+    return 0;
+  }
+  std::cout << "id: " << doc->id() << "\nnamespace: " << doc->namespace_() << "\n";
+  for (const auto& [key, value] : doc->metadata()) std::cout << key << ": " << value << "\n";
+  std::cout << "passages: " << doc->passages_size() << "\n";
+  for (const v1::Passage& p : doc->passages()) std::cout << "\n[" << p.index() << "] " << p.text();
+  std::cout << "\n";
+  return 0;
+}
+
+int RunForget(Client& client, const CommandLine& line) {
+  if (line.words.empty()) return Usage("forget", "needs one or more document IDs");
+  v1::ForgetRequest request;
+  for (const std::string& id : line.words) request.add_ids(id);
+  absl::StatusOr<v1::ForgetResponse> response = client.Forget(request);
+  if (!response.ok()) return ReportError("forget", client.options(), response.status());
+  if (line.Has("json")) {
+    std::cout << ToJson(*response) << "\n";
+    return 0;
+  }
+  std::cout << "forgot " << response->forgotten_size() << " documents (" << response->passages()
+            << " passages)";
+  if (response->not_found_size() > 0) {
+    std::cout << "; not stored: " << absl::StrJoin(response->not_found(), " ");
+  }
+  std::cout << "\n";
+  return 0;
+}
+
+int RunStats(Client& client, const CommandLine& line) {
+  if (!line.words.empty()) return Usage("stats", "takes no arguments");
+  absl::StatusOr<v1::StatsResponse> stats = client.Stats();
+  if (!stats.ok()) return ReportError("stats", client.options(), stats.status());
+  if (line.Has("json")) {
+    std::cout << ToJson(*stats) << "\n";
+    return 0;
+  }
+  std::cout << absl::StrFormat("documents            %d\npassages             %d\n",
+                               stats->documents(), stats->passages());
+  for (const v1::NamespaceStats& ns : stats->namespaces()) {
+    std::cout << absl::StrFormat("  %-18s %d documents, %d passages\n", ns.name(), ns.documents(),
+                                 ns.passages());
+  }
+  std::cout << absl::StrFormat(
+      "disk                 %d bytes\nmodulations          %d bytes (%d per passage; the KV "
+      "cache of a median passage: %d)\nmodel                %s\nadapter              %s\n"
+      "fingerprint          %s\nversion              %s\nuptime               %.0f s\n",
+      stats->disk_bytes(), stats->modulation_bytes(), stats->bytes_per_modulation(),
+      stats->kv_bytes_per_median_passage(), stats->model(), stats->adapter(), stats->fingerprint(),
+      stats->version(), stats->uptime_seconds());
+  return 0;
+}
+
+}  // namespace knowd::client
