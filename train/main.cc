@@ -205,11 +205,11 @@ int RunExport() {
   return 0;
 }
 
-// The flag's value when it was given (differs from its pretraining default), else the adapter's.
+// The flag's value when it was given on the command line, else the adapter's default.
 template <typename T>
 T FlagOr(const absl::Flag<T>& flag, T adapter_default) {
-  const absl::CommandLineFlag& handle = absl::GetFlagReflectionHandle(flag);
-  return handle.CurrentValue() != handle.DefaultValue() ? absl::GetFlag(flag) : adapter_default;
+  return absl::GetFlagReflectionHandle(flag).IsSpecifiedOnCommandLine() ? absl::GetFlag(flag)
+                                                                        : adapter_default;
 }
 
 int RunAdapterCommand() {
