@@ -5,11 +5,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "model/config.h"
@@ -40,21 +40,23 @@ ABSL_FLAG(int, heads, 6, "pretrain: attention heads");
 ABSL_FLAG(int, kv_heads, 2, "pretrain: key/value heads (grouped-query attention)");
 ABSL_FLAG(int, intermediate_size, 512, "pretrain: SwiGLU width");
 ABSL_FLAG(bool, tie_embeddings, true, "pretrain: share the input embedding and the output");
-ABSL_FLAG(int, steps, 3000, "pretrain: optimizer steps");
-ABSL_FLAG(int, batch, 32, "pretrain: sequences per step");
+ABSL_FLAG(int, steps, -1, "optimizer steps (default: pretrain 3000, adapter 2000)");
+ABSL_FLAG(int, batch, -1, "sequences (pretrain, default 32) or passages (adapter, 8) per step");
 ABSL_FLAG(int, max_len, 320, "pretrain: longest sequence, in tokens");
-ABSL_FLAG(int, warmup, 100, "pretrain: linear warmup steps");
-ABSL_FLAG(double, lr, 2e-3, "pretrain: peak learning rate (cosine decay to 0.1x)");
+ABSL_FLAG(int, warmup, -1, "linear warmup steps (default: pretrain 100, adapter 50)");
+ABSL_FLAG(double, lr, -1,
+          "peak learning rate, cosine decay to 0.1x (default: pretrain 2e-3, adapter 1e-3)");
 ABSL_FLAG(double, weight_decay, 0.1, "pretrain: AdamW weight decay");
 ABSL_FLAG(double, answer_weight, 2.0, "pretrain: extra loss weight of answer tokens");
 ABSL_FLAG(int, log_every, 10, "pretrain: steps between progress lines");
 ABSL_FLAG(int, checkpoint_every, 200, "pretrain: steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "pretrain: continue from <work_dir>/checkpoint.pt");
-ABSL_FLAG(int, eval_questions, 200, "pretrain: valid questions scored at the end (0: none)");
-ABSL_FLAG(std::string, dtype, "f32", "export: f32, f16 or bf16; adapter: f16 (default) or f32");
+ABSL_FLAG(int, eval_questions, -1,
+          "valid questions scored at the end, 0: none (default: pretrain 200, adapter 100)");
+ABSL_FLAG(std::string, dtype, "",
+          "export: f32 (default), f16 or bf16; adapter: f16 (default) or f32");
 // Adapter meta-training. --steps, --batch, --lr, --warmup, --log_every, --checkpoint_every,
-// --eval_questions, --seed, --threads and --resume apply too; --steps, --batch, --lr, --warmup and
-// --eval_questions have adapter defaults (2000, 8, 1e-3, 50, 100) unless given.
+// --eval_questions, --seed, --threads and --resume apply too.
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
 ABSL_FLAG(int, slots, 8, "adapter: latent tokens per passage = prefix rows per layer");
 ABSL_FLAG(int, latent_dim, 80, "adapter: values per latent token");
@@ -66,6 +68,17 @@ ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage al
 
 namespace knowd::train {
 namespace {
+
+// Flags shared by pretrain and adapter default to -1 / "": each command fills in its own default.
+template <typename T>
+T FlagOr(const absl::Flag<T>& flag, T command_default) {
+  const T value = absl::GetFlag(flag);
+  if constexpr (std::is_same_v<T, std::string>) {
+    return value.empty() ? command_default : value;
+  } else {
+    return value < 0 ? command_default : value;
+  }
+}
 
 int Fail(const char* command, const absl::Status& status) {
   std::fprintf(stderr, "knowd-train %s: %s\n", command, std::string(status.message()).c_str());
@@ -152,11 +165,11 @@ int RunPretrainCommand() {
   c.max_position_embeddings = 1024;
   c.rms_norm_eps = 1e-5f;
   c.rope_theta = 10000.0f;
-  o.steps = absl::GetFlag(FLAGS_steps);
-  o.batch = absl::GetFlag(FLAGS_batch);
+  o.steps = FlagOr(FLAGS_steps, 3000);
+  o.batch = FlagOr(FLAGS_batch, 32);
   o.max_len = absl::GetFlag(FLAGS_max_len);
-  o.warmup = absl::GetFlag(FLAGS_warmup);
-  o.lr = absl::GetFlag(FLAGS_lr);
+  o.warmup = FlagOr(FLAGS_warmup, 100);
+  o.lr = FlagOr(FLAGS_lr, 2e-3);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.answer_weight = absl::GetFlag(FLAGS_answer_weight);
   o.seed = absl::GetFlag(FLAGS_seed);
@@ -164,7 +177,7 @@ int RunPretrainCommand() {
   o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));
   o.checkpoint_every = std::max(1, absl::GetFlag(FLAGS_checkpoint_every));
   o.resume = absl::GetFlag(FLAGS_resume);
-  o.eval_questions = absl::GetFlag(FLAGS_eval_questions);
+  o.eval_questions = FlagOr(FLAGS_eval_questions, 200);
   if (o.steps < 1 || o.batch < 1 || o.max_len < 8) {
     return Fail("pretrain", absl::InvalidArgumentError("--steps, --batch, --max_len too small"));
   }
@@ -178,7 +191,7 @@ int RunExport() {
   const std::string bundle =
       absl::GetFlag(FLAGS_bundle).empty() ? work_dir + "/bundle" : absl::GetFlag(FLAGS_bundle);
   ExportOptions options;
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  const std::string dtype = FlagOr(FLAGS_dtype, std::string("f32"));
   if (dtype == "f32") {
     options.dtype = DType::kF32;
   } else if (dtype == "f16") {
@@ -203,13 +216,6 @@ int RunExport() {
   }
   std::printf("exported %s (%s)\n", bundle.c_str(), dtype.c_str());
   return 0;
-}
-
-// The flag's value when it was given on the command line, else the adapter's default.
-template <typename T>
-T FlagOr(const absl::Flag<T>& flag, T adapter_default) {
-  return absl::GetFlagReflectionHandle(flag).IsSpecifiedOnCommandLine() ? absl::GetFlag(flag)
-                                                                        : adapter_default;
 }
 
 int RunAdapterCommand() {
