@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -56,6 +59,24 @@ class Reader {
   // True when every read was in bounds and the input is fully consumed.
   bool Done() const { return ok_ && pos_ == s_.size(); }
 
+  // Field decoders, the mirror of Writer's.
+  void operator()(uint8_t& v) { v = U8(); }
+  void operator()(uint32_t& v) { v = U32(); }
+  void operator()(uint64_t& v) { v = U64(); }
+  void operator()(int64_t& v) { v = static_cast<int64_t>(U64()); }
+  void operator()(std::string& v) { v = Bytes(); }
+  void operator()(std::optional<int64_t>& v) {
+    const uint8_t has = U8();
+    const int64_t t = static_cast<int64_t>(U64());
+    v = has ? std::optional<int64_t>(t) : std::nullopt;
+  }
+  void operator()(std::vector<uint64_t>& v) {
+    const uint32_t n = U32();
+    // Bound the reservation by what the bytes can hold, so a corrupt count cannot allocate wildly.
+    v.reserve(std::min<size_t>(n, (s_.size() - std::min(pos_, s_.size())) / 8));
+    for (uint32_t i = 0; i < n && ok_; ++i) v.push_back(U64());
+  }
+
  private:
   bool Take(size_t n) {
     if (!ok_ || s_.size() - pos_ < n) {
@@ -75,16 +96,29 @@ absl::Status Corrupt(std::string_view what) {
       absl::StrCat("corrupt ", AbslView(what), " record in the memory bank"));
 }
 
-void PutOptionalTime(std::string* out, const std::optional<int64_t>& t) {
-  out->push_back(t.has_value() ? 1 : 0);
-  PutFixed64(out, static_cast<uint64_t>(t.value_or(0)));
-}
+// Field encoders: fixed-width little-endian integers, length-prefixed bytes, an optional time as
+// a presence byte and 8 bytes, a vector of ids as a count and the ids.
+class Writer {
+ public:
+  void operator()(uint8_t v) { s_.push_back(static_cast<char>(v)); }
+  void operator()(uint32_t v) { PutFixed32(&s_, v); }
+  void operator()(uint64_t v) { PutFixed64(&s_, v); }
+  void operator()(int64_t v) { PutFixed64(&s_, static_cast<uint64_t>(v)); }
+  void operator()(std::string_view v) { PutBytes(&s_, v); }
+  void operator()(const std::string& v) { PutBytes(&s_, v); }
+  void operator()(const std::optional<int64_t>& v) {
+    (*this)(static_cast<uint8_t>(v.has_value() ? 1 : 0));
+    (*this)(v.value_or(0));
+  }
+  void operator()(const std::vector<uint64_t>& v) {
+    (*this)(static_cast<uint32_t>(v.size()));
+    for (uint64_t x : v) (*this)(x);
+  }
+  std::string bytes() && { return std::move(s_); }
 
-std::optional<int64_t> ReadOptionalTime(Reader& r) {
-  uint8_t has = r.U8();
-  int64_t v = static_cast<int64_t>(r.U64());
-  return has ? std::optional<int64_t>(v) : std::nullopt;
-}
+ private:
+  std::string s_;
+};
 
 }  // namespace
 
@@ -152,110 +186,104 @@ absl::StatusOr<uint64_t> DecodeU64(std::string_view bytes) {
   return v;
 }
 
-std::string EncodeDoc(const DocRecord& d) {
-  std::string s(1, static_cast<char>(kRecordVersion));
-  PutFixed64(&s, static_cast<uint64_t>(d.ingest_us));
-  PutOptionalTime(&s, d.valid_from_us);
-  PutBytes(&s, d.metadata);
-  PutBytes(&s, d.text);
-  PutFixed32(&s, static_cast<uint32_t>(d.passage_ids.size()));
-  for (uint64_t pid : d.passage_ids) PutFixed64(&s, pid);
-  return s;
+namespace {
+
+// Each record lists its fields once, in stored order; the same list drives encoding (Writer) and
+// decoding (Reader). Versioned records start with kRecordVersion.
+template <typename IO, typename Doc>
+void DocFields(IO& io, Doc& d) {
+  io(d.ingest_us);
+  io(d.valid_from_us);
+  io(d.metadata);
+  io(d.text);
+  io(d.passage_ids);
 }
 
-absl::StatusOr<DocRecord> DecodeDoc(std::string_view bytes) {
+template <typename IO, typename Passage>
+void PassageFields(IO& io, Passage& p) {
+  io(p.ns);
+  io(p.doc_id);
+  io(p.index);
+  io(p.ingest_us);
+  io(p.valid_from_us);
+  io(p.text);
+}
+
+template <typename IO, typename Layout>
+void LayoutFields(IO& io, Layout& l) {
+  io(l.key_dim);
+  io(l.latent_rows);
+  io(l.latent_cols);
+  io(l.metric);
+}
+
+template <typename IO, typename Fingerprint>
+void FingerprintFields(IO& io, Fingerprint& f) {
+  io(f.adapter_hash);
+  io(f.base_model_hash);
+}
+
+template <typename IO, typename Counts>
+void CountsFields(IO& io, Counts& c) {
+  io(c.documents);
+  io(c.passages);
+}
+
+template <typename Record, typename Fields>
+std::string Encode(const Record& record, Fields fields, bool versioned = true) {
+  Writer w;
+  if (versioned) w(kRecordVersion);
+  fields(w, record);
+  return std::move(w).bytes();
+}
+
+template <typename Record, typename Fields>
+absl::StatusOr<Record> Decode(std::string_view bytes, Fields fields, std::string_view what,
+                              bool versioned = true) {
   Reader r(bytes);
-  DocRecord d;
-  if (r.U8() != kRecordVersion) return Corrupt("document");
-  d.ingest_us = static_cast<int64_t>(r.U64());
-  d.valid_from_us = ReadOptionalTime(r);
-  d.metadata = r.Bytes();
-  d.text = r.Bytes();
-  uint32_t n = r.U32();
-  // Bound the reservation by what the bytes can hold, so a corrupt count cannot allocate wildly.
-  d.passage_ids.reserve(std::min<size_t>(n, bytes.size() / 8));
-  for (uint32_t i = 0; i < n; ++i) d.passage_ids.push_back(r.U64());
-  if (!r.Done()) return Corrupt("document");
-  return d;
+  Record record;
+  if (versioned && r.U8() != kRecordVersion) return Corrupt(what);
+  fields(r, record);
+  if (!r.Done()) return Corrupt(what);
+  return record;
+}
+
+}  // namespace
+
+std::string EncodeDoc(const DocRecord& d) { return Encode(d, DocFields<Writer, const DocRecord>); }
+absl::StatusOr<DocRecord> DecodeDoc(std::string_view bytes) {
+  return Decode<DocRecord>(bytes, DocFields<Reader, DocRecord>, "document");
 }
 
 std::string EncodePassage(const PassageRecord& p) {
-  std::string s(1, static_cast<char>(kRecordVersion));
-  PutBytes(&s, p.ns);
-  PutBytes(&s, p.doc_id);
-  PutFixed32(&s, p.index);
-  PutFixed64(&s, static_cast<uint64_t>(p.ingest_us));
-  PutOptionalTime(&s, p.valid_from_us);
-  PutBytes(&s, p.text);
-  return s;
+  return Encode(p, PassageFields<Writer, const PassageRecord>);
 }
-
 absl::StatusOr<PassageRecord> DecodePassage(std::string_view bytes) {
-  Reader r(bytes);
-  PassageRecord p;
-  if (r.U8() != kRecordVersion) return Corrupt("passage");
-  p.ns = r.Bytes();
-  p.doc_id = r.Bytes();
-  p.index = r.U32();
-  p.ingest_us = static_cast<int64_t>(r.U64());
-  p.valid_from_us = ReadOptionalTime(r);
-  p.text = r.Bytes();
-  if (!r.Done()) return Corrupt("passage");
-  return p;
+  return Decode<PassageRecord>(bytes, PassageFields<Reader, PassageRecord>, "passage");
 }
 
 std::string EncodeLayout(const LayoutRecord& l) {
-  std::string s(1, static_cast<char>(kRecordVersion));
-  PutFixed32(&s, l.key_dim);
-  PutFixed32(&s, l.latent_rows);
-  PutFixed32(&s, l.latent_cols);
-  s.push_back(static_cast<char>(l.metric));
-  return s;
+  return Encode(l, LayoutFields<Writer, const LayoutRecord>);
 }
-
 absl::StatusOr<LayoutRecord> DecodeLayout(std::string_view bytes) {
-  Reader r(bytes);
-  LayoutRecord l;
-  if (r.U8() != kRecordVersion) return Corrupt("layout");
-  l.key_dim = r.U32();
-  l.latent_rows = r.U32();
-  l.latent_cols = r.U32();
-  l.metric = r.U8();
-  if (!r.Done()) return Corrupt("layout");
-  return l;
+  return Decode<LayoutRecord>(bytes, LayoutFields<Reader, LayoutRecord>, "layout");
 }
 
 std::string EncodeFingerprint(const FingerprintRecord& f) {
-  std::string s(1, static_cast<char>(kRecordVersion));
-  PutBytes(&s, f.adapter_hash);
-  PutBytes(&s, f.base_model_hash);
-  return s;
+  return Encode(f, FingerprintFields<Writer, const FingerprintRecord>);
 }
-
 absl::StatusOr<FingerprintRecord> DecodeFingerprint(std::string_view bytes) {
-  Reader r(bytes);
-  FingerprintRecord f;
-  if (r.U8() != kRecordVersion) return Corrupt("fingerprint");
-  f.adapter_hash = r.Bytes();
-  f.base_model_hash = r.Bytes();
-  if (!r.Done()) return Corrupt("fingerprint");
-  return f;
+  return Decode<FingerprintRecord>(bytes, FingerprintFields<Reader, FingerprintRecord>,
+                                   "fingerprint");
 }
 
+// Namespace counters are rewritten on every write and carry no version byte.
 std::string EncodeCounts(const NamespaceCounts& c) {
-  std::string s;
-  PutFixed64(&s, c.documents);
-  PutFixed64(&s, c.passages);
-  return s;
+  return Encode(c, CountsFields<Writer, const NamespaceCounts>, /*versioned=*/false);
 }
-
 absl::StatusOr<NamespaceCounts> DecodeCounts(std::string_view bytes) {
-  Reader r(bytes);
-  NamespaceCounts c;
-  c.documents = r.U64();
-  c.passages = r.U64();
-  if (!r.Done()) return Corrupt("namespace counts");
-  return c;
+  return Decode<NamespaceCounts>(bytes, CountsFields<Reader, NamespaceCounts>, "namespace counts",
+                                 /*versioned=*/false);
 }
 
 std::string EncodeKeyVector(const float* key, int dim) {
