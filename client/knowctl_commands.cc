@@ -81,6 +81,13 @@ class ProgressBar {
     drawn_ = true;
   }
 
+  // Prints a line of its own above the bar.
+  void Print(const std::string& line) {
+    if (drawn_) std::cerr << "\r\033[K";
+    std::cerr << line;
+    drawn_ = false;
+  }
+
   void Finish() {
     if (drawn_) std::cerr << "\n";
   }
@@ -146,10 +153,10 @@ int RunIngest(Client& client, const CommandLine& line) {
         if (json) {
           std::cout << ToJson(ack) << "\n" << std::flush;
         } else if (ack.error_code() != 0) {
-          bar.Update(acked, SecondsSince(start), /*force=*/true);
-          std::cerr << "\rknowctl ingest: " << ack.id() << ": "
-                    << absl::StatusCodeToString(static_cast<absl::StatusCode>(ack.error_code()))
-                    << ": " << ack.error_message() << "\033[K\n";
+          bar.Print(absl::StrCat(
+              "knowctl ingest: ", ack.id(), ": ",
+              absl::StatusCodeToString(static_cast<absl::StatusCode>(ack.error_code())), ": ",
+              ack.error_message(), "\n"));
         }
         if (ack.error_code() != 0) {
           ++failed;
