@@ -30,9 +30,11 @@ enum class BackendKind : uint8_t { kCpu, kCuda };
 // rotate_half order (and GGUF "neox"). Frequencies are theta^(-2i/head_dim) in both.
 enum class RopeStyle : uint8_t { kInterleaved, kHalf };
 
-// Causal attention of one sequence's new queries over its cached keys/values.
-// Key/value rows [0, n_past) are earlier context (including an injected prefix); query i
-// (0-based among the n_queries new tokens) sees key rows [0, n_past + i].
+// Attention of one sequence's new queries over its cached keys/values.
+// Causal (n_keys == 0): key/value rows [0, n_past) are earlier context (including an injected
+// prefix); query i (0-based among the n_queries new tokens) sees key rows [0, n_past + i].
+// Cross-attention (n_keys > 0): every query sees key rows [0, n_keys) and n_past is unused (the
+// adapter networks' blocks, whose queries are learned slots, not tokens of the keys' sequence).
 struct AttentionArgs {
   const float* q = nullptr;  // [n_queries, n_heads * head_dim]
   const float* k = nullptr;  // [n_past + n_queries, n_kv_heads * head_dim] (row stride kv_stride)
@@ -47,6 +49,7 @@ struct AttentionArgs {
   int64_t kv_stride = 0;  // floats between consecutive key/value rows (>= n_kv_heads * head_dim)
   int64_t out_stride = 0;
   float scale = 0.0f;  // usually 1/sqrt(head_dim)
+  int n_keys = 0;      // > 0: cross-attention over exactly this many key rows (see above)
 };
 
 class Backend {
@@ -105,6 +108,10 @@ class Backend {
 
   // out[i] = silu(gate[i]) * up[i]. In place allowed (out == gate or out == up).
   virtual void SiluMul(const float* gate, const float* up, float* out, int64_t n) = 0;
+
+  // out[i] = gelu(x[i]) = x[i] / 2 * (1 + erf(x[i] / sqrt(2))), the exact (erf) form. In place
+  // allowed.
+  virtual void Gelu(const float* x, float* out, int64_t n) = 0;
 
   // out[i] = a[i] + b[i]. In place allowed.
   virtual void Add(const float* a, const float* b, float* out, int64_t n) = 0;

@@ -167,6 +167,10 @@ KNOWD_HD inline float Exp(float x) {
 // silu(gate) * up, silu(g) = g / (1 + e^-g).
 KNOWD_HD inline float SiluMul(float gate, float up) { return gate / (1.0f + Exp(-gate)) * up; }
 
+// gelu(x) = x / 2 * (1 + erf(x / sqrt(2))): the exact form (PyTorch's default, not the tanh
+// approximation). erff is libm's on the host and CUDA's on the device; both are within 2 ulp.
+KNOWD_HD inline float Gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
 // ---- rms norm -----------------------------------------------------------------------------
 
 // The factor 1 / sqrt(mean(x²) + eps) of a row whose squares sum to `sum_squares`.

@@ -43,9 +43,11 @@ struct AdapterSpec {
   int readout_blocks = 0;
   int question_blocks = 0;
   int aggregator_blocks = 0;
-  int max_candidates = 0;     // the aggregator takes at most this many candidates
-  std::string base_sha256;    // SHA-256 of the base model.safetensors it was trained on
-  std::string adapter_sha256;  // SHA-256 of adapter.safetensors: the bank's fingerprint
+  int max_candidates = 0;      // the aggregator takes at most this many candidates
+  std::string base_sha256;     // SHA-256 of the base model.safetensors it was trained on
+  std::string adapter_sha256;  // SHA-256 of adapter.safetensors
+  // A memory bank's latents and keys belong to one adapter: its storage::Fingerprint is
+  // {adapter_hash = adapter_sha256, base_model_hash = base_sha256} (what `knowd reencode` writes).
 };
 
 // One passage as the bank stores it.
@@ -85,8 +87,9 @@ class Adapter {
   // reads the same text with BOS.
   static std::string QuestionPrompt(std::string_view question);
 
-  // Encodes passages (token ids, BOS first; at most max_position_embeddings) in one batched trunk
-  // pass. `out` gets one code per passage, in order.
+  // Encodes passages (token ids, BOS first, at least one token after it; at most
+  // max_position_embeddings) in batched trunk passes (one Transformer::Forward per 8192 tokens).
+  // `out` gets one code per passage, in order. INVALID_ARGUMENT for a passage out of those bounds.
   absl::Status EncodePassages(std::span<const std::vector<int32_t>> passages,
                               std::vector<PassageCode>* out);
   // Encodes a question prompt (token ids of QuestionPrompt with BOS first).

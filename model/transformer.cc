@@ -284,7 +284,8 @@ float* Transformer::Scratch(int slot, int64_t floats) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vector<float>* logits) {
+absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vector<float>* logits,
+                                  const TrunkCapture* capture) {
   const LlamaConfig& c = config_;
   if (batch.empty()) return absl::InvalidArgumentError("empty batch");
   int total = 0;
@@ -339,7 +340,7 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
   float* up = Scratch(5, total * ff);
   auto* ids_dev = reinterpret_cast<int32_t*>(Scratch(6, total));
   auto* pos_dev = reinterpret_cast<int32_t*>(Scratch(7, total));
-  float* logits_dev = Scratch(8, int64_t{n_out} * c.vocab_size);
+  float* logits_dev = logits != nullptr ? Scratch(8, int64_t{n_out} * c.vocab_size) : nullptr;
   backend_->Upload(ids_dev, ids.data(), ids.size() * sizeof(int32_t));
   backend_->Upload(pos_dev, positions.data(), positions.size() * sizeof(int32_t));
 
@@ -394,24 +395,28 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
     backend_->SiluMul(gate, up, gate, total * ff);
     backend_->MatMul(gate, ff, w.w_down, x, d, total, static_cast<int>(d), static_cast<int>(ff),
                      true);
+    if (capture != nullptr && capture->hidden != nullptr) {
+      backend_->Copy(capture->hidden + int64_t{l} * total * d, x, sizeof(float) * total * d);
+    }
   }
-
-  // Gather the rows whose logits were asked for, then the final norm and the output head.
-  int out_row = 0;
-  int row = 0;
-  for (const SequenceStep& s : batch) {
-    const int n = static_cast<int>(s.tokens.size());
-    const int first = s.all_logits ? row : row + n - 1;
-    const int count = s.all_logits ? n : 1;
-    backend_->Copy(h + int64_t{out_row} * d, x + int64_t{first} * d, sizeof(float) * d * count);
-    out_row += count;
-    row += n;
+  if (logits != nullptr) {
+    // Gather the rows whose logits were asked for, then the final norm and the output head.
+    int out_row = 0;
+    int row = 0;
+    for (const SequenceStep& s : batch) {
+      const int n = static_cast<int>(s.tokens.size());
+      const int first = s.all_logits ? row : row + n - 1;
+      const int count = s.all_logits ? n : 1;
+      backend_->Copy(h + int64_t{out_row} * d, x + int64_t{first} * d, sizeof(float) * d * count);
+      out_row += count;
+      row += n;
+    }
+    backend_->RmsNorm(h, output_norm_, h, n_out, static_cast<int>(d), c.rms_norm_eps);
+    backend_->MatMul(h, d, output_, logits_dev, c.vocab_size, n_out, c.vocab_size,
+                     static_cast<int>(d), false);
+    logits->resize(int64_t{n_out} * c.vocab_size);
+    backend_->Download(logits->data(), logits_dev, logits->size() * sizeof(float));
   }
-  backend_->RmsNorm(h, output_norm_, h, n_out, static_cast<int>(d), c.rms_norm_eps);
-  backend_->MatMul(h, d, output_, logits_dev, c.vocab_size, n_out, c.vocab_size,
-                   static_cast<int>(d), false);
-  logits->resize(int64_t{n_out} * c.vocab_size);
-  backend_->Download(logits->data(), logits_dev, logits->size() * sizeof(float));
   for (const SequenceStep& s : batch) s.cache->size_ += static_cast<int>(s.tokens.size());
   return absl::OkStatus();
 }

@@ -72,6 +72,16 @@ struct SequenceStep {
   bool all_logits = false;          // logits for every token, not just the last
 };
 
+// Optional by-products of Forward for the adapter's encoders (model/adapter.h), which read the
+// frozen LM's per-layer states of a passage. Each layer's keys (after RoPE) and values are
+// already in the sequences' caches; this adds the hidden states.
+struct TrunkCapture {
+  // Backend memory for [num_layers][total][hidden_size] floats, total = the batch's new tokens:
+  // each layer's output (the residual stream after its MLP) for every new token, sequences in
+  // batch order.
+  float* hidden = nullptr;
+};
+
 class Transformer {
  public:
   // Loads a model: a GGUF file (llama architecture) or a directory with config.json and
@@ -93,9 +103,11 @@ class Transformer {
   // Runs the new tokens of every sequence in `batch` together (batched prefill and batched
   // decode are the same call) and appends their keys/values to the caches. Returns logits on the
   // host, [n_outputs, vocab_size]: per sequence in order, one row for its last token, or one per
-  // token when all_logits. Fails (changing no cache) on an empty sequence, a token id out of
-  // range, a full cache, or one cache appearing twice.
-  absl::Status Forward(std::span<const SequenceStep> batch, std::vector<float>* logits);
+  // token when all_logits; a null `logits` skips the output head (a trunk pass). `capture`
+  // (optional) receives per-layer hidden states. Fails (changing no cache) on an empty sequence,
+  // a token id out of range, a full cache, or one cache appearing twice.
+  absl::Status Forward(std::span<const SequenceStep> batch, std::vector<float>* logits,
+                       const TrunkCapture* capture = nullptr);
 
  private:
   struct Layer {

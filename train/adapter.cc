@@ -756,6 +756,37 @@ absl::StatusOr<Adapter::PrefixKv> Adapter::Prefix(std::string_view question,
   }
 }
 
+absl::StatusOr<Adapter::Trace> Adapter::TraceForTest(std::span<const std::vector<int32_t>> passages,
+                                                     std::span<const int32_t> prompt) {
+  if (passages.empty()) return absl::InvalidArgumentError("adapter trace: no passages");
+  try {
+    torch::NoGradGuard no_grad;
+    impl_->net->eval();
+    auto [z, pkeys] = impl_->EncodePassages({passages.begin(), passages.end()});
+    auto [q, qkey] = impl_->EncodeQuestions({{prompt.begin(), prompt.end()}});
+    auto scores = impl_->net->Scale() * torch::matmul(qkey, pkeys.t());
+    auto a = impl_->net->aggregator->forward(q, z.unsqueeze(0), scores);
+    auto [pk, pv] = impl_->net->expander->forward(a);
+    auto floats = [](const torch::Tensor& x) {
+      const torch::Tensor c = x.contiguous();
+      return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    };
+    Trace trace;
+    for (int64_t i = 0; i < z.size(0); ++i) {
+      trace.latents.push_back(floats(z[i]));
+      trace.keys.push_back(floats(pkeys[i]));
+    }
+    trace.queries = floats(q[0]);
+    trace.question_key = floats(qkey[0]);
+    trace.prefix.keys = floats(pk);
+    trace.prefix.values = floats(pv);
+    trace.prefix.rows = impl_->config.slots + 1;
+    return trace;
+  } catch (const std::exception& e) {
+    return TorchError("adapter trace", e);
+  }
+}
+
 absl::StatusOr<AdapterScore> Adapter::Score(const AdapterCorpus& corpus, int questions, int top_k,
                                             uint64_t seed, int max_passage_tokens) {
   const Tokenizer& tok = corpus.tokenizer();

@@ -169,6 +169,20 @@ class Adapter {
                                   std::span<const std::vector<int32_t>> passages,
                                   const Tokenizer& tokenizer);
 
+  // Every intermediate the engine's port (model/adapter.h) must reproduce, for its parity test
+  // (tests/train/adapter_parity_test): the latents and keys of `passages` (token ids with BOS),
+  // the question code of `prompt` (token ids with BOS), and the prefix the aggregator and the
+  // expander make of all the passages as candidates.
+  struct Trace {
+    std::vector<std::vector<float>> latents;  // per passage: [slots][latent_dim]
+    std::vector<std::vector<float>> keys;     // per passage: [key_dim]
+    std::vector<float> queries;               // [slots][latent_dim]
+    std::vector<float> question_key;          // [key_dim]
+    PrefixKv prefix;                          // prompt left empty
+  };
+  absl::StatusOr<Trace> TraceForTest(std::span<const std::vector<int32_t>> passages,
+                                     std::span<const int32_t> prompt);
+
   // Networks and optimizer state (torch::serialize archive); Load needs the same config.
   absl::Status SaveCheckpoint(const std::string& path) const;
   absl::Status LoadCheckpoint(const std::string& path);

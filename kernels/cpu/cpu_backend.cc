@@ -165,7 +165,8 @@ void AttendTile(const AttentionArgs& a, int kv_head, int group, int row_begin, i
   float* scores = scratch.scores.data();
   const float* k = a.k + static_cast<int64_t>(kv_head) * head_dim;
   const float* v = a.v + static_cast<int64_t>(kv_head) * head_dim;
-  const int n_keys = a.n_past + row_end;  // what the tile's last row sees
+  const bool causal = a.n_keys <= 0;
+  const int n_keys = causal ? a.n_past + row_end : a.n_keys;  // what the tile's last row sees
   const bool transpose = pairs >= kAttentionMinPairsToTranspose;
 
   for (int j0 = 0; j0 < n_keys; j0 += kAttentionBlock) {
@@ -180,7 +181,7 @@ void AttendTile(const AttentionArgs& a, int kv_head, int group, int row_begin, i
       }
     }
     for (int i = row_begin; i < row_end; ++i) {
-      const int visible = std::min(count, a.n_past + i + 1 - j0);  // causal mask
+      const int visible = causal ? std::min(count, a.n_past + i + 1 - j0) : count;
       if (visible <= 0) continue;
       for (int g = 0; g < group; ++g) {
         const int pair = (i - row_begin) * group + g;
@@ -328,7 +329,8 @@ class CpuBackend final : public Backend {
     const int rows_per_tile = std::max(1, kAttentionPairsPerTile / group);
     const int tiles = (a.n_queries + rows_per_tile - 1) / rows_per_tile;
     const int64_t tasks = int64_t{tiles} * a.n_kv_heads;
-    const int64_t work = int64_t{a.n_queries} * a.n_heads * (a.n_past + a.n_queries) * a.head_dim;
+    const int64_t keys = a.n_keys > 0 ? a.n_keys : a.n_past + a.n_queries;
+    const int64_t work = int64_t{a.n_queries} * a.n_heads * keys * a.head_dim;
 #pragma omp parallel num_threads(threads_) if (work >= kParallelMin)
     {
       AttentionScratch scratch;
@@ -368,6 +370,11 @@ class CpuBackend final : public Backend {
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) override {
 #pragma omp parallel for simd num_threads(threads_) if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) out[i] = knowd::SiluMul(gate[i], up[i]);
+  }
+
+  void Gelu(const float* x, float* out, int64_t n) override {
+#pragma omp parallel for simd num_threads(threads_) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) out[i] = knowd::Gelu(x[i]);
   }
 
   void Add(const float* a, const float* b, float* out, int64_t n) override {

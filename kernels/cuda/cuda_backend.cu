@@ -136,6 +136,11 @@ class CudaBackend final : public Backend {
     Check(cuda::LaunchSiluMul(stream_, gate, up, out, n), "SiluMul");
   }
 
+  void Gelu(const float* x, float* out, int64_t n) override {
+    Activate();
+    Check(cuda::LaunchGelu(stream_, x, out, n), "Gelu");
+  }
+
   void Add(const float* a, const float* b, float* out, int64_t n) override {
     Activate();
     Check(cuda::LaunchAdd(stream_, a, b, out, n), "Add");

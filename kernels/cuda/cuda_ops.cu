@@ -115,7 +115,7 @@ __global__ void AttentionKernel(AttentionArgs a) {
   const int64_t kv_offset = static_cast<int64_t>(h / group) * head_dim;
   const float* k = a.k + kv_offset;
   const float* v = a.v + kv_offset;
-  const int n_keys = a.n_past + i + 1;
+  const int n_keys = a.n_keys > 0 ? a.n_keys : a.n_past + i + 1;  // cross-attention or causal
 
   OnlineSoftmax state;
   float acc[kPerLane];
@@ -176,6 +176,10 @@ __global__ void SoftmaxKernel(float* x, int cols) {
 
 __global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = GlobalThread(); i < n; i += GridThreads()) out[i] = SiluMul(gate[i], up[i]);
+}
+
+__global__ void GeluKernel(const float* x, float* out, int64_t n) {
+  for (int64_t i = GlobalThread(); i < n; i += GridThreads()) out[i] = Gelu(x[i]);
 }
 
 __global__ void AddKernel(const float* a, const float* b, float* out, int64_t n) {
@@ -252,6 +256,12 @@ cudaError_t LaunchSiluMul(cudaStream_t stream, const float* gate, const float* u
                           int64_t n) {
   if (n <= 0) return cudaSuccess;
   SiluMulKernel<<<ElementwiseBlocks(n), kElementwiseThreads, 0, stream>>>(gate, up, out, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGelu(cudaStream_t stream, const float* x, float* out, int64_t n) {
+  if (n <= 0) return cudaSuccess;
+  GeluKernel<<<ElementwiseBlocks(n), kElementwiseThreads, 0, stream>>>(x, out, n);
   return cudaGetLastError();
 }
 

@@ -24,6 +24,7 @@ cudaError_t LaunchAttention(cudaStream_t stream, const AttentionArgs& args);
 cudaError_t LaunchSoftmax(cudaStream_t stream, float* x, int rows, int cols);
 cudaError_t LaunchSiluMul(cudaStream_t stream, const float* gate, const float* up, float* out,
                           int64_t n);
+cudaError_t LaunchGelu(cudaStream_t stream, const float* x, float* out, int64_t n);
 cudaError_t LaunchAdd(cudaStream_t stream, const float* a, const float* b, float* out, int64_t n);
 cudaError_t LaunchAddBias(cudaStream_t stream, float* y, int64_t ldy, const float* bias, int rows,
                           int cols);

@@ -228,6 +228,7 @@ struct AttentionCase {
   int n_queries, n_past, n_heads, n_kv_heads, head_dim;
   int q_pad, kv_pad, out_pad;  // extra floats per row
   float score_range;           // q and k entries in [-score_range, score_range]
+  int cross_keys = 0;          // > 0: cross-attention over this many keys (n_past unused)
 };
 
 class CpuAttentionTest : public CpuBackendTest,
@@ -235,10 +236,11 @@ class CpuAttentionTest : public CpuBackendTest,
 
 TEST_P(CpuAttentionTest, MatchesDoubleReference) {
   const AttentionCase c = GetParam();
-  const int n_keys = c.n_past + c.n_queries;
+  const int n_keys = c.cross_keys > 0 ? c.cross_keys : c.n_past + c.n_queries;
   AttentionArgs a;
   a.n_queries = c.n_queries;
   a.n_past = c.n_past;
+  a.n_keys = c.cross_keys;
   a.n_heads = c.n_heads;
   a.n_kv_heads = c.n_kv_heads;
   a.head_dim = c.head_dim;
@@ -266,7 +268,7 @@ TEST_P(CpuAttentionTest, MatchesDoubleReference) {
     for (int h = 0; h < c.n_heads; ++h) {
       const float* qh = q.data() + i * a.q_stride + h * c.head_dim;
       const int64_t kv_offset = (h / group) * c.head_dim;
-      const int visible = c.n_past + i + 1;
+      const int visible = c.cross_keys > 0 ? c.cross_keys : c.n_past + i + 1;
       scores.assign(visible, 0.0);
       double max = -1e300;
       for (int j = 0; j < visible; ++j) {
@@ -296,11 +298,14 @@ TEST_P(CpuAttentionTest, MatchesDoubleReference) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CpuAttentionTest,
     ::testing::Values(
-        AttentionCase{5, 0, 2, 2, 8, 0, 0, 0, 1.0f},       // prefill from nothing, no GQA
-        AttentionCase{3, 7, 8, 2, 64, 16, 8, 4, 1.0f},     // cached context, GQA 4, strides
-        AttentionCase{90, 150, 4, 1, 32, 0, 3, 0, 4.0f},   // many key blocks, peaked scores
-        AttentionCase{1, 300, 6, 3, 80, 0, 0, 0, 2.0f},    // decode, odd head_dim
-        AttentionCase{40, 0, 4, 4, 128, 0, 0, 0, 8.0f}));  // very peaked: rescale path
+        AttentionCase{5, 0, 2, 2, 8, 0, 0, 0, 1.0f},        // prefill from nothing, no GQA
+        AttentionCase{3, 7, 8, 2, 64, 16, 8, 4, 1.0f},      // cached context, GQA 4, strides
+        AttentionCase{90, 150, 4, 1, 32, 0, 3, 0, 4.0f},    // many key blocks, peaked scores
+        AttentionCase{1, 300, 6, 3, 80, 0, 0, 0, 2.0f},     // decode, odd head_dim
+        AttentionCase{40, 0, 4, 4, 128, 0, 0, 0, 8.0f},     // very peaked: rescale path
+        AttentionCase{8, 5, 4, 4, 20, 0, 60, 0, 2.0f, 3},   // cross: fewer keys than queries
+        AttentionCase{40, 0, 2, 1, 40, 3, 0, 5, 2.0f, 150}  // cross: many key blocks, GQA
+        ));
 
 // ---- Softmax ----
 
@@ -355,6 +360,24 @@ TEST_F(CpuBackendTest, SiluMulMatchesReferenceAndWorksInPlace) {
   in_place = up;
   backend_->SiluMul(gate.data(), in_place.data(), in_place.data(), n);
   EXPECT_EQ(in_place, out);
+}
+
+TEST_F(CpuBackendTest, GeluMatchesErfFormAndWorksInPlace) {
+  const int64_t n = 100003;
+  const std::vector<float> x = Random(n, 65, -12.0f, 12.0f);
+  std::vector<float> out(n);
+  backend_->Gelu(x.data(), out.data(), n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    const double expected = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    ASSERT_NEAR(out[i], expected, 1e-6 * std::fabs(v) + 1e-30) << x[i];
+  }
+  std::vector<float> known = {0.0f, 1.0f, -1.0f, 3.0f};
+  backend_->Gelu(known.data(), known.data(), 4);  // in place
+  EXPECT_EQ(known[0], 0.0f);
+  EXPECT_NEAR(known[1], 0.8413447460685429, 1e-7);
+  EXPECT_NEAR(known[2], -0.15865525393145707, 1e-7);
+  EXPECT_NEAR(known[3], 2.995950245, 1e-6);
 }
 
 TEST_F(CpuBackendTest, AddIsExactAndWorksInPlace) {

@@ -168,14 +168,17 @@ TEST_F(CudaTwinTest, RopeBothStyles) {
 TEST_F(CudaTwinTest, Attention) {
   struct Case {
     int n_queries, n_past, n_heads, n_kv_heads, head_dim, pad;
+    int cross_keys = 0;  // > 0: cross-attention over this many keys
   };
   for (const Case& c :
        {Case{5, 0, 2, 2, 8, 0}, Case{3, 7, 8, 2, 64, 8}, Case{90, 150, 4, 1, 32, 3},
-        Case{1, 300, 6, 3, 80, 0}, Case{40, 20, 4, 4, 128, 4}, Case{7, 33, 4, 2, 256, 0}}) {
-    const int n_keys = c.n_past + c.n_queries;
+        Case{1, 300, 6, 3, 80, 0}, Case{40, 20, 4, 4, 128, 4}, Case{7, 33, 4, 2, 256, 0},
+        Case{8, 0, 4, 4, 20, 0, 3}, Case{40, 0, 2, 1, 40, 3, 150}}) {
+    const int n_keys = c.cross_keys > 0 ? c.cross_keys : c.n_past + c.n_queries;
     AttentionArgs a;
     a.n_queries = c.n_queries;
     a.n_past = c.n_past;
+    a.n_keys = c.cross_keys;
     a.n_heads = c.n_heads;
     a.n_kv_heads = c.n_kv_heads;
     a.head_dim = c.head_dim;
@@ -223,6 +226,8 @@ TEST_F(CudaTwinTest, Elementwise) {
       out, [&](Backend& b) { b.SiluMul(gate.on(b), up.on(b), out.on(b), n); }, 1e-6, 0.0);
   ExpectTwins(
       out, [&](Backend& b) { b.Add(gate.on(b), up.on(b), out.on(b), n); }, 0.0, 0.0);
+  ExpectTwins(
+      out, [&](Backend& b) { b.Gelu(gate.on(b), out.on(b), n); }, 1e-6, 1e-7);
   const int rows = 70, cols = 300;
   const int64_t ldy = cols + 9;
   TwinBuffer y(*cpu_, *gpu_, Random<float>(rows * ldy, 62));
