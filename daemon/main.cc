@@ -11,6 +11,7 @@
 #include "absl/flags/usage.h"
 #include "daemon/cli.h"
 #include "daemon/flags.h"
+#include "daemon/server.h"
 
 ABSL_FLAG(std::string, model, "", "Model: a GGUF file or a Hugging Face directory");
 ABSL_FLAG(std::string, adapter, "", "Adapter directory (adapter.json + adapter.safetensors)");
@@ -43,6 +44,9 @@ namespace {
 constexpr const char* kUsage =
     "knowd — keeps a frozen LLM's knowledge current.\n\n"
     "usage:\n"
+    "  knowd serve [--config FILE] [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:7071]\n"
+    "              [--data-dir DIR] [--model PATH] [--adapter PATH] [--tokens-file FILE]\n"
+    "              [--tls-cert F --tls-key F [--tls-client-ca F]]   (knowd serve --help: all)\n"
     "  knowd generate --model PATH [--adapter PATH] --prompt TEXT [--max-tokens N]\n"
     "                 [--temperature T] [--seed S]\n"
     "  knowd tokenize (--model PATH | --tokenizer PATH) --text TEXT [--no-bos]\n"
@@ -63,6 +67,10 @@ int main(int argc, char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
     setenv("GOMP_SPINCOUNT", "20000", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+  }
+  // serve has its own configuration (flags, environment, config file: daemon/serve_config.h).
+  if (argc >= 2 && std::string(argv[1]) == "serve") {
+    return knowd::RunServe(std::vector<std::string>(argv + 2, argv + argc), argv[0]);
   }
   absl::SetProgramUsageMessage(kUsage);
   std::vector<std::string> storage;

@@ -1,0 +1,157 @@
+#include "daemon/auth.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "nlohmann/json.hpp"
+
+namespace knowd {
+namespace {
+
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kRead:
+      return "read";
+    case Role::kWrite:
+      return "write";
+    case Role::kAdmin:
+      return "admin";
+  }
+  return "?";
+}
+
+// Compares in time independent of where the strings differ, so response times do not reveal how
+// much of a guessed token is right.
+bool SameToken(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? a[i] : 0;
+    const unsigned char y = i < b.size() ? b[i] : 0;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+}  // namespace
+
+bool Grant::Allows(Role role) const {
+  switch (role) {
+    case Role::kRead:
+      return read || admin;
+    case Role::kWrite:
+      return write || admin;
+    case Role::kAdmin:
+      return admin;
+  }
+  return false;
+}
+
+bool Grant::AllowsNamespace(std::string_view name_space) const {
+  return std::any_of(namespaces.begin(), namespaces.end(),
+                     [&](const std::string& n) { return n == "*" || n == name_space; });
+}
+
+absl::Status CheckGrant(const Grant& grant, std::string_view name_space, Role role) {
+  if (!grant.Allows(role)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("the token lacks the ", RoleName(role), " role"));
+  }
+  if (!grant.AllowsNamespace(name_space)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("the token does not grant namespace \"", std::string(name_space), "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TokenAuthorizer> TokenAuthorizer::FromFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("tokens file ", path, ": cannot be read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return FromJson(text.str(), absl::StrCat("tokens file ", path));
+}
+
+absl::StatusOr<TokenAuthorizer> TokenAuthorizer::FromJson(std::string_view json_text,
+                                                          std::string_view source_view) {
+  const std::string source(source_view);
+  nlohmann::json json = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": not a JSON array of {\"token\", \"namespaces\", \"roles\"} objects"));
+  }
+  TokenAuthorizer out;
+  for (size_t i = 0; i < json.size(); ++i) {
+    const nlohmann::json& e = json[i];
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": entry ", i, ": ", why));
+    };
+    if (!e.is_object()) return bad("not an object");
+    if (!e.contains("token") || !e["token"].is_string() || e["token"].get<std::string>().empty()) {
+      return bad("\"token\" must be a non-empty string");
+    }
+    Entry entry;
+    entry.token = e["token"].get<std::string>();
+    for (const Entry& other : out.tokens_) {
+      if (other.token == entry.token) return bad("the token appears twice");
+    }
+    if (!e.contains("namespaces") || !e["namespaces"].is_array() || e["namespaces"].empty()) {
+      return bad("\"namespaces\" must be a non-empty array of names (\"*\" = all)");
+    }
+    for (const nlohmann::json& n : e["namespaces"]) {
+      if (!n.is_string() || n.get<std::string>().empty()) {
+        return bad("a namespace must be a non-empty string");
+      }
+      entry.grant.namespaces.push_back(n.get<std::string>());
+    }
+    if (!e.contains("roles") || !e["roles"].is_array() || e["roles"].empty()) {
+      return bad("\"roles\" must be a non-empty array of read, write, admin");
+    }
+    for (const nlohmann::json& r : e["roles"]) {
+      const std::string role = r.is_string() ? r.get<std::string>() : "";
+      if (role == "read") {
+        entry.grant.read = true;
+      } else if (role == "write") {
+        entry.grant.write = true;
+      } else if (role == "admin") {
+        entry.grant.admin = true;
+      } else {
+        return bad(absl::StrCat("unknown role ", r.dump(), " (read, write or admin)"));
+      }
+    }
+    out.tokens_.push_back(std::move(entry));
+  }
+  return out;
+}
+
+absl::StatusOr<Grant> TokenAuthorizer::Authenticate(
+    std::optional<std::string_view> authorization) const {
+  if (open()) return Grant{{"*"}, true, true, true};
+  if (!authorization.has_value()) {
+    return absl::UnauthenticatedError(
+        "this daemon needs a token: \"authorization: Bearer <token>\"");
+  }
+  absl::string_view value(authorization->data(), authorization->size());
+  if (!absl::ConsumePrefix(&value, "Bearer ") && !absl::ConsumePrefix(&value, "bearer ")) {
+    return absl::UnauthenticatedError("the authorization metadata must be \"Bearer <token>\"");
+  }
+  const Entry* found = nullptr;
+  for (const Entry& e : tokens_) {
+    if (SameToken(e.token, std::string_view(value.data(), value.size()))) found = &e;
+  }
+  if (found == nullptr) return absl::UnauthenticatedError("unknown token");
+  return found->grant;
+}
+
+absl::Status TokenAuthorizer::Authorize(std::optional<std::string_view> authorization,
+                                        std::string_view name_space, Role role) const {
+  absl::StatusOr<Grant> grant = Authenticate(authorization);
+  if (!grant.ok()) return grant.status();
+  return CheckGrant(*grant, name_space, role);
+}
+
+}  // namespace knowd

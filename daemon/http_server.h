@@ -1,0 +1,40 @@
+// The daemon's plain-HTTP side (cpp-httplib): /metrics (Prometheus text), /healthz (the process
+// is alive) and /readyz (the model and bank are loaded and the daemon is not draining).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "daemon/metrics.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace knowd {
+
+class HttpServer {
+ public:
+  // `metrics` and `ready` must outlive the server.
+  HttpServer(const Metrics* metrics, const std::atomic<bool>* ready);
+  ~HttpServer();  // Stop()s
+
+  // Binds HOST:PORT (port 0 picks a free one) and serves on a thread of its own. Returns the
+  // bound port. UNAVAILABLE when the address cannot be bound.
+  absl::StatusOr<int> Start(const std::string& address);
+  void Stop();
+
+ private:
+  const Metrics* metrics_;
+  const std::atomic<bool>* ready_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+};
+
+// Splits "HOST:PORT" ("[::1]:7070" for IPv6) into its parts. INVALID_ARGUMENT otherwise.
+absl::Status SplitHostPort(const std::string& address, std::string* host, int* port);
+
+}  // namespace knowd

@@ -1,0 +1,106 @@
+// The bounded queue in front of each scheduler (ingest batching, ask batching). Producers are
+// gRPC handler threads; they are never blocked: a full queue refuses the item with
+// RESOURCE_EXHAUSTED so the client backs off, and a closed one (shutdown) with UNAVAILABLE.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace knowd {
+
+template <typename T>
+class BoundedQueue {
+ public:
+  // `name` appears in error messages ("the ask queue is full (256 waiting)").
+  BoundedQueue(std::string name, size_t capacity) : name_(std::move(name)), capacity_(capacity) {}
+
+  // Appends `item`, or refuses it: RESOURCE_EXHAUSTED when capacity() items wait, UNAVAILABLE
+  // after Close(). A refused item is left in place (not moved from).
+  absl::Status TryPush(T& item) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return absl::UnavailableError("the daemon is shutting down");
+      if (items_.size() >= capacity_) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the ", name_, " queue is full (", items_.size(), " waiting); retry with backoff"));
+      }
+      items_.push_back({std::move(item), absl::Now()});
+    }
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+
+  // Waits until an item is there (or the queue is closed and empty: returns false), then for up
+  // to `max_wait` after the first item's arrival while fewer than `max_items` wait, and moves up
+  // to `max_items` items into `out` (cleared first), oldest first.
+  bool PopBatch(size_t max_items, absl::Duration max_wait, std::vector<T>* out) {
+    out->clear();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) return false;
+    const absl::Time until = items_.front().arrived + max_wait;
+    while (!closed_ && items_.size() < max_items) {
+      const absl::Duration left = until - absl::Now();
+      if (left <= absl::ZeroDuration()) break;
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(left));
+    }
+    const size_t n = std::min(max_items, items_.size());
+    for (size_t i = 0; i < n; ++i) {
+      out->push_back(std::move(items_.front().item));
+      items_.pop_front();
+    }
+    return true;
+  }
+
+  // Moves up to `max_items` waiting items into `out` without blocking; returns how many.
+  size_t TryPop(size_t max_items, std::vector<T>* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = 0;
+    while (n < max_items && !items_.empty()) {
+      out->push_back(std::move(items_.front().item));
+      items_.pop_front();
+      ++n;
+    }
+    return n;
+  }
+
+  // Refuses further pushes; PopBatch still returns what waits, then false.
+  void Close() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  size_t size() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return items_.size();
+  }
+  size_t capacity() const { return capacity_; }
+
+ private:
+  struct Entry {
+    T item;
+    absl::Time arrived;
+  };
+  const std::string name_;
+  const size_t capacity_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Entry> items_;
+  bool closed_ = false;
+};
+
+}  // namespace knowd

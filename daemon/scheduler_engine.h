@@ -1,0 +1,151 @@
+// The engine thread: the only thread that touches the Transformer and the Adapter (neither is
+// safe for concurrent use). It runs, in a loop:
+//   1. engine tasks posted by other threads (the ingest batcher's encoder passes, Search's
+//      question encoding), oldest first;
+//   2. admission: questions from the bounded ask queue fill the free decode slots (at most
+//      ask_max_batch); each is prepared (retrieval, modulation, prompt);
+//   3. one Transformer::Forward over every slot: the prompts of newly admitted questions
+//      (prefill) and the next token of running ones (decode) in the same batch.
+// A question whose call was cancelled or whose deadline passed is dropped before the next step,
+// so it stops consuming compute.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/metrics.h"
+#include "daemon/scheduler.h"
+#include "knowd/v1/knowd.pb.h"
+#include "model/adapter.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+#include "storage/memory_bank.h"
+
+namespace knowd {
+
+// One question in flight: the request (namespace resolved, defaults filled in), and the channel
+// its answer comes back on. The gRPC handler owns one reference and waits on it; the engine
+// owns another while the question is queued or decoding.
+class AskJob {
+ public:
+  struct Event {
+    std::string text;                   // new answer text
+    std::optional<v1::AskFinal> final;  // set on the last event
+    absl::Status error;                 // not OK: the question failed (last event)
+  };
+
+  AskJob(v1::AskRequest request, absl::Time deadline)
+      : request_(std::move(request)), deadline_(deadline), enqueued_(absl::Now()) {}
+
+  const v1::AskRequest& request() const { return request_; }
+  absl::Time deadline() const { return deadline_; }
+  absl::Time enqueued() const { return enqueued_; }
+
+  // The caller went away: the engine drops the question at its next step.
+  void Cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+  // Engine side.
+  void EmitText(std::string text);
+  void Finish(v1::AskFinal final);
+  void Fail(absl::Status error);
+
+  // Handler side: waits up to `timeout` for events and moves them into `out`. Returns true once
+  // the last event (final or error) has been delivered.
+  bool Wait(absl::Duration timeout, std::vector<Event>* out);
+
+ private:
+  void Push(Event event);
+  const v1::AskRequest request_;
+  const absl::Time deadline_;
+  const absl::Time enqueued_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+  bool done_ = false;
+};
+
+struct EngineOptions {
+  int ask_max_batch = 8;
+  int ask_queue_size = 256;
+  int default_top_k = 4;
+  int default_max_tokens = 32;
+};
+
+class Engine {
+ public:
+  // `adapter` may be null (closed-book and rag with BM25 only). Everything must outlive the
+  // engine. The thread starts in Start().
+  Engine(Transformer* model, const Tokenizer* tokenizer, Adapter* adapter,
+         storage::MemoryBank* bank, Metrics* metrics, const EngineOptions& options);
+  ~Engine();  // Stop()s
+
+  absl::Status Start();
+  // Refuses new work (UNAVAILABLE), fails what still waits, and joins the thread. Idempotent.
+  void Stop();
+
+  // Queues a question. RESOURCE_EXHAUSTED when the ask queue is full, UNAVAILABLE after Stop().
+  absl::Status Submit(std::shared_ptr<AskJob> job);
+
+  // Runs `task` on the engine thread before the next decode step and returns its status. Call
+  // from any thread but the engine thread.
+  absl::Status RunOnEngine(std::function<absl::Status()> task);
+
+  size_t queued() const { return queue_.size(); }
+  int running() const { return running_count_.load(); }
+
+  Adapter* adapter() const { return adapter_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  struct Slot;
+  void Loop();
+  void RunTasks();
+  // Prepares an admitted question on slot `slot`: retrieval, modulation, prompt. False when the
+  // question failed (its job has been told).
+  bool Prepare(const std::shared_ptr<AskJob>& job, Slot* slot);
+  void Step();
+  void Retire(Slot* slot, const char* stop_reason);
+
+  Transformer* const model_;
+  const Tokenizer* const tokenizer_;
+  Adapter* const adapter_;
+  storage::MemoryBank* const bank_;
+  Metrics* const metrics_;
+  const EngineOptions options_;
+
+  BoundedQueue<std::shared_ptr<AskJob>> queue_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<std::function<absl::Status()>, std::promise<absl::Status>*>> tasks_;
+  bool stopping_ = false;
+  std::thread thread_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::atomic<int> running_count_{0};
+};
+
+// Retrieval shared by Ask and Search: the top `k` passages of `name_space` for `query`.
+// `key` (the question's dense key) is needed for dense and hybrid retrieval; lexical retrieval
+// is BM25 alone. Hits carry their text.
+absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
+    storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
+    const std::vector<float>* key, int key_dim, v1::Retrieval retrieval, int k);
+
+// The question's dense key from the adapter's question encoder. Engine thread only.
+absl::StatusOr<QuestionCode> EncodeQuestion(Adapter& adapter, const Tokenizer& tokenizer,
+                                            std::string_view question);
+
+}  // namespace knowd

@@ -1,0 +1,80 @@
+// Configuration of `knowd serve`. Every setting has one name, used in four places:
+//   command line   --http-listen 127.0.0.1:7071   (or --http-listen=..., or --http_listen)
+//   environment    KNOWD_HTTP_LISTEN=127.0.0.1:7071
+//   config file    {"http-listen": "127.0.0.1:7071"}   (JSON object; "http_listen" also accepted)
+//   default        the value in ServeConfig below
+// Precedence: flag > environment > config file > default. The config file itself comes from
+// --config, else KNOWD_CONFIG. docs/operations.md lists every key.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace knowd {
+
+struct ServeConfig {
+  std::string config;                          // the JSON config file read (if any)
+  std::string listen = "127.0.0.1:7070";       // gRPC; port 0 picks a free port
+  std::string http_listen = "127.0.0.1:7071";  // metrics and health; "" disables
+  std::string data_dir = "./knowd-data";
+  std::string model;        // "" = the shipped knowd-tiny bundle (FindDefaultModel)
+  std::string adapter;      // "" = <model>/adapter when present; "none" serves without one
+  std::string tokens_file;  // "" = no authentication (keep the loopback listen address)
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;       // set: clients must present a certificate signed by it (mTLS)
+  std::string log_level = "info";  // trace, debug, info, warn, error
+  std::string backend = "cpu";     // cpu or cuda
+  int threads = 0;                 // CPU compute threads; 0 = one per core
+
+  // Limits.
+  int64_t max_message_bytes = 16 << 20;  // gRPC receive/send message size
+  int64_t max_document_bytes = 1 << 20;
+  int64_t max_question_bytes = 4096;
+
+  // Passages: a document is cut into passages of at most max_passage_tokens tokens; the encoder
+  // also reads up to passage_overlap_tokens tokens of the previous passage as context.
+  int max_passage_tokens = 256;
+  int passage_overlap_tokens = 32;
+
+  // Scheduling.
+  int ingest_max_batch = 32;     // documents per encoder pass
+  int ingest_max_wait_ms = 5;    // how long the first document of a batch waits for company
+  int ingest_queue_size = 1024;  // documents waiting; more get RESOURCE_EXHAUSTED
+  int ask_max_batch = 8;         // sequences per engine forward pass
+  int ask_queue_size = 256;      // questions waiting; more get RESOURCE_EXHAUSTED
+  double drain_timeout = 30;     // seconds in-flight calls get at shutdown
+
+  // Answer defaults (used when a request leaves them 0).
+  int default_top_k = 4;
+  int default_max_tokens = 32;
+
+  // Memory bank.
+  std::string index_factory = "Flat";  // FAISS index_factory string
+  std::string latent_format = "fp16";  // fp16 or int8
+};
+
+// Reads the environment variable `name`, or null. Tests pass their own.
+using EnvLookup = std::function<const char*(const char* name)>;
+
+// Builds the configuration from `args` (the arguments after "serve"), the environment and the
+// config file they name. INVALID_ARGUMENT names the bad flag, variable or key and why (unknown
+// name, a value that is not a number, a number out of range, a positional argument);
+// NOT_FOUND / INVALID_ARGUMENT for a config file that cannot be read or is not a JSON object.
+absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
+                                            const EnvLookup& env);
+
+// One line per key: "--name VALUE  help (default ...)", for `knowd serve --help`.
+std::string ServeConfigHelp();
+
+// The shipped bundle: models/knowd-tiny under the working directory, else beside the executable
+// (<exe dir>/../models/knowd-tiny, <exe dir>/../../models/knowd-tiny). NOT_FOUND lists where it
+// looked.
+absl::StatusOr<std::string> FindDefaultModel(std::string_view executable_dir);
+
+}  // namespace knowd

@@ -1,0 +1,532 @@
+#include "daemon/server_service.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "daemon/document_rules.h"
+#include "model/adapter.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace knowd {
+namespace {
+
+constexpr int kMaxTopK = 256;
+constexpr int kMaxRagPassages = 32;
+constexpr int kMaxAnswerTokens = 1024;
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(50);
+
+// The call's deadline; InfiniteFuture when the client set none.
+absl::Time DeadlineOf(const grpc::ServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+// Records and logs a finished RPC and converts its status.
+grpc::Status FinishRpc(Metrics* metrics, const char* method, absl::Time start,
+                       const grpc::ServerContext* context, const absl::Status& status) {
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  metrics->CountRpc(method, absl::StatusCodeToString(status.code()), seconds);
+  const std::string peer = context->peer();
+  if (status.ok()) {
+    spdlog::debug("rpc {} from {}: OK in {:.1f} ms", method, peer, seconds * 1e3);
+  } else {
+    spdlog::log(absl::IsInternal(status) || absl::IsDataLoss(status) || absl::IsUnknown(status)
+                    ? spdlog::level::err
+                    : spdlog::level::warn,
+                "rpc {} from {}: {} in {:.1f} ms", method, peer, status.ToString(), seconds * 1e3);
+  }
+  return ToGrpcStatus(status);
+}
+
+std::string MetadataToJson(const google::protobuf::Map<std::string, std::string>& metadata) {
+  if (metadata.empty()) return "";
+  nlohmann::json json = nlohmann::json::object();
+  for (const auto& [k, v] : metadata) json[k] = v;
+  return json.dump();
+}
+
+void MetadataFromJson(const std::string& text,
+                      google::protobuf::Map<std::string, std::string>* out) {
+  if (text.empty()) return;
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return;
+  for (const auto& [k, v] : json.items()) {
+    if (v.is_string()) (*out)[k] = v.get<std::string>();
+  }
+}
+
+int64_t UnixSeconds(absl::Time t) { return absl::ToUnixSeconds(t); }
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+struct KnowledgeServiceImpl::PendingAck {
+  std::string id;
+  int passages = 0;
+  absl::Status error;  // not OK: the ack is this error, `ack` is not used
+  std::future<absl::StatusOr<storage::DocumentAck>> ack;
+};
+
+KnowledgeServiceImpl::KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest,
+                                           storage::MemoryBank* bank, const Tokenizer* tokenizer,
+                                           const TokenAuthorizer* auth, Metrics* metrics,
+                                           ServiceInfo info, ServiceLimits limits)
+    : engine_(engine),
+      ingest_(ingest),
+      bank_(bank),
+      tokenizer_(tokenizer),
+      auth_(auth),
+      metrics_(metrics),
+      info_(std::move(info)),
+      limits_(limits) {}
+
+absl::StatusOr<Grant> KnowledgeServiceImpl::Authenticate(grpc::ServerContext* context) const {
+  std::optional<std::string_view> header;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    header = std::string_view(it->second.data(), it->second.size());
+  }
+  return auth_->Authenticate(header);
+}
+
+// ---- Ingest -------------------------------------------------------------------------------
+
+grpc::Status KnowledgeServiceImpl::Ingest(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) {
+  const absl::Time start = absl::Now();
+  return FinishRpc(metrics_, "Ingest", start, context, DoIngest(context, stream));
+}
+
+KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
+    const v1::IngestRequest& request, const Grant& grant, absl::Time deadline,
+    const std::shared_ptr<std::atomic<bool>>& cancelled) {
+  PendingAck pending;
+  pending.id = request.id();
+  auto job = std::make_unique<IngestJob>();
+  storage::Document& doc = job->document;
+  pending.error = ResolveNamespace(request.namespace_(), &doc.name_space);
+  if (pending.error.ok()) pending.error = CheckGrant(grant, doc.name_space, Role::kWrite);
+  if (pending.error.ok()) pending.error = CheckDocumentId(request.id());
+  if (pending.error.ok()) {
+    pending.error = CheckText("text", request.text(), limits_.max_document_bytes);
+  }
+  if (pending.error.ok() && request.valid_from_unix() < 0) {
+    pending.error = absl::InvalidArgumentError("valid_from_unix must not be negative");
+  }
+  if (!pending.error.ok()) return pending;
+
+  doc.id = request.id();
+  doc.metadata = MetadataToJson(request.metadata());
+  if (request.valid_from_unix() > 0)
+    doc.valid_from = absl::FromUnixSeconds(request.valid_from_unix());
+  const std::string_view text = request.text();
+  const std::vector<PassageSpan> spans =
+      SplitPassages(text, limits_.max_passage_tokens, limits_.passage_overlap_tokens,
+                    [&](std::string_view piece) {
+                      return static_cast<int>(tokenizer_->Encode(piece, false).size());
+                    });
+  for (const PassageSpan& span : spans) {
+    storage::Passage passage;
+    passage.text = std::string(text.substr(span.begin, span.end - span.begin));
+    std::vector<int32_t> ids =
+        tokenizer_->Encode(text.substr(span.context_begin, span.end - span.context_begin), true);
+    if (static_cast<int>(ids.size()) > limits_.max_position_embeddings) {
+      ids.resize(limits_.max_position_embeddings);
+    }
+    RecordPassageTokens(static_cast<int>(ids.size()));
+    doc.passages.push_back(std::move(passage));
+    job->encoder_inputs.push_back(std::move(ids));
+  }
+  if (doc.passages.empty()) {
+    pending.error = absl::InvalidArgumentError("text has no content");
+    return pending;
+  }
+  pending.passages = static_cast<int>(doc.passages.size());
+  job->deadline = deadline;
+  job->cancelled = cancelled;
+  pending.ack = job->done.get_future();
+  pending.error = ingest_->Submit(job);
+  return pending;
+}
+
+absl::Status KnowledgeServiceImpl::DoIngest(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) {
+  absl::StatusOr<Grant> grant = Authenticate(context);
+  if (!grant.ok()) return grant.status();
+  const absl::Time deadline = DeadlineOf(context);
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+
+  // Acks go out in document order from a writer thread, so reading (and batching) goes on
+  // while earlier documents are being encoded; at most ingest_in_flight_per_stream wait.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<PendingAck> pending;
+  bool reading_done = false;
+  bool write_failed = false;
+  std::thread writer([&] {
+    while (true) {
+      PendingAck next;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return !pending.empty() || reading_done; });
+        if (pending.empty()) return;
+        next = std::move(pending.front());
+        pending.pop_front();
+      }
+      cv.notify_all();
+      v1::IngestAck ack;
+      ack.set_id(next.id);
+      absl::Status status = next.error;
+      if (status.ok()) {
+        absl::StatusOr<storage::DocumentAck> stored = next.ack.get();
+        if (stored.ok()) {
+          ack.set_passages(static_cast<int>(stored->passage_ids.size()));
+          ack.set_replaced(stored->replaced);
+        } else {
+          status = stored.status();
+        }
+      }
+      if (!status.ok()) {
+        ack.set_error_code(static_cast<int>(status.code()));
+        ack.set_error_message(std::string(status.message()));
+      }
+      if (!write_failed && !stream->Write(ack)) {
+        write_failed = true;
+        cancelled->store(true);
+      }
+    }
+  });
+
+  v1::IngestRequest request;
+  while (!cancelled->load() && stream->Read(&request)) {
+    PendingAck next = StartIngest(request, *grant, deadline, cancelled);
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] {
+      return static_cast<int>(pending.size()) < limits_.ingest_in_flight_per_stream ||
+             context->IsCancelled();
+    });
+    pending.push_back(std::move(next));
+    lock.unlock();
+    cv.notify_all();
+  }
+  if (context->IsCancelled()) cancelled->store(true);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reading_done = true;
+  }
+  cv.notify_all();
+  writer.join();
+  if (cancelled->load()) return absl::CancelledError("the stream was cancelled");
+  return absl::OkStatus();
+}
+
+// ---- Ask ----------------------------------------------------------------------------------
+
+grpc::Status KnowledgeServiceImpl::Ask(grpc::ServerContext* context, const v1::AskRequest* request,
+                                       grpc::ServerWriter<v1::AskChunk>* writer) {
+  const absl::Time start = absl::Now();
+  return FinishRpc(metrics_, "Ask", start, context, DoAsk(context, *request, writer));
+}
+
+absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
+                                         const v1::AskRequest& request,
+                                         grpc::ServerWriter<v1::AskChunk>* writer) {
+  absl::StatusOr<Grant> grant = Authenticate(context);
+  if (!grant.ok()) return grant.status();
+  v1::AskRequest resolved = request;
+  std::string name_space;
+  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  resolved.set_namespace_(name_space);
+  if (absl::Status s = CheckText("question", request.question(), limits_.max_question_bytes);
+      !s.ok()) {
+    return s;
+  }
+  if (!v1::AskMode_IsValid(request.mode())) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown mode ", request.mode()));
+  }
+  if (!v1::Retrieval_IsValid(request.retrieval())) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown retrieval ", request.retrieval()));
+  }
+  if (request.top_k() < 0 || request.top_k() > kMaxTopK) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be 0..", kMaxTopK));
+  }
+  if (request.rag_passages() < 0 || request.rag_passages() > kMaxRagPassages) {
+    return absl::InvalidArgumentError(absl::StrCat("rag_passages must be 0..", kMaxRagPassages));
+  }
+  if (request.max_tokens() < 0 || request.max_tokens() > kMaxAnswerTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be 0..", kMaxAnswerTokens));
+  }
+  if (!(request.temperature() >= 0) || !(request.top_p() >= 0 && request.top_p() <= 1)) {
+    return absl::InvalidArgumentError("temperature must be >= 0 and top_p in [0, 1]");
+  }
+
+  auto job = std::make_shared<AskJob>(std::move(resolved), DeadlineOf(context));
+  if (absl::Status s = engine_->Submit(job); !s.ok()) return s;
+  std::vector<AskJob::Event> events;
+  while (true) {
+    if (context->IsCancelled()) {
+      job->Cancel();
+      return absl::CancelledError("the call was cancelled");
+    }
+    events.clear();
+    job->Wait(kCancelPoll, &events);
+    for (AskJob::Event& e : events) {
+      if (!e.error.ok()) return e.error;
+      v1::AskChunk chunk;
+      if (e.final.has_value()) {
+        FillMetadata(job->request().namespace_(), e.final->mutable_cited());
+        *chunk.mutable_final() = std::move(*e.final);
+      } else {
+        chunk.set_text(std::move(e.text));
+      }
+      const bool last = chunk.has_final();
+      if (!writer->Write(chunk)) {
+        job->Cancel();
+        return absl::CancelledError("the client went away");
+      }
+      if (last) return absl::OkStatus();
+    }
+  }
+}
+
+// ---- Search, Get, Forget, Stats -----------------------------------------------------------
+
+void KnowledgeServiceImpl::FillMetadata(std::string_view name_space,
+                                        google::protobuf::RepeatedPtrField<v1::Passage>* passages) {
+  std::map<std::string, std::string> by_document;
+  for (v1::Passage& p : *passages) {
+    auto it = by_document.find(p.document_id());
+    if (it == by_document.end()) {
+      absl::StatusOr<storage::Document> doc = bank_->Get(name_space, p.document_id());
+      it = by_document.emplace(p.document_id(), doc.ok() ? doc->metadata : "").first;
+    }
+    MetadataFromJson(it->second, p.mutable_metadata());
+  }
+}
+
+grpc::Status KnowledgeServiceImpl::Search(grpc::ServerContext* context,
+                                          const v1::SearchRequest* request,
+                                          v1::SearchResponse* response) {
+  const absl::Time start = absl::Now();
+  return FinishRpc(metrics_, "Search", start, context, DoSearch(context, *request, response));
+}
+
+absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
+                                            const v1::SearchRequest& request,
+                                            v1::SearchResponse* response) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Grant> grant = Authenticate(context);
+  if (!grant.ok()) return grant.status();
+  std::string name_space;
+  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  if (absl::Status s = CheckText("query", request.query(), limits_.max_question_bytes); !s.ok()) {
+    return s;
+  }
+  if (request.top_k() < 0 || request.top_k() > kMaxTopK) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be 0..", kMaxTopK));
+  }
+  if (!v1::Retrieval_IsValid(request.retrieval())) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown retrieval ", request.retrieval()));
+  }
+  Adapter* adapter = engine_->adapter();
+  v1::Retrieval retrieval = request.retrieval();
+  if (retrieval == v1::RETRIEVAL_UNSPECIFIED) {
+    retrieval = adapter != nullptr ? v1::RETRIEVAL_DENSE : v1::RETRIEVAL_LEXICAL;
+  }
+  std::optional<std::vector<float>> key;
+  if (adapter != nullptr && retrieval != v1::RETRIEVAL_LEXICAL) {
+    absl::Status encoded = engine_->RunOnEngine([&]() -> absl::Status {
+      absl::StatusOr<QuestionCode> code = EncodeQuestion(*adapter, *tokenizer_, request.query());
+      if (!code.ok()) return code.status();
+      key = std::move(code->key);
+      return absl::OkStatus();
+    });
+    if (!encoded.ok()) return encoded;
+  }
+  const int k = request.top_k() > 0 ? request.top_k() : 10;
+  absl::StatusOr<std::vector<storage::SearchHit>> hits =
+      RetrievePassages(*bank_, name_space, request.query(), key ? &*key : nullptr,
+                       adapter != nullptr ? adapter->spec().key_dim : 1, retrieval, k);
+  if (!hits.ok()) return hits.status();
+  for (const storage::SearchHit& h : *hits) {
+    v1::Passage* p = response->add_passages();
+    p->set_document_id(h.doc_id);
+    p->set_index(h.passage_index);
+    p->set_text(h.text);
+    p->set_score(h.score);
+    p->set_ingest_time_unix(UnixSeconds(h.ingest_time));
+    p->set_valid_from_unix(UnixSeconds(h.valid_from.value_or(h.ingest_time)));
+  }
+  FillMetadata(name_space, response->mutable_passages());
+  response->set_took_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
+  return absl::OkStatus();
+}
+
+grpc::Status KnowledgeServiceImpl::Get(grpc::ServerContext* context, const v1::GetRequest* request,
+                                       v1::Document* response) {
+  const absl::Time start = absl::Now();
+  return FinishRpc(metrics_, "Get", start, context, DoGet(context, *request, response));
+}
+
+absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
+                                         const v1::GetRequest& request, v1::Document* response) {
+  absl::StatusOr<Grant> grant = Authenticate(context);
+  if (!grant.ok()) return grant.status();
+  std::string name_space;
+  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  if (absl::Status s = CheckDocumentId(request.id()); !s.ok()) return s;
+  absl::StatusOr<storage::Document> doc = bank_->Get(name_space, request.id());
+  if (!doc.ok()) {
+    if (absl::IsNotFound(doc.status())) {
+      return absl::NotFoundError(
+          absl::StrCat("no document \"", request.id(), "\" in namespace \"", name_space, "\""));
+    }
+    return doc.status();
+  }
+  response->set_id(doc->id);
+  response->set_namespace_(name_space);
+  MetadataFromJson(doc->metadata, response->mutable_metadata());
+  response->set_ingest_time_unix(UnixSeconds(doc->ingest_time));
+  response->set_valid_from_unix(UnixSeconds(doc->valid_from.value_or(doc->ingest_time)));
+  for (size_t i = 0; i < doc->passages.size(); ++i) {
+    v1::Passage* p = response->add_passages();
+    p->set_document_id(doc->id);
+    p->set_index(static_cast<int>(i));
+    p->set_text(doc->passages[i].text);
+    *p->mutable_metadata() = response->metadata();
+    p->set_ingest_time_unix(response->ingest_time_unix());
+    p->set_valid_from_unix(response->valid_from_unix());
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status KnowledgeServiceImpl::Forget(grpc::ServerContext* context,
+                                          const v1::ForgetRequest* request,
+                                          v1::ForgetResponse* response) {
+  const absl::Time start = absl::Now();
+  return FinishRpc(metrics_, "Forget", start, context, DoForget(context, *request, response));
+}
+
+absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
+                                            const v1::ForgetRequest& request,
+                                            v1::ForgetResponse* response) {
+  absl::StatusOr<Grant> grant = Authenticate(context);
+  if (!grant.ok()) return grant.status();
+  std::string name_space;
+  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckGrant(*grant, name_space, Role::kWrite); !s.ok()) return s;
+  if (request.ids().empty()) return absl::InvalidArgumentError("ids is empty");
+  std::vector<std::string> present;
+  std::set<std::string> seen;
+  int passages = 0;
+  for (const std::string& id : request.ids()) {
+    if (absl::Status s = CheckDocumentId(id); !s.ok()) return s;
+    if (!seen.insert(id).second) continue;
+    absl::StatusOr<storage::Document> doc = bank_->Get(name_space, id);
+    if (doc.ok()) {
+      present.push_back(id);
+      passages += static_cast<int>(doc->passages.size());
+    } else if (absl::IsNotFound(doc.status())) {
+      response->add_not_found(id);
+    } else {
+      return doc.status();
+    }
+  }
+  if (!present.empty()) {
+    absl::StatusOr<int> removed = bank_->Delete(name_space, present);
+    if (!removed.ok()) return removed.status();
+  }
+  for (const std::string& id : present) response->add_forgotten(id);
+  response->set_passages(passages);
+  return absl::OkStatus();
+}
+
+grpc::Status KnowledgeServiceImpl::Stats(grpc::ServerContext* context,
+                                         const v1::StatsRequest* request,
+                                         v1::StatsResponse* response) {
+  const absl::Time start = absl::Now();
+  return FinishRpc(metrics_, "Stats", start, context, DoStats(context, *request, response));
+}
+
+absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
+                                           const v1::StatsRequest& request,
+                                           v1::StatsResponse* response) {
+  absl::StatusOr<Grant> grant = Authenticate(context);
+  if (!grant.ok()) return grant.status();
+  if (!grant->Allows(Role::kRead)) return CheckGrant(*grant, "", Role::kRead);
+  if (!request.namespace_().empty()) {
+    std::string name_space;
+    if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+    if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  }
+  absl::StatusOr<storage::BankStats> stats = bank_->Stats();
+  if (!stats.ok()) return stats.status();
+  int64_t documents = 0;
+  int64_t passages = 0;
+  for (const storage::NamespaceStats& ns : stats->namespaces) {
+    const bool wanted = request.namespace_().empty() ? grant->AllowsNamespace(ns.name_space)
+                                                     : ns.name_space == request.namespace_();
+    if (!wanted) continue;
+    v1::NamespaceStats* out = response->add_namespaces();
+    out->set_name(ns.name_space);
+    out->set_documents(static_cast<int64_t>(ns.documents));
+    out->set_passages(static_cast<int64_t>(ns.passages));
+    documents += out->documents();
+    passages += out->passages();
+  }
+  response->set_documents(documents);
+  response->set_passages(passages);
+  response->set_disk_bytes(static_cast<int64_t>(stats->disk_bytes));
+  response->set_bytes_per_modulation(info_.bytes_per_modulation);
+  response->set_modulation_bytes(passages * info_.bytes_per_modulation);
+  response->set_model(info_.model);
+  response->set_adapter(info_.adapter);
+  response->set_fingerprint(info_.fingerprint);
+  response->set_version(info_.version);
+  response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - info_.started));
+  response->set_kv_bytes_per_median_passage(MedianPassageTokens() * info_.kv_bytes_per_token);
+  return absl::OkStatus();
+}
+
+void KnowledgeServiceImpl::RecordPassageTokens(int tokens) {
+  constexpr size_t kRing = 1024;
+  std::lock_guard<std::mutex> lock(passage_tokens_mu_);
+  if (passage_tokens_.size() < kRing) {
+    passage_tokens_.push_back(tokens);
+  } else {
+    passage_tokens_[passage_tokens_next_++ % kRing] = tokens;
+  }
+}
+
+int64_t KnowledgeServiceImpl::MedianPassageTokens() {
+  std::vector<int> tokens;
+  {
+    std::lock_guard<std::mutex> lock(passage_tokens_mu_);
+    tokens = passage_tokens_;
+  }
+  if (tokens.empty()) return 0;
+  std::nth_element(tokens.begin(), tokens.begin() + tokens.size() / 2, tokens.end());
+  return tokens[tokens.size() / 2];
+}
+
+}  // namespace knowd

@@ -1,0 +1,107 @@
+// The gRPC KnowledgeService (proto/knowd/v1/knowd.proto is the contract): request validation,
+// authorization, and hand-off to the schedulers. Handlers run on gRPC's threads; they never touch
+// the Transformer or the Adapter (the Engine does), only the tokenizer and the bank, which are
+// thread-safe.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "daemon/auth.h"
+#include "daemon/metrics.h"
+#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ingest.h"
+#include "grpcpp/grpcpp.h"
+#include "knowd/v1/knowd.grpc.pb.h"
+#include "model/tokenizer.h"
+#include "storage/memory_bank.h"
+
+namespace knowd {
+
+// The one place an absl::Status becomes a grpc::Status (the codes share their numbers).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+struct ServiceLimits {
+  int64_t max_document_bytes = 1 << 20;
+  int64_t max_question_bytes = 4096;
+  int max_passage_tokens = 256;
+  int passage_overlap_tokens = 32;
+  int max_position_embeddings = 1024;    // the encoder's input is cut to this
+  int ingest_in_flight_per_stream = 64;  // documents a stream may have awaiting acks
+};
+
+// What Stats reports about the daemon itself.
+struct ServiceInfo {
+  std::string model;
+  std::string adapter;      // "" when none
+  std::string fingerprint;  // the bank's adapter fingerprint
+  std::string version;
+  int64_t bytes_per_modulation = 0;
+  int64_t kv_bytes_per_token = 0;  // K and V of every layer in f16
+  absl::Time started = absl::Now();
+};
+
+class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
+ public:
+  // Everything must outlive the service.
+  KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest, storage::MemoryBank* bank,
+                       const Tokenizer* tokenizer, const TokenAuthorizer* auth, Metrics* metrics,
+                       ServiceInfo info, ServiceLimits limits);
+
+  grpc::Status Ingest(grpc::ServerContext* context,
+                      grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) override;
+  grpc::Status Ask(grpc::ServerContext* context, const v1::AskRequest* request,
+                   grpc::ServerWriter<v1::AskChunk>* writer) override;
+  grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* request,
+                      v1::SearchResponse* response) override;
+  grpc::Status Get(grpc::ServerContext* context, const v1::GetRequest* request,
+                   v1::Document* response) override;
+  grpc::Status Forget(grpc::ServerContext* context, const v1::ForgetRequest* request,
+                      v1::ForgetResponse* response) override;
+  grpc::Status Stats(grpc::ServerContext* context, const v1::StatsRequest* request,
+                     v1::StatsResponse* response) override;
+
+ private:
+  absl::Status DoIngest(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream);
+  absl::Status DoAsk(grpc::ServerContext* context, const v1::AskRequest& request,
+                     grpc::ServerWriter<v1::AskChunk>* writer);
+  absl::Status DoSearch(grpc::ServerContext* context, const v1::SearchRequest& request,
+                        v1::SearchResponse* response);
+  absl::Status DoGet(grpc::ServerContext* context, const v1::GetRequest& request,
+                     v1::Document* response);
+  absl::Status DoForget(grpc::ServerContext* context, const v1::ForgetRequest& request,
+                        v1::ForgetResponse* response);
+  absl::Status DoStats(grpc::ServerContext* context, const v1::StatsRequest& request,
+                       v1::StatsResponse* response);
+
+  // Validates one document and queues it; the returned future gives its ack.
+  struct PendingAck;
+  PendingAck StartIngest(const v1::IngestRequest& request, const Grant& grant, absl::Time deadline,
+                         const std::shared_ptr<std::atomic<bool>>& cancelled);
+  absl::StatusOr<Grant> Authenticate(grpc::ServerContext* context) const;
+  // Fills each passage's metadata from its document.
+  void FillMetadata(std::string_view name_space, google::protobuf::RepeatedPtrField<v1::Passage>*);
+  void RecordPassageTokens(int tokens);
+  int64_t MedianPassageTokens();
+
+  Engine* const engine_;
+  IngestBatcher* const ingest_;
+  storage::MemoryBank* const bank_;
+  const Tokenizer* const tokenizer_;
+  const TokenAuthorizer* const auth_;
+  Metrics* const metrics_;
+  const ServiceInfo info_;
+  const ServiceLimits limits_;
+
+  std::mutex passage_tokens_mu_;
+  std::vector<int> passage_tokens_;  // a ring of recent passages' lengths, for Stats
+  size_t passage_tokens_next_ = 0;
+};
+
+}  // namespace knowd
