@@ -378,12 +378,18 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   absl::StatusOr<PrefixKv> prefix = modulator_->Modulate(q.question, *latents);
   if (!prefix.ok()) return prefix.status();
   auto shared = std::make_shared<const PrefixKv>(*std::move(prefix));
-  absl::StatusOr<std::vector<int32_t>> mac = FitPrompt({}, q.question, shared->p);
+  // The prefix's row 0 is the BOS sink: the prompts after it start without BOS.
+  auto after_prefix = [&](std::vector<int32_t> ids) {
+    if (!ids.empty() && ids.front() == tokenizer_.bos_id()) ids.erase(ids.begin());
+    return ids;
+  };
+  absl::StatusOr<std::vector<int32_t>> mac = FitPrompt({}, q.question, shared->rows);
   if (!mac.ok()) return mac.status();
-  asked_.push_back({question, kMac, stage, AddRequest(*std::move(mac), shared)});
-  absl::StatusOr<std::vector<int32_t>> mac_rag = FitPrompt(top3, q.question, shared->p);
+  asked_.push_back({question, kMac, stage, AddRequest(after_prefix(*std::move(mac)), shared)});
+  absl::StatusOr<std::vector<int32_t>> mac_rag = FitPrompt(top3, q.question, shared->rows);
   if (!mac_rag.ok()) return mac_rag.status();
-  asked_.push_back({question, kMacRag, stage, AddRequest(*std::move(mac_rag), shared)});
+  asked_.push_back(
+      {question, kMacRag, stage, AddRequest(after_prefix(*std::move(mac_rag)), shared)});
   return absl::OkStatus();
 }
 
@@ -797,16 +803,6 @@ void AnswerScore::Add(std::string_view prediction, std::string_view gold) {
   f1_ += TokenF1(prediction, gold);
 }
 
-absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string& bundle_dir,
-                                                               Transformer& /*model*/,
-                                                               const Tokenizer& /*tokenizer*/) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(std::filesystem::path(bundle_dir) / "adapter", ec)) {
-    return absl::FailedPreconditionError("mode unavailable: no adapter in the bundle");
-  }
-  return absl::UnimplementedError("mode unavailable: this build cannot run adapters yet");
-}
-
 absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
                                                        const Tokenizer& tokenizer,
                                                        std::span<const AnswerRequest> requests,
@@ -818,7 +814,7 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
   std::vector<std::string> answers(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     const AnswerRequest& r = requests[i];
-    const int prefix = r.prefix ? r.prefix->p : 0;
+    const int prefix = r.prefix ? r.prefix->rows : 0;
     if (r.prompt.empty() || prefix + static_cast<int>(r.prompt.size()) > capacity) {
       return absl::InvalidArgumentError(
           absl::StrCat("request ", i, ": a prompt of ", r.prompt.size(), " tokens after ", prefix,
@@ -858,7 +854,7 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
       KvCache* cache = caches[i - start].get();
       cache->Clear();
       if (r.prefix) {
-        if (absl::Status s = cache->SetPrefix(r.prefix->keys, r.prefix->values, r.prefix->p);
+        if (absl::Status s = cache->SetPrefix(r.prefix->keys, r.prefix->values, r.prefix->rows);
             !s.ok()) {
           return s;
         }

@@ -42,6 +42,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "model/adapter.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "storage/memory_bank.h"
@@ -77,14 +78,6 @@ class AnswerScore {
 
 // ---- the adapter hook (mac, mac+rag) ---------------------------------------------------------
 
-// Per-layer prefix keys/values for one question: [num_layers][p][kv_dim] each, as
-// KvCache::SetPrefix takes them.
-struct PrefixKv {
-  std::vector<float> keys;
-  std::vector<float> values;
-  int p = 0;
-};
-
 // What the eval needs from a trained MAC adapter. Implementations wrap the bundle's adapter/
 // networks over the same frozen Transformer. Called from one thread.
 class Modulator {
@@ -102,7 +95,8 @@ class Modulator {
   // The retrieval key of a question (key_dim floats).
   virtual absl::StatusOr<std::vector<float>> QuestionKey(std::string_view question) = 0;
   // The modulation for `question` aggregated from the latents of its retrieved passages (best
-  // first; at least one).
+  // first; at least one): prefix rows for KvCache::SetPrefix, row 0 standing for BOS, so the
+  // prompt after it starts without BOS.
   virtual absl::StatusOr<PrefixKv> Modulate(
       std::string_view question,
       std::span<const std::shared_ptr<const std::vector<float>>> latents) = 0;
@@ -114,9 +108,10 @@ class Modulator {
 using ModulatorLoader = std::function<absl::StatusOr<std::unique_ptr<Modulator>>(
     const std::string& bundle_dir, Transformer& model, const Tokenizer& tokenizer)>;
 
-// The default loader: FAILED_PRECONDITION "mode unavailable: no adapter in the bundle" when
-// <bundle>/adapter/ is missing; UNIMPLEMENTED "mode unavailable: this build cannot run adapters
-// yet" when it exists (the adapter runtime is not written yet).
+// The default loader (bench/mac_modulator.cc): the bundle's adapter/ (model/adapter.h) over
+// `model`. FAILED_PRECONDITION "mode unavailable: no adapter in the bundle" when <bundle>/adapter/
+// is missing; Adapter::Load's error, prefixed with "mode unavailable: ", when it cannot be loaded.
+// Passages longer than the model's context keep their beginning.
 absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string& bundle_dir,
                                                                Transformer& model,
                                                                const Tokenizer& tokenizer);
@@ -124,7 +119,7 @@ absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string
 // ---- batched greedy answering ----------------------------------------------------------------
 
 struct AnswerRequest {
-  std::vector<int32_t> prompt;             // with BOS; non-empty
+  std::vector<int32_t> prompt;             // non-empty; with BOS, unless a prefix stands for it
   std::shared_ptr<const PrefixKv> prefix;  // optional modulation
 };
 

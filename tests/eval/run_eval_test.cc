@@ -1,7 +1,8 @@
 // RunEval end to end: a tiny test split of the synthetic world, streamed into a real memory bank
 // and answered by the shipped stories260K model. The model knows nothing of the world, so the
 // figures are near zero; the test checks the report's structure and invariants, and that the mac
-// modes are skipped with a reason (or, with a stand-in Modulator, run through the prefix path).
+// modes are skipped with a reason, or run through the prefix path (with a stand-in Modulator,
+// and with a random-weight adapter in the bundle).
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
+#include "tests/model/random_adapter.h"
 #include "train/world.h"
 
 namespace knowd::bench {
@@ -158,7 +160,7 @@ class FakeModulator : public Modulator {
       return absl::InvalidArgumentError("expected latents of 2x4");
     }
     PrefixKv p;
-    p.p = 2;
+    p.rows = 2;
     p.keys.assign(static_cast<size_t>(layers_) * 2 * kv_dim_, 0.0f);
     p.values = p.keys;
     return p;
@@ -189,7 +191,7 @@ TEST_F(RunEvalTest, RunsMacModesThroughAModulator) {
   EXPECT_EQ(r["em_vs_stored"]["series"]["mac+rag"].size(), 3u);
 }
 
-TEST_F(RunEvalTest, AdapterDirectoryWithoutRuntimeIsReportedNotFailed) {
+TEST_F(RunEvalTest, AdapterThatCannotLoadIsReportedNotFailed) {
   std::unique_ptr<Backend> backend = MakeCpuBackend(1);
   absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(kModel, backend.get());
   ASSERT_TRUE(model.ok()) << model.status();
@@ -199,10 +201,41 @@ TEST_F(RunEvalTest, AdapterDirectoryWithoutRuntimeIsReportedNotFailed) {
       LoadBundleModulator(kModel, **model, **tokenizer);
   EXPECT_EQ(none.status().message(), "mode unavailable: no adapter in the bundle");
   std::filesystem::create_directories(dir_ + "/bundle/adapter");
-  absl::StatusOr<std::unique_ptr<Modulator>> unsupported =
+  absl::StatusOr<std::unique_ptr<Modulator>> empty =
       LoadBundleModulator(dir_ + "/bundle", **model, **tokenizer);
-  EXPECT_FALSE(unsupported.ok());
-  EXPECT_NE(unsupported.status().message().find("mode unavailable"), std::string::npos);
+  EXPECT_FALSE(empty.ok());
+  EXPECT_EQ(empty.status().message().rfind("mode unavailable: ", 0), 0u) << empty.status();
+  EXPECT_NE(empty.status().message().find("adapter.json"), std::string::npos) << empty.status();
+}
+
+// The default loader with a real (random-weight) adapter in the bundle: the mac modes run on
+// the engine's adapter networks, and the bank stores its latents and keys.
+TEST_F(RunEvalTest, RunsMacModesWithTheBundlesAdapter) {
+  const std::string bundle = dir_ + "/bundle";
+  std::filesystem::create_directories(bundle);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model"}) {
+    std::filesystem::create_symlink(kModel + "/" + f, bundle + "/" + f);
+  }
+  std::unique_ptr<Backend> backend = MakeCpuBackend(1);
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(kModel, backend.get());
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE(testing::WriteRandomAdapter(bundle + "/adapter", (*model)->config(),
+                                          testing::SmallAdapterSpec(), 3)
+                  .ok());
+  EvalOptions o = Options();
+  o.bundle_dir = bundle;
+  o.limit = 6;
+  o.examples = 2;
+  ASSERT_TRUE(RunEval(o).ok());
+  const Json r = ReadReport();
+  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "mac", "mac+rag"}) {
+    ExpectScore(r["modes"][name], name);
+    EXPECT_EQ(r["modes"][name]["questions"].get<int>(), 6) << name;
+  }
+  EXPECT_EQ(r["retrieval"]["dense_key"], "adapter");
+  // 4 x 16 f16 latents and 8 f32 key values.
+  EXPECT_EQ(r["storage_bytes"]["modulation"]["bytes"].get<int64_t>(), 4 * 16 * 2 + 8 * 4);
+  EXPECT_TRUE(r["examples"][0]["predicted"].contains("mac"));
 }
 
 TEST_F(RunEvalTest, MissingDataIsAnError) {
