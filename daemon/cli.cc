@@ -1,5 +1,8 @@
 #include "daemon/cli.h"
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -8,16 +11,19 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/engine_bench.h"
 #include "bench/eval.h"
 #include "bench/storage_bench.h"
 #include "daemon/flags.h"
 #include "kernels/backend.h"
+#include "model/adapter.h"
 #include "model/generate.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
+#include "storage/memory_bank.h"
 
 namespace knowd {
 namespace {
@@ -34,6 +40,52 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend() {
   if (kind == "cuda") return MakeCudaBackend(0);
   return absl::InvalidArgumentError(absl::StrCat("--backend must be cpu or cuda, not ", kind));
 }
+
+// Progress of a re-encode on stderr. On a terminal, one line redrawn in place:
+// "re-encoding [#####.....] 1200/5000 passages  24%  310.5 passages/s  ETA 0:12"; otherwise a
+// plain line at every tenth of the work, so logs stay readable.
+class ReencodeProgressBar {
+ public:
+  explicit ReencodeProgressBar(bool terminal) : terminal_(terminal) {}
+
+  // `done` of `total` passages are re-encoded, `this_run` of them by this process in `seconds`.
+  void Update(uint64_t done, uint64_t total, uint64_t this_run, double seconds) {
+    const auto now = std::chrono::steady_clock::now();
+    const int tenth = total > 0 ? static_cast<int>(10 * done / total) : 10;
+    if (terminal_ ? done < total && now - last_ < std::chrono::milliseconds(100)
+                  : tenth == last_tenth_ && done < total) {
+      return;
+    }
+    last_ = now;
+    last_tenth_ = tenth;
+    const double rate = seconds > 0 ? this_run / seconds : 0.0;
+    const int64_t eta = rate > 0 ? static_cast<int64_t>((total - done) / rate + 0.5) : 0;
+    const int width = 30;
+    const int filled = total > 0 ? static_cast<int>(width * done / total) : width;
+    const std::string line =
+        absl::StrFormat("re-encoding [%s%s] %d/%d passages  %d%%  %.1f passages/s  ETA %d:%02d",
+                        std::string(filled, '#'), std::string(width - filled, '.'), done, total,
+                        total > 0 ? 100 * done / total : 100, rate, eta / 60, eta % 60);
+    if (terminal_) {
+      std::fprintf(stderr, "\r%s\033[K", line.c_str());
+      drawn_ = true;
+    } else {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    std::fflush(stderr);
+  }
+
+  void Finish() {
+    if (drawn_) std::fputc('\n', stderr);
+    drawn_ = false;
+  }
+
+ private:
+  const bool terminal_;
+  bool drawn_ = false;
+  int last_tenth_ = -1;
+  std::chrono::steady_clock::time_point last_{};
+};
 
 }  // namespace
 
@@ -191,6 +243,106 @@ int RunEval() {
   }
   absl::Status s = bench::RunEval(o);
   return s.ok() ? 0 : Fail("eval", s);
+}
+
+int RunReencode() {
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (data_dir.empty()) {
+    return Fail("reencode", absl::InvalidArgumentError("--data-dir (the memory bank) is required"));
+  }
+  const std::string bundle = absl::GetFlag(FLAGS_bundle);
+  std::string adapter_dir = absl::GetFlag(FLAGS_adapter);
+  if (adapter_dir.empty()) adapter_dir = (std::filesystem::path(bundle) / "adapter").string();
+  const std::string format = absl::GetFlag(FLAGS_latent_format);
+  if (format != "fp16" && format != "int8") {
+    return Fail("reencode", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend();
+  if (!backend.ok()) return Fail("reencode", backend.status());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(bundle);
+  if (!tokenizer.ok()) return Fail("reencode", tokenizer.status());
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(bundle, backend->get());
+  if (!model.ok()) return Fail("reencode", model.status());
+  absl::StatusOr<std::unique_ptr<Adapter>> adapter = Adapter::Load(adapter_dir, model->get());
+  if (!adapter.ok()) return Fail("reencode", adapter.status());
+  const AdapterSpec& spec = (*adapter)->spec();
+
+  storage::BankOptions options;
+  options.data_dir = data_dir;
+  options.create_if_missing = false;
+  options.key_dim = spec.key_dim;
+  options.latent_rows = spec.slots;
+  options.latent_cols = spec.latent_dim;
+  options.latent_format =
+      format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  options.index_factory = absl::GetFlag(FLAGS_index);
+  options.lexical_index = false;  // rebuilt from the texts at every open; not needed here
+  options.fingerprint = {spec.adapter_sha256, spec.base_sha256};
+  options.open_for_reencode = true;
+  absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank = storage::MemoryBank::Open(options);
+  if (!bank.ok()) return Fail("reencode", bank.status());
+  absl::StatusOr<storage::BankStats> stats = (*bank)->Stats();
+  if (!stats.ok()) return Fail("reencode", stats.status());
+  const std::string adapter_label = spec.adapter_sha256.substr(0, 12);
+  if (!stats->needs_reencode && stats->fingerprint == options.fingerprint) {
+    std::printf("%s: already encoded by adapter %s; nothing to do\n", data_dir.c_str(),
+                adapter_label.c_str());
+    absl::Status closed = (*bank)->Close();
+    return closed.ok() ? 0 : Fail("reencode", closed);
+  }
+
+  // The passages' text as the bank stores it, with BOS, cut to the model's context (what the
+  // daemon encodes when it ingests).
+  const int max_tokens = (*model)->config().max_position_embeddings;
+  uint64_t this_run = 0;
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  storage::PassageEncoder encoder = [&](std::span<const std::string_view> texts,
+                                        std::vector<storage::EncodedPassage>* out) {
+    std::vector<std::vector<int32_t>> passages;
+    for (std::string_view text : texts) {
+      std::vector<int32_t> ids = (*tokenizer)->Encode(text, true);
+      if (static_cast<int>(ids.size()) > max_tokens) ids.resize(max_tokens);
+      if (ids.size() < 2) ids.push_back((*model)->config().eos_token_id);  // an empty passage
+      passages.push_back(std::move(ids));
+    }
+    std::vector<PassageCode> codes;
+    if (absl::Status s = (*adapter)->EncodePassages(passages, &codes); !s.ok()) return s;
+    out->clear();
+    for (PassageCode& c : codes) out->push_back({std::move(c.latents), std::move(c.key)});
+    this_run += texts.size();
+    return absl::OkStatus();
+  };
+  ReencodeProgressBar bar(isatty(STDERR_FILENO) != 0);
+  bool first = true;
+  storage::ReencodeProgress progress = [&](uint64_t done, uint64_t total) {
+    if (first && done > this_run) {
+      bar.Finish();
+      std::fprintf(stderr, "resuming: %llu of %llu passages were re-encoded before\n",
+                   static_cast<unsigned long long>(done - this_run),
+                   static_cast<unsigned long long>(total));
+    }
+    first = false;
+    bar.Update(done, total, this_run, seconds());
+    if (done >= total) bar.Finish();  // the bank logs while it rebuilds its indexes
+  };
+  absl::Status status = (*bank)->Reencode(encoder, progress, /*batch_size=*/64);
+  bar.Finish();
+  if (!status.ok()) {
+    return Fail("reencode",
+                absl::Status(status.code(),
+                             absl::StrCat(status.message(), " (run the command again to resume)")));
+  }
+  if (absl::Status closed = (*bank)->Close(); !closed.ok()) return Fail("reencode", closed);
+  const double elapsed = seconds();
+  std::printf(
+      "%s: re-encoded %llu passages in %.1f s (%.1f passages/s); the bank now belongs to "
+      "adapter %s\n",
+      data_dir.c_str(), static_cast<unsigned long long>(this_run), elapsed,
+      elapsed > 0 ? this_run / elapsed : 0.0, adapter_label.c_str());
+  return 0;
 }
 
 }  // namespace knowd

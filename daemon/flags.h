@@ -32,3 +32,4 @@ ABSL_DECLARE_FLAG(std::string, split);
 ABSL_DECLARE_FLAG(int, limit);
 ABSL_DECLARE_FLAG(std::string, report);
 ABSL_DECLARE_FLAG(int, batch);
+ABSL_DECLARE_FLAG(std::string, data_dir);

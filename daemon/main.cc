@@ -30,15 +30,17 @@ ABSL_FLAG(int, prompt_tokens, 256, "Prefill length (bench engine)");
 ABSL_FLAG(int, decode_tokens, 64, "Decode steps (bench engine)");
 ABSL_FLAG(bool, json, false, "Print JSON instead of a table");
 ABSL_FLAG(std::string, entries, "10000,100000,1000000", "Bank sizes (bench storage)");
-ABSL_FLAG(std::string, index, "Flat", "FAISS index factory string (bench storage)");
-ABSL_FLAG(std::string, latent_format, "fp16", "Stored latents: fp16 or int8 (bench storage)");
+ABSL_FLAG(std::string, index, "Flat", "FAISS index factory string (bench storage, reencode)");
+ABSL_FLAG(std::string, latent_format, "fp16",
+          "Stored latents: fp16 or int8 (bench storage, reencode)");
 ABSL_FLAG(bool, lexical, false, "Keep the BM25 index too (bench storage)");
-ABSL_FLAG(std::string, bundle, "models/knowd-tiny", "Model bundle directory (eval)");
+ABSL_FLAG(std::string, bundle, "models/knowd-tiny", "Model bundle directory (eval, reencode)");
 ABSL_FLAG(std::string, data, "", "World data directory (eval); empty: <bundle>/eval");
 ABSL_FLAG(std::string, split, "test", "World split to evaluate on (eval)");
 ABSL_FLAG(int, limit, 0, "Questions to evaluate, spread evenly over the stream; 0 is all (eval)");
 ABSL_FLAG(std::string, report, "", "JSON report path; .md and .png are written beside it (eval)");
 ABSL_FLAG(int, batch, 16, "Sequences per forward pass (eval)");
+ABSL_FLAG(std::string, data_dir, "", "Memory bank directory (reencode)");
 
 namespace {
 constexpr const char* kUsage =
@@ -55,7 +57,8 @@ constexpr const char* kUsage =
     "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format fp16]\n"
     "                      [--lexical] [--out FILE.json]\n"
     "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
-    "             [--batch N] [--threads N]\n";
+    "             [--batch N] [--threads N]\n"
+    "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -87,6 +90,7 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return knowd::RunTokenize();
   if (command == "bench") return knowd::RunBench(rest);
   if (command == "eval") return knowd::RunEval();
+  if (command == "reencode") return knowd::RunReencode();
   std::fprintf(stderr, "knowd: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }
