@@ -29,6 +29,8 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
   std::string host;
   int port = 0;
   if (absl::Status s = SplitHostPort(address, &host, &port); !s.ok()) return s;
+  // Stop() waits for open keep-alive connections to idle out (a scraper holds one): keep it short.
+  server_->set_keep_alive_timeout(1);
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });

@@ -320,9 +320,11 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // Stops accepting calls; in-flight ones finish or are cancelled at the deadline.
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(config.drain_timeout * 1000)));
+  spdlog::info("calls drained; stopping the schedulers");
   ingest.Stop();
   engine.Stop();
   http.Stop();
+  spdlog::info("saving the index");
   if (absl::Status s = (*bank)->Close(); !s.ok()) return Fail(1, s);
   spdlog::info("stopped; index saved");
   return 0;
