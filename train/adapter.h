@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/dtype.h"
+#include "model/sha256.h"
 #include "model/tokenizer.h"
 #include "train/lm.h"
 #include "train/world.h"
@@ -201,8 +202,8 @@ class Adapter {
   std::unique_ptr<Impl> impl_;
 };
 
-// Lowercase hex SHA-256 of a file's bytes.
-absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
+// Sha256OfFile (model/sha256.h) fingerprints the base model an adapter is trained on.
+using knowd::Sha256OfFile;
 
 // Bytes a passage of `tokens` tokens takes in the base LM's KV cache at f16
 // (layers x tokens x 2 x kv_dim x 2), and the bytes of its stored latent (slots x d x 2).
