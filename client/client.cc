@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/stubs/common.h"
 #include "grpcpp/grpcpp.h"
 
 namespace knowd::client {
@@ -13,6 +14,20 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   // absl::StatusCode and grpc::StatusCode share their values (both follow google.rpc.Code).
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
+
+namespace {
+
+// The protobuf runtime refuses to send a string field that is not UTF-8 and breaks the call with
+// a vague error; checking first names the field instead.
+absl::Status CheckUtf8(std::string_view what, const std::string& text) {
+  if (google::protobuf::internal::IsStructurallyValidUTF8(text.data(),
+                                                          static_cast<int>(text.size()))) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(std::string(what), " is not valid UTF-8"));
+}
+
+}  // namespace
 
 std::string AskModeName(v1::AskMode mode) {
   switch (mode) {
@@ -61,6 +76,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   // Documents may be large; the daemon enforces its own limit with a clear error.
   args.SetMaxSendMessageSize(-1);
   args.SetMaxReceiveMessageSize(-1);
+  if (tls && !options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   auto channel = grpc::CreateCustomChannel(options.target, credentials, args);
   return std::unique_ptr<Client>(new Client(options, v1::KnowledgeService::NewStub(channel)));
 }
@@ -97,14 +115,21 @@ absl::Status Client::Ingest(const DocumentProducer& next,
       absl::StatusOr<bool> more = next(&request);
       if (!more.ok()) {
         producer_status = more.status();
-        context->TryCancel();
-        return;
+        break;
       }
       if (!*more) break;
+      absl::Status utf8 =
+          CheckUtf8(absl::StrCat("document ", request.id(), ": its text"), request.text());
+      if (utf8.ok()) utf8 = CheckUtf8("a document id", request.id());
+      if (!utf8.ok()) {
+        producer_status = utf8;
+        break;
+      }
       FillNamespace(&request);
       // False when the stream is broken; Finish below says why.
       if (!stream->Write(request)) return;
     }
+    // Also after a producer error: the documents already sent are still stored and acked.
     stream->WritesDone();
   });
   v1::IngestAck ack;
@@ -119,6 +144,7 @@ absl::Status Client::Ingest(const DocumentProducer& next,
 
 absl::StatusOr<v1::AskFinal> Client::Ask(v1::AskRequest request,
                                          const std::function<void(std::string_view)>& on_text) {
+  if (absl::Status s = CheckUtf8("the question", request.question()); !s.ok()) return s;
   FillNamespace(&request);
   auto context = NewContext();
   auto reader = stub_->Ask(context.get(), request);
@@ -140,6 +166,7 @@ absl::StatusOr<v1::AskFinal> Client::Ask(v1::AskRequest request,
 }
 
 absl::StatusOr<v1::SearchResponse> Client::Search(v1::SearchRequest request) {
+  if (absl::Status s = CheckUtf8("the query", request.query()); !s.ok()) return s;
   FillNamespace(&request);
   auto context = NewContext();
   v1::SearchResponse response;

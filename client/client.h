@@ -37,6 +37,9 @@ struct ClientOptions {
   std::string tls_root_ca_pem;
   std::string tls_client_cert_pem;
   std::string tls_client_key_pem;
+  // The name the server's certificate must carry, when it differs from the target's host (e.g.
+  // "localhost" while connecting to 127.0.0.1).
+  std::string tls_server_name;
   // Deadline of each call; zero or infinite means none.
   absl::Duration deadline = absl::InfiniteDuration();
 };

@@ -15,7 +15,8 @@ using knowd::client::ClientOptions;
 using knowd::client::CommandLine;
 
 constexpr char kUsage[] = R"(usage: knowctl [--server HOST:PORT] [--token T] [--namespace NS]
-               [--tls-ca F] [--tls-cert F --tls-key F] COMMAND ...
+               [--tls] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-server-name NAME]
+               COMMAND ...
 
   ingest FILE|DIR|- [--json]     .txt/.md one document each (id = path relative to DIR),
                                  .jsonl lines {"id","text","metadata"}; - reads stdin
@@ -30,9 +31,9 @@ The server and token default to $KNOWCTL_SERVER (else 127.0.0.1:7070) and $KNOWC
 )";
 
 // Flags that take a value; every other flag is a switch.
-const std::set<std::string> kValueFlags = {"server",     "token",   "namespace", "tls-ca",
-                                           "tls-cert",   "tls-key", "mode",      "top-k",
-                                           "max-tokens", "clients", "duration",  "ask-ratio"};
+const std::set<std::string> kValueFlags = {
+    "server", "token",      "namespace", "tls-ca",   "tls-cert",  "tls-key",        "mode",
+    "top-k",  "max-tokens", "clients",   "duration", "ask-ratio", "tls-server-name"};
 const std::set<std::string> kSwitches = {"json", "tls", "help"};
 
 // Flags may come before or after the command; "--" ends them. Underscores are accepted for
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
   options.token = line.Get("token", Env("KNOWCTL_TOKEN"));
   options.name_space = line.Get("namespace");
   options.tls = line.Has("tls");
+  options.tls_server_name = line.Get("tls-server-name");
   for (const auto& [flag, pem] : {std::pair{"tls-ca", &options.tls_root_ca_pem},
                                   std::pair{"tls-cert", &options.tls_client_cert_pem},
                                   std::pair{"tls-key", &options.tls_client_key_pem}}) {

@@ -171,6 +171,27 @@ TEST_F(ClientTest, AProducerErrorStopsTheStreamAndIsReturned) {
   EXPECT_EQ(status, absl::InvalidArgumentError("docs.jsonl:2: not a JSON object"));
 }
 
+TEST_F(ClientTest, InvalidUtf8IsRefusedBeforeItIsSent) {
+  auto c = Connect();
+  int calls = 0;
+  std::vector<std::string> acked;
+  absl::Status status = c->Ingest(
+      [&](v1::IngestRequest* r) -> absl::StatusOr<bool> {
+        r->set_id(++calls == 1 ? "fine" : "latin1.txt");
+        r->set_text(calls == 1 ? "caf\xC3\xA9" : "caf\xE9");
+        return calls <= 2;
+      },
+      [&](const v1::IngestAck& ack) { acked.push_back(ack.id()); });
+  EXPECT_EQ(status, absl::InvalidArgumentError("document latin1.txt: its text is not valid UTF-8"));
+  EXPECT_EQ(acked, std::vector<std::string>{"fine"});
+  v1::AskRequest ask;
+  ask.set_question("\xFF?");
+  EXPECT_EQ(c->Ask(ask).status(), absl::InvalidArgumentError("the question is not valid UTF-8"));
+  v1::SearchRequest search;
+  search.set_query("\xFF");
+  EXPECT_EQ(c->Search(search).status(), absl::InvalidArgumentError("the query is not valid UTF-8"));
+}
+
 TEST_F(ClientTest, AskStreamsTextThenReturnsTheFinalMessage) {
   auto c = Connect("s3cret");
   v1::AskRequest request;

@@ -1,0 +1,147 @@
+// `knowctl` as a user runs it against the real daemon: its stdout, stderr and exit codes.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/daemon/daemon_process.h"
+
+namespace knowd::testing {
+namespace {
+
+std::vector<nlohmann::json> JsonLines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line, nullptr, false));
+  }
+  return lines;
+}
+
+TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
+  TempDir dir;
+  auto started = DaemonProcess::Start(dir.path() + "/data");
+  ASSERT_TRUE(started.ok()) << started.status();
+  auto& daemon = **started;
+  ASSERT_TRUE(WaitUntilServing(Options(daemon)).ok()) << daemon.log();
+
+  // A directory of .txt/.md documents (one nested) and a .jsonl with the rest; other files are
+  // skipped.
+  const std::string docs = dir.path() + "/docs";
+  std::filesystem::create_directories(docs + "/people");
+  const std::vector<WorldPassage> passages = LoadWorldPassages();
+  std::ofstream(docs + "/p0.txt") << passages[0].text;
+  std::ofstream(docs + "/people/p1.md") << passages[1].text;
+  std::ofstream(docs + "/notes.csv") << "not a document";
+  {
+    std::ofstream jsonl(docs + "/more.jsonl");
+    for (int i = 2; i < 5; ++i) {
+      jsonl << nlohmann::json{{"id", passages[i].id},
+                              {"text", passages[i].text},
+                              {"metadata", {{"source", "fixture"}}}}
+                   .dump()
+            << "\n";
+    }
+  }
+  const std::string knowctl = kKnowctlBinary + " --server " + daemon.grpc_target() + " ";
+  CommandResult ingest = RunCommand(knowctl + "ingest " + docs + " --json");
+  ASSERT_EQ(ingest.exit_code, 0) << ingest.out << daemon.log();
+  std::vector<nlohmann::json> acks = JsonLines(ingest.out);
+  ASSERT_EQ(acks.size(), 5u) << ingest.out;
+  std::vector<std::string> ids;
+  for (const nlohmann::json& ack : acks) {
+    ids.push_back(ack["id"]);
+    EXPECT_EQ(ack["error_code"], 0) << ack.dump();
+    EXPECT_GE(ack["passages"].get<int>(), 1) << ack.dump();
+  }
+  // Sorted walk: more.jsonl's lines, then p0.txt, then people/p1.md.
+  EXPECT_EQ(ids, (std::vector<std::string>{passages[2].id, passages[3].id, passages[4].id, "p0.txt",
+                                           "people/p1.md"}));
+
+  // Without --json (stderr is not a terminal): one summary line.
+  CommandResult again = RunCommand(knowctl + "ingest " + docs + "/p0.txt", true);
+  EXPECT_EQ(again.exit_code, 0) << again.out;
+  EXPECT_NE(again.out.find("1 documents stored (1 passages, 1 replaced), 0 failed"),
+            std::string::npos)
+      << again.out;
+
+  // ask --json: the answer, the mode and the passage cited.
+  const std::vector<WorldQuestion> questions = LoadWorldQuestions();
+  const WorldQuestion* question = nullptr;
+  for (const WorldQuestion& q : questions) {
+    if (q.passage_id == passages[3].id && q.oracle_correct) {
+      question = &q;
+      break;
+    }
+  }
+  ASSERT_NE(question, nullptr);
+  CommandResult ask =
+      RunCommand(knowctl + "ask " + ShellQuote(question->question) + " --mode rag --json");
+  ASSERT_EQ(ask.exit_code, 0) << ask.out;
+  const nlohmann::json answer = nlohmann::json::parse(ask.out, nullptr, false);
+  ASSERT_TRUE(answer.is_object()) << ask.out;
+  EXPECT_EQ(answer["mode"], "ASK_MODE_RAG");
+  EXPECT_EQ(NormalizeAnswer(answer["answer"]), NormalizeAnswer(question->answer)) << ask.out;
+  ASSERT_FALSE(answer["cited"].empty()) << ask.out;
+  EXPECT_EQ(answer["cited"][0]["document_id"], passages[3].id);
+  EXPECT_EQ(answer["cited"][0]["metadata"]["source"], "fixture");
+
+  // Plain ask: the answer on the first line, then the cited passages.
+  CommandResult plain =
+      RunCommand(knowctl + "ask " + ShellQuote(question->question) + " --mode rag");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out;
+  EXPECT_EQ(plain.out.substr(0, plain.out.find('\n')), answer["answer"].get<std::string>());
+  EXPECT_NE(plain.out.find(passages[3].id + "#0"), std::string::npos) << plain.out;
+
+  CommandResult search = RunCommand(knowctl + "search " + ShellQuote(question->question) +
+                                    " --top-k 2 "
+                                    "--json");
+  ASSERT_EQ(search.exit_code, 0) << search.out;
+  const nlohmann::json hits = nlohmann::json::parse(search.out, nullptr, false);
+  ASSERT_TRUE(hits.is_object()) << search.out;
+  ASSERT_FALSE(hits["passages"].empty());
+  EXPECT_EQ(hits["passages"][0]["document_id"], passages[3].id);
+
+  CommandResult forget = RunCommand(knowctl + "forget p0.txt nothing-here");
+  EXPECT_EQ(forget.exit_code, 0) << forget.out;
+  EXPECT_EQ(forget.out, "forgot 1 documents (1 passages); not stored: nothing-here\n");
+  CommandResult get = RunCommand(knowctl + "get p0.txt", true);
+  EXPECT_EQ(get.exit_code, 1);
+  EXPECT_NE(get.out.find("knowctl get: NOT_FOUND"), std::string::npos) << get.out;
+
+  CommandResult stats = RunCommand(knowctl + "stats --json");
+  ASSERT_EQ(stats.exit_code, 0) << stats.out;
+  const nlohmann::json counts = nlohmann::json::parse(stats.out, nullptr, false);
+  ASSERT_TRUE(counts.is_object()) << stats.out;
+  // proto3 JSON writes int64 as a string.
+  EXPECT_EQ(counts["documents"], "4") << stats.out;
+
+  // A document the daemon rejects: reported, and the exit code says so.
+  std::ofstream(dir.path() + "/empty.txt") << "";
+  CommandResult rejected = RunCommand(knowctl + "ingest " + dir.path() + "/empty.txt", true);
+  EXPECT_EQ(rejected.exit_code, 1);
+  EXPECT_NE(rejected.out.find("empty.txt: INVALID_ARGUMENT"), std::string::npos) << rejected.out;
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
+}
+
+TEST(Knowctl, SaysWhenTheDaemonCannotBeReached) {
+  // Port 1 on loopback: nothing listens there.
+  CommandResult r = RunCommand(kKnowctlBinary + " --server 127.0.0.1:1 stats", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out.rfind("knowctl: cannot reach 127.0.0.1:1: ", 0), 0u) << r.out;
+  CommandResult env = RunCommand("KNOWCTL_SERVER=127.0.0.1:1 " + kKnowctlBinary + " stats", true);
+  EXPECT_EQ(env.out.rfind("knowctl: cannot reach 127.0.0.1:1: ", 0), 0u) << env.out;
+}
+
+TEST(Knowctl, UsageErrorsExitTwo) {
+  EXPECT_EQ(RunCommand(kKnowctlBinary).exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " frobnicate").exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " ask 'Q' --mode sideways").exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " ask 'Q' --top-k many").exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " --bogus stats").exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " --help").exit_code, 0);
+}
+
+}  // namespace
+}  // namespace knowd::testing
