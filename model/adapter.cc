@@ -15,9 +15,11 @@
 namespace knowd {
 namespace {
 
-// Tokens per trunk pass of EncodePassages: bounds the memory of the per-layer hidden states and
-// caches while keeping batches large enough for the matrix products.
+// Tokens per trunk pass of EncodePassages: large batches for the matrix products, bounded so
+// that the per-layer hidden states of a pass stay within kHiddenBudgetBytes (a pass always takes
+// at least one passage).
 constexpr int64_t kEncodeTokenBudget = 8192;
+constexpr int64_t kHiddenBudgetBytes = int64_t{256} << 20;
 
 // Scratch slots of Impl::scratch.
 enum Slot : int {
@@ -280,15 +282,16 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
     if (!s.ok()) return s;
   }
   const int t = impl_->spec.slots, d = impl_->spec.latent_dim;
+  const int64_t budget = std::clamp<int64_t>(
+      kHiddenBudgetBytes / (int64_t{sizeof(float)} * impl_->lm.num_layers * impl_->lm.hidden_size),
+      1, kEncodeTokenBudget);
   std::vector<float> z;
   size_t begin = 0;
   while (begin < passages.size()) {
-    // One trunk pass per chunk of at most kEncodeTokenBudget tokens (at least one passage).
     size_t end = begin;
     int64_t tokens = 0;
     while (end < passages.size() &&
-           (end == begin ||
-            tokens + static_cast<int64_t>(passages[end].size()) <= kEncodeTokenBudget)) {
+           (end == begin || tokens + static_cast<int64_t>(passages[end].size()) <= budget)) {
       tokens += static_cast<int64_t>(passages[end].size());
       ++end;
     }

@@ -88,8 +88,9 @@ class Adapter {
   static std::string QuestionPrompt(std::string_view question);
 
   // Encodes passages (token ids, BOS first, at least one token after it; at most
-  // max_position_embeddings) in batched trunk passes (one Transformer::Forward per 8192 tokens).
-  // `out` gets one code per passage, in order. INVALID_ARGUMENT for a passage out of those bounds.
+  // max_position_embeddings) in batched trunk passes (one Transformer::Forward per up to 8192
+  // tokens). `out` gets one code per passage, in order. INVALID_ARGUMENT for a passage out of
+  // those bounds.
   absl::Status EncodePassages(std::span<const std::vector<int32_t>> passages,
                               std::vector<PassageCode>* out);
   // Encodes a question prompt (token ids of QuestionPrompt with BOS first).
