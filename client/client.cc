@@ -53,6 +53,15 @@ absl::StatusOr<v1::AskMode> ParseAskMode(std::string_view name) {
       absl::StrCat("unknown mode \"", std::string(name), "\" (closed-book, mac, rag or mac+rag)"));
 }
 
+absl::StatusOr<v1::Retrieval> ParseRetrieval(std::string_view name) {
+  if (name.empty()) return v1::RETRIEVAL_UNSPECIFIED;
+  if (name == "dense") return v1::RETRIEVAL_DENSE;
+  if (name == "lexical") return v1::RETRIEVAL_LEXICAL;
+  if (name == "hybrid") return v1::RETRIEVAL_HYBRID;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown retrieval \"", std::string(name), "\" (dense, lexical or hybrid)"));
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("no server address given");
   if (options.tls_client_cert_pem.empty() != options.tls_client_key_pem.empty()) {

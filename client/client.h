@@ -93,5 +93,7 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 // "mac+rag"); "" for UNSPECIFIED.
 std::string AskModeName(v1::AskMode mode);
 absl::StatusOr<v1::AskMode> ParseAskMode(std::string_view name);
+// "dense", "lexical", "hybrid" (and "" for UNSPECIFIED: the daemon's default).
+absl::StatusOr<v1::Retrieval> ParseRetrieval(std::string_view name);
 
 }  // namespace knowd::client

@@ -21,7 +21,8 @@ constexpr char kUsage[] = R"(usage: knowctl [--server HOST:PORT] [--token T] [--
   ingest FILE|DIR|- [--json]     .txt/.md one document each (id = path relative to DIR),
                                  .jsonl lines {"id","text","metadata"}; - reads stdin
   ask "QUESTION" [--mode closed-book|mac|rag|mac+rag] [--top-k K] [--max-tokens N] [--json]
-  search "QUERY" [--top-k K] [--json]
+      [--retrieval dense|lexical|hybrid]
+  search "QUERY" [--top-k K] [--retrieval dense|lexical|hybrid] [--json]
   get ID [--json]
   forget ID... [--json]
   stats [--json]
@@ -32,8 +33,8 @@ The server and token default to $KNOWCTL_SERVER (else 127.0.0.1:7070) and $KNOWC
 
 // Flags that take a value; every other flag is a switch.
 const std::set<std::string> kValueFlags = {
-    "server", "token",      "namespace", "tls-ca",   "tls-cert",  "tls-key",        "mode",
-    "top-k",  "max-tokens", "clients",   "duration", "ask-ratio", "tls-server-name"};
+    "server", "token",      "namespace", "tls-ca",   "tls-cert",  "tls-key",         "mode",
+    "top-k",  "max-tokens", "clients",   "duration", "ask-ratio", "tls-server-name", "retrieval"};
 const std::set<std::string> kSwitches = {"json", "tls", "help"};
 
 // Flags may come before or after the command; "--" ends them. Underscores are accepted for

@@ -194,6 +194,9 @@ int RunAsk(Client& client, const CommandLine& line) {
   if (!max_tokens.ok()) return Usage("ask", std::string(max_tokens.status().message()));
   request.set_top_k(*top_k);
   request.set_max_tokens(*max_tokens);
+  absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(line.Get("retrieval"));
+  if (!retrieval.ok()) return Usage("ask", std::string(retrieval.status().message()));
+  request.set_retrieval(*retrieval);
   const bool json = line.Has("json");
   request.set_stream(!json);
   absl::StatusOr<v1::AskFinal> final_message =
@@ -221,6 +224,9 @@ int RunSearch(Client& client, const CommandLine& line) {
   v1::SearchRequest request;
   request.set_query(line.words[0]);
   request.set_top_k(*top_k);
+  absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(line.Get("retrieval"));
+  if (!retrieval.ok()) return Usage("search", std::string(retrieval.status().message()));
+  request.set_retrieval(*retrieval);
   absl::StatusOr<v1::SearchResponse> response = client.Search(request);
   if (!response.ok()) return ReportError("search", client.options(), response.status());
   if (line.Has("json")) {

@@ -49,11 +49,20 @@ std::optional<int> WaitFor(pid_t pid, absl::Duration timeout) {
 
 }  // namespace
 
+bool HasAdapter() {
+  const char* adapter = std::getenv("KNOWD_TEST_ADAPTER");
+  return (adapter != nullptr && *adapter != '\0') ||
+         std::filesystem::exists(kTinyModel + "/adapter/adapter.json");
+}
+
 absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(
     const std::string& data_dir, const std::vector<std::string>& extra_args) {
   std::vector<std::string> args = {kKnowdBinary,    "serve",       "--listen", "127.0.0.1:0",
                                    "--http-listen", "127.0.0.1:0", "--model",  kTinyModel,
                                    "--data-dir",    data_dir};
+  if (const char* adapter = std::getenv("KNOWD_TEST_ADAPTER"); adapter != nullptr && *adapter) {
+    args.insert(args.end(), {"--adapter", adapter});
+  }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::unique_ptr<DaemonProcess> daemon(new DaemonProcess());
   daemon->log_path_ = data_dir + ".log";

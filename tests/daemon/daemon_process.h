@@ -22,10 +22,15 @@ const std::string kKnowctlBinary = std::string(KNOWD_BINARY_DIR) + "/client/know
 const std::string kTinyModel = std::string(KNOWD_SOURCE_DIR) + "/models/knowd-tiny";
 const std::string kWorldDir = std::string(KNOWD_SOURCE_DIR) + "/tests/data/world";
 
+// Whether the daemon will serve with an adapter: models/knowd-tiny/adapter exists, or
+// $KNOWD_TEST_ADAPTER names one (passed as --adapter, to try an adapter before it ships).
+bool HasAdapter();
+
 class DaemonProcess {
  public:
   // Runs `knowd serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --model <knowd-tiny>
-  // --data-dir <data_dir> <extra_args...>` and waits (bounded) until it says where it listens.
+  // --data-dir <data_dir> [--adapter $KNOWD_TEST_ADAPTER] <extra_args...>` and waits (bounded)
+  // until it says where it listens.
   // Its stderr goes to <data_dir>.log (shown by log()).
   static absl::StatusOr<std::unique_ptr<DaemonProcess>> Start(
       const std::string& data_dir, const std::vector<std::string>& extra_args = {});

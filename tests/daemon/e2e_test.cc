@@ -66,10 +66,13 @@ std::vector<std::pair<std::string, std::string>> WorldDocs(size_t count) {
   return docs;
 }
 
+// Retrieval is BM25 in these checks: it ranks the same with and without the bundle's adapter,
+// while dense keys are as good as the adapter that made them.
 absl::StatusOr<v1::AskFinal> AskRag(Client& client, const std::string& question) {
   v1::AskRequest request;
   request.set_question(question);
   request.set_mode(v1::ASK_MODE_RAG);
+  request.set_retrieval(v1::RETRIEVAL_LEXICAL);
   return client.Ask(request);
 }
 
@@ -119,6 +122,7 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
     v1::SearchRequest search;
     search.set_query(q.question);
     search.set_top_k(3);
+    search.set_retrieval(v1::RETRIEVAL_LEXICAL);
     absl::StatusOr<v1::SearchResponse> hits = c->Search(search);
     ASSERT_TRUE(hits.ok()) << hits.status();
     ASSERT_FALSE(hits->passages().empty());
@@ -144,6 +148,7 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
     v1::AskRequest request;
     request.set_question(questions[0].question);
     request.set_mode(v1::ASK_MODE_RAG);
+    request.set_retrieval(v1::RETRIEVAL_LEXICAL);
     absl::StatusOr<v1::AskFinal> answer =
         c->Ask(request, [&](std::string_view text) { streamed.append(text); });
     ASSERT_TRUE(answer.ok()) << answer.status();
@@ -207,6 +212,36 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
     ASSERT_TRUE(answer.ok()) << answer.status();
     EXPECT_TRUE(Cites(*answer, q.passage_id)) << q.question;
     break;
+  }
+  EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
+// MAC: the answer comes from the stored modulations. Runs when the bundle has an adapter
+// (models/knowd-tiny/adapter, or the one named by $KNOWD_TEST_ADAPTER); its accuracy is measured by
+// `knowd eval`, so this checks the path and what it reports.
+TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
+  if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
+  TempDir dir;
+  auto daemon = StartOrDie(dir.path() + "/data");
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(WaitUntilServing(Options(*daemon)).ok()) << daemon->log();
+  auto c = Connect(Options(*daemon));
+  absl::Status status;
+  IngestAll(*c, WorldDocs(8), &status);
+  ASSERT_TRUE(status.ok()) << status;
+  absl::StatusOr<v1::StatsResponse> stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_GT(stats->bytes_per_modulation(), 0);
+  EXPECT_GT(stats->modulation_bytes(), 0);
+  EXPECT_NE(stats->fingerprint(), "");
+  for (const WorldQuestion& q : AnswerableQuestions(8)) {
+    v1::AskRequest request;
+    request.set_question(q.question);  // the daemon's default mode is mac with an adapter
+    absl::StatusOr<v1::AskFinal> answer = c->Ask(request);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->mode(), v1::ASK_MODE_MAC);
+    EXPECT_FALSE(answer->cited().empty());
+    EXPECT_GT(answer->timings().modulation_ms(), 0);
   }
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }

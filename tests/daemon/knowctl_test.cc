@@ -76,8 +76,8 @@ TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
     }
   }
   ASSERT_NE(question, nullptr);
-  CommandResult ask =
-      RunCommand(knowctl + "ask " + ShellQuote(question->question) + " --mode rag --json");
+  CommandResult ask = RunCommand(knowctl + "ask " + ShellQuote(question->question) +
+                                 " --mode rag --retrieval lexical --json");
   ASSERT_EQ(ask.exit_code, 0) << ask.out;
   const nlohmann::json answer = nlohmann::json::parse(ask.out, nullptr, false);
   ASSERT_TRUE(answer.is_object()) << ask.out;
@@ -88,14 +88,14 @@ TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
   EXPECT_EQ(answer["cited"][0]["metadata"]["source"], "fixture");
 
   // Plain ask: the answer on the first line, then the cited passages.
-  CommandResult plain =
-      RunCommand(knowctl + "ask " + ShellQuote(question->question) + " --mode rag");
+  CommandResult plain = RunCommand(knowctl + "ask " + ShellQuote(question->question) +
+                                   " --mode rag --retrieval lexical");
   ASSERT_EQ(plain.exit_code, 0) << plain.out;
   EXPECT_EQ(plain.out.substr(0, plain.out.find('\n')), answer["answer"].get<std::string>());
   EXPECT_NE(plain.out.find(passages[3].id + "#0"), std::string::npos) << plain.out;
 
   CommandResult search = RunCommand(knowctl + "search " + ShellQuote(question->question) +
-                                    " --top-k 2 "
+                                    " --top-k 2 --retrieval lexical "
                                     "--json");
   ASSERT_EQ(search.exit_code, 0) << search.out;
   const nlohmann::json hits = nlohmann::json::parse(search.out, nullptr, false);
