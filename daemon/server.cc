@@ -317,9 +317,14 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                config.drain_timeout);
   ready = false;
   server->GetHealthCheckService()->SetServingStatus(false);
-  // Stops accepting calls; in-flight ones finish or are cancelled at the deadline.
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(config.drain_timeout * 1000)));
+  // New calls get UNAVAILABLE; in-flight ones may finish until the drain deadline, then the
+  // server cancels what is left. (gRPC's own Shutdown(deadline) would also wait out idle client
+  // connections, seconds each.)
+  const absl::Time drain_deadline = absl::Now() + absl::Seconds(config.drain_timeout);
+  if (!service.Drain(drain_deadline)) {
+    spdlog::warn("calls still running after {} s: cancelling them", config.drain_timeout);
+  }
+  server->Shutdown(std::chrono::system_clock::now());
   spdlog::info("calls drained; stopping the schedulers");
   ingest.Stop();
   engine.Stop();

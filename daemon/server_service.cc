@@ -75,6 +75,38 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+// Counts a call in flight for the drain, or refuses it once draining started.
+class KnowledgeServiceImpl::CallGuard {
+ public:
+  explicit CallGuard(KnowledgeServiceImpl* service) : service_(service) {
+    std::lock_guard<std::mutex> lock(service_->drain_mu_);
+    admitted_ = !service_->draining_;
+    if (admitted_) ++service_->in_flight_;
+  }
+  ~CallGuard() {
+    if (!admitted_) return;
+    std::lock_guard<std::mutex> lock(service_->drain_mu_);
+    if (--service_->in_flight_ == 0) service_->drain_cv_.notify_all();
+  }
+  bool admitted() const { return admitted_; }
+  absl::Status refusal() const { return absl::UnavailableError("the daemon is shutting down"); }
+
+ private:
+  KnowledgeServiceImpl* service_;
+  bool admitted_ = false;
+};
+
+bool KnowledgeServiceImpl::Drain(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(drain_mu_);
+  draining_ = true;
+  while (in_flight_ > 0) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return false;
+    drain_cv_.wait_for(lock, absl::ToChronoNanoseconds(left));
+  }
+  return true;
+}
+
 struct KnowledgeServiceImpl::PendingAck {
   std::string id;
   int passages = 0;
@@ -110,7 +142,9 @@ grpc::Status KnowledgeServiceImpl::Ingest(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) {
   const absl::Time start = absl::Now();
-  return FinishRpc(metrics_, "Ingest", start, context, DoIngest(context, stream));
+  CallGuard call(this);
+  return FinishRpc(metrics_, "Ingest", start, context,
+                   call.admitted() ? DoIngest(context, stream) : call.refusal());
 }
 
 KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
@@ -242,7 +276,9 @@ absl::Status KnowledgeServiceImpl::DoIngest(
 grpc::Status KnowledgeServiceImpl::Ask(grpc::ServerContext* context, const v1::AskRequest* request,
                                        grpc::ServerWriter<v1::AskChunk>* writer) {
   const absl::Time start = absl::Now();
-  return FinishRpc(metrics_, "Ask", start, context, DoAsk(context, *request, writer));
+  CallGuard call(this);
+  return FinishRpc(metrics_, "Ask", start, context,
+                   call.admitted() ? DoAsk(context, *request, writer) : call.refusal());
 }
 
 absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
@@ -326,7 +362,9 @@ grpc::Status KnowledgeServiceImpl::Search(grpc::ServerContext* context,
                                           const v1::SearchRequest* request,
                                           v1::SearchResponse* response) {
   const absl::Time start = absl::Now();
-  return FinishRpc(metrics_, "Search", start, context, DoSearch(context, *request, response));
+  CallGuard call(this);
+  return FinishRpc(metrics_, "Search", start, context,
+                   call.admitted() ? DoSearch(context, *request, response) : call.refusal());
 }
 
 absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
@@ -384,7 +422,9 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
 grpc::Status KnowledgeServiceImpl::Get(grpc::ServerContext* context, const v1::GetRequest* request,
                                        v1::Document* response) {
   const absl::Time start = absl::Now();
-  return FinishRpc(metrics_, "Get", start, context, DoGet(context, *request, response));
+  CallGuard call(this);
+  return FinishRpc(metrics_, "Get", start, context,
+                   call.admitted() ? DoGet(context, *request, response) : call.refusal());
 }
 
 absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
@@ -424,7 +464,9 @@ grpc::Status KnowledgeServiceImpl::Forget(grpc::ServerContext* context,
                                           const v1::ForgetRequest* request,
                                           v1::ForgetResponse* response) {
   const absl::Time start = absl::Now();
-  return FinishRpc(metrics_, "Forget", start, context, DoForget(context, *request, response));
+  CallGuard call(this);
+  return FinishRpc(metrics_, "Forget", start, context,
+                   call.admitted() ? DoForget(context, *request, response) : call.refusal());
 }
 
 absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
@@ -465,7 +507,9 @@ grpc::Status KnowledgeServiceImpl::Stats(grpc::ServerContext* context,
                                          const v1::StatsRequest* request,
                                          v1::StatsResponse* response) {
   const absl::Time start = absl::Now();
-  return FinishRpc(metrics_, "Stats", start, context, DoStats(context, *request, response));
+  CallGuard call(this);
+  return FinishRpc(metrics_, "Stats", start, context,
+                   call.admitted() ? DoStats(context, *request, response) : call.refusal());
 }
 
 absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,

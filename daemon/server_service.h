@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,6 +54,10 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
                        const Tokenizer* tokenizer, const TokenAuthorizer* auth, Metrics* metrics,
                        ServiceInfo info, ServiceLimits limits);
 
+  // Refuses new calls (UNAVAILABLE) and waits until the calls in flight have finished or
+  // `deadline` passed. Returns false when calls were still running at the deadline.
+  bool Drain(absl::Time deadline);
+
   grpc::Status Ingest(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) override;
   grpc::Status Ask(grpc::ServerContext* context, const v1::AskRequest* request,
@@ -80,6 +85,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   absl::Status DoStats(grpc::ServerContext* context, const v1::StatsRequest& request,
                        v1::StatsResponse* response);
 
+  class CallGuard;
   // Validates one document and queues it; the returned future gives its ack.
   struct PendingAck;
   PendingAck StartIngest(const v1::IngestRequest& request, const Grant& grant, absl::Time deadline,
@@ -98,6 +104,11 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   Metrics* const metrics_;
   const ServiceInfo info_;
   const ServiceLimits limits_;
+
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+  bool draining_ = false;
+  int in_flight_ = 0;
 
   std::mutex passage_tokens_mu_;
   std::vector<int> passage_tokens_;  // a ring of recent passages' lengths, for Stats
