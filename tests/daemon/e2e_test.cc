@@ -431,24 +431,34 @@ TEST(DaemonEndToEnd, OverloadIsRefusedWithResourceExhaustedAndTheDaemonStaysUp) 
   IngestAll(*c, WorldDocs(4), &status);
   ASSERT_TRUE(status.ok()) << status;
 
+  // Bursts of asks released together; a burst on a fast machine may fit in the queue, so up to
+  // ten bursts until one overflows it.
   constexpr int kAsks = 48;
-  std::vector<absl::StatusCode> codes(kAsks);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kAsks; ++i) {
-    threads.emplace_back([&, i] {
-      v1::AskRequest request;
-      request.set_question("Whom did Etheth Rulhal marry?");
-      request.set_mode(v1::ASK_MODE_RAG);
-      request.set_max_tokens(64);
-      codes[i] = c->Ask(request).status().code();
-    });
-  }
-  for (std::thread& t : threads) t.join();
   std::map<absl::StatusCode, int> by_code;
-  for (absl::StatusCode code : codes) ++by_code[code];
+  for (int burst = 0; burst < 10 && by_code[absl::StatusCode::kResourceExhausted] == 0; ++burst) {
+    std::vector<absl::StatusCode> codes(kAsks);
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kAsks; ++i) {
+      threads.emplace_back([&, i] {
+        v1::AskRequest request;
+        request.set_question("Whom did Etheth Rulhal marry?");
+        request.set_mode(v1::ASK_MODE_RAG);
+        request.set_max_tokens(64);
+        while (!go.load()) std::this_thread::yield();
+        codes[i] = c->Ask(request).status().code();
+      });
+    }
+    go = true;
+    for (std::thread& t : threads) t.join();
+    for (absl::StatusCode code : codes) ++by_code[code];
+  }
   EXPECT_GT(by_code[absl::StatusCode::kResourceExhausted], 0);
   EXPECT_GT(by_code[absl::StatusCode::kOk], 0);
-  EXPECT_EQ(by_code[absl::StatusCode::kOk] + by_code[absl::StatusCode::kResourceExhausted], kAsks);
+  // Nothing but answers and refusals: no crash, no other error.
+  int total = 0;
+  for (const auto& [code, count] : by_code) total += count;
+  EXPECT_EQ(by_code[absl::StatusCode::kOk] + by_code[absl::StatusCode::kResourceExhausted], total);
 
   absl::StatusOr<v1::AskFinal> after = AskRag(*c, "Whom did Etheth Rulhal marry?");
   EXPECT_TRUE(after.ok()) << after.status();
