@@ -117,7 +117,7 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
 
   // Search puts the passage about the question's subject first.
   const std::vector<WorldQuestion> questions = AnswerableQuestions(8);
-  ASSERT_GE(questions.size(), 8u);
+  ASSERT_EQ(questions.size(), 21u);
   for (const WorldQuestion& q : questions) {
     v1::SearchRequest search;
     search.set_query(q.question);
@@ -129,18 +129,17 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
     EXPECT_EQ(hits->passages(0).document_id(), q.passage_id) << q.question;
   }
 
-  // RAG answers the questions knowd-tiny reads right from the passage (most of them: retrieval
-  // and the daemon's prompt may differ from the fixture's oracle prompt on a few).
-  int correct = 0;
+  // RAG answers every question knowd-tiny reads right with the passage in its prompt (the
+  // fixture's oracle_correct; all 21 of the first 8 passages, checked on this daemon).
   for (const WorldQuestion& q : questions) {
     absl::StatusOr<v1::AskFinal> answer = AskRag(*c, q.question);
     ASSERT_TRUE(answer.ok()) << answer.status();
     EXPECT_EQ(answer->mode(), v1::ASK_MODE_RAG);
     EXPECT_TRUE(Cites(*answer, q.passage_id)) << q.question;
-    correct += NormalizeAnswer(answer->answer()) == NormalizeAnswer(q.answer) ? 1 : 0;
+    EXPECT_EQ(NormalizeAnswer(answer->answer()), NormalizeAnswer(q.answer)) << q.question;
+    EXPECT_NE(answer->stop_reason(), "");
+    EXPECT_GT(answer->timings().generated_tokens(), 0);
   }
-  EXPECT_GE(correct * 10, static_cast<int>(questions.size()) * 8)
-      << correct << " of " << questions.size();
 
   // Streaming: the chunks add up to the final answer.
   {
