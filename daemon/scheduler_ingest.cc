@@ -10,6 +10,11 @@
 #include "spdlog/spdlog.h"
 
 namespace knowd {
+namespace {
+
+constexpr int64_t kTokensPerPass = 8192;
+
+}  // namespace
 
 IngestBatcher::IngestBatcher(Engine* engine, storage::MemoryBank* bank, Metrics* metrics,
                              const IngestOptions& options)
@@ -78,10 +83,27 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
   Adapter* adapter = engine_ != nullptr ? engine_->adapter() : nullptr;
   std::vector<PassageCode> codes;
   if (adapter != nullptr) {
-    if (absl::Status s =
-            engine_->RunOnEngine([&] { return adapter->EncodePassages(inputs, &codes); });
-        !s.ok()) {
-      return s;
+    // One encoder pass per batch, cut at kTokensPerPass tokens so that a huge document neither
+    // needs its whole trunk state in memory at once nor holds the engine (and every question
+    // waiting on it) for the length of its encoding.
+    size_t begin = 0;
+    while (begin < inputs.size()) {
+      size_t end = begin;
+      int64_t pass_tokens = 0;
+      while (end < inputs.size() &&
+             (end == begin ||
+              pass_tokens + static_cast<int64_t>(inputs[end].size()) <= kTokensPerPass)) {
+        pass_tokens += static_cast<int64_t>(inputs[end++].size());
+      }
+      std::vector<PassageCode> pass;
+      const std::span<const std::vector<int32_t>> part(inputs.data() + begin, end - begin);
+      if (absl::Status s =
+              engine_->RunOnEngine([&] { return adapter->EncodePassages(part, &pass); });
+          !s.ok()) {
+        return s;
+      }
+      for (PassageCode& code : pass) codes.push_back(std::move(code));
+      begin = end;
     }
     if (codes.size() != inputs.size()) {
       return absl::InternalError(absl::StrCat("the encoder returned ", codes.size(), " codes for ",
