@@ -242,7 +242,7 @@ absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q, bool all
   request.k = 2 * kLexicalCandidates;
   absl::StatusOr<std::vector<storage::SearchHit>> hits = bank_->Search(request);
   if (!hits.ok()) return hits.status();
-  if (all_rankings) {
+  {
     std::vector<storage::SearchHit> fused(
         hits->begin(), hits->begin() + std::min<size_t>(kRecallDepth, hits->size()));
     r.hybrid = to_indices(fused);
@@ -368,9 +368,12 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   asked_.push_back({question, kRagTop3, stage, AddRequest(*std::move(rag3), nullptr)});
   if (modulator_ == nullptr) return absl::OkStatus();
 
+  const std::vector<int>& ranked = o_.mac_retrieval == MacRetrieval::kHybrid    ? r->hybrid
+                                   : o_.mac_retrieval == MacRetrieval::kLexical ? r->bm25
+                                                                                : r->dense;
   std::vector<storage::PassageId> ids;
-  for (int i = 0; i < std::min<int>(o_.mac_top_k, r->dense.size()); ++i) {
-    ids.push_back(passage_ids_[r->dense[i]]);
+  for (int i = 0; i < std::min<int>(o_.mac_top_k, ranked.size()); ++i) {
+    ids.push_back(passage_ids_[ranked[i]]);
   }
   if (ids.empty()) return absl::InternalError("mac: the bank returned no passage");
   auto latents = bank_->GetLatents(kNamespace, ids);
@@ -386,7 +389,9 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   absl::StatusOr<std::vector<int32_t>> mac = FitPrompt({}, q.question, shared->rows);
   if (!mac.ok()) return mac.status();
   asked_.push_back({question, kMac, stage, AddRequest(after_prefix(*std::move(mac)), shared)});
-  absl::StatusOr<std::vector<int32_t>> mac_rag = FitPrompt(top3, q.question, shared->rows);
+  const std::vector<int> mac_rag_text(
+      ranked.begin(), ranked.begin() + std::min<size_t>(o_.mac_rag_passages, ranked.size()));
+  absl::StatusOr<std::vector<int32_t>> mac_rag = FitPrompt(mac_rag_text, q.question, shared->rows);
   if (!mac_rag.ok()) return mac_rag.status();
   asked_.push_back(
       {question, kMacRag, stage, AddRequest(after_prefix(*std::move(mac_rag)), shared)});

@@ -11,8 +11,11 @@
 //   closed-book   "<BOS>Q: <question>\nA:"                     (no memory)
 //   oracle        "<BOS><gold passage(s)>\nQ: <question>\nA:"   (upper bound for reading)
 //   rag-top1/3    the top 1 / 3 passages retrieved by BM25 for the question, oldest first
-//   mac, mac+rag  need the bundle's MAC adapter (a Modulator); without one they are reported as
-//                 skipped with the reason, never as zero.
+//   mac           the adapter's prefix aggregated from the top mac_top_k passages (retrieved by
+//                 BM25 by default; or the adapter's keys, or both fused), then "Q: <question>\nA:"
+//   mac+rag       the same prefix, then the best mac_rag_passages of them as text
+//   mac and mac+rag need the bundle's MAC adapter (a Modulator); without one they are reported as
+//   skipped with the reason, never as zero.
 // Answers are the greedy continuation up to the first newline or EOS, scored with the official
 // SQuAD normalisation (exact match and token F1).
 //
@@ -134,6 +137,8 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
 
 // ---- the evaluation --------------------------------------------------------------------------
 
+enum class MacRetrieval { kHybrid, kDense, kLexical };
+
 struct EvalOptions {
   std::string bundle_dir;  // config.json + model.safetensors + tokenizer.model [+ adapter/]
   std::string data_dir;    // <split>.passages.jsonl + <split>.questions.jsonl
@@ -148,8 +153,12 @@ struct EvalOptions {
   std::vector<int> bank_sizes = {250, 500};  // extra plot points; the first retention_passages
                                              // and the whole stream are always measured
   int mac_top_k = 3;
-  int examples = 10;        // predictions of the first questions copied into the report
-  bool print_table = true;  // the markdown table to stdout
+  // Where mac's candidates come from: the adapter's keys fused with BM25 by reciprocal rank
+  // (kHybrid), the keys alone (kDense) or BM25 alone (kLexical).
+  MacRetrieval mac_retrieval = MacRetrieval::kLexical;
+  int mac_rag_passages = 1;  // mac+rag: the best this many candidates' texts in the prompt
+  int examples = 10;         // predictions of the first questions copied into the report
+  bool print_table = true;   // the markdown table to stdout
   ModulatorLoader modulator_loader = LoadBundleModulator;
 };
 

@@ -238,6 +238,20 @@ int RunEval() {
   o.threads = absl::GetFlag(FLAGS_threads);
   o.batch = absl::GetFlag(FLAGS_batch);
   if (o.batch < 1) return Fail("eval", absl::InvalidArgumentError("--batch must be >= 1"));
+  o.mac_top_k = absl::GetFlag(FLAGS_mac_top_k);
+  if (o.mac_top_k < 1) return Fail("eval", absl::InvalidArgumentError("--mac-top-k must be >= 1"));
+  const std::string retrieval = absl::GetFlag(FLAGS_mac_retrieval);
+  if (retrieval == "hybrid") {
+    o.mac_retrieval = bench::MacRetrieval::kHybrid;
+  } else if (retrieval == "dense") {
+    o.mac_retrieval = bench::MacRetrieval::kDense;
+  } else if (retrieval == "lexical") {
+    o.mac_retrieval = bench::MacRetrieval::kLexical;
+  } else {
+    return Fail("eval",
+                absl::InvalidArgumentError(absl::StrCat(
+                    "--mac-retrieval must be hybrid, dense or lexical, not \"", retrieval, "\"")));
+  }
   if (absl::GetFlag(FLAGS_backend) != "cpu") {
     return Fail("eval", absl::InvalidArgumentError("eval runs on the cpu backend only"));
   }

@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, split, "test", "World split to evaluate on (eval)");
 ABSL_FLAG(int, limit, 0, "Questions to evaluate, spread evenly over the stream; 0 is all (eval)");
 ABSL_FLAG(std::string, report, "", "JSON report path; .md and .png are written beside it (eval)");
 ABSL_FLAG(int, batch, 16, "Sequences per forward pass (eval)");
+ABSL_FLAG(int, mac_top_k, 3, "Passages the adapter aggregates per question (eval)");
+ABSL_FLAG(std::string, mac_retrieval, "lexical",
+          "Where mac's passages come from: lexical (BM25), dense (keys) or hybrid (eval)");
 ABSL_FLAG(std::string, data_dir, "", "Memory bank directory (reencode)");
 
 namespace {
@@ -57,7 +60,8 @@ constexpr const char* kUsage =
     "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format fp16]\n"
     "                      [--lexical] [--out FILE.json]\n"
     "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
-    "             [--batch N] [--threads N]\n"
+    "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
+    "hybrid|dense|lexical]\n"
     "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 
