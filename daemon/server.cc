@@ -148,6 +148,13 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(model_path);
   if (!tokenizer.ok()) return Fail(1, tokenizer.status());
 
+  const int encoder_window = config.max_passage_tokens + config.passage_overlap_tokens + 1;
+  if (encoder_window > (*model)->config().max_position_embeddings) {
+    return Fail(2, absl::InvalidArgumentError(
+                       absl::StrCat("--max-passage-tokens + --passage-overlap-tokens + 1 (BOS) = ",
+                                    encoder_window, " exceeds the model's context of ",
+                                    (*model)->config().max_position_embeddings, " positions")));
+  }
   std::string adapter_path = config.adapter == "none" ? "" : config.adapter;
   if (config.adapter.empty()) adapter_path = DefaultAdapter(model_path);
   std::unique_ptr<Adapter> adapter;

@@ -548,6 +548,7 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
   response->set_fingerprint(info_.fingerprint);
   response->set_version(info_.version);
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - info_.started));
+  if (passages > 0) SamplePassageTokens(*stats);
   response->set_kv_bytes_per_median_passage(MedianPassageTokens() * info_.kv_bytes_per_token);
   return absl::OkStatus();
 }
@@ -559,6 +560,27 @@ void KnowledgeServiceImpl::RecordPassageTokens(int tokens) {
     passage_tokens_.push_back(tokens);
   } else {
     passage_tokens_[passage_tokens_next_++ % kRing] = tokens;
+  }
+}
+
+void KnowledgeServiceImpl::SamplePassageTokens(const storage::BankStats& stats) {
+  {
+    std::lock_guard<std::mutex> lock(passage_tokens_mu_);
+    if (!passage_tokens_.empty()) return;
+  }
+  // After a restart nothing was ingested yet: measure some stored passages instead.
+  constexpr int kSampleDocuments = 64;
+  for (const storage::NamespaceStats& ns : stats.namespaces) {
+    absl::StatusOr<storage::ScanPage> page = bank_->Scan(ns.name_space, "", kSampleDocuments);
+    if (!page.ok()) continue;
+    for (const storage::DocumentSummary& summary : page->documents) {
+      absl::StatusOr<storage::Document> doc = bank_->Get(ns.name_space, summary.id);
+      if (!doc.ok()) continue;
+      for (const storage::Passage& p : doc->passages) {
+        RecordPassageTokens(static_cast<int>(tokenizer_->Encode(p.text, true).size()));
+      }
+    }
+    return;
   }
 }
 

@@ -95,6 +95,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   void FillMetadata(std::string_view name_space, google::protobuf::RepeatedPtrField<v1::Passage>*);
   void RecordPassageTokens(int tokens);
   int64_t MedianPassageTokens();
+  void SamplePassageTokens(const storage::BankStats& stats);
 
   Engine* const engine_;
   IngestBatcher* const ingest_;
