@@ -384,6 +384,38 @@ TEST(DaemonEndToEnd, TokensAuthenticateAndNamespacesIsolate) {
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
+TEST(DaemonEndToEnd, TlsServesClientsThatTrustItsCa) {
+  TempDir dir;
+  ASSERT_TRUE(WriteTestCertificates(dir.path()).ok());
+  const std::string d = dir.path() + "/";
+  auto daemon =
+      StartOrDie(d + "data", {"--tls-cert", d + "server.pem", "--tls-key", d + "server.key"});
+  ASSERT_NE(daemon, nullptr);
+  client::ClientOptions tls = Options(*daemon);
+  tls.tls_root_ca_pem = ReadFileOrDie(d + "ca.pem");
+  tls.tls_server_name = "localhost";  // gRPC 1.51 does not match IP addresses in certificates
+  ASSERT_TRUE(WaitUntilServing(tls).ok()) << daemon->log();
+  auto c = Connect(tls);
+  absl::Status status;
+  std::vector<v1::IngestAck> acks =
+      IngestAll(*c, {{"over-tls", "Fenn Oskar now lives in Marrowgate."}}, &status);
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].error_code(), 0);
+  absl::StatusOr<v1::AskFinal> answer = AskRag(*c, "Where does Fenn Oskar live?");
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_TRUE(Cites(*answer, "over-tls"));
+  // A client that does not use TLS, or does not trust the CA, is turned away.
+  auto plain = Connect(Options(*daemon));
+  EXPECT_EQ(plain->Stats().status().code(), absl::StatusCode::kUnavailable);
+  client::ClientOptions untrusting = Options(*daemon);
+  untrusting.tls = true;  // system roots only
+  untrusting.tls_server_name = "localhost";
+  auto stranger = Connect(untrusting);
+  EXPECT_EQ(stranger->Stats().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
 TEST(DaemonEndToEnd, MutualTlsAcceptsOnlyClientsWithACertificateFromTheCa) {
   TempDir dir;
   ASSERT_TRUE(WriteTestCertificates(dir.path()).ok());
