@@ -174,6 +174,23 @@ TEST_F(BankTest, CancelledAndExpiredDocumentsAreNotStored) {
   EXPECT_EQ(bank_->Get("default", "late").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(BankTest, OneBadDocumentDoesNotFailItsBatch) {
+  IngestBatcher batcher(nullptr, bank_.get(), &metrics_, IngestOptions{8, 50, 16});
+  std::unique_ptr<IngestJob> good = Job("good", "fine text");
+  std::unique_ptr<IngestJob> bad = Job("bad", "x");
+  bad->document.passages.clear();  // the bank refuses a document without passages
+  bad->encoder_inputs.clear();
+  auto fg = good->done.get_future();
+  auto fb = bad->done.get_future();
+  ASSERT_TRUE(batcher.Submit(good).ok());
+  ASSERT_TRUE(batcher.Submit(bad).ok());
+  batcher.Start();
+  EXPECT_TRUE(fg.get().ok());
+  EXPECT_EQ(fb.get().status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(bank_->Get("default", "good").ok());
+  EXPECT_EQ(bank_->Get("default", "bad").status().code(), absl::StatusCode::kNotFound);
+}
+
 class EngineTest : public BankTest {
  protected:
   void SetUp() override {
