@@ -1,7 +1,9 @@
 // `knowctl` as a user runs it against the real daemon: its stdout, stderr and exit codes.
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -122,6 +124,46 @@ TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
   CommandResult rejected = RunCommand(knowctl + "ingest " + dir.path() + "/empty.txt", true);
   EXPECT_EQ(rejected.exit_code, 1);
   EXPECT_NE(rejected.out.find("empty.txt: INVALID_ARGUMENT"), std::string::npos) << rejected.out;
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
+}
+
+TEST(Knowctl, TokenAndMutualTlsFromFlagsAndEnvironment) {
+  TempDir dir;
+  ASSERT_TRUE(WriteTestCertificates(dir.path()).ok());
+  const std::string d = dir.path() + "/";
+  std::ofstream(d + "tokens.json")
+      << R"([{"token": "t0k", "namespaces": ["team"], "roles": ["read", "write"]}])";
+  auto started = DaemonProcess::Start(
+      d + "data", {"--tls-cert", d + "server.pem", "--tls-key", d + "server.key", "--tls-client-ca",
+                   d + "ca.pem", "--tokens-file", d + "tokens.json"});
+  ASSERT_TRUE(started.ok()) << started.status();
+  auto& daemon = **started;
+  const std::string tls = " --tls-ca " + d + "ca.pem --tls-cert " + d + "client.pem --tls-key " +
+                          d + "client.key --tls-server-name localhost ";
+  const std::string knowctl = kKnowctlBinary + " --server " + daemon.grpc_target() + tls;
+  // Bounded wait for the daemon to serve (the token is needed from the first call).
+  CommandResult stats;
+  for (int i = 0; i < 600; ++i) {
+    stats = RunCommand(knowctl + "--token t0k --namespace team stats --json", true);
+    if (stats.exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(stats.exit_code, 0) << stats.out << daemon.log();
+
+  std::ofstream(d + "doc.txt") << "Gala Mirr now lives in Korvale.";
+  CommandResult ingest =
+      RunCommand("KNOWCTL_TOKEN=t0k " + knowctl + "--namespace team ingest " + d + "doc.txt", true);
+  EXPECT_EQ(ingest.exit_code, 0) << ingest.out;
+  CommandResult get = RunCommand(knowctl + "--token t0k --namespace team get doc.txt");
+  EXPECT_EQ(get.exit_code, 0) << get.out;
+  EXPECT_NE(get.out.find("Gala Mirr now lives in Korvale."), std::string::npos) << get.out;
+
+  CommandResult no_token = RunCommand(knowctl + "--namespace team get doc.txt", true);
+  EXPECT_EQ(no_token.exit_code, 1);
+  EXPECT_EQ(no_token.out.rfind("knowctl get: UNAUTHENTICATED: ", 0), 0u) << no_token.out;
+  CommandResult other = RunCommand(knowctl + "--token t0k --namespace other get doc.txt", true);
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_EQ(other.out.rfind("knowctl get: PERMISSION_DENIED: ", 0), 0u) << other.out;
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
 }
 
