@@ -295,6 +295,8 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
 
   const std::string grpc_address = BoundAddress(config.listen, grpc_port);
   ready = true;
+  // The server as a whole ("") and the service by name, for probes that ask for either.
+  server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   server->GetHealthCheckService()->SetServingStatus(true);
   const std::string adapter_line =
       adapter != nullptr

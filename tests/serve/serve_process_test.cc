@@ -120,10 +120,14 @@ TEST_F(ServeProcessTest, HealthReflectionProbesAnswerAndCleanExit) {
     grpc::CompletionQueue cq;
     void* tag = nullptr;
     bool ok = false;
-    {
-      // grpc.health.v1.Health/Check with an empty HealthCheckRequest: status SERVING (field 1 = 1).
+    // grpc.health.v1.Health/Check for the server ("", an empty HealthCheckRequest) and for the
+    // service by name (field 1): status SERVING (field 1 = 1).
+    const std::string name = "knowd.v1.KnowledgeService";
+    for (const std::string& request :
+         {std::string(), "\x0a" + std::string(1, static_cast<char>(name.size())) + name}) {
       grpc::ClientContext context;
-      auto call = stub.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", Bytes(""), &cq);
+      auto call =
+          stub.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", Bytes(request), &cq);
       call->StartCall();
       grpc::ByteBuffer response;
       grpc::Status status;
