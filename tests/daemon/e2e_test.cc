@@ -299,10 +299,9 @@ TEST(DaemonEndToEnd, BadInputGetsTheRightCodesAndTheStreamGoesOn) {
 }
 
 // Invalid UTF-8 sent on the wire by a client that does not check it (the C++ client library
-// refuses to send it). Disabled: the daemon's protobuf runtime fails to parse such a string field
-// before the handler sees it, so Ingest ends with OK and no ack and Search answers INTERNAL. The
-// fix is `bytes` for the text fields in knowd.proto (wire-compatible) and the daemon's own check.
-TEST(DaemonEndToEnd, DISABLED_InvalidUtf8OnTheWireIsInvalidArgument) {
+// refuses to send it). Request text fields are `bytes` in knowd.proto, so the daemon's own check,
+// not the protobuf parser, answers: an INVALID_ARGUMENT ack and the stream goes on.
+TEST(DaemonEndToEnd, InvalidUtf8OnTheWireIsInvalidArgument) {
   TempDir dir;
   auto daemon = StartOrDie(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
