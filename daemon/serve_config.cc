@@ -240,6 +240,10 @@ absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
     return absl::InvalidArgumentError(
         "--passage-overlap-tokens must be smaller than --max-passage-tokens");
   }
+  if (config.backend != "cpu" && config.backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend must be cpu or cuda, not ", config.backend));
+  }
   if (config.latent_format != "fp16" && config.latent_format != "int8") {
     return absl::InvalidArgumentError(
         absl::StrCat("--latent-format must be fp16 or int8, not ", config.latent_format));

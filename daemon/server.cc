@@ -88,6 +88,144 @@ std::string BoundAddress(const std::string& listen, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+// The model, its tokenizer and (when there is one) its adapter, on the configured backend.
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Adapter> adapter;  // null: closed-book and rag only
+  std::string model_path;
+  std::string adapter_path;  // "" when none
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const ServeConfig& config, const std::string& executable) {
+  LoadedModel m;
+  m.model_path = config.model;
+  if (m.model_path.empty()) {
+    std::error_code ec;
+    fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) exe = fs::absolute(executable, ec);
+    absl::StatusOr<std::string> found = FindDefaultModel(exe.parent_path().string());
+    if (!found.ok()) return found.status();
+    m.model_path = *found;
+  }
+  if (config.backend == "cuda") {
+    absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(0);
+    if (!cuda.ok()) return cuda.status();
+    m.backend = *std::move(cuda);
+  } else {
+    m.backend = MakeCpuBackend(config.threads);
+  }
+  absl::StatusOr<std::unique_ptr<Transformer>> model =
+      Transformer::Load(m.model_path, m.backend.get());
+  if (!model.ok()) return model.status();
+  m.model = *std::move(model);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(m.model_path);
+  if (!tokenizer.ok()) return tokenizer.status();
+  m.tokenizer = *std::move(tokenizer);
+  m.adapter_path = config.adapter == "none" ? "" : config.adapter;
+  if (config.adapter.empty()) m.adapter_path = DefaultAdapter(m.model_path);
+  if (!m.adapter_path.empty()) {
+    absl::StatusOr<std::unique_ptr<Adapter>> adapter = Adapter::Load(m.adapter_path, m.model.get());
+    if (!adapter.ok()) {
+      return absl::Status(adapter.status().code(), absl::StrCat("adapter ", m.adapter_path, ": ",
+                                                                adapter.status().message()));
+    }
+    m.adapter = *std::move(adapter);
+  }
+  return m;
+}
+
+// Without an adapter passages carry a 1×1 placeholder modulation and are found through BM25; the
+// fingerprint "none" makes a later adapter refuse that bank until it is re-encoded.
+storage::BankOptions BankOptionsFor(const ServeConfig& config, const Adapter* adapter) {
+  storage::BankOptions o;
+  o.data_dir = config.data_dir;
+  o.index_factory = config.index_factory;
+  o.latent_format =
+      config.latent_format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  o.lexical_index = true;
+  if (adapter != nullptr) {
+    const AdapterSpec& spec = adapter->spec();
+    o.key_dim = spec.key_dim;
+    o.latent_rows = spec.slots;
+    o.latent_cols = spec.latent_dim;
+    o.fingerprint = {spec.adapter_sha256, spec.base_sha256};
+  } else {
+    o.key_dim = 1;
+    o.latent_rows = 1;
+    o.latent_cols = 1;
+    o.fingerprint = {"none", ""};
+  }
+  return o;
+}
+
+// Bytes one passage's modulation takes as stored: latents (fp16, or int8 + a scale per row) and
+// the f32 key. 0 without an adapter.
+int64_t BytesPerModulation(const storage::BankOptions& o, const Adapter* adapter) {
+  if (adapter == nullptr) return 0;
+  const int64_t cells = int64_t{o.latent_rows} * o.latent_cols;
+  const int64_t latents = o.latent_format == storage::LatentFormat::kInt8
+                              ? cells + int64_t{o.latent_rows} * 4
+                              : cells * 2;
+  return latents + int64_t{o.key_dim} * 4;
+}
+
+std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& ingest,
+                          const Engine& engine, storage::MemoryBank& bank) {
+  std::vector<Gauge> g;
+  g.push_back({"knowd_ready", "1 when serving, 0 while starting or draining", ready ? 1.0 : 0});
+  g.push_back({"knowd_queue_depth{queue=\"ingest\"}", "Requests waiting in a scheduler queue",
+               static_cast<double>(ingest.queued())});
+  g.push_back({"knowd_queue_depth{queue=\"ask\"}", "", static_cast<double>(engine.queued())});
+  g.push_back(
+      {"knowd_ask_running", "Questions decoding now", static_cast<double>(engine.running())});
+  absl::StatusOr<storage::BankStats> stats = bank.Stats();
+  if (stats.ok()) {
+    g.push_back({"knowd_bank_documents", "Documents in the memory bank",
+                 static_cast<double>(stats->documents)});
+    g.push_back({"knowd_bank_passages", "Passages in the memory bank",
+                 static_cast<double>(stats->passages)});
+    g.push_back({"knowd_bank_disk_bytes", "Bytes of the bank on disk",
+                 static_cast<double>(stats->disk_bytes)});
+  }
+  return g;
+}
+
+// What the daemon serves, on stdout (the first line is the parseable contract) and in the log.
+void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenAuthorizer& auth,
+                 const std::string& grpc_address, const std::string& http_address) {
+  const LlamaConfig& lm = m.model->config();
+  const std::string adapter_line =
+      m.adapter != nullptr
+          ? absl::StrCat("adapter ", m.adapter_path, " (fingerprint ",
+                         m.adapter->spec().adapter_sha256.substr(0, 16), ", ",
+                         m.adapter->spec().slots, " slots x ", m.adapter->spec().latent_dim,
+                         "); default mode mac")
+          : "no adapter: serving closed-book and rag with BM25 retrieval only (mode mac is "
+            "unavailable)";
+  const std::string listening =
+      absl::StrCat("listening on ", grpc_address, " (grpc)",
+                   http_address.empty() ? "" : absl::StrCat(", ", http_address, " (http)"));
+  const std::string model_line =
+      absl::StrCat("model ", m.model_path, " (", lm.num_layers, " layers, hidden ", lm.hidden_size,
+                   ", vocab ", lm.vocab_size, "); ", adapter_line);
+  const std::string security =
+      absl::StrCat("memory bank ", config.data_dir, "; auth ",
+                   auth.open() ? "off (no tokens file)"
+                               : absl::StrCat(auth.size(), " tokens from ", config.tokens_file),
+                   "; tls ",
+                   config.tls_cert.empty()        ? "off"
+                   : config.tls_client_ca.empty() ? "on"
+                                                  : "on (mTLS)");
+  std::printf("knowd: %s\nknowd: %s\nknowd: %s\n", listening.c_str(), model_line.c_str(),
+              security.c_str());
+  std::fflush(stdout);
+  spdlog::info("{}", listening);
+  spdlog::info("{}", model_line);
+  spdlog::info("{}", security);
+}
+
 }  // namespace
 
 int RunServe(const std::vector<std::string>& args, const std::string& executable) {
@@ -122,79 +260,18 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  // The model.
-  std::string model_path = config.model;
-  if (model_path.empty()) {
-    std::error_code ec;
-    fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-    if (ec) exe = fs::absolute(executable, ec);
-    absl::StatusOr<std::string> found = FindDefaultModel(exe.parent_path().string());
-    if (!found.ok()) return Fail(1, found.status());
-    model_path = *found;
-  }
-  std::unique_ptr<Backend> backend;
-  if (config.backend == "cpu") {
-    backend = MakeCpuBackend(config.threads);
-  } else if (config.backend == "cuda") {
-    absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(0);
-    if (!cuda.ok()) return Fail(1, cuda.status());
-    backend = *std::move(cuda);
-  } else {
-    return Fail(2, absl::InvalidArgumentError(
-                       absl::StrCat("--backend must be cpu or cuda, not ", config.backend)));
-  }
-  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(model_path, backend.get());
-  if (!model.ok()) return Fail(1, model.status());
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(model_path);
-  if (!tokenizer.ok()) return Fail(1, tokenizer.status());
-
+  absl::StatusOr<LoadedModel> loaded_model = LoadModel(config, executable);
+  if (!loaded_model.ok()) return Fail(1, loaded_model.status());
+  LoadedModel& m = *loaded_model;
+  const LlamaConfig& lm = m.model->config();
   const int encoder_window = config.max_passage_tokens + config.passage_overlap_tokens + 1;
-  if (encoder_window > (*model)->config().max_position_embeddings) {
-    return Fail(2, absl::InvalidArgumentError(
-                       absl::StrCat("--max-passage-tokens + --passage-overlap-tokens + 1 (BOS) = ",
-                                    encoder_window, " exceeds the model's context of ",
-                                    (*model)->config().max_position_embeddings, " positions")));
+  if (encoder_window > lm.max_position_embeddings) {
+    return Fail(2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "--max-passage-tokens + --passage-overlap-tokens + 1 (BOS) = ", encoder_window,
+                    " exceeds the model's context of ", lm.max_position_embeddings, " positions")));
   }
-  std::string adapter_path = config.adapter == "none" ? "" : config.adapter;
-  if (config.adapter.empty()) adapter_path = DefaultAdapter(model_path);
-  std::unique_ptr<Adapter> adapter;
-  if (!adapter_path.empty()) {
-    absl::StatusOr<std::unique_ptr<Adapter>> a = Adapter::Load(adapter_path, model->get());
-    if (!a.ok()) {
-      return Fail(1, absl::Status(a.status().code(), absl::StrCat("adapter ", adapter_path, ": ",
-                                                                  a.status().message())));
-    }
-    adapter = *std::move(a);
-  }
-
-  // The bank. Without an adapter passages carry a 1×1 placeholder modulation and are found
-  // through BM25; the fingerprint "none" makes a later adapter refuse that bank until it is
-  // re-encoded.
-  const LlamaConfig& lm = (*model)->config();
-  storage::BankOptions bank_options;
-  bank_options.data_dir = config.data_dir;
-  bank_options.index_factory = config.index_factory;
-  bank_options.latent_format =
-      config.latent_format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
-  bank_options.lexical_index = true;
-  int64_t bytes_per_modulation = 0;
-  if (adapter != nullptr) {
-    const AdapterSpec& spec = adapter->spec();
-    bank_options.key_dim = spec.key_dim;
-    bank_options.latent_rows = spec.slots;
-    bank_options.latent_cols = spec.latent_dim;
-    bank_options.fingerprint = {spec.adapter_sha256, spec.base_sha256};
-    const int64_t cells = int64_t{spec.slots} * spec.latent_dim;
-    bytes_per_modulation = (bank_options.latent_format == storage::LatentFormat::kInt8
-                                ? cells + int64_t{spec.slots} * 4
-                                : cells * 2) +
-                           int64_t{spec.key_dim} * 4;
-  } else {
-    bank_options.key_dim = 1;
-    bank_options.latent_rows = 1;
-    bank_options.latent_cols = 1;
-    bank_options.fingerprint = {"none", ""};
-  }
+  storage::BankOptions bank_options = BankOptionsFor(config, m.adapter.get());
   absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank =
       storage::MemoryBank::Open(bank_options);
   if (!bank.ok()) {
@@ -217,7 +294,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   engine_options.ask_queue_size = config.ask_queue_size;
   engine_options.default_top_k = config.default_top_k;
   engine_options.default_max_tokens = config.default_max_tokens;
-  Engine engine(model->get(), tokenizer->get(), adapter.get(), bank->get(), &metrics,
+  Engine engine(m.model.get(), m.tokenizer.get(), m.adapter.get(), bank->get(), &metrics,
                 engine_options);
   if (absl::Status s = engine.Start(); !s.ok()) return Fail(1, s);
   IngestOptions ingest_options;
@@ -227,32 +304,14 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   IngestBatcher ingest(&engine, bank->get(), &metrics, ingest_options);
   ingest.Start();
   storage::MemoryBank* bank_ptr = bank->get();
-  metrics.SetGaugeSource([&]() {
-    std::vector<Gauge> g;
-    g.push_back({"knowd_ready", "1 when serving, 0 while starting or draining", ready ? 1.0 : 0});
-    g.push_back({"knowd_queue_depth{queue=\"ingest\"}", "Requests waiting in a scheduler queue",
-                 static_cast<double>(ingest.queued())});
-    g.push_back({"knowd_queue_depth{queue=\"ask\"}", "", static_cast<double>(engine.queued())});
-    g.push_back(
-        {"knowd_ask_running", "Questions decoding now", static_cast<double>(engine.running())});
-    absl::StatusOr<storage::BankStats> stats = bank_ptr->Stats();
-    if (stats.ok()) {
-      g.push_back({"knowd_bank_documents", "Documents in the memory bank",
-                   static_cast<double>(stats->documents)});
-      g.push_back({"knowd_bank_passages", "Passages in the memory bank",
-                   static_cast<double>(stats->passages)});
-      g.push_back({"knowd_bank_disk_bytes", "Bytes of the bank on disk",
-                   static_cast<double>(stats->disk_bytes)});
-    }
-    return g;
-  });
+  metrics.SetGaugeSource([&] { return Gauges(ready, ingest, engine, *bank_ptr); });
 
   ServiceInfo info;
-  info.model = model_path;
-  info.adapter = adapter_path;
+  info.model = m.model_path;
+  info.adapter = m.adapter_path;
   info.fingerprint = bank_options.fingerprint.adapter_hash;
   info.version = KNOWD_VERSION;
-  info.bytes_per_modulation = bytes_per_modulation;
+  info.bytes_per_modulation = BytesPerModulation(bank_options, m.adapter.get());
   info.kv_bytes_per_token = int64_t{2} * lm.num_layers * lm.kv_dim() * 2;
   ServiceLimits limits;
   limits.max_document_bytes = config.max_document_bytes;
@@ -261,7 +320,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   limits.passage_overlap_tokens = config.passage_overlap_tokens;
   limits.max_position_embeddings = lm.max_position_embeddings;
   limits.ingest_in_flight_per_stream = std::max(8, 2 * config.ingest_max_batch);
-  KnowledgeServiceImpl service(&engine, &ingest, bank->get(), tokenizer->get(), &auth, &metrics,
+  KnowledgeServiceImpl service(&engine, &ingest, bank->get(), m.tokenizer.get(), &auth, &metrics,
                                info, limits);
 
   // gRPC.
@@ -298,27 +357,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // The server as a whole ("") and the service by name, for probes that ask for either.
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   server->GetHealthCheckService()->SetServingStatus(true);
-  const std::string adapter_line =
-      adapter != nullptr
-          ? absl::StrCat("adapter ", adapter_path, " (fingerprint ",
-                         adapter->spec().adapter_sha256.substr(0, 16), ", ", adapter->spec().slots,
-                         " slots x ", adapter->spec().latent_dim, "); default mode mac")
-          : "no adapter: serving closed-book and rag with BM25 retrieval only (mode mac is "
-            "unavailable)";
-  std::printf("knowd: listening on %s (grpc)%s\n", grpc_address.c_str(),
-              http_address.empty() ? "" : absl::StrCat(", ", http_address, " (http)").c_str());
-  std::printf("knowd: model %s (%d layers, hidden %d, vocab %d); %s\n", model_path.c_str(),
-              lm.num_layers, lm.hidden_size, lm.vocab_size, adapter_line.c_str());
-  std::printf("knowd: memory bank %s; auth %s; tls %s\n", config.data_dir.c_str(),
-              auth.open() ? "off (no tokens file)"
-                          : absl::StrCat(auth.size(), " tokens from ", config.tokens_file).c_str(),
-              config.tls_cert.empty()        ? "off"
-              : config.tls_client_ca.empty() ? "on"
-                                             : "on (mTLS)");
-  std::fflush(stdout);
-  spdlog::info("listening on {} (grpc){}", grpc_address,
-               http_address.empty() ? "" : absl::StrCat(", ", http_address, " (http)"));
-  spdlog::info("model {}; {}", model_path, adapter_line);
+  PrintBanner(config, m, auth, grpc_address, http_address);
 
   int signal = 0;
   sigwait(&signals, &signal);
