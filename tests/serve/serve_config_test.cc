@@ -121,15 +121,25 @@ TEST(ServeConfig, BadConfigFile) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST(ServeConfig, FindsTheShippedBundle) {
-  const std::filesystem::path source(KNOWD_SOURCE_DIR);
-  // Beside an executable two levels below the source tree (build/daemon/knowd).
-  absl::StatusOr<std::string> found = FindDefaultModel((source / "build-x" / "daemon").string());
+TEST(ServeConfig, FindsTheShippedBundleBesideTheExecutable) {
+  // <tmp>/models/knowd-tiny, and executables in <tmp>/bin and <tmp>/build/daemon.
+  const std::filesystem::path root =
+      std::filesystem::temp_directory_path() / ("serve_config_bundle_" + std::to_string(getpid()));
+  std::filesystem::create_directories(root / "models" / "knowd-tiny");
+  std::filesystem::create_directories(root / "bin");
+  std::filesystem::create_directories(root / "build" / "daemon");
+  std::ofstream(root / "models" / "knowd-tiny" / "config.json") << "{}";
+  const std::string expected = (root / "models" / "knowd-tiny").string();
+  absl::StatusOr<std::string> found = FindDefaultModel((root / "bin").string());
   ASSERT_TRUE(found.ok()) << found.status();
-  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(*found) / "model.safetensors"));
-  absl::StatusOr<std::string> none = FindDefaultModel("/nonexistent/bin");
+  EXPECT_EQ(*found, expected);
+  found = FindDefaultModel((root / "build" / "daemon").string());
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*found, expected);
+  std::filesystem::remove_all(root);
   if (!std::filesystem::exists("models/knowd-tiny/config.json")) {
-    EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(FindDefaultModel((root / "bin").string()).status().code(),
+              absl::StatusCode::kNotFound);
   }
 }
 
