@@ -130,17 +130,19 @@ TEST(ServeConfig, FindsTheShippedBundleBesideTheExecutable) {
   std::filesystem::create_directories(root / "build" / "daemon");
   std::ofstream(root / "models" / "knowd-tiny" / "config.json") << "{}";
   const std::string expected = (root / "models" / "knowd-tiny").string();
+  // The working directory is looked at first: use one without a bundle.
+  const std::filesystem::path cwd = std::filesystem::current_path();
+  std::filesystem::current_path(root / "bin");
   absl::StatusOr<std::string> found = FindDefaultModel((root / "bin").string());
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ(*found, expected);
   found = FindDefaultModel((root / "build" / "daemon").string());
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ(*found, expected);
+  std::filesystem::remove_all(root / "models");
+  EXPECT_EQ(FindDefaultModel((root / "bin").string()).status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::current_path(cwd);
   std::filesystem::remove_all(root);
-  if (!std::filesystem::exists("models/knowd-tiny/config.json")) {
-    EXPECT_EQ(FindDefaultModel((root / "bin").string()).status().code(),
-              absl::StatusCode::kNotFound);
-  }
 }
 
 }  // namespace
