@@ -63,6 +63,11 @@ bool AskJob::Wait(absl::Duration timeout, std::vector<Event>* out) {
 
 // ---- retrieval ----------------------------------------------------------------------------
 
+v1::Retrieval Engine::ResolveRetrieval(v1::Retrieval requested) const {
+  if (requested != v1::RETRIEVAL_UNSPECIFIED) return requested;
+  return adapter_ != nullptr ? options_.default_retrieval : v1::RETRIEVAL_LEXICAL;
+}
+
 absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
     storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
     const std::vector<float>* key, int key_dim, v1::Retrieval retrieval, int k) {
@@ -257,10 +262,7 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
     return fail(absl::FailedPreconditionError(
         "mode mac needs an adapter; this daemon serves without one (closed-book and rag only)"));
   }
-  v1::Retrieval retrieval = r.retrieval();
-  if (retrieval == v1::RETRIEVAL_UNSPECIFIED) {
-    retrieval = adapter_ != nullptr ? v1::RETRIEVAL_DENSE : v1::RETRIEVAL_LEXICAL;
-  }
+  const v1::Retrieval retrieval = ResolveRetrieval(r.retrieval());
   const int top_k = r.top_k() > 0 ? r.top_k() : options_.default_top_k;
   const int rag_passages = r.rag_passages() > 0 ? r.rag_passages() : 1;
   const int max_tokens = r.max_tokens() > 0 ? r.max_tokens() : options_.default_max_tokens;

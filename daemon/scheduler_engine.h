@@ -83,6 +83,7 @@ struct EngineOptions {
   int ask_queue_size = 256;
   int default_top_k = 4;
   int default_max_tokens = 32;
+  v1::Retrieval default_retrieval = v1::RETRIEVAL_LEXICAL;  // with an adapter (else lexical)
 };
 
 class Engine {
@@ -108,6 +109,9 @@ class Engine {
   int running() const { return running_count_.load(); }
 
   Adapter* adapter() const { return adapter_; }
+  // The retrieval a request gets: its own, else the configured default (lexical without an
+  // adapter: dense keys need one).
+  v1::Retrieval ResolveRetrieval(v1::Retrieval requested) const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:

@@ -67,6 +67,8 @@ const std::vector<Key>& Keys() {
       {"default-top-k", &ServeConfig::default_top_k, 1, "passages retrieved when top_k is 0"},
       {"default-max-tokens", &ServeConfig::default_max_tokens, 1,
        "answer tokens when max_tokens is 0"},
+      {"default-retrieval", &ServeConfig::default_retrieval, 0,
+       "retrieval when a request leaves it unset: lexical, dense or hybrid"},
       {"index-factory", &ServeConfig::index_factory, 0, "FAISS index factory string"},
       {"latent-format", &ServeConfig::latent_format, 0, "stored latents: fp16 or int8"},
   };
@@ -244,11 +246,22 @@ absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
     return absl::InvalidArgumentError(
         absl::StrCat("--backend must be cpu or cuda, not ", config.backend));
   }
+  if (!ParseRetrieval(config.default_retrieval).has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default-retrieval must be lexical, dense or hybrid, not ", config.default_retrieval));
+  }
   if (config.latent_format != "fp16" && config.latent_format != "int8") {
     return absl::InvalidArgumentError(
         absl::StrCat("--latent-format must be fp16 or int8, not ", config.latent_format));
   }
   return config;
+}
+
+std::optional<v1::Retrieval> ParseRetrieval(std::string_view name) {
+  if (name == "lexical") return v1::RETRIEVAL_LEXICAL;
+  if (name == "dense") return v1::RETRIEVAL_DENSE;
+  if (name == "hybrid") return v1::RETRIEVAL_HYBRID;
+  return std::nullopt;
 }
 
 std::string ServeConfigHelp() {

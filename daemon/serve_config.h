@@ -9,11 +9,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "knowd/v1/knowd.pb.h"
 
 namespace knowd {
 
@@ -53,11 +55,18 @@ struct ServeConfig {
   // Answer defaults (used when a request leaves them 0).
   int default_top_k = 4;
   int default_max_tokens = 32;
+  // Retrieval when a request leaves it unspecified and an adapter is loaded: lexical (BM25),
+  // dense (the adapter's keys) or hybrid (both, fused by reciprocal rank). Without an adapter
+  // retrieval is always lexical.
+  std::string default_retrieval = "lexical";
 
   // Memory bank.
   std::string index_factory = "Flat";  // FAISS index_factory string
   std::string latent_format = "fp16";  // fp16 or int8
 };
+
+// "lexical", "dense" or "hybrid" as the API's enum; nullopt for anything else.
+std::optional<v1::Retrieval> ParseRetrieval(std::string_view name);
 
 // Reads the environment variable `name`, or null. Tests pass their own.
 using EnvLookup = std::function<const char*(const char* name)>;

@@ -294,6 +294,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   engine_options.ask_queue_size = config.ask_queue_size;
   engine_options.default_top_k = config.default_top_k;
   engine_options.default_max_tokens = config.default_max_tokens;
+  engine_options.default_retrieval = *ParseRetrieval(config.default_retrieval);
   Engine engine(m.model.get(), m.tokenizer.get(), m.adapter.get(), bank->get(), &metrics,
                 engine_options);
   if (absl::Status s = engine.Start(); !s.ok()) return Fail(1, s);

@@ -386,10 +386,7 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
     return absl::InvalidArgumentError(absl::StrCat("unknown retrieval ", request.retrieval()));
   }
   Adapter* adapter = engine_->adapter();
-  v1::Retrieval retrieval = request.retrieval();
-  if (retrieval == v1::RETRIEVAL_UNSPECIFIED) {
-    retrieval = adapter != nullptr ? v1::RETRIEVAL_DENSE : v1::RETRIEVAL_LEXICAL;
-  }
+  const v1::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
   std::optional<std::vector<float>> key;
   if (adapter != nullptr && retrieval != v1::RETRIEVAL_LEXICAL) {
     absl::Status encoded = engine_->RunOnEngine([&]() -> absl::Status {

@@ -85,6 +85,19 @@ TEST(ServeConfig, FlagSpellings) {
   EXPECT_EQ(c->tokens_file, "/t.json");
 }
 
+TEST(ServeConfig, DefaultRetrievalIsLexicalAndParsed) {
+  Env env;
+  absl::StatusOr<ServeConfig> c = LoadServeConfig({}, env.lookup());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(ParseRetrieval(c->default_retrieval), v1::RETRIEVAL_LEXICAL);
+  env.vars["KNOWD_DEFAULT_RETRIEVAL"] = "hybrid";
+  c = LoadServeConfig({}, env.lookup());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(ParseRetrieval(c->default_retrieval), v1::RETRIEVAL_HYBRID);
+  EXPECT_EQ(ParseRetrieval("dense"), v1::RETRIEVAL_DENSE);
+  EXPECT_EQ(ParseRetrieval("Dense"), std::nullopt);
+}
+
 TEST(ServeConfig, BadInputNamesTheSetting) {
   Env env;
   auto error = [&](std::vector<std::string> args) {
@@ -99,6 +112,8 @@ TEST(ServeConfig, BadInputNamesTheSetting) {
   EXPECT_NE(error({"positional"}).find("unexpected argument"), std::string::npos);
   EXPECT_NE(error({"--tls-cert", "c.pem"}).find("go together"), std::string::npos);
   EXPECT_NE(error({"--latent-format", "fp8"}).find("fp16 or int8"), std::string::npos);
+  EXPECT_NE(error({"--default-retrieval", "fuzzy"}).find("lexical, dense or hybrid"),
+            std::string::npos);
 
   env.vars["KNOWD_THREADS"] = "two";
   absl::StatusOr<ServeConfig> c = LoadServeConfig({}, env.lookup());
