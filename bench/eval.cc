@@ -439,6 +439,7 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   bank_options.key_dim = modulator_ ? modulator_->key_dim() : kHashedKeyDim;
   bank_options.latent_rows = modulator_ ? modulator_->latent_rows() : 1;
   bank_options.latent_cols = modulator_ ? modulator_->latent_cols() : 1;
+  bank_options.latent_format = o_.latent_format;
   bank_options.lexical_index = true;
   bank_options.latent_cache_bytes = 16u << 20;
   absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank =
@@ -542,7 +543,12 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   absl::StrAppend(
       &md, "\nBytes per stored passage: modulation ",
       bytes["modulation"].contains("bytes")
-          ? std::to_string(bytes["modulation"]["bytes"].get<int64_t>())
+          ? absl::StrCat(bytes["modulation"]["bytes"].get<int64_t>(), " (latents ",
+                         bytes["modulation"]["latent_bytes"].get<int64_t>(), " ",
+                         bytes["modulation"]["latent_format"].get<std::string>(), " + key ",
+                         bytes["modulation"]["key_bytes"].get<int64_t>(), "; 1/",
+                         Fixed(1.0 / bytes["modulation_vs_kv_f16"].get<double>(), 1),
+                         " of the f16 KV cache)")
           : absl::StrCat("n/a (", bytes["modulation"]["reason"].get<std::string>(), ")"),
       "; text ", Fixed(bytes["text_per_passage"], 1), "; KV cache of the passage ",
       Fixed(bytes["kv_cache_f16_per_passage"], 0), " (f16) / ",
@@ -702,8 +708,18 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
   tokens /= data_.passages.size();
   text /= data_.passages.size();
   const double kv_row_floats = 2.0 * c.num_layers * c.kv_dim();
-  Json modulation = modulator_ ? Json{{"bytes", modulator_->BytesPerModulation()}}
-                               : Json{{"status", "skipped"}, {"reason", modulator_reason_}};
+  const int64_t modulation_bytes =
+      modulator_ ? storage::ModulationBytes(modulator_->key_dim(), modulator_->latent_rows(),
+                                            modulator_->latent_cols(), o_.latent_format)
+                 : 0;
+  const int64_t latent_bytes = modulator_ ? modulation_bytes - 4 * modulator_->key_dim() : 0;
+  Json modulation = modulator_
+                        ? Json{{"bytes", modulation_bytes},
+                               {"latent_bytes", latent_bytes},
+                               {"key_bytes", 4 * modulator_->key_dim()},
+                               {"latent_format",
+                                o_.latent_format == storage::LatentFormat::kInt8 ? "int8" : "fp16"}}
+                        : Json{{"status", "skipped"}, {"reason", modulator_reason_}};
   report["storage_bytes"] = {{"mean_passage_tokens", tokens},
                              {"text_per_passage", text},
                              {"kv_cache_f32_per_passage", tokens * kv_row_floats * 4},
@@ -711,7 +727,8 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
                              {"modulation", modulation}};
   if (modulator_) {
     report["storage_bytes"]["modulation_vs_kv_f16"] =
-        modulator_->BytesPerModulation() / (tokens * kv_row_floats * 2);
+        modulation_bytes / (tokens * kv_row_floats * 2);
+    report["storage_bytes"]["latent_vs_kv_f16"] = latent_bytes / (tokens * kv_row_floats * 2);
   }
 
   int64_t prompt_tokens = 0;

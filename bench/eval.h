@@ -103,8 +103,6 @@ class Modulator {
   virtual absl::StatusOr<PrefixKv> Modulate(
       std::string_view question,
       std::span<const std::shared_ptr<const std::vector<float>>> latents) = 0;
-  // Bytes one passage occupies in the bank as a modulation (latents as stored, plus its key).
-  virtual int64_t BytesPerModulation() const = 0;
 };
 
 // Loads the Modulator of a bundle. Errors become the reason the mac modes are skipped.
@@ -157,8 +155,9 @@ struct EvalOptions {
   // (kHybrid), the keys alone (kDense) or BM25 alone (kLexical).
   MacRetrieval mac_retrieval = MacRetrieval::kLexical;
   int mac_rag_passages = 1;  // mac+rag: the best this many candidates' texts in the prompt
-  int examples = 10;         // predictions of the first questions copied into the report
-  bool print_table = true;   // the markdown table to stdout
+  storage::LatentFormat latent_format = storage::LatentFormat::kFp16;  // how the bank stores Z
+  int examples = 10;        // predictions of the first questions copied into the report
+  bool print_table = true;  // the markdown table to stdout
   ModulatorLoader modulator_loader = LoadBundleModulator;
 };
 

@@ -53,11 +53,6 @@ class AdapterModulator final : public Modulator {
   }
 
   // Latents as the bank stores them (f16) plus the f32 key.
-  int64_t BytesPerModulation() const override {
-    const AdapterSpec& s = adapter_->spec();
-    return int64_t{s.slots} * s.latent_dim * 2 + int64_t{s.key_dim} * 4;
-  }
-
  private:
   // The question's code; the eval asks for the key and then the modulation of one question, so
   // the last one is kept.

@@ -86,10 +86,9 @@ Document MakeEntry(int64_t i, const StorageBenchOptions& o) {
 // Bytes the bank stores per entry (payload, not RocksDB overhead): latents as encoded, the f32
 // key, the passage text and the metadata.
 double PayloadBytes(const Document& d, const StorageBenchOptions& o) {
-  const double cells = static_cast<double>(o.latent_rows) * o.latent_cols;
-  const double latents =
-      o.latent_format == storage::LatentFormat::kFp16 ? 2 * cells : cells + 4.0 * o.latent_rows;
-  return latents + 4.0 * o.key_dim + d.passages[0].text.size() + d.metadata.size();
+  return static_cast<double>(
+      storage::ModulationBytes(o.key_dim, o.latent_rows, o.latent_cols, o.latent_format) +
+      d.passages[0].text.size() + d.metadata.size());
 }
 
 storage::BankOptions BankOptionsFor(const StorageBenchOptions& o, const std::string& dir) {

@@ -238,6 +238,11 @@ int RunEval() {
   o.threads = absl::GetFlag(FLAGS_threads);
   o.batch = absl::GetFlag(FLAGS_batch);
   if (o.batch < 1) return Fail("eval", absl::InvalidArgumentError("--batch must be >= 1"));
+  const std::string format = absl::GetFlag(FLAGS_latent_format);
+  if (format != "fp16" && format != "int8") {
+    return Fail("eval", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
+  }
+  o.latent_format = format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
   o.mac_top_k = absl::GetFlag(FLAGS_mac_top_k);
   if (o.mac_top_k < 1) return Fail("eval", absl::InvalidArgumentError("--mac-top-k must be >= 1"));
   const std::string retrieval = absl::GetFlag(FLAGS_mac_retrieval);

@@ -61,7 +61,8 @@ constexpr const char* kUsage =
     "                      [--lexical] [--out FILE.json]\n"
     "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
     "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
-    "hybrid|dense|lexical]\n"
+    "lexical|dense|hybrid]\n"
+    "             [--latent-format fp16|int8]\n"
     "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 

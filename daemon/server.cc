@@ -160,15 +160,10 @@ storage::BankOptions BankOptionsFor(const ServeConfig& config, const Adapter* ad
   return o;
 }
 
-// Bytes one passage's modulation takes as stored: latents (fp16, or int8 + a scale per row) and
-// the f32 key. 0 without an adapter.
+// Bytes one passage's modulation takes as stored; 0 without an adapter.
 int64_t BytesPerModulation(const storage::BankOptions& o, const Adapter* adapter) {
   if (adapter == nullptr) return 0;
-  const int64_t cells = int64_t{o.latent_rows} * o.latent_cols;
-  const int64_t latents = o.latent_format == storage::LatentFormat::kInt8
-                              ? cells + int64_t{o.latent_rows} * 4
-                              : cells * 2;
-  return latents + int64_t{o.key_dim} * 4;
+  return storage::ModulationBytes(o.key_dim, o.latent_rows, o.latent_cols, o.latent_format);
 }
 
 std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& ingest,

@@ -71,6 +71,13 @@ absl::Status CheckLatentsEncodable(std::span<const float> values, LatentFormat f
   return absl::OkStatus();
 }
 
+int64_t ModulationBytes(int key_dim, int latent_rows, int latent_cols, LatentFormat format) {
+  const int64_t cells = int64_t{latent_rows} * latent_cols;
+  const int64_t latents =
+      format == LatentFormat::kInt8 ? cells + int64_t{latent_rows} * 4 : cells * 2;
+  return latents + int64_t{key_dim} * 4;
+}
+
 std::string EncodeLatents(std::span<const float> values, int rows, int cols, LatentFormat format) {
   std::string out;
   const size_t n = static_cast<size_t>(rows) * cols;

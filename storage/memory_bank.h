@@ -100,6 +100,10 @@ struct BankOptions {
   bool open_for_reencode = false;
 };
 
+// Bytes one passage's modulation occupies as stored, without headers: its latents in `format`
+// (fp16: 2 per value; int8: 1 per value plus a 4-byte scale per row) and its f32 key.
+int64_t ModulationBytes(int key_dim, int latent_rows, int latent_cols, LatentFormat format);
+
 struct Passage {
   std::string text;
   std::vector<float> latents;  // latent_rows × latent_cols, row-major

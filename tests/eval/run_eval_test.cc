@@ -165,7 +165,6 @@ class FakeModulator : public Modulator {
     p.values = p.keys;
     return p;
   }
-  int64_t BytesPerModulation() const override { return 2 * 4 * 2 + 8 * 4; }
 
  private:
   int layers_;
