@@ -37,6 +37,27 @@ std::unique_ptr<DaemonProcess> StartOrDie(const std::string& data_dir,
   return std::move(*daemon);
 }
 
+// A daemon and a client connected to it.
+struct ServingDaemon {
+  std::unique_ptr<DaemonProcess> daemon;
+  std::unique_ptr<Client> client;
+};
+
+// Starts the daemon on `data_dir` with `extra_args`, waits until it serves plain-text clients
+// without a token, and connects one. Both are null, with the failure recorded, when it does not.
+ServingDaemon StartServing(const std::string& data_dir,
+                           const std::vector<std::string>& extra_args = {}) {
+  std::unique_ptr<DaemonProcess> daemon = StartOrDie(data_dir, extra_args);
+  if (daemon == nullptr) return {};
+  if (absl::Status serving = WaitUntilServing(Options(*daemon)); !serving.ok()) {
+    ADD_FAILURE() << serving << "\n" << daemon->log();
+    return {};
+  }
+  std::unique_ptr<Client> client = Connect(Options(*daemon));
+  if (client == nullptr) return {};
+  return {std::move(daemon), std::move(client)};
+}
+
 // Ingests documents (id, text) and returns the acks.
 std::vector<v1::IngestAck> IngestAll(Client& client,
                                      const std::vector<std::pair<std::string, std::string>>& docs,
@@ -98,11 +119,8 @@ std::vector<WorldQuestion> AnswerableQuestions(size_t passages) {
 TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
   TempDir dir;
   const std::string data = dir.path() + "/data";
-  auto daemon = StartOrDie(data);
-  ASSERT_NE(daemon, nullptr);
-  const client::ClientOptions options = Options(*daemon);
-  ASSERT_TRUE(WaitUntilServing(options).ok()) << daemon->log();
-  auto c = Connect(options);
+  auto [daemon, c] = StartServing(data);
+  ASSERT_NE(c, nullptr);
 
   const auto docs = WorldDocs(8);
   absl::Status status;
@@ -191,10 +209,10 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
   // Restart on the same data directory: the bank is as it was.
   c.reset();
   ASSERT_EQ(daemon->Terminate(), 0) << daemon->log();
-  daemon = StartOrDie(data);
-  ASSERT_NE(daemon, nullptr);
-  ASSERT_TRUE(WaitUntilServing(Options(*daemon)).ok()) << daemon->log();
-  c = Connect(Options(*daemon));
+  ServingDaemon restarted = StartServing(data);
+  ASSERT_NE(restarted.client, nullptr);
+  daemon = std::move(restarted.daemon);
+  c = std::move(restarted.client);
   stats = c->Stats();
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->documents(), static_cast<int64_t>(docs.size()) - 1);
@@ -221,10 +239,8 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
 TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
-  ASSERT_NE(daemon, nullptr);
-  ASSERT_TRUE(WaitUntilServing(Options(*daemon)).ok()) << daemon->log();
-  auto c = Connect(Options(*daemon));
+  auto [daemon, c] = StartServing(dir.path() + "/data");
+  ASSERT_NE(c, nullptr);
   absl::Status status;
   IngestAll(*c, WorldDocs(8), &status);
   ASSERT_TRUE(status.ok()) << status;
@@ -247,10 +263,8 @@ TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
 
 TEST(DaemonEndToEnd, BadInputGetsTheRightCodesAndTheStreamGoesOn) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
-  ASSERT_NE(daemon, nullptr);
-  ASSERT_TRUE(WaitUntilServing(Options(*daemon)).ok()) << daemon->log();
-  auto c = Connect(Options(*daemon));
+  auto [daemon, c] = StartServing(dir.path() + "/data");
+  ASSERT_NE(c, nullptr);
 
   const std::string oversized((1 << 20) + 1, 'a');  // the default max document size + 1
   absl::Status status;
@@ -303,9 +317,8 @@ TEST(DaemonEndToEnd, BadInputGetsTheRightCodesAndTheStreamGoesOn) {
 // not the protobuf parser, answers: an INVALID_ARGUMENT ack and the stream goes on.
 TEST(DaemonEndToEnd, InvalidUtf8OnTheWireIsInvalidArgument) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
-  ASSERT_NE(daemon, nullptr);
-  ASSERT_TRUE(WaitUntilServing(Options(*daemon)).ok()) << daemon->log();
+  auto [daemon, c] = StartServing(dir.path() + "/data");
+  ASSERT_NE(c, nullptr);
   std::vector<v1::IngestAck> acks;
   absl::Status status = RawIngest(daemon->grpc_target(),
                                   {{"bad-utf8", std::string("caf\xC3\x28 au lait", 12)},
@@ -452,11 +465,9 @@ TEST(DaemonEndToEnd, MutualTlsAcceptsOnlyClientsWithACertificateFromTheCa) {
 
 TEST(DaemonEndToEnd, OverloadIsRefusedWithResourceExhaustedAndTheDaemonStaysUp) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data", {"--ask-queue-size", "1", "--ask-max-batch", "1"});
-  ASSERT_NE(daemon, nullptr);
-  const client::ClientOptions options = Options(*daemon);
-  ASSERT_TRUE(WaitUntilServing(options).ok()) << daemon->log();
-  auto c = Connect(options);
+  auto [daemon, c] =
+      StartServing(dir.path() + "/data", {"--ask-queue-size", "1", "--ask-max-batch", "1"});
+  ASSERT_NE(c, nullptr);
   absl::Status status;
   IngestAll(*c, WorldDocs(4), &status);
   ASSERT_TRUE(status.ok()) << status;
@@ -497,10 +508,8 @@ TEST(DaemonEndToEnd, OverloadIsRefusedWithResourceExhaustedAndTheDaemonStaysUp) 
 
 TEST(DaemonEndToEnd, SigtermLetsTheAskInFlightFinishAndExitsZero) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
-  ASSERT_NE(daemon, nullptr);
-  ASSERT_TRUE(WaitUntilServing(Options(*daemon)).ok()) << daemon->log();
-  auto c = Connect(Options(*daemon));
+  auto [daemon, c] = StartServing(dir.path() + "/data");
+  ASSERT_NE(c, nullptr);
   absl::Status status;
   IngestAll(*c, WorldDocs(2), &status);
   ASSERT_TRUE(status.ok()) << status;
