@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
@@ -18,6 +19,7 @@
 #include "bench/storage_bench.h"
 #include "daemon/flags.h"
 #include "kernels/backend.h"
+#include "kernels/peak.h"
 #include "model/adapter.h"
 #include "model/generate.h"
 #include "model/tensor_file.h"
@@ -221,8 +223,20 @@ int RunBench(const std::vector<std::string>& args) {
     absl::Status s = RunStorageBench(o);
     return s.ok() ? 0 : Fail("bench storage", s);
   }
-  return Fail("bench", absl::InvalidArgumentError(absl::StrCat(
-                           "unknown benchmark \"", what, "\" (engine, synth-model, storage)")));
+  if (what == "peak") {
+    // The machine's bounds alone, for benchmarks run outside this process (knowctl load).
+    const int threads = absl::GetFlag(FLAGS_threads) > 0
+                            ? absl::GetFlag(FLAGS_threads)
+                            : static_cast<int>(std::thread::hardware_concurrency());
+    const double gflops = MeasureSgemmPeakGflops(threads);
+    const double gbs = MeasureMemoryBandwidthGBs(threads);
+    std::printf("machine: %d threads, sgemm peak %.1f GFLOP/s, memory bandwidth %.1f GB/s\n",
+                threads, gflops, gbs);
+    return 0;
+  }
+  return Fail("bench",
+              absl::InvalidArgumentError(absl::StrCat("unknown benchmark \"", what,
+                                                      "\" (engine, synth-model, storage, peak)")));
 }
 
 int RunEval() {
