@@ -1,42 +1,27 @@
 // The `knowd` command-line contract (docs/cli.md), run as a user would: the real binary, its
 // stdout and its exit code.
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/process_util.h"
 
 namespace {
 
 const std::string kKnowd = std::string(KNOWD_BINARY_DIR) + "/daemon/knowd";
 const std::string kModels = std::string(KNOWD_SOURCE_DIR) + "/models";
 
-struct Result {
-  int exit_code = -1;
-  std::string out;  // stdout, or stdout + stderr when asked
-};
+using knowd::testing::CommandResult;
 
-Result RunKnowd(const std::string& args, bool with_stderr = false) {
-  const std::string command = kKnowd + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  Result r;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+CommandResult RunKnowd(const std::string& args, bool with_stderr = false) {
+  return knowd::testing::RunCommand(kKnowd + " " + args, with_stderr);
 }
 
 TEST(KnowdCli, GenerateGreedyFromBosOnGguf) {
-  Result r = RunKnowd("generate --model " + kModels +
-                      "/stories260K/stories260K.gguf --prompt '' "
-                      "--max-tokens 16");
+  CommandResult r = RunKnowd("generate --model " + kModels +
+                             "/stories260K/stories260K.gguf --prompt '' "
+                             "--max-tokens 16");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out.rfind("Once upon a time, there was a little girl named Lily.", 0), 0u) << r.out;
 }
@@ -44,8 +29,8 @@ TEST(KnowdCli, GenerateGreedyFromBosOnGguf) {
 TEST(KnowdCli, GenerateContinuesAPromptInHfLayoutAndDashOrUnderscoreFlags) {
   const std::string base = "generate --model " + kModels + "/stories260K-hf --prompt " +
                            "'Once upon a time, there was a little girl named'";
-  Result dash = RunKnowd(base + " --max-tokens 4");
-  Result underscore = RunKnowd(base + " --max_tokens 4");
+  CommandResult dash = RunKnowd(base + " --max-tokens 4");
+  CommandResult underscore = RunKnowd(base + " --max_tokens 4");
   EXPECT_EQ(dash.exit_code, 0);
   EXPECT_EQ(dash.out.rfind(" Lily.", 0), 0u) << dash.out;
   EXPECT_EQ(dash.out, underscore.out);
@@ -54,20 +39,21 @@ TEST(KnowdCli, GenerateContinuesAPromptInHfLayoutAndDashOrUnderscoreFlags) {
 TEST(KnowdCli, SamplingIsReproducibleWithASeed) {
   const std::string base = "generate --model " + kModels + "/stories260K-hf --prompt 'Once' " +
                            "--max-tokens 40 --temperature 1.0 ";
-  Result a = RunKnowd(base + "--seed 11");
-  Result b = RunKnowd(base + "--seed 11");
-  Result c = RunKnowd(base + "--seed 12");
+  CommandResult a = RunKnowd(base + "--seed 11");
+  CommandResult b = RunKnowd(base + "--seed 11");
+  CommandResult c = RunKnowd(base + "--seed 12");
   EXPECT_EQ(a.exit_code, 0);
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
 }
 
 TEST(KnowdCli, TokenizePrintsIdsWithAndWithoutBos) {
-  Result r = RunKnowd("tokenize --model " + kModels + "/stories260K-hf --text 'Hello world'");
+  CommandResult r =
+      RunKnowd("tokenize --model " + kModels + "/stories260K-hf --text 'Hello world'");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out, "1 346 306 414 263 304 341\n");
-  Result no_bos = RunKnowd("tokenize --tokenizer " + kModels +
-                           "/stories260K/stories260K.gguf --text 'Hello world' --no-bos");
+  CommandResult no_bos = RunKnowd("tokenize --tokenizer " + kModels +
+                                  "/stories260K/stories260K.gguf --text 'Hello world' --no-bos");
   EXPECT_EQ(no_bos.exit_code, 0);
   EXPECT_EQ(no_bos.out, "346 306 414 263 304 341\n");
 }
@@ -82,10 +68,10 @@ TEST(KnowdCli, CorruptModelIsRefusedWithTheReason) {
     std::ofstream out(path, std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
   }
-  Result r = RunKnowd("generate --model " + path + " --prompt hi", /*with_stderr=*/true);
+  CommandResult r = RunKnowd("generate --model " + path + " --prompt hi", /*with_stderr=*/true);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.out.find("truncated.gguf"), std::string::npos) << r.out;
-  Result missing = RunKnowd("generate --model /nonexistent/model.gguf --prompt hi", true);
+  CommandResult missing = RunKnowd("generate --model /nonexistent/model.gguf --prompt hi", true);
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.out.find("/nonexistent/model.gguf"), std::string::npos) << missing.out;
 }

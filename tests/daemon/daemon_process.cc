@@ -10,7 +10,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -177,17 +176,6 @@ absl::Status WaitUntilServing(const client::ClientOptions& options, absl::Durati
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return last;
-}
-
-CommandResult RunCommand(const std::string& command, bool with_stderr) {
-  CommandResult r;
-  FILE* pipe = popen((command + (with_stderr ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  r.exit_code = ExitCode(pclose(pipe));
-  return r;
 }
 
 std::string ShellQuote(const std::string& text) {

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "tests/process_util.h"
 
 namespace knowd::testing {
 
@@ -78,12 +79,6 @@ client::ClientOptions Options(const DaemonProcess& daemon, const std::string& to
 absl::Status WaitUntilServing(const client::ClientOptions& options,
                               absl::Duration timeout = absl::Seconds(60));
 
-// Runs a shell command; returns its exit code and stdout (and stderr when `with_stderr`).
-struct CommandResult {
-  int exit_code = -1;
-  std::string out;
-};
-CommandResult RunCommand(const std::string& command, bool with_stderr = false);
 // `text` as one single-quoted shell word.
 std::string ShellQuote(const std::string& text);
 

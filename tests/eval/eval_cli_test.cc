@@ -1,14 +1,11 @@
 // `knowd eval` as a user runs it: the real binary, its stdout and exit code.
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/process_util.h"
 #include "train/world.h"
 
 namespace {
@@ -16,14 +13,11 @@ namespace {
 const std::string kKnowd = std::string(KNOWD_BINARY_DIR) + "/daemon/knowd";
 const std::string kModel = std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf";
 
+// Appends its stdout and stderr to `out`; returns the exit code.
 int RunKnowd(const std::string& args, std::string* out) {
-  FILE* pipe = popen((kKnowd + " " + args + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out->append(buf.data(), n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  knowd::testing::CommandResult r = knowd::testing::RunCommand(kKnowd + " " + args, true);
+  out->append(r.out);
+  return r.exit_code;
 }
 
 TEST(KnowdEvalCli, PrintsTheTableAndWritesTheReportFiles) {

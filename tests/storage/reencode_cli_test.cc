@@ -2,11 +2,7 @@
 // by another (random-weight adapters over the shipped stories260K model). Afterwards the bank
 // opens with the new adapter's fingerprint only and holds what the new adapter computes for each
 // stored text; an interrupted re-encode resumes where it stopped.
-#include <sys/wait.h>
-
-#include <array>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -20,6 +16,7 @@
 #include "model/transformer.h"
 #include "storage/memory_bank.h"
 #include "tests/model/random_adapter.h"
+#include "tests/process_util.h"
 #include "tests/storage/bank_test_util.h"
 
 namespace knowd {
@@ -29,21 +26,11 @@ const std::string kKnowd = std::string(KNOWD_BINARY_DIR) + "/daemon/knowd";
 const std::string kModel = std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf";
 constexpr int kDocuments = 100;  // 150 passages: 3 batches of 64 for the command
 
-struct Result {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr
-};
+using testing::CommandResult;
 
-Result RunKnowd(const std::string& args) {
-  Result r;
-  FILE* pipe = popen((kKnowd + " " + args + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+// stdout and stderr together.
+CommandResult RunKnowd(const std::string& args) {
+  return testing::RunCommand(kKnowd + " " + args, true);
 }
 
 class ReencodeCliTest : public ::testing::Test {
@@ -167,7 +154,7 @@ class ReencodeCliTest : public ::testing::Test {
 };
 
 TEST_F(ReencodeCliTest, MovesTheBankToTheNewAdapter) {
-  const Result r = RunKnowd(Command());
+  const CommandResult r = RunKnowd(Command());
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("re-encoding [##############################] 150/150 passages  100%"),
             std::string::npos)
@@ -180,7 +167,7 @@ TEST_F(ReencodeCliTest, MovesTheBankToTheNewAdapter) {
             absl::StatusCode::kFailedPrecondition);
   ExpectBankHoldsTheNewCodes();
 
-  const Result again = RunKnowd(Command());
+  const CommandResult again = RunKnowd(Command());
   EXPECT_EQ(again.exit_code, 0) << again.out;
   EXPECT_NE(again.out.find("nothing to do"), std::string::npos) << again.out;
 }
@@ -207,7 +194,7 @@ TEST_F(ReencodeCliTest, ResumesAnInterruptedReencode) {
   EXPECT_EQ(storage::MemoryBank::Open(Options(*new_)).status().code(),
             absl::StatusCode::kFailedPrecondition);
 
-  const Result r = RunKnowd(Command());
+  const CommandResult r = RunKnowd(Command());
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("resuming: 64 of 150 passages were re-encoded before"), std::string::npos)
       << r.out;
@@ -216,7 +203,7 @@ TEST_F(ReencodeCliTest, ResumesAnInterruptedReencode) {
 }
 
 TEST_F(ReencodeCliTest, RefusesWhatItCannotDo) {
-  Result r = RunKnowd("reencode --bundle " + bundle_);
+  CommandResult r = RunKnowd("reencode --bundle " + bundle_);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.out.find("knowd reencode: --data-dir"), std::string::npos) << r.out;
   r = RunKnowd(absl::StrCat("reencode --data_dir ", dir_.Sub("no-bank"), " --bundle ", bundle_));
