@@ -18,6 +18,7 @@
 
 #include "kernels/backend.h"
 #include "model/transformer.h"
+#include "tests/float_compare.h"
 #include "tests/model/random_adapter.h"
 
 namespace knowd {
@@ -25,14 +26,7 @@ namespace {
 
 const std::string kModel = std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf";
 
-double MaxAbsDiff(std::span<const float> a, std::span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    m = std::max(m, double(std::fabs(a[i] - b[i])));
-  }
-  return m;
-}
+using testing::MaxAbsDiff;
 
 class ModelAdapterTest : public ::testing::Test {
  protected:

@@ -13,9 +13,12 @@
 #include "model/generate.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
+#include "tests/float_compare.h"
 
 namespace knowd {
 namespace {
+
+using testing::MaxAbsDiff;
 
 const std::string kGguf = std::string(KNOWD_SOURCE_DIR) + "/models/stories260K/stories260K.gguf";
 const std::string kHfDir = std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf";
@@ -220,13 +223,6 @@ class TransformerTest : public ::testing::Test {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Transformer> model_;
 };
-
-float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
-  return m;
-}
 
 TEST_F(TransformerTest, PrefixOfRealKeysValuesEqualsRunningThoseTokensInFront) {
   const std::vector<int32_t> front = {1, 403, 407, 261, 378, 6, 300};  // P = 7 tokens

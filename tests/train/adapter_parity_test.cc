@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
+#include "tests/float_compare.h"
 #include "tests/train/train_test_util.h"
 #include "train/adapter.h"
 #include "train/export.h"
@@ -29,20 +30,8 @@
 namespace knowd::train {
 namespace {
 
-double MaxAbsDiff(std::span<const float> a, std::span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    m = std::max(m, double(std::fabs(a[i] - b[i])));
-  }
-  return m;
-}
-
-double MaxAbs(std::span<const float> a) {
-  double m = 0;
-  for (float v : a) m = std::max(m, double(std::fabs(v)));
-  return m;
-}
+using knowd::testing::MaxAbs;
+using knowd::testing::MaxAbsDiff;
 
 // One tiny world, LM and adapter for every test of the suite (training them takes seconds).
 class AdapterParityTest : public ::testing::Test {

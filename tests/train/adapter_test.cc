@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
+#include "tests/float_compare.h"
 #include "tests/train/train_test_util.h"
 #include "train/export.h"
 #include "train/lm.h"
@@ -27,6 +28,8 @@
 
 namespace knowd::train {
 namespace {
+
+using knowd::testing::MaxAbsDiff;
 
 // A tiny LM whose weights moved away from the tidy initial ones.
 std::unique_ptr<LanguageModel> TrainedTinyModel(uint64_t seed) {
@@ -41,14 +44,6 @@ std::unique_ptr<LanguageModel> TrainedTinyModel(uint64_t seed) {
     EXPECT_TRUE((*model)->TrainStep(b, 1e-2).ok());
   }
   return *std::move(model);
-}
-
-double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    m = std::max(m, double(std::fabs(a[i] - b[i])));
-  return m;
 }
 
 TEST(AdapterLmTest, PrefixOfRealKeysValuesEqualsRunningThoseTokensInFront) {
