@@ -18,6 +18,12 @@ const std::vector<double>& SizeBuckets() {
 
 std::string Number(double v) { return absl::StrCat(v); }
 
+// The "# HELP" and "# TYPE" lines that open the metric family `name`.
+void AppendFamily(absl::string_view name, absl::string_view type, absl::string_view help,
+                  std::string* out) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+}
+
 }  // namespace
 
 Histogram::Histogram(std::vector<double> upper_bounds)
@@ -105,63 +111,61 @@ std::string Metrics::Render() const {
   for (const Gauge& g : gauges) {
     const std::string family = g.name.substr(0, g.name.find('{'));
     if (family != last_family) {
-      absl::StrAppend(&out, "# HELP ", family, " ", g.help, "\n# TYPE ", family, " gauge\n");
+      AppendFamily(family, "gauge", g.help, &out);
       last_family = family;
     }
     absl::StrAppend(&out, g.name, " ", Number(g.value), "\n");
   }
 
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StrAppend(&out,
-                  "# HELP knowd_rpc_total Finished RPCs by method and gRPC code.\n"
-                  "# TYPE knowd_rpc_total counter\n");
+  AppendFamily("knowd_rpc_total", "counter", "Finished RPCs by method and gRPC code.", &out);
   for (const auto& [key, n] : rpc_count_) {
     absl::StrAppend(&out, "knowd_rpc_total{method=\"", key.first, "\",code=\"", key.second, "\"} ",
                     n, "\n");
   }
-  absl::StrAppend(&out,
-                  "# HELP knowd_rpc_duration_seconds RPC latency by method.\n"
-                  "# TYPE knowd_rpc_duration_seconds histogram\n");
+  AppendFamily("knowd_rpc_duration_seconds", "histogram", "RPC latency by method.", &out);
   for (const auto& [method, h] : rpc_seconds_) {
     h.Render("knowd_rpc_duration_seconds", absl::StrCat("method=\"", method, "\""), &out);
   }
-  absl::StrAppend(&out,
-                  "# HELP knowd_rejected_total Requests refused because a queue was full.\n"
-                  "# TYPE knowd_rejected_total counter\n");
+  AppendFamily("knowd_rejected_total", "counter", "Requests refused because a queue was full.",
+               &out);
   for (const char* queue : {"ingest", "ask"}) {
     auto it = rejected_.find(queue);
     absl::StrAppend(&out, "knowd_rejected_total{queue=\"", queue, "\"} ",
                     it == rejected_.end() ? 0 : it->second, "\n");
   }
-  absl::StrAppend(&out,
-                  "# HELP knowd_ingest_batch_documents Documents per ingest batch.\n"
-                  "# TYPE knowd_ingest_batch_documents histogram\n");
-  ingest_batch_documents_.Render("knowd_ingest_batch_documents", "", &out);
-  absl::StrAppend(&out,
-                  "# HELP knowd_ingest_batch_passages Passages per encoder pass.\n"
-                  "# TYPE knowd_ingest_batch_passages histogram\n");
-  ingest_batch_passages_.Render("knowd_ingest_batch_passages", "", &out);
-  absl::StrAppend(&out,
-                  "# HELP knowd_ask_batch_sequences Questions per engine forward pass.\n"
-                  "# TYPE knowd_ask_batch_sequences histogram\n");
-  ask_batch_sequences_.Render("knowd_ask_batch_sequences", "", &out);
-  absl::StrAppend(&out,
-                  "# HELP knowd_encoder_tokens_total Passage tokens through the encoder.\n"
-                  "# TYPE knowd_encoder_tokens_total counter\n"
-                  "knowd_encoder_tokens_total ",
-                  encoder_tokens_,
-                  "\n# HELP knowd_encoder_seconds_total Time spent in encoder passes.\n"
-                  "# TYPE knowd_encoder_seconds_total counter\n"
-                  "knowd_encoder_seconds_total ",
-                  Number(encoder_seconds_),
-                  "\n# HELP knowd_encoder_tokens_per_second Encoder throughput of the last pass.\n"
-                  "# TYPE knowd_encoder_tokens_per_second gauge\n"
-                  "knowd_encoder_tokens_per_second ",
-                  Number(encoder_tokens_per_second_),
-                  "\n# HELP knowd_generated_tokens_total Answer tokens generated.\n"
-                  "# TYPE knowd_generated_tokens_total counter\n"
-                  "knowd_generated_tokens_total ",
-                  generated_tokens_, "\n");
+  const struct {
+    const char* name;
+    const char* help;
+    const Histogram& histogram;
+  } batches[] = {
+      {"knowd_ingest_batch_documents", "Documents per ingest batch.", ingest_batch_documents_},
+      {"knowd_ingest_batch_passages", "Passages per encoder pass.", ingest_batch_passages_},
+      {"knowd_ask_batch_sequences", "Questions per engine forward pass.", ask_batch_sequences_},
+  };
+  for (const auto& b : batches) {
+    AppendFamily(b.name, "histogram", b.help, &out);
+    b.histogram.Render(b.name, "", &out);
+  }
+  const struct {
+    const char* name;
+    const char* type;
+    const char* help;
+    std::string value;
+  } scalars[] = {
+      {"knowd_encoder_tokens_total", "counter", "Passage tokens through the encoder.",
+       absl::StrCat(encoder_tokens_)},
+      {"knowd_encoder_seconds_total", "counter", "Time spent in encoder passes.",
+       Number(encoder_seconds_)},
+      {"knowd_encoder_tokens_per_second", "gauge", "Encoder throughput of the last pass.",
+       Number(encoder_tokens_per_second_)},
+      {"knowd_generated_tokens_total", "counter", "Answer tokens generated.",
+       absl::StrCat(generated_tokens_)},
+  };
+  for (const auto& m : scalars) {
+    AppendFamily(m.name, m.type, m.help, &out);
+    absl::StrAppend(&out, m.name, " ", m.value, "\n");
+  }
   return out;
 }
 
