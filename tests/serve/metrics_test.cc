@@ -19,14 +19,18 @@ TEST(Metrics, RpcCountsAndCumulativeLatencyBuckets) {
   m.CountRpc("Ask", "OK", 0.2);
   m.CountRpc("Ask", "RESOURCE_EXHAUSTED", 0.0001);
   const std::string text = m.Render();
-  EXPECT_TRUE(Has(text, "knowd_rpc_total{method=\"Ask\",code=\"OK\"} 2"));
-  EXPECT_TRUE(Has(text, "knowd_rpc_total{method=\"Ask\",code=\"RESOURCE_EXHAUSTED\"} 1"));
-  EXPECT_TRUE(Has(text, "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"0.001\"} 1"));
-  EXPECT_TRUE(Has(text, "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"0.005\"} 2"));
-  EXPECT_TRUE(Has(text, "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"0.25\"} 3"));
-  EXPECT_TRUE(Has(text, "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"+Inf\"} 3"));
-  EXPECT_TRUE(Has(text, "knowd_rpc_duration_seconds_count{method=\"Ask\"} 3"));
-  EXPECT_TRUE(Has(text, "# TYPE knowd_rpc_duration_seconds histogram"));
+  for (const char* line : {
+           "knowd_rpc_total{method=\"Ask\",code=\"OK\"} 2",
+           "knowd_rpc_total{method=\"Ask\",code=\"RESOURCE_EXHAUSTED\"} 1",
+           "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"0.001\"} 1",
+           "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"0.005\"} 2",
+           "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"0.25\"} 3",
+           "knowd_rpc_duration_seconds_bucket{method=\"Ask\",le=\"+Inf\"} 3",
+           "knowd_rpc_duration_seconds_count{method=\"Ask\"} 3",
+           "# TYPE knowd_rpc_duration_seconds histogram",
+       }) {
+    EXPECT_TRUE(Has(text, line)) << line;
+  }
 }
 
 TEST(Metrics, BatchesEncoderAndGauges) {
@@ -40,16 +44,20 @@ TEST(Metrics, BatchesEncoderAndGauges) {
                               {"knowd_queue_depth{queue=\"ingest\"}", "", 0}};
   });
   const std::string text = m.Render();
-  EXPECT_TRUE(Has(text, "knowd_ingest_batch_documents_bucket{le=\"4\"} 1"));
-  EXPECT_TRUE(Has(text, "knowd_ingest_batch_documents_bucket{le=\"2\"} 0"));
-  EXPECT_TRUE(Has(text, "knowd_ingest_batch_passages_sum 5"));
-  EXPECT_TRUE(Has(text, "knowd_ask_batch_sequences_bucket{le=\"8\"} 1"));
-  EXPECT_TRUE(Has(text, "knowd_encoder_tokens_total 400"));
-  EXPECT_TRUE(Has(text, "knowd_encoder_tokens_per_second 4000"));
-  EXPECT_TRUE(Has(text, "knowd_generated_tokens_total 12"));
-  EXPECT_TRUE(Has(text, "knowd_rejected_total{queue=\"ask\"} 1"));
-  EXPECT_TRUE(Has(text, "knowd_rejected_total{queue=\"ingest\"} 0"));
-  EXPECT_TRUE(Has(text, "knowd_queue_depth{queue=\"ask\"} 2"));
+  for (const char* line : {
+           "knowd_ingest_batch_documents_bucket{le=\"4\"} 1",
+           "knowd_ingest_batch_documents_bucket{le=\"2\"} 0",
+           "knowd_ingest_batch_passages_sum 5",
+           "knowd_ask_batch_sequences_bucket{le=\"8\"} 1",
+           "knowd_encoder_tokens_total 400",
+           "knowd_encoder_tokens_per_second 4000",
+           "knowd_generated_tokens_total 12",
+           "knowd_rejected_total{queue=\"ask\"} 1",
+           "knowd_rejected_total{queue=\"ingest\"} 0",
+           "knowd_queue_depth{queue=\"ask\"} 2",
+       }) {
+    EXPECT_TRUE(Has(text, line)) << line;
+  }
   // One HELP/TYPE header per family.
   EXPECT_EQ(text.find("# TYPE knowd_queue_depth gauge"),
             text.rfind("# TYPE knowd_queue_depth gauge"));
