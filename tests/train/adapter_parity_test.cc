@@ -38,25 +38,14 @@ class AdapterParityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     SetTorchThreads(1);
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(
-        std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf/tokenizer.model");
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
     tokenizer_ = tokenizer->release();
     std::shared_ptr<const Tokenizer> shared(tokenizer_, [](const Tokenizer*) {});
-    WorldOptions world;
-    world.people[0] = 200;
-    world.people[1] = 60;
-    LlamaConfig c = TinyConfig(tokenizer_->vocab_size());
-    c.bos_token_id = tokenizer_->bos_id();
-    c.eos_token_id = tokenizer_->eos_id();
-    auto lm = LanguageModel::Create(c, 1, OptimizerOptions());
-    ASSERT_TRUE(lm.ok());
+    const WorldOptions world = AdapterTestWorld();
+    absl::StatusOr<std::unique_ptr<LanguageModel>> lm = PretrainedTinyReader(world, shared);
+    ASSERT_TRUE(lm.ok()) << lm.status();
     lm_ = lm->release();
-    ReadingCorpus reading(GenerateSplit(world, Split::kPretrain), shared);
-    for (int step = 0; step < 10; ++step) {
-      std::mt19937_64 rng(step);
-      ASSERT_TRUE(lm_->TrainStep(reading.Batch(rng, 8, 200, 1.0f), 3e-3).ok());
-    }
     corpus_ = new AdapterCorpus(GenerateSplit(world, Split::kAdapter), shared);
     AdapterConfig config;
     config.slots = 4;

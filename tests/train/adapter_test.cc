@@ -153,25 +153,13 @@ class AdapterTrainingTest : public ::testing::Test {
  protected:
   void SetUp() override {
     SetTorchThreads(1);
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(
-        std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf/tokenizer.model");
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
     tokenizer_ = *std::move(tokenizer);
-    WorldOptions world;
-    world.people[0] = 200;
-    world.people[1] = 60;
-    // A tiny reader: a few pretraining steps so the LM's states carry something.
-    LlamaConfig c = TinyConfig(tokenizer_->vocab_size());
-    c.bos_token_id = tokenizer_->bos_id();
-    c.eos_token_id = tokenizer_->eos_id();
-    auto model = LanguageModel::Create(c, 1, OptimizerOptions());
-    ASSERT_TRUE(model.ok());
-    lm_ = *std::move(model);
-    ReadingCorpus reading(GenerateSplit(world, Split::kPretrain), tokenizer_);
-    for (int step = 0; step < 10; ++step) {
-      std::mt19937_64 rng(step);
-      ASSERT_TRUE(lm_->TrainStep(reading.Batch(rng, 8, 200, 1.0f), 3e-3).ok());
-    }
+    const WorldOptions world = AdapterTestWorld();
+    absl::StatusOr<std::unique_ptr<LanguageModel>> lm = PretrainedTinyReader(world, tokenizer_);
+    ASSERT_TRUE(lm.ok()) << lm.status();
+    lm_ = *std::move(lm);
     corpus_ = std::make_unique<AdapterCorpus>(GenerateSplit(world, Split::kAdapter), tokenizer_);
     config_.slots = 4;
     config_.latent_dim = 32;

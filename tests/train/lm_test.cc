@@ -136,8 +136,7 @@ TEST(LmTest, CheckpointRestoresTheModel) {
 // The CI smoke test of pretraining: 20 steps of reading-comprehension batches on a tiny model.
 TEST(LmTest, PretrainingSmokeLossGoesDown) {
   SetTorchThreads(1);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(
-      std::string(KNOWD_SOURCE_DIR) + "/models/stories260K-hf/tokenizer.model");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   WorldOptions world;
   world.people[0] = 200;
