@@ -1105,7 +1105,9 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
   AdapterLosses window;
   int window_steps = 0;
   auto window_start = Clock::now();
-  for (int step = start; step < options.steps; ++step) {
+  const int end =
+      options.stop_after > 0 ? std::min(options.stop_after, options.steps) : options.steps;
+  for (int step = start; step < end; ++step) {
     const int k = CurriculumCandidates(options, step);
     const double lr = lr_at(step);
     absl::StatusOr<AdapterLosses> l = adapter.TrainStep(corpus, options.train, step, lr, k);
@@ -1121,7 +1123,7 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
     window.context_nll += l->context_nll;
     window.closed_book_nll += l->closed_book_nll;
     ++window_steps;
-    const bool last = step + 1 == options.steps;
+    const bool last = step + 1 == end;
     if ((step + 1) % options.log_every == 0 || last) {
       const auto now = Clock::now();
       const double per_step =
@@ -1145,6 +1147,10 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
     }
   }
 
+  if (end < options.steps) {
+    std::printf("stopped after step %d of %d; continue with --resume\n", end, options.steps);
+    return absl::OkStatus();
+  }
   const std::string out_dir = options.bundle_dir + "/adapter";
   const nlohmann::json training = {{"steps", options.steps},
                                    {"batch", options.train.batch},

@@ -230,6 +230,9 @@ struct AdapterRunOptions {
   bool resume = false;
   int eval_questions = 100;  // valid questions scored at the end (0: skip)
   DType export_dtype = DType::kF16;
+  // > 0: stop after this step (with a checkpoint; no export), to continue later with --resume,
+  // perhaps with another schedule or data. The learning rate and curriculum follow `steps`.
+  int stop_after = 0;
 };
 absl::Status RunAdapterTraining(const AdapterRunOptions& options);
 

@@ -65,6 +65,8 @@ ABSL_FLAG(double, distill_weight, 1.0, "adapter: weight of the context-distillat
 ABSL_FLAG(double, contrastive_weight, 0.2, "adapter: weight of the InfoNCE key loss");
 ABSL_FLAG(double, backprop_dropout, 0.5, "adapter: P(a distractor's latents carry no gradient)");
 ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage alone this long");
+ABSL_FLAG(int, stop_after, 0,
+          "adapter: stop after this step with a checkpoint (no export); --resume continues");
 
 namespace knowd::train {
 namespace {
@@ -244,6 +246,7 @@ int RunAdapterCommand() {
   o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));
   o.checkpoint_every = std::max(1, absl::GetFlag(FLAGS_checkpoint_every));
   o.resume = absl::GetFlag(FLAGS_resume);
+  o.stop_after = absl::GetFlag(FLAGS_stop_after);
   o.eval_questions = FlagOr(FLAGS_eval_questions, 100);
   const std::string dtype = FlagOr(FLAGS_dtype, std::string("f16"));
   if (dtype == "f16") {
