@@ -155,7 +155,7 @@ struct EvalOptions {
   // (kHybrid), the keys alone (kDense) or BM25 alone (kLexical).
   MacRetrieval mac_retrieval = MacRetrieval::kLexical;
   int mac_rag_passages = 1;  // mac+rag: the best this many candidates' texts in the prompt
-  storage::LatentFormat latent_format = storage::LatentFormat::kFp16;  // how the bank stores Z
+  storage::LatentFormat latent_format = storage::LatentFormat::kInt8;  // how the bank stores Z
   int examples = 10;        // predictions of the first questions copied into the report
   bool print_table = true;  // the markdown table to stdout
   ModulatorLoader modulator_loader = LoadBundleModulator;

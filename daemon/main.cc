@@ -31,7 +31,7 @@ ABSL_FLAG(int, decode_tokens, 64, "Decode steps (bench engine)");
 ABSL_FLAG(bool, json, false, "Print JSON instead of a table");
 ABSL_FLAG(std::string, entries, "10000,100000,1000000", "Bank sizes (bench storage)");
 ABSL_FLAG(std::string, index, "Flat", "FAISS index factory string (bench storage, reencode)");
-ABSL_FLAG(std::string, latent_format, "fp16",
+ABSL_FLAG(std::string, latent_format, "int8",
           "Stored latents: fp16 or int8 (bench storage, reencode)");
 ABSL_FLAG(bool, lexical, false, "Keep the BM25 index too (bench storage)");
 ABSL_FLAG(std::string, bundle, "models/knowd-tiny", "Model bundle directory (eval, reencode)");
@@ -57,12 +57,12 @@ constexpr const char* kUsage =
     "  knowd tokenize (--model PATH | --tokenizer PATH) --text TEXT [--no-bos]\n"
     "  knowd bench engine --model PATH [--threads N] [--prompt-tokens N] [--decode-tokens N]\n"
     "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n"
-    "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format fp16]\n"
+    "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format int8]\n"
     "                      [--lexical] [--out FILE.json]\n"
     "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
     "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
     "lexical|dense|hybrid]\n"
-    "             [--latent-format fp16|int8]\n"
+    "             [--latent-format int8|fp16]\n"
     "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 

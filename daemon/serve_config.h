@@ -62,7 +62,7 @@ struct ServeConfig {
 
   // Memory bank.
   std::string index_factory = "Flat";  // FAISS index_factory string
-  std::string latent_format = "fp16";  // fp16 or int8
+  std::string latent_format = "int8";  // int8 (+ a scale per row) or fp16
 };
 
 // "lexical", "dense" or "hybrid" as the API's enum; nullopt for anything else.

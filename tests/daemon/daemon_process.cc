@@ -210,8 +210,8 @@ std::vector<WorldQuestion> LoadWorldQuestions() {
   std::istringstream lines(ReadFileOrDie(kWorldDir + "/questions.jsonl"));
   for (std::string line; std::getline(lines, line);) {
     const nlohmann::json j = nlohmann::json::parse(line);
-    questions.push_back(
-        {j["id"], j["passage_id"], j["question"], j["answer"], j["oracle_correct"]});
+    questions.push_back({j["id"], j["passage_id"], j["question"], j["answer"], j["oracle_correct"],
+                         j.value("mac_correct", false)});
   }
   return questions;
 }

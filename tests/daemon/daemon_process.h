@@ -93,6 +93,7 @@ struct WorldQuestion {
   std::string question;
   std::string answer;
   bool oracle_correct = false;
+  bool mac_correct = false;  // the shipped adapter answered it exactly (mac, all 40 ingested)
 };
 std::vector<WorldPassage> LoadWorldPassages();
 std::vector<WorldQuestion> LoadWorldQuestions();

@@ -233,23 +233,30 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
-// MAC: the answer comes from the stored modulations. Runs when the bundle has an adapter
-// (models/knowd-tiny/adapter, or the one named by $KNOWD_TEST_ADAPTER); its accuracy is measured by
-// `knowd eval`, so this checks the path and what it reports.
+// MAC: the answer comes from the stored modulations alone. Runs when the bundle has an adapter
+// (models/knowd-tiny/adapter, or the one named by $KNOWD_TEST_ADAPTER). With all 40 fixture
+// documents stored, the questions the shipped adapter answered exactly when the fixture was made
+// (`mac_correct`: 47 of 120) must still be answered — all but a tenth of them, so a greedy token
+// flipped by another CPU's summation order does not fail the test, while a broken encoder,
+// aggregator, expander or prefix path (which gets close to none right) does.
 TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
   TempDir dir;
   auto [daemon, c] = StartServing(dir.path() + "/data");
   ASSERT_NE(c, nullptr);
   absl::Status status;
-  IngestAll(*c, WorldDocs(8), &status);
+  IngestAll(*c, WorldDocs(40), &status);
   ASSERT_TRUE(status.ok()) << status;
   absl::StatusOr<v1::StatsResponse> stats = c->Stats();
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_GT(stats->bytes_per_modulation(), 0);
   EXPECT_GT(stats->modulation_bytes(), 0);
   EXPECT_NE(stats->fingerprint(), "");
-  for (const WorldQuestion& q : AnswerableQuestions(8)) {
+  int expected = 0, right = 0;
+  std::string missed;
+  for (const WorldQuestion& q : LoadWorldQuestions()) {
+    if (!q.mac_correct) continue;
+    ++expected;
     v1::AskRequest request;
     request.set_question(q.question);  // the daemon's default mode is mac with an adapter
     absl::StatusOr<v1::AskFinal> answer = c->Ask(request);
@@ -257,6 +264,15 @@ TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
     EXPECT_EQ(answer->mode(), v1::ASK_MODE_MAC);
     EXPECT_FALSE(answer->cited().empty());
     EXPECT_GT(answer->timings().modulation_ms(), 0);
+    if (NormalizeAnswer(answer->answer()) == NormalizeAnswer(q.answer)) {
+      ++right;
+    } else {
+      absl::StrAppend(&missed, "\n  ", q.question, " => ", answer->answer(), " (", q.answer, ")");
+    }
+  }
+  if (!std::getenv("KNOWD_TEST_ADAPTER")) {  // the labels belong to the shipped adapter
+    ASSERT_GT(expected, 0) << "tests/data/world/questions.jsonl has no mac_correct labels";
+    EXPECT_GE(right * 10, expected * 9) << right << " of " << expected << missed;
   }
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }

@@ -232,8 +232,9 @@ TEST_F(RunEvalTest, RunsMacModesWithTheBundlesAdapter) {
     EXPECT_EQ(r["modes"][name]["questions"].get<int>(), 6) << name;
   }
   EXPECT_EQ(r["retrieval"]["dense_key"], "adapter");
-  // 4 x 16 f16 latents and 8 f32 key values.
-  EXPECT_EQ(r["storage_bytes"]["modulation"]["bytes"].get<int64_t>(), 4 * 16 * 2 + 8 * 4);
+  // 4 x 16 int8 latents (the default format) with an f32 scale per row, and 8 f32 key values.
+  EXPECT_EQ(r["storage_bytes"]["modulation"]["bytes"].get<int64_t>(), 4 * 16 + 4 * 4 + 8 * 4);
+  EXPECT_EQ(r["storage_bytes"]["modulation"]["latent_format"], "int8");
   EXPECT_TRUE(r["examples"][0]["predicted"].contains("mac"));
 }
 

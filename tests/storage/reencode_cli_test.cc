@@ -98,7 +98,7 @@ class ReencodeCliTest : public ::testing::Test {
   }
   std::string Command() const {
     return absl::StrCat("reencode --data-dir ", dir_.Sub("bank"), " --bundle ", bundle_,
-                        " --threads 1");
+                        " --threads 1 --latent-format fp16");
   }
 
   // Every stored passage holds the new adapter's code of its text (latents at f16 precision).
