@@ -33,7 +33,7 @@ bench: build
 	@scripts/bench $(BUILD_DIR)
 
 # Rebuilds models/knowd-tiny from nothing with knowd-train (fixed seeds; on one core about 1 h of
-# pretraining and 1.7 h of adapter training). Work files go to $(BUILD_DIR)/model-work.
+# pretraining and 1.3 h of adapter training). Work files go to $(BUILD_DIR)/model-work.
 model: build
 	@scripts/make-model $(BUILD_DIR)
 

@@ -236,7 +236,7 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
 // MAC: the answer comes from the stored modulations alone. Runs when the bundle has an adapter
 // (models/knowd-tiny/adapter, or the one named by $KNOWD_TEST_ADAPTER). With all 40 fixture
 // documents stored, the questions the shipped adapter answered exactly when the fixture was made
-// (`mac_correct`: 47 of 120) must still be answered — all but a tenth of them, so a greedy token
+// (`mac_correct`: 65 of 120) must still be answered — all but a tenth of them, so a greedy token
 // flipped by another CPU's summation order does not fail the test, while a broken encoder,
 // aggregator, expander or prefix path (which gets close to none right) does.
 TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
