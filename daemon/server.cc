@@ -368,7 +368,10 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   if (!service.Drain(drain_deadline)) {
     spdlog::warn("calls still running after {} s: cancelling them", config.drain_timeout);
   }
-  server->Shutdown(std::chrono::system_clock::now());
+  // A handler that has returned may not have sent its status yet: a short grace lets those
+  // finish instead of reaching their clients as cancelled, and bounds the wait for idle
+  // connections.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
   spdlog::info("calls drained; stopping the schedulers");
   ingest.Stop();
   engine.Stop();
