@@ -177,6 +177,12 @@ struct CausalLmImpl : torch::nn::Module {
 };
 TORCH_MODULE(CausalLm);
 
+// Token ids [rows, cols] as the int64 tensor embeddings take (a copy).
+torch::Tensor TokenTensor(std::span<const int32_t> ids, int64_t rows, int64_t cols) {
+  return torch::from_blob(const_cast<int32_t*>(ids.data()), {rows, cols}, torch::kInt32)
+      .to(torch::kInt64);
+}
+
 }  // namespace
 
 struct LanguageModel::Impl {
@@ -187,9 +193,7 @@ struct LanguageModel::Impl {
 
   // Weighted mean cross-entropy over targets tokens[:, 1:].
   torch::Tensor BatchLoss(const TrainBatch& batch) {
-    auto tokens = torch::from_blob(const_cast<int32_t*>(batch.tokens.data()),
-                                   {batch.rows, batch.cols}, torch::kInt32)
-                      .to(torch::kInt64);
+    auto tokens = TokenTensor(batch.tokens, batch.rows, batch.cols);
     auto weights = torch::from_blob(const_cast<float*>(batch.weights.data()),
                                     {batch.rows, batch.cols}, torch::kFloat32);
     auto logits = net->forward(tokens.slice(1, 0, batch.cols - 1));
@@ -291,9 +295,7 @@ absl::StatusOr<std::vector<float>> LanguageModel::Logits(std::span<const int32_t
   try {
     torch::NoGradGuard no_grad;
     impl_->net->eval();
-    auto t = torch::from_blob(const_cast<int32_t*>(tokens.data()),
-                              {1, static_cast<int64_t>(tokens.size())}, torch::kInt32)
-                 .to(torch::kInt64);
+    auto t = TokenTensor(tokens, 1, static_cast<int64_t>(tokens.size()));
     auto logits = impl_->net->forward(t).contiguous();
     const float* p = logits.data_ptr<float>();
     return std::vector<float>(p, p + logits.numel());
@@ -353,9 +355,7 @@ absl::StatusOr<LanguageModel::SequenceStates> LanguageModel::States(
   try {
     torch::NoGradGuard no_grad;
     impl_->net->eval();
-    auto t = torch::from_blob(const_cast<int32_t*>(tokens.data()),
-                              {1, static_cast<int64_t>(tokens.size())}, torch::kInt32)
-                 .to(torch::kInt64);
+    auto t = TokenTensor(tokens, 1, static_cast<int64_t>(tokens.size()));
     internal::TrunkStates states;
     impl_->net->Run(t, {}, {}, &states);
     SequenceStates out;
@@ -389,9 +389,7 @@ absl::StatusOr<std::vector<float>> LanguageModel::LogitsWithPrefix(
   try {
     torch::NoGradGuard no_grad;
     impl_->net->eval();
-    auto t = torch::from_blob(const_cast<int32_t*>(tokens.data()),
-                              {1, static_cast<int64_t>(tokens.size())}, torch::kInt32)
-                 .to(torch::kInt64);
+    auto t = TokenTensor(tokens, 1, static_cast<int64_t>(tokens.size()));
     torch::Tensor pk, pv;
     if (p > 0) {
       const std::vector<int64_t> shape = {1, c.num_layers, p, c.num_kv_heads, c.head_dim};
