@@ -310,11 +310,12 @@ struct QuestionRow {
   int gold = 0;  // passage slot in the step
 };
 
-QuestionRow BuildRow(const Tokenizer& tok, const std::string& passage, const Question& q,
-                     int gold) {
+// `text`: the context the student reads after the prefix (empty: the question prompt alone).
+QuestionRow BuildRow(const Tokenizer& tok, const std::string& passage, const Question& q, int gold,
+                     std::string_view text = {}) {
   QuestionRow row;
-  const std::string prompt = QuestionPrompt(q.question);
-  row.encoder = tok.Encode(prompt, true);
+  row.encoder = tok.Encode(QuestionPrompt(q.question), true);
+  const std::string prompt = text.empty() ? QuestionPrompt(q.question) : QaPrompt(text, q.question);
   row.answer_begin = tok.Encode(prompt, false).size();
   row.student = tok.Encode(prompt + " " + q.answer, false);
   row.teacher = tok.Encode(QaPrompt(passage, q.question) + " " + q.answer, true);
@@ -550,13 +551,23 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
   candidates = std::min(candidates, b);
   std::vector<std::vector<int32_t>> passages;
   std::vector<QuestionRow> rows;
+  // The text draws have their own stream: the step's passages and questions do not depend on them.
+  std::mt19937_64 text_rng(o.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(step));
   for (int i = 0; i < b; ++i) {
     const Passage& p = data.passages[chosen[i]];
     passages.push_back(PassageTokens(tok, p.text, o.max_passage_tokens));
     std::vector<int> qs = corpus.questions_of(chosen[i]);
     for (size_t j = qs.size(); j > 1; --j) std::swap(qs[j - 1], qs[BoundedDraw(rng, j)]);
     for (int j = 0; j < std::min<int>(o.questions_per_passage, qs.size()); ++j) {
-      rows.push_back(BuildRow(tok, p.text, data.questions[qs[j]], i));
+      std::string_view text;
+      if (o.text_fraction > 0 && UnitDraw(text_rng) < o.text_fraction) {
+        int shown = i;
+        if (UnitDraw(text_rng) < o.text_distractor_fraction) {
+          shown = (i + 1 + static_cast<int>(BoundedDraw(text_rng, b - 1))) % b;
+        }
+        text = data.passages[chosen[shown]].text;
+      }
+      rows.push_back(BuildRow(tok, p.text, data.questions[qs[j]], i, text));
     }
   }
   const int nq = static_cast<int>(rows.size());
@@ -1156,6 +1167,7 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
                                    {"batch", options.train.batch},
                                    {"questions_per_passage", options.train.questions_per_passage},
                                    {"top_k", options.top_k},
+                                   {"text_fraction", options.train.text_fraction},
                                    {"lr", options.lr},
                                    {"seed", options.train.seed}};
   if (absl::Status st =

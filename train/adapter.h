@@ -73,6 +73,12 @@ struct AdapterTrainOptions {
   double distill_weight = 1.0;      // KL to the LM reading the passage in context
   double contrastive_weight = 0.2;  // InfoNCE of question keys vs passage keys
   double backprop_dropout = 0.5;    // probability that a distractor's latents carry no gradient
+  // mac+rag: the fraction of questions whose student reads a passage's text after the prefix
+  // ("<passage>\nQ: ..." as the engine's mac+rag prompt), so the prefix learns to help a reader
+  // that also has text rather than disturb it. The text is another passage of the step (not the
+  // gold) for text_distractor_fraction of them: then the answer must come from the prefix.
+  double text_fraction = 0.0;
+  double text_distractor_fraction = 0.25;
   double weight_decay = 0.01;
   double grad_clip = 1.0;
   uint64_t seed = 1;

@@ -64,6 +64,10 @@ ABSL_FLAG(int, questions_per_passage, 2, "adapter: questions per passage in a st
 ABSL_FLAG(double, distill_weight, 1.0, "adapter: weight of the context-distillation KL");
 ABSL_FLAG(double, contrastive_weight, 0.2, "adapter: weight of the InfoNCE key loss");
 ABSL_FLAG(double, backprop_dropout, 0.5, "adapter: P(a distractor's latents carry no gradient)");
+ABSL_FLAG(double, text_fraction, 0.0,
+          "adapter: fraction of questions read with a passage's text after the prefix (mac+rag)");
+ABSL_FLAG(double, text_distractor_fraction, 0.25,
+          "adapter: of those, the fraction whose text is another passage (answer from the prefix)");
 ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage alone this long");
 ABSL_FLAG(int, stop_after, 0,
           "adapter: stop after this step with a checkpoint (no export); --resume continues");
@@ -236,6 +240,8 @@ int RunAdapterCommand() {
   o.train.distill_weight = absl::GetFlag(FLAGS_distill_weight);
   o.train.contrastive_weight = absl::GetFlag(FLAGS_contrastive_weight);
   o.train.backprop_dropout = absl::GetFlag(FLAGS_backprop_dropout);
+  o.train.text_fraction = absl::GetFlag(FLAGS_text_fraction);
+  o.train.text_distractor_fraction = absl::GetFlag(FLAGS_text_distractor_fraction);
   o.train.seed = absl::GetFlag(FLAGS_seed);
   o.steps = FlagOr(FLAGS_steps, 2000);
   o.warmup = FlagOr(FLAGS_warmup, 50);

@@ -232,6 +232,33 @@ TEST_F(AdapterTrainingTest, SmokeLossGoesDown) {
   EXPECT_EQ(score->top_k, 2);
 }
 
+TEST_F(AdapterTrainingTest, TextAfterThePrefixIsReadLikeTheMacRagPrompt) {
+  std::unique_ptr<Adapter> adapter = NewAdapter(3);
+  ASSERT_NE(adapter, nullptr);
+  AdapterTrainOptions options;
+  options.batch = 4;
+  options.text_fraction = 1;
+  // With the gold passage's text after it, the closed-book reference (the BOS sink row alone as
+  // the prefix, which starts as the LM's own BOS key/value) reads exactly the teacher's sequence
+  // "<BOS><passage>\nQ: <question>\nA: <answer>" at the teacher's positions.
+  options.text_distractor_fraction = 0;
+  absl::StatusOr<AdapterLosses> gold = adapter->Loss(*corpus_, options, 200000, 2);
+  ASSERT_TRUE(gold.ok()) << gold.status();
+  EXPECT_NEAR(gold->closed_book_nll, gold->context_nll, 1e-5);
+  // Another passage's text: not the teacher's sequence (this barely trained test LM reads little,
+  // so the difference is small, but it is 25x the tolerance above).
+  options.text_distractor_fraction = 1;
+  absl::StatusOr<AdapterLosses> other = adapter->Loss(*corpus_, options, 200000, 2);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_NEAR(other->context_nll, gold->context_nll, 1e-6);
+  EXPECT_GT(std::abs(other->closed_book_nll - other->context_nll), 1e-4);
+  // Without text, the questions alone follow the sink.
+  options.text_fraction = 0;
+  absl::StatusOr<AdapterLosses> none = adapter->Loss(*corpus_, options, 200000, 2);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_GT(std::abs(none->closed_book_nll - none->context_nll), 1e-4);
+}
+
 TEST_F(AdapterTrainingTest, ExportReadsBackAsDeclaredAndTheEngineServesIt) {
   std::unique_ptr<Adapter> adapter = NewAdapter(3);
   ASSERT_NE(adapter, nullptr);
