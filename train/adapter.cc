@@ -307,7 +307,8 @@ struct QuestionRow {
   std::vector<int32_t> teacher;
   std::vector<int32_t> encoder;  // "<BOS>Q: <question>\nA:" for the question encoder
   size_t answer_begin = 0;
-  int gold = 0;  // passage slot in the step
+  int gold = 0;           // passage slot in the step
+  bool has_text = false;  // the student reads a passage's text after the prefix
 };
 
 // `text`: the context the student reads after the prefix (empty: the question prompt alone).
@@ -324,6 +325,7 @@ QuestionRow BuildRow(const Tokenizer& tok, const std::string& passage, const Que
     row.teacher.push_back(tok.eos_id());
   }
   row.gold = gold;
+  row.has_text = !text.empty();
   return row;
 }
 
@@ -571,6 +573,14 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     }
   }
   const int nq = static_cast<int>(rows.size());
+  // Rows with text after the prefix are several times longer: they go last and run as their own
+  // group, so the short rows are not padded to their length.
+  std::stable_partition(rows.begin(), rows.end(), [](const QuestionRow& r) { return !r.has_text; });
+  std::vector<std::pair<int, int>> groups;
+  for (int lo = 0, hi = 0; lo < nq; lo = hi) {
+    while (hi < nq && rows[hi].has_text == rows[lo].has_text) ++hi;
+    groups.emplace_back(lo, hi);
+  }
 
   try {
     if (train) {
@@ -638,36 +648,58 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     auto a = net->aggregator->forward(q, zc, sc);
     auto [pk, pv] = net->expander->forward(a);
 
-    auto student_tokens = Pad(student_rows, lm.eos_token_id, false).first;
-    auto logits = TorchAccess::Forward(*base, student_tokens, pk, pv, nullptr);  // [nq, S, V]
-    auto log_probs = torch::log_softmax(logits, -1);
-
-    // Answer NLL and distillation positions (student row, student position, teacher position).
-    std::vector<int64_t> ans_row, ans_pos, ans_target, kd_row, kd_spos, kd_tpos;
-    for (int i = 0; i < nq; ++i) {
-      const QuestionRow& r = rows[i];
-      for (size_t j = r.answer_begin; j < r.student.size(); ++j) {
-        ans_row.push_back(i);
-        ans_pos.push_back(static_cast<int64_t>(j) - 1);
-        ans_target.push_back(r.student[j]);
+    auto sink = [&](const torch::Tensor& x, int64_t n) {
+      return x.unsqueeze(0).unsqueeze(2).expand(
+          {n, lm.num_layers, 1, lm.num_kv_heads, lm.head_dim});
+    };
+    // Per group: the answer tokens' log-probabilities (answer NLL), the shared question/answer
+    // tokens' (distillation), and the closed-book reference (the sink row as the only prefix).
+    std::vector<int64_t> ans_row, ans_target, kd_row, kd_tpos;
+    std::vector<torch::Tensor> picked_parts, student_kd_parts, book_parts;
+    for (const auto& [lo, hi] : groups) {
+      const std::vector<std::vector<int32_t>> part(student_rows.begin() + lo,
+                                                   student_rows.begin() + hi);
+      auto tokens = Pad(part, lm.eos_token_id, false).first;
+      auto logits = TorchAccess::Forward(*base, tokens, pk.slice(0, lo, hi), pv.slice(0, lo, hi),
+                                         nullptr);  // [hi - lo, S, V]
+      auto log_probs = torch::log_softmax(logits, -1);
+      std::vector<int64_t> a_row, a_pos, k_row, k_pos;
+      for (int i = lo; i < hi; ++i) {
+        const QuestionRow& r = rows[i];
+        for (size_t j = r.answer_begin; j < r.student.size(); ++j) {
+          ans_row.push_back(i);
+          a_row.push_back(i - lo);
+          a_pos.push_back(static_cast<int64_t>(j) - 1);
+          ans_target.push_back(r.student[j]);
+        }
+        // The question and answer tokens both sequences share (a common suffix: the first word
+        // "Q:" may be tokenized differently after a passage).
+        size_t common = 0;
+        while (common + 1 < r.student.size() && common + 1 < r.teacher.size() &&
+               r.student[r.student.size() - 1 - common] ==
+                   r.teacher[r.teacher.size() - 1 - common]) {
+          ++common;
+        }
+        const int64_t shift = static_cast<int64_t>(r.teacher.size()) - r.student.size();
+        for (size_t j = r.student.size() - common; j < r.student.size(); ++j) {
+          kd_row.push_back(i);
+          k_row.push_back(i - lo);
+          k_pos.push_back(static_cast<int64_t>(j) - 1);
+          kd_tpos.push_back(static_cast<int64_t>(j) - 1 + shift);
+        }
       }
-      // The question and answer tokens both sequences share (a common suffix: the first word
-      // "Q:" may be tokenized differently after a passage).
-      size_t common = 0;
-      while (common + 1 < r.student.size() && common + 1 < r.teacher.size() &&
-             r.student[r.student.size() - 1 - common] == r.teacher[r.teacher.size() - 1 - common]) {
-        ++common;
-      }
-      const int64_t shift = static_cast<int64_t>(r.teacher.size()) - r.student.size();
-      for (size_t j = r.student.size() - common; j < r.student.size(); ++j) {
-        kd_row.push_back(i);
-        kd_spos.push_back(static_cast<int64_t>(j) - 1);
-        kd_tpos.push_back(static_cast<int64_t>(j) - 1 + shift);
-      }
+      picked_parts.push_back(log_probs.index({torch::tensor(a_row), torch::tensor(a_pos)}));
+      student_kd_parts.push_back(log_probs.index({torch::tensor(k_row), torch::tensor(k_pos)}));
+      torch::NoGradGuard reference_no_grad;
+      auto book = torch::log_softmax(
+          TorchAccess::Forward(*base, tokens, sink(net->expander->sink_keys, hi - lo),
+                               sink(net->expander->sink_values, hi - lo), nullptr),
+          -1);
+      book_parts.push_back(book.index({torch::tensor(a_row), torch::tensor(a_pos)}));
     }
-    auto picked = log_probs.index({torch::tensor(ans_row), torch::tensor(ans_pos)});
-    auto answer_nll = -picked.gather(1, torch::tensor(ans_target).unsqueeze(1)).mean();
-    auto student_kd = log_probs.index({torch::tensor(kd_row), torch::tensor(kd_spos)});
+    auto target = torch::tensor(ans_target).unsqueeze(1);
+    auto answer_nll = -torch::cat(picked_parts).gather(1, target).mean();
+    auto student_kd = torch::cat(student_kd_parts);
     auto teacher_kd = torch::log_softmax(
         teacher_logits.index({torch::tensor(kd_row), torch::tensor(kd_tpos)}), -1);
     auto distill = (teacher_kd.exp() * (teacher_kd - student_kd)).sum(-1).mean();
@@ -686,18 +718,8 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
       }
       auto t = torch::log_softmax(
           teacher_logits.index({torch::tensor(ans_row), torch::tensor(teacher_pos)}), -1);
-      context_nll = -t.gather(1, torch::tensor(ans_target).unsqueeze(1)).mean();
-      auto sink = [&](const torch::Tensor& x) {
-        return x.unsqueeze(0).unsqueeze(2).expand(
-            {nq, lm.num_layers, 1, lm.num_kv_heads, lm.head_dim});
-      };
-      auto book = torch::log_softmax(
-          TorchAccess::Forward(*base, student_tokens, sink(net->expander->sink_keys),
-                               sink(net->expander->sink_values), nullptr),
-          -1);
-      closed_book_nll = -book.index({torch::tensor(ans_row), torch::tensor(ans_pos)})
-                             .gather(1, torch::tensor(ans_target).unsqueeze(1))
-                             .mean();
+      context_nll = -t.gather(1, target).mean();
+      closed_book_nll = -torch::cat(book_parts).gather(1, target).mean();
     }
 
     AdapterLosses out;
