@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "train/export.h"
 
@@ -75,8 +76,8 @@ ReadingCorpus::Example ReadingCorpus::Build(
   return ex;
 }
 
-TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len,
-                                float answer_weight) const {
+TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, float answer_weight,
+                                double distractor_fraction) const {
   std::vector<Example> examples;
   while (static_cast<int>(examples.size()) < rows) {
     const int pi = static_cast<int>(BoundedDraw(rng, data_.passages.size()));
@@ -111,6 +112,20 @@ TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len,
     std::vector<std::pair<std::string, std::string>> qa;
     for (size_t i = 0; i < n; ++i)
       qa.push_back((*relations[i])[BoundedDraw(rng, relations[i]->size())]);
+    if (distractor_fraction > 0 && UnitDraw(rng) < distractor_fraction) {
+      // The passage (with its original, for an update) keeps its place in a random order.
+      std::vector<std::string> blocks = {context};
+      const int extra = 1 + static_cast<int>(BoundedDraw(rng, 2));
+      for (int tries = 0; static_cast<int>(blocks.size()) <= extra && tries < 20; ++tries) {
+        const Passage& other = data_.passages[BoundedDraw(rng, data_.passages.size())];
+        if (other.subject == p.subject) continue;
+        blocks.insert(blocks.begin() + BoundedDraw(rng, blocks.size() + 1), other.text);
+      }
+      std::string mixed = absl::StrJoin(blocks, "\n");
+      if (static_cast<int>(Build(mixed, qa, answer_weight).tokens.size()) <= max_len) {
+        context = std::move(mixed);
+      }
+    }
     Example ex = Build(context, qa, answer_weight);
     while (static_cast<int>(ex.tokens.size()) > max_len && qa.size() > 1) {
       qa.pop_back();
@@ -244,8 +259,9 @@ absl::Status RunPretrain(const PretrainOptions& options) {
   for (int step = start; step < options.steps; ++step) {
     // One generator per step: a resumed run draws exactly the batches of an uninterrupted one.
     std::mt19937_64 rng(options.seed * 0x2545F4914F6CDD1Dull + static_cast<uint64_t>(step));
-    const TrainBatch batch = corpus.Batch(rng, options.batch, options.max_len,
-                                          static_cast<float>(options.answer_weight));
+    const TrainBatch batch =
+        corpus.Batch(rng, options.batch, options.max_len, static_cast<float>(options.answer_weight),
+                     options.distractor_fraction);
     const double lr = ScheduledLr(options, step);
     absl::StatusOr<double> loss = model.TrainStep(batch, lr);
     if (!loss.ok()) return loss.status();

@@ -31,8 +31,11 @@ class ReadingCorpus {
  public:
   ReadingCorpus(SplitData data, std::shared_ptr<const Tokenizer> tokenizer);
 
-  // `rows` examples, each of at most max_len tokens, drawn with `rng`.
-  TrainBatch Batch(std::mt19937_64& rng, int rows, int max_len, float answer_weight) const;
+  // `rows` examples, each of at most max_len tokens, drawn with `rng`. A `distractor_fraction` of
+  // them read their passage among 1-2 passages about other people (in random order), as a RAG
+  // prompt with several retrieved passages does.
+  TrainBatch Batch(std::mt19937_64& rng, int rows, int max_len, float answer_weight,
+                   double distractor_fraction = 0) const;
 
   // Token ids and per-position loss weights of one example (exposed for tests).
   struct Example {
@@ -79,6 +82,7 @@ struct PretrainOptions {
   double lr = 2e-3;
   double min_lr_ratio = 0.1;  // cosine decay to lr * min_lr_ratio
   double answer_weight = 2.0;
+  double distractor_fraction = 0;  // examples whose context adds 1-2 other people's passages
   OptimizerOptions optimizer;
   uint64_t seed = 1;
   int threads = 1;

@@ -172,5 +172,37 @@ TEST(LmTest, PretrainingSmokeLossGoesDown) {
   EXPECT_LT(after, before - 0.5);
 }
 
+TEST(LmTest, ContextDistractorsAddOtherPeoplesPassages) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  WorldOptions world;
+  world.people[0] = 200;
+  std::shared_ptr<const Tokenizer> shared = *std::move(tokenizer);
+  ReadingCorpus corpus(GenerateSplit(world, Split::kPretrain), shared);
+  // Passages per context: the lines before the first question.
+  auto passages_per_row = [&](double distractor_fraction) {
+    std::mt19937_64 rng(5);
+    // (The stories tokenizer spells the names in many pieces: room for three passages.)
+    const TrainBatch batch = corpus.Batch(rng, 16, 1024, 2.0f, distractor_fraction);
+    std::vector<int> counts;
+    for (int r = 0; r < batch.rows; ++r) {
+      const std::vector<int32_t> row(
+          batch.tokens.begin() + static_cast<size_t>(r) * batch.cols,
+          batch.tokens.begin() + static_cast<size_t>(r + 1) * batch.cols);
+      const std::string text = shared->Decode(row);
+      const std::string context = text.substr(0, text.find("Q:"));
+      counts.push_back(static_cast<int>(std::count(context.begin(), context.end(), '\n')));
+    }
+    return counts;
+  };
+  const std::vector<int> plain = passages_per_row(0);
+  const std::vector<int> mixed = passages_per_row(1);
+  // Without distractors a context is one passage (two for an update and its original); with
+  // them every context that fits gains one or two more.
+  EXPECT_LE(*std::max_element(plain.begin(), plain.end()), 2);
+  EXPECT_GE(*std::min_element(mixed.begin(), mixed.end()), 2);
+  EXPECT_GE(*std::max_element(mixed.begin(), mixed.end()), 3);
+}
+
 }  // namespace
 }  // namespace knowd::train
