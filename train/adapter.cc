@@ -654,7 +654,7 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     };
     // Per group: the answer tokens' log-probabilities (answer NLL), the shared question/answer
     // tokens' (distillation), and the closed-book reference (the sink row as the only prefix).
-    std::vector<int64_t> ans_row, ans_target, kd_row, kd_tpos;
+    std::vector<int64_t> ans_row, ans_tpos, ans_target, kd_row, kd_tpos;
     std::vector<torch::Tensor> picked_parts, student_kd_parts, book_parts;
     for (const auto& [lo, hi] : groups) {
       const std::vector<std::vector<int32_t>> part(student_rows.begin() + lo,
@@ -666,8 +666,11 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
       std::vector<int64_t> a_row, a_pos, k_row, k_pos;
       for (int i = lo; i < hi; ++i) {
         const QuestionRow& r = rows[i];
+        // The student's position j sits at j + shift in the teacher's sequence.
+        const int64_t shift = static_cast<int64_t>(r.teacher.size()) - r.student.size();
         for (size_t j = r.answer_begin; j < r.student.size(); ++j) {
           ans_row.push_back(i);
+          ans_tpos.push_back(static_cast<int64_t>(j) - 1 + shift);
           a_row.push_back(i - lo);
           a_pos.push_back(static_cast<int64_t>(j) - 1);
           ans_target.push_back(r.student[j]);
@@ -680,7 +683,6 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
                    r.teacher[r.teacher.size() - 1 - common]) {
           ++common;
         }
-        const int64_t shift = static_cast<int64_t>(r.teacher.size()) - r.student.size();
         for (size_t j = r.student.size() - common; j < r.student.size(); ++j) {
           kd_row.push_back(i);
           k_row.push_back(i - lo);
@@ -708,16 +710,8 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     torch::Tensor context_nll, closed_book_nll;
     {
       torch::NoGradGuard reference_no_grad;
-      std::vector<int64_t> teacher_pos;
-      for (int i = 0; i < nq; ++i) {
-        const QuestionRow& r = rows[i];
-        const int64_t shift = static_cast<int64_t>(r.teacher.size()) - r.student.size();
-        for (size_t j = r.answer_begin; j < r.student.size(); ++j) {
-          teacher_pos.push_back(static_cast<int64_t>(j) - 1 + shift);
-        }
-      }
       auto t = torch::log_softmax(
-          teacher_logits.index({torch::tensor(ans_row), torch::tensor(teacher_pos)}), -1);
+          teacher_logits.index({torch::tensor(ans_row), torch::tensor(ans_tpos)}), -1);
       context_nll = -t.gather(1, target).mean();
       closed_book_nll = -torch::cat(book_parts).gather(1, target).mean();
     }

@@ -112,6 +112,7 @@ TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, flo
     std::vector<std::pair<std::string, std::string>> qa;
     for (size_t i = 0; i < n; ++i)
       qa.push_back((*relations[i])[BoundedDraw(rng, relations[i]->size())]);
+    Example ex;  // no tokens: not built yet
     if (distractor_fraction > 0 && UnitDraw(rng) < distractor_fraction) {
       // The passage (with its original, for an update) keeps its place in a random order.
       std::vector<std::string> blocks = {context};
@@ -121,12 +122,10 @@ TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, flo
         if (other.subject == p.subject) continue;
         blocks.insert(blocks.begin() + BoundedDraw(rng, blocks.size() + 1), other.text);
       }
-      std::string mixed = absl::StrJoin(blocks, "\n");
-      if (static_cast<int>(Build(mixed, qa, answer_weight).tokens.size()) <= max_len) {
-        context = std::move(mixed);
-      }
+      Example mixed = Build(absl::StrJoin(blocks, "\n"), qa, answer_weight);
+      if (static_cast<int>(mixed.tokens.size()) <= max_len) ex = std::move(mixed);
     }
-    Example ex = Build(context, qa, answer_weight);
+    if (ex.tokens.empty()) ex = Build(context, qa, answer_weight);
     while (static_cast<int>(ex.tokens.size()) > max_len && qa.size() > 1) {
       qa.pop_back();
       ex = Build(context, qa, answer_weight);

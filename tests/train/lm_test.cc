@@ -48,6 +48,16 @@ double EngineDifference(LanguageModel& model, const std::vector<int32_t>& tokens
   return worst;
 }
 
+// Reading-comprehension examples of 200 pretraining-split people, in the stories tokenizer.
+absl::StatusOr<ReadingCorpus> SmallReadingCorpus() {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
+  if (!tokenizer.ok()) return tokenizer.status();
+  WorldOptions world;
+  world.people[0] = 200;
+  return ReadingCorpus(GenerateSplit(world, Split::kPretrain),
+                       std::shared_ptr<const Tokenizer>(*std::move(tokenizer)));
+}
+
 TrainBatch RandomBatch(int rows, int cols, int vocab, uint64_t seed) {
   TrainBatch b;
   b.rows = rows;
@@ -136,34 +146,31 @@ TEST(LmTest, CheckpointRestoresTheModel) {
 // The CI smoke test of pretraining: 20 steps of reading-comprehension batches on a tiny model.
 TEST(LmTest, PretrainingSmokeLossGoesDown) {
   SetTorchThreads(1);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  WorldOptions world;
-  world.people[0] = 200;
-  std::shared_ptr<const Tokenizer> shared = *std::move(tokenizer);
-  ReadingCorpus corpus(GenerateSplit(world, Split::kPretrain), shared);
+  absl::StatusOr<ReadingCorpus> corpus = SmallReadingCorpus();
+  ASSERT_TRUE(corpus.ok()) << corpus.status();
+  const Tokenizer& tokenizer = corpus->tokenizer();
 
   // Answer tokens are weighted on top of every other token; the weights mark exactly the answer.
   const ReadingCorpus::Example ex =
-      corpus.Build("Alo Ben works at Kada Labs.", {{"Where does Alo Ben work?", "Kada Labs"}}, 2);
+      corpus->Build("Alo Ben works at Kada Labs.", {{"Where does Alo Ben work?", "Kada Labs"}}, 2);
   std::vector<int32_t> answer;
   for (size_t i = 0; i < ex.tokens.size(); ++i) {
-    if (ex.weights[i] > 1.5f && ex.tokens[i] != shared->eos_id()) answer.push_back(ex.tokens[i]);
+    if (ex.weights[i] > 1.5f && ex.tokens[i] != tokenizer.eos_id()) answer.push_back(ex.tokens[i]);
   }
-  EXPECT_EQ(shared->Decode(answer), "Kada Labs");
-  EXPECT_EQ(ex.tokens.back(), shared->eos_id());
+  EXPECT_EQ(tokenizer.Decode(answer), "Kada Labs");
+  EXPECT_EQ(ex.tokens.back(), tokenizer.eos_id());
   EXPECT_FLOAT_EQ(ex.weights.back(), 3.0f);
 
   LlamaConfig c = TinyConfig(kTinyVocab, true);
-  c.vocab_size = shared->vocab_size();
+  c.vocab_size = tokenizer.vocab_size();
   auto model = LanguageModel::Create(c, 1, OptimizerOptions());
   ASSERT_TRUE(model.ok());
   std::mt19937_64 held_out(99);
-  const TrainBatch probe = corpus.Batch(held_out, 8, 256, 1.0f);
+  const TrainBatch probe = corpus->Batch(held_out, 8, 256, 1.0f);
   const double before = *(*model)->Loss(probe);
   for (int step = 0; step < 20; ++step) {
     std::mt19937_64 rng(step);
-    absl::StatusOr<double> loss = (*model)->TrainStep(corpus.Batch(rng, 8, 256, 1.0f), 3e-3);
+    absl::StatusOr<double> loss = (*model)->TrainStep(corpus->Batch(rng, 8, 256, 1.0f), 3e-3);
     ASSERT_TRUE(loss.ok()) << loss.status();
     ASSERT_TRUE(std::isfinite(*loss));
   }
@@ -173,23 +180,20 @@ TEST(LmTest, PretrainingSmokeLossGoesDown) {
 }
 
 TEST(LmTest, ContextDistractorsAddOtherPeoplesPassages) {
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadStoriesTokenizer();
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  WorldOptions world;
-  world.people[0] = 200;
-  std::shared_ptr<const Tokenizer> shared = *std::move(tokenizer);
-  ReadingCorpus corpus(GenerateSplit(world, Split::kPretrain), shared);
+  absl::StatusOr<ReadingCorpus> corpus = SmallReadingCorpus();
+  ASSERT_TRUE(corpus.ok()) << corpus.status();
+  const Tokenizer& tokenizer = corpus->tokenizer();
   // Passages per context: the lines before the first question.
   auto passages_per_row = [&](double distractor_fraction) {
     std::mt19937_64 rng(5);
     // (The stories tokenizer spells the names in many pieces: room for three passages.)
-    const TrainBatch batch = corpus.Batch(rng, 16, 1024, 2.0f, distractor_fraction);
+    const TrainBatch batch = corpus->Batch(rng, 16, 1024, 2.0f, distractor_fraction);
     std::vector<int> counts;
     for (int r = 0; r < batch.rows; ++r) {
       const std::vector<int32_t> row(
           batch.tokens.begin() + static_cast<size_t>(r) * batch.cols,
           batch.tokens.begin() + static_cast<size_t>(r + 1) * batch.cols);
-      const std::string text = shared->Decode(row);
+      const std::string text = tokenizer.Decode(row);
       const std::string context = text.substr(0, text.find("Q:"));
       counts.push_back(static_cast<int>(std::count(context.begin(), context.end(), '\n')));
     }
