@@ -378,9 +378,13 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   if (ids.empty()) return absl::InternalError("mac: the bank returned no passage");
   auto latents = bank_->GetLatents(kNamespace, ids);
   if (!latents.ok()) return latents.status();
-  absl::StatusOr<PrefixKv> prefix = modulator_->Modulate(q.question, *latents);
+  absl::StatusOr<PrefixKv> prefix = modulator_->Modulate(q.question, *latents, false);
   if (!prefix.ok()) return prefix.status();
   auto shared = std::make_shared<const PrefixKv>(*std::move(prefix));
+  // mac+rag: the adapter's mac+rag head when it has one (else the same prefix again).
+  absl::StatusOr<PrefixKv> text_prefix = modulator_->Modulate(q.question, *latents, true);
+  if (!text_prefix.ok()) return text_prefix.status();
+  auto shared_text = std::make_shared<const PrefixKv>(*std::move(text_prefix));
   // The prefix's row 0 is the BOS sink: the prompts after it start without BOS.
   auto after_prefix = [&](std::vector<int32_t> ids) {
     if (!ids.empty() && ids.front() == tokenizer_.bos_id()) ids.erase(ids.begin());
@@ -391,10 +395,11 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   asked_.push_back({question, kMac, stage, AddRequest(after_prefix(*std::move(mac)), shared)});
   const std::vector<int> mac_rag_text(
       ranked.begin(), ranked.begin() + std::min<size_t>(o_.mac_rag_passages, ranked.size()));
-  absl::StatusOr<std::vector<int32_t>> mac_rag = FitPrompt(mac_rag_text, q.question, shared->rows);
+  absl::StatusOr<std::vector<int32_t>> mac_rag =
+      FitPrompt(mac_rag_text, q.question, shared_text->rows);
   if (!mac_rag.ok()) return mac_rag.status();
   asked_.push_back(
-      {question, kMacRag, stage, AddRequest(after_prefix(*std::move(mac_rag)), shared)});
+      {question, kMacRag, stage, AddRequest(after_prefix(*std::move(mac_rag)), shared_text)});
   return absl::OkStatus();
 }
 

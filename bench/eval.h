@@ -99,10 +99,10 @@ class Modulator {
   virtual absl::StatusOr<std::vector<float>> QuestionKey(std::string_view question) = 0;
   // The modulation for `question` aggregated from the latents of its retrieved passages (best
   // first; at least one): prefix rows for KvCache::SetPrefix, row 0 standing for BOS, so the
-  // prompt after it starts without BOS.
+  // prompt after it starts without BOS. with_text: the prompt also carries passage text (mac+rag).
   virtual absl::StatusOr<PrefixKv> Modulate(
-      std::string_view question,
-      std::span<const std::shared_ptr<const std::vector<float>>> latents) = 0;
+      std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,
+      bool with_text) = 0;
 };
 
 // Loads the Modulator of a bundle. Errors become the reason the mac modes are skipped.

@@ -43,13 +43,13 @@ class AdapterModulator final : public Modulator {
   }
 
   absl::StatusOr<PrefixKv> Modulate(
-      std::string_view question,
-      std::span<const std::shared_ptr<const std::vector<float>>> latents) override {
+      std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,
+      bool with_text) override {
     absl::StatusOr<const QuestionCode*> code = Encode(question);
     if (!code.ok()) return code.status();
     std::vector<std::span<const float>> candidates;
     for (const auto& l : latents) candidates.emplace_back(*l);
-    return adapter_->Modulate(**code, candidates);
+    return adapter_->Modulate(**code, candidates, with_text);
   }
 
   // Latents as the bank stores them (f16) plus the f32 key.

@@ -297,7 +297,8 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
     if (!latents.ok()) return fail(latents.status());
     std::vector<std::span<const float>> spans;
     for (const auto& l : *latents) spans.emplace_back(*l);
-    absl::StatusOr<PrefixKv> modulated = adapter_->Modulate(*question, spans);
+    // mac+rag's prompt carries passage text: the adapter's mac+rag head, if it has one.
+    absl::StatusOr<PrefixKv> modulated = adapter_->Modulate(*question, spans, RagMode(mode));
     if (!modulated.ok()) return fail(modulated.status());
     prefix = *std::move(modulated);
   }

@@ -346,8 +346,10 @@ std::vector<float> Adapter::KeyOfLatent(std::span<const float> latents) const {
 }
 
 absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
-                                           std::span<const std::span<const float>> latents) {
+                                           std::span<const std::span<const float>> latents,
+                                           bool with_text) {
   const AdapterSpec& spec = impl_->spec;
+  const AdapterHead& head = with_text && spec.rag_head ? impl_->rag : impl_->mac;
   const LlamaConfig& lm = impl_->lm;
   const int t = spec.slots, d = spec.latent_dim, k = static_cast<int>(latents.size());
   const int64_t entry = int64_t{t} * d;
@@ -391,12 +393,12 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   std::vector<float> x(entry, 0.0f), memory(k * entry);
   for (int j = 0; j < k; ++j) {
     const float* z = latents[j].data();
-    const float* rank_row = impl_->rank.data() + int64_t{rank[j]} * d;
+    const float* rank_row = head.rank.data() + int64_t{rank[j]} * d;
     for (int64_t i = 0; i < entry; ++i) x[i] += weights[j] * z[i];
     for (int s = 0; s < t; ++s) {
       for (int c = 0; c < d; ++c) {
         memory[j * entry + int64_t{s} * d + c] =
-            z[int64_t{s} * d + c] + (rank_row[c] + weights[j] * impl_->score[c]);
+            z[int64_t{s} * d + c] + (rank_row[c] + weights[j] * head.score[c]);
       }
     }
   }
@@ -416,12 +418,12 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   // Block() normalises the condition into its own scratch, so the uploaded Q stays intact.
   const AdapterSegment segment{0, t, 0, k * t};
   absl::Status s =
-      impl_->Blocks(impl_->aggregator, x_dev, t, memory_dev, k * t, {&segment, 1}, condition);
+      impl_->Blocks(head.aggregator, x_dev, t, memory_dev, k * t, {&segment, 1}, condition);
   if (!s.ok()) return s;
 
   // Expander: A -> [slots][layers][keys, values][kv_dim], then the sink row in front.
-  b.MatMul(x_dev, d, impl_->expand, expanded, width, t, static_cast<int>(width), d, false);
-  b.AddBias(expanded, width, impl_->expand_bias, t, static_cast<int>(width));
+  b.MatMul(x_dev, d, head.expand, expanded, width, t, static_cast<int>(width), d, false);
+  b.AddBias(expanded, width, head.expand_bias, t, static_cast<int>(width));
   std::vector<float> y(t * width);
   b.Download(y.data(), expanded, y.size() * sizeof(float));
   if (absl::Status st = impl_->Finish(); !st.ok()) return st;
@@ -433,8 +435,8 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   for (int l = 0; l < lm.num_layers; ++l) {
     float* keys = prefix.keys.data() + int64_t{l} * rows * kv_dim;
     float* values = prefix.values.data() + int64_t{l} * rows * kv_dim;
-    std::copy_n(impl_->sink_keys.begin() + int64_t{l} * kv_dim, kv_dim, keys);
-    std::copy_n(impl_->sink_values.begin() + int64_t{l} * kv_dim, kv_dim, values);
+    std::copy_n(head.sink_keys.begin() + int64_t{l} * kv_dim, kv_dim, keys);
+    std::copy_n(head.sink_values.begin() + int64_t{l} * kv_dim, kv_dim, values);
     for (int slot = 0; slot < t; ++slot) {
       const float* row = y.data() + slot * width + int64_t{l} * 2 * kv_dim;
       std::copy_n(row, kv_dim, keys + int64_t{slot + 1} * kv_dim);

@@ -10,6 +10,8 @@
 //   Modulate         the aggregator over the top-k candidates' latents (with rank and score
 //                    embeddings), then the expander: per-layer prefix keys/values for
 //                    KvCache::SetPrefix (row 0: the attention sink, then one row per slot).
+//                    An adapter with a mac+rag head has a second aggregator and expander, trained
+//                    for a prompt that also carries passage text after the prefix.
 //
 // After the prefix the engine runs QuestionPrompt(question) WITHOUT BOS (row 0 stands for it) and
 // decodes greedily up to "\n" or EOS. train/README.md states the contract; the libtorch networks
@@ -43,7 +45,10 @@ struct AdapterSpec {
   int readout_blocks = 0;
   int question_blocks = 0;
   int aggregator_blocks = 0;
-  int max_candidates = 0;      // the aggregator takes at most this many candidates
+  int max_candidates = 0;  // the aggregator takes at most this many candidates
+  // A second aggregator and expander for prompts with passage text after the prefix (mac+rag),
+  // over the same stored latents and question code ("rag_head" in adapter.json).
+  bool rag_head = false;
   std::string base_sha256;     // SHA-256 of the base model.safetensors it was trained on
   std::string adapter_sha256;  // SHA-256 of adapter.safetensors
   // A memory bank's latents and keys belong to one adapter: its storage::Fingerprint is
@@ -99,9 +104,12 @@ class Adapter {
   std::vector<float> KeyOfLatent(std::span<const float> latents) const;
 
   // Aggregates the candidates (best first; 1 .. max_candidates; each slots * latent_dim floats)
-  // for the question and expands the result into the prefix.
+  // for the question and expands the result into the prefix. with_text: the prompt after the
+  // prefix also carries passage text (mac+rag); the mac+rag head makes the prefix when the
+  // adapter has one (spec().rag_head), else the mac head.
   absl::StatusOr<PrefixKv> Modulate(const QuestionCode& question,
-                                    std::span<const std::span<const float>> latents);
+                                    std::span<const std::span<const float>> latents,
+                                    bool with_text = false);
 
  private:
   struct Impl;

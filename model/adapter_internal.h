@@ -42,6 +42,18 @@ struct AdapterEncoder {
   std::vector<float> key;  // [key_dim, d], host memory (keys are computed on the host)
 };
 
+// The aggregator and the expander (train/adapter.cc: Aggregator, Expander): the mac head, or the
+// mac+rag head ("rag_aggregator.*", "rag_expander.*") for prompts with passage text.
+struct AdapterHead {
+  std::vector<AdapterBlock> aggregator;  // backend memory
+  float* expand = nullptr;               // [kv_width, d], backend memory
+  float* expand_bias = nullptr;          // [kv_width], backend memory
+  std::vector<float> rank;               // [max_candidates, d], host memory
+  std::vector<float> score;              // [d]: aggregator.score.weight, Linear(1, d)
+  std::vector<float> sink_keys;          // [layers][kv_dim]
+  std::vector<float> sink_values;        // [layers][kv_dim]
+};
+
 // The slots of one sequence (a passage, a question, or a question's candidates) and the memory
 // rows they attend to, within the rows of a batch.
 struct AdapterSegment {
@@ -88,17 +100,10 @@ struct Adapter::Impl {
   AdapterEncoder readout;
   AdapterEncoder question;
   float* question_queries = nullptr;  // [slots, d]
-  std::vector<AdapterBlock> aggregator;
-  float* expand = nullptr;       // [kv_width, d]
-  float* expand_bias = nullptr;  // [kv_width]
-  float* ones = nullptr;         // [max(hidden_size, d)]: the weight of a plain RMS normalisation
+  AdapterHead mac;
+  AdapterHead rag;        // empty (no aggregator blocks, expand null) without spec.rag_head
+  float* ones = nullptr;  // [max(hidden_size, d)]: the weight of a plain RMS normalisation
   std::vector<void*> allocations;
-
-  // Host memory.
-  std::vector<float> rank;         // [max_candidates, d]
-  std::vector<float> score;        // [d]: aggregator.score.weight, Linear(1, d)
-  std::vector<float> sink_keys;    // [layers][kv_dim]
-  std::vector<float> sink_values;  // [layers][kv_dim]
 
   // Scratch buffers in backend memory, grown on demand (see Scratch in adapter.cc).
   std::vector<std::pair<float*, int64_t>> scratch;

@@ -58,6 +58,12 @@ absl::StatusOr<AdapterSpec> ReadSpec(const std::string& path, const LlamaConfig&
   spec.question_blocks = integer(j, "question_blocks", "");
   spec.aggregator_blocks = integer(j, "aggregator_blocks", "");
   spec.max_candidates = integer(j, "max_candidates", "");
+  if (auto it = j.find("rag_head"); it != j.end()) {
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": \"rag_head\" must be true or false"));
+    }
+    spec.rag_head = it->get<bool>();
+  }
   const nlohmann::json none = nlohmann::json::object();
   const nlohmann::json& b = j.contains("base_model") ? j["base_model"] : none;
   const int hidden = integer(b, "hidden_size", "base_model.");
@@ -267,23 +273,28 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
     return st;
   }
 
-  // Aggregator.
-  KNOWD_ASSIGN(a.rank, reader.Read("aggregator.rank.weight", {s.max_candidates, d}));
-  KNOWD_ASSIGN(a.score, reader.Read("aggregator.score.weight", {d, 1}));
-  a.aggregator.resize(s.aggregator_blocks);
-  for (int i = 0; i < s.aggregator_blocks; ++i) {
-    absl::Status st =
-        load_block(absl::StrCat("aggregator.blocks.", i, "."), true, &a.aggregator[i]);
-    if (!st.ok()) return st;
+  // The aggregator and the expander of a head; `prefix` is "" (mac) or "rag_" (mac+rag).
+  auto load_head = [&](const std::string& prefix, AdapterHead* head) -> absl::Status {
+    KNOWD_ASSIGN(head->rank, reader.Read(prefix + "aggregator.rank.weight", {s.max_candidates, d}));
+    KNOWD_ASSIGN(head->score, reader.Read(prefix + "aggregator.score.weight", {d, 1}));
+    head->aggregator.resize(s.aggregator_blocks);
+    for (int i = 0; i < s.aggregator_blocks; ++i) {
+      absl::Status st = load_block(absl::StrCat(prefix, "aggregator.blocks.", i, "."), true,
+                                   &head->aggregator[i]);
+      if (!st.ok()) return st;
+    }
+    KNOWD_ASSIGN(head->expand, load(prefix + "expander.expand.weight", {a.kv_width(), d}));
+    KNOWD_ASSIGN(head->expand_bias, load(prefix + "expander.expand.bias", {a.kv_width()}));
+    KNOWD_ASSIGN(head->sink_keys, reader.Read(prefix + "expander.sink_keys",
+                                              {layers, lm.num_kv_heads, lm.head_dim}));
+    KNOWD_ASSIGN(head->sink_values, reader.Read(prefix + "expander.sink_values",
+                                                {layers, lm.num_kv_heads, lm.head_dim}));
+    return absl::OkStatus();
+  };
+  if (absl::Status st = load_head("", &a.mac); !st.ok()) return st;
+  if (s.rag_head) {
+    if (absl::Status st = load_head("rag_", &a.rag); !st.ok()) return st;
   }
-
-  // Expander.
-  KNOWD_ASSIGN(a.expand, load("expander.expand.weight", {a.kv_width(), d}));
-  KNOWD_ASSIGN(a.expand_bias, load("expander.expand.bias", {a.kv_width()}));
-  KNOWD_ASSIGN(a.sink_keys,
-               reader.Read("expander.sink_keys", {layers, lm.num_kv_heads, lm.head_dim}));
-  KNOWD_ASSIGN(a.sink_values,
-               reader.Read("expander.sink_values", {layers, lm.num_kv_heads, lm.head_dim}));
 #undef KNOWD_ASSIGN
   if (absl::Status st = reader.CheckAllUsed(); !st.ok()) return st;
 

@@ -259,14 +259,29 @@ struct NetworksImpl : torch::nn::Module {
     aggregator =
         register_module("aggregator", Aggregator(s, c.aggregator_blocks, c.max_candidates));
     expander = register_module("expander", Expander(s));
+    if (c.rag_head) {
+      rag_aggregator =
+          register_module("rag_aggregator", Aggregator(s, c.aggregator_blocks, c.max_candidates));
+      rag_expander = register_module("rag_expander", Expander(s));
+    }
     // Similarity scale of the keys (InfoNCE temperature 1/exp(.)), learned.
     log_scale = register_parameter("log_scale", torch::full({1}, std::log(20.0)));
   }
   torch::Tensor Scale() { return log_scale.exp().clamp_max(100.0); }
+  // The prefix keys/values of the candidates for the questions: the mac+rag head's when
+  // `with_text` and there is one, else the mac head's.
+  std::pair<torch::Tensor, torch::Tensor> Modulate(const torch::Tensor& q, const torch::Tensor& z,
+                                                   const torch::Tensor& scores, bool with_text) {
+    if (with_text && rag_aggregator)
+      return rag_expander->forward(rag_aggregator->forward(q, z, scores));
+    return expander->forward(aggregator->forward(q, z, scores));
+  }
   Readout readout{nullptr};
   QuestionEncoder question{nullptr};
   Aggregator aggregator{nullptr};
   Expander expander{nullptr};
+  Aggregator rag_aggregator{nullptr};  // null without config.rag_head
+  Expander rag_expander{nullptr};
   torch::Tensor log_scale;
 };
 TORCH_MODULE(Networks);
@@ -582,9 +597,19 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     groups.emplace_back(lo, hi);
   }
 
+  if (o.rag_head_only && !config.rag_head) {
+    return absl::InvalidArgumentError("training the mac+rag head alone needs an adapter with one");
+  }
   try {
     if (train) {
       net->train();
+      // With rag_head_only everything but the mac+rag head is frozen: no gradient, so AdamW
+      // leaves it (and its decay) alone.
+      for (auto& p : net->named_parameters()) {
+        const bool learns = !o.rag_head_only || p.key().starts_with("rag_");
+        p.value().set_requires_grad(learns);
+        if (!learns) p.value().mutable_grad() = torch::Tensor();
+      }
     } else {
       net->eval();
     }
@@ -645,8 +670,6 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     auto zc_detached = z.detach().index_select(0, flat).view_as(zc);
     zc = keep * zc + (1 - keep) * zc_detached;  // backprop dropout
     auto sc = scores.gather(1, cand_t);
-    auto a = net->aggregator->forward(q, zc, sc);
-    auto [pk, pv] = net->expander->forward(a);
 
     auto sink = [&](const torch::Tensor& x, int64_t n) {
       return x.unsqueeze(0).unsqueeze(2).expand(
@@ -660,8 +683,9 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
       const std::vector<std::vector<int32_t>> part(student_rows.begin() + lo,
                                                    student_rows.begin() + hi);
       auto tokens = Pad(part, lm.eos_token_id, false).first;
-      auto logits = TorchAccess::Forward(*base, tokens, pk.slice(0, lo, hi), pv.slice(0, lo, hi),
-                                         nullptr);  // [hi - lo, S, V]
+      auto [pk, pv] = net->Modulate(q.slice(0, lo, hi), zc.slice(0, lo, hi), sc.slice(0, lo, hi),
+                                    rows[lo].has_text);
+      auto logits = TorchAccess::Forward(*base, tokens, pk, pv, nullptr);  // [hi - lo, S, V]
       auto log_probs = torch::log_softmax(logits, -1);
       std::vector<int64_t> a_row, a_pos, k_row, k_pos;
       for (int i = lo; i < hi; ++i) {
@@ -757,7 +781,7 @@ absl::StatusOr<AdapterLosses> Adapter::Loss(const AdapterCorpus& corpus,
 
 absl::StatusOr<Adapter::PrefixKv> Adapter::Prefix(std::string_view question,
                                                   std::span<const std::vector<int32_t>> passages,
-                                                  const Tokenizer& tokenizer) {
+                                                  const Tokenizer& tokenizer, bool with_text) {
   if (passages.empty()) return absl::InvalidArgumentError("adapter prefix: no passages");
   try {
     torch::NoGradGuard no_grad;
@@ -768,8 +792,7 @@ absl::StatusOr<Adapter::PrefixKv> Adapter::Prefix(std::string_view question,
     auto [z, pkeys] = impl_->EncodePassages(ps);
     auto [q, qkey] = impl_->EncodeQuestions({tokenizer.Encode(QuestionPrompt(question), true)});
     auto scores = impl_->net->Scale() * torch::matmul(qkey, pkeys.t());
-    auto a = impl_->net->aggregator->forward(q, z.unsqueeze(0), scores);
-    auto [pk, pv] = impl_->net->expander->forward(a);
+    auto [pk, pv] = impl_->net->Modulate(q, z.unsqueeze(0), scores, with_text);
     // [1, L, T, kvh, hd] is [layers][rows][kv_dim] already.
     pk = pk.contiguous();
     pv = pv.contiguous();
@@ -783,7 +806,8 @@ absl::StatusOr<Adapter::PrefixKv> Adapter::Prefix(std::string_view question,
 }
 
 absl::StatusOr<Adapter::Trace> Adapter::TraceForTest(std::span<const std::vector<int32_t>> passages,
-                                                     std::span<const int32_t> prompt) {
+                                                     std::span<const int32_t> prompt,
+                                                     bool with_text) {
   if (passages.empty()) return absl::InvalidArgumentError("adapter trace: no passages");
   try {
     torch::NoGradGuard no_grad;
@@ -791,8 +815,7 @@ absl::StatusOr<Adapter::Trace> Adapter::TraceForTest(std::span<const std::vector
     auto [z, pkeys] = impl_->EncodePassages({passages.begin(), passages.end()});
     auto [q, qkey] = impl_->EncodeQuestions({{prompt.begin(), prompt.end()}});
     auto scores = impl_->net->Scale() * torch::matmul(qkey, pkeys.t());
-    auto a = impl_->net->aggregator->forward(q, z.unsqueeze(0), scores);
-    auto [pk, pv] = impl_->net->expander->forward(a);
+    auto [pk, pv] = impl_->net->Modulate(q, z.unsqueeze(0), scores, with_text);
     auto floats = [](const torch::Tensor& x) {
       const torch::Tensor c = x.contiguous();
       return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
@@ -974,12 +997,15 @@ absl::Status Adapter::Export(const std::string& dir, DType dtype, const std::str
       {"question_blocks", c.question_blocks},
       {"aggregator_blocks", c.aggregator_blocks},
       {"max_candidates", c.max_candidates},
+      {"rag_head", c.rag_head},
       {"norm_eps", 1e-6},
       {"activation", "gelu (erf)"},
       {"passage_input", "<BOS><passage>; BOS and padding are not attended by the readout"},
       {"pooled_key_rotation", "RoPE(slots - n), n = passage tokens with BOS, after pooling"},
       {"question_input", "<BOS>Q: <question>\\nA: for the question encoder"},
       {"prompt_after_prefix", "Q: <question>\\nA: without BOS (prefix row 0 is the BOS sink)"},
+      {"rag_head_prompt_after_prefix",
+       "<passage>\\nQ: <question>\\nA: without BOS; rag_aggregator/rag_expander make its prefix"},
       {"prefix", "keys/values [layers][prefix_rows][kv_dim], unrotated; tokens at positions P.."},
       {"latent_bytes_f16", LatentBytes(c)},
       {"parameters", ParameterCount()},
@@ -1001,7 +1027,7 @@ absl::Status Adapter::Export(const std::string& dir, DType dtype, const std::str
   return absl::OkStatus();
 }
 
-absl::Status Adapter::LoadExport(const std::string& dir) {
+absl::Status Adapter::LoadExport(const std::string& dir, bool seed_rag_head) {
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
       SafetensorsFile::Open(dir + "/adapter.safetensors");
   if (!file.ok()) return file.status();
@@ -1009,7 +1035,11 @@ absl::Status Adapter::LoadExport(const std::string& dir) {
     torch::NoGradGuard no_grad;
     for (auto& p : impl_->net->named_parameters()) {
       const std::vector<int64_t> shape(p.value().sizes().begin(), p.value().sizes().end());
-      absl::StatusOr<const HostTensor*> t = (*file)->Require(p.key(), shape);
+      std::string name = p.key();
+      if (seed_rag_head && name.starts_with("rag_") && (*file)->Find(name) == nullptr) {
+        name = name.substr(4);  // the mac head's tensor of the same shape
+      }
+      absl::StatusOr<const HostTensor*> t = (*file)->Require(name, shape);
       if (!t.ok()) return t.status();
       p.value().copy_(HostToTensor(**t, shape));
     }
@@ -1099,6 +1129,12 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
     if (absl::Status st = adapter.LoadCheckpoint(checkpoint); !st.ok()) return st;
     start = state["step"].get<int>();
     std::printf("resumed at step %d\n", start);
+  } else if (!options.init_from.empty()) {
+    if (absl::Status st = adapter.LoadExport(options.init_from, /*seed_rag_head=*/true); !st.ok()) {
+      return st;
+    }
+    std::printf("init: the weights of %s%s\n", options.init_from.c_str(),
+                options.config.rag_head ? " (a missing mac+rag head starts as the mac head)" : "");
   } else {
     std::vector<std::vector<int32_t>> sample;
     std::mt19937_64 rng(options.train.seed + 7);
@@ -1184,6 +1220,7 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
                                    {"questions_per_passage", options.train.questions_per_passage},
                                    {"top_k", options.top_k},
                                    {"text_fraction", options.train.text_fraction},
+                                   {"rag_head_only", options.train.rag_head_only},
                                    {"lr", options.lr},
                                    {"seed", options.train.seed}};
   if (absl::Status st =

@@ -63,6 +63,10 @@ struct AdapterConfig {
   int question_blocks = 2;
   int aggregator_blocks = 2;
   int max_candidates = 16;  // the aggregator's rank embedding covers top-k <= this
+  // mac+rag head: a second aggregator and expander ("rag_aggregator.*", "rag_expander.*") over
+  // the same stored latents and question code, for a reader that also has passage text after the
+  // prefix. Rows with text train it; rows without train the mac head.
+  bool rag_head = false;
 };
 
 // Per-step training hyper-parameters.
@@ -79,6 +83,9 @@ struct AdapterTrainOptions {
   // gold) for text_distractor_fraction of them: then the answer must come from the prefix.
   double text_fraction = 0.0;
   double text_distractor_fraction = 0.25;
+  // Only the mac+rag head learns (config.rag_head): the readout, the question encoder, the keys'
+  // scale and the mac head keep their weights, so the bank's latents and mac answers are unchanged.
+  bool rag_head_only = false;
   double weight_decay = 0.01;
   double grad_clip = 1.0;
   uint64_t seed = 1;
@@ -172,14 +179,15 @@ class Adapter {
     int rows = 0;
     std::vector<int32_t> prompt;
   };
+  // with_text: the mac+rag head's prefix (config.rag_head), for a prompt with passage text.
   absl::StatusOr<PrefixKv> Prefix(std::string_view question,
                                   std::span<const std::vector<int32_t>> passages,
-                                  const Tokenizer& tokenizer);
+                                  const Tokenizer& tokenizer, bool with_text = false);
 
   // Every intermediate the engine's port (model/adapter.h) must reproduce, for its parity test
   // (tests/train/adapter_parity_test): the latents and keys of `passages` (token ids with BOS),
   // the question code of `prompt` (token ids with BOS), and the prefix the aggregator and the
-  // expander make of all the passages as candidates.
+  // expander make of all the passages as candidates (the mac+rag head's when with_text).
   struct Trace {
     std::vector<std::vector<float>> latents;  // per passage: [slots][latent_dim]
     std::vector<std::vector<float>> keys;     // per passage: [key_dim]
@@ -188,7 +196,7 @@ class Adapter {
     PrefixKv prefix;                          // prompt left empty
   };
   absl::StatusOr<Trace> TraceForTest(std::span<const std::vector<int32_t>> passages,
-                                     std::span<const int32_t> prompt);
+                                     std::span<const int32_t> prompt, bool with_text = false);
 
   // Networks and optimizer state (torch::serialize archive); Load needs the same config.
   absl::Status SaveCheckpoint(const std::string& path) const;
@@ -199,8 +207,10 @@ class Adapter {
   // the hex SHA-256 of the base bundle's model.safetensors.
   absl::Status Export(const std::string& dir, DType dtype, const std::string& base_sha256,
                       const std::string& training_json = "{}") const;
-  // Reads the weights of an Export (any float dtype) back; the config must match.
-  absl::Status LoadExport(const std::string& dir);
+  // Reads the weights of an Export (any float dtype) back; the config must match. With
+  // seed_rag_head, an export without the mac+rag head (config.rag_head) is accepted and the head
+  // starts as a copy of the mac head.
+  absl::Status LoadExport(const std::string& dir, bool seed_rag_head = false);
 
  private:
   struct Impl;
@@ -222,6 +232,9 @@ struct AdapterRunOptions {
   std::string data_dir;    // knowd-train data output
   std::string bundle_dir;  // the base LM bundle (config.json, model.safetensors, tokenizer.model)
   std::string work_dir;    // checkpoints
+  // Non-empty: start from this export (an adapter/ directory) instead of the data-dependent
+  // initialisation (InitializeFromPassages); see LoadExport's seed_rag_head.
+  std::string init_from;
   AdapterConfig config;
   AdapterTrainOptions train;
   int steps = 2000;

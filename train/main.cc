@@ -71,6 +71,13 @@ ABSL_FLAG(double, text_fraction, 0.0,
 ABSL_FLAG(double, text_distractor_fraction, 0.25,
           "adapter: of those, the fraction whose text is another passage (answer from the prefix)");
 ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage alone this long");
+ABSL_FLAG(bool, rag_head, false,
+          "adapter: add the mac+rag head (its own aggregator and expander for prompts with text)");
+ABSL_FLAG(bool, rag_head_only, false,
+          "adapter: train the mac+rag head alone (everything else keeps its weights); with "
+          "--rag_head and --init_from");
+ABSL_FLAG(std::string, init_from, "",
+          "adapter: start from this adapter/ export (a missing mac+rag head copies the mac head)");
 ABSL_FLAG(int, stop_after, 0,
           "adapter: stop after this step with a checkpoint (no export); --resume continues");
 
@@ -238,6 +245,14 @@ int RunAdapterCommand() {
   }
   o.config.slots = absl::GetFlag(FLAGS_slots);
   o.config.latent_dim = absl::GetFlag(FLAGS_latent_dim);
+  o.config.rag_head = absl::GetFlag(FLAGS_rag_head);
+  o.train.rag_head_only = absl::GetFlag(FLAGS_rag_head_only);
+  o.init_from = absl::GetFlag(FLAGS_init_from);
+  if (o.train.rag_head_only && (!o.config.rag_head || o.init_from.empty())) {
+    return Fail("adapter", absl::InvalidArgumentError(
+                               "--rag_head_only trains the mac+rag head of a trained adapter: "
+                               "give --rag_head and --init_from <bundle>/adapter"));
+  }
   o.train.batch = FlagOr(FLAGS_batch, 8);
   o.train.questions_per_passage = absl::GetFlag(FLAGS_questions_per_passage);
   o.train.distill_weight = absl::GetFlag(FLAGS_distill_weight);

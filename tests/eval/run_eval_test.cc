@@ -3,6 +3,7 @@
 // figures are near zero; the test checks the report's structure and invariants, and that the mac
 // modes are skipped with a reason, or run through the prefix path (with a stand-in Modulator,
 // and with a random-weight adapter in the bundle).
+#include <array>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -131,10 +132,12 @@ TEST_F(RunEvalTest, WritesReportTableAndPlotAndSkipsMacWithoutAdapter) {
   EXPECT_EQ(head, std::string("\x89PNG\r\n\x1a\n", 8));
 }
 
-// Stands in for a trained adapter: constant keys and a zero prefix of two rows per layer.
+// Stands in for a trained adapter: constant keys and a zero prefix of two rows per layer. Counts
+// its Modulate calls without and with text (the mac and the mac+rag prefix) in `calls`.
 class FakeModulator : public Modulator {
  public:
-  FakeModulator(int layers, int kv_dim) : layers_(layers), kv_dim_(kv_dim) {}
+  FakeModulator(int layers, int kv_dim, std::shared_ptr<std::array<int, 2>> calls)
+      : layers_(layers), kv_dim_(kv_dim), calls_(std::move(calls)) {}
   int latent_rows() const override { return 2; }
   int latent_cols() const override { return 4; }
   int key_dim() const override { return 8; }
@@ -154,11 +157,12 @@ class FakeModulator : public Modulator {
     return std::vector<float>(8, 0.25f);
   }
   absl::StatusOr<PrefixKv> Modulate(
-      std::string_view,
-      std::span<const std::shared_ptr<const std::vector<float>>> latents) override {
+      std::string_view, std::span<const std::shared_ptr<const std::vector<float>>> latents,
+      bool with_text) override {
     if (latents.empty() || latents[0]->size() != 8) {
       return absl::InvalidArgumentError("expected latents of 2x4");
     }
+    ++(*calls_)[with_text ? 1 : 0];
     PrefixKv p;
     p.rows = 2;
     p.keys.assign(static_cast<size_t>(layers_) * 2 * kv_dim_, 0.0f);
@@ -169,17 +173,23 @@ class FakeModulator : public Modulator {
  private:
   int layers_;
   int kv_dim_;
+  std::shared_ptr<std::array<int, 2>> calls_;
 };
 
 TEST_F(RunEvalTest, RunsMacModesThroughAModulator) {
   EvalOptions o = Options();
   o.limit = 6;
   o.examples = 2;
-  o.modulator_loader = [](const std::string&, Transformer& model,
-                          const Tokenizer&) -> absl::StatusOr<std::unique_ptr<Modulator>> {
-    return std::make_unique<FakeModulator>(model.config().num_layers, model.config().kv_dim());
+  auto calls = std::make_shared<std::array<int, 2>>();
+  o.modulator_loader = [calls](const std::string&, Transformer& model,
+                               const Tokenizer&) -> absl::StatusOr<std::unique_ptr<Modulator>> {
+    return std::make_unique<FakeModulator>(model.config().num_layers, model.config().kv_dim(),
+                                           calls);
   };
   ASSERT_TRUE(RunEval(o).ok());
+  // Each mac question gets the mac prefix and the mac+rag prefix (the text head's).
+  EXPECT_GT((*calls)[0], 0);
+  EXPECT_EQ((*calls)[1], (*calls)[0]);
   const Json r = ReadReport();
   for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "mac", "mac+rag"}) {
     ExpectScore(r["modes"][name], name);

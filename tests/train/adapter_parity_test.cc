@@ -56,12 +56,14 @@ class AdapterParityTest : public ::testing::Test {
     config.question_blocks = 2;
     config.aggregator_blocks = 2;
     config.max_candidates = 4;
+    config.rag_head = true;
     auto adapter = Adapter::Create(lm_, config, 11);
     ASSERT_TRUE(adapter.ok()) << adapter.status();
     reference_ = adapter->release();
     ASSERT_TRUE(reference_->InitializeFromPassages(Passages(0, 16)).ok());
     AdapterTrainOptions options;
     options.batch = 4;
+    options.text_fraction = 0.5;  // both heads learn
     for (int step = 0; step < 3; ++step) {
       ASSERT_TRUE(reference_->TrainStep(*corpus_, options, step, 3e-3, 2).ok());
     }
@@ -233,6 +235,34 @@ TEST_F(AdapterParityTest, LatentsKeysQuestionCodeAndPrefixMatchLibtorch) {
   EXPECT_LE(MaxAbsDiff(alone[0].latents, codes[1].latents), 1e-5);
 }
 
+TEST_F(AdapterParityTest, MacRagHeadPrefixMatchesLibtorchAndDiffersFromTheMacHead) {
+  ASSERT_TRUE(adapter_->spec().rag_head);
+  const std::vector<std::vector<int32_t>> passages = Passages(20, 23);
+  const std::vector<int32_t> prompt =
+      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), true);
+  absl::StatusOr<Adapter::Trace> want = reference_->TraceForTest(passages, prompt, true);
+  ASSERT_TRUE(want.ok()) << want.status();
+  std::vector<PassageCode> codes;
+  ASSERT_TRUE(adapter_->EncodePassages(passages, &codes).ok());
+  absl::StatusOr<QuestionCode> question = adapter_->EncodeQuestion(prompt);
+  ASSERT_TRUE(question.ok()) << question.status();
+  std::vector<std::span<const float>> candidates;
+  for (const PassageCode& c : codes) candidates.push_back(c.latents);
+  absl::StatusOr<PrefixKv> rag = adapter_->Modulate(*question, candidates, /*with_text=*/true);
+  ASSERT_TRUE(rag.ok()) << rag.status();
+  absl::StatusOr<PrefixKv> mac = adapter_->Modulate(*question, candidates, /*with_text=*/false);
+  ASSERT_TRUE(mac.ok()) << mac.status();
+  EXPECT_EQ(rag->rows, 5);
+  const double key_diff = MaxAbsDiff(rag->keys, want->prefix.keys);
+  const double value_diff = MaxAbsDiff(rag->values, want->prefix.values);
+  std::printf("mac+rag head: max |engine - libtorch| prefix keys %.3g, values %.3g\n", key_diff,
+              value_diff);
+  EXPECT_LE(key_diff, 1e-4);
+  EXPECT_LE(value_diff, 1e-4);
+  // The heads are different networks: the mac+rag prefix is not the mac prefix.
+  EXPECT_GT(MaxAbsDiff(rag->values, mac->values), 1e-3);
+}
+
 TEST_F(AdapterParityTest, GreedyAnswersAfterThePrefixMatchLibtorch) {
   int nonempty = 0;
   for (int q = 0; q < 4; ++q) {
@@ -366,6 +396,18 @@ TEST_F(AdapterLoadTest, ShapesThatDisagreeWithAdapterJson) {
   copy = CopyOfExport("not-adapter");
   EditJson(copy, [](nlohmann::json& j) { j["format"] = "something-else"; });
   EXPECT_EQ(LoadStatus(copy).code(), absl::StatusCode::kInvalidArgument);
+
+  // Weights of a mac+rag head that adapter.json does not declare, or a malformed declaration.
+  copy = CopyOfExport("undeclared-rag-head");
+  EditJson(copy, [](nlohmann::json& j) { j["rag_head"] = false; });
+  s = LoadStatus(copy);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("unexpected tensor rag_"), std::string::npos) << s;
+  copy = CopyOfExport("rag-head-string");
+  EditJson(copy, [](nlohmann::json& j) { j["rag_head"] = "yes"; });
+  s = LoadStatus(copy);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("\"rag_head\" must be true or false"), std::string::npos) << s;
 
   copy = CopyOfExport("heads");
   EditJson(copy, [](nlohmann::json& j) { j["heads"] = 3; });

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "model/adapter.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -257,6 +258,65 @@ TEST_F(AdapterTrainingTest, TextAfterThePrefixIsReadLikeTheMacRagPrompt) {
   absl::StatusOr<AdapterLosses> none = adapter->Loss(*corpus_, options, 200000, 2);
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_GT(std::abs(none->closed_book_nll - none->context_nll), 1e-4);
+}
+
+TEST_F(AdapterTrainingTest, RagHeadStartsAsTheMacHeadAndLearnsAlone) {
+  // A trained mac-only adapter, exported.
+  std::unique_ptr<Adapter> mac = NewAdapter(5);
+  ASSERT_NE(mac, nullptr);
+  ASSERT_TRUE(mac->InitializeFromPassages(SomePassages(8)).ok());
+  AdapterTrainOptions options;
+  options.batch = 4;
+  for (int step = 0; step < 3; ++step)
+    ASSERT_TRUE(mac->TrainStep(*corpus_, options, step, 3e-3, 2).ok());
+  const std::string dir = TempDir("rag-head");
+  ASSERT_TRUE(mac->Export(dir, DType::kF32, std::string(64, 'a')).ok());
+
+  // The same networks plus a mac+rag head seeded from that export.
+  config_.rag_head = true;
+  std::unique_ptr<Adapter> both = NewAdapter(6);
+  ASSERT_NE(both, nullptr);
+  EXPECT_FALSE(both->LoadExport(dir).ok());  // the export has no rag_* tensors
+  ASSERT_TRUE(both->LoadExport(dir, /*seed_rag_head=*/true).ok());
+  const std::vector<std::vector<int32_t>> passages = SomePassages(3);
+  const std::vector<int32_t> prompt = tokenizer_->Encode(
+      knowd::Adapter::QuestionPrompt(corpus_->data().questions[0].question), true);
+  auto trace = [&](bool with_text) {
+    absl::StatusOr<Adapter::Trace> t = both->TraceForTest(passages, prompt, with_text);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *std::move(t) : Adapter::Trace();
+  };
+  const Adapter::Trace mac_before = trace(false);
+  ASSERT_FALSE(mac_before.prefix.values.empty());
+  EXPECT_EQ(trace(true).prefix.values, mac_before.prefix.values);  // a copy of the mac head
+  absl::StatusOr<Adapter::Trace> original = mac->TraceForTest(passages, prompt);
+  ASSERT_TRUE(original.ok());
+  EXPECT_EQ(mac_before.prefix.values, original->prefix.values);
+  EXPECT_EQ(mac_before.latents, original->latents);
+
+  // Trained alone on prompts with text, the mac+rag head moves; the readout, the question encoder
+  // and the mac head do not.
+  options.rag_head_only = true;
+  options.text_fraction = 1;
+  for (int step = 10; step < 13; ++step) {
+    ASSERT_TRUE(both->TrainStep(*corpus_, options, step, 3e-3, 2).ok());
+  }
+  const Adapter::Trace mac_after = trace(false);
+  EXPECT_EQ(mac_after.latents, mac_before.latents);
+  EXPECT_EQ(mac_after.keys, mac_before.keys);
+  EXPECT_EQ(mac_after.queries, mac_before.queries);
+  EXPECT_EQ(mac_after.prefix.keys, mac_before.prefix.keys);
+  EXPECT_EQ(mac_after.prefix.values, mac_before.prefix.values);
+  EXPECT_NE(trace(true).prefix.values, mac_before.prefix.values);
+
+  // Exported, the adapter declares the head; a mac-only adapter refuses to train it alone.
+  ASSERT_TRUE(both->Export(dir + "/both", DType::kF32, std::string(64, 'a')).ok());
+  std::ifstream in(dir + "/both/adapter.json");
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  EXPECT_EQ(j["rag_head"], true);
+  absl::StatusOr<AdapterLosses> refused = mac->TrainStep(*corpus_, options, 20, 3e-3, 2);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(AdapterTrainingTest, ExportReadsBackAsDeclaredAndTheEngineServesIt) {
