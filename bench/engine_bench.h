@@ -11,12 +11,13 @@
 namespace knowd {
 
 struct EngineBenchOptions {
-  std::string model;        // GGUF file or Hugging Face directory
-  int threads = 0;          // 0: one per core
-  int prompt_tokens = 256;  // prefill length
-  int decode_tokens = 64;   // decode steps per measurement
-  int repeats = 3;          // best of
-  bool json = false;        // one JSON object instead of the table
+  std::string model;            // GGUF file or Hugging Face directory
+  std::string backend = "cpu";  // cpu, or cuda (device 0)
+  int threads = 0;              // 0: one per core (cpu)
+  int prompt_tokens = 256;      // prefill length
+  int decode_tokens = 64;       // decode steps per measurement
+  int repeats = 3;              // best of
+  bool json = false;            // one JSON object instead of the table
 };
 
 absl::Status RunEngineBench(const EngineBenchOptions& options);

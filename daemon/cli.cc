@@ -180,6 +180,7 @@ int RunBench(const std::vector<std::string>& args) {
     EngineBenchOptions o;
     o.model = absl::GetFlag(FLAGS_model);
     if (o.model.empty()) return Fail("bench", absl::InvalidArgumentError("--model is required"));
+    o.backend = absl::GetFlag(FLAGS_backend);
     o.threads = absl::GetFlag(FLAGS_threads);
     o.prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
     o.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);

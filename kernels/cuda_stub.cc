@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/peak.h"
 
 namespace knowd {
 
@@ -13,5 +14,9 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int /*device*/) {
 }
 
 bool CudaAvailable() { return false; }
+
+absl::StatusOr<DevicePeak> MeasureCudaPeak(int /*device*/) {
+  return absl::FailedPreconditionError("knowd was built without CUDA");
+}
 
 }  // namespace knowd

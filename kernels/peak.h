@@ -4,6 +4,8 @@
 // machine is otherwise idle. Not for use on a serving path.
 #pragma once
 
+#include "absl/status/statusor.h"
+
 namespace knowd {
 
 // Best observed single-precision matrix-multiply throughput, in GFLOP/s (1e9 floating-point
@@ -19,5 +21,16 @@ double MeasureSgemmPeakGflops(int threads);
 // cache. Read-only because decode streams weights and writes almost nothing; a STREAM triad
 // would also count write-allocate traffic. This is the roof for memory-bound work such as decode.
 double MeasureMemoryBandwidthGBs(int threads);
+
+// The same two bounds for a CUDA device, for the CUDA backend's benchmarks: the best of several
+// timed cuBLAS sgemm calls on 4096x4096 matrices in the backend's math mode (fp32, no TF32), and
+// the device-memory bandwidth of a device-to-device copy of 512 MiB, counting the bytes read and
+// written (HBM traffic). About a second. FAILED_PRECONDITION when knowd was built without CUDA or
+// `device` is not present.
+struct DevicePeak {
+  double sgemm_gflops = 0;
+  double bandwidth_gbs = 0;
+};
+absl::StatusOr<DevicePeak> MeasureCudaPeak(int device = 0);
 
 }  // namespace knowd

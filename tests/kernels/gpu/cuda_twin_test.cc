@@ -114,6 +114,20 @@ TEST_F(CudaTwinTest, NameAndCopies) {
   EXPECT_EQ(b.Floats(*gpu_), host);
 }
 
+TEST_F(CudaTwinTest, CopyRowsBetweenStrides) {
+  // 7 rows of 5 floats from a source with rows of 9 into a destination with rows of 6 (the KV
+  // cache taking a prompt's key rows out of the qkv rows); the rest of the destination stays.
+  TwinBuffer src(*cpu_, *gpu_, Random<float>(7 * 9, 5));
+  TwinBuffer dst(*cpu_, *gpu_, Random<float>(7 * 6, 6));
+  ExpectTwins(
+      dst,
+      [&](Backend& b) {
+        b.CopyRows(dst.on(b), 6 * sizeof(float), src.on(b) + 2, 9 * sizeof(float), 7,
+                   5 * sizeof(float));
+      },
+      0.0, 0.0);
+}
+
 TEST_F(CudaTwinTest, MatMul) {
   struct Case {
     int m, n, k;
