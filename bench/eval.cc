@@ -748,7 +748,9 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
                           {"truncated_prompts", truncated_prompts_}};
 
   Json examples = Json::array();
-  for (int i = 0; i < std::min<int>(o_.examples, main_questions_.size()); ++i) {
+  const int example_count = o_.examples < 0 ? static_cast<int>(main_questions_.size())
+                                            : std::min<int>(o_.examples, main_questions_.size());
+  for (int i = 0; i < example_count; ++i) {
     const train::Question& q = data_.questions[main_questions_[i]];
     Json predicted = Json::object();
     for (int m = 0; m < kNumModes; ++m) {
@@ -756,6 +758,8 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
       if (it != main_answer.end()) predicted[kModeNames[m]] = it->second;
     }
     examples.push_back({{"id", q.id},
+                        {"relation", q.relation},
+                        {"changed_later", !q.superseded_by.empty()},
                         {"question", q.question},
                         {"gold", FinalAnswer(q)},
                         {"predicted", predicted}});

@@ -156,7 +156,7 @@ struct EvalOptions {
   MacRetrieval mac_retrieval = MacRetrieval::kLexical;
   int mac_rag_passages = 1;  // mac+rag: the best this many candidates' texts in the prompt
   storage::LatentFormat latent_format = storage::LatentFormat::kInt8;  // how the bank stores Z
-  int examples = 10;        // predictions of the first questions copied into the report
+  int examples = 10;        // predictions of the first questions copied into the report; -1: all
   bool print_table = true;  // the markdown table to stdout
   ModulatorLoader modulator_loader = LoadBundleModulator;
 };

@@ -258,6 +258,7 @@ int RunEval() {
     return Fail("eval", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
   }
   o.latent_format = format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  o.examples = absl::GetFlag(FLAGS_examples);
   o.mac_top_k = absl::GetFlag(FLAGS_mac_top_k);
   if (o.mac_top_k < 1) return Fail("eval", absl::InvalidArgumentError("--mac-top-k must be >= 1"));
   const std::string retrieval = absl::GetFlag(FLAGS_mac_retrieval);

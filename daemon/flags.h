@@ -32,6 +32,7 @@ ABSL_DECLARE_FLAG(std::string, split);
 ABSL_DECLARE_FLAG(int, limit);
 ABSL_DECLARE_FLAG(std::string, report);
 ABSL_DECLARE_FLAG(int, batch);
+ABSL_DECLARE_FLAG(int, examples);
 ABSL_DECLARE_FLAG(int, mac_top_k);
 ABSL_DECLARE_FLAG(std::string, mac_retrieval);
 ABSL_DECLARE_FLAG(std::string, data_dir);

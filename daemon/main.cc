@@ -40,6 +40,8 @@ ABSL_FLAG(std::string, split, "test", "World split to evaluate on (eval)");
 ABSL_FLAG(int, limit, 0, "Questions to evaluate, spread evenly over the stream; 0 is all (eval)");
 ABSL_FLAG(std::string, report, "", "JSON report path; .md and .png are written beside it (eval)");
 ABSL_FLAG(int, batch, 16, "Sequences per forward pass (eval)");
+ABSL_FLAG(int, examples, 10,
+          "Questions whose predictions in every mode the report lists; -1 is all (eval)");
 ABSL_FLAG(int, mac_top_k, 3, "Passages the adapter aggregates per question (eval)");
 ABSL_FLAG(std::string, mac_retrieval, "lexical",
           "Where mac's passages come from: lexical (BM25), dense (keys) or hybrid (eval)");
@@ -63,7 +65,7 @@ constexpr const char* kUsage =
     "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
     "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
     "lexical|dense|hybrid]\n"
-    "             [--latent-format int8|fp16]\n"
+    "             [--latent-format int8|fp16] [--examples N]\n"
     "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 

@@ -50,6 +50,9 @@ ABSL_FLAG(double, weight_decay, 0.1, "pretrain: AdamW weight decay");
 ABSL_FLAG(double, answer_weight, 2.0, "pretrain: extra loss weight of answer tokens");
 ABSL_FLAG(double, context_distractors, 0.0,
           "pretrain: fraction of examples whose context adds 1-2 other people's passages");
+ABSL_FLAG(double, counterfactuals, 0.0,
+          "pretrain: fraction of reading sequences whose asked facts are replaced by made-up "
+          "values of the same kind (passage and answer alike), so answers must be read");
 ABSL_FLAG(int, log_every, 10, "pretrain: steps between progress lines");
 ABSL_FLAG(int, checkpoint_every, 200, "pretrain: steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "pretrain: continue from <work_dir>/checkpoint.pt");
@@ -188,6 +191,7 @@ int RunPretrainCommand() {
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.answer_weight = absl::GetFlag(FLAGS_answer_weight);
   o.distractor_fraction = absl::GetFlag(FLAGS_context_distractors);
+  o.counterfactual_fraction = absl::GetFlag(FLAGS_counterfactuals);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.threads = absl::GetFlag(FLAGS_threads);
   o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));

@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "train/export.h"
 
@@ -43,11 +45,40 @@ ReadingCorpus::ReadingCorpus(SplitData data, std::shared_ptr<const Tokenizer> to
   for (size_t i = 0; i < data_.passages.size(); ++i) {
     passage_index_[data_.passages[i].id] = static_cast<int>(i);
   }
+  std::map<std::string, std::set<std::string>> distinct;
   for (size_t q = 0; q < data_.questions.size(); ++q) {
     auto it = passage_index_.find(data_.questions[q].passage_id);
     if (it != passage_index_.end()) questions_of_[it->second].push_back(static_cast<int>(q));
+    distinct[data_.questions[q].relation].insert(data_.questions[q].answer);
+  }
+  for (const auto& [relation, answers] : distinct) {
+    for (const std::string& a : answers) {
+      std::vector<std::string> words = absl::StrSplit(a, ' ');
+      values_[relation][words.size()].push_back(std::move(words));
+    }
   }
 }
+
+namespace {
+
+// Replaces every whole-word occurrence of `from` in `text` by `to`.
+std::string ReplaceWords(std::string text, const std::string& from, const std::string& to) {
+  auto word_char = [&](size_t i) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(text[i]));
+  };
+  for (size_t at = text.find(from); at != std::string::npos;) {
+    const size_t end = at + from.size();
+    if ((at == 0 || !word_char(at - 1)) && (end == text.size() || !word_char(end))) {
+      text.replace(at, from.size(), to);
+      at = text.find(from, at + to.size());
+    } else {
+      at = text.find(from, at + 1);
+    }
+  }
+  return text;
+}
+
+}  // namespace
 
 ReadingCorpus::Example ReadingCorpus::Build(
     const std::string& context, const std::vector<std::pair<std::string, std::string>>& qa,
@@ -77,7 +108,7 @@ ReadingCorpus::Example ReadingCorpus::Build(
 }
 
 TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, float answer_weight,
-                                double distractor_fraction) const {
+                                double distractor_fraction, double counterfactual_fraction) const {
   std::vector<Example> examples;
   while (static_cast<int>(examples.size()) < rows) {
     const int pi = static_cast<int>(BoundedDraw(rng, data_.passages.size()));
@@ -110,8 +141,28 @@ TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, flo
     }
     const size_t n = std::min<size_t>(relations.size(), 1 + BoundedDraw(rng, 3));
     std::vector<std::pair<std::string, std::string>> qa;
-    for (size_t i = 0; i < n; ++i)
+    for (size_t i = 0; i < n; ++i) {
       qa.push_back((*relations[i])[BoundedDraw(rng, relations[i]->size())]);
+    }
+    if (counterfactual_fraction > 0 && !p.is_update && UnitDraw(rng) < counterfactual_fraction) {
+      for (auto& [question, answer] : qa) {
+        const Question* asked_q = nullptr;
+        for (int q : questions_of_[pi]) {
+          if (data_.questions[q].question == question) asked_q = &data_.questions[q];
+        }
+        if (asked_q == nullptr || context.find(answer) == std::string::npos) continue;
+        const std::vector<std::string> words = absl::StrSplit(answer, ' ');
+        const auto& pool = values_.at(asked_q->relation).at(words.size());
+        std::vector<std::string> replaced;
+        for (size_t w = 0; w < words.size(); ++w) {
+          replaced.push_back(pool[BoundedDraw(rng, pool.size())][w]);
+        }
+        const std::string value = absl::StrJoin(replaced, " ");
+        if (value == answer || context.find(value) != std::string::npos) continue;
+        context = ReplaceWords(context, answer, value);
+        answer = value;
+      }
+    }
     Example ex;  // no tokens: not built yet
     if (distractor_fraction > 0 && UnitDraw(rng) < distractor_fraction) {
       // The passage (with its original, for an update) keeps its place in a random order.
@@ -260,7 +311,7 @@ absl::Status RunPretrain(const PretrainOptions& options) {
     std::mt19937_64 rng(options.seed * 0x2545F4914F6CDD1Dull + static_cast<uint64_t>(step));
     const TrainBatch batch =
         corpus.Batch(rng, options.batch, options.max_len, static_cast<float>(options.answer_weight),
-                     options.distractor_fraction);
+                     options.distractor_fraction, options.counterfactual_fraction);
     const double lr = ScheduledLr(options, step);
     absl::StatusOr<double> loss = model.TrainStep(batch, lr);
     if (!loss.ok()) return loss.status();

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -34,8 +35,12 @@ class ReadingCorpus {
   // `rows` examples, each of at most max_len tokens, drawn with `rng`. A `distractor_fraction` of
   // them read their passage among 1-2 passages about other people (in random order), as a RAG
   // prompt with several retrieved passages does.
+  // A `counterfactual_fraction` of them (not updates) have their asked facts replaced, in the
+  // passage and the answer alike, by a value made of the words of other values of the relation
+  // (e.g. "Gilel Shipping" -> "Tosa Mining"), so that the answer can only be read, never
+  // remembered: the LM learns to copy a fact from its context even where it has a prior for it.
   TrainBatch Batch(std::mt19937_64& rng, int rows, int max_len, float answer_weight,
-                   double distractor_fraction = 0) const;
+                   double distractor_fraction = 0, double counterfactual_fraction = 0) const;
 
   // Token ids and per-position loss weights of one example (exposed for tests).
   struct Example {
@@ -54,6 +59,8 @@ class ReadingCorpus {
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::unordered_map<std::string, int> passage_index_;
   std::vector<std::vector<int>> questions_of_;  // per passage
+  // Per relation, its distinct answers split into words, grouped by word count.
+  std::map<std::string, std::map<size_t, std::vector<std::vector<std::string>>>> values_;
 };
 
 // Exact match after trimming spaces and a final period, case-insensitive.
@@ -82,7 +89,8 @@ struct PretrainOptions {
   double lr = 2e-3;
   double min_lr_ratio = 0.1;  // cosine decay to lr * min_lr_ratio
   double answer_weight = 2.0;
-  double distractor_fraction = 0;  // examples whose context adds 1-2 other people's passages
+  double distractor_fraction = 0;      // examples whose context adds 1-2 other people's passages
+  double counterfactual_fraction = 0;  // examples whose asked facts are replaced (see Batch)
   OptimizerOptions optimizer;
   uint64_t seed = 1;
   int threads = 1;

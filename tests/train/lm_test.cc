@@ -8,10 +8,16 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "kernels/backend.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -206,6 +212,55 @@ TEST(LmTest, ContextDistractorsAddOtherPeoplesPassages) {
   EXPECT_LE(*std::max_element(plain.begin(), plain.end()), 2);
   EXPECT_GE(*std::min_element(mixed.begin(), mixed.end()), 2);
   EXPECT_GE(*std::max_element(mixed.begin(), mixed.end()), 3);
+}
+
+TEST(LmTest, CounterfactualsReplaceTheAskedFactsInPassageAndAnswer) {
+  absl::StatusOr<ReadingCorpus> corpus = SmallReadingCorpus();
+  ASSERT_TRUE(corpus.ok()) << corpus.status();
+  // question -> its answers in the split (an original and its update share the question).
+  std::map<std::string, std::set<std::string>> true_answers;
+  for (const Question& q : corpus->data().questions) true_answers[q.question].insert(q.answer);
+  // (question, answer, context) of every question in a batch's rows.
+  struct Asked {
+    std::string question, answer, context;
+  };
+  auto asked = [&](double counterfactual_fraction) {
+    std::mt19937_64 rng(9);
+    const TrainBatch batch = corpus->Batch(rng, 24, 1024, 2.0f, 0, counterfactual_fraction);
+    std::vector<Asked> out;
+    for (int r = 0; r < batch.rows; ++r) {
+      std::vector<int32_t> row(batch.tokens.begin() + static_cast<size_t>(r) * batch.cols,
+                               batch.tokens.begin() + static_cast<size_t>(r + 1) * batch.cols);
+      row.erase(std::find(row.begin(), row.end(), corpus->tokenizer().eos_id()), row.end());
+      const std::vector<std::string> lines = absl::StrSplit(corpus->tokenizer().Decode(row), '\n');
+      std::string context;  // the lines before the first question
+      size_t i = 0;
+      for (; i < lines.size() && !absl::StartsWith(lines[i], "Q: "); ++i) {
+        absl::StrAppend(&context, lines[i], "\n");
+      }
+      for (; i + 1 < lines.size(); i += 2) {
+        out.push_back({lines[i].substr(3),
+                       std::string(absl::StripAsciiWhitespace(lines[i + 1].substr(3))), context});
+      }
+    }
+    return out;
+  };
+  int plain = 0;
+  for (const Asked& a : asked(0)) {
+    ASSERT_TRUE(true_answers.contains(a.question)) << a.question;
+    EXPECT_TRUE(true_answers[a.question].contains(a.answer)) << a.question << " => " << a.answer;
+    ++plain;
+  }
+  EXPECT_GT(plain, 24);
+  int changed = 0, total = 0;
+  for (const Asked& a : asked(1)) {
+    ++total;
+    // The answer is always in the context it is read from, and but for updates (kept as they
+    // are) it is a made-up value.
+    EXPECT_NE(a.context.find(a.answer), std::string::npos) << a.question << " => " << a.answer;
+    changed += !true_answers[a.question].contains(a.answer);
+  }
+  EXPECT_GT(changed * 4, total * 3) << changed << " of " << total;
 }
 
 }  // namespace
