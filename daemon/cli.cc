@@ -312,13 +312,13 @@ int RunReencode() {
       format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
   options.index_factory = absl::GetFlag(FLAGS_index);
   options.lexical_index = false;  // rebuilt from the texts at every open; not needed here
-  options.fingerprint = {spec.adapter_sha256, spec.base_sha256};
+  options.fingerprint = {spec.encoder_sha256, spec.base_sha256};
   options.open_for_reencode = true;
   absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank = storage::MemoryBank::Open(options);
   if (!bank.ok()) return Fail("reencode", bank.status());
   absl::StatusOr<storage::BankStats> stats = (*bank)->Stats();
   if (!stats.ok()) return Fail("reencode", stats.status());
-  const std::string adapter_label = spec.adapter_sha256.substr(0, 12);
+  const std::string adapter_label = spec.encoder_sha256.substr(0, 12);
   if (!stats->needs_reencode && stats->fingerprint == options.fingerprint) {
     std::printf("%s: already encoded by adapter %s; nothing to do\n", data_dir.c_str(),
                 adapter_label.c_str());

@@ -150,7 +150,7 @@ storage::BankOptions BankOptionsFor(const ServeConfig& config, const Adapter* ad
     o.key_dim = spec.key_dim;
     o.latent_rows = spec.slots;
     o.latent_cols = spec.latent_dim;
-    o.fingerprint = {spec.adapter_sha256, spec.base_sha256};
+    o.fingerprint = {spec.encoder_sha256, spec.base_sha256};
   } else {
     o.key_dim = 1;
     o.latent_rows = 1;
@@ -194,7 +194,7 @@ void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenAut
   const std::string adapter_line =
       m.adapter != nullptr
           ? absl::StrCat("adapter ", m.adapter_path, " (fingerprint ",
-                         m.adapter->spec().adapter_sha256.substr(0, 16), ", ",
+                         m.adapter->spec().encoder_sha256.substr(0, 16), ", ",
                          m.adapter->spec().slots, " slots x ", m.adapter->spec().latent_dim,
                          "); default mode mac")
           : "no adapter: serving closed-book and rag with BM25 retrieval only (mode mac is "

@@ -51,8 +51,12 @@ struct AdapterSpec {
   bool rag_head = false;
   std::string base_sha256;     // SHA-256 of the base model.safetensors it was trained on
   std::string adapter_sha256;  // SHA-256 of adapter.safetensors
-  // A memory bank's latents and keys belong to one adapter: its storage::Fingerprint is
-  // {adapter_hash = adapter_sha256, base_model_hash = base_sha256} (what `knowd reencode` writes).
+  // SHA-256 of the readout's weights (names, shapes and values as loaded): all that a passage's
+  // stored latents and key depend on besides the base model. A memory bank's storage::Fingerprint
+  // is {adapter_hash = encoder_sha256, base_model_hash = base_sha256} (what `knowd reencode`
+  // writes), so an adapter whose question encoder or heads changed (a mac+rag head added, say)
+  // serves a bank its predecessor encoded without re-encoding it.
+  std::string encoder_sha256;
 };
 
 // One passage as the bank stores it.

@@ -109,6 +109,9 @@ class WeightReader {
  public:
   explicit WeightReader(const SafetensorsFile& file) : file_(file) {}
 
+  // The hex SHA-256 of the readout's tensors read so far (see AdapterSpec::encoder_sha256).
+  std::string EncoderSha256() { return encoder_.Hex(); }
+
   absl::StatusOr<std::vector<float>> Read(const std::string& name,
                                           const std::vector<int64_t>& shape) {
     absl::StatusOr<const HostTensor*> t = file_.Require(name, shape);
@@ -125,6 +128,11 @@ class WeightReader {
         return absl::InvalidArgumentError(
             absl::StrCat(file_.path(), ": tensor ", name, " holds a non-finite value"));
       }
+    }
+    if (name.starts_with("readout.")) {
+      encoder_.Update(name.data(), name.size() + 1);  // with the terminating NUL
+      encoder_.Update(shape.data(), shape.size() * sizeof(int64_t));
+      encoder_.Update(out.data(), out.size() * sizeof(float));
     }
     return out;
   }
@@ -144,6 +152,7 @@ class WeightReader {
  private:
   const SafetensorsFile& file_;
   std::set<std::string> used_;
+  Sha256 encoder_;
 };
 
 }  // namespace
@@ -297,6 +306,7 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   }
 #undef KNOWD_ASSIGN
   if (absl::Status st = reader.CheckAllUsed(); !st.ok()) return st;
+  a.spec.encoder_sha256 = reader.EncoderSha256();
 
   absl::StatusOr<float*> ones = upload(std::vector<float>(std::max(hidden, d), 1.0f));
   if (!ones.ok()) return ones.status();

@@ -87,7 +87,7 @@ class ReencodeCliTest : public ::testing::Test {
     o.key_dim = adapter.spec().key_dim;
     o.latent_rows = adapter.spec().slots;
     o.latent_cols = adapter.spec().latent_dim;
-    o.fingerprint = {adapter.spec().adapter_sha256, adapter.spec().base_sha256};
+    o.fingerprint = {adapter.spec().encoder_sha256, adapter.spec().base_sha256};
     return o;
   }
   storage::EncodedPassage Encode(Adapter& adapter, const std::string& text) {

@@ -16,6 +16,7 @@
 
 #include "kernels/backend.h"
 #include "model/adapter.h"
+#include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
@@ -376,6 +377,43 @@ TEST_F(AdapterLoadTest, TruncatedWeights) {
   absl::Status s = LoadStatus(copy);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("adapter.safetensors"), std::string::npos) << s;
+}
+
+// The bank's fingerprint follows the weights its latents and keys come from (the readout), not
+// the file: another head leaves it, another readout changes it.
+TEST_F(AdapterLoadTest, EncoderFingerprintFollowsTheReadoutOnly) {
+  // The export with every value of one tensor negated.
+  auto negated = [&](const std::string& tensor) {
+    const std::string copy = CopyOfExport("negated-" + tensor);
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+        SafetensorsFile::Open(dir_ + "/adapter/adapter.safetensors");
+    EXPECT_TRUE(file.ok()) << file.status();
+    std::vector<HostTensor> tensors = (*file)->tensors();
+    std::vector<std::vector<float>> values;
+    values.reserve(tensors.size());
+    for (HostTensor& t : tensors) {
+      EXPECT_EQ(t.dtype, DType::kF32);
+      values.emplace_back(static_cast<const float*>(t.data),
+                          static_cast<const float*>(t.data) + t.numel());
+      if (t.name == tensor) {
+        for (float& v : values.back()) v = -v;
+      }
+      t.data = values.back().data();
+    }
+    EXPECT_TRUE(WriteSafetensors(copy + "/adapter.safetensors", tensors, {}).ok());
+    auto adapter = knowd::Adapter::Load(copy, engine_.get());
+    EXPECT_TRUE(adapter.ok()) << adapter.status();
+    return adapter.ok() ? (*adapter)->spec() : knowd::AdapterSpec();
+  };
+  const knowd::AdapterSpec& original = adapter_->spec();
+  ASSERT_EQ(original.encoder_sha256.size(), 64u);
+  const knowd::AdapterSpec head = negated("rag_expander.expand.weight");
+  EXPECT_NE(head.adapter_sha256, original.adapter_sha256);
+  EXPECT_EQ(head.encoder_sha256, original.encoder_sha256);
+  const knowd::AdapterSpec question = negated("question.key.weight");
+  EXPECT_EQ(question.encoder_sha256, original.encoder_sha256);
+  const knowd::AdapterSpec readout = negated("readout.key.weight");
+  EXPECT_NE(readout.encoder_sha256, original.encoder_sha256);
 }
 
 TEST_F(AdapterLoadTest, ShapesThatDisagreeWithAdapterJson) {
