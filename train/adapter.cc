@@ -1215,14 +1215,21 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
     return absl::OkStatus();
   }
   const std::string out_dir = options.bundle_dir + "/adapter";
-  const nlohmann::json training = {{"steps", options.steps},
-                                   {"batch", options.train.batch},
-                                   {"questions_per_passage", options.train.questions_per_passage},
-                                   {"top_k", options.top_k},
-                                   {"text_fraction", options.train.text_fraction},
-                                   {"rag_head_only", options.train.rag_head_only},
-                                   {"lr", options.lr},
-                                   {"seed", options.train.seed}};
+  nlohmann::json training = {{"steps", options.steps},
+                             {"batch", options.train.batch},
+                             {"questions_per_passage", options.train.questions_per_passage},
+                             {"top_k", options.top_k},
+                             {"text_fraction", options.train.text_fraction},
+                             {"rag_head_only", options.train.rag_head_only},
+                             {"lr", options.lr},
+                             {"seed", options.train.seed}};
+  if (!options.init_from.empty()) {
+    // The run this one started from, as its export recorded it.
+    std::ifstream in(options.init_from + "/adapter.json");
+    const nlohmann::json init = nlohmann::json::parse(in, nullptr, false);
+    training["init_from"] =
+        init.is_object() && init.contains("training") ? init["training"] : nlohmann::json(nullptr);
+  }
   if (absl::Status st =
           adapter.Export(out_dir, options.export_dtype, *fingerprint, training.dump());
       !st.ok()) {

@@ -211,7 +211,7 @@ std::vector<WorldQuestion> LoadWorldQuestions() {
   for (std::string line; std::getline(lines, line);) {
     const nlohmann::json j = nlohmann::json::parse(line);
     questions.push_back({j["id"], j["passage_id"], j["question"], j["answer"], j["oracle_correct"],
-                         j.value("mac_correct", false)});
+                         j.value("mac_correct", false), j.value("mac_rag_correct", false)});
   }
   return questions;
 }

@@ -233,14 +233,13 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
-// MAC: the answer comes from the stored modulations alone. Runs when the bundle has an adapter
-// (models/knowd-tiny/adapter, or the one named by $KNOWD_TEST_ADAPTER). With all 40 fixture
-// documents stored, the questions the shipped adapter answered exactly when the fixture was made
-// (`mac_correct`: 65 of 120) must still be answered — all but a tenth of them, so a greedy token
-// flipped by another CPU's summation order does not fail the test, while a broken encoder,
-// aggregator, expander or prefix path (which gets close to none right) does.
-TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
-  if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
+// The questions the shipped adapter answered exactly in `mode` when the fixture was made (all 40
+// fixture documents stored; `label` names the fixture's label) must still be answered — all but a
+// tenth of them, so a greedy token flipped by another CPU's summation order does not fail the
+// test, while a broken encoder, aggregator, expander or prefix path (which gets close to none
+// right) does. Runs when the bundle has an adapter (models/knowd-tiny/adapter, or the one named
+// by $KNOWD_TEST_ADAPTER, whose answers are checked for form only).
+void ExpectLabelledAnswers(v1::AskMode mode, bool WorldQuestion::*label, const char* label_name) {
   TempDir dir;
   auto [daemon, c] = StartServing(dir.path() + "/data");
   ASSERT_NE(c, nullptr);
@@ -255,13 +254,15 @@ TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
   int expected = 0, right = 0;
   std::string missed;
   for (const WorldQuestion& q : LoadWorldQuestions()) {
-    if (!q.mac_correct) continue;
+    if (!(q.*label)) continue;
     ++expected;
     v1::AskRequest request;
-    request.set_question(q.question);  // the daemon's default mode is mac with an adapter
+    request.set_question(q.question);
+    // The daemon's default mode is mac when it has an adapter.
+    if (mode != v1::ASK_MODE_MAC) request.set_mode(mode);
     absl::StatusOr<v1::AskFinal> answer = c->Ask(request);
     ASSERT_TRUE(answer.ok()) << answer.status();
-    EXPECT_EQ(answer->mode(), v1::ASK_MODE_MAC);
+    EXPECT_EQ(answer->mode(), mode);
     EXPECT_FALSE(answer->cited().empty());
     EXPECT_GT(answer->timings().modulation_ms(), 0);
     if (NormalizeAnswer(answer->answer()) == NormalizeAnswer(q.answer)) {
@@ -271,10 +272,24 @@ TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
     }
   }
   if (!std::getenv("KNOWD_TEST_ADAPTER")) {  // the labels belong to the shipped adapter
-    ASSERT_GT(expected, 0) << "tests/data/world/questions.jsonl has no mac_correct labels";
+    ASSERT_GT(expected, 0) << "tests/data/world/questions.jsonl has no " << label_name
+                           << " labels";
     EXPECT_GE(right * 10, expected * 9) << right << " of " << expected << missed;
   }
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
+// MAC: the answer comes from the stored modulations alone (`mac_correct`: 65 of 120).
+TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
+  if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
+  ExpectLabelledAnswers(v1::ASK_MODE_MAC, &WorldQuestion::mac_correct, "mac_correct");
+}
+
+// mac+rag: the best passage's text in the prompt after the adapter's mac+rag prefix
+// (`mac_rag_correct`: 91 of 120).
+TEST(DaemonEndToEnd, MacRagModeReadsTextAfterTheModulation) {
+  if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac+rag is unavailable";
+  ExpectLabelledAnswers(v1::ASK_MODE_MAC_RAG, &WorldQuestion::mac_rag_correct, "mac_rag_correct");
 }
 
 TEST(DaemonEndToEnd, BadInputGetsTheRightCodesAndTheStreamGoesOn) {
