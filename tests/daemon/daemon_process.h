@@ -93,7 +93,7 @@ struct WorldQuestion {
   std::string question;
   std::string answer;
   bool oracle_correct = false;
-  bool mac_correct = false;  // the shipped adapter answered it exactly (mac, all 40 ingested)
+  bool mac_correct = false;      // the shipped adapter answered it exactly (mac, all 40 ingested)
   bool mac_rag_correct = false;  // likewise in mode mac+rag
 };
 std::vector<WorldPassage> LoadWorldPassages();

@@ -272,8 +272,7 @@ void ExpectLabelledAnswers(v1::AskMode mode, bool WorldQuestion::*label, const c
     }
   }
   if (!std::getenv("KNOWD_TEST_ADAPTER")) {  // the labels belong to the shipped adapter
-    ASSERT_GT(expected, 0) << "tests/data/world/questions.jsonl has no " << label_name
-                           << " labels";
+    ASSERT_GT(expected, 0) << "tests/data/world/questions.jsonl has no " << label_name << " labels";
     EXPECT_GE(right * 10, expected * 9) << right << " of " << expected << missed;
   }
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
