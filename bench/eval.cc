@@ -381,10 +381,13 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   absl::StatusOr<PrefixKv> prefix = modulator_->Modulate(q.question, *latents, false);
   if (!prefix.ok()) return prefix.status();
   auto shared = std::make_shared<const PrefixKv>(*std::move(prefix));
-  // mac+rag: the adapter's mac+rag head when it has one (else the same prefix again).
-  absl::StatusOr<PrefixKv> text_prefix = modulator_->Modulate(q.question, *latents, true);
-  if (!text_prefix.ok()) return text_prefix.status();
-  auto shared_text = std::make_shared<const PrefixKv>(*std::move(text_prefix));
+  // mac+rag: the adapter's mac+rag head's prefix when it has one, else the same prefix.
+  std::shared_ptr<const PrefixKv> shared_text = shared;
+  if (modulator_->has_text_head()) {
+    absl::StatusOr<PrefixKv> text_prefix = modulator_->Modulate(q.question, *latents, true);
+    if (!text_prefix.ok()) return text_prefix.status();
+    shared_text = std::make_shared<const PrefixKv>(*std::move(text_prefix));
+  }
   // The prefix's row 0 is the BOS sink: the prompts after it start without BOS.
   auto after_prefix = [&](std::vector<int32_t> ids) {
     if (!ids.empty() && ids.front() == tokenizer_.bos_id()) ids.erase(ids.begin());

@@ -97,9 +97,12 @@ class Modulator {
                                       std::vector<storage::EncodedPassage>* out) = 0;
   // The retrieval key of a question (key_dim floats).
   virtual absl::StatusOr<std::vector<float>> QuestionKey(std::string_view question) = 0;
+  // Whether Modulate makes another prefix for prompts with text (an adapter's mac+rag head).
+  virtual bool has_text_head() const = 0;
   // The modulation for `question` aggregated from the latents of its retrieved passages (best
   // first; at least one): prefix rows for KvCache::SetPrefix, row 0 standing for BOS, so the
-  // prompt after it starts without BOS. with_text: the prompt also carries passage text (mac+rag).
+  // prompt after it starts without BOS. with_text: the prompt also carries passage text (mac+rag);
+  // without a text head (has_text_head) the prefix is the same either way.
   virtual absl::StatusOr<PrefixKv> Modulate(
       std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,
       bool with_text) = 0;

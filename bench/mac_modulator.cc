@@ -42,6 +42,8 @@ class AdapterModulator final : public Modulator {
     return (*code)->key;
   }
 
+  bool has_text_head() const override { return adapter_->spec().rag_head; }
+
   absl::StatusOr<PrefixKv> Modulate(
       std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,
       bool with_text) override {

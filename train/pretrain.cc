@@ -130,9 +130,9 @@ TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, flo
       const Question& question = data_.questions[q];
       by_relation[question.relation].emplace_back(question.question, question.answer);
     }
-    std::vector<const std::vector<std::pair<std::string, std::string>>*> relations;
-    for (const auto& [rel, qs] : by_relation) {
-      if (!qs.empty()) relations.push_back(&qs);
+    std::vector<const decltype(by_relation)::value_type*> relations;  // (relation, its pairs)
+    for (const auto& entry : by_relation) {
+      if (!entry.second.empty()) relations.push_back(&entry);
     }
     if (relations.empty()) continue;
     // Update examples ask about a changed fact first.
@@ -142,17 +142,15 @@ TrainBatch ReadingCorpus::Batch(std::mt19937_64& rng, int rows, int max_len, flo
     const size_t n = std::min<size_t>(relations.size(), 1 + BoundedDraw(rng, 3));
     std::vector<std::pair<std::string, std::string>> qa;
     for (size_t i = 0; i < n; ++i) {
-      qa.push_back((*relations[i])[BoundedDraw(rng, relations[i]->size())]);
+      const auto& pairs = relations[i]->second;
+      qa.push_back(pairs[BoundedDraw(rng, pairs.size())]);
     }
     if (counterfactual_fraction > 0 && !p.is_update && UnitDraw(rng) < counterfactual_fraction) {
-      for (auto& [question, answer] : qa) {
-        const Question* asked_q = nullptr;
-        for (int q : questions_of_[pi]) {
-          if (data_.questions[q].question == question) asked_q = &data_.questions[q];
-        }
-        if (asked_q == nullptr || context.find(answer) == std::string::npos) continue;
+      for (size_t i = 0; i < qa.size(); ++i) {
+        std::string& answer = qa[i].second;
+        if (context.find(answer) == std::string::npos) continue;
         const std::vector<std::string> words = absl::StrSplit(answer, ' ');
-        const auto& pool = values_.at(asked_q->relation).at(words.size());
+        const auto& pool = values_.at(relations[i]->first).at(words.size());
         std::vector<std::string> replaced;
         for (size_t w = 0; w < words.size(); ++w) {
           replaced.push_back(pool[BoundedDraw(rng, pool.size())][w]);

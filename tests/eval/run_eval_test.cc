@@ -156,6 +156,7 @@ class FakeModulator : public Modulator {
   absl::StatusOr<std::vector<float>> QuestionKey(std::string_view) override {
     return std::vector<float>(8, 0.25f);
   }
+  bool has_text_head() const override { return true; }
   absl::StatusOr<PrefixKv> Modulate(
       std::string_view, std::span<const std::shared_ptr<const std::vector<float>>> latents,
       bool with_text) override {
