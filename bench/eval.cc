@@ -44,9 +44,9 @@ std::vector<std::string> SplitWhitespace(std::string_view s) {
 
 // ---- modes and stages ----
 
-enum Mode { kClosedBook = 0, kOracle, kRagTop1, kRagTop3, kMac, kMacRag, kNumModes };
-constexpr const char* kModeNames[kNumModes] = {"closed-book", "oracle", "rag-top1",
-                                               "rag-top3",    "mac",    "mac+rag"};
+enum Mode { kClosedBook = 0, kOracle, kRagTop1, kRagTop3, kRagSubject, kMac, kMacRag, kNumModes };
+constexpr const char* kModeNames[kNumModes] = {"closed-book", "oracle", "rag-top1", "rag-top3",
+                                               "rag-subject", "mac",    "mac+rag"};
 bool UsesMemory(int mode) { return mode >= kRagTop1; }
 bool NeedsModulator(int mode) { return mode >= kMac; }
 
@@ -60,6 +60,7 @@ constexpr const char* kNamespace = "eval";
 constexpr int kHashedKeyDim = 256;
 constexpr int kLexicalCandidates = 20;
 constexpr int kRecallDepth = 5;
+constexpr int kSubjectPassages = 3;
 
 // Feature hashing of the lower-cased alphanumeric words, L2-normalised: a stand-in retrieval key
 // until the bundle has an adapter whose encoder produces real keys.
@@ -87,9 +88,10 @@ std::vector<float> HashedKey(std::string_view text) {
 }
 
 struct Retrieved {
-  std::vector<int> bm25;    // passage indices, best first
-  std::vector<int> dense;   // by the dense key alone (only when asked for)
-  std::vector<int> hybrid;  // RRF of both (only when asked for)
+  std::vector<int> bm25;     // passage indices, best first
+  std::vector<int> subject;  // the best BM25 passage and the candidates on its subject, best first
+  std::vector<int> dense;    // by the dense key alone (only when asked for)
+  std::vector<int> hybrid;   // RRF of both (only when asked for)
 };
 
 struct Asked {
@@ -254,6 +256,12 @@ absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q, bool all
   std::stable_sort(lexical.begin(), lexical.end(), [](const auto& a, const auto& b) {
     return *a.lexical_score > *b.lexical_score;
   });
+  std::vector<storage::SearchHit> subject;
+  for (const storage::SearchHit& h : lexical) {
+    if (subject.size() < kSubjectPassages && (subject.empty() || h.same_subject))
+      subject.push_back(h);
+  }
+  r.subject = to_indices(subject);
   if (lexical.size() > kRecallDepth) lexical.resize(kRecallDepth);
   r.bm25 = to_indices(lexical);
   if (all_rankings || modulator_ != nullptr) {
@@ -366,6 +374,9 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   absl::StatusOr<std::vector<int32_t>> rag3 = FitPrompt(top3, q.question, 0);
   if (!rag3.ok()) return rag3.status();
   asked_.push_back({question, kRagTop3, stage, AddRequest(*std::move(rag3), nullptr)});
+  absl::StatusOr<std::vector<int32_t>> rag_subject = FitPrompt(r->subject, q.question, 0);
+  if (!rag_subject.ok()) return rag_subject.status();
+  asked_.push_back({question, kRagSubject, stage, AddRequest(*std::move(rag_subject), nullptr)});
   if (modulator_ == nullptr) return absl::OkStatus();
 
   const std::vector<int>& ranked = o_.mac_retrieval == MacRetrieval::kHybrid    ? r->hybrid
@@ -396,8 +407,11 @@ absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   absl::StatusOr<std::vector<int32_t>> mac = FitPrompt({}, q.question, shared->rows);
   if (!mac.ok()) return mac.status();
   asked_.push_back({question, kMac, stage, AddRequest(after_prefix(*std::move(mac)), shared)});
-  const std::vector<int> mac_rag_text(
-      ranked.begin(), ranked.begin() + std::min<size_t>(o_.mac_rag_passages, ranked.size()));
+  const std::vector<int> mac_rag_text =
+      o_.mac_rag_subject
+          ? r->subject
+          : std::vector<int>(ranked.begin(),
+                             ranked.begin() + std::min<size_t>(o_.mac_rag_passages, ranked.size()));
   absl::StatusOr<std::vector<int32_t>> mac_rag =
       FitPrompt(mac_rag_text, q.question, shared_text->rows);
   if (!mac_rag.ok()) return mac_rag.status();
@@ -566,8 +580,8 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   if (o_.report_path.empty()) return absl::OkStatus();
 
   std::vector<PlotSeries> series;
-  const Rgb colors[kNumModes] = {{120, 120, 120}, {0, 0, 0},     {31, 119, 180},
-                                 {214, 39, 40},   {44, 160, 44}, {148, 103, 189}};
+  const Rgb colors[kNumModes] = {{120, 120, 120}, {0, 0, 0},     {31, 119, 180}, {214, 39, 40},
+                                 {255, 127, 14},  {44, 160, 44}, {148, 103, 189}};
   for (int m = 0; m < kNumModes; ++m) {
     if (!curve["series"].contains(kModeNames[m])) continue;
     PlotSeries s;

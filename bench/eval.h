@@ -11,9 +11,13 @@
 //   closed-book   "<BOS>Q: <question>\nA:"                     (no memory)
 //   oracle        "<BOS><gold passage(s)>\nQ: <question>\nA:"   (upper bound for reading)
 //   rag-top1/3    the top 1 / 3 passages retrieved by BM25 for the question, oldest first
+//   rag-subject   the top BM25 passage and up to two more BM25 candidates on its subject
+//                 (storage::SearchHit::same_subject: an update of a fact, or its older version),
+//                 oldest first
 //   mac           the adapter's prefix aggregated from the top mac_top_k passages (retrieved by
 //                 BM25 by default; or the adapter's keys, or both fused), then "Q: <question>\nA:"
-//   mac+rag       the same prefix, then the best mac_rag_passages of them as text
+//   mac+rag       the same prefix, then rag-subject's passages as text (or the best
+//                 mac_rag_passages of mac's candidates)
 //   mac and mac+rag need the bundle's MAC adapter (a Modulator); without one they are reported as
 //   skipped with the reason, never as zero.
 // Answers are the greedy continuation up to the first newline or EOS, scored with the official
@@ -157,7 +161,8 @@ struct EvalOptions {
   // Where mac's candidates come from: the adapter's keys fused with BM25 by reciprocal rank
   // (kHybrid), the keys alone (kDense) or BM25 alone (kLexical).
   MacRetrieval mac_retrieval = MacRetrieval::kLexical;
-  int mac_rag_passages = 1;  // mac+rag: the best this many candidates' texts in the prompt
+  int mac_rag_passages = 1;     // mac+rag: the best this many candidates' texts in the prompt ...
+  bool mac_rag_subject = true;  // ... or rag-subject's passages
   storage::LatentFormat latent_format = storage::LatentFormat::kInt8;  // how the bank stores Z
   int examples = 10;        // predictions of the first questions copied into the report; -1: all
   bool print_table = true;  // the markdown table to stdout

@@ -304,12 +304,20 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
   }
   const absl::Time modulated = absl::Now();
 
-  // The prompt: the best rag_passages passages, oldest first (so the newest facts sit nearest the
-  // question), dropping the lowest-ranked ones until it fits the context.
+  // The prompt: the best rag_passages passages and up to subject_passages more on the best BM25
+  // hit's subject, oldest first (so the newest facts sit nearest the question), dropping the
+  // lowest-ranked ones until it fits the context.
   std::vector<const storage::SearchHit*> in_prompt;
   if (RagMode(mode)) {
-    for (int i = 0; i < std::min<int>(rag_passages, hits.size()); ++i)
-      in_prompt.push_back(&hits[i]);
+    int on_subject = 0;
+    for (int i = 0; i < static_cast<int>(hits.size()); ++i) {
+      if (i < rag_passages) {
+        in_prompt.push_back(&hits[i]);
+      } else if (hits[i].same_subject && on_subject < options_.subject_passages) {
+        in_prompt.push_back(&hits[i]);
+        ++on_subject;
+      }
+    }
   }
   const int capacity = slot->cache->capacity();
   const int budget = capacity - prefix.rows - max_tokens;

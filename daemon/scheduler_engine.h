@@ -82,6 +82,10 @@ struct EngineOptions {
   int ask_max_batch = 8;
   int ask_queue_size = 256;
   int default_top_k = 4;
+  // Rag modes: up to this many more retrieved passages that BM25 marks as on the best hit's
+  // subject (storage::SearchHit::same_subject) join the prompt, so an update and the fact it
+  // changes are read together, oldest first.
+  int subject_passages = 2;
   int default_max_tokens = 32;
   v1::Retrieval default_retrieval = v1::RETRIEVAL_LEXICAL;  // with an adapter (else lexical)
 };

@@ -65,6 +65,9 @@ const std::vector<Key>& Keys() {
        "questions queued before RESOURCE_EXHAUSTED"},
       {"drain-timeout", &ServeConfig::drain_timeout, 0, "seconds in-flight calls get at shutdown"},
       {"default-top-k", &ServeConfig::default_top_k, 1, "passages retrieved when top_k is 0"},
+      {"subject-passages", &ServeConfig::subject_passages, 0,
+       "rag modes: retrieved passages on the best BM25 hit's subject (an update of its fact or "
+       "the fact's older version) that join the prompt, at most"},
       {"default-max-tokens", &ServeConfig::default_max_tokens, 1,
        "answer tokens when max_tokens is 0"},
       {"default-retrieval", &ServeConfig::default_retrieval, 0,

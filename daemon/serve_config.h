@@ -54,6 +54,7 @@ struct ServeConfig {
 
   // Answer defaults (used when a request leaves them 0).
   int default_top_k = 4;
+  int subject_passages = 2;
   int default_max_tokens = 32;
   // Retrieval when a request leaves it unspecified and an adapter is loaded: lexical (BM25),
   // dense (the adapter's keys) or hybrid (both, fused by reciprocal rank). Without an adapter

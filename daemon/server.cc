@@ -288,6 +288,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   engine_options.ask_max_batch = config.ask_max_batch;
   engine_options.ask_queue_size = config.ask_queue_size;
   engine_options.default_top_k = config.default_top_k;
+  engine_options.subject_passages = config.subject_passages;
   engine_options.default_max_tokens = config.default_max_tokens;
   engine_options.default_retrieval = *ParseRetrieval(config.default_retrieval);
   Engine engine(m.model.get(), m.tokenizer.get(), m.adapter.get(), bank->get(), &metrics,

@@ -152,6 +152,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     uint64_t id;
     float score;
     std::optional<float> dense, lexical;
+    bool same_subject = false;
   };
   std::vector<Candidate> ranked;
   const int pool =
@@ -161,14 +162,14 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   auto dense = ns->second.vectors->Search(request.key.data(), pool);
   if (!dense.ok()) return dense.status();
   if (!request.hybrid) {
-    for (const ScoredId& hit : *dense) ranked.push_back({hit.id, hit.score, hit.score, {}});
+    for (const ScoredId& hit : *dense) ranked.push_back({hit.id, hit.score, hit.score, {}, false});
   } else {
     auto lexical = ns->second.lexical->Search(request.query_text, pool);
     if (!lexical.ok()) return lexical.status();
     std::unordered_map<uint64_t, size_t> slot;
     auto entry = [&](uint64_t id) -> Candidate& {
       auto [it, inserted] = slot.emplace(id, ranked.size());
-      if (inserted) ranked.push_back({id, 0.0f, {}, {}});
+      if (inserted) ranked.push_back({id, 0.0f, {}, {}, false});
       return ranked[it->second];
     };
     for (size_t r = 0; r < dense->size(); ++r) {
@@ -180,6 +181,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       Candidate& c = entry((*lexical)[r].id);
       c.score += 1.0f / static_cast<float>(request.rrf_k + r + 1);
       c.lexical = (*lexical)[r].weight;
+      c.same_subject = (*lexical)[r].same_subject;
     }
     std::stable_sort(ranked.begin(), ranked.end(),
                      [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
@@ -212,6 +214,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       hit.score = c.score;
       hit.dense_score = c.dense;
       hit.lexical_score = c.lexical;
+      hit.same_subject = c.same_subject;
       hit.ingest_time = FromMicros(passage->ingest_us);
       hit.valid_from = OptionalTime(passage->valid_from_us);
       if (request.with_text) hit.text = std::move(passage->text);

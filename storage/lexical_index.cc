@@ -3,6 +3,10 @@
 #include <xapian.h>
 
 #include <algorithm>
+#include <cctype>
+#include <set>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "storage/records.h"
@@ -17,6 +21,78 @@ absl::Status XapianError(std::string_view what, const Xapian::Error& e) {
       absl::StrCat("Xapian ", AbslView(what), " failed: ", e.get_description()));
 }
 
+// "Sasen's" -> "Sasen": Xapian keeps an apostrophe inside a word, so a possessive would be a term
+// of its own that the name's other mentions do not share. Applied to passages and queries alike.
+std::string WithoutPossessives(std::string_view text) {
+  auto alnum = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+  std::string out;
+  out.reserve(text.size());
+  size_t i = 0;
+  while (i < text.size()) {
+    const size_t quote = text.substr(i, 3) == "\xE2\x80\x99" ? 3 : text[i] == '\'' ? 1 : 0;
+    const size_t s = i + quote;
+    if (quote > 0 && i > 0 && alnum(text[i - 1]) && s < text.size() &&
+        (text[s] == 's' || text[s] == 'S') && (s + 1 == text.size() || !alnum(text[s + 1]))) {
+      i = s + 1;
+      continue;
+    }
+    out.push_back(text[i++]);
+  }
+  return out;
+}
+
+// English function words: never a subject, however rare a small index makes them.
+constexpr std::string_view kFunctionWords[] = {
+    "a",    "about", "after", "an",    "and",  "are",  "as",   "at",   "be",   "by",
+    "did",  "do",    "does",  "for",   "from", "had",  "has",  "have", "he",   "her",
+    "his",  "how",   "i",     "in",    "is",   "it",   "its",  "of",   "on",   "or",
+    "she",  "that",  "the",   "their", "they", "this", "to",   "was",  "were", "what",
+    "when", "where", "which", "who",   "whom", "why",  "will", "with", "you",  "your"};
+
+// The query terms a function word can become: itself and, stemmed, "Z" + its stem.
+std::set<std::string> FunctionWordTerms(const Xapian::Stem& stemmer) {
+  std::set<std::string> terms;
+  for (std::string_view word : kFunctionWords) {
+    terms.emplace(word);
+    terms.insert(absl::StrCat("Z", stemmer(std::string(word))));
+  }
+  return terms;
+}
+
+// The terms that say what a query is about, as the top hit answers it (sorted). Of the query
+// terms the top hit matches, function words aside: the names, when the query has some (words
+// written with a capital, which the parser leaves unstemmed), else all of them; of those, the
+// rarest and the ones at most 4x as frequent. A question's names are rare and its other words
+// common, so passages that hold them are about the same person or thing: an update to a fact, or
+// the fact's older version.
+std::vector<std::string> SubjectTerms(const Xapian::Database& db, const Xapian::Enquire& enquire,
+                                      const Xapian::MSet& mset,
+                                      const std::set<std::string>& function_words) {
+  std::vector<std::string> subject;
+  if (mset.empty()) return subject;
+  std::vector<std::string> matched;
+  bool has_names = false;
+  for (auto t = enquire.get_matching_terms_begin(mset.begin());
+       t != enquire.get_matching_terms_end(mset.begin()); ++t) {
+    if (function_words.contains(*t)) continue;
+    matched.push_back(*t);
+    has_names |= !(*t).starts_with('Z');
+  }
+  Xapian::doccount rarest = 0;
+  std::vector<std::pair<std::string, Xapian::doccount>> candidates;
+  for (const std::string& term : matched) {
+    if (has_names && term.starts_with('Z')) continue;
+    const Xapian::doccount frequency = std::max<Xapian::doccount>(1, db.get_termfreq(term));
+    candidates.emplace_back(term, frequency);
+    rarest = rarest == 0 ? frequency : std::min(rarest, frequency);
+  }
+  for (const auto& [term, frequency] : candidates) {
+    if (frequency <= 4 * rarest) subject.push_back(term);
+  }
+  std::sort(subject.begin(), subject.end());
+  return subject;
+}
+
 }  // namespace
 
 struct LexicalIndex::State {
@@ -24,6 +100,7 @@ struct LexicalIndex::State {
   Xapian::TermGenerator indexer;
   Xapian::QueryParser parser;
   Xapian::Stem stemmer{"english"};
+  std::set<std::string> function_words = FunctionWordTerms(stemmer);
 };
 
 LexicalIndex::LexicalIndex(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -50,7 +127,7 @@ absl::Status LexicalIndex::Add(uint64_t id, std::string_view text) {
   try {
     Xapian::Document doc;
     state_->indexer.set_document(doc);
-    state_->indexer.index_text(std::string(text));
+    state_->indexer.index_text(WithoutPossessives(text));
     const std::string term = UniqueTerm(id);
     doc.add_boolean_term(term);
     doc.set_data(std::to_string(id));
@@ -78,14 +155,21 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     // FLAG_DEFAULT minus boolean operators: user text is words, not a query language, and a
     // stray "AND" or quote must not turn into a syntax error.
     Xapian::Query q = state_->parser.parse_query(
-        std::string(query), Xapian::QueryParser::FLAG_PHRASE | Xapian::QueryParser::FLAG_LOVEHATE);
+        WithoutPossessives(query),
+        Xapian::QueryParser::FLAG_PHRASE | Xapian::QueryParser::FLAG_LOVEHATE);
     Xapian::Enquire enquire(state_->db);
     enquire.set_query(q);
     enquire.set_weighting_scheme(Xapian::BM25Weight());
     Xapian::MSet mset = enquire.get_mset(0, static_cast<Xapian::doccount>(k));
+    const std::vector<std::string> subject =
+        SubjectTerms(state_->db, enquire, mset, state_->function_words);
     for (auto it = mset.begin(); it != mset.end(); ++it) {
+      std::vector<std::string> matched(enquire.get_matching_terms_begin(it),
+                                       enquire.get_matching_terms_end(it));
+      std::sort(matched.begin(), matched.end());
       hits.push_back(
-          {std::stoull(it.get_document().get_data()), static_cast<float>(it.get_weight())});
+          {std::stoull(it.get_document().get_data()), static_cast<float>(it.get_weight()),
+           std::includes(matched.begin(), matched.end(), subject.begin(), subject.end())});
     }
   } catch (const Xapian::QueryParserError& e) {
     return absl::InvalidArgumentError(

@@ -20,6 +20,10 @@ namespace knowd::storage {
 struct LexicalHit {
   uint64_t id;
   float weight;  // BM25
+  // The hit matches every *subject term* of the top hit: of the query terms the top hit matches
+  // (function words aside; only the capitalised ones when there are some), the rarest and those
+  // at most 4x as frequent: the names a question asks about. True for the top hit itself.
+  bool same_subject = false;
 };
 
 class LexicalIndex {

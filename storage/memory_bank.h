@@ -150,6 +150,11 @@ struct SearchHit {
   float score = 0.0f;
   std::optional<float> dense_score;    // set when the passage was in the dense candidates
   std::optional<float> lexical_score;  // BM25 weight, set when it was in the lexical candidates
+  // A lexical candidate about what the best BM25 hit is about: it holds every one of the rarest
+  // query terms that hit matches (function words aside; only capitalised words when the query
+  // has some; those at most 4x as frequent as the rarest): the names a question asks about. True
+  // for the best BM25 hit itself; false for passages outside the lexical candidates.
+  bool same_subject = false;
   absl::Time ingest_time;
   std::optional<absl::Time> valid_from;
   std::string text;  // when SearchRequest::with_text

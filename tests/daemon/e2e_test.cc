@@ -233,6 +233,44 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
+// A changed fact: rag reads the update together with the passage it changes (the retrieved
+// passages on the best hit's subject join the prompt, oldest first) and answers the new value;
+// with --subject-passages 0 only the best BM25 hit, the older passage, is read.
+TEST(DaemonEndToEnd, RagReadsAnUpdateWithTheFactItChanges) {
+  const std::string question = "What city is Velka Keslemul's home?";
+  // Two passages of the world's valid split (knowd-train data --seed 20240601).
+  std::vector<std::pair<std::string, std::string>> docs = WorldDocs(8);
+  docs.emplace_back(
+      "velka",
+      "Velka Keslemul works for Senvel Mining. Velka attended Jibra Institute. She was "
+      "born in the city of Gorvelris. Velka Keslemul owns a ferret called Zandunor. "
+      "Velka Keslemul has made a home in Celxi. She spends weekends on beekeeping. "
+      "Wenkes Stowen is married to Velka.");
+  docs.emplace_back(
+      "velka-moves",
+      "Velka Keslemul no longer lives in Celxi; she now lives in Pemoos. The museum in "
+      "Pemoos reopened after repairs. The local library holds more than ten thousand "
+      "books. Velka graduated from Jibra Institute. She was born in Gorvelris.");
+  for (const bool subject : {true, false}) {
+    SCOPED_TRACE(subject ? "default subject-passages" : "--subject-passages 0");
+    TempDir dir;
+    auto [daemon, c] = StartServing(
+        dir.path() + "/data",
+        subject ? std::vector<std::string>{} : std::vector<std::string>{"--subject-passages", "0"});
+    ASSERT_NE(c, nullptr);
+    absl::Status status;
+    IngestAll(*c, docs, &status);
+    ASSERT_TRUE(status.ok()) << status;
+    absl::StatusOr<v1::AskFinal> answer = AskRag(*c, question);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_TRUE(Cites(*answer, "velka"));
+    EXPECT_EQ(Cites(*answer, "velka-moves"), subject);
+    EXPECT_EQ(answer->cited_size(), subject ? 2 : 1);
+    EXPECT_EQ(NormalizeAnswer(answer->answer()), subject ? "pemoos" : "celxi");
+    EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+  }
+}
+
 // The questions the shipped adapter answered exactly in `mode` when the fixture was made (all 40
 // fixture documents stored; `label` names the fixture's label) must still be answered — all but a
 // tenth of them, so a greedy token flipped by another CPU's summation order does not fail the

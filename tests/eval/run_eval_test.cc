@@ -85,7 +85,7 @@ TEST_F(RunEvalTest, WritesReportTableAndPlotAndSkipsMacWithoutAdapter) {
   EXPECT_EQ(r["split"], "test");
   EXPECT_EQ(r["stream_passages"].get<int>(), passages_);
   EXPECT_EQ(r["questions"].get<int>(), 12);
-  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3"}) {
+  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "rag-subject"}) {
     ExpectScore(r["modes"][name], name);
     EXPECT_EQ(r["modes"][name]["questions"].get<int>(), 12);
   }
@@ -109,7 +109,7 @@ TEST_F(RunEvalTest, WritesReportTableAndPlotAndSkipsMacWithoutAdapter) {
 
   const Json& curve = r["em_vs_stored"];
   EXPECT_EQ(curve["bank_sizes"], Json({5, 10, passages_}));
-  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3"}) {
+  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "rag-subject"}) {
     ASSERT_EQ(curve["series"][name].size(), 3u) << name;
   }
   EXPECT_FALSE(curve["series"].contains("mac"));
@@ -192,7 +192,8 @@ TEST_F(RunEvalTest, RunsMacModesThroughAModulator) {
   EXPECT_GT((*calls)[0], 0);
   EXPECT_EQ((*calls)[1], (*calls)[0]);
   const Json r = ReadReport();
-  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "mac", "mac+rag"}) {
+  for (const char* name :
+       {"closed-book", "oracle", "rag-top1", "rag-top3", "rag-subject", "mac", "mac+rag"}) {
     ExpectScore(r["modes"][name], name);
   }
   EXPECT_EQ(r["retrieval"]["dense_key"], "adapter");
@@ -238,7 +239,8 @@ TEST_F(RunEvalTest, RunsMacModesWithTheBundlesAdapter) {
   o.examples = 2;
   ASSERT_TRUE(RunEval(o).ok());
   const Json r = ReadReport();
-  for (const char* name : {"closed-book", "oracle", "rag-top1", "rag-top3", "mac", "mac+rag"}) {
+  for (const char* name :
+       {"closed-book", "oracle", "rag-top1", "rag-top3", "rag-subject", "mac", "mac+rag"}) {
     ExpectScore(r["modes"][name], name);
     EXPECT_EQ(r["modes"][name]["questions"].get<int>(), 6) << name;
   }

@@ -332,6 +332,66 @@ TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
   }
 }
 
+TEST(MemoryBankTest, LexicalHitsOnTheBestHitsSubjectAreMarked) {
+  TempDir dir;
+  auto bank = OpenOrDie(TestOptions(dir.path()));
+  std::vector<Document> docs;
+  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("filler-", i), 0, 1));
+  for (int i = 0; i < 10; ++i) {
+    docs[i].passages[0].text = absl::StrCat("Person", i, " has made a home in Town", i, ".");
+  }
+  auto add = [&](const std::string& id, const std::string& text) {
+    docs.push_back(MakeDoc("ns", id, 0, 1));
+    docs.back().passages[0].text = text;
+  };
+  add("velka", "Velka Keslemul has made a home in Celxi. Velka's pet is a ferret.");
+  add("velka-update", "Velka Keslemul no longer lives in Celxi; she now lives in Pemoos.");
+  add("stoul", "Stoul Sasen has made a home in Celxi.");
+  ASSERT_TRUE(bank->Put(docs).ok());
+
+  SearchRequest req = QueryFor(docs[0], 0, 10);
+  req.hybrid = true;
+  // The possessive matches the name's other mentions ("Keslemul's" is searched as "Keslemul").
+  req.query_text = "What city is Velka Keslemul's home?";
+  req.with_text = true;
+  auto hits = bank->Search(req);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  std::vector<SearchHit> lexical;
+  for (const SearchHit& h : *hits) {
+    if (h.lexical_score.has_value()) lexical.push_back(h);
+  }
+  std::stable_sort(lexical.begin(), lexical.end(), [](const SearchHit& a, const SearchHit& b) {
+    return *a.lexical_score > *b.lexical_score;
+  });
+  ASSERT_GE(lexical.size(), 3u);
+  EXPECT_EQ(lexical[0].doc_id, "velka");  // "home" and both names
+  std::vector<std::string> on_subject;
+  for (const SearchHit& h : lexical) {
+    if (h.same_subject) on_subject.push_back(h.doc_id);
+  }
+  // Both names are the subject; "home" (in 12 passages) and "city" are not: the update, which
+  // says "lives", is on it, Stoul's home in Celxi and the other homes are not.
+  EXPECT_THAT(on_subject, ElementsAre("velka", "velka-update"));
+  for (const SearchHit& h : *hits) {
+    if (!h.lexical_score.has_value()) {
+      EXPECT_FALSE(h.same_subject) << h.doc_id;
+    }
+  }
+
+  // A possessive alone finds the name's plain mentions, and the name's possessive in a passage
+  // ("Velka's") is found by the plain name.
+  for (const char* query : {"Keslemul's", "Keslemul\u2019s", "Velka"}) {
+    req.query_text = query;
+    auto found = bank->Search(req);
+    ASSERT_TRUE(found.ok()) << found.status();
+    std::vector<std::string> matched;
+    for (const SearchHit& h : *found) {
+      if (h.lexical_score.has_value()) matched.push_back(h.doc_id);
+    }
+    EXPECT_THAT(matched, ::testing::UnorderedElementsAre("velka", "velka-update")) << query;
+  }
+}
+
 TEST(MemoryBankTest, ScanPagesThroughDocumentsInIdOrder) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
