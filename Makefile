@@ -32,8 +32,8 @@ demo: build
 bench: build
 	@scripts/bench $(BUILD_DIR)
 
-# Rebuilds models/knowd-tiny from nothing with knowd-train (fixed seeds; on one core about 1 h of
-# pretraining and 1.3 h of adapter training). Work files go to $(BUILD_DIR)/model-work.
+# Rebuilds models/knowd-tiny from nothing with knowd-train (fixed seeds; about 4.5 h on one or two
+# cores, stage by stage in scripts/make-model). Work files go to $(BUILD_DIR)/model-work.
 model: build
 	@scripts/make-model $(BUILD_DIR)
 

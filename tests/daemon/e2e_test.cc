@@ -135,7 +135,7 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
 
   // Search puts the passage about the question's subject first.
   const std::vector<WorldQuestion> questions = AnswerableQuestions(8);
-  ASSERT_EQ(questions.size(), 21u);
+  ASSERT_EQ(questions.size(), 23u);
   for (const WorldQuestion& q : questions) {
     v1::SearchRequest search;
     search.set_query(q.question);
@@ -148,7 +148,7 @@ TEST(DaemonEndToEnd, IngestAskForgetAndRestartKeepsState) {
   }
 
   // RAG answers every question knowd-tiny reads right with the passage in its prompt (the
-  // fixture's oracle_correct; all 21 of the first 8 passages, checked on this daemon).
+  // fixture's oracle_correct; all 23 of the first 8 passages, checked on this daemon).
   for (const WorldQuestion& q : questions) {
     absl::StatusOr<v1::AskFinal> answer = AskRag(*c, q.question);
     ASSERT_TRUE(answer.ok()) << answer.status();
@@ -316,14 +316,14 @@ void ExpectLabelledAnswers(v1::AskMode mode, bool WorldQuestion::*label, const c
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
-// MAC: the answer comes from the stored modulations alone (`mac_correct`: 65 of 120).
+// MAC: the answer comes from the stored modulations alone (`mac_correct`: 67 of 120).
 TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
   ExpectLabelledAnswers(v1::ASK_MODE_MAC, &WorldQuestion::mac_correct, "mac_correct");
 }
 
-// mac+rag: the best passage's text in the prompt after the adapter's mac+rag prefix
-// (`mac_rag_correct`: 91 of 120).
+// mac+rag: the best passage's text (and those on its subject) after the adapter's mac+rag prefix
+// (`mac_rag_correct`: 96 of 120).
 TEST(DaemonEndToEnd, MacRagModeReadsTextAfterTheModulation) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac+rag is unavailable";
   ExpectLabelledAnswers(v1::ASK_MODE_MAC_RAG, &WorldQuestion::mac_rag_correct, "mac_rag_correct");
