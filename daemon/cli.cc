@@ -273,6 +273,12 @@ int RunEval() {
                 absl::InvalidArgumentError(absl::StrCat(
                     "--mac-retrieval must be hybrid, dense or lexical, not \"", retrieval, "\"")));
   }
+  const std::string mac_rag_text = absl::GetFlag(FLAGS_mac_rag_text);
+  if (mac_rag_text != "subject" && mac_rag_text != "top1") {
+    return Fail("eval", absl::InvalidArgumentError(absl::StrCat(
+                            "--mac-rag-text must be subject or top1, not \"", mac_rag_text, "\"")));
+  }
+  o.mac_rag_subject = mac_rag_text == "subject";
   if (absl::GetFlag(FLAGS_backend) != "cpu") {
     return Fail("eval", absl::InvalidArgumentError("eval runs on the cpu backend only"));
   }

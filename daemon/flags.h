@@ -35,4 +35,5 @@ ABSL_DECLARE_FLAG(int, batch);
 ABSL_DECLARE_FLAG(int, examples);
 ABSL_DECLARE_FLAG(int, mac_top_k);
 ABSL_DECLARE_FLAG(std::string, mac_retrieval);
+ABSL_DECLARE_FLAG(std::string, mac_rag_text);
 ABSL_DECLARE_FLAG(std::string, data_dir);

@@ -45,6 +45,8 @@ ABSL_FLAG(int, examples, 10,
 ABSL_FLAG(int, mac_top_k, 3, "Passages the adapter aggregates per question (eval)");
 ABSL_FLAG(std::string, mac_retrieval, "lexical",
           "Where mac's passages come from: lexical (BM25), dense (keys) or hybrid (eval)");
+ABSL_FLAG(std::string, mac_rag_text, "subject",
+          "mac+rag's text: subject (rag-subject's passages) or top1 (the best passage) (eval)");
 ABSL_FLAG(std::string, data_dir, "", "Memory bank directory (reencode)");
 
 namespace {
@@ -65,7 +67,7 @@ constexpr const char* kUsage =
     "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
     "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
     "lexical|dense|hybrid]\n"
-    "             [--latent-format int8|fp16] [--examples N]\n"
+    "             [--latent-format int8|fp16] [--examples N] [--mac-rag-text subject|top1]\n"
     "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 

@@ -51,6 +51,11 @@ TEST(KnowdEvalCli, PrintsTheTableAndWritesTheReportFiles) {
   out.clear();
   EXPECT_EQ(RunKnowd("eval --bundle " + kModel + " --data " + dir + "/missing", &out), 1);
   EXPECT_EQ(out.rfind("knowd eval: ", 0), 0u) << out;
+  out.clear();
+  EXPECT_EQ(RunKnowd("eval --bundle " + kModel + " --data " + dir + " --mac-rag-text top3", &out),
+            1);
+  EXPECT_NE(out.find("--mac-rag-text must be subject or top1, not \"top3\""), std::string::npos)
+      << out;
   std::filesystem::remove_all(dir);
 }
 
