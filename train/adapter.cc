@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/math.h"
+#include "model/qa_prompt.h"
 #include "model/tensor_file.h"
 #include "nlohmann/json.hpp"
 #include "train/lm_torch.h"
@@ -374,7 +375,22 @@ AdapterCorpus::AdapterCorpus(SplitData data, std::shared_ptr<const Tokenizer> to
   }
   for (size_t p = 0; p < data_.passages.size(); ++p) {
     if (!questions_of_[p].empty()) answerable_.push_back(static_cast<int>(p));
+    passages_of_subject_[data_.passages[p].subject].push_back(static_cast<int>(p));
   }
+  for (auto& [subject, ps] : passages_of_subject_) {
+    std::stable_sort(ps.begin(), ps.end(), [&](int a, int b) {
+      return data_.passages[a].stream_position < data_.passages[b].stream_position;
+    });
+  }
+}
+
+std::vector<int> AdapterCorpus::history_of(int p) const {
+  const Passage& passage = data_.passages[p];
+  std::vector<int> out;
+  for (int other : passages_of_subject_.at(passage.subject)) {
+    if (data_.passages[other].stream_position <= passage.stream_position) out.push_back(other);
+  }
+  return out;
 }
 
 // ---- adapter -----------------------------------------------------------------------------------
@@ -576,13 +592,19 @@ absl::StatusOr<AdapterLosses> Adapter::Impl::Step(const AdapterCorpus& corpus,
     std::vector<int> qs = corpus.questions_of(chosen[i]);
     for (size_t j = qs.size(); j > 1; --j) std::swap(qs[j - 1], qs[BoundedDraw(rng, j)]);
     for (int j = 0; j < std::min<int>(o.questions_per_passage, qs.size()); ++j) {
-      std::string_view text;
+      std::string text;
       if (o.text_fraction > 0 && UnitDraw(text_rng) < o.text_fraction) {
         int shown = i;
         if (UnitDraw(text_rng) < o.text_distractor_fraction) {
           shown = (i + 1 + static_cast<int>(BoundedDraw(text_rng, b - 1))) % b;
         }
-        text = data.passages[chosen[shown]].text;
+        if (o.text_subject_history) {
+          std::vector<std::string_view> texts;
+          for (int h : corpus.history_of(chosen[shown])) texts.push_back(data.passages[h].text);
+          text = JoinPassages(texts);
+        } else {
+          text = data.passages[chosen[shown]].text;
+        }
       }
       rows.push_back(BuildRow(tok, p.text, data.questions[qs[j]], i, text));
     }
@@ -1220,6 +1242,8 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
                              {"questions_per_passage", options.train.questions_per_passage},
                              {"top_k", options.top_k},
                              {"text_fraction", options.train.text_fraction},
+                             {"text_distractor_fraction", options.train.text_distractor_fraction},
+                             {"text_subject_history", options.train.text_subject_history},
                              {"rag_head_only", options.train.rag_head_only},
                              {"lr", options.lr},
                              {"seed", options.train.seed}};

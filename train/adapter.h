@@ -83,6 +83,9 @@ struct AdapterTrainOptions {
   // gold) for text_distractor_fraction of them: then the answer must come from the prefix.
   double text_fraction = 0.0;
   double text_distractor_fraction = 0.25;
+  // The gold text as the daemon's rag-subject prompt shows it: the passage after the earlier
+  // passages about its subject, oldest first (an update after the fact it changes).
+  bool text_subject_history = false;
   // Only the mac+rag head learns (config.rag_head): the readout, the question encoder, the keys'
   // scale and the mac head keep their weights, so the bank's latents and mac answers are unchanged.
   bool rag_head_only = false;
@@ -127,6 +130,8 @@ class AdapterCorpus {
   const std::vector<int>& answerable() const { return answerable_; }
   // Question indices of passage `p`.
   const std::vector<int>& questions_of(int p) const { return questions_of_[p]; }
+  // The passages about p's subject up to and including p, in stream order.
+  std::vector<int> history_of(int p) const;
   // The passage index of question `q`, or -1.
   int passage_of(int q) const { return passage_of_[q]; }
 
@@ -135,6 +140,7 @@ class AdapterCorpus {
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::vector<int> answerable_;
   std::vector<std::vector<int>> questions_of_;
+  std::unordered_map<std::string, std::vector<int>> passages_of_subject_;  // stream order
   std::vector<int> passage_of_;
 };
 

@@ -73,6 +73,9 @@ ABSL_FLAG(double, text_fraction, 0.0,
           "adapter: fraction of questions read with a passage's text after the prefix (mac+rag)");
 ABSL_FLAG(double, text_distractor_fraction, 0.25,
           "adapter: of those, the fraction whose text is another passage (answer from the prefix)");
+ABSL_FLAG(bool, text_subject_history, false,
+          "adapter: the text shows the passage after its subject's earlier passages, oldest first "
+          "(as the daemon's rag prompt with --subject-passages)");
 ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage alone this long");
 ABSL_FLAG(bool, rag_head, false,
           "adapter: add the mac+rag head (its own aggregator and expander for prompts with text)");
@@ -264,6 +267,7 @@ int RunAdapterCommand() {
   o.train.backprop_dropout = absl::GetFlag(FLAGS_backprop_dropout);
   o.train.text_fraction = absl::GetFlag(FLAGS_text_fraction);
   o.train.text_distractor_fraction = absl::GetFlag(FLAGS_text_distractor_fraction);
+  o.train.text_subject_history = absl::GetFlag(FLAGS_text_subject_history);
   o.train.seed = absl::GetFlag(FLAGS_seed);
   o.steps = FlagOr(FLAGS_steps, 2000);
   o.warmup = FlagOr(FLAGS_warmup, 50);

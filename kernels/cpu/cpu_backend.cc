@@ -355,13 +355,15 @@ class CpuBackend final : public Backend {
 #pragma omp simd reduction(max : row_max)
       for (int c = 0; c < cols; ++c) row_max = row[c] > row_max ? row[c] : row_max;
       const float shift = SoftmaxShift(row_max);
-      float sum = 0.0f;
+      // The sum in double: a float SIMD reduction's error grows with cols / lanes (1.3e-5
+      // relative over 32,000 columns with SSE's 4 lanes), the device's tree reduction's does not.
+      double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
       for (int c = 0; c < cols; ++c) {
         row[c] = Exp(row[c] - shift);
         sum += row[c];
       }
-      const float norm = SoftmaxNormalizer(sum);
+      const float norm = SoftmaxNormalizer(static_cast<float>(sum));
 #pragma omp simd
       for (int c = 0; c < cols; ++c) row[c] *= norm;
     }

@@ -260,6 +260,31 @@ TEST_F(AdapterTrainingTest, TextAfterThePrefixIsReadLikeTheMacRagPrompt) {
   EXPECT_GT(std::abs(none->closed_book_nll - none->context_nll), 1e-4);
 }
 
+TEST_F(AdapterTrainingTest, SubjectHistoryIsTheSubjectsPassagesUpToThisOneOldestFirst) {
+  const SplitData& data = corpus_->data();
+  int updates = 0;
+  for (size_t p = 0; p < data.passages.size(); ++p) {
+    const Passage& passage = data.passages[p];
+    const std::vector<int> history = corpus_->history_of(static_cast<int>(p));
+    ASSERT_FALSE(history.empty());
+    EXPECT_EQ(history.back(), static_cast<int>(p));
+    for (size_t i = 0; i < history.size(); ++i) {
+      EXPECT_EQ(data.passages[history[i]].subject, passage.subject);
+      if (i > 0) {
+        EXPECT_LT(data.passages[history[i - 1]].stream_position,
+                  data.passages[history[i]].stream_position);
+      }
+    }
+    // An update is read after the passage whose fact it changes.
+    if (passage.is_update) {
+      ++updates;
+      ASSERT_GE(history.size(), 2u) << passage.id;
+      EXPECT_FALSE(data.passages[history.front()].is_update);
+    }
+  }
+  EXPECT_GT(updates, 0);
+}
+
 TEST_F(AdapterTrainingTest, RagHeadStartsAsTheMacHeadAndLearnsAlone) {
   // A trained mac-only adapter, exported.
   std::unique_ptr<Adapter> mac = NewAdapter(5);
