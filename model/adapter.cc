@@ -428,6 +428,7 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   b.Download(y.data(), expanded, y.size() * sizeof(float));
   if (absl::Status st = impl_->Finish(); !st.ok()) return st;
   const int kv_dim = lm.kv_dim(), rows = t + 1;
+  const float key_scale = &head == &impl_->rag ? spec.rag_prefix_key_scale : 1.0f;
   PrefixKv prefix;
   prefix.rows = rows;
   prefix.keys.resize(int64_t{lm.num_layers} * rows * kv_dim);
@@ -439,7 +440,8 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
     std::copy_n(head.sink_values.begin() + int64_t{l} * kv_dim, kv_dim, values);
     for (int slot = 0; slot < t; ++slot) {
       const float* row = y.data() + slot * width + int64_t{l} * 2 * kv_dim;
-      std::copy_n(row, kv_dim, keys + int64_t{slot + 1} * kv_dim);
+      std::transform(row, row + kv_dim, keys + int64_t{slot + 1} * kv_dim,
+                     [key_scale](float k) { return k * key_scale; });
       std::copy_n(row + kv_dim, kv_dim, values + int64_t{slot + 1} * kv_dim);
     }
   }

@@ -49,6 +49,10 @@ struct AdapterSpec {
   // A second aggregator and expander for prompts with passage text after the prefix (mac+rag),
   // over the same stored latents and question code ("rag_head" in adapter.json).
   bool rag_head = false;
+  // The mac+rag head's prefix keys (the slots, not the sink) are multiplied by this: a
+  // temperature on how strongly the reader attends to the prefix beside the text, calibrated on
+  // the valid split's EM after training ("rag_prefix_key_scale" in adapter.json; default 1).
+  float rag_prefix_key_scale = 1.0f;
   std::string base_sha256;     // SHA-256 of the base model.safetensors it was trained on
   std::string adapter_sha256;  // SHA-256 of adapter.safetensors
   // SHA-256 of the readout's weights (names, shapes and values as loaded): all that a passage's

@@ -64,6 +64,13 @@ absl::StatusOr<AdapterSpec> ReadSpec(const std::string& path, const LlamaConfig&
     }
     spec.rag_head = it->get<bool>();
   }
+  if (auto it = j.find("rag_prefix_key_scale"); it != j.end()) {
+    if (!it->is_number() || !(it->get<double>() > 0) || !(it->get<double>() <= 4)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": \"rag_prefix_key_scale\" must be a number in (0, 4]"));
+    }
+    spec.rag_prefix_key_scale = it->get<float>();
+  }
   const nlohmann::json none = nlohmann::json::object();
   const nlohmann::json& b = j.contains("base_model") ? j["base_model"] : none;
   const int hidden = integer(b, "hidden_size", "base_model.");

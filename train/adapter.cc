@@ -404,6 +404,14 @@ struct Adapter::Impl {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   double weight_decay = -1;
 
+  // The exported rag_prefix_key_scale, as the engine applies it to a served mac+rag prefix
+  // (model/adapter.cc): the slots' keys, not the sink's. Training never applies it.
+  void ScaleServedKeys(torch::Tensor& prefix_keys, bool with_text) const {
+    if (with_text && config.rag_head && config.rag_prefix_key_scale != 1.0) {
+      prefix_keys.slice(2, 1).mul_(config.rag_prefix_key_scale);
+    }
+  }
+
   // Frozen trunk states of padded sequences.
   TrunkStates Trunk(const torch::Tensor& tokens) {
     torch::NoGradGuard no_grad;
@@ -815,6 +823,7 @@ absl::StatusOr<Adapter::PrefixKv> Adapter::Prefix(std::string_view question,
     auto [q, qkey] = impl_->EncodeQuestions({tokenizer.Encode(QuestionPrompt(question), true)});
     auto scores = impl_->net->Scale() * torch::matmul(qkey, pkeys.t());
     auto [pk, pv] = impl_->net->Modulate(q, z.unsqueeze(0), scores, with_text);
+    impl_->ScaleServedKeys(pk, with_text);
     // [1, L, T, kvh, hd] is [layers][rows][kv_dim] already.
     pk = pk.contiguous();
     pv = pv.contiguous();
@@ -838,6 +847,7 @@ absl::StatusOr<Adapter::Trace> Adapter::TraceForTest(std::span<const std::vector
     auto [q, qkey] = impl_->EncodeQuestions({{prompt.begin(), prompt.end()}});
     auto scores = impl_->net->Scale() * torch::matmul(qkey, pkeys.t());
     auto [pk, pv] = impl_->net->Modulate(q, z.unsqueeze(0), scores, with_text);
+    impl_->ScaleServedKeys(pk, with_text);
     auto floats = [](const torch::Tensor& x) {
       const torch::Tensor c = x.contiguous();
       return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
@@ -1020,6 +1030,7 @@ absl::Status Adapter::Export(const std::string& dir, DType dtype, const std::str
       {"aggregator_blocks", c.aggregator_blocks},
       {"max_candidates", c.max_candidates},
       {"rag_head", c.rag_head},
+      {"rag_prefix_key_scale", c.rag_prefix_key_scale},
       {"norm_eps", 1e-6},
       {"activation", "gelu (erf)"},
       {"passage_input", "<BOS><passage>; BOS and padding are not attended by the readout"},

@@ -67,6 +67,10 @@ struct AdapterConfig {
   // the same stored latents and question code, for a reader that also has passage text after the
   // prefix. Rows with text train it; rows without train the mac head.
   bool rag_head = false;
+  // Exported as "rag_prefix_key_scale": the mac+rag head's prefix keys (not the sink) are
+  // multiplied by it when served (model/adapter.h). Not used in training; chosen on the valid
+  // split.
+  double rag_prefix_key_scale = 1.0;
 };
 
 // Per-step training hyper-parameters.

@@ -79,6 +79,8 @@ ABSL_FLAG(bool, text_subject_history, false,
 ABSL_FLAG(double, gold_only_fraction, 0.3, "adapter: curriculum, gold passage alone this long");
 ABSL_FLAG(bool, rag_head, false,
           "adapter: add the mac+rag head (its own aggregator and expander for prompts with text)");
+ABSL_FLAG(double, rag_prefix_key_scale, 1.0,
+          "adapter: exported mac+rag prefix key scale (served; a temperature chosen on valid EM)");
 ABSL_FLAG(bool, rag_head_only, false,
           "adapter: train the mac+rag head alone (everything else keeps its weights); with "
           "--rag_head and --init_from");
@@ -253,6 +255,10 @@ int RunAdapterCommand() {
   o.config.slots = absl::GetFlag(FLAGS_slots);
   o.config.latent_dim = absl::GetFlag(FLAGS_latent_dim);
   o.config.rag_head = absl::GetFlag(FLAGS_rag_head);
+  o.config.rag_prefix_key_scale = absl::GetFlag(FLAGS_rag_prefix_key_scale);
+  if (!(o.config.rag_prefix_key_scale > 0 && o.config.rag_prefix_key_scale <= 4)) {
+    return Fail("adapter", absl::InvalidArgumentError("--rag_prefix_key_scale must be in (0, 4]"));
+  }
   o.train.rag_head_only = absl::GetFlag(FLAGS_rag_head_only);
   o.init_from = absl::GetFlag(FLAGS_init_from);
   if (o.train.rag_head_only && (!o.config.rag_head || o.init_from.empty())) {

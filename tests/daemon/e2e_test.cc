@@ -323,7 +323,7 @@ TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
 }
 
 // mac+rag: the best passage's text (and those on its subject) after the adapter's mac+rag prefix
-// (`mac_rag_correct`: 96 of 120).
+// (`mac_rag_correct`: 104 of 120).
 TEST(DaemonEndToEnd, MacRagModeReadsTextAfterTheModulation) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac+rag is unavailable";
   ExpectLabelledAnswers(v1::ASK_MODE_MAC_RAG, &WorldQuestion::mac_rag_correct, "mac_rag_correct");

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -18,6 +19,7 @@
 
 #include "kernels/backend.h"
 #include "model/transformer.h"
+#include "nlohmann/json.hpp"
 #include "tests/float_compare.h"
 #include "tests/model/random_adapter.h"
 
@@ -149,6 +151,29 @@ TEST_F(ModelAdapterTest, RefusesAnotherBaseSha256WhenOneIsGiven) {
   EXPECT_EQ(adapter.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(adapter.status().message().find("(none recorded)"), std::string::npos)
       << adapter.status();
+}
+
+TEST_F(ModelAdapterTest, RagPrefixKeyScaleDefaultsToOneAndIsChecked) {
+  EXPECT_EQ(adapter_->spec().rag_prefix_key_scale, 1.0f);
+  nlohmann::json j;
+  {
+    std::ifstream in(dir_ + "/adapter.json");
+    j = nlohmann::json::parse(in);
+  }
+  for (const nlohmann::json& bad :
+       {nlohmann::json(-1.0), nlohmann::json(0.0), nlohmann::json("x")}) {
+    j["rag_prefix_key_scale"] = bad;
+    std::ofstream(dir_ + "/adapter.json") << j.dump();
+    auto refused = Adapter::Load(dir_, model_.get());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(refused.status().message().find("rag_prefix_key_scale"), std::string::npos)
+        << refused.status();
+  }
+  j["rag_prefix_key_scale"] = 0.5;
+  std::ofstream(dir_ + "/adapter.json") << j.dump();
+  auto scaled = Adapter::Load(dir_, model_.get());
+  ASSERT_TRUE(scaled.ok()) << scaled.status();
+  EXPECT_EQ((*scaled)->spec().rag_prefix_key_scale, 0.5f);
 }
 
 }  // namespace

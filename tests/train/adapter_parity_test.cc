@@ -58,6 +58,7 @@ class AdapterParityTest : public ::testing::Test {
     config.aggregator_blocks = 2;
     config.max_candidates = 4;
     config.rag_head = true;
+    config.rag_prefix_key_scale = 0.75;  // exported; the engine applies it as libtorch's trace does
     auto adapter = Adapter::Create(lm_, config, 11);
     ASSERT_TRUE(adapter.ok()) << adapter.status();
     reference_ = adapter->release();
@@ -238,6 +239,7 @@ TEST_F(AdapterParityTest, LatentsKeysQuestionCodeAndPrefixMatchLibtorch) {
 
 TEST_F(AdapterParityTest, MacRagHeadPrefixMatchesLibtorchAndDiffersFromTheMacHead) {
   ASSERT_TRUE(adapter_->spec().rag_head);
+  EXPECT_EQ(adapter_->spec().rag_prefix_key_scale, 0.75f);
   const std::vector<std::vector<int32_t>> passages = Passages(20, 23);
   const std::vector<int32_t> prompt =
       tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), true);
