@@ -60,9 +60,10 @@ std::set<std::string> FunctionWordTerms(const Xapian::Stem& stemmer) {
 }
 
 // The terms that say what a query is about, as the top hit answers it (sorted). Of the query
-// terms the top hit matches, function words aside: the names, when the query has some (words
-// written with a capital, which the parser leaves unstemmed), else all of them; of those, the
-// rarest and the ones at most 4x as frequent. A question's names are rare and its other words
+// terms the top hit matches, function words aside: all the names, when the query has some (words
+// written with a capital, which the parser leaves unstemmed; a person is their whole name, so
+// "Ithhul Voqua" is not "Voqua Wynlem" though Ithhul is also a common city), else the rarest
+// terms and the ones at most 4x as frequent. A question's names are rare and its other words
 // common, so passages that hold them are about the same person or thing: an update to a fact, or
 // the fact's older version.
 std::vector<std::string> SubjectTerms(const Xapian::Database& db, const Xapian::Enquire& enquire,
@@ -87,7 +88,7 @@ std::vector<std::string> SubjectTerms(const Xapian::Database& db, const Xapian::
     rarest = rarest == 0 ? frequency : std::min(rarest, frequency);
   }
   for (const auto& [term, frequency] : candidates) {
-    if (frequency <= 4 * rarest) subject.push_back(term);
+    if (has_names || frequency <= 4 * rarest) subject.push_back(term);
   }
   std::sort(subject.begin(), subject.end());
   return subject;

@@ -390,6 +390,43 @@ TEST(MemoryBankTest, LexicalHitsOnTheBestHitsSubjectAreMarked) {
     }
     EXPECT_THAT(matched, ::testing::UnorderedElementsAre("velka", "velka-update")) << query;
   }
+
+  // A person is their whole name: with Ithhul a common city (in 14 of 250 passages, over 4x as
+  // many as Voqua's 3), Ithhul Voqua's subject is still both names, not Voqua Wynlem's.
+  docs.clear();
+  for (int i = 0; i < 200; ++i) {  // a stream's worth of other people
+    add(absl::StrCat("other-", i),
+        absl::StrCat("Worker", i, " works at Firm", i, ". Their hobby is chess."));
+  }
+  for (int i = 0; i < 13; ++i) {
+    add(absl::StrCat("ithhul-", i), absl::StrCat("Resident", i, " lives in Ithhul."));
+  }
+  add("ithhul-voqua",
+      "Ithhul Voqua came into the world in Nafa. She is a shepherd by profession. Ithhul's "
+      "home is in Corvonev. She spends weekends on cooking.");
+  add("voqua-wynlem",
+      "Voqua Wynlem has made a home in Wenlem. She works for Wynhul Press. Voqua Wynlem "
+      "enjoys cooking. By trade, Voqua is a dentist.");
+  add("voqua-wynlem-update",
+      "Voqua Wynlem has a new hobby: birdwatching. Voqua Wynlem is married to Vosto Oshul. "
+      "Trains between Zelor and Velnafio run every hour.");
+  ASSERT_TRUE(bank->Put(docs).ok());
+  req.query_text = "What is Ithhul Voqua's hobby?";
+  req.k = 300;  // every passage: the dense ranks (ties here) must not push a lexical hit out
+  auto voqua = bank->Search(req);
+  ASSERT_TRUE(voqua.ok()) << voqua.status();
+  std::vector<std::string> voqua_subject;
+  const SearchHit* best = nullptr;
+  for (const SearchHit& h : *voqua) {
+    if (h.same_subject) voqua_subject.push_back(h.doc_id);
+    if (h.lexical_score.has_value() &&
+        (best == nullptr || *h.lexical_score > *best->lexical_score)) {
+      best = &h;
+    }
+  }
+  ASSERT_NE(best, nullptr);
+  EXPECT_EQ(best->doc_id, "ithhul-voqua");
+  EXPECT_THAT(voqua_subject, ElementsAre("ithhul-voqua"));
 }
 
 TEST(MemoryBankTest, ScanPagesThroughDocumentsInIdOrder) {
