@@ -652,6 +652,12 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
   report["stream_passages"] = data_.passages.size();
   report["questions"] = main_questions_.size();
   report["max_answer_tokens"] = o_.max_answer_tokens;
+  if (modulator_ != nullptr) {
+    report["mac"] = {{"top_k", o_.mac_top_k},
+                     {"rag_text", o_.mac_rag_subject ? "subject" : "top1"},
+                     {"text_head", modulator_->has_text_head()},
+                     {"rag_prefix_key_scale", modulator_->text_prefix_key_scale()}};
+  }
   report["gold"] =
       "final_answer: the value at the end of the stream (SQuAD-normalised EM and token F1)";
 
@@ -963,6 +969,13 @@ absl::Status RunEval(const EvalOptions& options) {
         options.modulator_loader(options.bundle_dir, **model, **tokenizer);
     if (loaded.ok()) {
       modulator = *std::move(loaded);
+      if (options.rag_prefix_key_scale > 0) {
+        absl::Status s =
+            modulator->SetTextPrefixKeyScale(static_cast<float>(options.rag_prefix_key_scale));
+        if (!s.ok()) {
+          return absl::Status(s.code(), absl::StrCat("--rag-prefix-key-scale: ", s.message()));
+        }
+      }
     } else {
       reason = std::string(loaded.status().message());
     }

@@ -110,6 +110,11 @@ class Modulator {
   virtual absl::StatusOr<PrefixKv> Modulate(
       std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,
       bool with_text) = 0;
+  // The text head's prefix key scale (Adapter::SetRagPrefixKeyScale), and its override.
+  virtual float text_prefix_key_scale() const { return 1.0f; }
+  virtual absl::Status SetTextPrefixKeyScale(float) {
+    return absl::FailedPreconditionError("the modulator has no mac+rag head to scale");
+  }
 };
 
 // Loads the Modulator of a bundle. Errors become the reason the mac modes are skipped.
@@ -163,6 +168,8 @@ struct EvalOptions {
   MacRetrieval mac_retrieval = MacRetrieval::kLexical;
   int mac_rag_passages = 1;     // mac+rag: the best this many candidates' texts in the prompt ...
   bool mac_rag_subject = true;  // ... or rag-subject's passages
+  // > 0: the mac+rag prefix key scale instead of the adapter's rag_prefix_key_scale (calibration).
+  double rag_prefix_key_scale = 0;
   storage::LatentFormat latent_format = storage::LatentFormat::kInt8;  // how the bank stores Z
   int examples = 10;        // predictions of the first questions copied into the report; -1: all
   bool print_table = true;  // the markdown table to stdout

@@ -43,6 +43,12 @@ class AdapterModulator final : public Modulator {
   }
 
   bool has_text_head() const override { return adapter_->spec().rag_head; }
+  float text_prefix_key_scale() const override {
+    return adapter_->spec().rag_head ? adapter_->spec().rag_prefix_key_scale : 1.0f;
+  }
+  absl::Status SetTextPrefixKeyScale(float scale) override {
+    return adapter_->SetRagPrefixKeyScale(scale);
+  }
 
   absl::StatusOr<PrefixKv> Modulate(
       std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,

@@ -279,6 +279,11 @@ int RunEval() {
                             "--mac-rag-text must be subject or top1, not \"", mac_rag_text, "\"")));
   }
   o.mac_rag_subject = mac_rag_text == "subject";
+  o.rag_prefix_key_scale = absl::GetFlag(FLAGS_rag_prefix_key_scale);
+  if (o.rag_prefix_key_scale != 0 && !(o.rag_prefix_key_scale > 0 && o.rag_prefix_key_scale <= 4)) {
+    return Fail("eval", absl::InvalidArgumentError(
+                            "--rag-prefix-key-scale must be in (0, 4], or 0 for the adapter's"));
+  }
   if (absl::GetFlag(FLAGS_backend) != "cpu") {
     return Fail("eval", absl::InvalidArgumentError("eval runs on the cpu backend only"));
   }

@@ -36,4 +36,5 @@ ABSL_DECLARE_FLAG(int, examples);
 ABSL_DECLARE_FLAG(int, mac_top_k);
 ABSL_DECLARE_FLAG(std::string, mac_retrieval);
 ABSL_DECLARE_FLAG(std::string, mac_rag_text);
+ABSL_DECLARE_FLAG(double, rag_prefix_key_scale);
 ABSL_DECLARE_FLAG(std::string, data_dir);

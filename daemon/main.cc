@@ -47,6 +47,9 @@ ABSL_FLAG(std::string, mac_retrieval, "lexical",
           "Where mac's passages come from: lexical (BM25), dense (keys) or hybrid (eval)");
 ABSL_FLAG(std::string, mac_rag_text, "subject",
           "mac+rag's text: subject (rag-subject's passages) or top1 (the best passage) (eval)");
+ABSL_FLAG(double, rag_prefix_key_scale, 0,
+          "mac+rag prefix key scale instead of the adapter's rag_prefix_key_scale, in (0, 4] "
+          "(eval; 0: the adapter's)");
 ABSL_FLAG(std::string, data_dir, "", "Memory bank directory (reencode)");
 
 namespace {
@@ -68,6 +71,7 @@ constexpr const char* kUsage =
     "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
     "lexical|dense|hybrid]\n"
     "             [--latent-format int8|fp16] [--examples N] [--mac-rag-text subject|top1]\n"
+    "             [--rag-prefix-key-scale F]\n"
     "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
 }  // namespace
 

@@ -345,6 +345,18 @@ std::vector<float> Adapter::KeyOfLatent(std::span<const float> latents) const {
   return KeyHead(impl_->readout.key, latents, spec.slots, spec.latent_dim, spec.key_dim);
 }
 
+absl::Status Adapter::SetRagPrefixKeyScale(float scale) {
+  if (!impl_->spec.rag_head) {
+    return absl::FailedPreconditionError("the adapter has no mac+rag head to scale");
+  }
+  if (!(scale > 0 && scale <= 4)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rag prefix key scale ", scale, " is outside (0, 4]"));
+  }
+  impl_->spec.rag_prefix_key_scale = scale;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
                                            std::span<const std::span<const float>> latents,
                                            bool with_text) {

@@ -119,6 +119,10 @@ class Adapter {
                                     std::span<const std::span<const float>> latents,
                                     bool with_text = false);
 
+  // Overrides spec().rag_prefix_key_scale (to calibrate it: `knowd eval --rag-prefix-key-scale`).
+  // INVALID_ARGUMENT outside (0, 4]; FAILED_PRECONDITION without a mac+rag head.
+  absl::Status SetRagPrefixKeyScale(float scale);
+
  private:
   struct Impl;
   explicit Adapter(std::unique_ptr<Impl> impl);

@@ -249,6 +249,13 @@ TEST_F(RunEvalTest, RunsMacModesWithTheBundlesAdapter) {
   EXPECT_EQ(r["storage_bytes"]["modulation"]["bytes"].get<int64_t>(), 4 * 16 + 4 * 4 + 8 * 4);
   EXPECT_EQ(r["storage_bytes"]["modulation"]["latent_format"], "int8");
   EXPECT_TRUE(r["examples"][0]["predicted"].contains("mac"));
+  EXPECT_EQ(r["mac"]["text_head"], false);
+  EXPECT_EQ(r["mac"]["rag_prefix_key_scale"], 1.0);
+  // A key scale for a mac+rag head this adapter does not have is an error, not ignored.
+  o.rag_prefix_key_scale = 0.5;
+  absl::Status refused = RunEval(o);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("--rag-prefix-key-scale"), std::string::npos) << refused;
 }
 
 TEST_F(RunEvalTest, MissingDataIsAnError) {

@@ -155,6 +155,8 @@ TEST_F(ModelAdapterTest, RefusesAnotherBaseSha256WhenOneIsGiven) {
 
 TEST_F(ModelAdapterTest, RagPrefixKeyScaleDefaultsToOneAndIsChecked) {
   EXPECT_EQ(adapter_->spec().rag_prefix_key_scale, 1.0f);
+  EXPECT_FALSE(adapter_->spec().rag_head);
+  EXPECT_EQ(adapter_->SetRagPrefixKeyScale(0.5f).code(), absl::StatusCode::kFailedPrecondition);
   nlohmann::json j;
   {
     std::ifstream in(dir_ + "/adapter.json");

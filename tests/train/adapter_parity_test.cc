@@ -264,6 +264,29 @@ TEST_F(AdapterParityTest, MacRagHeadPrefixMatchesLibtorchAndDiffersFromTheMacHea
   EXPECT_LE(value_diff, 1e-4);
   // The heads are different networks: the mac+rag prefix is not the mac prefix.
   EXPECT_GT(MaxAbsDiff(rag->values, mac->values), 1e-3);
+
+  // The key scale applies to the slots' keys alone: at 1, the slots' keys are the exported
+  // ones / 0.75 and the sink row and the values are unchanged.
+  EXPECT_EQ(adapter_->SetRagPrefixKeyScale(5).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(adapter_->SetRagPrefixKeyScale(0).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(adapter_->SetRagPrefixKeyScale(1).ok());
+  absl::StatusOr<PrefixKv> unscaled = adapter_->Modulate(*question, candidates, true);
+  ASSERT_TRUE(adapter_->SetRagPrefixKeyScale(0.75f).ok());
+  ASSERT_TRUE(unscaled.ok()) << unscaled.status();
+  EXPECT_EQ(unscaled->values, rag->values);
+  const int64_t kv_dim =
+      static_cast<int64_t>(rag->keys.size()) / (rag->rows * lm_->config().num_layers);
+  int scaled_rows = 0;
+  for (size_t i = 0; i < rag->keys.size(); ++i) {
+    const bool sink = (static_cast<int64_t>(i) / kv_dim) % rag->rows == 0;
+    if (sink) {
+      EXPECT_EQ(unscaled->keys[i], rag->keys[i]) << i;
+    } else {
+      EXPECT_NEAR(unscaled->keys[i] * 0.75f, rag->keys[i], 1e-6f * (1 + std::fabs(rag->keys[i])));
+      scaled_rows += unscaled->keys[i] != rag->keys[i];
+    }
+  }
+  EXPECT_GT(scaled_rows, 0);
 }
 
 TEST_F(AdapterParityTest, GreedyAnswersAfterThePrefixMatchLibtorch) {
