@@ -280,7 +280,7 @@ int RunEval() {
   }
   o.mac_rag_subject = mac_rag_text == "subject";
   o.rag_prefix_key_scale = absl::GetFlag(FLAGS_rag_prefix_key_scale);
-  if (o.rag_prefix_key_scale != 0 && !(o.rag_prefix_key_scale > 0 && o.rag_prefix_key_scale <= 4)) {
+  if (o.rag_prefix_key_scale != 0 && !IsValidRagPrefixKeyScale(o.rag_prefix_key_scale)) {
     return Fail("eval", absl::InvalidArgumentError(
                             "--rag-prefix-key-scale must be in (0, 4], or 0 for the adapter's"));
   }

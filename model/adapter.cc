@@ -349,7 +349,7 @@ absl::Status Adapter::SetRagPrefixKeyScale(float scale) {
   if (!impl_->spec.rag_head) {
     return absl::FailedPreconditionError("the adapter has no mac+rag head to scale");
   }
-  if (!(scale > 0 && scale <= 4)) {
+  if (!IsValidRagPrefixKeyScale(scale)) {
     return absl::InvalidArgumentError(
         absl::StrCat("rag prefix key scale ", scale, " is outside (0, 4]"));
   }

@@ -76,6 +76,9 @@ struct QuestionCode {
 };
 
 // Prefix keys/values for KvCache::SetPrefix: [layers][rows][kv_dim] each.
+// The bounds of AdapterSpec::rag_prefix_key_scale: (0, 4].
+inline bool IsValidRagPrefixKeyScale(double scale) { return scale > 0 && scale <= 4; }
+
 struct PrefixKv {
   std::vector<float> keys;
   std::vector<float> values;

@@ -65,7 +65,7 @@ absl::StatusOr<AdapterSpec> ReadSpec(const std::string& path, const LlamaConfig&
     spec.rag_head = it->get<bool>();
   }
   if (auto it = j.find("rag_prefix_key_scale"); it != j.end()) {
-    if (!it->is_number() || !(it->get<double>() > 0) || !(it->get<double>() <= 4)) {
+    if (!it->is_number() || !IsValidRagPrefixKeyScale(it->get<double>())) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": \"rag_prefix_key_scale\" must be a number in (0, 4]"));
     }

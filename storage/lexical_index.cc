@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <iterator>
 #include <set>
 #include <string>
 #include <utility>
@@ -79,16 +80,19 @@ std::vector<std::string> SubjectTerms(const Xapian::Database& db, const Xapian::
     matched.push_back(*t);
     has_names |= !(*t).starts_with('Z');
   }
-  Xapian::doccount rarest = 0;
-  std::vector<std::pair<std::string, Xapian::doccount>> candidates;
-  for (const std::string& term : matched) {
-    if (has_names && term.starts_with('Z')) continue;
-    const Xapian::doccount frequency = std::max<Xapian::doccount>(1, db.get_termfreq(term));
-    candidates.emplace_back(term, frequency);
-    rarest = rarest == 0 ? frequency : std::min(rarest, frequency);
-  }
-  for (const auto& [term, frequency] : candidates) {
-    if (has_names || frequency <= 4 * rarest) subject.push_back(term);
+  if (has_names) {
+    std::copy_if(matched.begin(), matched.end(), std::back_inserter(subject),
+                 [](const std::string& term) { return !term.starts_with('Z'); });
+  } else {
+    Xapian::doccount rarest = 0;
+    std::vector<Xapian::doccount> frequency;
+    for (const std::string& term : matched) {
+      frequency.push_back(std::max<Xapian::doccount>(1, db.get_termfreq(term)));
+      rarest = rarest == 0 ? frequency.back() : std::min(rarest, frequency.back());
+    }
+    for (size_t i = 0; i < matched.size(); ++i) {
+      if (frequency[i] <= 4 * rarest) subject.push_back(matched[i]);
+    }
   }
   std::sort(subject.begin(), subject.end());
   return subject;

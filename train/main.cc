@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "model/adapter.h"
 #include "model/config.h"
 #include "train/adapter.h"
 #include "train/export.h"
@@ -256,7 +257,7 @@ int RunAdapterCommand() {
   o.config.latent_dim = absl::GetFlag(FLAGS_latent_dim);
   o.config.rag_head = absl::GetFlag(FLAGS_rag_head);
   o.config.rag_prefix_key_scale = absl::GetFlag(FLAGS_rag_prefix_key_scale);
-  if (!(o.config.rag_prefix_key_scale > 0 && o.config.rag_prefix_key_scale <= 4)) {
+  if (!IsValidRagPrefixKeyScale(o.config.rag_prefix_key_scale)) {
     return Fail("adapter", absl::InvalidArgumentError("--rag_prefix_key_scale must be in (0, 4]"));
   }
   o.train.rag_head_only = absl::GetFlag(FLAGS_rag_head_only);
