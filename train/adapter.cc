@@ -13,6 +13,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "kernels/math.h"
 #include "model/qa_prompt.h"
 #include "model/tensor_file.h"
@@ -1060,7 +1061,7 @@ absl::Status Adapter::Export(const std::string& dir, DType dtype, const std::str
   return absl::OkStatus();
 }
 
-absl::Status Adapter::LoadExport(const std::string& dir, bool seed_rag_head) {
+absl::Status Adapter::LoadExport(const std::string& dir, ExportLoad how) {
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
       SafetensorsFile::Open(dir + "/adapter.safetensors");
   if (!file.ok()) return file.status();
@@ -1069,12 +1070,41 @@ absl::Status Adapter::LoadExport(const std::string& dir, bool seed_rag_head) {
     for (auto& p : impl_->net->named_parameters()) {
       const std::vector<int64_t> shape(p.value().sizes().begin(), p.value().sizes().end());
       std::string name = p.key();
-      if (seed_rag_head && name.starts_with("rag_") && (*file)->Find(name) == nullptr) {
+      if (how.seed_rag_head && name.starts_with("rag_") && (*file)->Find(name) == nullptr) {
         name = name.substr(4);  // the mac head's tensor of the same shape
       }
-      absl::StatusOr<const HostTensor*> t = (*file)->Require(name, shape);
-      if (!t.ok()) return t.status();
-      p.value().copy_(HostToTensor(**t, shape));
+      const HostTensor* stored = (*file)->Find(name);
+      if (!how.grow || (stored != nullptr && stored->shape == shape)) {
+        absl::StatusOr<const HostTensor*> t = (*file)->Require(name, shape);
+        if (!t.ok()) return t.status();
+        p.value().copy_(HostToTensor(**t, shape));
+        continue;
+      }
+      // Growing: a block's residual outputs start at zero, so the block (or the MLP's new
+      // columns) adds nothing until training moves them.
+      const bool block_output = name.find(".blocks.") != std::string::npos &&
+                                (name.ends_with(".o.weight") || name.ends_with(".down.weight"));
+      if (stored == nullptr) {
+        if (name.find(".blocks.") == std::string::npos) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(dir, "/adapter.safetensors has no tensor ", name,
+                           "; growing an adapter adds blocks or MLP width, nothing else"));
+        }
+        if (block_output) p.value().zero_();
+        continue;
+      }
+      bool fits = stored->shape.size() == shape.size();
+      for (size_t i = 0; fits && i < shape.size(); ++i) fits = stored->shape[i] <= shape[i];
+      if (!fits || (!name.ends_with(".up.weight") && !name.ends_with(".down.weight"))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            dir, "/adapter.safetensors: ", name, " has shape [", absl::StrJoin(stored->shape, ","),
+            "], this adapter [", absl::StrJoin(shape, ","),
+            "]; only blocks and MLP width can grow (slots, latent_dim and key_dim must match)"));
+      }
+      if (block_output) p.value().zero_();
+      torch::Tensor part = p.value();
+      for (size_t i = 0; i < shape.size(); ++i) part = part.narrow(i, 0, stored->shape[i]);
+      part.copy_(HostToTensor(*stored, stored->shape));
     }
     return absl::OkStatus();
   } catch (const std::exception& e) {
@@ -1163,7 +1193,9 @@ absl::Status RunAdapterTraining(const AdapterRunOptions& options) {
     start = state["step"].get<int>();
     std::printf("resumed at step %d\n", start);
   } else if (!options.init_from.empty()) {
-    if (absl::Status st = adapter.LoadExport(options.init_from, /*seed_rag_head=*/true); !st.ok()) {
+    if (absl::Status st =
+            adapter.LoadExport(options.init_from, {.seed_rag_head = true, .grow = true});
+        !st.ok()) {
       return st;
     }
     std::printf("init: the weights of %s%s\n", options.init_from.c_str(),

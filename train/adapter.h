@@ -148,6 +148,19 @@ class AdapterCorpus {
   std::vector<int> passage_of_;
 };
 
+// How Adapter::LoadExport may differ from the export it reads.
+struct ExportLoad {
+  // An export without the mac+rag head (config.rag_head) is accepted and the head starts as a copy
+  // of the mac head.
+  bool seed_rag_head = false;
+  // The export may be of a smaller adapter with the same slots, latent and key widths: fewer
+  // blocks in any network, a narrower MLP (mlp_ratio). Its tensors fill the leading part of ours,
+  // and what it lacks starts so that these networks compute exactly what the export's did: a new
+  // block's output projections (attention o, MLP down) and a wider MLP's extra down-projection
+  // columns are zero (the rest keeps its random start, so they learn).
+  bool grow = false;
+};
+
 class Adapter {
  public:
   // New networks with seeded random weights over `base`, which this freezes for good (its weights
@@ -217,10 +230,9 @@ class Adapter {
   // the hex SHA-256 of the base bundle's model.safetensors.
   absl::Status Export(const std::string& dir, DType dtype, const std::string& base_sha256,
                       const std::string& training_json = "{}") const;
-  // Reads the weights of an Export (any float dtype) back; the config must match. With
-  // seed_rag_head, an export without the mac+rag head (config.rag_head) is accepted and the head
-  // starts as a copy of the mac head.
-  absl::Status LoadExport(const std::string& dir, bool seed_rag_head = false);
+  // Reads the weights of an Export (any float dtype) back; the config must match, except as
+  // `how` allows (ExportLoad).
+  absl::Status LoadExport(const std::string& dir, ExportLoad how = {});
 
  private:
   struct Impl;

@@ -66,6 +66,10 @@ ABSL_FLAG(std::string, dtype, "",
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
 ABSL_FLAG(int, slots, 8, "adapter: latent tokens per passage = prefix rows per layer");
 ABSL_FLAG(int, latent_dim, 80, "adapter: values per latent token");
+ABSL_FLAG(int, readout_blocks, 2, "adapter: cross-attention blocks of the readout (amortizer)");
+ABSL_FLAG(int, question_blocks, 2, "adapter: cross-attention blocks of the question encoder");
+ABSL_FLAG(int, aggregator_blocks, 2, "adapter: cross-attention blocks of each aggregator");
+ABSL_FLAG(int, mlp_ratio, 2, "adapter: MLP width of the blocks, a multiple of latent_dim");
 ABSL_FLAG(int, questions_per_passage, 2, "adapter: questions per passage in a step");
 ABSL_FLAG(double, distill_weight, 1.0, "adapter: weight of the context-distillation KL");
 ABSL_FLAG(double, contrastive_weight, 0.2, "adapter: weight of the InfoNCE key loss");
@@ -86,7 +90,8 @@ ABSL_FLAG(bool, rag_head_only, false,
           "adapter: train the mac+rag head alone (everything else keeps its weights); with "
           "--rag_head and --init_from");
 ABSL_FLAG(std::string, init_from, "",
-          "adapter: start from this adapter/ export (a missing mac+rag head copies the mac head)");
+          "adapter: start from this adapter/ export (a missing mac+rag head copies the mac head; "
+          "more blocks or a wider MLP than it has start as the identity)");
 ABSL_FLAG(int, stop_after, 0,
           "adapter: stop after this step with a checkpoint (no export); --resume continues");
 
@@ -255,6 +260,10 @@ int RunAdapterCommand() {
   }
   o.config.slots = absl::GetFlag(FLAGS_slots);
   o.config.latent_dim = absl::GetFlag(FLAGS_latent_dim);
+  o.config.readout_blocks = absl::GetFlag(FLAGS_readout_blocks);
+  o.config.question_blocks = absl::GetFlag(FLAGS_question_blocks);
+  o.config.aggregator_blocks = absl::GetFlag(FLAGS_aggregator_blocks);
+  o.config.mlp_ratio = absl::GetFlag(FLAGS_mlp_ratio);
   o.config.rag_head = absl::GetFlag(FLAGS_rag_head);
   o.config.rag_prefix_key_scale = absl::GetFlag(FLAGS_rag_prefix_key_scale);
   if (!IsValidRagPrefixKeyScale(o.config.rag_prefix_key_scale)) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/math.h"
 #include "model/adapter.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
@@ -302,7 +303,7 @@ TEST_F(AdapterTrainingTest, RagHeadStartsAsTheMacHeadAndLearnsAlone) {
   std::unique_ptr<Adapter> both = NewAdapter(6);
   ASSERT_NE(both, nullptr);
   EXPECT_FALSE(both->LoadExport(dir).ok());  // the export has no rag_* tensors
-  ASSERT_TRUE(both->LoadExport(dir, /*seed_rag_head=*/true).ok());
+  ASSERT_TRUE(both->LoadExport(dir, {.seed_rag_head = true}).ok());
   const std::vector<std::vector<int32_t>> passages = SomePassages(3);
   const std::vector<int32_t> prompt = tokenizer_->Encode(
       knowd::Adapter::QuestionPrompt(corpus_->data().questions[0].question), true);
@@ -341,6 +342,71 @@ TEST_F(AdapterTrainingTest, RagHeadStartsAsTheMacHeadAndLearnsAlone) {
   EXPECT_EQ(j["rag_head"], true);
   absl::StatusOr<AdapterLosses> refused = mac->TrainStep(*corpus_, options, 20, 3e-3, 2);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(AdapterTrainingTest, GrownFromAnExportItComputesTheSameAndItsNewBlocksLearn) {
+  // A trained adapter with one block per network and an MLP twice as wide as the latent, exported.
+  config_.rag_head = true;
+  std::unique_ptr<Adapter> small = NewAdapter(7);
+  ASSERT_NE(small, nullptr);
+  ASSERT_TRUE(small->InitializeFromPassages(SomePassages(8)).ok());
+  AdapterTrainOptions options;
+  options.batch = 4;
+  options.text_fraction = 0.5;
+  for (int step = 0; step < 3; ++step)
+    ASSERT_TRUE(small->TrainStep(*corpus_, options, step, 3e-3, 2).ok());
+  const std::string dir = TempDir("grow");
+  ASSERT_TRUE(small->Export(dir + "/small", DType::kF32, std::string(64, 'a')).ok());
+
+  // Two blocks per network and an MLP three times as wide.
+  config_.readout_blocks = 2;
+  config_.question_blocks = 2;
+  config_.aggregator_blocks = 2;
+  config_.mlp_ratio = 3;
+  std::unique_ptr<Adapter> grown = NewAdapter(8);
+  ASSERT_NE(grown, nullptr);
+  EXPECT_FALSE(grown->LoadExport(dir + "/small").ok());  // shapes differ unless growing
+  ASSERT_TRUE(grown->LoadExport(dir + "/small", {.grow = true}).ok());
+  const std::vector<std::vector<int32_t>> passages = SomePassages(3);
+  const std::vector<int32_t> prompt = tokenizer_->Encode(
+      knowd::Adapter::QuestionPrompt(corpus_->data().questions[0].question), true);
+  for (bool with_text : {false, true}) {
+    absl::StatusOr<Adapter::Trace> want = small->TraceForTest(passages, prompt, with_text);
+    absl::StatusOr<Adapter::Trace> got = grown->TraceForTest(passages, prompt, with_text);
+    ASSERT_TRUE(want.ok() && got.ok());
+    for (size_t i = 0; i < passages.size(); ++i) {
+      EXPECT_LE(MaxAbsDiff(got->latents[i], want->latents[i]), 1e-5);
+      EXPECT_LE(MaxAbsDiff(got->keys[i], want->keys[i]), 1e-5);
+    }
+    EXPECT_LE(MaxAbsDiff(got->queries, want->queries), 1e-5);
+    EXPECT_LE(MaxAbsDiff(got->prefix.keys, want->prefix.keys), 1e-4);
+    EXPECT_LE(MaxAbsDiff(got->prefix.values, want->prefix.values), 1e-4);
+  }
+
+  // The new blocks' zero outputs are trained away from zero.
+  for (int step = 3; step < 5; ++step)
+    ASSERT_TRUE(grown->TrainStep(*corpus_, options, step, 3e-3, 2).ok());
+  ASSERT_TRUE(grown->Export(dir + "/grown", DType::kF32, std::string(64, 'a')).ok());
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+      SafetensorsFile::Open(dir + "/grown/adapter.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  for (const char* name : {"readout.blocks.1.o.weight", "readout.blocks.1.down.weight",
+                           "aggregator.blocks.1.o.weight", "rag_aggregator.blocks.1.down.weight"}) {
+    const HostTensor* t = (*file)->Find(name);
+    ASSERT_NE(t, nullptr) << name;
+    double sum = 0;
+    for (int64_t i = 0; i < t->numel(); ++i) sum += std::abs(knowd::LoadAsF32(t->data, t->dtype, i));
+    EXPECT_GT(sum, 0) << name;
+  }
+
+  // Only blocks and MLP width grow.
+  config_.latent_dim = 48;
+  std::unique_ptr<Adapter> wider = NewAdapter(9);
+  ASSERT_NE(wider, nullptr);
+  absl::Status refused = wider->LoadExport(dir + "/small", {.grow = true});
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("latent_dim"), std::string::npos) << refused;
   std::filesystem::remove_all(dir);
 }
 
