@@ -396,7 +396,8 @@ TEST_F(AdapterTrainingTest, GrownFromAnExportItComputesTheSameAndItsNewBlocksLea
     const HostTensor* t = (*file)->Find(name);
     ASSERT_NE(t, nullptr) << name;
     double sum = 0;
-    for (int64_t i = 0; i < t->numel(); ++i) sum += std::abs(knowd::LoadAsF32(t->data, t->dtype, i));
+    for (int64_t i = 0; i < t->numel(); ++i)
+      sum += std::abs(knowd::LoadAsF32(t->data, t->dtype, i));
     EXPECT_GT(sum, 0) << name;
   }
 
