@@ -542,6 +542,20 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
     absl::StrAppend(&md, "| ", kModeNames[m], " | ", Fixed(mode["em"]), " | ", Fixed(mode["f1"]),
                     " | ", retention, " | ", update, " |\n");
   }
+  absl::StrAppend(&md, "\nEM by relation:\n\n| relation | questions |");
+  std::vector<const char*> ran;
+  for (const char* name : kModeNames) {
+    if (report["modes"][name]["status"] == "ok") ran.push_back(name);
+  }
+  for (const char* name : ran) absl::StrAppend(&md, " ", name, " |");
+  absl::StrAppend(&md, "\n|---|---|");
+  for (size_t i = 0; i < ran.size(); ++i) absl::StrAppend(&md, "---|");
+  absl::StrAppend(&md, "\n");
+  for (const auto& [relation, r] : report["by_relation"].items()) {
+    absl::StrAppend(&md, "| ", relation, " | ", r["questions"].get<int>(), " |");
+    for (const char* name : ran) absl::StrAppend(&md, " ", Fixed(r["modes"][name]["em"]), " |");
+    absl::StrAppend(&md, "\n");
+  }
   const Json& ret = report["retrieval"];
   absl::StrAppend(
       &md, "\nRetrieval recall@1 / @5 (", ret["questions"].get<int>(), " questions): BM25 ",
@@ -621,7 +635,8 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
   const int num_stages = 2 + static_cast<int>(curve_sizes_.size());
   std::vector<std::vector<AnswerScore>> scores(kNumModes, std::vector<AnswerScore>(num_stages));
   std::vector<AnswerScore> update(kNumModes), stale(kNumModes);
-  std::map<std::pair<int, int>, std::string> main_answer;  // (question, mode)
+  std::map<std::string, std::vector<AnswerScore>> by_relation;  // relation -> per mode
+  std::map<std::pair<int, int>, std::string> main_answer;       // (question, mode)
   int update_questions = 0;
   for (int q : main_questions_) update_questions += !data_.questions[q].superseded_by.empty();
   for (const Asked& a : asked_) {
@@ -629,6 +644,8 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
     const std::string& predicted = answers[a.request];
     if (a.stage == kAtEnd) {
       scores[a.mode][a.stage].Add(predicted, FinalAnswer(q));
+      auto [relation, added] = by_relation.try_emplace(q.relation, kNumModes);
+      relation->second[a.mode].Add(predicted, FinalAnswer(q));
       main_answer[{a.question, a.mode}] = predicted;
       if (!q.superseded_by.empty()) {
         update[a.mode].Add(predicted, FinalAnswer(q));
@@ -722,6 +739,20 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
                         "questions whose fact a later passage changed, asked after the whole "
                         "stream: em against the new value, stale_em against the old one"},
                        {"modes", update_modes}};
+  // Where a mode's answers go wrong: its scores on each relation's questions (the whole-stream
+  // questions, scored as report["modes"] is).
+  Json relations = Json::object();
+  for (const auto& [relation, per_mode] : by_relation) {
+    Json r_modes = Json::object();
+    int count = 0;
+    for (int m = 0; m < kNumModes; ++m) {
+      if (modes[kModeNames[m]]["status"] != "ok") continue;
+      r_modes[kModeNames[m]] = {{"em", per_mode[m].em()}, {"f1", per_mode[m].f1()}};
+      count = std::max(count, per_mode[m].count());
+    }
+    relations[relation] = {{"questions", count}, {"modes", r_modes}};
+  }
+  report["by_relation"] = relations;
   report["em_vs_stored"] = {{"questions", retention_questions_.size()},
                             {"bank_sizes", curve_sizes_},
                             {"series", curve_series}};

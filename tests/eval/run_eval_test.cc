@@ -7,9 +7,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "bench/eval.h"
 #include "gtest/gtest.h"
@@ -200,6 +202,57 @@ TEST_F(RunEvalTest, RunsMacModesThroughAModulator) {
   EXPECT_EQ(r["storage_bytes"]["modulation"]["bytes"].get<int64_t>(), 48);
   EXPECT_TRUE(r["retention"]["modes"]["mac"].contains("em_after_stream"));
   EXPECT_EQ(r["em_vs_stored"]["series"]["mac+rag"].size(), 3u);
+}
+
+// The shipped knowd-tiny bundle (which reads this world) answers every question of the split with
+// every mode; each relation's scores are those of its questions' listed answers, and the relations
+// add up to the whole.
+TEST_F(RunEvalTest, ScoresEachRelationAsItsQuestionsAnswers) {
+  EvalOptions o = Options();
+  o.bundle_dir = std::string(KNOWD_SOURCE_DIR) + "/models/knowd-tiny";
+  o.examples = -1;
+  o.max_answer_tokens = 12;
+  ASSERT_TRUE(RunEval(o).ok());
+  const Json r = ReadReport();
+  ASSERT_EQ(r["examples"].size(), static_cast<size_t>(questions_));
+  const std::vector<std::string> modes = {"closed-book", "oracle", "rag-top1", "rag-top3",
+                                          "rag-subject", "mac",    "mac+rag"};
+  std::map<std::string, std::map<std::string, std::pair<double, double>>> sums;  // em, f1
+  std::map<std::string, int> counts;
+  for (const Json& e : r["examples"]) {
+    const std::string relation = e["relation"];
+    ++counts[relation];
+    for (const std::string& m : modes) {
+      const std::string predicted = e["predicted"][m];
+      sums[relation][m].first += ExactMatch(predicted, e["gold"].get<std::string>());
+      sums[relation][m].second += TokenF1(predicted, e["gold"].get<std::string>());
+    }
+  }
+  ASSERT_EQ(r["by_relation"].size(), counts.size());
+  EXPECT_GE(counts.size(), 6u);  // a 14-person split asks about most of the nine relations
+  for (const std::string& m : modes) {
+    double weighted_em = 0;
+    for (const auto& [relation, n] : counts) {
+      const Json& got = r["by_relation"][relation];
+      ASSERT_EQ(got["questions"].get<int>(), n) << relation;
+      EXPECT_NEAR(got["modes"][m]["em"].get<double>(), sums[relation][m].first / n, 1e-12)
+          << relation << " " << m;
+      EXPECT_NEAR(got["modes"][m]["f1"].get<double>(), sums[relation][m].second / n, 1e-12)
+          << relation << " " << m;
+      weighted_em += got["modes"][m]["em"].get<double>() * n;
+    }
+    EXPECT_NEAR(weighted_em / questions_, r["modes"][m]["em"].get<double>(), 1e-12) << m;
+  }
+  // Real answers: the reader with the passage in context gets most right, closed-book next to
+  // none (the world's values are invented).
+  EXPECT_GT(r["modes"]["oracle"]["em"].get<double>(), 0.5);
+  EXPECT_LT(r["modes"]["closed-book"]["em"].get<double>(), 0.2);
+  std::ifstream md(dir_ + "/out/report.md");
+  std::stringstream table;
+  table << md.rdbuf();
+  EXPECT_NE(table.str().find("| birth_year | " + std::to_string(counts["birth_year"]) + " |"),
+            std::string::npos)
+      << table.str();
 }
 
 TEST_F(RunEvalTest, AdapterThatCannotLoadIsReportedNotFailed) {
