@@ -419,8 +419,10 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   float* x_dev = impl_->Scratch(kX, entry);
   float* memory_dev = impl_->Scratch(kMemory, k * entry);
   float* condition = impl_->Scratch(kCondition, entry);
+  // The expander makes R = rows_per_slot prefix rows of each of the T aggregated rows.
+  const int r_per_slot = spec.rows_per_slot, rows_out = t * r_per_slot;
   const int64_t width = impl_->kv_width();
-  float* expanded = impl_->Scratch(kPooled, t * width);
+  float* expanded = impl_->Scratch(kPooled, rows_out * width);
   if (x_dev == nullptr || memory_dev == nullptr || condition == nullptr || expanded == nullptr) {
     return absl::ResourceExhaustedError("adapter: out of memory for the aggregator");
   }
@@ -433,13 +435,29 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
       impl_->Blocks(head.aggregator, x_dev, t, memory_dev, k * t, {&segment, 1}, condition);
   if (!s.ok()) return s;
 
-  // Expander: A -> [slots][layers][keys, values][kv_dim], then the sink row in front.
-  b.MatMul(x_dev, d, head.expand, expanded, width, t, static_cast<int>(width), d, false);
-  b.AddBias(expanded, width, head.expand_bias, t, static_cast<int>(width));
-  std::vector<float> y(t * width);
+  // Expander: A -> [slots][R][layers][keys, values][kv_dim], then the sink row in front. With
+  // R > 1 the keys are rotated on by the rows added before the question (AdapterSpec); the
+  // sink's were rotated at load.
+  const int64_t expand_width = width * r_per_slot;
+  b.MatMul(x_dev, d, head.expand, expanded, expand_width, t, static_cast<int>(expand_width), d,
+           false);
+  b.AddBias(expanded, expand_width, head.expand_bias, t, static_cast<int>(expand_width));
+  if (const int shift = spec.prefix_key_shift(); shift != 0) {
+    auto* positions = reinterpret_cast<int32_t*>(impl_->Scratch(kPositions, rows_out));
+    if (positions == nullptr) {
+      return absl::ResourceExhaustedError("adapter: out of memory for the expander");
+    }
+    const std::vector<int32_t> later(rows_out, shift);
+    b.Upload(positions, later.data(), later.size() * sizeof(int32_t));
+    for (int l = 0; l < lm.num_layers; ++l) {
+      b.Rope(expanded + int64_t{l} * 2 * lm.kv_dim(), positions, rows_out, lm.num_kv_heads,
+             lm.head_dim, width, lm.rope_theta, lm.rope_style);
+    }
+  }
+  std::vector<float> y(rows_out * width);
   b.Download(y.data(), expanded, y.size() * sizeof(float));
   if (absl::Status st = impl_->Finish(); !st.ok()) return st;
-  const int kv_dim = lm.kv_dim(), rows = t + 1;
+  const int kv_dim = lm.kv_dim(), rows = spec.prefix_rows();
   const float key_scale = &head == &impl_->rag ? spec.rag_prefix_key_scale : 1.0f;
   PrefixKv prefix;
   prefix.rows = rows;
@@ -450,7 +468,7 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
     float* values = prefix.values.data() + int64_t{l} * rows * kv_dim;
     std::copy_n(head.sink_keys.begin() + int64_t{l} * kv_dim, kv_dim, keys);
     std::copy_n(head.sink_values.begin() + int64_t{l} * kv_dim, kv_dim, values);
-    for (int slot = 0; slot < t; ++slot) {
+    for (int slot = 0; slot < rows_out; ++slot) {
       const float* row = y.data() + slot * width + int64_t{l} * 2 * kv_dim;
       std::transform(row, row + kv_dim, keys + int64_t{slot + 1} * kv_dim,
                      [key_scale](float k) { return k * key_scale; });

@@ -37,8 +37,15 @@ namespace knowd {
 
 // Hyper-parameters read from adapter.json.
 struct AdapterSpec {
-  int slots = 0;       // T: latent rows per passage; the prefix has 1 + T rows per layer
+  int slots = 0;       // T: latent rows per passage
   int latent_dim = 0;  // d
+  // R: prefix rows the expander makes of each aggregated latent row ("rows_per_slot" in
+  // adapter.json; default 1). The prefix has 1 + T * R rows per layer, so the reader has more
+  // positions to copy a multi-token answer along than the bank stores latent rows. With R > 1
+  // every prefix key (the sink's too) is served rotated by RoPE(T * (R - 1)), as if it sat that
+  // many positions later: the question, at positions 1 + T * R.., then sees the prefix at the
+  // distances it would after a 1 + T row prefix.
+  int rows_per_slot = 1;
   int key_dim = 0;
   int heads = 0;  // attention heads of the adapter's blocks
   int mlp_ratio = 0;
@@ -61,6 +68,10 @@ struct AdapterSpec {
   // writes), so an adapter whose question encoder or heads changed (a mac+rag head added, say)
   // serves a bank its predecessor encoded without re-encoding it.
   std::string encoder_sha256;
+
+  int prefix_rows() const { return 1 + slots * rows_per_slot; }
+  // By how many positions the prefix keys are rotated (see rows_per_slot).
+  int prefix_key_shift() const { return slots * (rows_per_slot - 1); }
 };
 
 // One passage as the bank stores it.

@@ -20,6 +20,25 @@
 namespace knowd {
 namespace {
 
+// The most prefix rows an adapter may make of one latent row (AdapterSpec::rows_per_slot).
+constexpr int kMaxRowsPerSlot = 16;
+
+// Rotates `rows` x `heads` heads of x [rows][heads][head_dim], in place, by RoPE(position).
+void RotateHeads(float* x, int rows, int heads, int head_dim, int32_t position, float theta,
+                 RopeStyle style) {
+  if (position == 0) return;
+  for (int pair = 0; pair < head_dim / 2; ++pair) {
+    float c, s;
+    RopeCosSin(position, pair, head_dim, theta, &c, &s);
+    int first, second;
+    RopePairIndices(style, pair, head_dim, &first, &second);
+    for (int h = 0; h < rows * heads; ++h) {
+      float* head = x + int64_t{h} * head_dim;
+      RopeRotate(head + first, head + second, c, s);
+    }
+  }
+}
+
 // adapter.json -> AdapterSpec, checked against the base model it is loaded for.
 absl::StatusOr<AdapterSpec> ReadSpec(const std::string& path, const LlamaConfig& base,
                                      std::string_view base_sha256) {
@@ -58,6 +77,13 @@ absl::StatusOr<AdapterSpec> ReadSpec(const std::string& path, const LlamaConfig&
   spec.question_blocks = integer(j, "question_blocks", "");
   spec.aggregator_blocks = integer(j, "aggregator_blocks", "");
   spec.max_candidates = integer(j, "max_candidates", "");
+  if (auto it = j.find("rows_per_slot"); it != j.end()) {
+    if (!it->is_number_integer() || it->get<int>() < 1 || it->get<int>() > kMaxRowsPerSlot) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": \"rows_per_slot\" must be an integer in [1, ", kMaxRowsPerSlot, "]"));
+    }
+    spec.rows_per_slot = it->get<int>();
+  }
   if (auto it = j.find("rag_head"); it != j.end()) {
     if (!it->is_boolean()) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": \"rag_head\" must be true or false"));
@@ -299,10 +325,14 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
                                    &head->aggregator[i]);
       if (!st.ok()) return st;
     }
-    KNOWD_ASSIGN(head->expand, load(prefix + "expander.expand.weight", {a.kv_width(), d}));
-    KNOWD_ASSIGN(head->expand_bias, load(prefix + "expander.expand.bias", {a.kv_width()}));
+    const int64_t expand_width = a.kv_width() * s.rows_per_slot;
+    KNOWD_ASSIGN(head->expand, load(prefix + "expander.expand.weight", {expand_width, d}));
+    KNOWD_ASSIGN(head->expand_bias, load(prefix + "expander.expand.bias", {expand_width}));
     KNOWD_ASSIGN(head->sink_keys, reader.Read(prefix + "expander.sink_keys",
                                               {layers, lm.num_kv_heads, lm.head_dim}));
+    // The sink key is served rotated like the others (AdapterSpec::rows_per_slot), once here.
+    RotateHeads(head->sink_keys.data(), layers, lm.num_kv_heads, lm.head_dim, s.prefix_key_shift(),
+                lm.rope_theta, lm.rope_style);
     KNOWD_ASSIGN(head->sink_values, reader.Read(prefix + "expander.sink_values",
                                                 {layers, lm.num_kv_heads, lm.head_dim}));
     return absl::OkStatus();

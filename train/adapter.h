@@ -56,6 +56,11 @@ struct AdapterConfig {
   // d: values per latent token (what the bank stores per slot). 8 x 80 f16 values are 1/54 of the
   // KV cache of a median knowd-tiny passage (67 tokens x 4 layers x 2 x 64 x 2 bytes).
   int latent_dim = 80;
+  // R: prefix rows the expander makes of each aggregated latent row (the prefix has 1 + T * R
+  // rows per layer; the bank still stores T x d). Every prefix key is rotated by
+  // RoPE(T * (R - 1)), so the question sees the prefix at the distances of a 1 + T row one
+  // (model/adapter.h, AdapterSpec::rows_per_slot).
+  int rows_per_slot = 1;
   int key_dim = 64;   // retrieval key width
   int heads = 4;      // attention heads of the adapter's blocks (divides latent_dim)
   int mlp_ratio = 2;  // MLP width = mlp_ratio * latent_dim
@@ -154,10 +159,12 @@ struct ExportLoad {
   // of the mac head.
   bool seed_rag_head = false;
   // The export may be of a smaller adapter with the same slots, latent and key widths: fewer
-  // blocks in any network, a narrower MLP (mlp_ratio). Its tensors fill the leading part of ours,
-  // and what it lacks starts so that these networks compute exactly what the export's did: a new
-  // block's output projections (attention o, MLP down) and a wider MLP's extra down-projection
-  // columns are zero (the rest keeps its random start, so they learn).
+  // blocks in any network, a narrower MLP (mlp_ratio), fewer rows_per_slot. Its tensors fill the
+  // leading part of ours, and what it lacks starts so that these networks compute exactly what
+  // the export's did: a new block's output projections (attention o, MLP down) and a wider MLP's
+  // extra down-projection columns are zero (the rest keeps its random start, so they learn). New
+  // prefix rows start near zero: the export's rows are unchanged (the key rotation keeps their
+  // distances to the question) and the new ones take a small share of attention.
   bool grow = false;
 };
 

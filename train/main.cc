@@ -66,6 +66,8 @@ ABSL_FLAG(std::string, dtype, "",
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
 ABSL_FLAG(int, slots, 8, "adapter: latent tokens per passage = prefix rows per layer");
 ABSL_FLAG(int, latent_dim, 80, "adapter: values per latent token");
+ABSL_FLAG(int, rows_per_slot, 1,
+          "adapter: prefix rows per latent token per layer (the bank's size is unchanged)");
 ABSL_FLAG(int, readout_blocks, 2, "adapter: cross-attention blocks of the readout (amortizer)");
 ABSL_FLAG(int, question_blocks, 2, "adapter: cross-attention blocks of the question encoder");
 ABSL_FLAG(int, aggregator_blocks, 2, "adapter: cross-attention blocks of each aggregator");
@@ -91,7 +93,8 @@ ABSL_FLAG(bool, rag_head_only, false,
           "--rag_head and --init_from");
 ABSL_FLAG(std::string, init_from, "",
           "adapter: start from this adapter/ export (a missing mac+rag head copies the mac head; "
-          "more blocks or a wider MLP than it has start as the identity)");
+          "more blocks or a wider MLP than it has start as the identity, more rows_per_slot at "
+          "zero)");
 ABSL_FLAG(int, stop_after, 0,
           "adapter: stop after this step with a checkpoint (no export); --resume continues");
 
@@ -260,6 +263,7 @@ int RunAdapterCommand() {
   }
   o.config.slots = absl::GetFlag(FLAGS_slots);
   o.config.latent_dim = absl::GetFlag(FLAGS_latent_dim);
+  o.config.rows_per_slot = absl::GetFlag(FLAGS_rows_per_slot);
   o.config.readout_blocks = absl::GetFlag(FLAGS_readout_blocks);
   o.config.question_blocks = absl::GetFlag(FLAGS_question_blocks);
   o.config.aggregator_blocks = absl::GetFlag(FLAGS_aggregator_blocks);

@@ -178,5 +178,30 @@ TEST_F(ModelAdapterTest, RagPrefixKeyScaleDefaultsToOneAndIsChecked) {
   EXPECT_EQ((*scaled)->spec().rag_prefix_key_scale, 0.5f);
 }
 
+TEST_F(ModelAdapterTest, RowsPerSlotDefaultsToOneAndIsChecked) {
+  EXPECT_EQ(adapter_->spec().rows_per_slot, 1);
+  EXPECT_EQ(adapter_->spec().prefix_rows(), 1 + adapter_->spec().slots);
+  nlohmann::json j;
+  {
+    std::ifstream in(dir_ + "/adapter.json");
+    j = nlohmann::json::parse(in);
+  }
+  for (const nlohmann::json& bad : {nlohmann::json(0), nlohmann::json(17), nlohmann::json(1.5)}) {
+    j["rows_per_slot"] = bad;
+    std::ofstream(dir_ + "/adapter.json") << j.dump();
+    auto refused = Adapter::Load(dir_, model_.get());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(refused.status().message().find("rows_per_slot"), std::string::npos)
+        << refused.status();
+  }
+  // Declared, but the weights make one row per slot: the expander's shape says so.
+  j["rows_per_slot"] = 2;
+  std::ofstream(dir_ + "/adapter.json") << j.dump();
+  auto mismatched = Adapter::Load(dir_, model_.get());
+  EXPECT_FALSE(mismatched.ok());
+  EXPECT_NE(mismatched.status().message().find("expander.expand.weight"), std::string::npos)
+      << mismatched.status();
+}
+
 }  // namespace
 }  // namespace knowd

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/math.h"
 #include "model/adapter.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
@@ -315,6 +316,101 @@ TEST_F(AdapterParityTest, GreedyAnswersAfterThePrefixMatchLibtorch) {
     nonempty += !engine_answer.empty();
   }
   EXPECT_GT(nonempty, 0);
+}
+
+// rows_per_slot 3 grown from the suite's export: before training, slot t's first row is the
+// export's row t (keys rotated on by the 8 rows added before the question, the sink's too) and
+// the new rows are small; after training steps the engine makes libtorch's prefix and answers.
+TEST_F(AdapterParityTest, MoreRowsPerSlotGrowFromAnExportAndMatchLibtorch) {
+  AdapterConfig config = reference_->config();
+  config.rows_per_slot = 3;
+  auto grown_or = Adapter::Create(lm_, config, 12);
+  ASSERT_TRUE(grown_or.ok()) << grown_or.status();
+  std::unique_ptr<Adapter> grown = *std::move(grown_or);
+  ASSERT_TRUE(grown->LoadExport(dir_ + "/adapter", {.grow = true}).ok());
+
+  const std::vector<std::vector<int32_t>> passages = Passages(20, 23);
+  const std::vector<int32_t> prompt =
+      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), true);
+  const LlamaConfig& c = lm_->config();
+  const int t = config.slots, r = 3, kv_dim = c.kv_dim(), shift = t * (r - 1);
+  for (bool with_text : {false, true}) {
+    absl::StatusOr<Adapter::Trace> before = reference_->TraceForTest(passages, prompt, with_text);
+    absl::StatusOr<Adapter::Trace> after = grown->TraceForTest(passages, prompt, with_text);
+    ASSERT_TRUE(before.ok() && after.ok());
+    ASSERT_EQ(after->prefix.rows, 1 + t * r);
+    double key_diff = 0, value_diff = 0, extra = 0, scale = 0, scale_values = 0;
+    for (int l = 0; l < c.num_layers; ++l) {
+      for (int row = 0; row < after->prefix.rows; ++row) {
+        const bool first = row == 0 || (row - 1) % r == 0;
+        const int64_t at = (int64_t{l} * after->prefix.rows + row) * kv_dim;
+        if (!first) {
+          extra = std::max(extra, MaxAbs({after->prefix.values.data() + at, size_t(kv_dim)}));
+          continue;
+        }
+        const int old_row = row == 0 ? 0 : 1 + (row - 1) / r;
+        const int64_t from = (int64_t{l} * before->prefix.rows + old_row) * kv_dim;
+        std::vector<float> key(before->prefix.keys.begin() + from,
+                               before->prefix.keys.begin() + from + kv_dim);
+        for (int pair = 0; pair < c.head_dim / 2; ++pair) {
+          float cs, sn;
+          RopeCosSin(shift, pair, c.head_dim, c.rope_theta, &cs, &sn);
+          for (int h = 0; h < c.num_kv_heads; ++h) {
+            RopeRotate(&key[h * c.head_dim + pair], &key[h * c.head_dim + pair + c.head_dim / 2],
+                       cs, sn);
+          }
+        }
+        key_diff =
+            std::max(key_diff, MaxAbsDiff({after->prefix.keys.data() + at, size_t(kv_dim)}, key));
+        value_diff =
+            std::max(value_diff, MaxAbsDiff({after->prefix.values.data() + at, size_t(kv_dim)},
+                                            {before->prefix.values.data() + from, size_t(kv_dim)}));
+        scale = std::max(scale, MaxAbs(key));
+        scale_values =
+            std::max(scale_values, MaxAbs({before->prefix.values.data() + from, size_t(kv_dim)}));
+      }
+    }
+    EXPECT_GT(scale, 0.02);  // not vacuous
+    EXPECT_LE(key_diff, 1e-4 * scale) << with_text;
+    EXPECT_LE(value_diff, 1e-5) << with_text;
+    // The new rows' values are small next to the export's, and not zero (so that rows can part).
+    EXPECT_GT(extra, 0.0) << with_text;
+    EXPECT_LT(extra, 0.5 * scale_values) << with_text;
+  }
+
+  AdapterTrainOptions options;
+  options.batch = 4;
+  options.text_fraction = 0.5;
+  for (int step = 0; step < 2; ++step) {
+    ASSERT_TRUE(grown->TrainStep(*corpus_, options, step, 3e-3, 2).ok());
+  }
+  const std::string dir = dir_ + "/adapter-rows3";
+  ASSERT_TRUE(grown->Export(dir, DType::kF32, std::string(64, 'b')).ok());
+  absl::StatusOr<std::unique_ptr<knowd::Adapter>> engine_adapter =
+      knowd::Adapter::Load(dir, engine_.get());
+  ASSERT_TRUE(engine_adapter.ok()) << engine_adapter.status();
+  EXPECT_EQ((*engine_adapter)->spec().rows_per_slot, 3);
+  EXPECT_EQ((*engine_adapter)->spec().prefix_rows(), 1 + t * r);
+  std::vector<PassageCode> codes;
+  ASSERT_TRUE((*engine_adapter)->EncodePassages(passages, &codes).ok());
+  absl::StatusOr<QuestionCode> question = (*engine_adapter)->EncodeQuestion(prompt);
+  ASSERT_TRUE(question.ok()) << question.status();
+  std::vector<std::span<const float>> candidates;
+  for (const PassageCode& code : codes) candidates.push_back(code.latents);
+  const std::vector<int32_t> after_prefix =
+      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), false);
+  for (bool with_text : {false, true}) {
+    absl::StatusOr<Adapter::Trace> want = grown->TraceForTest(passages, prompt, with_text);
+    ASSERT_TRUE(want.ok()) << want.status();
+    absl::StatusOr<PrefixKv> got = (*engine_adapter)->Modulate(*question, candidates, with_text);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->rows, 1 + t * r);
+    EXPECT_LE(MaxAbsDiff(got->keys, want->prefix.keys), 1e-4) << with_text;
+    EXPECT_LE(MaxAbsDiff(got->values, want->prefix.values), 1e-4) << with_text;
+    if (!with_text) {
+      EXPECT_EQ(EngineGreedy(*got, after_prefix), TorchGreedy(want->prefix, after_prefix));
+    }
+  }
 }
 
 TEST_F(AdapterParityTest, EncodeAndModulateRefuseBadInputs) {
