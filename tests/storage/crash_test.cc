@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
@@ -137,9 +139,22 @@ TEST(CrashTest, EveryAcknowledgedWriteSurvivesKillNine) {
             round_arg.c_str(), seed_arg.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
-    // From process start: early kills land in Open() (index load or rebuild), later ones
-    // among writes and the periodic close/reopen.
-    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 600));
+    if (round % 2 == 0) {
+      // From process start: early kills land in Open() (index load or rebuild), later ones
+      // among writes and the periodic close/reopen.
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 600));
+    } else {
+      // From the child's first write, however long Open() took on a loaded machine: these kills
+      // land among writes (most of a writer's time is in a synced Put), so some catch a batch in
+      // flight.
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      for (std::error_code ec; std::chrono::steady_clock::now() < give_up;) {
+        const std::uintmax_t size = std::filesystem::file_size(acks, ec);
+        if (!ec && size > 0) break;  // (a missing file is an error, not size 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 200));
+    }
     int status = 0;
     if (waitpid(child, &status, WNOHANG) == 0) {
       kill(child, SIGKILL);
