@@ -53,6 +53,22 @@ class ModelAdapterTest : public ::testing::Test {
     return ids;
   }
 
+  nlohmann::json AdapterJson() const {
+    std::ifstream in(dir_ + "/adapter.json");
+    return nlohmann::json::parse(in);
+  }
+  // adapter.json with `key` set to each of `bad` in turn: Load refuses it, naming the key.
+  void ExpectRefused(const std::string& key, std::initializer_list<nlohmann::json> bad) {
+    nlohmann::json j = AdapterJson();
+    for (const nlohmann::json& value : bad) {
+      j[key] = value;
+      std::ofstream(dir_ + "/adapter.json") << j.dump();
+      auto refused = Adapter::Load(dir_, model_.get());
+      EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << key << value;
+      EXPECT_NE(refused.status().message().find(key), std::string::npos) << refused.status();
+    }
+  }
+
   std::unique_ptr<Backend> backend_ = MakeCpuBackend(1);
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<Adapter> adapter_;
@@ -157,20 +173,9 @@ TEST_F(ModelAdapterTest, RagPrefixKeyScaleDefaultsToOneAndIsChecked) {
   EXPECT_EQ(adapter_->spec().rag_prefix_key_scale, 1.0f);
   EXPECT_FALSE(adapter_->spec().rag_head);
   EXPECT_EQ(adapter_->SetRagPrefixKeyScale(0.5f).code(), absl::StatusCode::kFailedPrecondition);
-  nlohmann::json j;
-  {
-    std::ifstream in(dir_ + "/adapter.json");
-    j = nlohmann::json::parse(in);
-  }
-  for (const nlohmann::json& bad :
-       {nlohmann::json(-1.0), nlohmann::json(0.0), nlohmann::json("x")}) {
-    j["rag_prefix_key_scale"] = bad;
-    std::ofstream(dir_ + "/adapter.json") << j.dump();
-    auto refused = Adapter::Load(dir_, model_.get());
-    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_NE(refused.status().message().find("rag_prefix_key_scale"), std::string::npos)
-        << refused.status();
-  }
+  ExpectRefused("rag_prefix_key_scale",
+                {nlohmann::json(-1.0), nlohmann::json(0.0), nlohmann::json("x")});
+  nlohmann::json j = AdapterJson();
   j["rag_prefix_key_scale"] = 0.5;
   std::ofstream(dir_ + "/adapter.json") << j.dump();
   auto scaled = Adapter::Load(dir_, model_.get());
@@ -181,19 +186,8 @@ TEST_F(ModelAdapterTest, RagPrefixKeyScaleDefaultsToOneAndIsChecked) {
 TEST_F(ModelAdapterTest, RowsPerSlotDefaultsToOneAndIsChecked) {
   EXPECT_EQ(adapter_->spec().rows_per_slot, 1);
   EXPECT_EQ(adapter_->spec().prefix_rows(), 1 + adapter_->spec().slots);
-  nlohmann::json j;
-  {
-    std::ifstream in(dir_ + "/adapter.json");
-    j = nlohmann::json::parse(in);
-  }
-  for (const nlohmann::json& bad : {nlohmann::json(0), nlohmann::json(17), nlohmann::json(1.5)}) {
-    j["rows_per_slot"] = bad;
-    std::ofstream(dir_ + "/adapter.json") << j.dump();
-    auto refused = Adapter::Load(dir_, model_.get());
-    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_NE(refused.status().message().find("rows_per_slot"), std::string::npos)
-        << refused.status();
-  }
+  ExpectRefused("rows_per_slot", {nlohmann::json(0), nlohmann::json(17), nlohmann::json(1.5)});
+  nlohmann::json j = AdapterJson();
   // Declared, but the weights make one row per slot: the expander's shape says so.
   j["rows_per_slot"] = 2;
   std::ofstream(dir_ + "/adapter.json") << j.dump();
