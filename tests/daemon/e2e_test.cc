@@ -316,7 +316,7 @@ void ExpectLabelledAnswers(v1::AskMode mode, bool WorldQuestion::*label, const c
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
-// MAC: the answer comes from the stored modulations alone (`mac_correct`: 67 of 120).
+// MAC: the answer comes from the stored modulations alone (`mac_correct`: 70 of 120).
 TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
   ExpectLabelledAnswers(v1::ASK_MODE_MAC, &WorldQuestion::mac_correct, "mac_correct");
