@@ -436,24 +436,12 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   if (!s.ok()) return s;
 
   // Expander: A -> [slots][R][layers][keys, values][kv_dim], then the sink row in front. With
-  // R > 1 the keys are rotated on by the rows added before the question (AdapterSpec); the
-  // sink's were rotated at load.
+  // R > 1 the keys come out rotated on by the rows added before the question (AdapterSpec): the
+  // rotation is folded into the expander's key rows and the sink at load.
   const int64_t expand_width = width * r_per_slot;
   b.MatMul(x_dev, d, head.expand, expanded, expand_width, t, static_cast<int>(expand_width), d,
            false);
   b.AddBias(expanded, expand_width, head.expand_bias, t, static_cast<int>(expand_width));
-  if (const int shift = spec.prefix_key_shift(); shift != 0) {
-    auto* positions = reinterpret_cast<int32_t*>(impl_->Scratch(kPositions, rows_out));
-    if (positions == nullptr) {
-      return absl::ResourceExhaustedError("adapter: out of memory for the expander");
-    }
-    const std::vector<int32_t> later(rows_out, shift);
-    b.Upload(positions, later.data(), later.size() * sizeof(int32_t));
-    for (int l = 0; l < lm.num_layers; ++l) {
-      b.Rope(expanded + int64_t{l} * 2 * lm.kv_dim(), positions, rows_out, lm.num_kv_heads,
-             lm.head_dim, width, lm.rope_theta, lm.rope_style);
-    }
-  }
   std::vector<float> y(rows_out * width);
   b.Download(y.data(), expanded, y.size() * sizeof(float));
   if (absl::Status st = impl_->Finish(); !st.ok()) return st;

@@ -325,9 +325,27 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
                                    &head->aggregator[i]);
       if (!st.ok()) return st;
     }
+    // The prefix keys' rotation (AdapterSpec::rows_per_slot) is linear and the same for every
+    // question, so it is folded into the expander's key rows here rather than applied per prefix.
     const int64_t expand_width = a.kv_width() * s.rows_per_slot;
-    KNOWD_ASSIGN(head->expand, load(prefix + "expander.expand.weight", {expand_width, d}));
-    KNOWD_ASSIGN(head->expand_bias, load(prefix + "expander.expand.bias", {expand_width}));
+    std::vector<float> weight, bias;
+    KNOWD_ASSIGN(weight, reader.Read(prefix + "expander.expand.weight", {expand_width, d}));
+    KNOWD_ASSIGN(bias, reader.Read(prefix + "expander.expand.bias", {expand_width}));
+    if (const int shift = s.prefix_key_shift(); shift != 0) {
+      std::vector<float> column(kv_dim);
+      for (int64_t row = 0; row < expand_width; row += 2 * kv_dim) {  // one layer's keys, values
+        RotateHeads(bias.data() + row, 1, lm.num_kv_heads, lm.head_dim, shift, lm.rope_theta,
+                    lm.rope_style);
+        for (int64_t c = 0; c < d; ++c) {
+          for (int64_t i = 0; i < kv_dim; ++i) column[i] = weight[(row + i) * d + c];
+          RotateHeads(column.data(), 1, lm.num_kv_heads, lm.head_dim, shift, lm.rope_theta,
+                      lm.rope_style);
+          for (int64_t i = 0; i < kv_dim; ++i) weight[(row + i) * d + c] = column[i];
+        }
+      }
+    }
+    KNOWD_ASSIGN(head->expand, upload(weight));
+    KNOWD_ASSIGN(head->expand_bias, upload(bias));
     KNOWD_ASSIGN(head->sink_keys, reader.Read(prefix + "expander.sink_keys",
                                               {layers, lm.num_kv_heads, lm.head_dim}));
     // The sink key is served rotated like the others (AdapterSpec::rows_per_slot), once here.
