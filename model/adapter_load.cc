@@ -20,9 +20,6 @@
 namespace knowd {
 namespace {
 
-// The most prefix rows an adapter may make of one latent row (AdapterSpec::rows_per_slot).
-constexpr int kMaxRowsPerSlot = 16;
-
 // Rotates `rows` x `heads` heads of x [rows][heads][head_dim], in place, by RoPE(position).
 void RotateHeads(float* x, int rows, int heads, int head_dim, int32_t position, float theta,
                  RopeStyle style) {
@@ -78,7 +75,7 @@ absl::StatusOr<AdapterSpec> ReadSpec(const std::string& path, const LlamaConfig&
   spec.aggregator_blocks = integer(j, "aggregator_blocks", "");
   spec.max_candidates = integer(j, "max_candidates", "");
   if (auto it = j.find("rows_per_slot"); it != j.end()) {
-    if (!it->is_number_integer() || it->get<int>() < 1 || it->get<int>() > kMaxRowsPerSlot) {
+    if (!it->is_number_integer() || !IsValidRowsPerSlot(it->get<int>())) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ": \"rows_per_slot\" must be an integer in [1, ", kMaxRowsPerSlot, "]"));
     }

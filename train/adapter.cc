@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/math.h"
+#include "model/adapter.h"
 #include "model/qa_prompt.h"
 #include "model/tensor_file.h"
 #include "nlohmann/json.hpp"
@@ -112,15 +113,19 @@ struct Sizes {
   int64_t prefix_rows() const { return 1 + slots * rows_per_slot; }
 };
 
-// x [..., head_dim] rotated by RoPE(position) (Hugging Face's rotate_half pairing, as the LM).
-torch::Tensor RotateHalf(const torch::Tensor& x, double position, const Sizes& s) {
+// x [N, ..., head_dim] rotated by RoPE(positions[i]) along its first dimension (positions: [N]
+// doubles, or one for all), in Hugging Face's rotate_half pairing, as the LM.
+torch::Tensor RotateHalf(const torch::Tensor& x, const torch::Tensor& positions, const Sizes& s) {
   const auto inv_freq =
       1.0 / torch::pow(torch::tensor(s.rope_theta),
                        torch::arange(0, s.head_dim, 2, torch::kFloat64) / s.head_dim);
-  const auto angle = torch::cat({inv_freq, inv_freq}) * position;
-  const auto cos = angle.cos().to(torch::kFloat32), sin = angle.sin().to(torch::kFloat32);
+  const auto freqs = torch::outer(positions.reshape({-1}), inv_freq);
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[0] = freqs.size(0);
+  shape.back() = s.head_dim;
+  const auto emb = torch::cat({freqs, freqs}, -1).to(torch::kFloat32).view(shape);
   const int64_t half = s.head_dim / 2;
-  return x * cos + torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1) * sin;
+  return x * emb.cos() + torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1) * emb.sin();
 }
 
 // The amortizer: passage states -> latents Z [B, T, d] and keys [B, key_dim].
@@ -146,23 +151,14 @@ struct ReadoutImpl : torch::nn::Module {
     std::vector<torch::Tensor> parts;
     const auto masked = valid.logical_not().unsqueeze(1).unsqueeze(1);  // [B, 1, 1, N]
     const auto n = valid.sum(1).to(torch::kFloat64) + 1;                // BOS is not valid
-    const auto inv_freq =
-        1.0 / torch::pow(torch::tensor(s.rope_theta),
-                         torch::arange(0, s.head_dim, 2, torch::kFloat64) / s.head_dim);
-    const auto freqs = torch::outer(double(s.slots) - n, inv_freq);
-    const auto emb =
-        torch::cat({freqs, freqs}, -1).to(torch::kFloat32).view({-1, 1, 1, s.head_dim});
-    const auto cos = emb.cos(), sin = emb.sin();
     for (int64_t l = 0; l < s.layers; ++l) {
       auto k = st.keys[l].transpose(1, 2);    // [B, kvh, N, hd]
       auto v = st.values[l].transpose(1, 2);  // [B, kvh, N, hd]
       auto scores = torch::matmul(pool_queries[l].unsqueeze(0), k.transpose(-2, -1)) /
                     std::sqrt(double(s.head_dim));  // [B, kvh, T, N]
       auto a = torch::softmax(scores.masked_fill(masked, -1e9), -1);
-      auto pk = torch::matmul(a, k);  // [B, kvh, T, hd]
-      const int64_t half = s.head_dim / 2;
-      pk = pk * cos + torch::cat({-pk.slice(-1, half), pk.slice(-1, 0, half)}, -1) * sin;
-      pk = pk.transpose(1, 2);  // [B, T, kvh, hd]
+      auto pk = RotateHalf(torch::matmul(a, k), double(s.slots) - n, s);  // [B, kvh, T, hd]
+      pk = pk.transpose(1, 2);                                            // [B, T, kvh, hd]
       auto pv = torch::matmul(a, v).transpose(1, 2);
       parts.push_back(pk.flatten(2));
       parts.push_back(pv.flatten(2));
@@ -261,7 +257,7 @@ struct ExpanderImpl : torch::nn::Module {
     };
     auto keys = torch::cat({sink(sink_keys), y.select(2, 0)}, 2);
     const int64_t shift = s.slots * (s.rows_per_slot - 1);
-    if (shift != 0) keys = RotateHalf(keys, double(shift), s);
+    if (shift != 0) keys = RotateHalf(keys, torch::tensor(double(shift), torch::kFloat64), s);
     return {keys, torch::cat({sink(sink_values), y.select(2, 1)}, 2)};
   }
   Sizes s;
@@ -491,13 +487,14 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Create(LanguageModel* base,
                                                          uint64_t seed) {
   if (base == nullptr) return absl::InvalidArgumentError("adapter: no base model");
   const AdapterConfig& c = config;
-  if (c.slots < 1 || c.latent_dim < 1 || c.key_dim < 1 || c.heads < 1 || c.rows_per_slot < 1 ||
-      c.rows_per_slot > 16 || c.latent_dim % c.heads != 0 || c.mlp_ratio < 1 ||
+  if (c.slots < 1 || c.latent_dim < 1 || c.key_dim < 1 || c.heads < 1 ||
+      !IsValidRowsPerSlot(c.rows_per_slot) || c.latent_dim % c.heads != 0 || c.mlp_ratio < 1 ||
       c.max_candidates < 1 || c.readout_blocks < 0 || c.question_blocks < 0 ||
       c.aggregator_blocks < 0) {
-    return absl::InvalidArgumentError(
+    return absl::InvalidArgumentError(absl::StrCat(
         "adapter: slots, latent_dim, key_dim, heads, mlp_ratio, max_candidates must be >= 1, "
-        "rows_per_slot in [1, 16], and heads must divide latent_dim");
+        "rows_per_slot in [1, ",
+        kMaxRowsPerSlot, "], and heads must divide latent_dim"));
   }
   try {
     torch::manual_seed(seed);

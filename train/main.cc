@@ -64,7 +64,8 @@ ABSL_FLAG(std::string, dtype, "",
 // Adapter meta-training. --steps, --batch, --lr, --warmup, --log_every, --checkpoint_every,
 // --eval_questions, --seed, --threads and --resume apply too.
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
-ABSL_FLAG(int, slots, 8, "adapter: latent tokens per passage = prefix rows per layer");
+ABSL_FLAG(int, slots, 8,
+          "adapter: latent tokens per passage (prefix rows per layer: 1 + slots x rows_per_slot)");
 ABSL_FLAG(int, latent_dim, 80, "adapter: values per latent token");
 ABSL_FLAG(int, rows_per_slot, 1,
           "adapter: prefix rows per latent token per layer (the bank's size is unchanged)");
@@ -93,7 +94,7 @@ ABSL_FLAG(bool, rag_head_only, false,
           "--rag_head and --init_from");
 ABSL_FLAG(std::string, init_from, "",
           "adapter: start from this adapter/ export (a missing mac+rag head copies the mac head; "
-          "more blocks or a wider MLP than it has start as the identity, more rows_per_slot at "
+          "more blocks or a wider MLP than it has start as the identity, more rows_per_slot near "
           "zero)");
 ABSL_FLAG(int, stop_after, 0,
           "adapter: stop after this step with a checkpoint (no export); --resume continues");
