@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/backend.h"
 #include "kernels/peak.h"
+#include "model/adapter.h"
 #include "model/transformer.h"
 
 namespace knowd {
@@ -30,6 +31,34 @@ double ForwardFlops(const LlamaConfig& c, int64_t n, int64_t past) {
   attention = static_cast<double>(n) * past + static_cast<double>(n) * (n + 1) / 2.0;
   const double per_layer = 2.0 * matmul_params * n + 4.0 * c.q_dim() * attention;
   return per_layer * c.num_layers + 2.0 * d * c.vocab_size;  // logits for the last token only
+}
+
+// A mac question's own work on the adapter, beside the same model without a prefix.
+struct MacFigures {
+  int prefix_rows = 0;
+  int passage_tokens = 68;        // the world's median passage, BOS included
+  int question_tokens = 16;       // "Q: <question>\nA:" with BOS
+  double passages_per_s = 0;      // EncodePassages, 8 per call
+  double encode_gflops = 0;       // of those, the trunk's share of FLOPs per second
+  double question_ms = 0;         // EncodeQuestion + Modulate (top-k candidates)
+  double prefill_plain_tps = 0;   // the question's prompt, no prefix
+  double prefill_prefix_tps = 0;  // the same after the prefix
+  double decode1_prefix_tps = 0;  // decode after prefix + 64 tokens, batch 1 and 8
+  double decode8_prefix_tps = 0;
+};
+
+// Best wall time of `repeats` runs of `iterations` calls of f, per call.
+template <typename F>
+absl::StatusOr<double> BestSecondsPerCall(int repeats, int iterations, F&& f) {
+  double best = 1e30;
+  for (int r = 0; r < std::max(1, repeats); ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iterations; ++i) {
+      if (absl::Status s = f(); !s.ok()) return s;
+    }
+    best = std::min(best, Seconds(t0) / iterations);
+  }
+  return best;
 }
 
 }  // namespace
@@ -56,6 +85,13 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
   if (o.prompt_tokens + o.decode_tokens + 1 > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("prompt + decode tokens exceed the model's ",
                                                    c.max_position_embeddings, " positions"));
+  }
+
+  std::unique_ptr<Adapter> adapter;  // the mac question section's, loaded before measuring
+  if (!o.adapter.empty()) {
+    absl::StatusOr<std::unique_ptr<Adapter>> a = Adapter::Load(o.adapter, &model);
+    if (!a.ok()) return a.status();
+    adapter = *std::move(a);
   }
 
   std::fprintf(stderr, "measuring machine bounds (sgemm peak, memory bandwidth)...\n");
@@ -99,14 +135,21 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
   const double prefill_tps = o.prompt_tokens / prefill_s;
   const double prefill_gflops = ForwardFlops(c, o.prompt_tokens, 0) / prefill_s / 1e9;
 
-  // Decode at batch B: B sequences with a short prompt each, then decode_tokens steps together.
-  auto decode = [&](int batch_size) -> absl::StatusOr<double> {
+  // Decode at batch B: B sequences with a short prompt each (after `prefix`'s rows when given),
+  // then decode_tokens steps together.
+  auto decode = [&](int batch_size, const PrefixKv* prefix) -> absl::StatusOr<double> {
     std::vector<std::unique_ptr<KvCache>> caches;
     std::vector<std::vector<int32_t>> next(batch_size);
     std::vector<SequenceStep> steps;
     for (int b = 0; b < batch_size; ++b) {
-      absl::StatusOr<std::unique_ptr<KvCache>> kv = model.NewCache(o.decode_tokens + 65);
+      const int prefix_rows = prefix != nullptr ? prefix->rows : 0;
+      absl::StatusOr<std::unique_ptr<KvCache>> kv =
+          model.NewCache(prefix_rows + o.decode_tokens + 65);
       if (!kv.ok()) return kv.status();
+      if (prefix != nullptr) {
+        absl::Status s = (*kv)->SetPrefix(prefix->keys, prefix->values, prefix->rows);
+        if (!s.ok()) return s;
+      }
       caches.push_back(std::move(*kv));
       next[b] = random_tokens(64);
       steps.push_back({caches.back().get(), next[b], false});
@@ -129,10 +172,75 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
     }
     return batch_size * o.decode_tokens / best;  // tokens/s over all sequences
   };
-  absl::StatusOr<double> decode1 = decode(1);
+  absl::StatusOr<double> decode1 = decode(1, nullptr);
   if (!decode1.ok()) return decode1.status();
-  absl::StatusOr<double> decode8 = decode(8);
+  absl::StatusOr<double> decode8 = decode(8, nullptr);
   if (!decode8.ok()) return decode8.status();
+
+  // The mac question: real codes of random passages, aggregated for a random question.
+  MacFigures mac;
+  if (adapter != nullptr) {
+    std::fprintf(stderr, "measuring the mac question path (%s)...\n", o.adapter.c_str());
+    const AdapterSpec& spec = adapter->spec();
+    const int top_k = std::clamp(o.mac_top_k, 1, spec.max_candidates);
+    auto with_bos = [&](int n) {
+      std::vector<int32_t> t = random_tokens(n);
+      t[0] = c.bos_token_id;
+      return t;
+    };
+    std::vector<std::vector<int32_t>> passages;
+    for (int i = 0; i < 8; ++i) passages.push_back(with_bos(mac.passage_tokens));
+    std::vector<PassageCode> codes;
+    absl::StatusOr<double> encode_s =
+        BestSecondsPerCall(o.repeats, 4, [&] { return adapter->EncodePassages(passages, &codes); });
+    if (!encode_s.ok()) return encode_s.status();
+    mac.passages_per_s = passages.size() / *encode_s;
+    mac.encode_gflops = passages.size() * ForwardFlops(c, mac.passage_tokens, 0) / *encode_s / 1e9;
+
+    const std::vector<int32_t> question = with_bos(mac.question_tokens);
+    std::vector<std::span<const float>> candidates;
+    for (int i = 0; i < top_k; ++i) candidates.emplace_back(codes[i % codes.size()].latents);
+    absl::StatusOr<PrefixKv> prefix = absl::InternalError("no question measured");
+    absl::StatusOr<double> question_s = BestSecondsPerCall(o.repeats, 20, [&] {
+      absl::StatusOr<QuestionCode> code = adapter->EncodeQuestion(question);
+      if (!code.ok()) return code.status();
+      prefix = adapter->Modulate(*code, candidates);
+      return prefix.status();
+    });
+    if (!question_s.ok()) return question_s.status();
+    mac.question_ms = *question_s * 1e3;
+    mac.prefix_rows = prefix->rows;
+
+    // The question's prompt (without BOS: the prefix's row 0 is the sink), with and without it.
+    const std::span<const int32_t> prompt_tokens(question.data() + 1, question.size() - 1);
+    absl::StatusOr<std::unique_ptr<KvCache>> qcache = model.NewCache(prefix->rows + 64);
+    if (!qcache.ok()) return qcache.status();
+    auto prefill_question = [&](const PrefixKv* p) {
+      return BestSecondsPerCall(o.repeats, 50, [&]() -> absl::Status {
+        (*qcache)->Clear();
+        if (p != nullptr) {
+          if (absl::Status s = (*qcache)->SetPrefix(p->keys, p->values, p->rows); !s.ok()) {
+            return s;
+          }
+        }
+        SequenceStep step{qcache->get(), prompt_tokens, false};
+        return model.Forward(std::span(&step, 1), &logits);
+      });
+    };
+    absl::StatusOr<double> plain_s = prefill_question(nullptr);
+    if (!plain_s.ok()) return plain_s.status();
+    absl::StatusOr<double> prefixed_s = prefill_question(&*prefix);
+    if (!prefixed_s.ok()) return prefixed_s.status();
+    mac.prefill_plain_tps = prompt_tokens.size() / *plain_s;
+    mac.prefill_prefix_tps = prompt_tokens.size() / *prefixed_s;
+
+    absl::StatusOr<double> d1 = decode(1, &*prefix);
+    if (!d1.ok()) return d1.status();
+    absl::StatusOr<double> d8 = decode(8, &*prefix);
+    if (!d8.ok()) return d8.status();
+    mac.decode1_prefix_tps = *d1;
+    mac.decode8_prefix_tps = *d8;
+  }
 
   // Decode bound (roofline): a step reads every weight once whatever the batch size, and does
   // 2 FLOPs per weight per sequence; it can go no faster than the slower of the two.
@@ -154,10 +262,24 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
         "\"sgemm_peak_gflops\":%.2f,"
         "\"memory_bandwidth_gbs\":%.2f,\"prefill_tokens_per_s\":%.1f,\"prefill_gflops\":%.2f,"
         "\"decode_b1_tokens_per_s\":%.1f,\"decode_b1_bound_tokens_per_s\":%.1f,"
-        "\"decode_b8_tokens_per_s\":%.1f,\"decode_b8_bound_tokens_per_s\":%.1f}\n",
+        "\"decode_b8_tokens_per_s\":%.1f,\"decode_b8_bound_tokens_per_s\":%.1f",
         o.model.c_str(), backend->name().c_str(), static_cast<long long>(c.ParameterCount()),
         threads, peak_gflops, bandwidth_gbs, prefill_tps, prefill_gflops, *decode1, bound1,
         *decode8, bound8);
+    if (adapter != nullptr) {
+      std::printf(
+          ",\"mac\":{\"adapter\":\"%s\",\"prefix_rows\":%d,\"top_k\":%zu,"
+          "\"passages_per_s\":%.1f,\"passage_encode_gflops\":%.2f,\"question_ms\":%.3f,"
+          "\"question_prefill_tokens_per_s\":%.1f,"
+          "\"question_prefill_after_prefix_tokens_per_s\":%.1f,"
+          "\"decode_b1_after_prefix_tokens_per_s\":%.1f,"
+          "\"decode_b8_after_prefix_tokens_per_s\":%.1f}",
+          o.adapter.c_str(), mac.prefix_rows,
+          static_cast<size_t>(std::clamp(o.mac_top_k, 1, adapter->spec().max_candidates)),
+          mac.passages_per_s, mac.encode_gflops, mac.question_ms, mac.prefill_plain_tps,
+          mac.prefill_prefix_tps, mac.decode1_prefix_tps, mac.decode8_prefix_tps);
+    }
+    std::printf("}\n");
     return absl::OkStatus();
   }
   std::printf("knowd bench engine — %s\n", o.model.c_str());
@@ -179,6 +301,28 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
       "%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (roofline of bandwidth and sgemm peak, %.1f "
       "GFLOP/s)\n",
       "decode, batch 8", *decode8, bound8, 100.0 * *decode8 / bound8, decode8_gflops);
+  if (adapter == nullptr) return absl::OkStatus();
+
+  const int top_k = std::clamp(o.mac_top_k, 1, adapter->spec().max_candidates);
+  std::printf("\nmac question — %s: top-%d, %d prefix rows per layer\n", o.adapter.c_str(), top_k,
+              mac.prefix_rows);
+  std::printf(
+      "%-28s %10.1f pass/s %8.1f GFLOP/s %8.1f%%   (%d-token passages, 8 per call; trunk "
+      "FLOPs of sgemm peak)\n",
+      "encode passages", mac.passages_per_s, mac.encode_gflops,
+      100.0 * mac.encode_gflops / peak_gflops, mac.passage_tokens);
+  std::printf("%-28s %10.3f ms      (question encoder + aggregator + expander)\n",
+              "encode question, modulate", mac.question_ms);
+  std::printf("%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (after the prefix / without it)\n",
+              absl::StrFormat("prefill (%d-token question)", mac.question_tokens - 1).c_str(),
+              mac.prefill_prefix_tps, mac.prefill_plain_tps,
+              100.0 * mac.prefill_prefix_tps / mac.prefill_plain_tps);
+  std::printf("%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (of the roofline bound above)\n",
+              "decode after prefix, b 1", mac.decode1_prefix_tps, bound1,
+              100.0 * mac.decode1_prefix_tps / bound1);
+  std::printf("%-28s %10.1f tok/s %10.1f tok/s %8.1f%%   (without the prefix: %.1f tok/s)\n",
+              "decode after prefix, b 8", mac.decode8_prefix_tps, bound8,
+              100.0 * mac.decode8_prefix_tps / bound8, *decode8);
   return absl::OkStatus();
 }
 

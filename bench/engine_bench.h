@@ -1,6 +1,8 @@
 // `knowd bench engine`: prefill and decode throughput of the transformer, each next to the bound
 // that the same run measures on this machine (sgemm peak for prefill, memory bandwidth for
-// decode), so a figure reads as a fraction of what the hardware allows.
+// decode), so a figure reads as a fraction of what the hardware allows. With an adapter it also
+// measures a mac question's own work: encoding passages and the question, aggregating the top-k
+// into a prefix, and prefill and decode after that prefix next to the same without one.
 #pragma once
 
 #include <string>
@@ -17,6 +19,8 @@ struct EngineBenchOptions {
   int prompt_tokens = 256;      // prefill length
   int decode_tokens = 64;       // decode steps per measurement
   int repeats = 3;              // best of
+  std::string adapter;          // adapter/ directory for the mac question section; empty: none
+  int mac_top_k = 3;            // passages aggregated per question (mac section)
   bool json = false;            // one JSON object instead of the table
 };
 

@@ -42,7 +42,7 @@ ABSL_FLAG(std::string, report, "", "JSON report path; .md and .png are written b
 ABSL_FLAG(int, batch, 16, "Sequences per forward pass (eval)");
 ABSL_FLAG(int, examples, 10,
           "Questions whose predictions in every mode the report lists; -1 is all (eval)");
-ABSL_FLAG(int, mac_top_k, 3, "Passages the adapter aggregates per question (eval)");
+ABSL_FLAG(int, mac_top_k, 3, "Passages the adapter aggregates per question (eval, bench engine)");
 ABSL_FLAG(std::string, mac_retrieval, "lexical",
           "Where mac's passages come from: lexical (BM25), dense (keys) or hybrid (eval)");
 ABSL_FLAG(std::string, mac_rag_text, "subject",
@@ -63,7 +63,7 @@ constexpr const char* kUsage =
     "                 [--temperature T] [--seed S]\n"
     "  knowd tokenize (--model PATH | --tokenizer PATH) --text TEXT [--no-bos]\n"
     "  knowd bench engine --model PATH [--backend cpu|cuda] [--threads N] [--prompt-tokens N]\n"
-    "                     [--decode-tokens N]\n"
+    "                     [--decode-tokens N] [--adapter DIR [--mac-top-k 3]]\n"
     "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n"
     "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format int8]\n"
     "                      [--lexical] [--out FILE.json]\n"

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/process_util.h"
 
 namespace {
@@ -74,6 +75,38 @@ TEST(KnowdCli, CorruptModelIsRefusedWithTheReason) {
   CommandResult missing = RunKnowd("generate --model /nonexistent/model.gguf --prompt hi", true);
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.out.find("/nonexistent/model.gguf"), std::string::npos) << missing.out;
+}
+
+// The mac question section of `knowd bench engine` runs the shipped adapter end to end: its
+// prefix has the adapter's rows (1 + 8 slots x 4 rows per slot), and every stage reports a rate.
+TEST(KnowdCli, BenchEngineMeasuresTheMacQuestionOfTheShippedAdapter) {
+  const std::string bundle = kModels + "/knowd-tiny";
+  CommandResult r = RunKnowd("bench engine --model " + bundle + " --adapter " + bundle +
+                             "/adapter --mac-top-k 2 --threads 1 --prompt-tokens 32 "
+                             "--decode-tokens 4 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const nlohmann::json report = nlohmann::json::parse(r.out);
+  EXPECT_EQ(report["parameters"], 1771200);
+  const nlohmann::json& mac = report.at("mac");
+  EXPECT_EQ(mac["prefix_rows"], 33);
+  EXPECT_EQ(mac["top_k"], 2);
+  for (const char* figure :
+       {"passages_per_s", "passage_encode_gflops", "question_ms", "question_prefill_tokens_per_s",
+        "question_prefill_after_prefix_tokens_per_s", "decode_b1_after_prefix_tokens_per_s",
+        "decode_b8_after_prefix_tokens_per_s"}) {
+    EXPECT_GT(mac[figure].get<double>(), 0) << figure;
+  }
+  // Without --adapter there is no mac section; a missing adapter is refused before measuring.
+  CommandResult plain = RunKnowd("bench engine --model " + bundle +
+                                 " --threads 1 --prompt-tokens 32 --decode-tokens 4 --json");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out;
+  EXPECT_FALSE(nlohmann::json::parse(plain.out).contains("mac"));
+  CommandResult missing = RunKnowd(
+      "bench engine --model " + bundle + " --adapter /nonexistent/adapter --threads 1", true);
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.out.find("/nonexistent/adapter/adapter.json"), std::string::npos)
+      << missing.out;
+  EXPECT_EQ(missing.out.find("measuring"), std::string::npos) << missing.out;
 }
 
 TEST(KnowdCli, UsageErrorsExitWithTwo) {
