@@ -36,6 +36,7 @@ double ForwardFlops(const LlamaConfig& c, int64_t n, int64_t past) {
 // A mac question's own work on the adapter, beside the same model without a prefix.
 struct MacFigures {
   int prefix_rows = 0;
+  int top_k = 0;                  // candidates aggregated per question
   int passage_tokens = 68;        // the world's median passage, BOS included
   int question_tokens = 16;       // "Q: <question>\nA:" with BOS
   double passages_per_s = 0;      // EncodePassages, 8 per call
@@ -92,6 +93,10 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
     absl::StatusOr<std::unique_ptr<Adapter>> a = Adapter::Load(o.adapter, &model);
     if (!a.ok()) return a.status();
     adapter = *std::move(a);
+    if (o.mac_top_k < 1 || o.mac_top_k > adapter->spec().max_candidates) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--mac-top-k must be in [1, ", adapter->spec().max_candidates, "] for ", o.adapter));
+    }
   }
 
   std::fprintf(stderr, "measuring machine bounds (sgemm peak, memory bandwidth)...\n");
@@ -181,8 +186,7 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
   MacFigures mac;
   if (adapter != nullptr) {
     std::fprintf(stderr, "measuring the mac question path (%s)...\n", o.adapter.c_str());
-    const AdapterSpec& spec = adapter->spec();
-    const int top_k = std::clamp(o.mac_top_k, 1, spec.max_candidates);
+    mac.top_k = o.mac_top_k;
     auto with_bos = [&](int n) {
       std::vector<int32_t> t = random_tokens(n);
       t[0] = c.bos_token_id;
@@ -199,7 +203,7 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
 
     const std::vector<int32_t> question = with_bos(mac.question_tokens);
     std::vector<std::span<const float>> candidates;
-    for (int i = 0; i < top_k; ++i) candidates.emplace_back(codes[i % codes.size()].latents);
+    for (int i = 0; i < mac.top_k; ++i) candidates.emplace_back(codes[i % codes.size()].latents);
     absl::StatusOr<PrefixKv> prefix = absl::InternalError("no question measured");
     absl::StatusOr<double> question_s = BestSecondsPerCall(o.repeats, 20, [&] {
       absl::StatusOr<QuestionCode> code = adapter->EncodeQuestion(question);
@@ -268,16 +272,15 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
         *decode8, bound8);
     if (adapter != nullptr) {
       std::printf(
-          ",\"mac\":{\"adapter\":\"%s\",\"prefix_rows\":%d,\"top_k\":%zu,"
+          ",\"mac\":{\"adapter\":\"%s\",\"prefix_rows\":%d,\"top_k\":%d,"
           "\"passages_per_s\":%.1f,\"passage_encode_gflops\":%.2f,\"question_ms\":%.3f,"
           "\"question_prefill_tokens_per_s\":%.1f,"
           "\"question_prefill_after_prefix_tokens_per_s\":%.1f,"
           "\"decode_b1_after_prefix_tokens_per_s\":%.1f,"
           "\"decode_b8_after_prefix_tokens_per_s\":%.1f}",
-          o.adapter.c_str(), mac.prefix_rows,
-          static_cast<size_t>(std::clamp(o.mac_top_k, 1, adapter->spec().max_candidates)),
-          mac.passages_per_s, mac.encode_gflops, mac.question_ms, mac.prefill_plain_tps,
-          mac.prefill_prefix_tps, mac.decode1_prefix_tps, mac.decode8_prefix_tps);
+          o.adapter.c_str(), mac.prefix_rows, mac.top_k, mac.passages_per_s, mac.encode_gflops,
+          mac.question_ms, mac.prefill_plain_tps, mac.prefill_prefix_tps, mac.decode1_prefix_tps,
+          mac.decode8_prefix_tps);
     }
     std::printf("}\n");
     return absl::OkStatus();
@@ -303,9 +306,8 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
       "decode, batch 8", *decode8, bound8, 100.0 * *decode8 / bound8, decode8_gflops);
   if (adapter == nullptr) return absl::OkStatus();
 
-  const int top_k = std::clamp(o.mac_top_k, 1, adapter->spec().max_candidates);
-  std::printf("\nmac question — %s: top-%d, %d prefix rows per layer\n", o.adapter.c_str(), top_k,
-              mac.prefix_rows);
+  std::printf("\nmac question — %s: top-%d, %d prefix rows per layer\n", o.adapter.c_str(),
+              mac.top_k, mac.prefix_rows);
   std::printf(
       "%-28s %10.1f pass/s %8.1f GFLOP/s %8.1f%%   (%d-token passages, 8 per call; trunk "
       "FLOPs of sgemm peak)\n",

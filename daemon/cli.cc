@@ -187,9 +187,6 @@ int RunBench(const std::vector<std::string>& args) {
     o.json = absl::GetFlag(FLAGS_json);
     o.adapter = absl::GetFlag(FLAGS_adapter);
     o.mac_top_k = absl::GetFlag(FLAGS_mac_top_k);
-    if (o.mac_top_k < 1) {
-      return Fail("bench engine", absl::InvalidArgumentError("--mac-top-k must be >= 1"));
-    }
     absl::Status s = RunEngineBench(o);
     return s.ok() ? 0 : Fail("bench engine", s);
   }

@@ -107,6 +107,11 @@ TEST(KnowdCli, BenchEngineMeasuresTheMacQuestionOfTheShippedAdapter) {
   EXPECT_NE(missing.out.find("/nonexistent/adapter/adapter.json"), std::string::npos)
       << missing.out;
   EXPECT_EQ(missing.out.find("measuring"), std::string::npos) << missing.out;
+  CommandResult too_many = RunKnowd("bench engine --model " + bundle + " --adapter " + bundle +
+                                        "/adapter --mac-top-k 17 --threads 1",
+                                    true);
+  EXPECT_EQ(too_many.exit_code, 1);
+  EXPECT_NE(too_many.out.find("--mac-top-k must be in [1, 16]"), std::string::npos) << too_many.out;
 }
 
 TEST(KnowdCli, UsageErrorsExitWithTwo) {
