@@ -32,7 +32,7 @@ demo: build
 bench: build
 	@scripts/bench $(BUILD_DIR)
 
-# Rebuilds models/knowd-tiny from nothing with knowd-train (fixed seeds; about 8.1 h on one or two
+# Rebuilds models/knowd-tiny from nothing with knowd-train (fixed seeds; about 9 h on one or two
 # cores, stage by stage in scripts/make-model). Work files go to $(BUILD_DIR)/model-work.
 model: build
 	@scripts/make-model $(BUILD_DIR)

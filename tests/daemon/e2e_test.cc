@@ -316,14 +316,14 @@ void ExpectLabelledAnswers(v1::AskMode mode, bool WorldQuestion::*label, const c
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
-// MAC: the answer comes from the stored modulations alone (`mac_correct`: 73 of 120).
+// MAC: the answer comes from the stored modulations alone (`mac_correct`: 77 of 120).
 TEST(DaemonEndToEnd, MacModeAnswersFromStoredModulations) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac is unavailable";
   ExpectLabelledAnswers(v1::ASK_MODE_MAC, &WorldQuestion::mac_correct, "mac_correct");
 }
 
 // mac+rag: the best passage's text (and those on its subject) after the adapter's mac+rag prefix
-// (`mac_rag_correct`: 103 of 120).
+// (`mac_rag_correct`: 105 of 120).
 TEST(DaemonEndToEnd, MacRagModeReadsTextAfterTheModulation) {
   if (!HasAdapter()) GTEST_SKIP() << "the bundle has no adapter: mode mac+rag is unavailable";
   ExpectLabelledAnswers(v1::ASK_MODE_MAC_RAG, &WorldQuestion::mac_rag_correct, "mac_rag_correct");
