@@ -86,13 +86,13 @@ struct QuestionCode {
   std::vector<float> key;      // key_dim, unit norm
 };
 
-// Prefix keys/values for KvCache::SetPrefix: [layers][rows][kv_dim] each.
 // The bounds of AdapterSpec::rag_prefix_key_scale: (0, 4].
 inline bool IsValidRagPrefixKeyScale(double scale) { return scale > 0 && scale <= 4; }
 // The bounds of AdapterSpec::rows_per_slot: [1, kMaxRowsPerSlot].
 inline constexpr int kMaxRowsPerSlot = 16;
 inline bool IsValidRowsPerSlot(int rows) { return rows >= 1 && rows <= kMaxRowsPerSlot; }
 
+// Prefix keys/values for KvCache::SetPrefix: [layers][rows][kv_dim] each.
 struct PrefixKv {
   std::vector<float> keys;
   std::vector<float> values;
