@@ -37,6 +37,12 @@ bench: build
 model: build
 	@scripts/make-model $(BUILD_DIR)
 
+# libFuzzer targets (tests/fuzz/README.md): a clang-14 build in build-fuzz, then each target runs
+# 30 s over its corpus in tests/fuzz/corpus; fails when any target crashes.
+.PHONY: fuzz
+fuzz: deps
+	@tests/fuzz/run-fuzzers build-fuzz 30
+
 format:
 	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i
 

@@ -1,0 +1,24 @@
+// JSON configuration: each input is read both as a model's Hugging Face config.json and as the
+// config file of `knowd serve --config`.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "daemon/serve_config.h"
+#include "model/config.h"
+#include "tests/fuzz/fuzz_util.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string path =
+      knowd::fuzz::WriteScratchFile("config.json", knowd::fuzz::AsText(data, size));
+  absl::StatusOr<knowd::LlamaConfig> config = knowd::LlamaConfigFromHfJson(path);
+  knowd::fuzz::Report("LlamaConfigFromHfJson", config.status());
+  // A config that passed validation must have sizes the transformer can multiply.
+  if (config.ok()) (void)config->ParameterCount();
+  const std::vector<std::string> args = {"--config", path};
+  knowd::fuzz::Report(
+      "LoadServeConfig",
+      knowd::LoadServeConfig(args, [](const char*) -> const char* { return nullptr; }).status());
+  return 0;
+}
