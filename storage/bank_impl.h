@@ -24,6 +24,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "rocksdb/db.h"
+#include "rocksdb/file_system.h"
 #include "rocksdb/write_batch.h"
 #include "storage/latent_cache.h"
 #include "storage/lexical_index.h"
@@ -45,7 +46,8 @@ inline constexpr size_t kMaxNamespaceBytes = 255;
 inline constexpr size_t kMaxDocIdBytes = 4096;
 inline constexpr int kMaxSearchK = 4096;
 
-// Maps a rocksdb::Status to an absl::Status with `context` prepended.
+// Maps a rocksdb::Status to an absl::Status with `context` prepended. A full disk (NoSpace)
+// becomes RESOURCE_EXHAUSTED.
 absl::Status FromRocks(const rocksdb::Status& s, std::string_view context);
 
 // INVALID_ARGUMENT unless `ns` is a valid namespace name.
@@ -127,6 +129,12 @@ class BankImpl final : public MemoryBank {
 
   // ---- helpers ----
   absl::Status CheckOpenLocked() const;  // FAILED_PRECONDITION after Close()
+  // Writes `wb` with a synced WAL; `what` names the operation in errors. After a failed write
+  // RocksDB refuses every write (a background error) until DB::Resume(): the next call resumes
+  // first, so writes succeed again once the cause (a full disk) is gone. Requires write_mu_.
+  absl::Status CommitBatch(rocksdb::WriteBatch* wb, std::string_view what);
+  // The file system index files are written through (BankOptions::env's, or the default).
+  rocksdb::FileSystem& IndexFileSystem() const;
   VectorIndexConfig VectorConfig() const;
   rocksdb::WriteOptions SyncWrite() const;
   absl::StatusOr<std::optional<std::string>> GetMeta(std::string_view key);
@@ -145,6 +153,8 @@ class BankImpl final : public MemoryBank {
   std::mutex write_mu_;
   uint64_t next_pid_ = 1;       // guarded by write_mu_
   bool index_suspect_ = false;  // guarded by write_mu_: in-memory indexes may disagree; never save
+  // Guarded by write_mu_: why the last write failed (OK when it did not); Resume() first.
+  absl::Status write_error_;
 
   // absl::Mutex rather than std::shared_mutex: glibc's rwlock prefers readers, and a steady
   // stream of searches would starve the writer's short exclusive section forever.

@@ -39,6 +39,7 @@ std::string Describe(const Fingerprint& f) {
 absl::Status FromRocks(const rocksdb::Status& s, std::string_view context) {
   if (s.ok()) return absl::OkStatus();
   const std::string msg = absl::StrCat(AbslView(context), ": ", s.ToString());
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(absl::StrCat(msg, " (the disk is full)"));
   if (s.IsCorruption()) return absl::DataLossError(msg);
   if (s.IsNotFound()) return absl::NotFoundError(msg);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
@@ -97,6 +98,7 @@ absl::Status BankImpl::OpenDatabase() {
     }
   }
   rocksdb::DBOptions db_options;
+  if (options_.env != nullptr) db_options.env = options_.env.get();
   db_options.create_if_missing = options_.create_if_missing;
   db_options.create_missing_column_families = true;
   db_options.IncreaseParallelism(2);
@@ -137,6 +139,43 @@ absl::StatusOr<std::optional<std::string>> BankImpl::GetMeta(std::string_view ke
   if (s.IsNotFound()) return std::optional<std::string>();
   KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading meta '", AbslView(key), "'")));
   return std::optional<std::string>(std::move(value));
+}
+
+absl::Status BankImpl::CommitBatch(rocksdb::WriteBatch* wb, std::string_view what) {
+  auto error = [&](const rocksdb::Status& s) {
+    if (!s.IsNoSpace()) {
+      return FromRocks(s, absl::StrCat(AbslView(what), " in memory bank ", options_.data_dir));
+    }
+    return absl::ResourceExhaustedError(absl::StrCat(
+        AbslView(what), " failed: the disk holding memory bank ", options_.data_dir, " is full (",
+        s.ToString(),
+        "); nothing of this write was stored and every acknowledged write is safe; free space "
+        "on that disk and retry: writes resume without a restart"));
+  };
+  if (!write_error_.ok()) {
+    // After a failed write RocksDB refuses writes until it recovers: Resume() flushes the
+    // memtables and starts a fresh WAL, and fails while the disk is still full. Busy: RocksDB's
+    // own recovery of a full disk is under way (it retries every few seconds once the disk
+    // reports free space), and writes work again once it succeeds.
+    rocksdb::Status s = db_->Resume();
+    if (s.IsBusy()) {
+      return absl::Status(write_error_.code(),
+                          absl::StrCat(write_error_.message(), " (recovery in progress)"));
+    }
+    if (!s.ok()) return write_error_ = error(s);
+    spdlog::info("memory bank {}: writes resumed", options_.data_dir);
+    write_error_ = absl::OkStatus();
+  }
+  rocksdb::Status s = db_->Write(SyncWrite(), wb);
+  if (!s.ok()) {
+    spdlog::error("memory bank {}: {}: {}", options_.data_dir, what, s.ToString());
+    return write_error_ = error(s);
+  }
+  return absl::OkStatus();
+}
+
+rocksdb::FileSystem& BankImpl::IndexFileSystem() const {
+  return options_.env != nullptr ? *options_.env->GetFileSystem() : *rocksdb::FileSystem::Default();
 }
 
 rocksdb::WriteOptions BankImpl::SyncWrite() const {

@@ -119,7 +119,7 @@ absl::StatusOr<std::vector<DocumentAck>> BankImpl::Put(std::span<const Document>
   if (batch.empty()) return acks;
   wb.Put(cf_meta_, kMetaNextPassageId, EncodeU64(next));
   PutCounts(deltas, &wb);
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &wb), "writing documents"));
+  KNOWD_STORAGE_RETURN_IF_ERROR(CommitBatch(&wb, "writing documents"));
   next_pid_ = next;
   ApplyDeltas(&deltas);
   return acks;
@@ -151,9 +151,14 @@ absl::StatusOr<int> BankImpl::Delete(std::string_view name_space, std::span<cons
   if (removed == 0) return 0;
   std::vector<uint64_t> pids = delta.removed;
   PutCounts(deltas, &wb);
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &wb), "forgetting documents"));
+  KNOWD_STORAGE_RETURN_IF_ERROR(CommitBatch(&wb, "forgetting documents"));
   ApplyDeltas(&deltas);
-  if (purge) KNOWD_STORAGE_RETURN_IF_ERROR(PurgeFromDisk(name_space, unique, pids));
+  if (purge) {
+    absl::Status purged = PurgeFromDisk(name_space, unique, pids);
+    // A failed flush or compaction stops RocksDB's writes like a failed write does.
+    if (!purged.ok()) write_error_ = purged;
+    KNOWD_STORAGE_RETURN_IF_ERROR(purged);
+  }
   return removed;
 }
 

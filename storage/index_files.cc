@@ -19,6 +19,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "rocksdb/file_system.h"
 #include "storage/bank_impl.h"
 
 namespace knowd::storage {
@@ -38,26 +39,28 @@ absl::Status ErrnoError(std::string_view what, const std::string& path) {
   return absl::InternalError(absl::StrCat(AbslView(what), " ", path, ": ", std::strerror(errno)));
 }
 
-// Writes `bytes` to `path` and fsyncs it. Does not fsync the directory.
-absl::Status WriteFileSynced(const std::string& path, std::string_view bytes) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("cannot create", path);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      ::close(fd);
-      return ErrnoError("cannot write", path);
-    }
-    done += static_cast<size_t>(n);
+// Writes `bytes` to `path` through `fs` and fsyncs it. Does not fsync the directory. A full
+// disk gives RESOURCE_EXHAUSTED.
+absl::Status WriteFileSynced(rocksdb::FileSystem& fs, const std::string& path,
+                             std::string_view bytes) {
+  const rocksdb::IOOptions io;
+  std::unique_ptr<rocksdb::FSWritableFile> file;
+  rocksdb::IOStatus s = fs.NewWritableFile(path, rocksdb::FileOptions(), &file, nullptr);
+  if (s.ok()) s = file->Append(rocksdb::Slice(bytes.data(), bytes.size()), io, nullptr);
+  if (s.ok()) s = file->Fsync(io, nullptr);
+  if (file != nullptr) {
+    rocksdb::IOStatus closed = file->Close(io, nullptr);
+    if (s.ok()) s = closed;
   }
-  if (::fsync(fd) != 0) {
-    ::close(fd);
-    return ErrnoError("cannot fsync", path);
+  if (s.ok()) return absl::OkStatus();
+  const std::string msg = absl::StrCat("cannot write ", path, ": ", s.ToString());
+  if (s.IsNoSpace()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        msg,
+        " (the disk is full; the index files saved before are left as they were and the "
+        "next open rebuilds the index from the database if they are stale)"));
   }
-  if (::close(fd) != 0) return ErrnoError("cannot close", path);
-  return absl::OkStatus();
+  return absl::InternalError(msg);
 }
 
 absl::Status SyncDirectory(const std::string& dir) {
@@ -100,7 +103,8 @@ absl::Status BankImpl::SaveIndexFiles(const std::string& dir, uint64_t seqno) {
     auto bytes = ns.vectors->Serialize();
     if (!bytes.ok()) return bytes.status();
     const std::string file = absl::StrCat("vec-", seqno, "-", n++, ".faiss");
-    KNOWD_STORAGE_RETURN_IF_ERROR(WriteFileSynced((fs::path(dir) / file).string(), *bytes));
+    KNOWD_STORAGE_RETURN_IF_ERROR(
+        WriteFileSynced(IndexFileSystem(), (fs::path(dir) / file).string(), *bytes));
     keep.insert(file);
     // Names are arbitrary bytes; JSON wants UTF-8, so store them hex-encoded.
     manifest["namespaces"].push_back({{"name_hex", absl::BytesToHexString(name)},
@@ -110,7 +114,7 @@ absl::Status BankImpl::SaveIndexFiles(const std::string& dir, uint64_t seqno) {
                                       {"vectors", ns.vectors->size()}});
   }
   const std::string tmp = (fs::path(dir) / "MANIFEST.tmp").string();
-  KNOWD_STORAGE_RETURN_IF_ERROR(WriteFileSynced(tmp, manifest.dump(2)));
+  KNOWD_STORAGE_RETURN_IF_ERROR(WriteFileSynced(IndexFileSystem(), tmp, manifest.dump(2)));
   fs::rename(tmp, fs::path(dir) / kManifestName, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot commit index manifest: ", ec.message()));
   KNOWD_STORAGE_RETURN_IF_ERROR(SyncDirectory(dir));

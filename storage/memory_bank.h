@@ -35,6 +35,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+namespace rocksdb {
+class Env;
+}  // namespace rocksdb
+
 namespace knowd::storage {
 
 // Stable id of one passage, unique in the bank for its lifetime and never reused. Allocated by
@@ -98,6 +102,11 @@ struct BankOptions {
   // Reencode() can bring it to `fingerprint`. Until Reencode() completes, Put() and Search()
   // return FAILED_PRECONDITION; Get(), Scan(), Delete() and Stats() work.
   bool open_for_reencode = false;
+
+  // For tests and fault injection only: the environment (and through it the file system) that
+  // the database and the index files are written through, e.g. one whose writes fail as on a
+  // full disk. Null, as in production: the local file system.
+  std::shared_ptr<rocksdb::Env> env;
 };
 
 // Bytes one passage's modulation occupies as stored, without headers: its latents in `format`
@@ -232,7 +241,10 @@ class MemoryBank {
   // nothing of the batch is written. Returns one ack per document, in order.
   // Errors: INVALID_ARGUMENT (empty or oversized name_space/id, no passages, wrong latent or
   // key size, non-finite values, fp16 overflow, a document twice in the batch);
-  // FAILED_PRECONDITION while a re-encode is pending; INTERNAL on I/O failure.
+  // FAILED_PRECONDITION while a re-encode is pending; RESOURCE_EXHAUSTED when the disk holding
+  // data_dir is full (nothing of the batch is stored, the bank stays readable, and writes
+  // succeed again within seconds of space returning, without reopening it); INTERNAL on other
+  // I/O failure.
   virtual absl::StatusOr<std::vector<DocumentAck>> Put(std::span<const Document> batch) = 0;
 
   // Returns the document with its passages (text, key and id; latents when with_latents).
@@ -244,7 +256,7 @@ class MemoryBank {
   // whole list, WAL synced before return. Ids that do not exist are skipped. Returns how many
   // documents were removed. After return no API returns them. The bytes leave the disk at the
   // next RocksDB compaction of their range; pass purge=true to force that compaction now (and
-  // a WAL flush) so no file under data_dir still holds them.
+  // a WAL flush) so no file under data_dir still holds them. Errors as for Put().
   virtual absl::StatusOr<int> Delete(std::string_view name_space, std::span<const std::string> ids,
                                      bool purge = false) = 0;
 
