@@ -19,12 +19,18 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
-# The whole test suite. GPU tests (label gpu) skip themselves when no device is present.
+# The whole test suite. GPU tests (label gpu) skip themselves when no device is present. The
+# long fault-injection runs (label fault) are left to test-fault; their short variants run here.
 test: format-check build
-	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200 -LE fault
 
 test-gpu: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -L gpu
+
+# Fault injection (docs/testing.md): the 100-round kill -9 test of the memory bank.
+.PHONY: test-fault
+test-fault: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -L fault --timeout 1800
 
 demo: build
 	@scripts/demo $(BUILD_DIR)
