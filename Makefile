@@ -27,7 +27,7 @@ test: format-check build
 test-gpu: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -L gpu
 
-# Fault injection (docs/testing.md): the 100-round kill -9 test of the memory bank.
+# Fault injection (docs/testing.md): the memory bank under 100 kill -9 rounds and a full disk.
 .PHONY: test-fault
 test-fault: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -L fault --timeout 1800
