@@ -12,9 +12,11 @@
 //
 // Durability: Put() and Delete() return only after their single RocksDB WriteBatch is in the
 // synced WAL. After a crash (kill -9, power loss) every acknowledged write is present and no
-// partial batch is. The FAISS files are a cache of the "keys" column family: Open() loads them
-// only when their sequence number equals the database's and every CRC matches; otherwise (crash,
-// missing, stale or corrupt files, changed index factory) it rebuilds them from RocksDB.
+// partial batch is. A write that fails (a full disk: RESOURCE_EXHAUSTED) stores nothing and
+// leaves the bank readable; writes work again once the cause is gone, without reopening. The
+// FAISS files are a cache of the "keys" column family: Open() loads them only when their
+// sequence number equals the database's and every CRC matches; otherwise (crash, missing, stale
+// or corrupt files, changed index factory) it rebuilds them from RocksDB.
 //
 // Lexical index: BM25 over passage text with Xapian's in-memory backend, rebuilt from the
 // "passages" column family at every Open(). Chosen over an on-disk Xapian database because it
