@@ -26,15 +26,17 @@ constexpr char kUsage[] = R"(usage: knowctl [--server HOST:PORT] [--token T] [--
   get ID [--json]
   forget ID... [--json]
   stats [--json]
-  load --clients N --duration S [--ask-ratio R]
+  load --clients N --duration S [--ask-ratio R] [--forget-ratio F] [--report FILE.json]
+       [--tolerate CODE,...]       exits 1 when a call fails with a code not listed
 
 The server and token default to $KNOWCTL_SERVER (else 127.0.0.1:7070) and $KNOWCTL_TOKEN.
 )";
 
 // Flags that take a value; every other flag is a switch.
 const std::set<std::string> kValueFlags = {
-    "server", "token",      "namespace", "tls-ca",   "tls-cert",  "tls-key",         "mode",
-    "top-k",  "max-tokens", "clients",   "duration", "ask-ratio", "tls-server-name", "retrieval"};
+    "server",       "token",  "namespace",  "tls-ca",          "tls-cert", "tls-key",
+    "mode",         "top-k",  "max-tokens", "clients",         "duration", "ask-ratio",
+    "forget-ratio", "report", "tolerate",   "tls-server-name", "retrieval"};
 const std::set<std::string> kSwitches = {"json", "tls", "help"};
 
 // Flags may come before or after the command; "--" ends them. Underscores are accepted for

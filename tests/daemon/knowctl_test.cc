@@ -167,6 +167,44 @@ TEST(Knowctl, TokenAndMutualTlsFromFlagsAndEnvironment) {
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
 }
 
+TEST(Knowctl, LoadMixesForgetIntoItsCallsAndWritesAReport) {
+  TempDir dir;
+  auto started = DaemonProcess::Start(dir.path() + "/data");
+  ASSERT_TRUE(started.ok()) << started.status();
+  auto& daemon = **started;
+  ASSERT_TRUE(WaitUntilServing(Options(daemon)).ok()) << daemon.log();
+  const std::string knowctl = kKnowctlBinary + " --server " + daemon.grpc_target() + " ";
+  const std::string report_path = dir.path() + "/load.json";
+  CommandResult load = RunCommand(knowctl +
+                                      "load --clients 2 --duration 1 --ask-ratio 0 "
+                                      "--forget-ratio 0.5 --tolerate RESOURCE_EXHAUSTED --report " +
+                                      report_path,
+                                  true);
+  ASSERT_EQ(load.exit_code, 0) << load.out << daemon.log();
+  EXPECT_NE(load.out.find("forget "), std::string::npos) << load.out;
+  const nlohmann::json report = nlohmann::json::parse(ReadFileOrDie(report_path), nullptr, false);
+  ASSERT_TRUE(report.is_object()) << ReadFileOrDie(report_path);
+  EXPECT_EQ(report["clients"], 2);
+  EXPECT_EQ(report["untolerated_errors"], 0) << report.dump(2);
+  for (const char* call : {"ask", "ingest", "search", "forget"}) {
+    ASSERT_TRUE(report["calls"].contains(call)) << report.dump(2);
+    EXPECT_LE(report["calls"][call]["p50_ms"].get<double>(),
+              report["calls"][call]["p99_ms"].get<double>());
+  }
+  // Each client made at least its first call; a forget removes a document that client
+  // ingested, so what is stored is what was ingested less what was forgotten.
+  EXPECT_GE(report["all"]["ok"].get<int>(), 2) << report.dump(2);
+  EXPECT_EQ(report["calls"]["ask"]["ok"], 0);
+  const int64_t stored = report["calls"]["ingest"]["ok"].get<int64_t>() -
+                         report["calls"]["forget"]["ok"].get<int64_t>();
+  CommandResult stats = RunCommand(knowctl + "stats --json");
+  ASSERT_EQ(stats.exit_code, 0) << stats.out;
+  const nlohmann::json counts = nlohmann::json::parse(stats.out, nullptr, false);
+  ASSERT_TRUE(counts.is_object()) << stats.out;
+  EXPECT_EQ(counts["documents"], std::to_string(stored)) << stats.out << report.dump(2);
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
+}
+
 TEST(Knowctl, SaysWhenTheDaemonCannotBeReached) {
   // Port 1 on loopback: nothing listens there.
   CommandResult r = RunCommand(kKnowctlBinary + " --server 127.0.0.1:1 stats", true);
@@ -182,6 +220,8 @@ TEST(Knowctl, UsageErrorsExitTwo) {
   EXPECT_EQ(RunCommand(kKnowctlBinary + " ask 'Q' --mode sideways").exit_code, 2);
   EXPECT_EQ(RunCommand(kKnowctlBinary + " ask 'Q' --top-k many").exit_code, 2);
   EXPECT_EQ(RunCommand(kKnowctlBinary + " --bogus stats").exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " load --ask-ratio 0.6 --forget-ratio 0.5").exit_code, 2);
+  EXPECT_EQ(RunCommand(kKnowctlBinary + " load --tolerate SLOWNESS").exit_code, 2);
   EXPECT_EQ(RunCommand(kKnowctlBinary + " --help").exit_code, 0);
 }
 
