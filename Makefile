@@ -32,6 +32,56 @@ test-gpu: build
 test-fault: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -L fault --timeout 1800
 
+# Sanitizer builds (docs/testing.md): every target instrumented, in their own build directories,
+# CPU only. A report fails the test: the first one stops the process (halt_on_error, UBSan
+# unrecoverable) with exit code 86, which no knowd program uses, and tests/daemon's helper fails
+# a test whose daemon logged one. Suppressions: tests/sanitizers/*.supp, each entry explained.
+ASAN_DIR ?= build-asan
+TSAN_DIR ?= build-tsan
+SAN_SUPP := $(CURDIR)/tests/sanitizers
+SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Release -DKNOWD_CUDA=OFF -DKNOWD_WERROR=OFF $(CMAKE_FLAGS)
+ASAN_ENV = ASAN_OPTIONS=halt_on_error=1:exitcode=86:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=86:suppressions=$(SAN_SUPP)/ubsan.supp \
+	LSAN_OPTIONS=suppressions=$(SAN_SUPP)/lsan.supp:print_suppressions=0
+TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1:suppressions=$(SAN_SUPP)/tsan.supp
+# What test-sanitize-quick and test-tsan build: the unit tests of tests/serve, tests/storage and
+# tests/client; for TSan every test of those and tests/daemon, with the binaries they start.
+QUICK_TARGETS = serve_config_test auth_test document_rules_test scheduler_test metrics_test \
+	memory_bank_test bank_recovery_test latent_codec_test crash_test storage_crash_child \
+	client_test document_source_test
+TSAN_TARGETS = tests/serve/all tests/storage/all tests/client/all tests/daemon/all
+
+.PHONY: test-asan
+test-asan: deps
+	@cmake -S . -B $(ASAN_DIR) $(SAN_CMAKE) -DKNOWD_SANITIZE=address >/dev/null
+	@cmake --build $(ASAN_DIR) -j $(JOBS)
+	@cd $(ASAN_DIR) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) --timeout 3600
+
+.PHONY: test-tsan
+test-tsan: deps
+	@cmake -S . -B $(TSAN_DIR) $(SAN_CMAKE) -DKNOWD_SANITIZE=thread >/dev/null
+	@cmake --build $(TSAN_DIR) -j $(JOBS) --target $(TSAN_TARGETS)
+	@for dir in serve storage client daemon; do \
+	  (cd $(TSAN_DIR)/tests/$$dir && $(TSAN_ENV) ctest --output-on-failure -j $(JOBS) \
+	    --timeout 3600) || exit 1; done
+
+# CI's sanitizer pass: the ASan + UBSan unit tests of tests/serve, tests/storage and tests/client
+# (no daemon binary, so not the e2e ones), in the same directory as test-asan.
+.PHONY: test-sanitize-quick
+test-sanitize-quick: deps
+	@cmake -S . -B $(ASAN_DIR) $(SAN_CMAKE) -DKNOWD_SANITIZE=address >/dev/null
+	@cmake --build $(ASAN_DIR) -j $(JOBS) --target $(QUICK_TARGETS)
+	@for dir in serve storage client; do \
+	  (cd $(ASAN_DIR)/tests/$$dir && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) \
+	    -LE e2e -E '_NOT_BUILT$$' --timeout 1200) || exit 1; done
+
+# The daemon under 64 mixed clients for SOAK_SECONDS (default 10 minutes): errors by code, RSS
+# growth, p50/p99 per call beside the machine's peaks; report in $(BUILD_DIR)/soak/.
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) scripts/soak $(BUILD_DIR)
+
 demo: build
 	@scripts/demo $(BUILD_DIR)
 

@@ -18,11 +18,13 @@
 #include <regex>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/client.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/client_unary_call.h"
+#include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
 namespace knowd::testing {
@@ -43,6 +45,19 @@ std::optional<int> WaitFor(pid_t pid, absl::Duration timeout) {
     if (done < 0) return -1;
     if (Clock::now() >= end) return std::nullopt;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// A daemon built with sanitizers (KNOWD_SANITIZE, docs/testing.md) writes each report to its
+// stderr, our log. Its exit code tells only when the test stops it with Terminate, so the log is
+// read whenever the daemon is gone and the running test fails on a report.
+void ExpectNoSanitizerReport(const std::string& log) {
+  for (const char* name :
+       {"AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "ThreadSanitizer"}) {
+    if (absl::StrContains(log, absl::StrCat("SUMMARY: ", name))) {
+      ADD_FAILURE() << "knowd serve reported a " << name << " error:\n" << log;
+      return;
+    }
   }
 }
 
@@ -119,6 +134,7 @@ DaemonProcess::~DaemonProcess() {
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
     WaitFor(pid_, absl::Seconds(30));
+    ExpectNoSanitizerReport(log());
   }
   if (drain_.joinable()) drain_.join();
   if (stdout_fd_ >= 0) close(stdout_fd_);
@@ -134,6 +150,7 @@ int DaemonProcess::Terminate(absl::Duration timeout) {
     code = -1;
   }
   pid_ = -1;
+  ExpectNoSanitizerReport(log());
   return *code;
 }
 
