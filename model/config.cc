@@ -1,9 +1,12 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "model/tensor_file.h"
@@ -33,6 +36,11 @@ absl::Status ValidateConfig(const LlamaConfig& c, const std::string& source) {
                             ") is not a multiple of num_key_value_heads (", c.num_kv_heads, ")"));
   }
   if (c.head_dim <= 0 || c.head_dim % 2 != 0) return bad("head_dim must be positive and even");
+  // q_dim() and kv_dim() are ints.
+  if (int64_t{c.num_heads} * c.head_dim > std::numeric_limits<int>::max()) {
+    return bad(absl::StrCat("num_attention_heads x head_dim (", c.num_heads, " x ", c.head_dim,
+                            ") is too large"));
+  }
   if (c.intermediate_size <= 0) return bad("intermediate_size must be positive");
   if (c.max_position_embeddings <= 0) return bad("max_position_embeddings must be positive");
   if (!(c.rms_norm_eps > 0)) return bad("rms_norm_eps must be positive");
@@ -66,7 +74,28 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromHfJson(const std::string& path) {
       }
       return;
     }
-    *out = it->get<std::remove_pointer_t<decltype(out)>>();
+    // Converting a JSON number the field's type cannot hold is undefined (1e300 to int) or
+    // wraps (4294967360 to int): refuse it instead.
+    using T = std::remove_pointer_t<decltype(out)>;
+    const double value = it->get<double>();
+    if constexpr (std::is_integral_v<T>) {
+      if (!(value >= std::numeric_limits<T>::min() && value <= std::numeric_limits<T>::max()) ||
+          value != std::floor(value)) {
+        if (status.ok()) {
+          status = absl::InvalidArgumentError(absl::StrCat(
+              path, ": \"", key, "\" is ", it->dump(), ", not an integer in [",
+              std::numeric_limits<T>::min(), ", ", std::numeric_limits<T>::max(), "]"));
+        }
+        return;
+      }
+    } else if (!(std::fabs(value) <= std::numeric_limits<T>::max())) {
+      if (status.ok()) {
+        status = absl::InvalidArgumentError(
+            absl::StrCat(path, ": \"", key, "\" is ", it->dump(), ", out of range"));
+      }
+      return;
+    }
+    *out = it->get<T>();
   };
   number("vocab_size", &c.vocab_size, true);
   number("hidden_size", &c.hidden_size, true);
@@ -87,8 +116,12 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromHfJson(const std::string& path) {
   if (auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean()) {
     c.tie_word_embeddings = it->get<bool>();
   }
-  const std::string model_type = j.value("model_type", std::string("llama"));
-  c.attention_bias = model_type == "qwen2";
+  const auto model_type = j.find("model_type");
+  if (model_type != j.end() && !model_type->is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": \"model_type\" is ", model_type->dump(), ", not a string"));
+  }
+  c.attention_bias = model_type != j.end() && *model_type == "qwen2";
   if (auto it = j.find("attention_bias"); it != j.end() && it->is_boolean()) {
     c.attention_bias = it->get<bool>();
   }
