@@ -4,9 +4,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "model/sha256.h"
 #include "nlohmann/json.hpp"
 
 namespace knowd {
@@ -35,6 +37,18 @@ bool SameToken(std::string_view a, std::string_view b) {
     diff |= x ^ y;
   }
   return diff == 0;
+}
+
+bool IsSha256Hex(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+std::string Sha256Hex(std::string_view text) {
+  Sha256 hash;
+  hash.Update(text.data(), text.size());
+  return hash.Hex();
 }
 
 }  // namespace
@@ -91,13 +105,26 @@ absl::StatusOr<TokenAuthorizer> TokenAuthorizer::FromJson(std::string_view json_
       return absl::InvalidArgumentError(absl::StrCat(source, ": entry ", i, ": ", why));
     };
     if (!e.is_object()) return bad("not an object");
-    if (!e.contains("token") || !e["token"].is_string() || e["token"].get<std::string>().empty()) {
-      return bad("\"token\" must be a non-empty string");
-    }
     Entry entry;
-    entry.token = e["token"].get<std::string>();
+    if (e.contains("token") == e.contains("sha256")) {
+      return bad("give the token in clear (\"token\") or as its SHA-256 (\"sha256\"), not both");
+    }
+    if (e.contains("token")) {
+      if (!e["token"].is_string() || e["token"].get<std::string>().empty()) {
+        return bad("\"token\" must be a non-empty string");
+      }
+      entry.token = e["token"].get<std::string>();
+    } else {
+      if (!e["sha256"].is_string() || !IsSha256Hex(e["sha256"].get<std::string>())) {
+        return bad("\"sha256\" must be 64 lowercase hex digits (printf %s TOKEN | sha256sum)");
+      }
+      entry.sha256 = e["sha256"].get<std::string>();
+    }
+    const std::string hash = entry.sha256.empty() ? Sha256Hex(entry.token) : entry.sha256;
     for (const Entry& other : out.tokens_) {
-      if (other.token == entry.token) return bad("the token appears twice");
+      if ((other.sha256.empty() ? Sha256Hex(other.token) : other.sha256) == hash) {
+        return bad("the token appears twice");
+      }
     }
     if (!e.contains("namespaces") || !e["namespaces"].is_array() || e["namespaces"].empty()) {
       return bad("\"namespaces\" must be a non-empty array of names (\"*\" = all)");
@@ -125,6 +152,13 @@ absl::StatusOr<TokenAuthorizer> TokenAuthorizer::FromJson(std::string_view json_
     }
     out.tokens_.push_back(std::move(entry));
   }
+  if (out.tokens_.empty()) {
+    // An empty file must never mean "open": the operator asked for authentication.
+    return absl::InvalidArgumentError(
+        absl::StrCat(source,
+                     ": holds no token; add one, or drop --tokens-file to serve without "
+                     "authentication"));
+  }
   return out;
 }
 
@@ -136,12 +170,21 @@ absl::StatusOr<Grant> TokenAuthorizer::Authenticate(
         "this daemon needs a token: \"authorization: Bearer <token>\"");
   }
   absl::string_view value(authorization->data(), authorization->size());
-  if (!absl::ConsumePrefix(&value, "Bearer ") && !absl::ConsumePrefix(&value, "bearer ")) {
+  // The scheme is case-insensitive (RFC 9110 section 11.1).
+  if (value.size() < 7 || !absl::EqualsIgnoreCase(value.substr(0, 7), "bearer ")) {
     return absl::UnauthenticatedError("the authorization metadata must be \"Bearer <token>\"");
   }
+  value.remove_prefix(7);
+  const std::string_view presented(value.data(), value.size());
+  std::string presented_hash;  // computed once, only when some entry is hashed
   const Entry* found = nullptr;
   for (const Entry& e : tokens_) {
-    if (SameToken(e.token, std::string_view(value.data(), value.size()))) found = &e;
+    if (e.sha256.empty()) {
+      if (SameToken(e.token, presented)) found = &e;
+    } else {
+      if (presented_hash.empty()) presented_hash = Sha256Hex(presented);
+      if (SameToken(e.sha256, presented_hash)) found = &e;
+    }
   }
   if (found == nullptr) return absl::UnauthenticatedError("unknown token");
   return found->grant;
@@ -152,6 +195,36 @@ absl::Status TokenAuthorizer::Authorize(std::optional<std::string_view> authoriz
   absl::StatusOr<Grant> grant = Authenticate(authorization);
   if (!grant.ok()) return grant.status();
   return CheckGrant(*grant, name_space, role);
+}
+
+absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::FromFile(const std::string& path) {
+  absl::StatusOr<TokenAuthorizer> tokens = TokenAuthorizer::FromFile(path);
+  if (!tokens.ok()) return tokens.status();
+  auto store = std::make_unique<TokenStore>();
+  store->path_ = path;
+  store->current_ = std::make_shared<const TokenAuthorizer>(*std::move(tokens));
+  return store;
+}
+
+absl::StatusOr<size_t> TokenStore::Reload() {
+  if (path_.empty()) return size_t{0};
+  absl::StatusOr<TokenAuthorizer> tokens = TokenAuthorizer::FromFile(path_);
+  if (!tokens.ok()) return tokens.status();
+  auto next = std::make_shared<const TokenAuthorizer>(*std::move(tokens));
+  const size_t count = next->size();
+  std::lock_guard<std::mutex> lock(mu_);
+  current_ = std::move(next);
+  return count;
+}
+
+std::shared_ptr<const TokenAuthorizer> TokenStore::Current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
+}
+
+absl::StatusOr<Grant> TokenStore::Authenticate(
+    std::optional<std::string_view> authorization) const {
+  return Current()->Authenticate(authorization);
 }
 
 }  // namespace knowd

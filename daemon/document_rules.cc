@@ -66,6 +66,23 @@ absl::Status CheckName(absl::string_view what, std::string_view name, size_t max
   return absl::OkStatus();
 }
 
+// Whitespace (Unicode White_Space, plus the zero-width space and BOM) and control characters.
+bool IsBlankCodePoint(uint32_t cp) {
+  if (cp <= 0x20 || (cp >= 0x7F && cp <= 0xA0)) return true;  // C0, space, DEL, C1, NBSP
+  switch (cp) {
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
+    case 0xFEFF:
+      return true;
+    default:
+      return cp >= 0x2000 && cp <= 0x200B;
+  }
+}
+
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
 
 struct Unit {
@@ -122,8 +139,32 @@ absl::Status CheckText(std::string_view what_view, std::string_view text, int64_
   if (!IsValidUtf8(text)) {
     return absl::InvalidArgumentError(absl::StrCat(what, " is not valid UTF-8"));
   }
-  return absl::OkStatus();
+  for (size_t i = 0; i < text.size();) {
+    const size_t n = Utf8SequenceLength(text, i);
+    if (!IsBlankCodePoint(CodePointAt(text, i, n))) return absl::OkStatus();
+    i += n;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " has no visible character (only whitespace or control characters)"));
 }
+
+std::string EscapeInvalidUtf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    const size_t n = Utf8SequenceLength(text, i);
+    if (n == 0) {
+      absl::StrAppend(&out, "\\x", absl::Hex(static_cast<unsigned char>(text[i]), absl::kZeroPad2));
+      ++i;
+    } else {
+      out.append(text.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
+absl::Status CheckMetadataKey(std::string_view key) { return CheckName("metadata key", key, 256); }
 
 absl::Status CheckDocumentId(std::string_view id) { return CheckName("document id", id, 256); }
 

@@ -17,9 +17,17 @@ namespace knowd {
 // code point above U+10FFFF, no truncated sequence.
 bool IsValidUtf8(std::string_view text);
 
-// INVALID_ARGUMENT (naming `what`, e.g. "text") unless `text` is valid UTF-8, not empty and at
-// most max_bytes long.
+// INVALID_ARGUMENT (naming `what`, e.g. "text") unless `text` is valid UTF-8, at most max_bytes
+// long, and has at least one character that is neither whitespace nor a control character (an
+// empty, blank or NUL-only text says nothing).
 absl::Status CheckText(std::string_view what, std::string_view text, int64_t max_bytes);
+
+// `text` with every byte of an invalid UTF-8 sequence written as \xHH (valid text is returned
+// as is): a client's bad bytes can be named back to it in a protobuf string.
+std::string EscapeInvalidUtf8(std::string_view text);
+
+// A metadata key: 1-256 bytes of valid UTF-8 without control characters.
+absl::Status CheckMetadataKey(std::string_view key);
 
 // A document id: 1-256 bytes of valid UTF-8 without control characters (C0, DEL, C1).
 absl::Status CheckDocumentId(std::string_view id);

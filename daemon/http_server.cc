@@ -1,5 +1,7 @@
 #include "daemon/http_server.h"
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
@@ -20,8 +22,13 @@ absl::Status SplitHostPort(const std::string& address, std::string* host, int* p
   return absl::OkStatus();
 }
 
-HttpServer::HttpServer(const Metrics* metrics, const std::atomic<bool>* ready)
-    : metrics_(metrics), ready_(ready), server_(std::make_unique<httplib::Server>()) {}
+HttpServer::HttpServer(const Metrics* metrics, const std::atomic<bool>* ready, int threads,
+                       absl::Duration read_timeout)
+    : metrics_(metrics),
+      ready_(ready),
+      threads_(std::max(1, threads)),
+      read_timeout_(read_timeout),
+      server_(std::make_unique<httplib::Server>()) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -31,6 +38,11 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
   if (absl::Status s = SplitHostPort(address, &host, &port); !s.ok()) return s;
   // Stop() waits for open keep-alive connections to idle out (a scraper holds one): keep it short.
   server_->set_keep_alive_timeout(1);
+  const int64_t read_us = absl::ToInt64Microseconds(read_timeout_);
+  server_->set_read_timeout(read_us / 1000000, read_us % 1000000);
+  server_->set_write_timeout(read_us / 1000000, read_us % 1000000);
+  const int threads = threads_;
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "daemon/metrics.h"
 
 namespace httplib {
@@ -18,8 +19,13 @@ namespace knowd {
 
 class HttpServer {
  public:
-  // `metrics` and `ready` must outlive the server.
-  HttpServer(const Metrics* metrics, const std::atomic<bool>* ready);
+  // `metrics` and `ready` must outlive the server. `threads` connections are served at once (one
+  // thread each, held while the connection is open); a connection that has not sent its whole
+  // request within `read_timeout`, or stays idle between requests for a second, is closed. Idle
+  // connections therefore hold a thread briefly, and the pool's spare threads keep /healthz and
+  // /readyz answering while clients hold connections open.
+  HttpServer(const Metrics* metrics, const std::atomic<bool>* ready, int threads = 128,
+             absl::Duration read_timeout = absl::Seconds(2));
   ~HttpServer();  // Stop()s
 
   // Binds HOST:PORT (port 0 picks a free one) and serves on a thread of its own. Returns the
@@ -30,6 +36,8 @@ class HttpServer {
  private:
   const Metrics* metrics_;
   const std::atomic<bool>* ready_;
+  const int threads_;
+  const absl::Duration read_timeout_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
 };

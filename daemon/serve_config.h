@@ -36,8 +36,21 @@ struct ServeConfig {
 
   // Limits.
   int64_t max_message_bytes = 16 << 20;  // gRPC receive/send message size
+  // Responses are kept within this (gRPC clients' default receive limit): metadata, then passages
+  // beyond it are left out and the response says so.
+  int64_t max_response_bytes = 4 << 20;
   int64_t max_document_bytes = 1 << 20;
   int64_t max_question_bytes = 4096;
+  int64_t max_metadata_bytes = 64 << 10;  // keys and values of one document, together
+  int max_metadata_entries = 256;
+  // valid_from_unix may lie at most this far past the daemon's clock: a far-future date would
+  // make its document win every later "newer fact".
+  int64_t max_future_seconds = 24 * 3600;
+
+  // HTTP (/healthz, /readyz, /metrics): connections served at once, and how long one may take to
+  // send its request before it is closed (idle connections must not starve the probes).
+  int http_threads = 128;
+  int http_read_timeout_ms = 2000;
 
   // Passages: a document is cut into passages of at most max_passage_tokens tokens; the encoder
   // also reads up to passage_overlap_tokens tokens of the previous passage as context.
@@ -48,6 +61,7 @@ struct ServeConfig {
   int ingest_max_batch = 32;     // documents per encoder pass
   int ingest_max_wait_ms = 5;    // how long the first document of a batch waits for company
   int ingest_queue_size = 1024;  // documents waiting; more get RESOURCE_EXHAUSTED
+  int forget_queue_size = 1024;  // Forget calls waiting; more get RESOURCE_EXHAUSTED
   int ask_max_batch = 8;         // sequences per engine forward pass
   int ask_queue_size = 256;      // questions waiting; more get RESOURCE_EXHAUSTED
   double drain_timeout = 30;     // seconds in-flight calls get at shutdown

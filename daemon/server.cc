@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <cstdio>
@@ -167,12 +168,14 @@ int64_t BytesPerModulation(const storage::BankOptions& o, const Adapter* adapter
 }
 
 std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& ingest,
-                          const Engine& engine, storage::MemoryBank& bank) {
+                          const ForgetBatcher& forget, const Engine& engine,
+                          storage::MemoryBank& bank) {
   std::vector<Gauge> g;
   g.push_back({"knowd_ready", "1 when serving, 0 while starting or draining", ready ? 1.0 : 0});
   g.push_back({"knowd_queue_depth{queue=\"ingest\"}", "Requests waiting in a scheduler queue",
                static_cast<double>(ingest.queued())});
   g.push_back({"knowd_queue_depth{queue=\"ask\"}", "", static_cast<double>(engine.queued())});
+  g.push_back({"knowd_queue_depth{queue=\"forget\"}", "", static_cast<double>(forget.queued())});
   g.push_back(
       {"knowd_ask_running", "Questions decoding now", static_cast<double>(engine.running())});
   absl::StatusOr<storage::BankStats> stats = bank.Stats();
@@ -188,7 +191,7 @@ std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& i
 }
 
 // What the daemon serves, on stdout (the first line is the parseable contract) and in the log.
-void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenAuthorizer& auth,
+void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenStore& auth,
                  const std::string& grpc_address, const std::string& http_address) {
   const LlamaConfig& lm = m.model->config();
   const std::string adapter_line =
@@ -224,6 +227,19 @@ void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenAut
 }  // namespace
 
 int RunServe(const std::vector<std::string>& args, const std::string& executable) {
+  // Signals are taken by sigwait() below; block them before anything else, so a SIGTERM that
+  // arrives while the model or the bank is still loading waits for the drain instead of killing
+  // the process, and so no thread started later (gRPC's, OpenMP's) receives one.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Stored text is private: every file and directory the daemon creates is owner-only,
+  // whatever umask it was started with.
+  ::umask(077);
+
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {
       std::printf(
@@ -247,13 +263,14 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   }
   spdlog::set_level(level);
 
-  // Signals are taken by sigwait() below; block them before any thread starts so none of them
-  // (gRPC's, OpenMP's) receives one.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // The tokens first: a bad tokens file is a configuration error, found before minutes of loading.
+  std::unique_ptr<TokenStore> tokens = std::make_unique<TokenStore>();
+  if (!config.tokens_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenStore>> a = TokenStore::FromFile(config.tokens_file);
+    if (!a.ok()) return Fail(2, a.status());
+    tokens = *std::move(a);
+  }
+  const TokenStore& auth = *tokens;
 
   absl::StatusOr<LoadedModel> loaded_model = LoadModel(config, executable);
   if (!loaded_model.ok()) return Fail(1, loaded_model.status());
@@ -274,11 +291,12 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                                                                    ": ", bank.status().message())));
   }
 
-  TokenAuthorizer auth;
-  if (!config.tokens_file.empty()) {
-    absl::StatusOr<TokenAuthorizer> a = TokenAuthorizer::FromFile(config.tokens_file);
-    if (!a.ok()) return Fail(2, a.status());
-    auth = *std::move(a);
+  // Owner-only, also for a bank created before the umask above was set.
+  std::error_code perm_error;
+  fs::permissions(config.data_dir, fs::perms::owner_all, fs::perm_options::replace, perm_error);
+  if (perm_error) {
+    spdlog::warn("memory bank {}: cannot make it owner-only: {}", config.data_dir,
+                 perm_error.message());
   }
 
   // The schedulers.
@@ -300,8 +318,12 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   ingest_options.queue_size = config.ingest_queue_size;
   IngestBatcher ingest(&engine, bank->get(), &metrics, ingest_options);
   ingest.Start();
+  ForgetOptions forget_options;
+  forget_options.queue_size = config.forget_queue_size;
+  ForgetBatcher forget(bank->get(), &engine, &metrics, forget_options);
+  forget.Start();
   storage::MemoryBank* bank_ptr = bank->get();
-  metrics.SetGaugeSource([&] { return Gauges(ready, ingest, engine, *bank_ptr); });
+  metrics.SetGaugeSource([&] { return Gauges(ready, ingest, forget, engine, *bank_ptr); });
 
   ServiceInfo info;
   info.model = m.model_path;
@@ -311,14 +333,18 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   info.bytes_per_modulation = BytesPerModulation(bank_options, m.adapter.get());
   info.kv_bytes_per_token = int64_t{2} * lm.num_layers * lm.kv_dim() * 2;
   ServiceLimits limits;
+  limits.max_response_bytes = std::min(config.max_response_bytes, config.max_message_bytes);
+  limits.max_metadata_bytes = config.max_metadata_bytes;
+  limits.max_metadata_entries = config.max_metadata_entries;
+  limits.max_future_seconds = config.max_future_seconds;
   limits.max_document_bytes = config.max_document_bytes;
   limits.max_question_bytes = config.max_question_bytes;
   limits.max_passage_tokens = config.max_passage_tokens;
   limits.passage_overlap_tokens = config.passage_overlap_tokens;
   limits.max_position_embeddings = lm.max_position_embeddings;
   limits.ingest_in_flight_per_stream = std::max(8, 2 * config.ingest_max_batch);
-  KnowledgeServiceImpl service(&engine, &ingest, bank->get(), m.tokenizer.get(), &auth, &metrics,
-                               info, limits);
+  KnowledgeServiceImpl service(&engine, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
+                               &metrics, info, limits);
 
   // gRPC.
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(config);
@@ -338,7 +364,8 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
     return Fail(1, absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen,
                                                        " (grpc): address in use or invalid")));
   }
-  HttpServer http(&metrics, &ready);
+  HttpServer http(&metrics, &ready, config.http_threads,
+                  absl::Milliseconds(config.http_read_timeout_ms));
   std::string http_address;
   if (!config.http_listen.empty()) {
     absl::StatusOr<int> http_port = http.Start(config.http_listen);
@@ -357,17 +384,35 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   PrintBanner(config, m, auth, grpc_address, http_address);
 
   int signal = 0;
-  sigwait(&signals, &signal);
+  while (true) {
+    sigwait(&signals, &signal);
+    if (signal != SIGHUP) break;
+    // SIGHUP: the tokens file again, without a restart. A broken file keeps the tokens in use.
+    absl::StatusOr<size_t> reloaded = tokens->Reload();
+    if (config.tokens_file.empty()) {
+      spdlog::info("SIGHUP: no --tokens-file to reload");
+    } else if (reloaded.ok()) {
+      spdlog::info("SIGHUP: {} tokens reloaded from {}", *reloaded, config.tokens_file);
+    } else {
+      spdlog::error("SIGHUP: {}; the {} tokens in use stay",
+                    std::string(reloaded.status().message()), tokens->size());
+    }
+  }
+  const absl::Time stop_deadline = absl::Now() + absl::Seconds(config.drain_timeout);
   spdlog::info("{}: draining (at most {} s)", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                config.drain_timeout);
   ready = false;
   server->GetHealthCheckService()->SetServingStatus(false);
-  // New calls get UNAVAILABLE; in-flight ones may finish until the drain deadline, then the
-  // server cancels what is left. (gRPC's own Shutdown(deadline) would also wait out idle client
+  // New calls get UNAVAILABLE and open Ingest streams take no new document; in-flight calls may
+  // finish until the drain deadline, then the server cancels what is left. The deadline leaves
+  // part of --drain-timeout for stopping the schedulers and saving the index, so the process
+  // exits within --drain-timeout. (gRPC's own Shutdown(deadline) would also wait out idle client
   // connections, seconds each.)
-  const absl::Time drain_deadline = absl::Now() + absl::Seconds(config.drain_timeout);
-  if (!service.Drain(drain_deadline)) {
-    spdlog::warn("calls still running after {} s: cancelling them", config.drain_timeout);
+  const absl::Duration stop_reserve =
+      std::min(absl::Seconds(config.drain_timeout) / 2, absl::Seconds(5));
+  if (!service.Drain(stop_deadline - stop_reserve)) {
+    spdlog::warn("calls still running after {:.1f} s: cancelling them",
+                 absl::ToDoubleSeconds(absl::Seconds(config.drain_timeout) - stop_reserve));
   }
   // A handler that has returned may not have sent its status yet: a short grace lets those
   // finish instead of reaching their clients as cancelled, and bounds the wait for idle
@@ -375,11 +420,13 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
   spdlog::info("calls drained; stopping the schedulers");
   ingest.Stop();
+  forget.Stop();
   engine.Stop();
   http.Stop();
   spdlog::info("saving the index");
   if (absl::Status s = (*bank)->Close(); !s.ok()) return Fail(1, s);
-  spdlog::info("stopped; index saved");
+  spdlog::info("stopped; index saved ({:.1f} s of the {} s drain timeout left)",
+               absl::ToDoubleSeconds(stop_deadline - absl::Now()), config.drain_timeout);
   return 0;
 }
 

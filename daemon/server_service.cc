@@ -18,9 +18,6 @@
 namespace knowd {
 namespace {
 
-constexpr int kMaxTopK = 256;
-constexpr int kMaxRagPassages = 32;
-constexpr int kMaxAnswerTokens = 1024;
 constexpr absl::Duration kCancelPoll = absl::Milliseconds(50);
 
 // The call's deadline; InfiniteFuture when the client set none.
@@ -56,8 +53,7 @@ std::string MetadataToJson(const google::protobuf::Map<std::string, std::string>
   return json.dump();
 }
 
-void MetadataFromJson(const std::string& text,
-                      google::protobuf::Map<std::string, std::string>* out) {
+void MetadataFromJson(std::string_view text, google::protobuf::Map<std::string, std::string>* out) {
   if (text.empty()) return;
   nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!json.is_object()) return;
@@ -100,26 +96,37 @@ bool KnowledgeServiceImpl::Drain(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(drain_mu_);
   draining_ = true;
   while (in_flight_ > 0) {
+    // A stream blocked reading its client's next document ends once its acks are all written.
+    for (IngestStream* stream : ingest_streams_) {
+      if (stream->unacked.load() == 0) stream->context->TryCancel();
+    }
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) return false;
-    drain_cv_.wait_for(lock, absl::ToChronoNanoseconds(left));
+    drain_cv_.wait_for(lock, absl::ToChronoNanoseconds(std::min(left, kCancelPoll)));
   }
   return true;
 }
 
+bool KnowledgeServiceImpl::Draining() {
+  std::lock_guard<std::mutex> lock(drain_mu_);
+  return draining_;
+}
+
 struct KnowledgeServiceImpl::PendingAck {
-  std::string id;
+  std::string id;  // as the ack shows it
+  int64_t position = 0;
   int passages = 0;
   absl::Status error;  // not OK: the ack is this error, `ack` is not used
   std::future<absl::StatusOr<storage::DocumentAck>> ack;
 };
 
 KnowledgeServiceImpl::KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest,
-                                           storage::MemoryBank* bank, const Tokenizer* tokenizer,
-                                           const TokenAuthorizer* auth, Metrics* metrics,
-                                           ServiceInfo info, ServiceLimits limits)
+                                           ForgetBatcher* forget, storage::MemoryBank* bank,
+                                           const Tokenizer* tokenizer, const TokenStore* auth,
+                                           Metrics* metrics, ServiceInfo info, ServiceLimits limits)
     : engine_(engine),
       ingest_(ingest),
+      forget_(forget),
       bank_(bank),
       tokenizer_(tokenizer),
       auth_(auth),
@@ -148,21 +155,15 @@ grpc::Status KnowledgeServiceImpl::Ingest(
 }
 
 KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
-    const v1::IngestRequest& request, const Grant& grant, absl::Time deadline,
+    const v1::IngestRequest& request, int64_t position, const Grant& grant, absl::Time deadline,
     const std::shared_ptr<std::atomic<bool>>& cancelled) {
   PendingAck pending;
-  pending.id = request.id();
+  pending.id = EscapeInvalidUtf8(request.id());
+  pending.position = position;
   auto job = std::make_unique<IngestJob>();
   storage::Document& doc = job->document;
-  pending.error = ResolveNamespace(request.namespace_(), &doc.name_space);
+  pending.error = CheckIngestRequest(request, limits_, absl::Now(), &doc.name_space);
   if (pending.error.ok()) pending.error = CheckGrant(grant, doc.name_space, Role::kWrite);
-  if (pending.error.ok()) pending.error = CheckDocumentId(request.id());
-  if (pending.error.ok()) {
-    pending.error = CheckText("text", request.text(), limits_.max_document_bytes);
-  }
-  if (pending.error.ok() && request.valid_from_unix() < 0) {
-    pending.error = absl::InvalidArgumentError("valid_from_unix must not be negative");
-  }
   if (!pending.error.ok()) return pending;
 
   doc.id = request.id();
@@ -206,6 +207,20 @@ absl::Status KnowledgeServiceImpl::DoIngest(
   if (!grant.ok()) return grant.status();
   const absl::Time deadline = DeadlineOf(context);
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  IngestStream registration;
+  registration.context = context;
+  {
+    std::lock_guard<std::mutex> lock(drain_mu_);
+    ingest_streams_.insert(&registration);
+  }
+  struct Unregister {
+    KnowledgeServiceImpl* service;
+    IngestStream* stream;
+    ~Unregister() {
+      std::lock_guard<std::mutex> lock(service->drain_mu_);
+      service->ingest_streams_.erase(stream);
+    }
+  } unregister{this, &registration};
 
   // Acks go out in document order from a writer thread, so reading (and batching) goes on
   // while earlier documents are being encoded; at most ingest_in_flight_per_stream wait.
@@ -227,6 +242,7 @@ absl::Status KnowledgeServiceImpl::DoIngest(
       cv.notify_all();
       v1::IngestAck ack;
       ack.set_id(next.id);
+      ack.set_position(next.position);
       absl::Status status = next.error;
       if (status.ok()) {
         absl::StatusOr<storage::DocumentAck> stored = next.ack.get();
@@ -245,12 +261,28 @@ absl::Status KnowledgeServiceImpl::DoIngest(
         write_failed = true;
         cancelled->store(true);
       }
+      registration.unacked.fetch_sub(1);
     }
   });
 
   v1::IngestRequest request;
+  int64_t position = 0;
+  bool refused_for_drain = false;
   while (!cancelled->load() && stream->Read(&request)) {
-    PendingAck next = StartIngest(request, *grant, deadline, cancelled);
+    registration.unacked.fetch_add(1);
+    PendingAck next;
+    if (Draining()) {
+      // Shutting down: this document is not stored, and the stream reads no more.
+      next.id = EscapeInvalidUtf8(request.id());
+      next.position = position;
+      next.error = absl::UnavailableError(
+          "the daemon is shutting down: not stored; send it again to "
+          "another replica or after the restart");
+      refused_for_drain = true;
+    } else {
+      next = StartIngest(request, position, *grant, deadline, cancelled);
+    }
+    ++position;
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] {
       return static_cast<int>(pending.size()) < limits_.ingest_in_flight_per_stream ||
@@ -259,6 +291,7 @@ absl::Status KnowledgeServiceImpl::DoIngest(
     pending.push_back(std::move(next));
     lock.unlock();
     cv.notify_all();
+    if (refused_for_drain) break;
   }
   if (context->IsCancelled()) cancelled->store(true);
   {
@@ -267,7 +300,11 @@ absl::Status KnowledgeServiceImpl::DoIngest(
   }
   cv.notify_all();
   writer.join();
-  if (cancelled->load()) return absl::CancelledError("the stream was cancelled");
+  if (refused_for_drain) return absl::UnavailableError("the daemon is shutting down");
+  if (cancelled->load()) {
+    return Draining() ? absl::UnavailableError("the daemon is shutting down")
+                      : absl::CancelledError("the stream was cancelled");
+  }
   return absl::OkStatus();
 }
 
@@ -286,33 +323,22 @@ absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
                                          grpc::ServerWriter<v1::AskChunk>* writer) {
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
-  v1::AskRequest resolved = request;
   std::string name_space;
-  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckAskRequest(request, limits_, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  if (request.mode() != v1::ASK_MODE_CLOSED_BOOK) {
+    // Memory in a namespace that holds nothing is a mistake (a typo, a wrong tenant), not a
+    // question to answer from the model's own weights.
+    absl::StatusOr<storage::ScanPage> first = bank_->Scan(name_space, "", 1);
+    if (!first.ok()) return first.status();
+    if (first->documents.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "namespace \"", name_space,
+          "\" holds no documents; ingest some first, or ask closed-book (mode CLOSED_BOOK)"));
+    }
+  }
+  v1::AskRequest resolved = request;
   resolved.set_namespace_(name_space);
-  if (absl::Status s = CheckText("question", request.question(), limits_.max_question_bytes);
-      !s.ok()) {
-    return s;
-  }
-  if (!v1::AskMode_IsValid(request.mode())) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown mode ", request.mode()));
-  }
-  if (!v1::Retrieval_IsValid(request.retrieval())) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown retrieval ", request.retrieval()));
-  }
-  if (request.top_k() < 0 || request.top_k() > kMaxTopK) {
-    return absl::InvalidArgumentError(absl::StrCat("top_k must be 0..", kMaxTopK));
-  }
-  if (request.rag_passages() < 0 || request.rag_passages() > kMaxRagPassages) {
-    return absl::InvalidArgumentError(absl::StrCat("rag_passages must be 0..", kMaxRagPassages));
-  }
-  if (request.max_tokens() < 0 || request.max_tokens() > kMaxAnswerTokens) {
-    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be 0..", kMaxAnswerTokens));
-  }
-  if (!(request.temperature() >= 0) || !(request.top_p() >= 0 && request.top_p() <= 1)) {
-    return absl::InvalidArgumentError("temperature must be >= 0 and top_p in [0, 1]");
-  }
 
   auto job = std::make_shared<AskJob>(std::move(resolved), DeadlineOf(context));
   if (absl::Status s = engine_->Submit(job); !s.ok()) return s;
@@ -328,7 +354,10 @@ absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
       if (!e.error.ok()) return e.error;
       v1::AskChunk chunk;
       if (e.final.has_value()) {
-        FillMetadata(job->request().namespace_(), e.final->mutable_cited());
+        const int64_t budget =
+            limits_.max_response_bytes - static_cast<int64_t>(e.final->ByteSizeLong());
+        e.final->set_metadata_trimmed(
+            FillMetadata(job->request().namespace_(), e.final->mutable_cited(), budget));
         *chunk.mutable_final() = std::move(*e.final);
       } else {
         chunk.set_text(std::move(e.text));
@@ -345,17 +374,31 @@ absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
 
 // ---- Search, Get, Forget, Stats -----------------------------------------------------------
 
-void KnowledgeServiceImpl::FillMetadata(std::string_view name_space,
-                                        google::protobuf::RepeatedPtrField<v1::Passage>* passages) {
+bool KnowledgeServiceImpl::FillMetadata(std::string_view name_space,
+                                        google::protobuf::RepeatedPtrField<v1::Passage>* passages,
+                                        int64_t budget_bytes) {
+  // The budget is what the passages may grow by; a map entry costs its bytes plus a few of
+  // framing, counted generously.
   std::map<std::string, std::string> by_document;
+  bool trimmed = false;
   for (v1::Passage& p : *passages) {
     auto it = by_document.find(p.document_id());
     if (it == by_document.end()) {
       absl::StatusOr<storage::Document> doc = bank_->Get(name_space, p.document_id());
       it = by_document.emplace(p.document_id(), doc.ok() ? doc->metadata : "").first;
     }
-    MetadataFromJson(it->second, p.mutable_metadata());
+    if (it->second.empty()) continue;
+    v1::Passage with_metadata;
+    MetadataFromJson(it->second, with_metadata.mutable_metadata());
+    const int64_t cost = static_cast<int64_t>(with_metadata.ByteSizeLong()) + 16;
+    if (cost > budget_bytes) {
+      trimmed = true;
+      continue;
+    }
+    budget_bytes -= cost;
+    p.mutable_metadata()->swap(*with_metadata.mutable_metadata());
   }
+  return trimmed;
 }
 
 grpc::Status KnowledgeServiceImpl::Search(grpc::ServerContext* context,
@@ -374,17 +417,8 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckSearchRequest(request, limits_, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-  if (absl::Status s = CheckText("query", request.query(), limits_.max_question_bytes); !s.ok()) {
-    return s;
-  }
-  if (request.top_k() < 0 || request.top_k() > kMaxTopK) {
-    return absl::InvalidArgumentError(absl::StrCat("top_k must be 0..", kMaxTopK));
-  }
-  if (!v1::Retrieval_IsValid(request.retrieval())) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown retrieval ", request.retrieval()));
-  }
   Adapter* adapter = engine_->adapter();
   const v1::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
   std::optional<std::vector<float>> key;
@@ -411,7 +445,9 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
     p->set_ingest_time_unix(UnixSeconds(h.ingest_time));
     p->set_valid_from_unix(UnixSeconds(h.valid_from.value_or(h.ingest_time)));
   }
-  FillMetadata(name_space, response->mutable_passages());
+  response->set_metadata_trimmed(FillMetadata(
+      name_space, response->mutable_passages(),
+      limits_.max_response_bytes - static_cast<int64_t>(response->ByteSizeLong()) - 64));
   response->set_took_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
   return absl::OkStatus();
 }
@@ -429,9 +465,8 @@ absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckGetRequest(request, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-  if (absl::Status s = CheckDocumentId(request.id()); !s.ok()) return s;
   absl::StatusOr<storage::Document> doc = bank_->Get(name_space, request.id());
   if (!doc.ok()) {
     if (absl::IsNotFound(doc.status())) {
@@ -445,14 +480,23 @@ absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
   MetadataFromJson(doc->metadata, response->mutable_metadata());
   response->set_ingest_time_unix(UnixSeconds(doc->ingest_time));
   response->set_valid_from_unix(UnixSeconds(doc->valid_from.value_or(doc->ingest_time)));
+  // The metadata is the document's, once; passages follow while the response stays within
+  // max_response_bytes (a passage costs its fields plus a few bytes of framing).
+  int64_t budget = limits_.max_response_bytes - static_cast<int64_t>(response->ByteSizeLong()) - 64;
   for (size_t i = 0; i < doc->passages.size(); ++i) {
-    v1::Passage* p = response->add_passages();
-    p->set_document_id(doc->id);
-    p->set_index(static_cast<int>(i));
-    p->set_text(doc->passages[i].text);
-    *p->mutable_metadata() = response->metadata();
-    p->set_ingest_time_unix(response->ingest_time_unix());
-    p->set_valid_from_unix(response->valid_from_unix());
+    v1::Passage p;
+    p.set_document_id(doc->id);
+    p.set_index(static_cast<int>(i));
+    p.set_text(doc->passages[i].text);
+    p.set_ingest_time_unix(response->ingest_time_unix());
+    p.set_valid_from_unix(response->valid_from_unix());
+    const int64_t cost = static_cast<int64_t>(p.ByteSizeLong()) + 8;
+    if (cost > budget) {
+      response->set_truncated(true);
+      break;
+    }
+    budget -= cost;
+    *response->add_passages() = std::move(p);
   }
   return absl::OkStatus();
 }
@@ -472,31 +516,26 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  if (absl::Status s = CheckForgetRequest(request, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kWrite); !s.ok()) return s;
-  if (request.ids().empty()) return absl::InvalidArgumentError("ids is empty");
-  std::vector<std::string> present;
+  auto job = std::make_unique<ForgetJob>();
+  job->name_space = name_space;
+  job->deadline = DeadlineOf(context);
   std::set<std::string> seen;
-  int passages = 0;
   for (const std::string& id : request.ids()) {
-    if (absl::Status s = CheckDocumentId(id); !s.ok()) return s;
-    if (!seen.insert(id).second) continue;
-    absl::StatusOr<storage::Document> doc = bank_->Get(name_space, id);
-    if (doc.ok()) {
-      present.push_back(id);
-      passages += static_cast<int>(doc->passages.size());
-    } else if (absl::IsNotFound(doc.status())) {
-      response->add_not_found(id);
-    } else {
-      return doc.status();
-    }
+    if (seen.insert(id).second) job->ids.push_back(id);
   }
-  if (!present.empty()) {
-    absl::StatusOr<int> removed = bank_->Delete(name_space, present);
-    if (!removed.ok()) return removed.status();
+  std::future<absl::StatusOr<ForgetOutcome>> done = job->done.get_future();
+  if (absl::Status s = forget_->Submit(job); !s.ok()) return s;
+  // The removal is durable once queued work runs; a cancelled call only stops waiting for it.
+  while (done.wait_for(absl::ToChronoNanoseconds(kCancelPoll)) != std::future_status::ready) {
+    if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
   }
-  for (const std::string& id : present) response->add_forgotten(id);
-  response->set_passages(passages);
+  absl::StatusOr<ForgetOutcome> outcome = done.get();
+  if (!outcome.ok()) return outcome.status();
+  for (const std::string& id : outcome->forgotten) response->add_forgotten(id);
+  for (const std::string& id : outcome->not_found) response->add_not_found(id);
+  response->set_passages(outcome->passages);
   return absl::OkStatus();
 }
 
@@ -515,9 +554,9 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   if (!grant->Allows(Role::kRead)) return CheckGrant(*grant, "", Role::kRead);
-  if (!request.namespace_().empty()) {
-    std::string name_space;
-    if (absl::Status s = ResolveNamespace(request.namespace_(), &name_space); !s.ok()) return s;
+  std::string name_space;
+  if (absl::Status s = CheckStatsRequest(request, &name_space); !s.ok()) return s;
+  if (!name_space.empty()) {
     if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
   }
   absl::StatusOr<storage::BankStats> stats = bank_->Stats();
@@ -544,6 +583,7 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
   response->set_adapter(info_.adapter);
   response->set_fingerprint(info_.fingerprint);
   response->set_version(info_.version);
+  response->set_recovery_warning(stats->recovery_warning);
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - info_.started));
   if (passages > 0) SamplePassageTokens(*stats);
   response->set_kv_bytes_per_median_passage(MedianPassageTokens() * info_.kv_bytes_per_token);

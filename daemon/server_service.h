@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -15,7 +16,9 @@
 #include "absl/time/time.h"
 #include "daemon/auth.h"
 #include "daemon/metrics.h"
+#include "daemon/request_checks.h"
 #include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_forget.h"
 #include "daemon/scheduler_ingest.h"
 #include "grpcpp/grpcpp.h"
 #include "knowd/v1/knowd.grpc.pb.h"
@@ -26,15 +29,6 @@ namespace knowd {
 
 // The one place an absl::Status becomes a grpc::Status (the codes share their numbers).
 grpc::Status ToGrpcStatus(const absl::Status& status);
-
-struct ServiceLimits {
-  int64_t max_document_bytes = 1 << 20;
-  int64_t max_question_bytes = 4096;
-  int max_passage_tokens = 256;
-  int passage_overlap_tokens = 32;
-  int max_position_embeddings = 1024;    // the encoder's input is cut to this
-  int ingest_in_flight_per_stream = 64;  // documents a stream may have awaiting acks
-};
 
 // What Stats reports about the daemon itself.
 struct ServiceInfo {
@@ -50,12 +44,15 @@ struct ServiceInfo {
 class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
  public:
   // Everything must outlive the service.
-  KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest, storage::MemoryBank* bank,
-                       const Tokenizer* tokenizer, const TokenAuthorizer* auth, Metrics* metrics,
-                       ServiceInfo info, ServiceLimits limits);
+  KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest, ForgetBatcher* forget,
+                       storage::MemoryBank* bank, const Tokenizer* tokenizer,
+                       const TokenStore* auth, Metrics* metrics, ServiceInfo info,
+                       ServiceLimits limits);
 
-  // Refuses new calls (UNAVAILABLE) and waits until the calls in flight have finished or
-  // `deadline` passed. Returns false when calls were still running at the deadline.
+  // Refuses new calls (UNAVAILABLE), makes open Ingest streams refuse further documents, and
+  // waits until the calls in flight have finished or `deadline` passed. An Ingest stream whose
+  // documents are all acknowledged is cancelled rather than waited for (an idle client may hold
+  // it open indefinitely). Returns false when calls were still running at the deadline.
   bool Drain(absl::Time deadline);
 
   grpc::Status Ingest(grpc::ServerContext* context,
@@ -88,20 +85,30 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   class CallGuard;
   // Validates one document and queues it; the returned future gives its ack.
   struct PendingAck;
-  PendingAck StartIngest(const v1::IngestRequest& request, const Grant& grant, absl::Time deadline,
-                         const std::shared_ptr<std::atomic<bool>>& cancelled);
+  PendingAck StartIngest(const v1::IngestRequest& request, int64_t position, const Grant& grant,
+                         absl::Time deadline, const std::shared_ptr<std::atomic<bool>>& cancelled);
+  // An open Ingest stream, for the drain.
+  struct IngestStream {
+    grpc::ServerContext* context = nullptr;
+    std::atomic<int> unacked{0};  // documents read whose ack is not written yet
+  };
   absl::StatusOr<Grant> Authenticate(grpc::ServerContext* context) const;
-  // Fills each passage's metadata from its document.
-  void FillMetadata(std::string_view name_space, google::protobuf::RepeatedPtrField<v1::Passage>*);
+  bool Draining();
+  // Fills each passage's metadata from its document while the passages stay within
+  // `budget_bytes` in all; returns true when some metadata was left out for that.
+  bool FillMetadata(std::string_view name_space,
+                    google::protobuf::RepeatedPtrField<v1::Passage>* passages,
+                    int64_t budget_bytes);
   void RecordPassageTokens(int tokens);
   int64_t MedianPassageTokens();
   void SamplePassageTokens(const storage::BankStats& stats);
 
   Engine* const engine_;
   IngestBatcher* const ingest_;
+  ForgetBatcher* const forget_;
   storage::MemoryBank* const bank_;
   const Tokenizer* const tokenizer_;
-  const TokenAuthorizer* const auth_;
+  const TokenStore* const auth_;
   Metrics* const metrics_;
   const ServiceInfo info_;
   const ServiceLimits limits_;
@@ -110,6 +117,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   std::condition_variable drain_cv_;
   bool draining_ = false;
   int in_flight_ = 0;
+  std::set<IngestStream*> ingest_streams_;
 
   std::mutex passage_tokens_mu_;
   std::vector<int> passage_tokens_;  // a ring of recent passages' lengths, for Stats

@@ -97,6 +97,11 @@ class BankImpl final : public MemoryBank {
 
   // ---- bank_open.cc ----
   absl::Status OpenDatabase();
+  // "" when the write-ahead log replays cleanly; else what recovery will skip, for the log and
+  // Stats.
+  std::string ProbeWriteAheadLog(
+      const rocksdb::DBOptions& db_options,
+      const std::vector<rocksdb::ColumnFamilyDescriptor>& descriptors) const;
   absl::Status CheckLayout();
   absl::Status CheckFingerprint();
   absl::Status LoadCounts(NamespaceMap* namespaces);
@@ -169,6 +174,7 @@ class BankImpl final : public MemoryBank {
   // Set once by Open().
   bool indexes_loaded_ = false;
   std::string rebuild_reason_;
+  std::string recovery_warning_;  // what opening skipped of a damaged write-ahead log; "" = none
   absl::Duration open_time_;
 };
 

@@ -321,6 +321,7 @@ absl::StatusOr<BankStats> BankImpl::Stats() {
   stats.latent_cache_misses = cache_.misses();
   stats.indexes_loaded_from_disk = indexes_loaded_;
   stats.index_rebuild_reason = rebuild_reason_;
+  stats.recovery_warning = recovery_warning_;
   stats.open_time = open_time_;
   stats.fingerprint = fingerprint_;
   stats.needs_reencode = needs_reencode_;

@@ -201,6 +201,9 @@ struct BankStats {
   // How the last Open() got its vector indexes, and how long it took.
   bool indexes_loaded_from_disk = false;  // false: rebuilt from RocksDB
   std::string index_rebuild_reason;       // empty when loaded
+  // Not empty when the last Open() found a damaged write-ahead log: what RocksDB said and that
+  // the writes after the damage were skipped (acknowledged documents among them are lost).
+  std::string recovery_warning;
   absl::Duration open_time;
   Fingerprint fingerprint;
   bool needs_reencode = false;

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -18,7 +19,11 @@
 
 namespace knowd::testing {
 
-const std::string kKnowdBinary = std::string(KNOWD_BINARY_DIR) + "/daemon/knowd";
+// $KNOWD_TEST_KNOWD_BINARY runs the tests against another build of knowd (an older one, to
+// show that a regression test fails without its fix).
+const std::string kKnowdBinary = std::getenv("KNOWD_TEST_KNOWD_BINARY") != nullptr
+                                     ? std::getenv("KNOWD_TEST_KNOWD_BINARY")
+                                     : std::string(KNOWD_BINARY_DIR) + "/daemon/knowd";
 const std::string kKnowctlBinary = std::string(KNOWD_BINARY_DIR) + "/client/knowctl";
 const std::string kTinyModel = std::string(KNOWD_SOURCE_DIR) + "/models/knowd-tiny";
 const std::string kWorldDir = std::string(KNOWD_SOURCE_DIR) + "/tests/data/world";

@@ -32,6 +32,31 @@ TEST(CheckText, EmptyOversizedAndInvalid) {
   EXPECT_EQ(CheckText("question", "\xC0\xAF", 5).message(), "question is not valid UTF-8");
 }
 
+// Text with nothing to say is not a document, a question or a query.
+TEST(CheckText, BlankAndControlOnlyTextIsRefused) {
+  const std::string blanks[] = {" ",
+                                " \t\r\n ",
+                                std::string(3, '\0'),
+                                std::string("\0 \0\n", 4),
+                                "\xC2\xA0\xE2\x80\x83\xE3\x80\x80",  // NBSP, em space, ideographic
+                                "\xEF\xBB\xBF\xE2\x80\x8B",          // BOM, zero-width space
+                                "\x01\x7F\xC2\x85"};                 // C0, DEL, C1
+  for (const std::string& blank : blanks) {
+    const absl::Status s = CheckText("text", blank, 100);
+    EXPECT_EQ(s.message(), "text has no visible character (only whitespace or control characters)")
+        << testing::PrintToString(blank);
+  }
+  EXPECT_TRUE(CheckText("text", std::string(" x\0", 3), 100).ok());
+  EXPECT_TRUE(CheckText("text", "\xC2\xA0\xC3\xA9", 100).ok());  // NBSP then é
+}
+
+TEST(EscapeInvalidUtf8, ValidTextIsKeptAndBadBytesAreWrittenAsHex) {
+  EXPECT_EQ(EscapeInvalidUtf8("caf\xC3\xA9"), "caf\xC3\xA9");
+  EXPECT_EQ(EscapeInvalidUtf8("id-\xFF\xFE"), "id-\\xff\\xfe");
+  EXPECT_EQ(EscapeInvalidUtf8("\xC3(x"), "\\xc3(x");
+  EXPECT_TRUE(IsValidUtf8(EscapeInvalidUtf8("\xED\xA0\x80 \xF4\x90\x80\x80")));
+}
+
 TEST(CheckDocumentId, Rules) {
   EXPECT_TRUE(CheckDocumentId("doc-1/\xC3\xA9t\xC3\xA9").ok());
   EXPECT_TRUE(CheckDocumentId(std::string(256, 'x')).ok());

@@ -78,6 +78,44 @@ TEST(BankRecoveryTest, CleanCloseLoadsIndexesAndACrashImageRebuildsThem) {
   EXPECT_TRUE((*bank)->VerifyIndexes().ok());
 }
 
+// A write-ahead log cut short loses the acknowledged writes in its tail; recovery must say so
+// instead of opening quietly with fewer documents.
+TEST(BankRecoveryTest, ATruncatedWriteAheadLogIsReported) {
+  TempDir dir;
+  BankOptions options = TestOptions(dir.Sub("bank"));
+  {
+    auto bank = MemoryBank::Open(options);
+    ASSERT_TRUE(bank.ok());
+    for (const Document& doc : SomeDocs("a", 40)) ASSERT_TRUE((*bank)->Put({&doc, 1}).ok());
+    // What a crash leaves: the synced WAL of 40 acknowledged Puts.
+    fs::copy(options.data_dir, dir.Sub("crashed"), fs::copy_options::recursive);
+    fs::copy(options.data_dir, dir.Sub("intact"), fs::copy_options::recursive);
+  }
+  std::vector<fs::path> wals;
+  for (const auto& entry : fs::directory_iterator(dir.Sub("crashed") + "/db")) {
+    if (entry.path().extension() == ".log" && entry.file_size() > 0) wals.push_back(entry.path());
+  }
+  ASSERT_EQ(wals.size(), 1u);
+  const uintmax_t size = fs::file_size(wals[0]);
+  fs::resize_file(wals[0], size - size / 4);  // the last quarter of the acknowledged writes
+
+  {
+    auto intact = MemoryBank::Open(TestOptions(dir.Sub("intact")));
+    ASSERT_TRUE(intact.ok()) << intact.status();
+    EXPECT_EQ((*intact)->Stats()->recovery_warning, "");
+    EXPECT_EQ((*intact)->Stats()->documents, 40u);
+  }
+  auto bank = MemoryBank::Open(TestOptions(dir.Sub("crashed")));
+  ASSERT_TRUE(bank.ok()) << bank.status();
+  auto stats = (*bank)->Stats();
+  EXPECT_LT(stats->documents, 40u);
+  EXPECT_GT(stats->documents, 20u);
+  EXPECT_THAT(stats->recovery_warning, HasSubstr("the write-ahead log is damaged"));
+  EXPECT_THAT(stats->recovery_warning, HasSubstr(wals[0].filename().string()));
+  EXPECT_THAT(stats->recovery_warning, HasSubstr("are lost"));
+  EXPECT_TRUE((*bank)->VerifyIndexes().ok());
+}
+
 TEST(BankRecoveryTest, CorruptOrMissingIndexFilesAreRebuilt) {
   TempDir dir;
   BankOptions options = TestOptions(dir.path());

@@ -1,0 +1,73 @@
+// Forget batching: Forget calls from every client wait in one bounded queue; one thread takes
+// up to forget_max_batch of them at a time, looks their ids up, removes the present ones with one
+// MemoryBank::Delete per namespace (one synced write, one index update), and completes each call.
+// A flood of Forgets therefore costs one thread and one index update per batch, not one of each
+// per call; and while questions wait or decode, the thread rests as long as each batch took, so
+// asks keep at least half of what Forget would otherwise take.
+#pragma once
+
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/metrics.h"
+#include "daemon/scheduler.h"
+#include "daemon/scheduler_engine.h"
+#include "storage/memory_bank.h"
+
+namespace knowd {
+
+// What one Forget call removed.
+struct ForgetOutcome {
+  std::vector<std::string> forgotten;
+  std::vector<std::string> not_found;
+  int passages = 0;
+};
+
+struct ForgetJob {
+  std::string name_space;
+  std::vector<std::string> ids;  // validated and unique
+  absl::Time deadline = absl::InfiniteFuture();
+  std::promise<absl::StatusOr<ForgetOutcome>> done;
+};
+
+struct ForgetOptions {
+  int max_batch = 64;  // calls per batch
+  int queue_size = 1024;
+};
+
+class ForgetBatcher {
+ public:
+  // `engine` (may be null) tells whether questions are waiting; everything must outlive the
+  // batcher.
+  ForgetBatcher(storage::MemoryBank* bank, const Engine* engine, Metrics* metrics,
+                const ForgetOptions& options);
+  ~ForgetBatcher();  // Stop()s
+
+  void Start();
+  // Finishes what is queued, then joins. Later submissions get UNAVAILABLE.
+  void Stop();
+
+  // Queues a call; its outcome arrives on the job's `done`. RESOURCE_EXHAUSTED when the queue is
+  // full and UNAVAILABLE after Stop(); the job is then left with the caller.
+  absl::Status Submit(std::unique_ptr<ForgetJob>& job);
+
+  size_t queued() const { return queue_.size(); }
+
+ private:
+  void Loop();
+  void Process(std::vector<std::unique_ptr<ForgetJob>>& batch);
+
+  storage::MemoryBank* const bank_;
+  const Engine* const engine_;
+  Metrics* const metrics_;
+  const ForgetOptions options_;
+  BoundedQueue<std::unique_ptr<ForgetJob>> queue_;
+  std::thread thread_;
+};
+
+}  // namespace knowd
