@@ -40,7 +40,8 @@ ASAN_DIR ?= build-asan
 TSAN_DIR ?= build-tsan
 SAN_SUPP := $(CURDIR)/tests/sanitizers
 SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Release -DKNOWD_CUDA=OFF -DKNOWD_WERROR=OFF $(CMAKE_FLAGS)
-ASAN_ENV = ASAN_OPTIONS=halt_on_error=1:exitcode=86:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
+ASAN_OPTS = halt_on_error=1:exitcode=86:detect_leaks=1:detect_stack_use_after_return=1
+ASAN_ENV = ASAN_OPTIONS=$(ASAN_OPTS):check_initialization_order=1:strict_string_checks=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=86:suppressions=$(SAN_SUPP)/ubsan.supp \
 	LSAN_OPTIONS=suppressions=$(SAN_SUPP)/lsan.supp:print_suppressions=0
 TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1:suppressions=$(SAN_SUPP)/tsan.supp
