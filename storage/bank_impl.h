@@ -22,7 +22,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "rocksdb/db.h"
 #include "rocksdb/file_system.h"
 #include "rocksdb/write_batch.h"
@@ -30,6 +29,7 @@
 #include "storage/lexical_index.h"
 #include "storage/memory_bank.h"
 #include "storage/records.h"
+#include "storage/rw_mutex.h"
 #include "storage/vector_index.h"
 
 // Returns from the enclosing function when `expr` (an absl::Status) is not OK.
@@ -161,9 +161,10 @@ class BankImpl final : public MemoryBank {
   // Guarded by write_mu_: why the last write failed (OK when it did not); Resume() first.
   absl::Status write_error_;
 
-  // absl::Mutex rather than std::shared_mutex: glibc's rwlock prefers readers, and a steady
-  // stream of searches would starve the writer's short exclusive section forever.
-  mutable absl::Mutex index_mu_;
+  // Writer-preferring (glibc's default rwlock prefers readers, and a steady stream of searches
+  // would starve the writer's short exclusive section forever); rw_mutex.h says why not
+  // absl::Mutex.
+  mutable RwMutex index_mu_;
   NamespaceMap namespaces_;
   bool closed_ = false;
   bool needs_reencode_ = false;

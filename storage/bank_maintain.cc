@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <shared_mutex>
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/utilities/checkpoint.h"
@@ -35,7 +36,7 @@ absl::StatusOr<ReencodeCursor> DecodeCursor(std::string_view bytes) {
 
 absl::Status BankImpl::Snapshot(const std::string& snapshot_dir) {
   std::lock_guard write(write_mu_);  // writers wait: RocksDB and the indexes stay in step
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   std::error_code ec;
   if (fs::exists(snapshot_dir, ec)) {
@@ -112,7 +113,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
     start.Put(cf_meta_, kMetaReencodeCursor, EncodeCursor(cursor));
     KNOWD_STORAGE_RETURN_IF_ERROR(
         FromRocks(db_->Write(SyncWrite(), &start), "re-encode: recording the target"));
-    absl::WriterMutexLock lock(&index_mu_);
+    std::unique_lock lock(index_mu_);
     needs_reencode_ = true;  // latents are about to be mixed
   }
   // The in-memory vector indexes hold the old keys until the final rebuild; never save them.
@@ -169,7 +170,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
     wb.Put(cf_meta_, kMetaReencodeCursor, EncodeCursor(cursor));
     KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &wb), "re-encode: writing"));
     {
-      absl::WriterMutexLock lock(&index_mu_);
+      std::unique_lock lock(index_mu_);
       cache_.Erase(pids);
     }
     if (progress) progress(cursor.done, total);
@@ -185,7 +186,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
   NamespaceMap fresh;
   KNOWD_STORAGE_RETURN_IF_ERROR(LoadCounts(&fresh));
   KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&fresh));
-  absl::WriterMutexLock lock(&index_mu_);
+  std::unique_lock lock(index_mu_);
   for (auto& [name, ns] : namespaces_) {
     ns.vectors = std::move(fresh[name].vectors);
   }

@@ -4,6 +4,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
+#include <shared_mutex>
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
@@ -170,12 +171,21 @@ absl::Status BankImpl::OpenDatabase() {
   db_options.create_missing_column_families = true;
   db_options.IncreaseParallelism(2);
   db_options.keep_log_file_num = 4;
+  // Bounded memory under a steady write load: RocksDB's defaults give each of the five column
+  // families a 64 MiB memtable and never force a flush, so a daemon that only ingests and forgets
+  // grows by every byte written (a 10-minute soak: +113% resident memory, a 75 MB WAL and no
+  // SST). All memtables together stay under 16 MiB, and a WAL past 64 MiB flushes the column
+  // families that pin it.
+  db_options.db_write_buffer_size = 16 << 20;
+  db_options.max_total_wal_size = 64 << 20;
   // Point-in-time recovery (the default) drops a torn WAL tail from a crash mid-write; every
   // acknowledged batch precedes it because each was synced before Put() returned.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
 
   rocksdb::ColumnFamilyOptions text_cf;  // default compression: text compresses well
+  text_cf.write_buffer_size = 8 << 20;
   rocksdb::ColumnFamilyOptions vector_cf;
+  vector_cf.write_buffer_size = 8 << 20;
   vector_cf.compression = rocksdb::kNoCompression;  // quantized floats do not
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
       {rocksdb::kDefaultColumnFamilyName, text_cf},
@@ -441,7 +451,7 @@ absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces) {
 absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
   for (const std::string& name : touched) {
     {
-      absl::ReaderMutexLock lock(&index_mu_);
+      std::shared_lock lock(index_mu_);
       auto it = namespaces_.find(name);
       if (it == namespaces_.end() || !it->second.vectors->NeedsRebuild()) continue;
     }
@@ -449,7 +459,7 @@ absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
     NamespaceMap scratch;
     scratch[name];
     KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
-    absl::WriterMutexLock lock(&index_mu_);
+    std::unique_lock lock(index_mu_);
     namespaces_[name].vectors = std::move(scratch[name].vectors);
   }
   return absl::OkStatus();
@@ -464,7 +474,7 @@ absl::Status BankImpl::Close() {
   std::lock_guard write(write_mu_);
   absl::Status saved = absl::OkStatus();
   {
-    absl::ReaderMutexLock lock(&index_mu_);
+    std::shared_lock lock(index_mu_);
     if (db_ != nullptr && !closed_) {
       if (index_suspect_) {
         // Never persist indexes that may disagree with RocksDB; the next Open() rebuilds.
@@ -476,7 +486,7 @@ absl::Status BankImpl::Close() {
     }
   }
   {
-    absl::WriterMutexLock lock(&index_mu_);
+    std::unique_lock lock(index_mu_);
     closed_ = true;
     namespaces_.clear();
   }

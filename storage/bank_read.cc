@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <shared_mutex>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -56,7 +57,7 @@ std::string FirstDifference(const std::vector<uint64_t>& want, const std::vector
 absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_view id,
                                        bool with_latents) {
   KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   ScopedSnapshot snapshot(db_.get());
   const rocksdb::ReadOptions read = snapshot.Read();
@@ -139,7 +140,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   if (request.candidates < 0 || request.rrf_k < 0) {
     return absl::InvalidArgumentError("candidates and rrf_k must be non-negative");
   }
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   if (needs_reencode_) {
     return absl::FailedPreconditionError(
@@ -227,7 +228,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
 absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> BankImpl::GetLatents(
     std::string_view name_space, std::span<const PassageId> ids) {
   KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   auto ns = namespaces_.find(name_space);
   std::vector<std::shared_ptr<const std::vector<float>>> out(ids.size());
@@ -268,7 +269,7 @@ absl::StatusOr<ScanPage> BankImpl::Scan(std::string_view name_space, std::string
                                         int limit) {
   KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
   if (limit < 1) return absl::InvalidArgumentError("scan limit must be positive");
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   const std::string prefix = DocKeyPrefix(name_space);
   const std::string first = DocKey(name_space, start_after);
@@ -296,7 +297,7 @@ absl::StatusOr<ScanPage> BankImpl::Scan(std::string_view name_space, std::string
 }
 
 absl::StatusOr<BankStats> BankImpl::Stats() {
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   BankStats stats;
   for (const auto& [name, ns] : namespaces_) {
@@ -330,7 +331,7 @@ absl::StatusOr<BankStats> BankImpl::Stats() {
 
 absl::Status BankImpl::VerifyIndexes() {
   std::lock_guard write(write_mu_);  // freeze RocksDB while we compare
-  absl::ReaderMutexLock lock(&index_mu_);
+  std::shared_lock lock(index_mu_);
   KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
   std::map<std::string, std::vector<uint64_t>, std::less<>> keys, passages;
   {

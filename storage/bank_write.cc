@@ -198,7 +198,7 @@ void BankImpl::PutCounts(const DeltaMap& deltas, rocksdb::WriteBatch* wb) {
 void BankImpl::ApplyDeltas(DeltaMap* deltas) {
   absl::Status status = absl::OkStatus();
   {
-    absl::WriterMutexLock lock(&index_mu_);
+    std::unique_lock lock(index_mu_);
     for (auto& [name, delta] : *deltas) {
       cache_.Erase(delta.removed);
       if (delta.counts.documents == 0) {
@@ -255,7 +255,7 @@ void BankImpl::RecoverIndexes() {
     spdlog::error("memory bank {}: index rebuild failed: {}", options_.data_dir, s.ToString());
     return;
   }
-  absl::WriterMutexLock lock(&index_mu_);
+  std::unique_lock lock(index_mu_);
   namespaces_ = std::move(fresh);
   index_suspect_ = false;
 }

@@ -117,9 +117,11 @@ grpc::Status RawIngestBytes(const std::string& target, const std::vector<std::st
 
 // `knowd serve` with `args`, run to completion: its exit code and stderr.
 CommandResult RunServe(const std::string& data_dir, const std::string& args) {
-  return RunCommand(absl::StrCat(kKnowdBinary, " serve --listen 127.0.0.1:0 --http-listen '' ",
-                                 "--model ", kTinyModel, " --data-dir ", data_dir, " ", args),
-                    /*with_stderr=*/true);
+  // Bounded: a daemon that took the file as "no authentication" would serve forever.
+  return RunCommand(
+      absl::StrCat("timeout 120 ", kKnowdBinary, " serve --listen 127.0.0.1:0 --http-listen '' ",
+                   "--model ", kTinyModel, " --data-dir ", data_dir, " ", args),
+      /*with_stderr=*/true);
 }
 
 TEST(Hardening, ATokensFileThatGrantsNothingRefusesToStart) {
