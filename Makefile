@@ -47,16 +47,16 @@ ASAN_ENV = ASAN_OPTIONS=$(ASAN_OPTS):check_initialization_order=1:strict_string_
 TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1:suppressions=$(SAN_SUPP)/tsan.supp
 # What test-sanitize-quick and test-tsan build: the unit tests of tests/serve, tests/storage and
 # tests/client; for TSan every test of those and tests/daemon, with the binaries they start.
-QUICK_TARGETS = serve_config_test auth_test document_rules_test scheduler_test metrics_test \
-	memory_bank_test bank_recovery_test latent_codec_test crash_test storage_crash_child \
-	client_test document_source_test
+QUICK_TARGETS = serve_config_test auth_test document_rules_test request_checks_test \
+	scheduler_test metrics_test memory_bank_test bank_recovery_test latent_codec_test crash_test \
+	storage_crash_child full_disk_test client_test document_source_test
 TSAN_TARGETS = tests/serve/all tests/storage/all tests/client/all tests/daemon/all
 
 .PHONY: test-asan
 test-asan: deps
 	@cmake -S . -B $(ASAN_DIR) $(SAN_CMAKE) -DKNOWD_SANITIZE=address >/dev/null
 	@cmake --build $(ASAN_DIR) -j $(JOBS)
-	@cd $(ASAN_DIR) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) --timeout 3600
+	@cd $(ASAN_DIR) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) --timeout 3600 -LE fault
 
 .PHONY: test-tsan
 test-tsan: deps
@@ -64,7 +64,7 @@ test-tsan: deps
 	@cmake --build $(TSAN_DIR) -j $(JOBS) --target $(TSAN_TARGETS)
 	@for dir in serve storage client daemon; do \
 	  (cd $(TSAN_DIR)/tests/$$dir && $(TSAN_ENV) ctest --output-on-failure -j $(JOBS) \
-	    --timeout 3600) || exit 1; done
+	    -LE fault -E '_NOT_BUILT$$' --timeout 3600) || exit 1; done
 
 # CI's sanitizer pass: the ASan + UBSan unit tests of tests/serve, tests/storage and tests/client
 # (no daemon binary, so not the e2e ones), in the same directory as test-asan.
@@ -74,7 +74,7 @@ test-sanitize-quick: deps
 	@cmake --build $(ASAN_DIR) -j $(JOBS) --target $(QUICK_TARGETS)
 	@for dir in serve storage client; do \
 	  (cd $(ASAN_DIR)/tests/$$dir && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) \
-	    -LE e2e -E '_NOT_BUILT$$' --timeout 1200) || exit 1; done
+	    -LE 'e2e|fault' -E '_NOT_BUILT$$' --timeout 1200) || exit 1; done
 
 # The daemon under 64 mixed clients for SOAK_SECONDS (default 10 minutes): errors by code, RSS
 # growth, p50/p99 per call beside the machine's peaks; report in $(BUILD_DIR)/soak/.

@@ -1,7 +1,6 @@
 // knowd: the daemon and its tools. See docs/cli.md for the command-line contract.
 #include <unistd.h>
 
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -79,14 +78,7 @@ constexpr const char* kUsage =
 int main(int argc, char** argv) {
   // serve takes SIGTERM, SIGINT and SIGHUP with sigwait(); block them from the first moment (the
   // mask survives the execv below), so a signal sent while it starts waits for the drain.
-  if (argc >= 2 && std::string(argv[1]) == "serve") {
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    sigprocmask(SIG_BLOCK, &signals, nullptr);
-  }
+  if (argc >= 2 && std::string(argv[1]) == "serve") knowd::BlockServeSignals();
   // libgomp's default wait policy spins between parallel regions; when anything else runs on the
   // same cores (a shared node, a CPU-limited pod) a spinning thread holds the core its partner
   // needs, and 2-thread decode drops 50x; fully passive waiting halves decode on an idle machine.

@@ -199,6 +199,14 @@ void Engine::RunTasks() {
 
 void Engine::Loop() {
   std::vector<std::shared_ptr<AskJob>> admitted;
+  // Time tasks have taken beyond the decode steps since; tasks wait while it is positive and
+  // questions are decoding. Bounded both ways: a long stretch of questions alone banks little
+  // credit for later tasks, and a long stretch of tasks alone makes the next questions wait for
+  // at most kMaxDebt of their own steps before tasks run again (the gaps between one client's
+  // questions must not reset it, or a steady ingest takes the thread between every two asks).
+  absl::Duration task_debt;
+  constexpr absl::Duration kMaxCredit = absl::Milliseconds(10);
+  constexpr absl::Duration kMaxDebt = absl::Milliseconds(200);
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -208,7 +216,12 @@ void Engine::Loop() {
       });
       if (stopping_) break;
     }
-    RunTasks();
+    const bool answering = running_count_ > 0 || queue_.size() > 0;
+    if (!answering || task_debt <= absl::ZeroDuration()) {
+      const absl::Time start = absl::Now();
+      RunTasks();
+      task_debt = std::min(task_debt + (absl::Now() - start), kMaxDebt);
+    }
     admitted.clear();
     queue_.TryPop(static_cast<size_t>(options_.ask_max_batch - running_count_), &admitted);
     for (std::shared_ptr<AskJob>& job : admitted) {
@@ -219,7 +232,9 @@ void Engine::Loop() {
         ++running_count_;
       }
     }
+    const absl::Time step_start = absl::Now();
     Step();
+    task_debt = std::max(task_debt - (absl::Now() - step_start), -kMaxCredit);
   }
   // Shutdown: the gRPC server has drained its calls by now; anything left is refused.
   const absl::Status unavailable = absl::UnavailableError("the daemon is shutting down");

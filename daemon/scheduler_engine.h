@@ -105,8 +105,11 @@ class Engine {
   // Queues a question. RESOURCE_EXHAUSTED when the ask queue is full, UNAVAILABLE after Stop().
   absl::Status Submit(std::shared_ptr<AskJob> job);
 
-  // Runs `task` on the engine thread before the next decode step and returns its status. Call
-  // from any thread but the engine thread.
+  // Runs `task` on the engine thread and returns its status. Call from any thread but the engine
+  // thread. While questions are decoding, tasks (ingest's encoder passes, Search's question
+  // encoding) and decode steps share the thread's time about equally: a task waits until the
+  // steps since the last tasks have taken as long as those tasks did, so a stream of ingests
+  // cannot stall the answers, nor answers the ingests.
   absl::Status RunOnEngine(std::function<absl::Status()> task);
 
   size_t queued() const { return queue_.size(); }

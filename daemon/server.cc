@@ -226,16 +226,21 @@ void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenSto
 
 }  // namespace
 
-int RunServe(const std::vector<std::string>& args, const std::string& executable) {
-  // Signals are taken by sigwait() below; block them before anything else, so a SIGTERM that
-  // arrives while the model or the bank is still loading waits for the drain instead of killing
-  // the process, and so no thread started later (gRPC's, OpenMP's) receives one.
+sigset_t BlockServeSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+int RunServe(const std::vector<std::string>& args, const std::string& executable) {
+  // Signals are taken by sigwait() below; block them before anything else, so a SIGTERM that
+  // arrives while the model or the bank is still loading waits for the drain instead of killing
+  // the process, and so no thread started later (gRPC's, OpenMP's) receives one.
+  sigset_t signals = BlockServeSignals();
   // Stored text is private: every file and directory the daemon creates is owner-only,
   // whatever umask it was started with.
   ::umask(077);
