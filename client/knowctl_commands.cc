@@ -252,6 +252,10 @@ int RunGet(Client& client, const CommandLine& line) {
   std::cout << "passages: " << doc->passages_size() << "\n";
   for (const v1::Passage& p : doc->passages()) std::cout << "\n[" << p.index() << "] " << p.text();
   std::cout << "\n";
+  if (doc->truncated()) {
+    std::cout << "(the last passages were left out: the document is larger than the daemon's "
+                 "--max-response-bytes)\n";
+  }
   return 0;
 }
 
@@ -295,6 +299,9 @@ int RunStats(Client& client, const CommandLine& line) {
       stats->disk_bytes(), stats->modulation_bytes(), stats->bytes_per_modulation(),
       stats->kv_bytes_per_median_passage(), stats->model(), stats->adapter(), stats->fingerprint(),
       stats->version(), stats->uptime_seconds());
+  if (!stats->recovery_warning().empty()) {
+    std::cout << "recovery warning     " << stats->recovery_warning() << "\n";
+  }
   return 0;
 }
 
