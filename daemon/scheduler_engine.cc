@@ -301,6 +301,7 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
 
   // Modulation.
   PrefixKv prefix;
+  std::vector<std::shared_ptr<const std::vector<float>>> latents;
   if (MacMode(mode) && !hits.empty()) {
     std::vector<storage::PassageId> ids;
     for (const storage::SearchHit& h : hits) {
@@ -308,10 +309,30 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
         ids.push_back(h.passage_id);
       }
     }
-    auto latents = bank_->GetLatents(r.namespace_(), ids);
-    if (!latents.ok()) return fail(latents.status());
+    auto all = bank_->GetLatents(r.namespace_(), ids);
+    if (absl::IsNotFound(all.status())) {
+      // A Forget between the search and now: answer from the hits still stored (and cite only
+      // them), as if the search had come after the Forget.
+      std::vector<storage::SearchHit> stored;
+      for (storage::SearchHit& h : hits) {
+        auto one = bank_->GetLatents(r.namespace_(), {&h.passage_id, 1});
+        if (absl::IsNotFound(one.status())) continue;
+        if (!one.ok()) return fail(one.status());
+        if (static_cast<int>(latents.size()) < adapter_->spec().max_candidates) {
+          latents.push_back((*one)[0]);
+        }
+        stored.push_back(std::move(h));
+      }
+      hits = std::move(stored);
+    } else if (!all.ok()) {
+      return fail(all.status());
+    } else {
+      latents = *std::move(all);
+    }
+  }
+  if (!latents.empty()) {
     std::vector<std::span<const float>> spans;
-    for (const auto& l : *latents) spans.emplace_back(*l);
+    for (const auto& l : latents) spans.emplace_back(*l);
     // mac+rag's prompt carries passage text: the adapter's mac+rag head, if it has one.
     absl::StatusOr<PrefixKv> modulated = adapter_->Modulate(*question, spans, RagMode(mode));
     if (!modulated.ok()) return fail(modulated.status());
