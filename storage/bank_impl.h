@@ -109,7 +109,9 @@ class BankImpl final : public MemoryBank {
   // Builds one VectorIndex per namespace from the "keys" column family, for the namespaces in
   // `namespaces` (all of them when `only` is empty, else just `only`).
   absl::Status RebuildVectors(NamespaceMap* namespaces, std::string_view only = {});
-  absl::Status RebuildLexical(NamespaceMap* namespaces);
+  // Every namespace in `namespaces` gets a fresh lexical index; with `only`, just that one (the
+  // passages of other namespaces are skipped).
+  absl::Status RebuildLexical(NamespaceMap* namespaces, std::string_view only = {});
   // Rebuilds what NeedsRebuild() asks for. Requires write_mu_ held, index_mu_ not held.
   absl::Status RebuildIfNeeded(std::span<const std::string> touched);
 

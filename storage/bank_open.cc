@@ -423,7 +423,7 @@ absl::Status BankImpl::RebuildVectors(NamespaceMap* namespaces, std::string_view
   return absl::OkStatus();
 }
 
-absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces) {
+absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view only) {
   for (auto& [name, ns] : *namespaces) {
     auto lexical = LexicalIndex::Create();
     if (!lexical.ok()) return lexical.status();
@@ -438,6 +438,7 @@ absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces) {
     if (!pid.has_value() || !passage.ok()) {
       return absl::DataLossError("malformed entry in the passages column family");
     }
+    if (!only.empty() && passage->ns != only) continue;
     auto ns = namespaces->find(passage->ns);
     if (ns == namespaces->end() || ns->second.lexical == nullptr) {
       return absl::DataLossError(absl::StrCat("passage ", *pid, " names namespace '", passage->ns,
@@ -450,17 +451,30 @@ absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces) {
 
 absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
   for (const std::string& name : touched) {
+    bool vectors = false;
+    bool lexical = false;
     {
       std::shared_lock lock(index_mu_);
       auto it = namespaces_.find(name);
-      if (it == namespaces_.end() || !it->second.vectors->NeedsRebuild()) continue;
+      if (it == namespaces_.end()) continue;
+      vectors = it->second.vectors->NeedsRebuild();
+      lexical = it->second.lexical != nullptr && it->second.lexical->NeedsRebuild();
     }
-    // write_mu_ is held, so the keys column family cannot change while we read it unlocked.
-    NamespaceMap scratch;
-    scratch[name];
-    KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
-    std::unique_lock lock(index_mu_);
-    namespaces_[name].vectors = std::move(scratch[name].vectors);
+    // write_mu_ is held, so the column families cannot change while we read them unlocked.
+    if (vectors) {
+      NamespaceMap scratch;
+      scratch[name];
+      KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
+      std::unique_lock lock(index_mu_);
+      namespaces_[name].vectors = std::move(scratch[name].vectors);
+    }
+    if (lexical) {
+      NamespaceMap scratch;
+      scratch[name];
+      KNOWD_STORAGE_RETURN_IF_ERROR(RebuildLexical(&scratch, name));
+      std::unique_lock lock(index_mu_);
+      namespaces_[name].lexical = std::move(scratch[name].lexical);
+    }
   }
   return absl::OkStatus();
 }

@@ -106,6 +106,7 @@ struct LexicalIndex::State {
   Xapian::QueryParser parser;
   Xapian::Stem stemmer{"english"};
   std::set<std::string> function_words = FunctionWordTerms(stemmer);
+  uint64_t removed = 0;  // documents removed since Create()
 };
 
 LexicalIndex::LexicalIndex(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -147,6 +148,7 @@ absl::Status LexicalIndex::Remove(std::span<const uint64_t> ids) {
   std::lock_guard lock(mu_);
   try {
     for (uint64_t id : ids) state_->db.delete_document(UniqueTerm(id));
+    state_->removed += ids.size();
   } catch (const Xapian::Error& e) {
     return XapianError("delete", e);
   }
@@ -203,6 +205,11 @@ absl::StatusOr<std::vector<uint64_t>> LexicalIndex::Ids() {
 uint64_t LexicalIndex::size() {
   std::lock_guard lock(mu_);
   return state_->db.get_doccount();
+}
+
+bool LexicalIndex::NeedsRebuild() {
+  std::lock_guard lock(mu_);
+  return state_->removed > std::max<uint64_t>(4096, state_->db.get_doccount());
 }
 
 }  // namespace knowd::storage

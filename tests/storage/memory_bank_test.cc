@@ -168,6 +168,35 @@ TEST(MemoryBankTest, ForgetRemovesTextLatentsKeysAndIndexEntries) {
   EXPECT_TRUE(bank->Get("ns", "keep").ok());
 }
 
+// Xapian's in-memory index keeps what every removed passage took; once removals outnumber the
+// live passages (and 4,096) the namespace's lexical index is built afresh, and it must then
+// hold exactly the live passages, in this namespace only.
+TEST(MemoryBankTest, ChurnRebuildsTheLexicalIndexWithTheLivePassagesOnly) {
+  TempDir dir;
+  auto bank = OpenOrDie(TestOptions(dir.path()));
+  Document other = MakeDoc("other", "elsewhere");
+  other.passages[0].text = "zebra unicorn rainbow";
+  ASSERT_TRUE(bank->Put({&other, 1}).ok());
+  Document keep = MakeDoc("ns", "keep");
+  keep.passages[0].text = "giraffe lantern harbour";
+  ASSERT_TRUE(bank->Put({&keep, 1}).ok());
+  const std::vector<std::string> churn_id = {"churn"};
+  for (int i = 0; i < 4200; ++i) {  // 4,200 removals against 1 live passage
+    Document churn = MakeDoc("ns", "churn", i);
+    churn.passages[0].text = absl::StrCat("zebra ", i);
+    ASSERT_TRUE(bank->Put({&churn, 1}).ok());
+    ASSERT_TRUE(bank->Delete("ns", churn_id).ok());
+  }
+  EXPECT_TRUE(bank->VerifyIndexes().ok()) << bank->VerifyIndexes();
+  SearchRequest hybrid = QueryFor(keep, 0, 10);
+  hybrid.hybrid = true;
+  hybrid.query_text = "giraffe zebra";
+  auto fused = bank->Search(hybrid);
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  ASSERT_FALSE(fused->empty());
+  for (const SearchHit& h : *fused) EXPECT_EQ(h.doc_id, "keep");
+}
+
 TEST(MemoryBankTest, NamespacesAreIsolated) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
