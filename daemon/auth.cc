@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -99,6 +100,7 @@ absl::StatusOr<TokenAuthorizer> TokenAuthorizer::FromJson(std::string_view json_
         source, ": not a JSON array of {\"token\", \"namespaces\", \"roles\"} objects"));
   }
   TokenAuthorizer out;
+  std::set<std::string> hashes;  // of every entry's token so far
   for (size_t i = 0; i < json.size(); ++i) {
     const nlohmann::json& e = json[i];
     auto bad = [&](absl::string_view why) {
@@ -120,11 +122,9 @@ absl::StatusOr<TokenAuthorizer> TokenAuthorizer::FromJson(std::string_view json_
       }
       entry.sha256 = e["sha256"].get<std::string>();
     }
-    const std::string hash = entry.sha256.empty() ? Sha256Hex(entry.token) : entry.sha256;
-    for (const Entry& other : out.tokens_) {
-      if ((other.sha256.empty() ? Sha256Hex(other.token) : other.sha256) == hash) {
-        return bad("the token appears twice");
-      }
+    // Clear and hashed entries compare by hash, each hashed once.
+    if (!hashes.insert(entry.sha256.empty() ? Sha256Hex(entry.token) : entry.sha256).second) {
+      return bad("the token appears twice");
     }
     if (!e.contains("namespaces") || !e["namespaces"].is_array() || e["namespaces"].empty()) {
       return bad("\"namespaces\" must be a non-empty array of names (\"*\" = all)");

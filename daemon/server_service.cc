@@ -160,6 +160,12 @@ KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
   PendingAck pending;
   pending.id = EscapeInvalidUtf8(request.id());
   pending.position = position;
+  if (Draining()) {
+    pending.error = absl::UnavailableError(
+        "the daemon is shutting down: not stored; send it again to another replica or after the "
+        "restart");
+    return pending;
+  }
   auto job = std::make_unique<IngestJob>();
   storage::Document& doc = job->document;
   pending.error = CheckIngestRequest(request, limits_, absl::Now(), &doc.name_space);
@@ -270,19 +276,9 @@ absl::Status KnowledgeServiceImpl::DoIngest(
   bool refused_for_drain = false;
   while (!cancelled->load() && stream->Read(&request)) {
     registration.unacked.fetch_add(1);
-    PendingAck next;
-    if (Draining()) {
-      // Shutting down: this document is not stored, and the stream reads no more.
-      next.id = EscapeInvalidUtf8(request.id());
-      next.position = position;
-      next.error = absl::UnavailableError(
-          "the daemon is shutting down: not stored; send it again to "
-          "another replica or after the restart");
-      refused_for_drain = true;
-    } else {
-      next = StartIngest(request, position, *grant, deadline, cancelled);
-    }
-    ++position;
+    // Once shutting down, StartIngest refuses the document and the stream reads no more.
+    refused_for_drain = Draining();
+    PendingAck next = StartIngest(request, position++, *grant, deadline, cancelled);
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] {
       return static_cast<int>(pending.size()) < limits_.ingest_in_flight_per_stream ||

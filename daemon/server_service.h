@@ -83,7 +83,8 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
                        v1::StatsResponse* response);
 
   class CallGuard;
-  // Validates one document and queues it; the returned future gives its ack.
+  // Validates one document and queues it (refuses it UNAVAILABLE once draining); the returned
+  // future gives its ack.
   struct PendingAck;
   PendingAck StartIngest(const v1::IngestRequest& request, int64_t position, const Grant& grant,
                          absl::Time deadline, const std::shared_ptr<std::atomic<bool>>& cancelled);
