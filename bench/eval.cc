@@ -16,6 +16,10 @@
 #include "absl/strings/str_format.h"
 #include "bench/png_plot.h"
 #include "kernels/backend.h"
+#include "knowledge/ask.h"
+#include "knowledge/bundle.h"
+#include "knowledge/passages.h"
+#include "knowledge/retrieve.h"
 #include "nlohmann/json.hpp"
 #include "train/world.h"
 
@@ -58,9 +62,7 @@ int AtBankSize(int point) { return 2 + point; }
 
 constexpr const char* kNamespace = "eval";
 constexpr int kHashedKeyDim = 256;
-constexpr int kLexicalCandidates = 20;
 constexpr int kRecallDepth = 5;
-constexpr int kSubjectPassages = 3;
 
 // Feature hashing of the lower-cased alphanumeric words, L2-normalised: a stand-in retrieval key
 // until the bundle has an adapter whose encoder produces real keys.
@@ -87,18 +89,18 @@ std::vector<float> HashedKey(std::string_view text) {
   return key;
 }
 
+// The retrieval rankings recall is measured on (passage indices, best first).
 struct Retrieved {
-  std::vector<int> bm25;     // passage indices, best first
-  std::vector<int> subject;  // the best BM25 passage and the candidates on its subject, best first
-  std::vector<int> dense;    // by the dense key alone (only when asked for)
-  std::vector<int> hybrid;   // RRF of both (only when asked for)
+  std::vector<int> bm25;
+  std::vector<int> dense;   // the adapter's keys (hashed words without one)
+  std::vector<int> hybrid;  // both, fused
 };
 
 struct Asked {
   int question;
   int mode;
   int stage;
-  int request;
+  int request;  // -1: nothing in memory, no answer
 };
 
 struct RecallCounts {
@@ -140,12 +142,16 @@ class Evaluator {
   int GoldPassage(const train::Question& q, int stage) const;
 
   absl::Status StorePassages(int begin, int end);
-  absl::StatusOr<Retrieved> Retrieve(const train::Question& q, bool all_rankings);
-  absl::StatusOr<std::vector<int32_t>> FitPrompt(std::vector<int> ranked_passages,
-                                                 const std::string& question, int reserved);
+  absl::StatusOr<Retrieved> Retrieve(const train::Question& q);
+  knowledge::AskContext Context() const {
+    return {bank_.get(), &tokenizer_, modulator_, model_.config().max_position_embeddings};
+  }
   int AddRequest(std::vector<int32_t> prompt, std::shared_ptr<const PrefixKv> prefix);
   absl::Status AskMemoryModes(int question, int stage);
   absl::Status AskNoMemoryModes(int question, int stage);
+  // Relevance of unknown-subject and forgotten-subject questions; calibration (EvalOptions).
+  absl::Status MeasureAbstention();
+  Json AbstentionReport(const std::vector<std::string>& answers);
   Json Report(const std::vector<std::string>& answers, double generation_seconds);
 
   const EvalOptions& o_;
@@ -170,6 +176,15 @@ class Evaluator {
   int recall_questions_ = 0;
   int dropped_passages_ = 0;
   int truncated_prompts_ = 0;
+
+  std::unordered_map<int, double> relevance_;  // main question -> relevance at the end
+  std::vector<double> unknown_relevance_;
+  std::string unknown_split_;
+  std::vector<double> forgotten_relevance_;
+  int forgotten_subjects_ = 0;
+  double threshold_ = 0;
+  std::string threshold_source_;
+  Json calibration_;
 };
 
 int Evaluator::GoldPassage(const train::Question& q, int stage) const {
@@ -183,11 +198,13 @@ int Evaluator::GoldPassage(const train::Question& q, int stage) const {
 absl::Status Evaluator::StorePassages(int begin, int end) {
   std::vector<storage::EncodedPassage> encoded;
   if (modulator_ != nullptr) {
+    // A world passage is one passage of its document (no overlap context): what ingest encodes.
     std::vector<std::string_view> texts;
     for (int i = begin; i < end; ++i) texts.push_back(data_.passages[i].text);
-    if (absl::Status s = modulator_->EncodePassages(texts, &encoded); !s.ok()) return s;
-    if (encoded.size() != texts.size()) {
-      return absl::InternalError("the adapter encoded a different number of passages");
+    if (absl::Status s = knowledge::EncodePassageTexts(
+            *modulator_, tokenizer_, texts, model_.config().max_position_embeddings, &encoded);
+        !s.ok()) {
+      return s;
     }
   }
   std::vector<storage::Document> batch;
@@ -215,104 +232,36 @@ absl::Status Evaluator::StorePassages(int begin, int end) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q, bool all_rankings) {
+absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q) {
   std::vector<float> key;
   if (modulator_ != nullptr) {
-    absl::StatusOr<std::vector<float>> k = modulator_->QuestionKey(q.question);
-    if (!k.ok()) return k.status();
-    key = *std::move(k);
+    absl::StatusOr<QuestionCode> code =
+        knowledge::EncodeQuestion(*modulator_, tokenizer_, q.question);
+    if (!code.ok()) return code.status();
+    key = std::move(code->key);
   } else {
     key = HashedKey(q.question);
   }
-  auto to_indices = [&](const std::vector<storage::SearchHit>& hits) {
+  auto ranking = [&](knowledge::Retrieval retrieval) -> absl::StatusOr<std::vector<int>> {
+    absl::StatusOr<std::vector<storage::SearchHit>> hits =
+        knowledge::RetrievePassages(*bank_, kNamespace, q.question, &key, retrieval, kRecallDepth);
+    if (!hits.ok()) return hits.status();
     std::vector<int> out;
-    for (const storage::SearchHit& h : hits) {
+    for (const storage::SearchHit& h : *hits) {
       auto it = passage_index_.find(h.doc_id);
       if (it != passage_index_.end()) out.push_back(it->second);
     }
     return out;
   };
   Retrieved r;
-  // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
-  // re-ranked by the BM25 weight, is exactly the BM25 top list.
-  storage::SearchRequest request;
-  request.name_space = kNamespace;
-  request.key = key;
-  request.hybrid = true;
-  request.query_text = q.question;
-  request.candidates = kLexicalCandidates;
-  request.k = 2 * kLexicalCandidates;
-  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank_->Search(request);
-  if (!hits.ok()) return hits.status();
-  {
-    std::vector<storage::SearchHit> fused(
-        hits->begin(), hits->begin() + std::min<size_t>(kRecallDepth, hits->size()));
-    r.hybrid = to_indices(fused);
-  }
-  std::vector<storage::SearchHit> lexical;
-  for (const storage::SearchHit& h : *hits) {
-    if (h.lexical_score.has_value()) lexical.push_back(h);
-  }
-  std::stable_sort(lexical.begin(), lexical.end(), [](const auto& a, const auto& b) {
-    return *a.lexical_score > *b.lexical_score;
-  });
-  std::vector<storage::SearchHit> subject;
-  for (const storage::SearchHit& h : lexical) {
-    if (subject.size() < kSubjectPassages && (subject.empty() || h.same_subject))
-      subject.push_back(h);
-  }
-  r.subject = to_indices(subject);
-  if (lexical.size() > kRecallDepth) lexical.resize(kRecallDepth);
-  r.bm25 = to_indices(lexical);
-  if (all_rankings || modulator_ != nullptr) {
-    storage::SearchRequest dense;
-    dense.name_space = kNamespace;
-    dense.key = std::move(key);
-    dense.k = std::max(kRecallDepth, o_.mac_top_k);
-    absl::StatusOr<std::vector<storage::SearchHit>> dense_hits = bank_->Search(dense);
-    if (!dense_hits.ok()) return dense_hits.status();
-    r.dense = to_indices(*dense_hits);
+  for (auto [retrieval, out] : {std::pair{knowledge::Retrieval::kLexical, &r.bm25},
+                                std::pair{knowledge::Retrieval::kDense, &r.dense},
+                                std::pair{knowledge::Retrieval::kHybrid, &r.hybrid}}) {
+    absl::StatusOr<std::vector<int>> ranked = ranking(retrieval);
+    if (!ranked.ok()) return ranked.status();
+    *out = *std::move(ranked);
   }
   return r;
-}
-
-absl::StatusOr<std::vector<int32_t>> Evaluator::FitPrompt(std::vector<int> ranked,
-                                                          const std::string& question,
-                                                          int reserved) {
-  const int budget = model_.config().max_position_embeddings - o_.max_answer_tokens - reserved;
-  if (budget < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the model's context (", model_.config().max_position_embeddings,
-        " positions) leaves no room for a prompt and ", o_.max_answer_tokens, " answer tokens"));
-  }
-  while (true) {
-    std::vector<int> ordered = ranked;
-    std::sort(ordered.begin(), ordered.end());  // passage index = stream order: oldest first
-    std::string text;
-    if (ordered.empty()) {
-      text = absl::StrCat("Q: ", question, "\nA:");
-    } else {
-      std::string context;
-      for (int p : ordered) {
-        absl::StrAppend(&context, context.empty() ? "" : "\n", data_.passages[p].text);
-      }
-      text = train::QaPrompt(context, question);
-    }
-    std::vector<int32_t> ids = tokenizer_.Encode(text, true);
-    if (static_cast<int>(ids.size()) <= budget) return ids;
-    if (ranked.size() > 1) {
-      ranked.pop_back();  // the lowest-ranked passage makes room first
-      ++dropped_passages_;
-      continue;
-    }
-    // One passage that alone overflows the context: keep BOS and the prompt's tail, which holds
-    // the question.
-    ++truncated_prompts_;
-    std::vector<int32_t> kept;
-    if (tokenizer_.bos_id() >= 0) kept.push_back(tokenizer_.bos_id());
-    kept.insert(kept.end(), ids.end() - (budget - static_cast<int>(kept.size())), ids.end());
-    return kept;
-  }
 }
 
 int Evaluator::AddRequest(std::vector<int32_t> prompt, std::shared_ptr<const PrefixKv> prefix) {
@@ -332,9 +281,16 @@ int Evaluator::AddRequest(std::vector<int32_t> prompt, std::shared_ptr<const Pre
 
 absl::Status Evaluator::AskNoMemoryModes(int question, int stage) {
   const train::Question& q = data_.questions[question];
-  absl::StatusOr<std::vector<int32_t>> closed = FitPrompt({}, q.question, 0);
-  if (!closed.ok()) return closed.status();
-  asked_.push_back({question, kClosedBook, stage, AddRequest(*std::move(closed), nullptr)});
+  knowledge::AskParams closed;
+  closed.mode = knowledge::AskMode::kClosedBook;
+  closed.max_tokens = o_.max_answer_tokens;
+  absl::StatusOr<knowledge::PreparedAsk> prepared =
+      knowledge::PrepareAsk(Context(), kNamespace, q.question, closed);
+  if (!prepared.ok()) return prepared.status();
+  if (stage == kAtEnd && o_.on_prepared)
+    o_.on_prepared(q.question, "closed-book", closed, *prepared);
+  asked_.push_back(
+      {question, kClosedBook, stage, AddRequest(std::move(prepared->prompt), nullptr)});
 
   // Oracle context: the passage holding the gold answer first, then the one it updates or that
   // updates it (dropped first if the context is short); the prompt orders them oldest first.
@@ -347,76 +303,60 @@ absl::Status Evaluator::AskNoMemoryModes(int question, int stage) {
   if (own.is_update && passage_index_.contains(own.updates)) {
     gold.push_back(passage_index_.at(own.updates));
   }
-  absl::StatusOr<std::vector<int32_t>> oracle = FitPrompt(gold, q.question, 0);
-  if (!oracle.ok()) return oracle.status();
-  asked_.push_back({question, kOracle, stage, AddRequest(*std::move(oracle), nullptr)});
+  std::vector<storage::SearchHit> hits(gold.size());
+  std::vector<const storage::SearchHit*> ranked;
+  for (size_t i = 0; i < gold.size(); ++i) {
+    hits[i].passage_id = passage_ids_[gold[i]];  // stream order: oldest first
+    hits[i].text = data_.passages[gold[i]].text;
+    ranked.push_back(&hits[i]);
+  }
+  const int budget = model_.config().max_position_embeddings - o_.max_answer_tokens;
+  if (budget < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the model's context (", model_.config().max_position_embeddings,
+        " positions) leaves no room for a prompt and ", o_.max_answer_tokens, " answer tokens"));
+  }
+  knowledge::FittedPrompt oracle =
+      knowledge::FitPrompt(tokenizer_, ranked, q.question, budget, true);
+  dropped_passages_ += static_cast<int>(ranked.size()) - oracle.kept;
+  truncated_prompts_ += oracle.truncated;
+  asked_.push_back({question, kOracle, stage, AddRequest(std::move(oracle.ids), nullptr)});
   return absl::OkStatus();
 }
 
 absl::Status Evaluator::AskMemoryModes(int question, int stage) {
   const train::Question& q = data_.questions[question];
-  absl::StatusOr<Retrieved> r = Retrieve(q, stage == kAtEnd);
-  if (!r.ok()) return r.status();
   if (stage == kAtEnd) {
+    absl::StatusOr<Retrieved> r = Retrieve(q);
+    if (!r.ok()) return r.status();
     const int gold = GoldPassage(q, stage);
     recall_bm25_.Add(r->bm25, gold);
     recall_dense_.Add(r->dense, gold);
     recall_hybrid_.Add(r->hybrid, gold);
     ++recall_questions_;
   }
-  const std::vector<int> top1(r->bm25.begin(),
-                              r->bm25.begin() + std::min<size_t>(1, r->bm25.size()));
-  const std::vector<int> top3(r->bm25.begin(),
-                              r->bm25.begin() + std::min<size_t>(3, r->bm25.size()));
-  absl::StatusOr<std::vector<int32_t>> rag1 = FitPrompt(top1, q.question, 0);
-  if (!rag1.ok()) return rag1.status();
-  asked_.push_back({question, kRagTop1, stage, AddRequest(*std::move(rag1), nullptr)});
-  absl::StatusOr<std::vector<int32_t>> rag3 = FitPrompt(top3, q.question, 0);
-  if (!rag3.ok()) return rag3.status();
-  asked_.push_back({question, kRagTop3, stage, AddRequest(*std::move(rag3), nullptr)});
-  absl::StatusOr<std::vector<int32_t>> rag_subject = FitPrompt(r->subject, q.question, 0);
-  if (!rag_subject.ok()) return rag_subject.status();
-  asked_.push_back({question, kRagSubject, stage, AddRequest(*std::move(rag_subject), nullptr)});
-  if (modulator_ == nullptr) return absl::OkStatus();
-
-  const std::vector<int>& ranked = o_.mac_retrieval == MacRetrieval::kHybrid    ? r->hybrid
-                                   : o_.mac_retrieval == MacRetrieval::kLexical ? r->bm25
-                                                                                : r->dense;
-  std::vector<storage::PassageId> ids;
-  for (int i = 0; i < std::min<int>(o_.mac_top_k, ranked.size()); ++i) {
-    ids.push_back(passage_ids_[ranked[i]]);
+  for (int mode = kRagTop1; mode < kNumModes; ++mode) {
+    if (NeedsModulator(mode) && modulator_ == nullptr) continue;
+    absl::StatusOr<knowledge::AskParams> params = EvalModeParams(o_, kModeNames[mode]);
+    if (!params.ok()) return params.status();
+    absl::StatusOr<knowledge::PreparedAsk> prepared =
+        knowledge::PrepareAsk(Context(), kNamespace, q.question, *params);
+    if (!prepared.ok()) return prepared.status();
+    if (stage == kAtEnd && o_.on_prepared)
+      o_.on_prepared(q.question, kModeNames[mode], *params, *prepared);
+    if (stage == kAtEnd && mode == kRagSubject) relevance_[question] = prepared->relevance;
+    dropped_passages_ += prepared->dropped_passages;
+    truncated_prompts_ += prepared->truncated;
+    if (prepared->nothing_in_memory) {
+      asked_.push_back({question, mode, stage, -1});
+      continue;
+    }
+    std::shared_ptr<const PrefixKv> prefix;
+    if (prepared->prefix.rows > 0) {
+      prefix = std::make_shared<const PrefixKv>(std::move(prepared->prefix));
+    }
+    asked_.push_back({question, mode, stage, AddRequest(std::move(prepared->prompt), prefix)});
   }
-  if (ids.empty()) return absl::InternalError("mac: the bank returned no passage");
-  auto latents = bank_->GetLatents(kNamespace, ids);
-  if (!latents.ok()) return latents.status();
-  absl::StatusOr<PrefixKv> prefix = modulator_->Modulate(q.question, *latents, false);
-  if (!prefix.ok()) return prefix.status();
-  auto shared = std::make_shared<const PrefixKv>(*std::move(prefix));
-  // mac+rag: the adapter's mac+rag head's prefix when it has one, else the same prefix.
-  std::shared_ptr<const PrefixKv> shared_text = shared;
-  if (modulator_->has_text_head()) {
-    absl::StatusOr<PrefixKv> text_prefix = modulator_->Modulate(q.question, *latents, true);
-    if (!text_prefix.ok()) return text_prefix.status();
-    shared_text = std::make_shared<const PrefixKv>(*std::move(text_prefix));
-  }
-  // The prefix's row 0 is the BOS sink: the prompts after it start without BOS.
-  auto after_prefix = [&](std::vector<int32_t> ids) {
-    if (!ids.empty() && ids.front() == tokenizer_.bos_id()) ids.erase(ids.begin());
-    return ids;
-  };
-  absl::StatusOr<std::vector<int32_t>> mac = FitPrompt({}, q.question, shared->rows);
-  if (!mac.ok()) return mac.status();
-  asked_.push_back({question, kMac, stage, AddRequest(after_prefix(*std::move(mac)), shared)});
-  const std::vector<int> mac_rag_text =
-      o_.mac_rag_subject
-          ? r->subject
-          : std::vector<int>(ranked.begin(),
-                             ranked.begin() + std::min<size_t>(o_.mac_rag_passages, ranked.size()));
-  absl::StatusOr<std::vector<int32_t>> mac_rag =
-      FitPrompt(mac_rag_text, q.question, shared_text->rows);
-  if (!mac_rag.ok()) return mac_rag.status();
-  asked_.push_back(
-      {question, kMacRag, stage, AddRequest(after_prefix(*std::move(mac_rag)), shared_text)});
   return absl::OkStatus();
 }
 
@@ -501,6 +441,7 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   for (int q : retention_questions_) {
     if (absl::Status s = AskNoMemoryModes(q, kRightAfter); !s.ok()) return s;
   }
+  if (absl::Status s = MeasureAbstention(); !s.ok()) return s;
   if (absl::Status s = bank_->Close(); !s.ok()) return s;
   const double stream_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
@@ -511,6 +452,7 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   const double generation_seconds = std::chrono::duration<double>(Clock::now() - g0).count();
 
   Json report = Report(*answers, generation_seconds);
+  report["abstention"] = AbstentionReport(*answers);
   report["seconds"] = {{"stream_and_retrieval", stream_seconds},
                        {"generation", generation_seconds},
                        {"total", std::chrono::duration<double>(Clock::now() - t0).count()}};
@@ -631,6 +573,169 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   return write(png_path, *png);
 }
 
+absl::Status Evaluator::MeasureAbstention() {
+  // The threshold: given, or the bundle's calibration.
+  if (o_.abstain_below >= 0) {
+    threshold_ = o_.abstain_below;
+    threshold_source_ = "--abstain-below";
+  } else {
+    absl::StatusOr<knowledge::Calibration> c = knowledge::ReadCalibration(o_.bundle_dir);
+    if (!c.ok()) return c.status();
+    threshold_ = c->abstain_below;
+    threshold_source_ = "bundle knowledge.json";
+  }
+  knowledge::AskParams params;  // the daemon's default rag ask
+  params.mode = knowledge::AskMode::kRag;
+  params.max_tokens = o_.max_answer_tokens;
+  auto relevance = [&](const std::string& question) -> absl::StatusOr<double> {
+    absl::StatusOr<knowledge::PreparedAsk> p =
+        knowledge::PrepareAsk(Context(), kNamespace, question, params);
+    if (!p.ok()) return p.status();
+    return p->relevance;
+  };
+  // Unknown people: another split's questions (its people never streamed here), as many as the
+  // main questions, spread over it.
+  unknown_split_ = !o_.unknown_split.empty() ? o_.unknown_split
+                   : o_.split == "test"      ? "valid"
+                                             : "test";
+  absl::StatusOr<train::Split> split = train::ParseSplit(unknown_split_);
+  if (!split.ok()) return split.status();
+  std::error_code ec;
+  if (!std::filesystem::exists(
+          std::filesystem::path(o_.data_dir) / absl::StrCat(unknown_split_, ".questions.jsonl"),
+          ec)) {
+    unknown_split_ += " (not in the data directory: not measured)";
+  } else {
+    absl::StatusOr<train::SplitData> unknown = train::ReadSplit(o_.data_dir, *split);
+    if (!unknown.ok()) return unknown.status();
+    const size_t n = unknown->questions.size();
+    const size_t want = std::min(n, main_questions_.size());
+    for (size_t i = 0; i < want; ++i) {
+      absl::StatusOr<double> r = relevance(unknown->questions[i * n / want].question);
+      if (!r.ok()) return r.status();
+      unknown_relevance_.push_back(*r);
+    }
+  }
+  // Forgotten people: every passage of `forget_subjects` subjects of the main questions deleted,
+  // then their questions asked.
+  std::vector<std::string> subjects;
+  for (int q : main_questions_) {
+    const std::string& subject = data_.questions[q].subject;
+    if (std::find(subjects.begin(), subjects.end(), subject) == subjects.end()) {
+      subjects.push_back(subject);
+    }
+  }
+  std::vector<std::string> forgotten;
+  const int want_subjects = std::min<int>(o_.forget_subjects, subjects.size());
+  for (int i = 0; i < want_subjects; ++i) {
+    forgotten.push_back(subjects[static_cast<size_t>(i) * subjects.size() / want_subjects]);
+  }
+  std::vector<std::string> doc_ids;
+  for (const train::Passage& p : data_.passages) {
+    if (std::find(forgotten.begin(), forgotten.end(), p.subject) != forgotten.end()) {
+      doc_ids.push_back(p.id);
+    }
+  }
+  if (!doc_ids.empty()) {
+    absl::StatusOr<int> deleted = bank_->Delete(kNamespace, doc_ids, /*purge=*/false);
+    if (!deleted.ok()) return deleted.status();
+  }
+  forgotten_subjects_ = static_cast<int>(forgotten.size());
+  for (const train::Question& q : data_.questions) {
+    if (std::find(forgotten.begin(), forgotten.end(), q.subject) == forgotten.end()) continue;
+    absl::StatusOr<double> r = relevance(q.question);
+    if (!r.ok()) return r.status();
+    forgotten_relevance_.push_back(*r);
+  }
+
+  if (o_.calibrate_abstention) {
+    // The threshold that best separates this split's questions (known) from the unknown ones,
+    // a false abstention weighing ten missed ones: max over t of
+    // unknown_abstained(t) - 10 * known_abstained(t), over t between observed relevances.
+    std::vector<double> known;
+    for (const auto& [q, r] : relevance_) known.push_back(r);
+    std::vector<double> candidates = known;
+    candidates.insert(candidates.end(), unknown_relevance_.begin(), unknown_relevance_.end());
+    std::sort(candidates.begin(), candidates.end());
+    auto below = [](const std::vector<double>& v, double t) {
+      return v.empty() ? 0.0 : std::count_if(v.begin(), v.end(), [&](double r) {
+                                 return r < t;
+                               }) / static_cast<double>(v.size());
+    };
+    double best_t = 0, best = 0;
+    for (size_t i = 0; i + 1 < candidates.size(); ++i) {
+      if (candidates[i + 1] <= candidates[i]) continue;
+      const double t = (candidates[i] + candidates[i + 1]) / 2;
+      const double value = below(unknown_relevance_, t) - 10 * below(known, t);
+      if (value > best) {
+        best = value;
+        best_t = t;
+      }
+    }
+    threshold_ = best_t;
+    threshold_source_ = absl::StrCat("calibrated on the ", o_.split, " split");
+    calibration_ = {{"abstain_below", best_t},
+                    {"calibrated_on", absl::StrCat(o_.split, " split of ", o_.data_dir)},
+                    {"known_questions", known.size()},
+                    {"known_abstained", below(known, best_t)},
+                    {"unknown_split", unknown_split_},
+                    {"unknown_questions", unknown_relevance_.size()},
+                    {"unknown_abstained", below(unknown_relevance_, best_t)},
+                    {"rule",
+                     "max over t of unknown_abstained(t) - 10 * known_abstained(t) "
+                     "(knowd eval --calibrate-abstention)"}};
+    if (absl::Status s = knowledge::WriteCalibration(o_.bundle_dir, {best_t}, calibration_.dump());
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+Json Evaluator::AbstentionReport(const std::vector<std::string>& answers) {
+  auto rate = [&](const std::vector<double>& v) {
+    const auto n = std::count_if(v.begin(), v.end(), [&](double r) { return r < threshold_; });
+    return Json{{"questions", v.size()},
+                {"abstained", n},
+                {"rate", v.empty() ? 0.0 : n / static_cast<double>(v.size())}};
+  };
+  std::vector<double> known;
+  for (int q : main_questions_) {
+    auto it = relevance_.find(q);
+    if (it != relevance_.end()) known.push_back(it->second);
+  }
+  Json report = {{"threshold", threshold_},
+                 {"source", threshold_source_},
+                 {"relevance",
+                  "lexical coverage of the best passage: the share of the question's inverse "
+                  "document frequency it matches"},
+                 {"known", rate(known)},
+                 {"unknown", rate(unknown_relevance_)},
+                 {"forgotten", rate(forgotten_relevance_)}};
+  report["unknown"]["split"] = unknown_split_;
+  report["forgotten"]["subjects"] = forgotten_subjects_;
+  if (!calibration_.is_null()) report["calibration"] = calibration_;
+  // EM of each memory mode when abstained questions count as unanswered.
+  Json modes = Json::object();
+  std::map<int, AnswerScore> with, without;
+  for (const Asked& a : asked_) {
+    if (a.stage != kAtEnd || !UsesMemory(a.mode)) continue;
+    const train::Question& q = data_.questions[a.question];
+    const std::string predicted = a.request >= 0 ? answers[a.request] : "";
+    auto it = relevance_.find(a.question);
+    const bool abstained = it != relevance_.end() && it->second < threshold_;
+    without[a.mode].Add(predicted, FinalAnswer(q));
+    with[a.mode].Add(abstained ? "" : predicted, FinalAnswer(q));
+  }
+  for (const auto& [mode, score] : with) {
+    modes[kModeNames[mode]] = {{"em", score.em()},
+                               {"em_without_abstention", without[mode].em()},
+                               {"em_lost", without[mode].em() - score.em()}};
+  }
+  report["modes"] = modes;
+  return report;
+}
+
 Json Evaluator::Report(const std::vector<std::string>& answers, double generation_seconds) {
   const int num_stages = 2 + static_cast<int>(curve_sizes_.size());
   std::vector<std::vector<AnswerScore>> scores(kNumModes, std::vector<AnswerScore>(num_stages));
@@ -641,7 +746,8 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
   for (int q : main_questions_) update_questions += !data_.questions[q].superseded_by.empty();
   for (const Asked& a : asked_) {
     const train::Question& q = data_.questions[a.question];
-    const std::string& predicted = answers[a.request];
+    static const std::string kNoAnswer;
+    const std::string& predicted = a.request >= 0 ? answers[a.request] : kNoAnswer;
     if (a.stage == kAtEnd) {
       scores[a.mode][a.stage].Add(predicted, FinalAnswer(q));
       auto [relation, added] = by_relation.try_emplace(q.relation, kNumModes);
@@ -823,6 +929,32 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
 }
 
 }  // namespace
+
+absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::string_view mode) {
+  knowledge::AskParams p;
+  p.max_tokens = o.max_answer_tokens;
+  p.retrieval = knowledge::Retrieval::kLexical;
+  if (mode == "rag-top1" || mode == "rag-top3") {
+    p.mode = knowledge::AskMode::kRag;
+    p.top_k = p.rag_passages = mode == "rag-top1" ? 1 : 3;
+    p.subject_passages = 0;
+  } else if (mode == "rag-subject") {
+    p.mode = knowledge::AskMode::kRag;  // the daemon's rag mode with its defaults
+  } else if (mode == "mac" || mode == "mac+rag") {
+    p.mode = mode == "mac" ? knowledge::AskMode::kMac : knowledge::AskMode::kMacRag;
+    p.retrieval = o.mac_retrieval == MacRetrieval::kHybrid  ? knowledge::Retrieval::kHybrid
+                  : o.mac_retrieval == MacRetrieval::kDense ? knowledge::Retrieval::kDense
+                                                            : knowledge::Retrieval::kLexical;
+    p.top_k = o.mac_top_k;
+    if (!o.mac_rag_subject) {
+      p.rag_passages = o.mac_rag_passages;
+      p.subject_passages = 0;
+    }
+  } else {
+    return absl::NotFoundError(absl::StrCat("no eval mode \"", std::string(mode), "\""));
+  }
+  return p;
+}
 
 std::string NormalizeAnswer(std::string_view text) {
   std::string s;

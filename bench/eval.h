@@ -49,6 +49,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "knowledge/ask.h"
+#include "knowledge/modulator.h"
 #include "model/adapter.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -85,46 +87,19 @@ class AnswerScore {
 
 // ---- the adapter hook (mac, mac+rag) ---------------------------------------------------------
 
-// What the eval needs from a trained MAC adapter. Implementations wrap the bundle's adapter/
-// networks over the same frozen Transformer. Called from one thread.
-class Modulator {
- public:
-  virtual ~Modulator() = default;
-
-  // Shape of a bank entry: latents are latent_rows × latent_cols, keys key_dim.
-  virtual int latent_rows() const = 0;
-  virtual int latent_cols() const = 0;
-  virtual int key_dim() const = 0;
-
-  // Encodes passages into bank entries; `out` gets one per text, in order.
-  virtual absl::Status EncodePassages(std::span<const std::string_view> texts,
-                                      std::vector<storage::EncodedPassage>* out) = 0;
-  // The retrieval key of a question (key_dim floats).
-  virtual absl::StatusOr<std::vector<float>> QuestionKey(std::string_view question) = 0;
-  // Whether Modulate makes another prefix for prompts with text (an adapter's mac+rag head).
-  virtual bool has_text_head() const = 0;
-  // The modulation for `question` aggregated from the latents of its retrieved passages (best
-  // first; at least one): prefix rows for KvCache::SetPrefix, row 0 standing for BOS, so the
-  // prompt after it starts without BOS. with_text: the prompt also carries passage text (mac+rag);
-  // without a text head (has_text_head) the prefix is the same either way.
-  virtual absl::StatusOr<PrefixKv> Modulate(
-      std::string_view question, std::span<const std::shared_ptr<const std::vector<float>>> latents,
-      bool with_text) = 0;
-  // The text head's prefix key scale (Adapter::SetRagPrefixKeyScale), and its override.
-  virtual float text_prefix_key_scale() const { return 1.0f; }
-  virtual absl::Status SetTextPrefixKeyScale(float) {
-    return absl::FailedPreconditionError("the modulator has no mac+rag head to scale");
-  }
-};
+// The eval asks through the knowledge pipeline (knowledge/ask.h) as the daemon does; the mac modes
+// need the bundle's adapter as a knowledge::Modulator.
+using Modulator = knowledge::Modulator;
 
 // Loads the Modulator of a bundle. Errors become the reason the mac modes are skipped.
 using ModulatorLoader = std::function<absl::StatusOr<std::unique_ptr<Modulator>>(
     const std::string& bundle_dir, Transformer& model, const Tokenizer& tokenizer)>;
 
 // The default loader (bench/mac_modulator.cc): the bundle's adapter/ (model/adapter.h) over
-// `model`. FAILED_PRECONDITION "mode unavailable: no adapter in the bundle" when <bundle>/adapter/
-// is missing; Adapter::Load's error, prefixed with "mode unavailable: ", when it cannot be loaded.
-// Passages longer than the model's context keep their beginning.
+// `model`, owned by the Modulator returned. FAILED_PRECONDITION "mode unavailable: no adapter in
+// the bundle" when <bundle>/adapter/ is missing; Adapter::Load's error, prefixed with "mode
+// unavailable: ", when it cannot be loaded. Passages longer than the model's context keep their
+// beginning.
 absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string& bundle_dir,
                                                                Transformer& model,
                                                                const Tokenizer& tokenizer);
@@ -174,7 +149,33 @@ struct EvalOptions {
   int examples = 10;        // predictions of the first questions copied into the report; -1: all
   bool print_table = true;  // the markdown table to stdout
   ModulatorLoader modulator_loader = LoadBundleModulator;
+
+  // "Nothing in memory" (knowledge/ask.h): the threshold on a question's relevance; < 0: the
+  // bundle's calibration (knowledge.json). Measured on the split's questions (false abstentions,
+  // and the EM they cost), on questions of `unknown_split` about people never streamed ("":
+  // valid for the test split, test otherwise), and on the questions of `forget_subjects` people
+  // whose passages are all forgotten after the stream.
+  double abstain_below = -1;
+  std::string unknown_split;
+  int forget_subjects = 50;
+  // Choose the threshold on this split (known vs unknown questions) and write it to
+  // <bundle>/knowledge.json.
+  bool calibrate_abstention = false;
+  // Progress on stderr (a bar with ETA on a terminal).
+  bool progress = false;
+
+  // Called for every question asked at the end of the stream, in every mode the pipeline
+  // prepares (closed-book, rag-top1 .. mac+rag; not oracle), with what the pipeline prepared: the
+  // daemon reads the same for the same request (tests compare the two).
+  std::function<void(const std::string& question, const std::string& mode,
+                     const knowledge::AskParams& params, const knowledge::PreparedAsk& prepared)>
+      on_prepared;
 };
+
+// The pipeline's parameters of an eval mode ("rag-top1", "rag-top3", "rag-subject", "mac",
+// "mac+rag"; NOT_FOUND otherwise): what a daemon request with the same fields gets.
+absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& options,
+                                                    std::string_view mode);
 
 // Runs the evaluation and writes the report. Errors: NOT_FOUND / INVALID_ARGUMENT for a missing or
 // bad bundle or data file, INTERNAL for I/O. A missing adapter is not an error (see above).

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/document_rules.h"
+#include "knowledge/document_rules.h"
 
 namespace knowd {
 namespace {

@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/generate.h"
-#include "model/qa_prompt.h"
 #include "model/sampler.h"
 #include "spdlog/spdlog.h"
 
@@ -12,9 +11,6 @@ namespace knowd {
 namespace {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
-
-bool MacMode(v1::AskMode mode) { return mode == v1::ASK_MODE_MAC || mode == v1::ASK_MODE_MAC_RAG; }
-bool RagMode(v1::AskMode mode) { return mode == v1::ASK_MODE_RAG || mode == v1::ASK_MODE_MAC_RAG; }
 
 int64_t UnixSeconds(absl::Time t) { return absl::ToUnixSeconds(t); }
 
@@ -61,57 +57,66 @@ bool AskJob::Wait(absl::Duration timeout, std::vector<Event>* out) {
          });
 }
 
-// ---- retrieval ----------------------------------------------------------------------------
+// ---- requests to the pipeline's parameters ----------------------------------------------
 
-v1::Retrieval Engine::ResolveRetrieval(v1::Retrieval requested) const {
-  if (requested != v1::RETRIEVAL_UNSPECIFIED) return requested;
-  return adapter_ != nullptr ? options_.default_retrieval : v1::RETRIEVAL_LEXICAL;
+v1::AskMode ToProto(knowledge::AskMode mode) {
+  switch (mode) {
+    case knowledge::AskMode::kClosedBook:
+      return v1::ASK_MODE_CLOSED_BOOK;
+    case knowledge::AskMode::kRag:
+      return v1::ASK_MODE_RAG;
+    case knowledge::AskMode::kMac:
+      return v1::ASK_MODE_MAC;
+    case knowledge::AskMode::kMacRag:
+      return v1::ASK_MODE_MAC_RAG;
+  }
+  return v1::ASK_MODE_UNSPECIFIED;
 }
 
-absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
-    storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
-    const std::vector<float>* key, int key_dim, v1::Retrieval retrieval, int k) {
-  storage::SearchRequest request;
-  request.name_space = std::string(name_space);
-  request.k = k;
-  request.with_text = true;
-  if (retrieval == v1::RETRIEVAL_DENSE || retrieval == v1::RETRIEVAL_HYBRID) {
-    if (key == nullptr) {
-      return absl::FailedPreconditionError(
-          "dense and hybrid retrieval need an adapter; this daemon has none (use lexical)");
-    }
-    request.key = *key;
-    if (retrieval == v1::RETRIEVAL_HYBRID) {
-      request.hybrid = true;
-      request.query_text = std::string(query);
-    }
-    return bank.Search(request);
+knowledge::Retrieval FromProto(v1::Retrieval retrieval) {
+  switch (retrieval) {
+    case v1::RETRIEVAL_DENSE:
+      return knowledge::Retrieval::kDense;
+    case v1::RETRIEVAL_HYBRID:
+      return knowledge::Retrieval::kHybrid;
+    default:
+      return knowledge::Retrieval::kLexical;
   }
-  // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
-  // re-ranked by the BM25 weight, is exactly the BM25 top list.
-  request.key = key != nullptr ? *key : std::vector<float>(key_dim, 0.0f);
-  request.hybrid = true;
-  request.query_text = std::string(query);
-  request.candidates = k;
-  request.k = std::min(4096, 2 * k);
-  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank.Search(request);
-  if (!hits.ok()) return hits.status();
-  std::vector<storage::SearchHit> lexical;
-  for (storage::SearchHit& h : *hits) {
-    if (!h.lexical_score.has_value()) continue;
-    h.score = *h.lexical_score;
-    lexical.push_back(std::move(h));
-  }
-  std::stable_sort(lexical.begin(), lexical.end(),
-                   [](const auto& a, const auto& b) { return a.score > b.score; });
-  if (static_cast<int>(lexical.size()) > k) lexical.resize(k);
-  return lexical;
 }
 
-absl::StatusOr<QuestionCode> EncodeQuestion(Adapter& adapter, const Tokenizer& tokenizer,
-                                            std::string_view question) {
-  const std::vector<int32_t> ids = tokenizer.Encode(Adapter::QuestionPrompt(question), true);
-  return adapter.EncodeQuestion(ids);
+knowledge::AskParams AskParamsFor(const v1::AskRequest& r, const knowledge::AskParams& defaults,
+                                  bool has_adapter) {
+  knowledge::AskParams p = defaults;
+  switch (r.mode()) {
+    case v1::ASK_MODE_CLOSED_BOOK:
+      p.mode = knowledge::AskMode::kClosedBook;
+      break;
+    case v1::ASK_MODE_RAG:
+      p.mode = knowledge::AskMode::kRag;
+      break;
+    case v1::ASK_MODE_MAC:
+      p.mode = knowledge::AskMode::kMac;
+      break;
+    case v1::ASK_MODE_MAC_RAG:
+      p.mode = knowledge::AskMode::kMacRag;
+      break;
+    default:
+      p.mode = has_adapter ? knowledge::AskMode::kMac : knowledge::AskMode::kRag;
+  }
+  if (r.retrieval() != v1::RETRIEVAL_UNSPECIFIED) {
+    p.retrieval = FromProto(r.retrieval());
+  } else if (!has_adapter) {
+    p.retrieval = knowledge::Retrieval::kLexical;
+  }
+  if (r.top_k() > 0) p.top_k = r.top_k();
+  if (r.rag_passages() > 0) p.rag_passages = r.rag_passages();
+  if (r.max_tokens() > 0) p.max_tokens = r.max_tokens();
+  return p;
+}
+
+knowledge::Retrieval Engine::ResolveRetrieval(v1::Retrieval requested) const {
+  if (requested != v1::RETRIEVAL_UNSPECIFIED) return FromProto(requested);
+  return modulator_ != nullptr ? options_.defaults.retrieval : knowledge::Retrieval::kLexical;
 }
 
 // ---- Engine -------------------------------------------------------------------------------
@@ -131,11 +136,11 @@ struct Engine::Slot {
   absl::Time decode_start;
 };
 
-Engine::Engine(Transformer* model, const Tokenizer* tokenizer, Adapter* adapter,
+Engine::Engine(Transformer* model, const Tokenizer* tokenizer, knowledge::Modulator* modulator,
                storage::MemoryBank* bank, Metrics* metrics, const EngineOptions& options)
     : model_(model),
       tokenizer_(tokenizer),
-      adapter_(adapter),
+      modulator_(modulator),
       bank_(bank),
       metrics_(metrics),
       options_(options),
@@ -265,156 +270,60 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
     job->Fail(absl::DeadlineExceededError("the deadline passed while the question was queued"));
     return false;
   }
-  auto fail = [&](absl::Status s) {
-    job->Fail(std::move(s));
+  const knowledge::AskParams params = AskParamsFor(r, options_.defaults, modulator_ != nullptr);
+  const knowledge::AskContext context{bank_, tokenizer_, modulator_, slot->cache->capacity()};
+  absl::StatusOr<knowledge::PreparedAsk> prepared =
+      knowledge::PrepareAsk(context, r.namespace_(), r.question(), params);
+  if (!prepared.ok()) {
+    job->Fail(prepared.status());
     return false;
-  };
-  v1::AskMode mode = r.mode();
-  if (mode == v1::ASK_MODE_UNSPECIFIED) {
-    mode = adapter_ != nullptr ? v1::ASK_MODE_MAC : v1::ASK_MODE_RAG;
   }
-  if (MacMode(mode) && adapter_ == nullptr) {
-    return fail(absl::FailedPreconditionError(
-        "mode mac needs an adapter; this daemon serves without one (closed-book and rag only)"));
-  }
-  const v1::Retrieval retrieval = ResolveRetrieval(r.retrieval());
-  const int top_k = r.top_k() > 0 ? r.top_k() : options_.default_top_k;
-  const int rag_passages = r.rag_passages() > 0 ? r.rag_passages() : 1;
-  const int max_tokens = r.max_tokens() > 0 ? r.max_tokens() : options_.default_max_tokens;
-
-  // Retrieval.
-  std::optional<QuestionCode> question;
-  std::vector<storage::SearchHit> hits;
-  if (mode != v1::ASK_MODE_CLOSED_BOOK) {
-    if (adapter_ != nullptr && (MacMode(mode) || retrieval != v1::RETRIEVAL_LEXICAL)) {
-      absl::StatusOr<QuestionCode> code = EncodeQuestion(*adapter_, *tokenizer_, r.question());
-      if (!code.ok()) return fail(code.status());
-      question = *std::move(code);
-    }
-    absl::StatusOr<std::vector<storage::SearchHit>> found =
-        RetrievePassages(*bank_, r.namespace_(), r.question(), question ? &question->key : nullptr,
-                         adapter_ != nullptr ? adapter_->spec().key_dim : 1, retrieval, top_k);
-    if (!found.ok()) return fail(found.status());
-    hits = *std::move(found);
-  }
-  const absl::Time retrieved = absl::Now();
-
-  // Modulation.
-  PrefixKv prefix;
-  std::vector<std::shared_ptr<const std::vector<float>>> latents;
-  if (MacMode(mode) && !hits.empty()) {
-    std::vector<storage::PassageId> ids;
-    for (const storage::SearchHit& h : hits) {
-      if (static_cast<int>(ids.size()) < adapter_->spec().max_candidates) {
-        ids.push_back(h.passage_id);
-      }
-    }
-    auto all = bank_->GetLatents(r.namespace_(), ids);
-    if (absl::IsNotFound(all.status())) {
-      // A Forget between the search and now: answer from the hits still stored (and cite only
-      // them), as if the search had come after the Forget.
-      std::vector<storage::SearchHit> stored;
-      for (storage::SearchHit& h : hits) {
-        auto one = bank_->GetLatents(r.namespace_(), {&h.passage_id, 1});
-        if (absl::IsNotFound(one.status())) continue;
-        if (!one.ok()) return fail(one.status());
-        if (static_cast<int>(latents.size()) < adapter_->spec().max_candidates) {
-          latents.push_back((*one)[0]);
-        }
-        stored.push_back(std::move(h));
-      }
-      hits = std::move(stored);
-    } else if (!all.ok()) {
-      return fail(all.status());
-    } else {
-      latents = *std::move(all);
+  v1::AskFinal final;
+  final.set_mode(ToProto(params.mode));
+  final.set_relevance(static_cast<float>(prepared->relevance));
+  for (const storage::SearchHit& h : prepared->cited) *final.add_cited() = ToPassage(h);
+  if (r.explain()) {
+    v1::Explain* explain = final.mutable_explain();
+    for (int32_t id : prepared->prompt) explain->add_prompt_ids(id);
+    explain->set_prompt(tokenizer_->Decode(prepared->prompt));
+    explain->set_prefix_rows(prepared->prefix.rows);
+    if (prepared->prefix.rows > 0) {
+      explain->set_prefix_sha256(knowledge::PrefixDigest(prepared->prefix));
     }
   }
-  if (!latents.empty()) {
-    std::vector<std::span<const float>> spans;
-    for (const auto& l : latents) spans.emplace_back(*l);
-    // mac+rag's prompt carries passage text: the adapter's mac+rag head, if it has one.
-    absl::StatusOr<PrefixKv> modulated = adapter_->Modulate(*question, spans, RagMode(mode));
-    if (!modulated.ok()) return fail(modulated.status());
-    prefix = *std::move(modulated);
+  v1::Timings* t = final.mutable_timings();
+  t->set_queue_ms(Ms(start - job->enqueued()));
+  t->set_retrieval_ms(Ms(prepared->retrieval_time));
+  t->set_modulation_ms(Ms(prepared->modulation_time));
+  if (prepared->nothing_in_memory) {
+    final.set_nothing_in_memory(true);
+    final.set_stop_reason("nothing_in_memory");
+    t->set_total_ms(Ms(absl::Now() - job->enqueued()));
+    job->Finish(std::move(final));
+    return false;
   }
-  const absl::Time modulated = absl::Now();
-
-  // The prompt: the best rag_passages passages and up to subject_passages more on the best BM25
-  // hit's subject, oldest first (so the newest facts sit nearest the question), dropping the
-  // lowest-ranked ones until it fits the context.
-  std::vector<const storage::SearchHit*> in_prompt;
-  if (RagMode(mode)) {
-    int on_subject = 0;
-    for (int i = 0; i < static_cast<int>(hits.size()); ++i) {
-      if (i < rag_passages) {
-        in_prompt.push_back(&hits[i]);
-      } else if (hits[i].same_subject && on_subject < options_.subject_passages) {
-        in_prompt.push_back(&hits[i]);
-        ++on_subject;
-      }
-    }
-  }
-  const int capacity = slot->cache->capacity();
-  const int budget = capacity - prefix.rows - max_tokens;
-  if (budget < 2) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("max_tokens ", max_tokens, " leaves no room for the prompt in the model's ",
-                     capacity, " positions")));
-  }
-  const bool bos = prefix.rows == 0;
-  std::vector<int32_t> ids;
-  while (true) {
-    std::vector<const storage::SearchHit*> ordered = in_prompt;
-    std::stable_sort(ordered.begin(), ordered.end(), [](const auto* a, const auto* b) {
-      return a->valid_from.value_or(a->ingest_time) < b->valid_from.value_or(b->ingest_time);
-    });
-    std::vector<std::string_view> texts;
-    for (const auto* h : ordered) texts.push_back(h->text);
-    ids = tokenizer_->Encode(QaPrompt(JoinPassages(texts), r.question()), bos);
-    if (static_cast<int>(ids.size()) <= budget) break;
-    if (!in_prompt.empty()) {
-      in_prompt.pop_back();
-      continue;
-    }
-    // The question alone overflows: keep BOS and its tail ("...\nA:").
-    std::vector<int32_t> kept;
-    if (bos && tokenizer_->bos_id() >= 0) kept.push_back(tokenizer_->bos_id());
-    kept.insert(kept.end(), ids.end() - (budget - static_cast<int>(kept.size())), ids.end());
-    ids = std::move(kept);
-    break;
-  }
-
   slot->cache->Clear();
+  const PrefixKv& prefix = prepared->prefix;
   if (prefix.rows > 0) {
     if (absl::Status s = slot->cache->SetPrefix(prefix.keys, prefix.values, prefix.rows); !s.ok()) {
-      return fail(s);
+      job->Fail(s);
+      return false;
     }
   }
-  slot->prompt = std::move(ids);
+  slot->prompt = std::move(prepared->prompt);
   slot->prefilled = false;
-  slot->max_tokens = max_tokens;
+  slot->max_tokens = params.max_tokens;
   SamplingOptions sampling;
   sampling.temperature = std::max(0.0f, r.temperature());
   sampling.top_p = r.top_p() > 0 && r.top_p() <= 1 ? r.top_p() : 1.0f;
   sampling.seed = r.seed();
   slot->sampler.emplace(sampling);
-  const size_t context = std::min<size_t>(4, slot->prompt.size());
-  slot->decoder.emplace(*tokenizer_, std::span<const int32_t>(slot->prompt).last(context));
+  const size_t tail = std::min<size_t>(4, slot->prompt.size());
+  slot->decoder.emplace(*tokenizer_, std::span<const int32_t>(slot->prompt).last(tail));
   slot->generated.clear();
   slot->answer.clear();
-  slot->final.Clear();
-  slot->final.set_mode(mode);
-  if (MacMode(mode)) {
-    for (const storage::SearchHit& h : hits) *slot->final.add_cited() = ToPassage(h);
-  } else {
-    for (const storage::SearchHit* h : in_prompt) *slot->final.add_cited() = ToPassage(*h);
-  }
-  v1::Timings* t = slot->final.mutable_timings();
-  t->set_queue_ms(Ms(start - job->enqueued()));
-  t->set_retrieval_ms(Ms(retrieved - start));
-  t->set_modulation_ms(Ms(modulated - retrieved));
   t->set_prompt_tokens(static_cast<int>(slot->prompt.size()));
+  slot->final = std::move(final);
   return true;
 }
 

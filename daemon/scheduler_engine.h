@@ -3,7 +3,8 @@
 //   1. engine tasks posted by other threads (the ingest batcher's encoder passes, Search's
 //      question encoding), oldest first;
 //   2. admission: questions from the bounded ask queue fill the free decode slots (at most
-//      ask_max_batch); each is prepared (retrieval, modulation, prompt);
+//      ask_max_batch); each is prepared by the knowledge pipeline (knowledge::PrepareAsk:
+//      retrieval, modulation, prompt) — a question the memory has nothing on is answered at once;
 //   3. one Transformer::Forward over every slot: the prompts of newly admitted questions
 //      (prefill) and the next token of running ones (decode) in the same batch.
 // A question whose call was cancelled or whose deadline passed is dropped before the next step,
@@ -28,7 +29,8 @@
 #include "daemon/metrics.h"
 #include "daemon/scheduler.h"
 #include "knowd/v1/knowd.pb.h"
-#include "model/adapter.h"
+#include "knowledge/ask.h"
+#include "knowledge/modulator.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "storage/memory_bank.h"
@@ -81,20 +83,25 @@ class AskJob {
 struct EngineOptions {
   int ask_max_batch = 8;
   int ask_queue_size = 256;
-  int default_top_k = 4;
-  // Rag modes: up to this many more retrieved passages that BM25 marks as on the best hit's
-  // subject (storage::SearchHit::same_subject) join the prompt, so an update and the fact it
-  // changes are read together, oldest first.
-  int subject_passages = 2;
-  int default_max_tokens = 32;
-  v1::Retrieval default_retrieval = v1::RETRIEVAL_LEXICAL;  // with an adapter (else lexical)
+  // What a request leaves at 0 or unspecified (knowledge/ask.h): top_k, rag_passages,
+  // subject_passages, max_tokens, retrieval (with an adapter; lexical without) and the
+  // abstention threshold (the bundle's calibration).
+  knowledge::AskParams defaults;
 };
+
+// The pipeline's parameters for `request` (mode and retrieval resolved; 0s take `defaults`).
+// `has_adapter`: the default mode is mac with one, rag without; dense keys need one.
+knowledge::AskParams AskParamsFor(const v1::AskRequest& request,
+                                  const knowledge::AskParams& defaults, bool has_adapter);
+
+v1::AskMode ToProto(knowledge::AskMode mode);
+knowledge::Retrieval FromProto(v1::Retrieval retrieval);
 
 class Engine {
  public:
-  // `adapter` may be null (closed-book and rag with BM25 only). Everything must outlive the
+  // `modulator` may be null (closed-book and rag with BM25 only). Everything must outlive the
   // engine. The thread starts in Start().
-  Engine(Transformer* model, const Tokenizer* tokenizer, Adapter* adapter,
+  Engine(Transformer* model, const Tokenizer* tokenizer, knowledge::Modulator* modulator,
          storage::MemoryBank* bank, Metrics* metrics, const EngineOptions& options);
   ~Engine();  // Stop()s
 
@@ -115,10 +122,10 @@ class Engine {
   size_t queued() const { return queue_.size(); }
   int running() const { return running_count_.load(); }
 
-  Adapter* adapter() const { return adapter_; }
+  knowledge::Modulator* modulator() const { return modulator_; }
   // The retrieval a request gets: its own, else the configured default (lexical without an
   // adapter: dense keys need one).
-  v1::Retrieval ResolveRetrieval(v1::Retrieval requested) const;
+  knowledge::Retrieval ResolveRetrieval(v1::Retrieval requested) const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:
@@ -133,7 +140,7 @@ class Engine {
 
   Transformer* const model_;
   const Tokenizer* const tokenizer_;
-  Adapter* const adapter_;
+  knowledge::Modulator* const modulator_;
   storage::MemoryBank* const bank_;
   Metrics* const metrics_;
   const EngineOptions options_;
@@ -147,16 +154,5 @@ class Engine {
   std::vector<std::unique_ptr<Slot>> slots_;
   std::atomic<int> running_count_{0};
 };
-
-// Retrieval shared by Ask and Search: the top `k` passages of `name_space` for `query`.
-// `key` (the question's dense key) is needed for dense and hybrid retrieval; lexical retrieval
-// is BM25 alone. Hits carry their text.
-absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
-    storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
-    const std::vector<float>* key, int key_dim, v1::Retrieval retrieval, int k);
-
-// The question's dense key from the adapter's question encoder. Engine thread only.
-absl::StatusOr<QuestionCode> EncodeQuestion(Adapter& adapter, const Tokenizer& tokenizer,
-                                            std::string_view question);
 
 }  // namespace knowd

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "model/adapter.h"
+#include "knowledge/modulator.h"
 #include "spdlog/spdlog.h"
 
 namespace knowd {
@@ -80,9 +80,9 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
     }
   }
   const absl::Time start = absl::Now();
-  Adapter* adapter = engine_ != nullptr ? engine_->adapter() : nullptr;
-  std::vector<PassageCode> codes;
-  if (adapter != nullptr) {
+  knowledge::Modulator* modulator = engine_ != nullptr ? engine_->modulator() : nullptr;
+  std::vector<storage::EncodedPassage> codes;
+  if (modulator != nullptr) {
     // One encoder pass per batch, cut at kTokensPerPass tokens so that a huge document neither
     // needs its whole trunk state in memory at once nor holds the engine (and every question
     // waiting on it) for the length of its encoding.
@@ -95,14 +95,14 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
               pass_tokens + static_cast<int64_t>(inputs[end].size()) <= kTokensPerPass)) {
         pass_tokens += static_cast<int64_t>(inputs[end++].size());
       }
-      std::vector<PassageCode> pass;
+      std::vector<storage::EncodedPassage> pass;
       const std::span<const std::vector<int32_t>> part(inputs.data() + begin, end - begin);
       if (absl::Status s =
-              engine_->RunOnEngine([&] { return adapter->EncodePassages(part, &pass); });
+              engine_->RunOnEngine([&] { return modulator->EncodePassages(part, &pass); });
           !s.ok()) {
         return s;
       }
-      for (PassageCode& code : pass) codes.push_back(std::move(code));
+      for (storage::EncodedPassage& code : pass) codes.push_back(std::move(code));
       begin = end;
     }
     if (codes.size() != inputs.size()) {
@@ -111,7 +111,7 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
     }
   } else {
     // No adapter: a placeholder modulation; retrieval is BM25 over the text.
-    codes.assign(inputs.size(), PassageCode{{0.0f}, {1.0f}});
+    codes.assign(inputs.size(), storage::EncodedPassage{{0.0f}, {1.0f}});
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   size_t next = 0;
@@ -123,7 +123,7 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
     }
   }
   metrics_->ObserveIngestBatch(static_cast<int>(jobs.size()), static_cast<int>(inputs.size()),
-                               adapter != nullptr ? tokens : 0, seconds);
+                               modulator != nullptr ? tokens : 0, seconds);
   return absl::OkStatus();
 }
 

@@ -25,7 +25,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
-#include "model/adapter.h"
+#include "knowledge/bundle.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -73,13 +73,6 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(options);
 }
 
-// <model>/adapter when the model is a bundle directory that has one.
-std::string DefaultAdapter(const std::string& model) {
-  std::error_code ec;
-  const fs::path dir = fs::path(model) / "adapter";
-  return fs::is_regular_file(dir / "adapter.json", ec) ? dir.string() : "";
-}
-
 // The address a client dials: the listen host with the port actually bound.
 std::string BoundAddress(const std::string& listen, int port) {
   std::string host;
@@ -89,52 +82,24 @@ std::string BoundAddress(const std::string& listen, int port) {
   return absl::StrCat(host, ":", port);
 }
 
-// The model, its tokenizer and (when there is one) its adapter, on the configured backend.
-struct LoadedModel {
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Transformer> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<Adapter> adapter;  // null: closed-book and rag only
-  std::string model_path;
-  std::string adapter_path;  // "" when none
-};
-
-absl::StatusOr<LoadedModel> LoadModel(const ServeConfig& config, const std::string& executable) {
-  LoadedModel m;
-  m.model_path = config.model;
-  if (m.model_path.empty()) {
+// The model, its tokenizer, its adapter (when there is one) and its calibration, on the
+// configured backend. Without --model: the knowd-tiny bundle shipped beside the binary.
+absl::StatusOr<knowledge::Bundle> LoadModel(const ServeConfig& config,
+                                            const std::string& executable) {
+  knowledge::BundleOptions options;
+  options.model = config.model;
+  if (options.model.empty()) {
     std::error_code ec;
     fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     if (ec) exe = fs::absolute(executable, ec);
     absl::StatusOr<std::string> found = FindDefaultModel(exe.parent_path().string());
     if (!found.ok()) return found.status();
-    m.model_path = *found;
+    options.model = *found;
   }
-  if (config.backend == "cuda") {
-    absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(0);
-    if (!cuda.ok()) return cuda.status();
-    m.backend = *std::move(cuda);
-  } else {
-    m.backend = MakeCpuBackend(config.threads);
-  }
-  absl::StatusOr<std::unique_ptr<Transformer>> model =
-      Transformer::Load(m.model_path, m.backend.get());
-  if (!model.ok()) return model.status();
-  m.model = *std::move(model);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(m.model_path);
-  if (!tokenizer.ok()) return tokenizer.status();
-  m.tokenizer = *std::move(tokenizer);
-  m.adapter_path = config.adapter == "none" ? "" : config.adapter;
-  if (config.adapter.empty()) m.adapter_path = DefaultAdapter(m.model_path);
-  if (!m.adapter_path.empty()) {
-    absl::StatusOr<std::unique_ptr<Adapter>> adapter = Adapter::Load(m.adapter_path, m.model.get());
-    if (!adapter.ok()) {
-      return absl::Status(adapter.status().code(), absl::StrCat("adapter ", m.adapter_path, ": ",
-                                                                adapter.status().message()));
-    }
-    m.adapter = *std::move(adapter);
-  }
-  return m;
+  options.adapter = config.adapter;
+  options.backend = config.backend;
+  options.threads = config.threads;
+  return knowledge::LoadBundle(options);
 }
 
 // Without an adapter passages carry a 1×1 placeholder modulation and are found through BM25; the
@@ -151,13 +116,12 @@ storage::BankOptions BankOptionsFor(const ServeConfig& config, const Adapter* ad
     o.key_dim = spec.key_dim;
     o.latent_rows = spec.slots;
     o.latent_cols = spec.latent_dim;
-    o.fingerprint = {spec.encoder_sha256, spec.base_sha256};
   } else {
     o.key_dim = 1;
     o.latent_rows = 1;
     o.latent_cols = 1;
-    o.fingerprint = {"none", ""};
   }
+  o.fingerprint = knowledge::BankFingerprint(adapter);
   return o;
 }
 
@@ -191,7 +155,7 @@ std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& i
 }
 
 // What the daemon serves, on stdout (the first line is the parseable contract) and in the log.
-void PrintBanner(const ServeConfig& config, const LoadedModel& m, const TokenStore& auth,
+void PrintBanner(const ServeConfig& config, const knowledge::Bundle& m, const TokenStore& auth,
                  const std::string& grpc_address, const std::string& http_address) {
   const LlamaConfig& lm = m.model->config();
   const std::string adapter_line =
@@ -245,16 +209,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // whatever umask it was started with.
   ::umask(077);
 
-  for (const std::string& a : args) {
-    if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: knowd serve [flags]   (no flags: the shipped knowd-tiny bundle, ./knowd-data)\n"
-          "Every flag is also an environment variable and a config-file key; precedence is\n"
-          "flag > environment > config file > default.\n\n%s",
-          ServeConfigHelp().c_str());
-      return 0;
-    }
-  }
+  // `knowd serve --help` is answered by the command line (daemon/main.cc), from ServeSettings().
   absl::StatusOr<ServeConfig> loaded = LoadServeConfig(
       args, [](const char* name) { return static_cast<const char*>(std::getenv(name)); });
   spdlog::set_default_logger(spdlog::stderr_color_mt("knowd"));
@@ -277,9 +232,9 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   }
   const TokenStore& auth = *tokens;
 
-  absl::StatusOr<LoadedModel> loaded_model = LoadModel(config, executable);
+  absl::StatusOr<knowledge::Bundle> loaded_model = LoadModel(config, executable);
   if (!loaded_model.ok()) return Fail(1, loaded_model.status());
-  LoadedModel& m = *loaded_model;
+  knowledge::Bundle& m = *loaded_model;
   const LlamaConfig& lm = m.model->config();
   const int encoder_window = config.max_passage_tokens + config.passage_overlap_tokens + 1;
   if (encoder_window > lm.max_position_embeddings) {
@@ -310,11 +265,12 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   EngineOptions engine_options;
   engine_options.ask_max_batch = config.ask_max_batch;
   engine_options.ask_queue_size = config.ask_queue_size;
-  engine_options.default_top_k = config.default_top_k;
-  engine_options.subject_passages = config.subject_passages;
-  engine_options.default_max_tokens = config.default_max_tokens;
-  engine_options.default_retrieval = *ParseRetrieval(config.default_retrieval);
-  Engine engine(m.model.get(), m.tokenizer.get(), m.adapter.get(), bank->get(), &metrics,
+  engine_options.defaults.top_k = config.default_top_k;
+  engine_options.defaults.subject_passages = config.subject_passages;
+  engine_options.defaults.max_tokens = config.default_max_tokens;
+  engine_options.defaults.retrieval = FromProto(*ParseRetrieval(config.default_retrieval));
+  engine_options.defaults.abstain_below = m.calibration.abstain_below;
+  Engine engine(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
                 engine_options);
   if (absl::Status s = engine.Start(); !s.ok()) return Fail(1, s);
   IngestOptions ingest_options;

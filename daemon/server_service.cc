@@ -10,8 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "daemon/document_rules.h"
-#include "model/adapter.h"
+#include "knowledge/document_rules.h"
+#include "knowledge/passages.h"
+#include "knowledge/retrieve.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -176,23 +177,18 @@ KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
   doc.metadata = MetadataToJson(request.metadata());
   if (request.valid_from_unix() > 0)
     doc.valid_from = absl::FromUnixSeconds(request.valid_from_unix());
-  const std::string_view text = request.text();
-  const std::vector<PassageSpan> spans =
-      SplitPassages(text, limits_.max_passage_tokens, limits_.passage_overlap_tokens,
-                    [&](std::string_view piece) {
-                      return static_cast<int>(tokenizer_->Encode(piece, false).size());
-                    });
-  for (const PassageSpan& span : spans) {
+  knowledge::PassageLimits passage_limits;
+  passage_limits.max_passage_tokens = limits_.max_passage_tokens;
+  passage_limits.overlap_tokens = limits_.passage_overlap_tokens;
+  passage_limits.max_positions = limits_.max_position_embeddings;
+  for (knowledge::DocumentPassage& p :
+       knowledge::SplitDocument(request.text(), *tokenizer_, passage_limits)) {
     storage::Passage passage;
-    passage.text = std::string(text.substr(span.begin, span.end - span.begin));
-    std::vector<int32_t> ids =
-        tokenizer_->Encode(text.substr(span.context_begin, span.end - span.context_begin), true);
-    if (static_cast<int>(ids.size()) > limits_.max_position_embeddings) {
-      ids.resize(limits_.max_position_embeddings);
-    }
-    RecordPassageTokens(static_cast<int>(ids.size()));
+    passage.text = std::move(p.text);
+    passage.context_bytes = p.context_bytes;
+    RecordPassageTokens(static_cast<int>(p.encoder_ids.size()));
     doc.passages.push_back(std::move(passage));
-    job->encoder_inputs.push_back(std::move(ids));
+    job->encoder_inputs.push_back(std::move(p.encoder_ids));
   }
   if (doc.passages.empty()) {
     pending.error = absl::InvalidArgumentError("text has no content");
@@ -415,12 +411,13 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
   std::string name_space;
   if (absl::Status s = CheckSearchRequest(request, limits_, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-  Adapter* adapter = engine_->adapter();
-  const v1::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
+  knowledge::Modulator* modulator = engine_->modulator();
+  const knowledge::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
   std::optional<std::vector<float>> key;
-  if (adapter != nullptr && retrieval != v1::RETRIEVAL_LEXICAL) {
+  if (modulator != nullptr && retrieval != knowledge::Retrieval::kLexical) {
     absl::Status encoded = engine_->RunOnEngine([&]() -> absl::Status {
-      absl::StatusOr<QuestionCode> code = EncodeQuestion(*adapter, *tokenizer_, request.query());
+      absl::StatusOr<QuestionCode> code =
+          knowledge::EncodeQuestion(*modulator, *tokenizer_, request.query());
       if (!code.ok()) return code.status();
       key = std::move(code->key);
       return absl::OkStatus();
@@ -428,9 +425,8 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
     if (!encoded.ok()) return encoded;
   }
   const int k = request.top_k() > 0 ? request.top_k() : 10;
-  absl::StatusOr<std::vector<storage::SearchHit>> hits =
-      RetrievePassages(*bank_, name_space, request.query(), key ? &*key : nullptr,
-                       adapter != nullptr ? adapter->spec().key_dim : 1, retrieval, k);
+  absl::StatusOr<std::vector<storage::SearchHit>> hits = knowledge::RetrievePassages(
+      *bank_, name_space, request.query(), key ? &*key : nullptr, retrieval, k);
   if (!hits.ok()) return hits.status();
   for (const storage::SearchHit& h : *hits) {
     v1::Passage* p = response->add_passages();

@@ -270,10 +270,6 @@ absl::Status CheckSequence(const LlamaConfig& lm, std::span<const int32_t> token
 
 }  // namespace
 
-std::string Adapter::QuestionPrompt(std::string_view question) {
-  return absl::StrCat("Q: ", std::string(question), "\nA:");
-}
-
 absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passages,
                                      std::vector<PassageCode>* out) {
   out->clear();

@@ -13,10 +13,10 @@
 //                    An adapter with a mac+rag head has a second aggregator and expander, trained
 //                    for a prompt that also carries passage text after the prefix.
 //
-// After the prefix the engine runs QuestionPrompt(question) WITHOUT BOS (row 0 stands for it) and
-// decodes greedily up to "\n" or EOS. train/README.md states the contract; the libtorch networks
-// in train/adapter.cc are the reference and tests/train/adapter_parity_test checks this port
-// against them.
+// After the prefix the reader runs the question prompt (knowledge/prompt.h) WITHOUT BOS (row 0
+// stands for it) and decodes greedily up to "\n" or EOS. train/README.md states the contract; the
+// libtorch networks in train/adapter.cc are the reference and tests/train/adapter_parity_test
+// checks this port against them.
 //
 // An Adapter is immutable after Load; Encode/Modulate calls may run concurrently only if the
 // Transformer's Forward may (it may not: callers serialise engine work).
@@ -113,17 +113,13 @@ class Adapter {
   // The similarity scale: aggregator scores are scale * dot(q, k).
   float score_scale() const;
 
-  // The prompt the frozen LM reads after the prefix ("Q: <question>\nA:"); the question encoder
-  // reads the same text with BOS.
-  static std::string QuestionPrompt(std::string_view question);
-
   // Encodes passages (token ids, BOS first, at least one token after it; at most
   // max_position_embeddings) in batched trunk passes (one Transformer::Forward per up to 8192
   // tokens). `out` gets one code per passage, in order. INVALID_ARGUMENT for a passage out of
   // those bounds.
   absl::Status EncodePassages(std::span<const std::vector<int32_t>> passages,
                               std::vector<PassageCode>* out);
-  // Encodes a question prompt (token ids of QuestionPrompt with BOS first).
+  // Encodes a question prompt (token ids of knowledge::QuestionPrompt with BOS first).
   absl::StatusOr<QuestionCode> EncodeQuestion(std::span<const int32_t> prompt);
   // The retrieval key of a stored latent (what EncodePassages returned with it).
   std::vector<float> KeyOfLatent(std::span<const float> latents) const;

@@ -58,6 +58,7 @@ class BankImpl final : public MemoryBank {
   static absl::StatusOr<std::unique_ptr<MemoryBank>> OpenImpl(const BankOptions& options);
   ~BankImpl() override;
 
+  int key_dim() const override { return options_.key_dim; }
   absl::StatusOr<std::vector<DocumentAck>> Put(std::span<const Document> batch) override;
   absl::StatusOr<Document> Get(std::string_view name_space, std::string_view id,
                                bool with_latents) override;

@@ -141,8 +141,32 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
     }
     KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "re-encode: reading passages"));
     if (pids.empty()) break;
-    std::vector<std::string_view> texts;
-    for (const PassageRecord& r : records) texts.push_back(r.text);
+    // Each passage's encoder input: the tail of the passage before it (ids of a document's
+    // passages are consecutive), then its own text.
+    std::vector<std::string> inputs;
+    for (size_t i = 0; i < records.size(); ++i) {
+      const PassageRecord& r = records[i];
+      std::string input;
+      if (r.context_bytes > 0 && r.index > 0) {
+        std::string before;
+        if (i > 0 && pids[i - 1] + 1 == pids[i]) {
+          before = records[i - 1].text;
+        } else {
+          std::string value;
+          KNOWD_STORAGE_RETURN_IF_ERROR(
+              FromRocks(db_->Get(read, cf_passages_, PassageKey(pids[i] - 1), &value),
+                        "re-encode: reading the passage before"));
+          auto previous = DecodePassage(value);
+          if (!previous.ok()) return previous.status();
+          before = std::move(previous->text);
+        }
+        const size_t n = std::min<size_t>(r.context_bytes, before.size());
+        input = before.substr(before.size() - n);
+      }
+      input += r.text;
+      inputs.push_back(std::move(input));
+    }
+    std::vector<std::string_view> texts(inputs.begin(), inputs.end());
     std::vector<EncodedPassage> encoded;
     KNOWD_STORAGE_RETURN_IF_ERROR(encoder(texts, &encoded));
     if (encoded.size() != texts.size()) {

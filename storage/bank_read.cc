@@ -105,6 +105,7 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
     Passage out;
     out.id = record->passage_ids[i];
     out.text = std::move(passage->text);
+    out.context_bytes = passage->context_bytes;
     out.key.resize(options_.key_dim);
     KNOWD_STORAGE_RETURN_IF_ERROR(
         DecodeKeyVector(values[i * stride + 1], options_.key_dim, out.key.data()));
@@ -154,6 +155,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     float score;
     std::optional<float> dense, lexical;
     bool same_subject = false;
+    std::optional<float> coverage;
   };
   std::vector<Candidate> ranked;
   const int pool =
@@ -163,14 +165,15 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   auto dense = ns->second.vectors->Search(request.key.data(), pool);
   if (!dense.ok()) return dense.status();
   if (!request.hybrid) {
-    for (const ScoredId& hit : *dense) ranked.push_back({hit.id, hit.score, hit.score, {}, false});
+    for (const ScoredId& hit : *dense)
+      ranked.push_back({hit.id, hit.score, hit.score, {}, false, {}});
   } else {
     auto lexical = ns->second.lexical->Search(request.query_text, pool);
     if (!lexical.ok()) return lexical.status();
     std::unordered_map<uint64_t, size_t> slot;
     auto entry = [&](uint64_t id) -> Candidate& {
       auto [it, inserted] = slot.emplace(id, ranked.size());
-      if (inserted) ranked.push_back({id, 0.0f, {}, {}, false});
+      if (inserted) ranked.push_back({id, 0.0f, {}, {}, false, {}});
       return ranked[it->second];
     };
     for (size_t r = 0; r < dense->size(); ++r) {
@@ -183,6 +186,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       c.score += 1.0f / static_cast<float>(request.rrf_k + r + 1);
       c.lexical = (*lexical)[r].weight;
       c.same_subject = (*lexical)[r].same_subject;
+      c.coverage = (*lexical)[r].coverage;
     }
     std::stable_sort(ranked.begin(), ranked.end(),
                      [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
@@ -216,6 +220,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       hit.dense_score = c.dense;
       hit.lexical_score = c.lexical;
       hit.same_subject = c.same_subject;
+      hit.lexical_coverage = c.coverage;
       hit.ingest_time = FromMicros(passage->ingest_us);
       hit.valid_from = OptionalTime(passage->valid_from_us);
       if (request.with_text) hit.text = std::move(passage->text);

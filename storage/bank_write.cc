@@ -100,7 +100,7 @@ absl::StatusOr<std::vector<DocumentAck>> BankImpl::Put(std::span<const Document>
       record.passage_ids.push_back(pid);
       wb.Put(cf_passages_, PassageKey(pid),
              EncodePassage({doc.name_space, doc.id, static_cast<uint32_t>(p), now_us,
-                            record.valid_from_us, passage.text}));
+                            record.valid_from_us, passage.text, passage.context_bytes}));
       wb.Put(cf_latents_, LatentKey(pid),
              EncodeLatents(passage.latents, options_.latent_rows, options_.latent_cols,
                            options_.latent_format));

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <iterator>
+#include <map>
 #include <set>
 #include <string>
 #include <utility>
@@ -170,13 +172,28 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     Xapian::MSet mset = enquire.get_mset(0, static_cast<Xapian::doccount>(k));
     const std::vector<std::string> subject =
         SubjectTerms(state_->db, enquire, mset, state_->function_words);
+    const double docs = static_cast<double>(state_->db.get_doccount());
+    std::map<std::string, double> idf;
+    double total_idf = 0;
+    for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
+      if (state_->function_words.contains(*t)) continue;
+      const double value = std::log((docs + 1) / (state_->db.get_termfreq(*t) + 0.5));
+      idf.emplace(*t, value);
+      total_idf += value;
+    }
     for (auto it = mset.begin(); it != mset.end(); ++it) {
       std::vector<std::string> matched(enquire.get_matching_terms_begin(it),
                                        enquire.get_matching_terms_end(it));
       std::sort(matched.begin(), matched.end());
-      hits.push_back(
-          {std::stoull(it.get_document().get_data()), static_cast<float>(it.get_weight()),
-           std::includes(matched.begin(), matched.end(), subject.begin(), subject.end())});
+      double matched_idf = 0;
+      for (const std::string& term : matched) {
+        auto found = idf.find(term);
+        if (found != idf.end()) matched_idf += found->second;
+      }
+      hits.push_back({std::stoull(it.get_document().get_data()),
+                      static_cast<float>(it.get_weight()),
+                      std::includes(matched.begin(), matched.end(), subject.begin(), subject.end()),
+                      total_idf > 0 ? static_cast<float>(matched_idf / total_idf) : 0.0f});
     }
   } catch (const Xapian::QueryParserError& e) {
     return absl::InvalidArgumentError(

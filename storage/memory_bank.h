@@ -117,6 +117,10 @@ int64_t ModulationBytes(int key_dim, int latent_rows, int latent_cols, LatentFor
 
 struct Passage {
   std::string text;
+  // Bytes of the document's text just before `text` that the encoder read with it (the overlap
+  // from the previous passage; at most that passage's length). Stored, so that Reencode hands
+  // the encoder the same input.
+  uint32_t context_bytes = 0;
   std::vector<float> latents;  // latent_rows × latent_cols, row-major
   std::vector<float> key;      // key_dim
   PassageId id = 0;            // set by the bank; ignored by Put()
@@ -166,6 +170,10 @@ struct SearchHit {
   // has some; those at most 4x as frequent as the rarest): the names a question asks about. True
   // for the best BM25 hit itself; false for passages outside the lexical candidates.
   bool same_subject = false;
+  // For lexical candidates: the share of the query's inverse document frequency the passage
+  // matches (1: every query term; near 0: only common words). How much of the question the
+  // memory knows about, whatever the BM25 weight's scale.
+  std::optional<float> lexical_coverage;
   absl::Time ingest_time;
   std::optional<absl::Time> valid_from;
   std::string text;  // when SearchRequest::with_text
@@ -215,7 +223,9 @@ struct EncodedPassage {
   std::vector<float> latents;
   std::vector<float> key;
 };
-using PassageEncoder = std::function<absl::Status(std::span<const std::string_view> texts,
+// Gets each passage's encoder input as Put stored it: its context_bytes of the previous passage's
+// text, then its own text.
+using PassageEncoder = std::function<absl::Status(std::span<const std::string_view> inputs,
                                                   std::vector<EncodedPassage>* out)>;
 using ReencodeProgress = std::function<void(uint64_t done, uint64_t total)>;
 
@@ -237,6 +247,9 @@ class MemoryBank {
   // exist. The copy is assembled beside data_dir and renamed into place, so a crash leaves
   // either no data_dir or a complete one. The restored bank is opened with Open() as usual.
   static absl::Status RestoreSnapshot(const std::string& snapshot_dir, const std::string& data_dir);
+
+  // The dimension of the retrieval keys (BankOptions::key_dim).
+  virtual int key_dim() const = 0;
 
   // Closes the bank (see Close()) if the caller did not; errors are logged.
   virtual ~MemoryBank() = default;

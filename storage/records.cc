@@ -56,6 +56,9 @@ class Reader {
     if (!Take(n)) return {};
     return std::string(s_.substr(pos_ - n, n));
   }
+  // A field added at the end of a record after records without it were written: 0 when absent.
+  void Trailing(uint32_t& v) { v = ok_ && pos_ == s_.size() ? 0 : U32(); }
+
   // True when every read was in bounds and the input is fully consumed.
   bool Done() const { return ok_ && pos_ == s_.size(); }
 
@@ -101,6 +104,7 @@ absl::Status Corrupt(std::string_view what) {
 class Writer {
  public:
   void operator()(uint8_t v) { s_.push_back(static_cast<char>(v)); }
+  void Trailing(uint32_t v) { (*this)(v); }
   void operator()(uint32_t v) { PutFixed32(&s_, v); }
   void operator()(uint64_t v) { PutFixed64(&s_, v); }
   void operator()(int64_t v) { PutFixed64(&s_, static_cast<uint64_t>(v)); }
@@ -207,6 +211,7 @@ void PassageFields(IO& io, Passage& p) {
   io(p.ingest_us);
   io(p.valid_from_us);
   io(p.text);
+  io.Trailing(p.context_bytes);
 }
 
 template <typename IO, typename Layout>

@@ -68,6 +68,9 @@ struct PassageRecord {
   int64_t ingest_us = 0;
   std::optional<int64_t> valid_from_us;
   std::string text;
+  // Bytes of the document before `text` that its encoder input began with (the overlap from the
+  // passage before). A trailing field: records written before it have none and read as 0.
+  uint32_t context_bytes = 0;
 };
 std::string EncodePassage(const PassageRecord& r);
 absl::StatusOr<PassageRecord> DecodePassage(std::string_view bytes);

@@ -15,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/math.h"
+#include "knowledge/prompt.h"
 #include "model/adapter.h"
-#include "model/qa_prompt.h"
 #include "model/tensor_file.h"
 #include "nlohmann/json.hpp"
 #include "train/lm_torch.h"
@@ -305,9 +305,11 @@ int32_t NewlineId(const Tokenizer& tokenizer) {
   return ids.empty() ? -1 : ids.back();
 }
 
-// The question prompt: the closed-book prompt. The question encoder reads it with BOS; after the
-// prefix (whose row 0 stands for BOS) it follows without.
-std::string QuestionPrompt(std::string_view question) { return QaPrompt("", question).substr(1); }
+// The prompt format (knowledge/prompt.h). The question encoder reads QuestionPrompt with BOS;
+// after the prefix (whose row 0 stands for BOS) it follows without.
+using knowledge::JoinPassages;
+using knowledge::QaPrompt;
+using knowledge::QuestionPrompt;
 
 // Right-padded [rows, max_len] int64 tokens and a validity mask; BOS (position 0) is not valid
 // when skip_first (it is an attention sink, not content).

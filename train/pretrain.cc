@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "knowledge/prompt.h"
 #include "nlohmann/json.hpp"
 #include "train/export.h"
 
@@ -89,7 +90,7 @@ ReadingCorpus::Example ReadingCorpus::Build(
   std::string text = context;
   std::vector<std::pair<size_t, size_t>> spans;  // answer token spans [begin, end)
   for (const auto& [question, answer] : qa) {
-    text = QaPrompt(text, question);
+    text = knowledge::QaPrompt(text, question);
     const size_t begin = tokenizer_->Encode(text, true).size();
     text += " " + answer;
     const size_t end = tokenizer_->Encode(text, true).size();
@@ -219,8 +220,8 @@ absl::StatusOr<ReadingScore> ScoreReading(LanguageModel& model, const Tokenizer&
       if (orig != passages.end()) context = orig->second->text + "\n" + context;
     }
     for (int mode = 0; mode < 2; ++mode) {
-      const std::string prompt = mode == 0 ? QaPrompt(context, q.question)
-                                           : std::string(QaPrompt("", q.question)).substr(1);
+      const std::string prompt = mode == 0 ? knowledge::QaPrompt(context, q.question)
+                                           : knowledge::QuestionPrompt(q.question);
       const std::vector<int32_t> ids = tokenizer.Encode(prompt, true);
       absl::StatusOr<std::vector<int32_t>> out = model.Greedy(ids, 12, stop);
       if (!out.ok()) return out.status();

@@ -1,5 +1,5 @@
 // Pretraining of the base LM on one split of the synthetic world: every training sequence is a
-// reading-comprehension example in the prompt format of world.h (QaPrompt):
+// reading-comprehension example in the prompt format of knowledge/prompt.h (QaPrompt):
 //
 //   <BOS><context>\nQ: <question 1>\nA: <answer 1>[\nQ: <question 2>\nA: <answer 2>...]<EOS>
 //

@@ -860,8 +860,4 @@ absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split) {
   return data;
 }
 
-std::string QaPrompt(std::string_view context, std::string_view question) {
-  return absl::StrCat(std::string(context), "\nQ: ", std::string(question), "\nA:");
-}
-
 }  // namespace knowd::train

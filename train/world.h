@@ -98,11 +98,6 @@ absl::Status WriteWorld(const WorldOptions& options, const std::string& dir);
 // Reads one split back from `dir`.
 absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split);
 
-// The prompt format shared by pretraining, oracle and RAG evaluation:
-//   <context>\nQ: <question>\nA:        (the model continues with " <answer>" then "\n" or EOS)
-// where <context> is one or more passage texts joined by "\n", oldest first.
-std::string QaPrompt(std::string_view context, std::string_view question);
-
 // A draw in [0, n) from `rng`, identical on every platform (rejection sampling on the raw 64-bit
 // output). n must be > 0.
 uint64_t BoundedDraw(std::mt19937_64& rng, uint64_t n);

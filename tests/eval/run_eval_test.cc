@@ -143,26 +143,30 @@ class FakeModulator : public Modulator {
   int latent_rows() const override { return 2; }
   int latent_cols() const override { return 4; }
   int key_dim() const override { return 8; }
-  absl::Status EncodePassages(std::span<const std::string_view> texts,
+  int max_candidates() const override { return 16; }
+  storage::Fingerprint fingerprint() const override { return {"fake", ""}; }
+  absl::Status EncodePassages(std::span<const std::vector<int32_t>> passages,
                               std::vector<storage::EncodedPassage>* out) override {
     out->clear();
-    for (std::string_view t : texts) {
+    for (const std::vector<int32_t>& ids : passages) {
       storage::EncodedPassage e;
       e.latents.assign(8, 0.5f);
       e.key.assign(8, 0.0f);
-      e.key[t.size() % 8] = 1.0f;
+      e.key[ids.size() % 8] = 1.0f;
       out->push_back(std::move(e));
     }
     return absl::OkStatus();
   }
-  absl::StatusOr<std::vector<float>> QuestionKey(std::string_view) override {
-    return std::vector<float>(8, 0.25f);
+  absl::StatusOr<QuestionCode> EncodeQuestion(std::span<const int32_t>) override {
+    QuestionCode code;
+    code.key.assign(8, 0.25f);
+    return code;
   }
   bool has_text_head() const override { return true; }
-  absl::StatusOr<PrefixKv> Modulate(
-      std::string_view, std::span<const std::shared_ptr<const std::vector<float>>> latents,
-      bool with_text) override {
-    if (latents.empty() || latents[0]->size() != 8) {
+  absl::StatusOr<PrefixKv> Modulate(const QuestionCode&,
+                                    std::span<const std::span<const float>> latents,
+                                    bool with_text) override {
+    if (latents.empty() || latents[0].size() != 8) {
       return absl::InvalidArgumentError("expected latents of 2x4");
     }
     ++(*calls_)[with_text ? 1 : 0];

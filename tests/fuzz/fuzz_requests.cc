@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "daemon/document_rules.h"
 #include "daemon/request_checks.h"
 #include "google/protobuf/stubs/logging.h"
 #include "knowd/v1/knowd.pb.h"
+#include "knowledge/document_rules.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

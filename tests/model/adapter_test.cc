@@ -83,7 +83,6 @@ TEST_F(ModelAdapterTest, SpecComesFromAdapterJsonAndTheWeights) {
   EXPECT_EQ(s.max_candidates, 4);
   EXPECT_EQ(s.adapter_sha256.size(), 64u);
   EXPECT_NEAR(adapter_->score_scale(), 20.0f, 1e-4);
-  EXPECT_EQ(Adapter::QuestionPrompt("Where?"), "Q: Where?\nA:");
   // Another seed: other weights, another fingerprint.
   ASSERT_TRUE(
       testing::WriteRandomAdapter(dir_ + "/b", model_->config(), testing::SmallAdapterSpec(), 8)

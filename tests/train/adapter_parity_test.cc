@@ -16,6 +16,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/math.h"
+#include "knowledge/prompt.h"
 #include "model/adapter.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
@@ -193,7 +194,7 @@ TEST_F(AdapterParityTest, LatentsKeysQuestionCodeAndPrefixMatchLibtorch) {
   const std::vector<std::vector<int32_t>> passages = Passages(20, 23);
   ASSERT_NE(passages[0].size(), passages[1].size());
   const std::vector<int32_t> prompt =
-      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), true);
+      tokenizer_->Encode(knowd::knowledge::QuestionPrompt(Question(40)), true);
   absl::StatusOr<Adapter::Trace> want = reference_->TraceForTest(passages, prompt);
   ASSERT_TRUE(want.ok()) << want.status();
 
@@ -243,7 +244,7 @@ TEST_F(AdapterParityTest, MacRagHeadPrefixMatchesLibtorchAndDiffersFromTheMacHea
   EXPECT_EQ(adapter_->spec().rag_prefix_key_scale, 0.75f);
   const std::vector<std::vector<int32_t>> passages = Passages(20, 23);
   const std::vector<int32_t> prompt =
-      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), true);
+      tokenizer_->Encode(knowd::knowledge::QuestionPrompt(Question(40)), true);
   absl::StatusOr<Adapter::Trace> want = reference_->TraceForTest(passages, prompt, true);
   ASSERT_TRUE(want.ok()) << want.status();
   std::vector<PassageCode> codes;
@@ -297,7 +298,7 @@ TEST_F(AdapterParityTest, GreedyAnswersAfterThePrefixMatchLibtorch) {
     ASSERT_GE(gold, 0);
     const std::vector<std::vector<int32_t>> passages = {Passages(gold, gold + 1)[0],
                                                         Passages(30 + q, 31 + q)[0]};
-    const std::string prompt_text = knowd::Adapter::QuestionPrompt(Question(q));
+    const std::string prompt_text = knowd::knowledge::QuestionPrompt(Question(q));
     const std::vector<int32_t> with_bos = tokenizer_->Encode(prompt_text, true);
     const std::vector<int32_t> after_prefix = tokenizer_->Encode(prompt_text, false);
     ASSERT_NE(after_prefix.front(), tokenizer_->bos_id());
@@ -331,7 +332,7 @@ TEST_F(AdapterParityTest, MoreRowsPerSlotGrowFromAnExportAndMatchLibtorch) {
 
   const std::vector<std::vector<int32_t>> passages = Passages(20, 23);
   const std::vector<int32_t> prompt =
-      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), true);
+      tokenizer_->Encode(knowd::knowledge::QuestionPrompt(Question(40)), true);
   const LlamaConfig& c = lm_->config();
   const int t = config.slots, r = 3, kv_dim = c.kv_dim(), shift = t * (r - 1);
   for (bool with_text : {false, true}) {
@@ -398,7 +399,7 @@ TEST_F(AdapterParityTest, MoreRowsPerSlotGrowFromAnExportAndMatchLibtorch) {
   std::vector<std::span<const float>> candidates;
   for (const PassageCode& code : codes) candidates.push_back(code.latents);
   const std::vector<int32_t> after_prefix =
-      tokenizer_->Encode(knowd::Adapter::QuestionPrompt(Question(40)), false);
+      tokenizer_->Encode(knowd::knowledge::QuestionPrompt(Question(40)), false);
   for (bool with_text : {false, true}) {
     absl::StatusOr<Adapter::Trace> want = grown->TraceForTest(passages, prompt, with_text);
     ASSERT_TRUE(want.ok()) << want.status();

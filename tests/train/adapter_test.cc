@@ -16,6 +16,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/math.h"
+#include "knowledge/prompt.h"
 #include "model/adapter.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
@@ -306,7 +307,7 @@ TEST_F(AdapterTrainingTest, RagHeadStartsAsTheMacHeadAndLearnsAlone) {
   ASSERT_TRUE(both->LoadExport(dir, {.seed_rag_head = true}).ok());
   const std::vector<std::vector<int32_t>> passages = SomePassages(3);
   const std::vector<int32_t> prompt = tokenizer_->Encode(
-      knowd::Adapter::QuestionPrompt(corpus_->data().questions[0].question), true);
+      knowd::knowledge::QuestionPrompt(corpus_->data().questions[0].question), true);
   auto trace = [&](bool with_text) {
     absl::StatusOr<Adapter::Trace> t = both->TraceForTest(passages, prompt, with_text);
     EXPECT_TRUE(t.ok()) << t.status();
@@ -370,7 +371,7 @@ TEST_F(AdapterTrainingTest, GrownFromAnExportItComputesTheSameAndItsNewBlocksLea
   ASSERT_TRUE(grown->LoadExport(dir + "/small", {.grow = true}).ok());
   const std::vector<std::vector<int32_t>> passages = SomePassages(3);
   const std::vector<int32_t> prompt = tokenizer_->Encode(
-      knowd::Adapter::QuestionPrompt(corpus_->data().questions[0].question), true);
+      knowd::knowledge::QuestionPrompt(corpus_->data().questions[0].question), true);
   for (bool with_text : {false, true}) {
     absl::StatusOr<Adapter::Trace> want = small->TraceForTest(passages, prompt, with_text);
     absl::StatusOr<Adapter::Trace> got = grown->TraceForTest(passages, prompt, with_text);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "knowledge/prompt.h"
 #include "model/tokenizer.h"
 #include "train/world.h"
 
@@ -39,8 +40,9 @@ TEST(TokenizerTrainTest, TrainedModelLoadsAndRoundTrips) {
 
   // A prompt in the shared format (with its newlines) and passages of a split never seen.
   const SplitData test = GenerateSplit(o, Split::kTest);
-  std::vector<std::string> texts = {QaPrompt(test.passages[0].text, test.questions[0].question) +
-                                    " " + test.questions[0].answer};
+  std::vector<std::string> texts = {
+      knowledge::QaPrompt(test.passages[0].text, test.questions[0].question) + " " +
+      test.questions[0].answer};
   for (int i = 0; i < 20; ++i) texts.push_back(test.passages[i].text);
   for (const std::string& text : texts) {
     const std::vector<int32_t> ids = (*tokenizer)->Encode(text, true);

@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "knowledge/prompt.h"
 #include "model/adapter.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -52,7 +53,8 @@ TEST(AdapterGpu, CodesAndPrefixesMatchTheCpu) {
   }
   ASSERT_EQ(passages.size(), 3u);
   const std::vector<int32_t> prompt =
-      (*tokenizer)->Encode(Adapter::QuestionPrompt("In which city does Etheth Rulhal live?"), true);
+      (*tokenizer)
+          ->Encode(knowledge::QuestionPrompt("In which city does Etheth Rulhal live?"), true);
 
   std::vector<Outputs> runs;
   bool rag_head = false;

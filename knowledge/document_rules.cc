@@ -1,4 +1,4 @@
-#include "daemon/document_rules.h"
+#include "knowledge/document_rules.h"
 
 #include <algorithm>
 

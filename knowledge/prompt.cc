@@ -1,12 +1,16 @@
-#include "model/qa_prompt.h"
+#include "knowledge/prompt.h"
 
 #include "absl/strings/str_cat.h"
 
-namespace knowd {
+namespace knowd::knowledge {
 
 std::string QaPrompt(std::string_view context, std::string_view question) {
-  if (context.empty()) return absl::StrCat("Q: ", std::string(question), "\nA:");
+  if (context.empty()) return QuestionPrompt(question);
   return absl::StrCat(std::string(context), "\nQ: ", std::string(question), "\nA:");
+}
+
+std::string QuestionPrompt(std::string_view question) {
+  return absl::StrCat("Q: ", std::string(question), "\nA:");
 }
 
 std::string JoinPassages(std::span<const std::string_view> passages) {
@@ -18,4 +22,4 @@ std::string JoinPassages(std::span<const std::string_view> passages) {
   return out;
 }
 
-}  // namespace knowd
+}  // namespace knowd::knowledge

@@ -1,4 +1,4 @@
-// What the daemon accepts as text, ids and namespaces, and how it cuts a document into passages.
+// What a document may hold (text, ids, namespaces) and how it is cut into passages.
 // Pure functions: no model, no bank; safe from any thread.
 #pragma once
 

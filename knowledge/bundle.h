@@ -1,0 +1,64 @@
+// Loading what answers questions: the compute backend by name, and a model bundle — the frozen
+// LM, its tokenizer, its MAC adapter (when it has one) and the calibration `knowd eval` recorded
+// for it. One loader for the daemon and every tool.
+//
+// A bundle is a directory: config.json + model.safetensors (or a GGUF file instead of the
+// directory), tokenizer.model / tokenizer.json, adapter/ (adapter.json + adapter.safetensors) and
+// knowledge.json:
+//   {"abstain_below": 0.5, "calibrated_on": "...", ...}
+// abstain_below: the lexical coverage under which a question has nothing in memory (ask.h),
+// chosen by `knowd eval --calibrate-abstention` on the valid split. Missing: 0, never abstain.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "knowledge/modulator.h"
+#include "model/adapter.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+#include "storage/memory_bank.h"
+
+namespace knowd::knowledge {
+
+// "cpu" (with `threads`, 0: one per core) or "cuda" (device 0). INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackendByName(std::string_view name, int threads);
+
+struct BundleOptions {
+  std::string model;  // the bundle directory, a Hugging Face directory or a GGUF file
+  // "": <model>/adapter when it has adapter.json; "none": no adapter; else the adapter directory.
+  std::string adapter;
+  std::string backend = "cpu";
+  int threads = 0;
+  bool require_adapter = false;  // FAILED_PRECONDITION when there is none
+};
+
+struct Calibration {
+  double abstain_below = 0;  // AskParams::abstain_below
+};
+
+struct Bundle {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Adapter> adapter;      // null: closed-book and rag only
+  std::unique_ptr<Modulator> modulator;  // over `adapter`; null with it
+  std::string model_path;
+  std::string adapter_path;  // "" without an adapter
+  Calibration calibration;
+  // What a memory bank written through this bundle records (BankFingerprint).
+  storage::Fingerprint fingerprint() const { return BankFingerprint(adapter.get()); }
+};
+
+absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options);
+
+// <model>/knowledge.json, or the defaults when the file is missing.
+absl::StatusOr<Calibration> ReadCalibration(const std::string& model);
+// Writes <model>/knowledge.json (every key of `extra` too).
+absl::Status WriteCalibration(const std::string& model, const Calibration& calibration,
+                              const std::string& extra_json);
+
+}  // namespace knowd::knowledge

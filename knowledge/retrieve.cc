@@ -1,0 +1,64 @@
+#include "knowledge/retrieve.h"
+
+#include <algorithm>
+
+namespace knowd::knowledge {
+
+const char* RetrievalName(Retrieval r) {
+  switch (r) {
+    case Retrieval::kLexical:
+      return "lexical";
+    case Retrieval::kDense:
+      return "dense";
+    case Retrieval::kHybrid:
+      return "hybrid";
+  }
+  return "lexical";
+}
+
+absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(storage::MemoryBank& bank,
+                                                                 std::string_view name_space,
+                                                                 std::string_view query,
+                                                                 const std::vector<float>* key,
+                                                                 Retrieval retrieval, int k) {
+  if (k < 1) return absl::InvalidArgumentError("retrieval needs k >= 1");
+  storage::SearchRequest request;
+  request.name_space = std::string(name_space);
+  request.k = k;
+  request.with_text = true;
+  if (retrieval != Retrieval::kLexical) {
+    if (key == nullptr) {
+      return absl::FailedPreconditionError(
+          "dense and hybrid retrieval need an adapter; this daemon has none (use lexical)");
+    }
+    request.key = *key;
+    if (retrieval == Retrieval::kHybrid) {
+      request.hybrid = true;
+      request.query_text = std::string(query);
+    }
+    return bank.Search(request);
+  }
+  // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
+  // re-ranked by the BM25 weight, is exactly the BM25 top list.
+  request.key.assign(std::max(1, bank.key_dim()), 0.0f);
+  request.hybrid = true;
+  request.query_text = std::string(query);
+  request.candidates = k;
+  request.k = std::min(4096, 2 * k);
+  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank.Search(request);
+  if (!hits.ok()) return hits.status();
+  std::vector<storage::SearchHit> lexical;
+  for (storage::SearchHit& h : *hits) {
+    if (!h.lexical_score.has_value()) continue;
+    h.score = *h.lexical_score;
+    lexical.push_back(std::move(h));
+  }
+  // Equal BM25 weights: the older passage first, whatever the dense ranking said.
+  std::sort(lexical.begin(), lexical.end(), [](const auto& a, const auto& b) {
+    return a.score != b.score ? a.score > b.score : a.passage_id < b.passage_id;
+  });
+  if (static_cast<int>(lexical.size()) > k) lexical.resize(k);
+  return lexical;
+}
+
+}  // namespace knowd::knowledge
