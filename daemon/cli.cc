@@ -8,7 +8,6 @@
 #include <memory>
 #include <thread>
 
-#include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -17,7 +16,6 @@
 #include "bench/engine_bench.h"
 #include "bench/eval.h"
 #include "bench/storage_bench.h"
-#include "daemon/flags.h"
 #include "kernels/backend.h"
 #include "kernels/peak.h"
 #include "model/adapter.h"
@@ -36,9 +34,8 @@ int Fail(std::string_view command, const absl::Status& status) {
   return 1;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend() {
-  const std::string kind = absl::GetFlag(FLAGS_backend);
-  if (kind == "cpu") return MakeCpuBackend(absl::GetFlag(FLAGS_threads));
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& kind, int threads) {
+  if (kind == "cpu") return MakeCpuBackend(threads);
   if (kind == "cuda") return MakeCudaBackend(0);
   return absl::InvalidArgumentError(absl::StrCat("--backend must be cpu or cuda, not ", kind));
 }
@@ -91,43 +88,19 @@ class ReencodeProgressBar {
 
 }  // namespace
 
-std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->clear();
-  storage->reserve(argc);
-  bool flags_done = false;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--") flags_done = true;
-    if (!flags_done && i > 0 && arg.size() > 2 && arg.rfind("--", 0) == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
-      }
-    }
-    storage->push_back(std::move(arg));
-  }
-  std::vector<char*> out;
-  for (std::string& s : *storage) out.push_back(s.data());
-  return out;
-}
-
-int RunGenerate() {
-  const std::string path = absl::GetFlag(FLAGS_model);
+int RunGenerate(const GenerateFlags& flags) {
+  const std::string path = flags.model;
   if (path.empty()) return Fail("generate", absl::InvalidArgumentError("--model is required"));
-  if (!absl::GetFlag(FLAGS_adapter).empty()) {
-    return Fail("generate", absl::UnimplementedError(
-                                "--adapter: adapters are not supported by this build yet"));
-  }
-  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend();
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(flags.backend, flags.threads);
   if (!backend.ok()) return Fail("generate", backend.status());
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(path);
   if (!tokenizer.ok()) return Fail("generate", tokenizer.status());
   absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(path, backend->get());
   if (!model.ok()) return Fail("generate", model.status());
 
-  std::vector<int32_t> prompt = (*tokenizer)->Encode(absl::GetFlag(FLAGS_prompt), true);
+  std::vector<int32_t> prompt = (*tokenizer)->Encode(flags.prompt, true);
   if (prompt.empty()) prompt.push_back((*model)->config().bos_token_id);
-  const int max_tokens = std::max(0, absl::GetFlag(FLAGS_max_tokens));
+  const int max_tokens = std::max(0, flags.max_tokens);
   const int capacity = std::min<int>((*model)->config().max_position_embeddings,
                                      static_cast<int>(prompt.size()) + max_tokens);
   if (static_cast<int>(prompt.size()) >= (*model)->config().max_position_embeddings) {
@@ -140,9 +113,9 @@ int RunGenerate() {
 
   GenerateOptions options;
   options.max_tokens = max_tokens;
-  options.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
-  options.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
-  options.sampling.seed = absl::GetFlag(FLAGS_seed);
+  options.sampling.temperature = static_cast<float>(flags.temperature);
+  options.sampling.top_p = static_cast<float>(flags.top_p);
+  options.sampling.seed = flags.seed;
   IncrementalDecoder decoder(**tokenizer, prompt);
   absl::StatusOr<std::vector<int32_t>> ids =
       Generate(**model, **cache, prompt, options, [&](int32_t id) {
@@ -158,112 +131,110 @@ int RunGenerate() {
   return 0;
 }
 
-int RunTokenize() {
-  std::string path = absl::GetFlag(FLAGS_tokenizer);
-  if (path.empty()) path = absl::GetFlag(FLAGS_model);
+int RunTokenize(const TokenizeFlags& flags) {
+  std::string path = flags.tokenizer;
+  if (path.empty()) path = flags.model;
   if (path.empty()) {
     return Fail("tokenize", absl::InvalidArgumentError("--model or --tokenizer is required"));
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(path);
   if (!tokenizer.ok()) return Fail("tokenize", tokenizer.status());
-  const std::vector<int32_t> ids =
-      (*tokenizer)->Encode(absl::GetFlag(FLAGS_text), !absl::GetFlag(FLAGS_no_bos));
+  const std::vector<int32_t> ids = (*tokenizer)->Encode(flags.text, !flags.no_bos);
   std::string line;
   for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&line, i ? " " : "", ids[i]);
   std::printf("%s\n", line.c_str());
   return 0;
 }
 
-int RunBench(const std::vector<std::string>& args) {
-  const std::string what = args.empty() ? "" : args[0];
-  if (what == "engine") {
-    EngineBenchOptions o;
-    o.model = absl::GetFlag(FLAGS_model);
-    if (o.model.empty()) return Fail("bench", absl::InvalidArgumentError("--model is required"));
-    o.backend = absl::GetFlag(FLAGS_backend);
-    o.threads = absl::GetFlag(FLAGS_threads);
-    o.prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
-    o.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
-    o.json = absl::GetFlag(FLAGS_json);
-    o.adapter = absl::GetFlag(FLAGS_adapter);
-    o.mac_top_k = absl::GetFlag(FLAGS_mac_top_k);
-    absl::Status s = RunEngineBench(o);
-    return s.ok() ? 0 : Fail("bench engine", s);
+int RunBenchEngine(const BenchEngineFlags& flags) {
+  EngineBenchOptions o;
+  o.model = flags.model;
+  if (o.model.empty()) {
+    return Fail("bench engine", absl::InvalidArgumentError("--model is required"));
   }
-  if (what == "synth-model") {
-    const std::string out = absl::GetFlag(FLAGS_out);
-    if (out.empty()) return Fail("bench", absl::InvalidArgumentError("--out DIR is required"));
-    SyntheticModelOptions o;
-    o.config = Synthetic30MConfig();
-    o.seed = absl::GetFlag(FLAGS_seed) ? absl::GetFlag(FLAGS_seed) : 1234;
-    absl::Status s = WriteSyntheticModel(out, o);
-    if (!s.ok()) return Fail("bench synth-model", s);
-    std::printf("wrote %s (%.1fM parameters)\n", out.c_str(), o.config.ParameterCount() / 1e6);
-    return 0;
-  }
-  if (what == "storage") {
-    StorageBenchOptions o;
-    o.entries.clear();
-    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_entries), ',')) {
-      int64_t n = 0;
-      if (!absl::SimpleAtoi(part, &n) || n <= 0) {
-        return Fail("bench storage", absl::InvalidArgumentError(absl::StrCat(
-                                         "--entries: \"", part, "\" is not a positive count")));
-      }
-      o.entries.push_back(n);
-    }
-    o.index_factory = absl::GetFlag(FLAGS_index);
-    const std::string format = absl::GetFlag(FLAGS_latent_format);
-    if (format != "fp16" && format != "int8") {
-      return Fail("bench storage",
-                  absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
-    }
-    o.latent_format =
-        format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
-    o.lexical_index = absl::GetFlag(FLAGS_lexical);
-    o.threads = absl::GetFlag(FLAGS_threads);
-    o.output = absl::GetFlag(FLAGS_out);
-    absl::Status s = RunStorageBench(o);
-    return s.ok() ? 0 : Fail("bench storage", s);
-  }
-  if (what == "peak") {
-    // The machine's bounds alone, for benchmarks run outside this process (knowctl load).
-    const int threads = absl::GetFlag(FLAGS_threads) > 0
-                            ? absl::GetFlag(FLAGS_threads)
-                            : static_cast<int>(std::thread::hardware_concurrency());
-    const double gflops = MeasureSgemmPeakGflops(threads);
-    const double gbs = MeasureMemoryBandwidthGBs(threads);
-    std::printf("machine: %d threads, sgemm peak %.1f GFLOP/s, memory bandwidth %.1f GB/s\n",
-                threads, gflops, gbs);
-    return 0;
-  }
-  return Fail("bench",
-              absl::InvalidArgumentError(absl::StrCat("unknown benchmark \"", what,
-                                                      "\" (engine, synth-model, storage, peak)")));
+  o.backend = flags.backend;
+  o.threads = flags.threads;
+  o.prompt_tokens = flags.prompt_tokens;
+  o.decode_tokens = flags.decode_tokens;
+  o.json = flags.json;
+  o.adapter = flags.adapter;
+  o.mac_top_k = flags.mac_top_k;
+  absl::Status s = RunEngineBench(o);
+  return s.ok() ? 0 : Fail("bench engine", s);
 }
 
-int RunEval() {
+int RunBenchSynthModel(const BenchSynthModelFlags& flags) {
+  const std::string out = flags.out;
+  if (out.empty()) {
+    return Fail("bench synth-model", absl::InvalidArgumentError("--out DIR is required"));
+  }
+  SyntheticModelOptions o;
+  o.config = Synthetic30MConfig();
+  o.seed = flags.seed;
+  absl::Status s = WriteSyntheticModel(out, o);
+  if (!s.ok()) return Fail("bench synth-model", s);
+  std::printf("wrote %s (%.1fM parameters)\n", out.c_str(), o.config.ParameterCount() / 1e6);
+  return 0;
+}
+
+int RunBenchStorage(const BenchStorageFlags& flags) {
+  StorageBenchOptions o;
+  o.entries.clear();
+  for (absl::string_view part : absl::StrSplit(flags.entries, ',')) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n <= 0) {
+      return Fail("bench storage", absl::InvalidArgumentError(absl::StrCat(
+                                       "--entries: \"", part, "\" is not a positive count")));
+    }
+    o.entries.push_back(n);
+  }
+  o.index_factory = flags.index;
+  const std::string format = flags.latent_format;
+  if (format != "fp16" && format != "int8") {
+    return Fail("bench storage",
+                absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
+  }
+  o.latent_format = format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  o.lexical_index = flags.lexical;
+  o.threads = flags.threads;
+  o.output = flags.out;
+  absl::Status s = RunStorageBench(o);
+  return s.ok() ? 0 : Fail("bench storage", s);
+}
+
+int RunBenchPeak(const BenchPeakFlags& flags) {
+  // The machine's bounds alone, for benchmarks run outside this process (knowctl load).
+  const int threads =
+      flags.threads > 0 ? flags.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const double gflops = MeasureSgemmPeakGflops(threads);
+  const double gbs = MeasureMemoryBandwidthGBs(threads);
+  std::printf("machine: %d threads, sgemm peak %.1f GFLOP/s, memory bandwidth %.1f GB/s\n", threads,
+              gflops, gbs);
+  return 0;
+}
+
+int RunEval(const EvalFlags& flags) {
   bench::EvalOptions o;
-  o.bundle_dir = absl::GetFlag(FLAGS_bundle);
+  o.bundle_dir = flags.bundle;
   if (o.bundle_dir.empty()) return Fail("eval", absl::InvalidArgumentError("--bundle is empty"));
-  o.data_dir = absl::GetFlag(FLAGS_data);
+  o.data_dir = flags.data;
   if (o.data_dir.empty()) o.data_dir = (std::filesystem::path(o.bundle_dir) / "eval").string();
-  o.split = absl::GetFlag(FLAGS_split);
-  o.limit = absl::GetFlag(FLAGS_limit);
+  o.split = flags.split;
+  o.limit = flags.limit;
   if (o.limit < 0) return Fail("eval", absl::InvalidArgumentError("--limit must be >= 0"));
-  o.report_path = absl::GetFlag(FLAGS_report);
-  o.threads = absl::GetFlag(FLAGS_threads);
-  o.batch = absl::GetFlag(FLAGS_batch);
+  o.report_path = flags.report;
+  o.threads = flags.threads;
+  o.batch = flags.batch;
   if (o.batch < 1) return Fail("eval", absl::InvalidArgumentError("--batch must be >= 1"));
-  const std::string format = absl::GetFlag(FLAGS_latent_format);
+  const std::string format = flags.latent_format;
   if (format != "fp16" && format != "int8") {
     return Fail("eval", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
   }
   o.latent_format = format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
-  o.examples = absl::GetFlag(FLAGS_examples);
-  o.mac_top_k = absl::GetFlag(FLAGS_mac_top_k);
+  o.examples = flags.examples;
+  o.mac_top_k = flags.mac_top_k;
   if (o.mac_top_k < 1) return Fail("eval", absl::InvalidArgumentError("--mac-top-k must be >= 1"));
-  const std::string retrieval = absl::GetFlag(FLAGS_mac_retrieval);
+  const std::string retrieval = flags.mac_retrieval;
   if (retrieval == "hybrid") {
     o.mac_retrieval = bench::MacRetrieval::kHybrid;
   } else if (retrieval == "dense") {
@@ -275,37 +246,37 @@ int RunEval() {
                 absl::InvalidArgumentError(absl::StrCat(
                     "--mac-retrieval must be hybrid, dense or lexical, not \"", retrieval, "\"")));
   }
-  const std::string mac_rag_text = absl::GetFlag(FLAGS_mac_rag_text);
+  const std::string mac_rag_text = flags.mac_rag_text;
   if (mac_rag_text != "subject" && mac_rag_text != "top1") {
     return Fail("eval", absl::InvalidArgumentError(absl::StrCat(
                             "--mac-rag-text must be subject or top1, not \"", mac_rag_text, "\"")));
   }
   o.mac_rag_subject = mac_rag_text == "subject";
-  o.rag_prefix_key_scale = absl::GetFlag(FLAGS_rag_prefix_key_scale);
+  o.rag_prefix_key_scale = flags.rag_prefix_key_scale;
   if (o.rag_prefix_key_scale != 0 && !IsValidRagPrefixKeyScale(o.rag_prefix_key_scale)) {
     return Fail("eval", absl::InvalidArgumentError(
                             "--rag-prefix-key-scale must be in (0, 4], or 0 for the adapter's"));
   }
-  if (absl::GetFlag(FLAGS_backend) != "cpu") {
+  if (flags.backend != "cpu") {
     return Fail("eval", absl::InvalidArgumentError("eval runs on the cpu backend only"));
   }
   absl::Status s = bench::RunEval(o);
   return s.ok() ? 0 : Fail("eval", s);
 }
 
-int RunReencode() {
-  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+int RunReencode(const ReencodeFlags& flags) {
+  const std::string data_dir = flags.data_dir;
   if (data_dir.empty()) {
     return Fail("reencode", absl::InvalidArgumentError("--data-dir (the memory bank) is required"));
   }
-  const std::string bundle = absl::GetFlag(FLAGS_bundle);
-  std::string adapter_dir = absl::GetFlag(FLAGS_adapter);
+  const std::string bundle = flags.bundle;
+  std::string adapter_dir = flags.adapter;
   if (adapter_dir.empty()) adapter_dir = (std::filesystem::path(bundle) / "adapter").string();
-  const std::string format = absl::GetFlag(FLAGS_latent_format);
+  const std::string format = flags.latent_format;
   if (format != "fp16" && format != "int8") {
     return Fail("reencode", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
   }
-  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend();
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(flags.backend, flags.threads);
   if (!backend.ok()) return Fail("reencode", backend.status());
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(bundle);
   if (!tokenizer.ok()) return Fail("reencode", tokenizer.status());
@@ -323,7 +294,7 @@ int RunReencode() {
   options.latent_cols = spec.latent_dim;
   options.latent_format =
       format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
-  options.index_factory = absl::GetFlag(FLAGS_index);
+  options.index_factory = flags.index;
   options.lexical_index = false;  // rebuilt from the texts at every open; not needed here
   options.fingerprint = {spec.encoder_sha256, spec.base_sha256};
   options.open_for_reencode = true;

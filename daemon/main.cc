@@ -1,78 +1,44 @@
-// knowd: the daemon and its tools. See docs/cli.md for the command-line contract.
+// knowd: the daemon and its tools. See docs/cli.md for the command-line contract. Every flag of
+// every command is declared here, into the command's struct (daemon/cli.h); serve's come from
+// its settings table (daemon/serve_config.h).
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "CLI/CLI.hpp"
+#include "cli/command_line.h"
 #include "daemon/cli.h"
-#include "daemon/flags.h"
+#include "daemon/serve_config.h"
 #include "daemon/server.h"
 
-ABSL_FLAG(std::string, model, "", "Model: a GGUF file or a Hugging Face directory");
-ABSL_FLAG(std::string, adapter, "", "Adapter directory (adapter.json + adapter.safetensors)");
-ABSL_FLAG(std::string, tokenizer, "", "Tokenizer: tokenizer.model, tokenizer.json or .gguf");
-ABSL_FLAG(std::string, prompt, "", "Prompt text; empty starts from BOS");
-ABSL_FLAG(std::string, text, "", "Text to tokenize");
-ABSL_FLAG(int, max_tokens, 128, "Most tokens to generate");
-ABSL_FLAG(double, temperature, 0.0, "Sampling temperature; 0 is greedy");
-ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling mass");
-ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
-ABSL_FLAG(bool, no_bos, false, "Do not prepend the BOS token");
-ABSL_FLAG(int, threads, 0, "CPU threads; 0 is one per core");
-ABSL_FLAG(std::string, backend, "cpu", "Compute backend: cpu or cuda");
-ABSL_FLAG(std::string, out, "", "Output path (bench synth-model)");
-ABSL_FLAG(int, prompt_tokens, 256, "Prefill length (bench engine)");
-ABSL_FLAG(int, decode_tokens, 64, "Decode steps (bench engine)");
-ABSL_FLAG(bool, json, false, "Print JSON instead of a table");
-ABSL_FLAG(std::string, entries, "10000,100000,1000000", "Bank sizes (bench storage)");
-ABSL_FLAG(std::string, index, "Flat", "FAISS index factory string (bench storage, reencode)");
-ABSL_FLAG(std::string, latent_format, "int8",
-          "Stored latents: fp16 or int8 (bench storage, reencode)");
-ABSL_FLAG(bool, lexical, false, "Keep the BM25 index too (bench storage)");
-ABSL_FLAG(std::string, bundle, "models/knowd-tiny", "Model bundle directory (eval, reencode)");
-ABSL_FLAG(std::string, data, "", "World data directory (eval); empty: <bundle>/eval");
-ABSL_FLAG(std::string, split, "test", "World split to evaluate on (eval)");
-ABSL_FLAG(int, limit, 0, "Questions to evaluate, spread evenly over the stream; 0 is all (eval)");
-ABSL_FLAG(std::string, report, "", "JSON report path; .md and .png are written beside it (eval)");
-ABSL_FLAG(int, batch, 16, "Sequences per forward pass (eval)");
-ABSL_FLAG(int, examples, 10,
-          "Questions whose predictions in every mode the report lists; -1 is all (eval)");
-ABSL_FLAG(int, mac_top_k, 3, "Passages the adapter aggregates per question (eval, bench engine)");
-ABSL_FLAG(std::string, mac_retrieval, "lexical",
-          "Where mac's passages come from: lexical (BM25), dense (keys) or hybrid (eval)");
-ABSL_FLAG(std::string, mac_rag_text, "subject",
-          "mac+rag's text: subject (rag-subject's passages) or top1 (the best passage) (eval)");
-ABSL_FLAG(double, rag_prefix_key_scale, 0,
-          "mac+rag prefix key scale instead of the adapter's rag_prefix_key_scale, in (0, 4] "
-          "(eval; 0: the adapter's)");
-ABSL_FLAG(std::string, data_dir, "", "Memory bank directory (reencode)");
-
 namespace {
-constexpr const char* kUsage =
-    "knowd — keeps a frozen LLM's knowledge current.\n\n"
-    "usage:\n"
-    "  knowd serve [--config FILE] [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:7071]\n"
-    "              [--data-dir DIR] [--model PATH] [--adapter PATH] [--tokens-file FILE]\n"
-    "              [--tls-cert F --tls-key F [--tls-client-ca F]]   (knowd serve --help: all)\n"
-    "  knowd generate --model PATH [--adapter PATH] --prompt TEXT [--max-tokens N]\n"
-    "                 [--temperature T] [--seed S]\n"
-    "  knowd tokenize (--model PATH | --tokenizer PATH) --text TEXT [--no-bos]\n"
-    "  knowd bench engine --model PATH [--backend cpu|cuda] [--threads N] [--prompt-tokens N]\n"
-    "                     [--decode-tokens N] [--adapter DIR [--mac-top-k 3]]\n"
-    "  knowd bench synth-model --out DIR      (a ~30M-parameter random Llama for benchmarks)\n"
-    "  knowd bench storage [--entries 10000,100000,1000000] [--index Flat] [--latent-format int8]\n"
-    "                      [--lexical] [--out FILE.json]\n"
-    "  knowd eval [--bundle DIR] [--data DIR] [--split test] [--limit N] [--report FILE.json]\n"
-    "             [--batch N] [--threads N] [--mac-top-k 3] [--mac-retrieval "
-    "lexical|dense|hybrid]\n"
-    "             [--latent-format int8|fp16] [--examples N] [--mac-rag-text subject|top1]\n"
-    "             [--rag-prefix-key-scale F]\n"
-    "  knowd reencode --data-dir DIR [--bundle DIR] [--adapter DIR]   (resumable)\n";
+
+using knowd::cli::Configure;
+
+// `knowd serve` parses its own flags, with the environment and the config file
+// (daemon/serve_config.h); here they are declared from the same table, for --help and so that a
+// flag of another command is refused like everywhere else.
+CLI::App* AddServe(CLI::App& app) {
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "The daemon: the gRPC KnowledgeService plus /metrics, /healthz and /readyz over HTTP. "
+      "Without flags it serves the shipped knowd-tiny bundle from ./knowd-data on loopback.");
+  for (const knowd::ServeSetting& s : knowd::ServeSettings()) {
+    serve->add_option("--" + s.name)
+        ->description(s.help + " [" + s.env + "]")
+        ->type_name(s.type)
+        ->default_str(s.default_value);
+  }
+  serve->footer(
+      "Every flag is also an environment variable (in brackets) and a key of the --config JSON "
+      "file; a flag beats the environment, which beats the file, which beats the default.");
+  return serve;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -88,26 +54,126 @@ int main(int argc, char** argv) {
     setenv("GOMP_SPINCOUNT", "20000", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
   }
-  // serve has its own configuration (flags, environment, config file: daemon/serve_config.h).
-  if (argc >= 2 && std::string(argv[1]) == "serve") {
+
+  CLI::App app("knowd keeps a frozen LLM's knowledge current.", "knowd");
+  Configure(app);
+  app.footer(
+      "`knowd COMMAND --help` lists a command's flags and their defaults; flags may be written "
+      "with dashes or underscores (--max-tokens, --max_tokens). docs/cli.md has the details.");
+
+  CLI::App* serve = AddServe(app);
+
+  knowd::GenerateFlags generate;
+  CLI::App* generate_cmd = app.add_subcommand(
+      "generate", "Runs the model on the prompt and prints the generated text (not the prompt).");
+  generate_cmd->add_option("--model", generate.model,
+                           "a GGUF file or a Hugging Face directory (required)");
+  generate_cmd->add_option("--prompt", generate.prompt, "prompt text; empty starts from BOS");
+  generate_cmd->add_option("--max-tokens", generate.max_tokens, "most tokens to generate");
+  generate_cmd->add_option("--temperature", generate.temperature,
+                           "sampling temperature; 0 is greedy");
+  generate_cmd->add_option("--top-p", generate.top_p, "nucleus sampling mass");
+  generate_cmd->add_option("--seed", generate.seed, "sampling seed");
+  generate_cmd->add_option("--backend", generate.backend, "compute backend: cpu or cuda");
+  generate_cmd->add_option("--threads", generate.threads, "CPU threads; 0 is one per core");
+
+  knowd::TokenizeFlags tokenize;
+  CLI::App* tokenize_cmd =
+      app.add_subcommand("tokenize", "Prints the token ids of --text, BOS first.");
+  tokenize_cmd->add_option("--model", tokenize.model, "model whose tokenizer to use");
+  tokenize_cmd->add_option("--tokenizer", tokenize.tokenizer,
+                           "instead of --model: tokenizer.model, tokenizer.json or a .gguf");
+  tokenize_cmd->add_option("--text", tokenize.text, "text to tokenize");
+  tokenize_cmd->add_flag("--no-bos", tokenize.no_bos, "do not prepend the BOS token");
+
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks, each beside the machine's peak.");
+
+  knowd::BenchEngineFlags engine;
+  CLI::App* engine_cmd = bench->add_subcommand(
+      "engine", "Prefill and decode throughput, as fractions of the sgemm peak and bandwidth.");
+  engine_cmd->add_option("--model", engine.model, "model: GGUF file or directory (required)");
+  engine_cmd->add_option("--backend", engine.backend, "compute backend: cpu or cuda");
+  engine_cmd->add_option("--threads", engine.threads, "CPU threads; 0 is one per core");
+  engine_cmd->add_option("--prompt-tokens", engine.prompt_tokens, "prefill length");
+  engine_cmd->add_option("--decode-tokens", engine.decode_tokens, "decode steps");
+  engine_cmd->add_flag("--json", engine.json, "print JSON instead of a table");
+  engine_cmd->add_option("--adapter", engine.adapter,
+                         "adapter directory: also measure a mac question's own work");
+  engine_cmd->add_option("--mac-top-k", engine.mac_top_k,
+                         "stored codes the adapter aggregates per question");
+
+  knowd::BenchSynthModelFlags synth;
+  CLI::App* synth_cmd = bench->add_subcommand(
+      "synth-model", "Writes a random ~30M-parameter Llama model (config.json + safetensors).");
+  synth_cmd->add_option("--out", synth.out, "output directory (required)");
+  synth_cmd->add_option("--seed", synth.seed, "seed of the random weights");
+
+  knowd::BenchStorageFlags storage;
+  CLI::App* storage_cmd = bench->add_subcommand(
+      "storage", "The memory bank: put throughput, top-k latency, open and recovery time.");
+  storage_cmd->add_option("--entries", storage.entries, "bank sizes, comma-separated");
+  storage_cmd->add_option("--index", storage.index, "FAISS index factory string");
+  storage_cmd->add_option("--latent-format", storage.latent_format, "stored latents: fp16 or int8");
+  storage_cmd->add_flag("--lexical", storage.lexical, "keep the BM25 index too");
+  storage_cmd->add_option("--threads", storage.threads, "CPU threads; 0 is one per core");
+  storage_cmd->add_option("--out", storage.out, "also write the results as JSON to this file");
+
+  knowd::BenchPeakFlags peak;
+  CLI::App* peak_cmd =
+      bench->add_subcommand("peak", "The machine's sgemm peak and memory bandwidth alone.");
+  peak_cmd->add_option("--threads", peak.threads, "CPU threads; 0 is one per core");
+
+  knowd::EvalFlags eval;
+  CLI::App* eval_cmd = app.add_subcommand(
+      "eval", "Question-answering accuracy of a bundle on a split of the synthetic world.");
+  eval_cmd->add_option("--bundle", eval.bundle, "model bundle directory");
+  eval_cmd->add_option("--data", eval.data, "world data directory; empty: <bundle>/eval");
+  eval_cmd->add_option("--split", eval.split, "world split to evaluate on");
+  eval_cmd->add_option("--limit", eval.limit,
+                       "questions to evaluate, spread evenly over the stream; 0 is all");
+  eval_cmd->add_option("--report", eval.report,
+                       "JSON report path; the .md table and .png plot are written beside it");
+  eval_cmd->add_option("--batch", eval.batch, "sequences per forward pass");
+  eval_cmd->add_option("--threads", eval.threads, "CPU threads; 0 is one per core");
+  eval_cmd->add_option("--backend", eval.backend, "compute backend: cpu only");
+  eval_cmd->add_option("--mac-top-k", eval.mac_top_k,
+                       "passages the adapter aggregates per question");
+  eval_cmd->add_option("--mac-retrieval", eval.mac_retrieval,
+                       "where mac's passages come from: lexical (BM25), dense (keys) or hybrid");
+  eval_cmd->add_option("--latent-format", eval.latent_format, "stored latents: fp16 or int8");
+  eval_cmd->add_option("--examples", eval.examples,
+                       "questions whose predictions in every mode the report lists; -1 is all");
+  eval_cmd->add_option("--mac-rag-text", eval.mac_rag_text,
+                       "mac+rag's text: subject (rag-subject's passages) or top1 (the best one)");
+  eval_cmd->add_option("--rag-prefix-key-scale", eval.rag_prefix_key_scale,
+                       "mac+rag prefix key scale in (0, 4] instead of the adapter's; 0: the "
+                       "adapter's");
+
+  knowd::ReencodeFlags reencode;
+  CLI::App* reencode_cmd =
+      app.add_subcommand("reencode", "Re-encodes a memory bank with another adapter (resumable).");
+  reencode_cmd->add_option("--data-dir", reencode.data_dir, "memory bank directory (required)");
+  reencode_cmd->add_option("--bundle", reencode.bundle, "model bundle directory");
+  reencode_cmd->add_option("--adapter", reencode.adapter,
+                           "adapter directory; empty: <bundle>/adapter");
+  reencode_cmd->add_option("--threads", reencode.threads, "CPU threads; 0 is one per core");
+  reencode_cmd->add_option("--backend", reencode.backend, "compute backend: cpu or cuda");
+  reencode_cmd->add_option("--index", reencode.index, "FAISS index factory string");
+  reencode_cmd->add_option("--latent-format", reencode.latent_format,
+                           "stored latents: fp16 or int8");
+
+  if (std::optional<int> exit_code = knowd::cli::Parse(app, argc, argv)) return *exit_code;
+  if (serve->parsed()) {
+    // Parsed again, with the environment and the config file.
     return knowd::RunServe(std::vector<std::string>(argv + 2, argv + argc), argv[0]);
   }
-  absl::SetProgramUsageMessage(kUsage);
-  std::vector<std::string> storage;
-  std::vector<char*> args = knowd::NormalizeFlagNames(argc, argv, &storage);
-  std::vector<char*> positional =
-      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-  if (positional.size() < 2) {
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
-  const std::string command = positional[1];
-  std::vector<std::string> rest(positional.begin() + 2, positional.end());
-  if (command == "generate") return knowd::RunGenerate();
-  if (command == "tokenize") return knowd::RunTokenize();
-  if (command == "bench") return knowd::RunBench(rest);
-  if (command == "eval") return knowd::RunEval();
-  if (command == "reencode") return knowd::RunReencode();
-  std::fprintf(stderr, "knowd: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
-  return 2;
+  if (generate_cmd->parsed()) return knowd::RunGenerate(generate);
+  if (tokenize_cmd->parsed()) return knowd::RunTokenize(tokenize);
+  if (engine_cmd->parsed()) return knowd::RunBenchEngine(engine);
+  if (synth_cmd->parsed()) return knowd::RunBenchSynthModel(synth);
+  if (storage_cmd->parsed()) return knowd::RunBenchStorage(storage);
+  if (peak_cmd->parsed()) return knowd::RunBenchPeak(peak);
+  if (eval_cmd->parsed()) return knowd::RunEval(eval);
+  if (reencode_cmd->parsed()) return knowd::RunReencode(reencode);
+  return 2;  // not reached: Parse returns an exit code unless a command was selected
 }

@@ -1,7 +1,6 @@
 #include "daemon/serve_config.h"
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -13,7 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
+#include "cli/flag_names.h"
 #include "nlohmann/json.hpp"
 
 namespace knowd {
@@ -92,17 +91,9 @@ const std::vector<Key>& Keys() {
   return *keys;
 }
 
-// "http_listen", "HTTP-LISTEN" -> "http-listen".
-std::string CanonicalName(std::string_view name) {
-  std::string out = absl::AsciiStrToLower(std::string(name));
-  for (char& c : out) {
-    if (c == '_') c = '-';
-  }
-  return out;
-}
-
+// "http_listen", "HTTP-LISTEN" -> the key "http-listen".
 const Key* FindKey(std::string_view name) {
-  const std::string canonical = CanonicalName(name);
+  const std::string canonical = cli::CanonicalFlagName(name);
   for (const Key& key : Keys()) {
     if (canonical == key.name) return &key;
   }
@@ -110,7 +101,7 @@ const Key* FindKey(std::string_view name) {
 }
 
 std::string EnvName(const Key& key) {
-  return "KNOWD_" + absl::StrReplaceAll(absl::AsciiStrToUpper(key.name), {{"-", "_"}});
+  return "KNOWD_" + absl::AsciiStrToUpper(cli::CanonicalFlagName(key.name, '_'));
 }
 
 // Sets one key from text; `source` says where the text came from, for the error message.
@@ -165,7 +156,7 @@ absl::Status ApplyFile(const std::string& path, ServeConfig* config) {
   for (const auto& [name, value] : json.items()) {
     const Key* key = FindKey(name);
     const std::string source = absl::StrCat("config file ", path, ": key \"", name, "\"");
-    if (key == nullptr || CanonicalName(name) == "config") {
+    if (key == nullptr || cli::CanonicalFlagName(name) == "config") {
       return absl::InvalidArgumentError(absl::StrCat(source, " is not a setting"));
     }
     std::string text;
@@ -281,23 +272,24 @@ std::optional<v1::Retrieval> ParseRetrieval(std::string_view name) {
   return std::nullopt;
 }
 
-std::string ServeConfigHelp() {
+std::vector<ServeSetting> ServeSettings() {
   const ServeConfig defaults;
-  std::string out;
+  std::vector<ServeSetting> out;
   for (const Key& key : Keys()) {
-    std::string value;
+    ServeSetting setting{key.name, EnvName(key), "", "", key.help};
     std::visit(
         [&](auto member) {
-          if constexpr (std::is_same_v<decltype(member), std::string ServeConfig::*>) {
-            value = "\"" + defaults.*member + "\"";
+          using Member = decltype(member);
+          if constexpr (std::is_same_v<Member, std::string ServeConfig::*>) {
+            setting.type = "TEXT";
+            setting.default_value = defaults.*member;
           } else {
-            value = absl::StrCat(defaults.*member);
+            setting.type = std::is_same_v<Member, double ServeConfig::*> ? "FLOAT" : "INT";
+            setting.default_value = absl::StrCat(defaults.*member);
           }
         },
         key.field);
-    absl::StrAppend(&out, "  --", key.name,
-                    std::string(24 - std::min<size_t>(22, strlen(key.name)), ' '), key.help, " (",
-                    EnvName(key), ", default ", value, ")\n");
+    out.push_back(std::move(setting));
   }
   return out;
 }

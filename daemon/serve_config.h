@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "knowd/v1/knowd.pb.h"
@@ -93,8 +94,15 @@ using EnvLookup = std::function<const char*(const char* name)>;
 absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
                                             const EnvLookup& env);
 
-// One line per key: "--name VALUE  help (default ...)", for `knowd serve --help`.
-std::string ServeConfigHelp();
+// One setting as `knowd serve --help` shows it, read from the table LoadServeConfig parses with.
+struct ServeSetting {
+  std::string name;           // the flag without "--", also the config-file key: "http-listen"
+  std::string env;            // its environment variable: "KNOWD_HTTP_LISTEN"
+  std::string type;           // TEXT, INT or FLOAT
+  std::string default_value;  // ServeConfig's default as text ("" when empty)
+  std::string help;
+};
+std::vector<ServeSetting> ServeSettings();
 
 // The shipped bundle: models/knowd-tiny under the working directory, else beside the executable
 // (<exe dir>/../models/knowd-tiny, <exe dir>/../../models/knowd-tiny). NOT_FOUND lists where it

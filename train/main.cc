@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "cli/flag_names.h"
 #include "model/adapter.h"
 #include "model/config.h"
 #include "train/adapter.h"
@@ -118,7 +119,8 @@ int Fail(const char* command, const absl::Status& status) {
   return 1;
 }
 
-// absl flags use underscores; accept dashes too (as the knowd binary does).
+// absl flags use underscores; accept dashes too, as every knowd command line does
+// (cli/flag_names.h).
 std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
   storage->assign(argv, argv + argc);
   for (int i = 1; i < argc; ++i) {
@@ -126,9 +128,8 @@ std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::st
     if (arg == "--") break;
     if (arg.size() > 2 && arg.rfind("--", 0) == 0) {
       const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
-      }
+      arg = "--" + cli::CanonicalFlagName(std::string_view(arg).substr(2, end - 2), '_') +
+            arg.substr(end);
     }
   }
   std::vector<char*> out;
