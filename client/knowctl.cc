@@ -1,85 +1,31 @@
-// knowctl: the command-line client of a knowd daemon (DESIGN.md, "Command-line contract").
+// knowctl: the command-line client of a knowd daemon (docs/cli.md, "knowctl"). Every flag is
+// declared in main(), into the command's struct (client/knowctl_commands.h).
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <set>
+#include <optional>
 #include <sstream>
+#include <tuple>
 
-#include "absl/strings/match.h"
-#include "absl/strings/str_replace.h"
+#include "CLI/CLI.hpp"
+#include "cli/command_line.h"
 #include "client/knowctl_commands.h"
 
 namespace {
 
-using knowd::client::ClientOptions;
-using knowd::client::CommandLine;
+constexpr char kDefaultServer[] = "127.0.0.1:7070";
 
-constexpr char kUsage[] = R"(usage: knowctl [--server HOST:PORT] [--token T] [--namespace NS]
-               [--tls] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-server-name NAME]
-               COMMAND ...
-
-  ingest FILE|DIR|- [--json]     .txt/.md one document each (id = path relative to DIR),
-                                 .jsonl lines {"id","text","metadata"}; - reads stdin
-  ask "QUESTION" [--mode closed-book|mac|rag|mac+rag] [--top-k K] [--max-tokens N] [--json]
-      [--retrieval dense|lexical|hybrid]
-  search "QUERY" [--top-k K] [--retrieval dense|lexical|hybrid] [--json]
-  get ID [--json]
-  forget ID... [--json]
-  stats [--json]
-  load --clients N --duration S [--ask-ratio R] [--forget-ratio F] [--report FILE.json]
-       [--tolerate CODE,...]       exits 1 when a call fails with a code not listed
-
-The server and token default to $KNOWCTL_SERVER (else 127.0.0.1:7070) and $KNOWCTL_TOKEN.
-)";
-
-// Flags that take a value; every other flag is a switch.
-const std::set<std::string> kValueFlags = {
-    "server",       "token",  "namespace",  "tls-ca",          "tls-cert", "tls-key",
-    "mode",         "top-k",  "max-tokens", "clients",         "duration", "ask-ratio",
-    "forget-ratio", "report", "tolerate",   "tls-server-name", "retrieval"};
-const std::set<std::string> kSwitches = {"json", "tls", "help"};
-
-// Flags may come before or after the command; "--" ends them. Underscores are accepted for
-// dashes ("--top_k").
-bool Parse(int argc, char** argv, CommandLine* line, std::string* error) {
-  bool flags_done = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (flags_done || arg.size() < 3 || !absl::StartsWith(arg, "--")) {
-      if (arg == "--") {
-        flags_done = true;
-        continue;
-      }
-      line->words.push_back(arg);
-      continue;
-    }
-    std::string name = arg.substr(2);
-    std::string value;
-    bool has_value = false;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
-    name = absl::StrReplaceAll(name, {{"_", "-"}});
-    if (kSwitches.count(name)) {
-      line->flags[name] = has_value ? value : "true";
-    } else if (kValueFlags.count(name)) {
-      if (!has_value) {
-        if (i + 1 >= argc) {
-          *error = "--" + name + " needs a value";
-          return false;
-        }
-        value = argv[++i];
-      }
-      line->flags[name] = value;
-    } else {
-      *error = "unknown flag --" + name;
-      return false;
-    }
-  }
-  return true;
-}
+// The connection flags, common to every command.
+struct ConnectionFlags {
+  std::string server = kDefaultServer;  // also $KNOWCTL_SERVER
+  std::string token;                    // also $KNOWCTL_TOKEN
+  std::string name_space;
+  bool tls = false;
+  std::string tls_ca;  // paths of PEM files
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_server_name;
+};
 
 bool ReadFile(const std::string& path, std::string* out, std::string* error) {
   std::ifstream in(path, std::ios::binary);
@@ -93,57 +39,136 @@ bool ReadFile(const std::string& path, std::string* out, std::string* error) {
   return true;
 }
 
-std::string Env(const char* name) {
-  const char* value = std::getenv(name);
-  return value == nullptr ? "" : value;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  CommandLine line;
-  std::string error;
-  if (!Parse(argc, argv, &line, &error)) {
-    std::cerr << "knowctl: " << error << "\n" << kUsage;
-    return 2;
-  }
-  if (line.Has("help") || line.words.empty()) {
-    (line.Has("help") ? std::cout : std::cerr) << kUsage;
-    return line.Has("help") ? 0 : 2;
-  }
-  const std::string command = line.words.front();
-  line.words.erase(line.words.begin());
+  namespace kc = knowd::client;
+  CLI::App app("knowctl: the command-line client of a knowd daemon (docs/cli.md).", "knowctl");
+  knowd::cli::Configure(app);
+  // The connection flags may also come after the command.
+  app.fallthrough();
+  app.footer(
+      "`knowctl COMMAND --help` lists a command's flags; the connection flags above go before or "
+      "after the command. Flags may be written with dashes or underscores (--top-k, --top_k).");
+  ConnectionFlags c;
+  app.add_option("--server", c.server, "daemon address HOST:PORT")->envname("KNOWCTL_SERVER");
+  app.add_option("--token", c.token, "bearer token")->envname("KNOWCTL_TOKEN");
+  app.add_option("--namespace", c.name_space, "namespace of every request; empty: \"default\"");
+  app.add_flag("--tls", c.tls, "connect with TLS (implied by --tls-ca and --tls-cert)");
+  app.add_option("--tls-ca", c.tls_ca, "CA certificate (PEM) the server's must chain to");
+  app.add_option("--tls-cert", c.tls_cert, "client certificate (PEM), for mTLS");
+  app.add_option("--tls-key", c.tls_key, "client private key (PEM), for mTLS");
+  app.add_option("--tls-server-name", c.tls_server_name,
+                 "name to check the server's certificate against; empty: the host");
+  const std::string connection_footer =
+      "The connection flags (--server, --token, --namespace, --tls...): knowctl --help.";
 
-  ClientOptions options;
-  options.target = line.Get("server", Env("KNOWCTL_SERVER"));
-  if (options.target.empty()) options.target = "127.0.0.1:7070";
-  options.token = line.Get("token", Env("KNOWCTL_TOKEN"));
-  options.name_space = line.Get("namespace");
-  options.tls = line.Has("tls");
-  options.tls_server_name = line.Get("tls-server-name");
-  for (const auto& [flag, pem] : {std::pair{"tls-ca", &options.tls_root_ca_pem},
-                                  std::pair{"tls-cert", &options.tls_client_cert_pem},
-                                  std::pair{"tls-key", &options.tls_client_key_pem}}) {
-    if (line.Has(flag) && !ReadFile(line.Get(flag), pem, &error)) {
+  kc::IngestFlags ingest;
+  CLI::App* ingest_cmd = app.add_subcommand(
+      "ingest",
+      "Sends documents: .txt/.md files (one document each; in a DIR, id = path relative to it), "
+      ".jsonl lines {\"id\",\"text\",\"metadata\"}, or - for stdin.");
+  ingest_cmd->add_option("source", ingest.source, "FILE, DIR or -")
+      ->type_name("FILE|DIR|-")
+      ->required();
+  ingest_cmd->add_flag("--json", ingest.json, "print each acknowledgement as a JSON line");
+
+  kc::AskFlags ask;
+  CLI::App* ask_cmd =
+      app.add_subcommand("ask", "Asks a question; streams the answer, then the cited passages.");
+  ask_cmd->add_option("question", ask.question, "the question (quote it)")
+      ->type_name("QUESTION")
+      ->required();
+  ask_cmd->add_option("--mode", ask.mode,
+                      "closed-book, mac, rag or mac+rag; empty: the daemon's default");
+  ask_cmd->add_option("--top-k", ask.top_k, "passages retrieved; 0: the daemon's default")
+      ->check(knowd::cli::NonNegativeInteger());
+  ask_cmd->add_option("--max-tokens", ask.max_tokens, "answer tokens; 0: the daemon's default")
+      ->check(knowd::cli::NonNegativeInteger());
+  ask_cmd->add_option("--retrieval", ask.retrieval,
+                      "dense, lexical or hybrid; empty: the daemon's default");
+  ask_cmd->add_flag("--json", ask.json, "print the final answer as JSON (no streaming)");
+
+  kc::SearchFlags search;
+  CLI::App* search_cmd = app.add_subcommand("search", "Prints the passages retrieved for a query.");
+  search_cmd->add_option("query", search.query, "the query (quote it)")
+      ->type_name("QUERY")
+      ->required();
+  search_cmd->add_option("--top-k", search.top_k, "passages retrieved; 0: the daemon's default")
+      ->check(knowd::cli::NonNegativeInteger());
+  search_cmd->add_option("--retrieval", search.retrieval,
+                         "dense, lexical or hybrid; empty: the daemon's default");
+  search_cmd->add_flag("--json", search.json, "print the response as JSON");
+
+  kc::GetFlags get;
+  CLI::App* get_cmd = app.add_subcommand("get", "Prints a stored document and its passages.");
+  get_cmd->add_option("id", get.id, "document ID")->type_name("ID")->required();
+  get_cmd->add_flag("--json", get.json, "print the document as JSON");
+
+  kc::ForgetFlags forget;
+  CLI::App* forget_cmd = app.add_subcommand("forget", "Deletes documents and their passages.");
+  forget_cmd->add_option("ids", forget.ids, "document IDs")
+      ->type_name("ID")
+      ->default_str("")
+      ->required();
+  forget_cmd->add_flag("--json", forget.json, "print the response as JSON");
+
+  kc::StatsFlags stats;
+  CLI::App* stats_cmd = app.add_subcommand("stats", "Prints what the daemon stores and serves.");
+  stats_cmd->add_flag("--json", stats.json, "print the response as JSON");
+
+  kc::LoadFlags load;
+  CLI::App* load_cmd = app.add_subcommand(
+      "load",
+      "Runs concurrent clients mixing ask, ingest, search and forget; prints calls/s, p50/p99 "
+      "latency and errors by code.");
+  load_cmd->add_option("--clients", load.clients, "concurrent clients, one channel each");
+  load_cmd->add_option("--duration", load.duration, "seconds to run");
+  load_cmd->add_option("--ask-ratio", load.ask_ratio, "share of calls that ask");
+  load_cmd->add_option("--forget-ratio", load.forget_ratio,
+                       "share of calls that forget one of the client's documents");
+  load_cmd->add_option("--report", load.report, "also write the results as JSON to this file");
+  load_cmd
+      ->add_option_function<std::string>(
+          "--tolerate", [&](const std::string& codes) { load.tolerate = codes; },
+          "status codes, comma-separated (RESOURCE_EXHAUSTED,...): any other failing code "
+          "exits 1")
+      ->type_name("CODE,...");
+  for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) {
+    command->footer(connection_footer);
+  }
+
+  if (std::optional<int> exit_code = knowd::cli::Parse(app, argc, argv)) return *exit_code;
+
+  kc::ClientOptions options;
+  options.target = c.server.empty() ? kDefaultServer : c.server;
+  options.token = c.token;
+  options.name_space = c.name_space;
+  options.tls = c.tls;
+  options.tls_server_name = c.tls_server_name;
+  std::string error;
+  for (const auto& [flag, path, pem] :
+       {std::tuple{"tls-ca", &c.tls_ca, &options.tls_root_ca_pem},
+        std::tuple{"tls-cert", &c.tls_cert, &options.tls_client_cert_pem},
+        std::tuple{"tls-key", &c.tls_key, &options.tls_client_key_pem}}) {
+    if (!path->empty() && !ReadFile(*path, pem, &error)) {
       std::cerr << "knowctl: --" << flag << " " << error << "\n";
       return 2;
     }
   }
 
-  if (command == "load") return knowd::client::RunLoad(options, line);
-  absl::StatusOr<std::unique_ptr<knowd::client::Client>> client =
-      knowd::client::Client::Connect(options);
+  if (load_cmd->parsed()) return kc::RunLoad(options, load);
+  absl::StatusOr<std::unique_ptr<kc::Client>> client = kc::Client::Connect(options);
   if (!client.ok()) {
     std::cerr << "knowctl: " << client.status().message() << "\n";
     return 2;
   }
-  knowd::client::Client& c = **client;
-  if (command == "ingest") return knowd::client::RunIngest(c, line);
-  if (command == "ask") return knowd::client::RunAsk(c, line);
-  if (command == "search") return knowd::client::RunSearch(c, line);
-  if (command == "get") return knowd::client::RunGet(c, line);
-  if (command == "forget") return knowd::client::RunForget(c, line);
-  if (command == "stats") return knowd::client::RunStats(c, line);
-  std::cerr << "knowctl: unknown command \"" << command << "\"\n" << kUsage;
-  return 2;
+  kc::Client& connected = **client;
+  if (ingest_cmd->parsed()) return kc::RunIngest(connected, ingest);
+  if (ask_cmd->parsed()) return kc::RunAsk(connected, ask);
+  if (search_cmd->parsed()) return kc::RunSearch(connected, search);
+  if (get_cmd->parsed()) return kc::RunGet(connected, get);
+  if (forget_cmd->parsed()) return kc::RunForget(connected, forget);
+  if (stats_cmd->parsed()) return kc::RunStats(connected, stats);
+  return 2;  // not reached: Parse returns an exit code unless a command was selected
 }

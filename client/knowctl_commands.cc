@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <iostream>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -47,8 +46,6 @@ void PrintPassages(const google::protobuf::RepeatedPtrField<v1::Passage>& passag
                                  p.index(), p.score(), Shorten(p.text(), 200));
   }
 }
-
-absl::Status UsageError(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 int Usage(const std::string& command, const std::string& message) {
   std::cerr << "knowctl " << command << ": " << message << "\n";
@@ -101,32 +98,6 @@ class ProgressBar {
 
 }  // namespace
 
-std::string CommandLine::Get(const std::string& name, const std::string& fallback) const {
-  auto it = flags.find(name);
-  return it == flags.end() ? fallback : it->second;
-}
-
-absl::StatusOr<int> IntFlag(const CommandLine& line, const std::string& name, int fallback) {
-  if (!line.Has(name)) return fallback;
-  int value = 0;
-  if (!absl::SimpleAtoi(line.Get(name), &value) || value < 0) {
-    return UsageError(
-        absl::StrCat("--", name, " needs a non-negative integer, got \"", line.Get(name), "\""));
-  }
-  return value;
-}
-
-absl::StatusOr<double> DoubleFlag(const CommandLine& line, const std::string& name,
-                                  double fallback) {
-  if (!line.Has(name)) return fallback;
-  double value = 0;
-  if (!absl::SimpleAtod(line.Get(name), &value) || value < 0) {
-    return UsageError(
-        absl::StrCat("--", name, " needs a non-negative number, got \"", line.Get(name), "\""));
-  }
-  return value;
-}
-
 int ReportError(const std::string& command, const ClientOptions& options,
                 const absl::Status& status) {
   if (status.code() == absl::StatusCode::kUnavailable) {
@@ -138,11 +109,10 @@ int ReportError(const std::string& command, const ClientOptions& options,
   return 1;
 }
 
-int RunIngest(Client& client, const CommandLine& line) {
-  if (line.words.size() != 1) return Usage("ingest", "needs one FILE, DIR or - (stdin)");
-  absl::StatusOr<std::unique_ptr<DocumentSource>> source = DocumentSource::Open(line.words[0]);
+int RunIngest(Client& client, const IngestFlags& flags) {
+  absl::StatusOr<std::unique_ptr<DocumentSource>> source = DocumentSource::Open(flags.source);
   if (!source.ok()) return ReportError("ingest", client.options(), source.status());
-  const bool json = line.Has("json");
+  const bool json = flags.json;
   ProgressBar bar((*source)->total(), !json && isatty(STDERR_FILENO));
   const auto start = Clock::now();
   int64_t acked = 0, passages = 0, replaced = 0, failed = 0;
@@ -179,25 +149,20 @@ int RunIngest(Client& client, const CommandLine& line) {
   return failed == 0 ? 0 : 1;
 }
 
-int RunAsk(Client& client, const CommandLine& line) {
-  if (line.words.size() != 1) return Usage("ask", "needs one QUESTION (quote it)");
+int RunAsk(Client& client, const AskFlags& flags) {
   v1::AskRequest request;
-  request.set_question(line.words[0]);
-  if (line.Has("mode")) {
-    absl::StatusOr<v1::AskMode> mode = ParseAskMode(line.Get("mode"));
+  request.set_question(flags.question);
+  if (!flags.mode.empty()) {
+    absl::StatusOr<v1::AskMode> mode = ParseAskMode(flags.mode);
     if (!mode.ok()) return Usage("ask", std::string(mode.status().message()));
     request.set_mode(*mode);
   }
-  absl::StatusOr<int> top_k = IntFlag(line, "top-k", 0);
-  absl::StatusOr<int> max_tokens = IntFlag(line, "max-tokens", 0);
-  if (!top_k.ok()) return Usage("ask", std::string(top_k.status().message()));
-  if (!max_tokens.ok()) return Usage("ask", std::string(max_tokens.status().message()));
-  request.set_top_k(*top_k);
-  request.set_max_tokens(*max_tokens);
-  absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(line.Get("retrieval"));
+  request.set_top_k(flags.top_k);
+  request.set_max_tokens(flags.max_tokens);
+  absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(flags.retrieval);
   if (!retrieval.ok()) return Usage("ask", std::string(retrieval.status().message()));
   request.set_retrieval(*retrieval);
-  const bool json = line.Has("json");
+  const bool json = flags.json;
   request.set_stream(!json);
   absl::StatusOr<v1::AskFinal> final_message =
       client.Ask(request, [](std::string_view text) { std::cout << text << std::flush; });
@@ -217,19 +182,16 @@ int RunAsk(Client& client, const CommandLine& line) {
   return 0;
 }
 
-int RunSearch(Client& client, const CommandLine& line) {
-  if (line.words.size() != 1) return Usage("search", "needs one QUERY (quote it)");
-  absl::StatusOr<int> top_k = IntFlag(line, "top-k", 0);
-  if (!top_k.ok()) return Usage("search", std::string(top_k.status().message()));
+int RunSearch(Client& client, const SearchFlags& flags) {
   v1::SearchRequest request;
-  request.set_query(line.words[0]);
-  request.set_top_k(*top_k);
-  absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(line.Get("retrieval"));
+  request.set_query(flags.query);
+  request.set_top_k(flags.top_k);
+  absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(flags.retrieval);
   if (!retrieval.ok()) return Usage("search", std::string(retrieval.status().message()));
   request.set_retrieval(*retrieval);
   absl::StatusOr<v1::SearchResponse> response = client.Search(request);
   if (!response.ok()) return ReportError("search", client.options(), response.status());
-  if (line.Has("json")) {
+  if (flags.json) {
     std::cout << ToJson(*response) << "\n";
   } else {
     PrintPassages(response->passages());
@@ -237,13 +199,12 @@ int RunSearch(Client& client, const CommandLine& line) {
   return 0;
 }
 
-int RunGet(Client& client, const CommandLine& line) {
-  if (line.words.size() != 1) return Usage("get", "needs one document ID");
+int RunGet(Client& client, const GetFlags& flags) {
   v1::GetRequest request;
-  request.set_id(line.words[0]);
+  request.set_id(flags.id);
   absl::StatusOr<v1::Document> doc = client.Get(request);
   if (!doc.ok()) return ReportError("get", client.options(), doc.status());
-  if (line.Has("json")) {
+  if (flags.json) {
     std::cout << ToJson(*doc) << "\n";
     return 0;
   }
@@ -259,13 +220,12 @@ int RunGet(Client& client, const CommandLine& line) {
   return 0;
 }
 
-int RunForget(Client& client, const CommandLine& line) {
-  if (line.words.empty()) return Usage("forget", "needs one or more document IDs");
+int RunForget(Client& client, const ForgetFlags& flags) {
   v1::ForgetRequest request;
-  for (const std::string& id : line.words) request.add_ids(id);
+  for (const std::string& id : flags.ids) request.add_ids(id);
   absl::StatusOr<v1::ForgetResponse> response = client.Forget(request);
   if (!response.ok()) return ReportError("forget", client.options(), response.status());
-  if (line.Has("json")) {
+  if (flags.json) {
     std::cout << ToJson(*response) << "\n";
     return 0;
   }
@@ -278,11 +238,10 @@ int RunForget(Client& client, const CommandLine& line) {
   return 0;
 }
 
-int RunStats(Client& client, const CommandLine& line) {
-  if (!line.words.empty()) return Usage("stats", "takes no arguments");
+int RunStats(Client& client, const StatsFlags& flags) {
   absl::StatusOr<v1::StatsResponse> stats = client.Stats();
   if (!stats.ok()) return ReportError("stats", client.options(), stats.status());
-  if (line.Has("json")) {
+  if (flags.json) {
     std::cout << ToJson(*stats) << "\n";
     return 0;
   }

@@ -3,7 +3,7 @@
 // stdout; progress and errors go to stderr as "knowctl <command>: <message>".
 #pragma once
 
-#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,33 +11,61 @@
 
 namespace knowd::client {
 
-// A parsed command line: the words that are not flags, and each flag's value ("true" for
-// switches). Flag names use dashes ("top-k").
-struct CommandLine {
-  std::vector<std::string> words;
-  std::map<std::string, std::string> flags;
-
-  bool Has(const std::string& name) const { return flags.count(name) > 0; }
-  std::string Get(const std::string& name, const std::string& fallback = "") const;
+// Each command's flags, filled by the command line in client/knowctl.cc (the only place flags
+// are read; the defaults below are the ones --help shows). The connection flags (--server,
+// --token, ...) are common to all commands and reach them as ClientOptions.
+struct IngestFlags {
+  std::string source;  // FILE, DIR or - (stdin)
+  bool json = false;
+};
+struct AskFlags {
+  std::string question;
+  std::string mode;       // closed-book, mac, rag or mac+rag; "" = the daemon's default
+  int top_k = 0;          // 0 = the daemon's --default-top-k
+  int max_tokens = 0;     // 0 = the daemon's --default-max-tokens
+  std::string retrieval;  // dense, lexical or hybrid; "" = the daemon's default
+  bool json = false;
+};
+struct SearchFlags {
+  std::string query;
+  int top_k = 0;
+  std::string retrieval;
+  bool json = false;
+};
+struct GetFlags {
+  std::string id;
+  bool json = false;
+};
+struct ForgetFlags {
+  std::vector<std::string> ids;
+  bool json = false;
+};
+struct StatsFlags {
+  bool json = false;
+};
+struct LoadFlags {
+  int clients = 1;
+  double duration = 10;  // seconds
+  double ask_ratio = 0.5;
+  double forget_ratio = 0;
+  std::string report;  // set: the JSON report
+  // Status code names (RESOURCE_EXHAUSTED,...); with the flag given, a failure with any other
+  // code exits 1.
+  std::optional<std::string> tolerate;
 };
 
-int RunIngest(Client& client, const CommandLine& line);
-int RunAsk(Client& client, const CommandLine& line);
-int RunSearch(Client& client, const CommandLine& line);
-int RunGet(Client& client, const CommandLine& line);
-int RunForget(Client& client, const CommandLine& line);
-int RunStats(Client& client, const CommandLine& line);
+int RunIngest(Client& client, const IngestFlags& flags);
+int RunAsk(Client& client, const AskFlags& flags);
+int RunSearch(Client& client, const SearchFlags& flags);
+int RunGet(Client& client, const GetFlags& flags);
+int RunForget(Client& client, const ForgetFlags& flags);
+int RunStats(Client& client, const StatsFlags& flags);
 // `load`: connects its own clients with `options` (one channel each).
-int RunLoad(const ClientOptions& options, const CommandLine& line);
+int RunLoad(const ClientOptions& options, const LoadFlags& flags);
 
 // Prints `status` for `command` to stderr in the form a user can act on ("knowctl: cannot reach
 // 127.0.0.1:7070: ..." when the daemon is unreachable) and returns 1.
 int ReportError(const std::string& command, const ClientOptions& options,
                 const absl::Status& status);
-
-// Parses a flag's integer or decimal value; a usage error names the flag.
-absl::StatusOr<int> IntFlag(const CommandLine& line, const std::string& name, int fallback);
-absl::StatusOr<double> DoubleFlag(const CommandLine& line, const std::string& name,
-                                  double fallback);
 
 }  // namespace knowd::client

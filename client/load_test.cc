@@ -155,29 +155,24 @@ absl::StatusOr<std::set<absl::StatusCode>> ParseCodes(const std::string& list) {
 
 }  // namespace
 
-int RunLoad(const ClientOptions& options, const CommandLine& line) {
-  if (!line.words.empty())
-    return ReportError("load", options, absl::InvalidArgumentError("takes no arguments"));
-  absl::StatusOr<int> clients = IntFlag(line, "clients", 1);
-  absl::StatusOr<double> duration = DoubleFlag(line, "duration", 10);
-  absl::StatusOr<double> ask_ratio = DoubleFlag(line, "ask-ratio", 0.5);
-  absl::StatusOr<double> forget_ratio = DoubleFlag(line, "forget-ratio", 0);
-  absl::StatusOr<std::set<absl::StatusCode>> tolerated = ParseCodes(line.Get("tolerate"));
-  for (const absl::Status& s : {clients.status(), duration.status(), ask_ratio.status(),
-                                forget_ratio.status(), tolerated.status()}) {
-    if (!s.ok()) {
-      std::cerr << "knowctl load: " << s.message() << "\n";
-      return 2;
-    }
-  }
-  if (*clients < 1 || *ask_ratio < 0 || *forget_ratio < 0 || *ask_ratio + *forget_ratio > 1) {
-    std::cerr << "knowctl load: --clients must be at least 1, --ask-ratio and --forget-ratio "
-                 "at least 0 and their sum at most 1\n";
+int RunLoad(const ClientOptions& options, const LoadFlags& flags) {
+  absl::StatusOr<std::set<absl::StatusCode>> tolerated = ParseCodes(flags.tolerate.value_or(""));
+  if (!tolerated.ok()) {
+    std::cerr << "knowctl load: " << tolerated.status().message() << "\n";
     return 2;
   }
-  const std::string report_path = line.Get("report");
+  const int clients = flags.clients;
+  const double duration = flags.duration, ask_ratio = flags.ask_ratio;
+  const double forget_ratio = flags.forget_ratio;
+  if (clients < 1 || duration < 0 || ask_ratio < 0 || forget_ratio < 0 ||
+      ask_ratio + forget_ratio > 1) {
+    std::cerr << "knowctl load: --clients must be at least 1, --duration, --ask-ratio and "
+                 "--forget-ratio at least 0 and the two ratios' sum at most 1\n";
+    return 2;
+  }
+  const std::string report_path = flags.report;
   std::vector<std::unique_ptr<Client>> connections;
-  for (int i = 0; i < *clients; ++i) {
+  for (int i = 0; i < clients; ++i) {
     absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
     if (!client.ok()) return ReportError("load", options, client.status());
     connections.push_back(std::move(*client));
@@ -186,12 +181,12 @@ int RunLoad(const ClientOptions& options, const CommandLine& line) {
   if (absl::StatusOr<v1::StatsResponse> stats = connections[0]->Stats(); !stats.ok()) {
     return ReportError("load", options, stats.status());
   }
-  const Mix mix{*ask_ratio, *forget_ratio};
-  std::vector<Tally> tallies(*clients);
+  const Mix mix{ask_ratio, forget_ratio};
+  std::vector<Tally> tallies(clients);
   std::vector<std::thread> threads;
   const auto start = Clock::now();
-  const auto end = start + std::chrono::microseconds(static_cast<int64_t>(*duration * 1e6));
-  for (int i = 0; i < *clients; ++i) {
+  const auto end = start + std::chrono::microseconds(static_cast<int64_t>(duration * 1e6));
+  for (int i = 0; i < clients; ++i) {
     threads.emplace_back(RunClient, std::ref(*connections[i]), i, mix, end, &tallies[i]);
   }
   for (std::thread& t : threads) t.join();
@@ -206,13 +201,13 @@ int RunLoad(const ClientOptions& options, const CommandLine& line) {
     all.example.insert(t.example.begin(), t.example.end());
   }
   nlohmann::json report = {
-      {"clients", *clients},           {"seconds", seconds},
-      {"target", options.target},      {"ask_ratio", *ask_ratio},
-      {"forget_ratio", *forget_ratio}, {"client_cores", std::thread::hardware_concurrency()}};
+      {"clients", clients},           {"seconds", seconds},
+      {"target", options.target},     {"ask_ratio", ask_ratio},
+      {"forget_ratio", forget_ratio}, {"client_cores", std::thread::hardware_concurrency()}};
   std::cout << absl::StrFormat(
       "knowctl load: %d clients for %.1f s against %s, ask ratio %.2f, forget ratio %.2f (client "
       "machine: %d cores)\n",
-      *clients, seconds, options.target, *ask_ratio, *forget_ratio,
+      clients, seconds, options.target, ask_ratio, forget_ratio,
       std::thread::hardware_concurrency());
   std::cout << absl::StrFormat("%-8s %8s %8s %10s %10s %10s %8s\n", "call", "ok", "ok/s", "p50 ms",
                                "p99 ms", "max ms", "errors");
@@ -275,7 +270,7 @@ int RunLoad(const ClientOptions& options, const CommandLine& line) {
                                               ": cannot write (does its directory exist?)")));
     }
   }
-  if (line.Has("tolerate") && untolerated > 0) {
+  if (flags.tolerate.has_value() && untolerated > 0) {
     std::cerr << "knowctl load: " << untolerated
               << " call(s) failed with a code --tolerate does not list\n";
     return 1;
