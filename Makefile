@@ -21,8 +21,9 @@ build: configure
 
 # The whole test suite. GPU tests (label gpu) skip themselves when no device is present. The
 # long fault-injection runs (label fault) are left to test-fault; their short variants run here.
+# The container image test (label image: root and Debian's archive) is test-image.
 test: format-check build
-	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200 -LE fault
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200 -LE 'fault|image'
 
 test-gpu: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -L gpu
@@ -88,6 +89,22 @@ soak: build
 
 demo: build
 	@scripts/demo $(BUILD_DIR)
+
+# The Debian package (docs/operations.md, "Deploying"): a portable build (no -march=native) of
+# knowd and knowctl in $(PACKAGE_DIR), then cpack: $(PACKAGE_DIR)/knowd_<version>_<arch>.deb.
+PACKAGE_DIR ?= build-package
+.PHONY: package
+package: deps
+	@cmake -S . -B $(PACKAGE_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DKNOWD_NATIVE=OFF \
+	  $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(PACKAGE_DIR) -j $(JOBS) --target knowd knowctl
+	@cd $(PACKAGE_DIR) && cpack -G DEB
+
+# The container image built from Debian's archive (deploy/container/build-rootfs) and run as a
+# container until /readyz answers (tests/deploy/image_test.py; needs root and the archive).
+.PHONY: test-image
+test-image: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -L image --timeout 1200
 
 bench: build
 	@scripts/bench $(BUILD_DIR)
