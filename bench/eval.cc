@@ -1,5 +1,7 @@
 #include "bench/eval.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -10,11 +12,13 @@
 #include <fstream>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "bench/png_plot.h"
+#include "cli/progress.h"
 #include "kernels/backend.h"
 #include "knowledge/ask.h"
 #include "knowledge/bundle.h"
@@ -411,8 +415,11 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
 
   // The stream. The first retention_passages passages go in one at a time so their questions can
   // be asked right after; later ones in batches up to the next plot point.
+  std::optional<cli::ProgressBar> streaming;
+  if (o_.progress) streaming.emplace("streaming", "passages", isatty(STDERR_FILENO) != 0);
   int stored = 0;
   while (stored < total) {
+    if (streaming) streaming->Update(stored, total);
     const int next_point = *std::upper_bound(curve_sizes_.begin(), curve_sizes_.end(), stored);
     const int end = stored < retention_passages ? stored + 1 : std::min(next_point, stored + 64);
     if (absl::Status s = StorePassages(stored, end); !s.ok()) return s;
@@ -434,6 +441,10 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
       }
     }
   }
+  if (streaming) {
+    streaming->Update(total, total);
+    streaming->Finish();
+  }
   for (int q : main_questions_) {
     if (absl::Status s = AskNoMemoryModes(q, kAtEnd); !s.ok()) return s;
   }
@@ -446,8 +457,14 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
   const double stream_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
   const Clock::time_point g0 = Clock::now();
+  std::optional<cli::ProgressBar> generating;
+  if (o_.progress) generating.emplace("answering", "prompts", isatty(STDERR_FILENO) != 0);
   absl::StatusOr<std::vector<std::string>> answers =
-      GreedyAnswers(model_, tokenizer_, requests_, o_.batch, o_.max_answer_tokens);
+      GreedyAnswers(model_, tokenizer_, requests_, o_.batch, o_.max_answer_tokens,
+                    [&](size_t done, size_t total) {
+                      if (generating) generating->Update(done, total);
+                    });
+  if (generating) generating->Finish();
   if (!answers.ok()) return answers.status();
   const double generation_seconds = std::chrono::duration<double>(Clock::now() - g0).count();
 
@@ -1020,10 +1037,9 @@ void AnswerScore::Add(std::string_view prediction, std::string_view gold) {
   f1_ += TokenF1(prediction, gold);
 }
 
-absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
-                                                       const Tokenizer& tokenizer,
-                                                       std::span<const AnswerRequest> requests,
-                                                       int batch, int max_tokens) {
+absl::StatusOr<std::vector<std::string>> GreedyAnswers(
+    Transformer& model, const Tokenizer& tokenizer, std::span<const AnswerRequest> requests,
+    int batch, int max_tokens, const std::function<void(size_t done, size_t total)>& progress) {
   const int capacity = model.config().max_position_embeddings;
   const int vocab = model.config().vocab_size;
   const int32_t eos = tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : model.config().eos_token_id;
@@ -1109,6 +1125,7 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
       }
     }
     for (Live& l : live) answers[l.request] = std::move(l.text);
+    if (progress) progress(end, order.size());
   }
   return answers;
 }

@@ -115,10 +115,11 @@ struct AnswerRequest {
 // max_tokens tokens (fewer when the context fills up). Requests run `batch` at a time through
 // Transformer::Forward (batched prefill, then batched decode). Fails if a prompt (plus prefix)
 // does not fit the model's context.
-absl::StatusOr<std::vector<std::string>> GreedyAnswers(Transformer& model,
-                                                       const Tokenizer& tokenizer,
-                                                       std::span<const AnswerRequest> requests,
-                                                       int batch, int max_tokens);
+// `progress` (optional) hears how many requests are answered after each batch.
+absl::StatusOr<std::vector<std::string>> GreedyAnswers(
+    Transformer& model, const Tokenizer& tokenizer, std::span<const AnswerRequest> requests,
+    int batch, int max_tokens,
+    const std::function<void(size_t done, size_t total)>& progress = nullptr);
 
 // ---- the evaluation --------------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ struct ServeConfig {
   double drain_timeout = 30;     // seconds in-flight calls get at shutdown
 
   // Answer defaults (used when a request leaves them 0).
-  int default_top_k = 4;
+  int default_top_k = 3;
   int subject_passages = 2;
   int default_max_tokens = 32;
   // Retrieval when a request leaves it unspecified and an adapter is loaded: lexical (BM25),
