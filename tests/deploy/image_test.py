@@ -106,8 +106,7 @@ def body(a):
             f.write(done.stdout + done.stderr)
         check(done.returncode == 0, f"build-rootfs exited {done.returncode}:\n"
                                     f"{(done.stdout + done.stderr)[-4000:]}")
-        print(f"build-rootfs: {done.stdout.strip().splitlines()[-1]} in "
-              f"{time.monotonic() - start:.0f} s")
+        print(f"{done.stdout.strip().splitlines()[-1]} in {time.monotonic() - start:.0f} s")
 
     # The image says what the Dockerfile says.
     config = image_config(os.path.join(image, "oci"), a.version)
@@ -194,6 +193,10 @@ def body(a):
           f"the volume holds {os.listdir(volume)} owned by {owners}")
     print(f"SIGTERM to PID 1: exit 0; the bank is in the volume ({len(os.listdir(volume))} "
           f"entries, owned by {uid}:{gid})")
+    # The unpacked bundle and the tar (about 450 MB) go; the OCI layout stays for inspection.
+    shutil.rmtree(bundle)
+    if not a.image:
+        os.remove(os.path.join(image, "rootfs.tar"))
 
 
 if __name__ == "__main__":
