@@ -60,7 +60,7 @@ TSAN_TARGETS = tests/serve/all tests/storage/all tests/client/all tests/daemon/a
 test-asan: deps
 	@cmake -S . -B $(ASAN_DIR) $(SAN_CMAKE) -DKNOWD_SANITIZE=address >/dev/null
 	@cmake --build $(ASAN_DIR) -j $(JOBS)
-	@cd $(ASAN_DIR) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) --timeout 3600 -LE fault
+	@cd $(ASAN_DIR) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) --timeout 3600 -LE 'fault|image'
 
 .PHONY: test-tsan
 test-tsan: deps
