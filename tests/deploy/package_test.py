@@ -151,8 +151,27 @@ def serve(args):
     depends = {re.split(r"[ (]", alt.strip())[0]
                for item in fields["Depends"].split(",") for alt in item.split("|")}
     owners = library_packages([real_knowd, knowctl], args.host_lib_dir)
+    # A library is covered when Depends names its package, a name that package provides (a
+    # soname-like virtual only for that very library), or a package that depends on it
+    # (libopenblas0: libopenblas0-pthread | libopenblas0-openmp | ...).
+    wrappers = {}
+    shown = subprocess.run(["apt-cache", "show", "--no-all-versions", *sorted(depends)],
+                           capture_output=True, text=True).stdout  # virtual names: no record
+    for record in shown.split("\n\n"):
+        name = re.search(r"^Package: (\S+)$", record, re.MULTILINE)
+        match = re.search(r"^Depends: (.*)$", record, re.MULTILINE)
+        if name and match:
+            wrappers[name.group(1)] = {re.split(r"[ (]", alt.strip())[0]
+                                       for item in match.group(1).split(",")
+                                       for alt in item.split("|")}
+
+    def covered(lib, package, provided):
+        return (package in depends
+                or any(p in depends and (".so" not in p or p == lib) for p in provided)
+                or any(package in wrapped for wrapped in wrappers.values()))
+
     missing = {lib: pkg for lib, (pkg, provided) in owners.items()
-               if pkg not in depends and not provided & depends}
+               if not covered(lib, pkg, provided)}
     check(not missing, f"Depends ({fields['Depends']}) lacks the packages of {missing}")
     print(f"Depends covers the {len(owners)} shared libraries knowd and knowctl name "
           f"({len({pkg for pkg, _ in owners.values()})} packages)")
