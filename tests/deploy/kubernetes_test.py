@@ -346,4 +346,5 @@ if __name__ == "__main__":
     parser.add_argument("--version", required=True)
     parser.add_argument("--work", required=True)
     args = parser.parse_args()
+    args.knowd, args.knowctl = os.path.abspath(args.knowd), os.path.abspath(args.knowctl)
     main(lambda: body(args))
