@@ -27,6 +27,7 @@ import sys
 
 import yaml
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from deploy_util import Daemon, Failure, check, clean_env, http_get, main, run, wait_status  # noqa: E402
 
