@@ -6,7 +6,7 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test test-gpu demo bench model format format-check clean
+.PHONY: all deps configure build test test-gpu demo bench model docs format format-check clean
 
 all: build
 
@@ -119,6 +119,12 @@ model: build
 .PHONY: fuzz
 fuzz: deps
 	@tests/fuzz/run-fuzzers build-fuzz 30
+
+# The folder dependency picture of docs/architecture.md, from the include graph (a test keeps the
+# .dot's edges equal to the build's).
+docs: deps
+	@scripts/check-layering --dot > docs/architecture.dot
+	@dot -Tsvg docs/architecture.dot -o docs/architecture.svg
 
 format:
 	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i

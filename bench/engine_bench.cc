@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/backend.h"
 #include "kernels/peak.h"
+#include "knowledge/bundle.h"
 #include "model/adapter.h"
 #include "model/transformer.h"
 
@@ -68,17 +69,9 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
   const int threads = o.threads > 0
                           ? o.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::unique_ptr<Backend> backend;
-  if (o.backend == "cuda") {
-    absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(0);
-    if (!cuda.ok()) return cuda.status();
-    backend = *std::move(cuda);
-  } else if (o.backend == "cpu") {
-    backend = MakeCpuBackend(threads);
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--backend must be cpu or cuda, not ", o.backend));
-  }
+  absl::StatusOr<std::unique_ptr<Backend>> made = knowledge::MakeBackendByName(o.backend, threads);
+  if (!made.ok()) return made.status();
+  std::unique_ptr<Backend> backend = *std::move(made);
   absl::StatusOr<std::unique_ptr<Transformer>> loaded = Transformer::Load(o.model, backend.get());
   if (!loaded.ok()) return loaded.status();
   Transformer& model = **loaded;

@@ -1,8 +1,11 @@
 #include "cli/command_line.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -228,6 +231,13 @@ std::optional<int> Parse(CLI::App& app, int argc, const char* const* argv) {
     return 2;
   }
   return std::nullopt;
+}
+
+void ReexecWithShortSpin(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
+    setenv("GOMP_SPINCOUNT", "20000", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+  }
 }
 
 }  // namespace knowd::cli

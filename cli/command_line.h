@@ -38,4 +38,12 @@ CLI::Validator NonNegativeInteger();
 // "knowd bench engine": the names of `app` and its parents.
 std::string CommandPath(const CLI::App& app);
 
+// libgomp's default wait policy spins between parallel regions; when anything else runs on the
+// same cores (a shared node, a CPU-limited pod) a spinning thread holds the core its partner
+// needs, and 2-thread decode drops 50x; fully passive waiting halves decode on an idle machine.
+// A short spin (tens of microseconds) then sleep keeps both. libgomp reads it when it loads, so
+// it is set by re-executing the program once (`argv` as main got it); OMP_WAIT_POLICY or
+// GOMP_SPINCOUNT set by the operator win. Returns only when no re-exec happened.
+void ReexecWithShortSpin(char** argv);
+
 }  // namespace knowd::cli

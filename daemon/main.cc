@@ -3,8 +3,11 @@
 // its settings table (daemon/serve_config.h).
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,20 +42,40 @@ CLI::App* AddServe(CLI::App& app) {
   return serve;
 }
 
+// Runs `knowd-bench` with the same arguments: beside this binary (an installation), else in the
+// build tree's bench/ (bench/main.cc).
+int RunTools(int argc, char** argv) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  for (const std::filesystem::path& candidate :
+       {self.parent_path() / "knowd-bench",
+        self.parent_path().parent_path() / "bench" / "knowd-bench"}) {
+    if (!std::filesystem::exists(candidate, ec)) continue;
+    std::vector<char*> args(argv, argv + argc);
+    const std::string path = candidate.string();
+    args[0] = const_cast<char*>(path.c_str());
+    args.push_back(nullptr);
+    execv(path.c_str(), args.data());
+    std::fprintf(stderr, "knowd %s: cannot run %s: %s\n", argv[1], path.c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
+  std::fprintf(stderr,
+               "knowd %s: knowd-bench (evaluation and benchmarks) is not installed beside %s\n",
+               argv[1], self.string().c_str());
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   // serve takes SIGTERM, SIGINT and SIGHUP with sigwait(); block them from the first moment (the
   // mask survives the execv below), so a signal sent while it starts waits for the drain.
   if (argc >= 2 && std::string(argv[1]) == "serve") knowd::BlockServeSignals();
-  // libgomp's default wait policy spins between parallel regions; when anything else runs on the
-  // same cores (a shared node, a CPU-limited pod) a spinning thread holds the core its partner
-  // needs, and 2-thread decode drops 50x; fully passive waiting halves decode on an idle machine.
-  // A short spin (tens of microseconds) then sleep keeps both. libgomp reads it when it loads, so
-  // it is set by re-executing once; OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the operator win.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
-    setenv("GOMP_SPINCOUNT", "20000", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+  knowd::cli::ReexecWithShortSpin(argv);
+  // eval and bench are knowd-bench's (bench/): the daemon's binary links none of bench/.
+  if (argc >= 2 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "bench")) {
+    return RunTools(argc, argv);
   }
 
   CLI::App app("knowd keeps a frozen LLM's knowledge current.", "knowd");
@@ -62,6 +85,11 @@ int main(int argc, char** argv) {
       "with dashes or underscores (--max-tokens, --max_tokens). docs/cli.md has the details.");
 
   CLI::App* serve = AddServe(app);
+  // Listed in the usage; run by knowd-bench before parsing gets here.
+  app.add_subcommand("bench", "Benchmarks, each beside the machine's peak (knowd-bench).");
+  app.add_subcommand("eval",
+                     "Question-answering accuracy of a bundle on a split of the synthetic world "
+                     "(knowd-bench).");
 
   knowd::GenerateFlags generate;
   CLI::App* generate_cmd = app.add_subcommand(
@@ -86,69 +114,6 @@ int main(int argc, char** argv) {
   tokenize_cmd->add_option("--text", tokenize.text, "text to tokenize");
   tokenize_cmd->add_flag("--no-bos", tokenize.no_bos, "do not prepend the BOS token");
 
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks, each beside the machine's peak.");
-
-  knowd::BenchEngineFlags engine;
-  CLI::App* engine_cmd = bench->add_subcommand(
-      "engine", "Prefill and decode throughput, as fractions of the sgemm peak and bandwidth.");
-  engine_cmd->add_option("--model", engine.model, "model: GGUF file or directory (required)");
-  engine_cmd->add_option("--backend", engine.backend, "compute backend: cpu or cuda");
-  engine_cmd->add_option("--threads", engine.threads, "CPU threads; 0 is one per core");
-  engine_cmd->add_option("--prompt-tokens", engine.prompt_tokens, "prefill length");
-  engine_cmd->add_option("--decode-tokens", engine.decode_tokens, "decode steps");
-  engine_cmd->add_flag("--json", engine.json, "print JSON instead of a table");
-  engine_cmd->add_option("--adapter", engine.adapter,
-                         "adapter directory: also measure a mac question's own work");
-  engine_cmd->add_option("--mac-top-k", engine.mac_top_k,
-                         "stored codes the adapter aggregates per question");
-
-  knowd::BenchSynthModelFlags synth;
-  CLI::App* synth_cmd = bench->add_subcommand(
-      "synth-model", "Writes a random ~30M-parameter Llama model (config.json + safetensors).");
-  synth_cmd->add_option("--out", synth.out, "output directory (required)");
-  synth_cmd->add_option("--seed", synth.seed, "seed of the random weights");
-
-  knowd::BenchStorageFlags storage;
-  CLI::App* storage_cmd = bench->add_subcommand(
-      "storage", "The memory bank: put throughput, top-k latency, open and recovery time.");
-  storage_cmd->add_option("--entries", storage.entries, "bank sizes, comma-separated");
-  storage_cmd->add_option("--index", storage.index, "FAISS index factory string");
-  storage_cmd->add_option("--latent-format", storage.latent_format, "stored latents: fp16 or int8");
-  storage_cmd->add_flag("--lexical", storage.lexical, "keep the BM25 index too");
-  storage_cmd->add_option("--threads", storage.threads, "CPU threads; 0 is one per core");
-  storage_cmd->add_option("--out", storage.out, "also write the results as JSON to this file");
-
-  knowd::BenchPeakFlags peak;
-  CLI::App* peak_cmd =
-      bench->add_subcommand("peak", "The machine's sgemm peak and memory bandwidth alone.");
-  peak_cmd->add_option("--threads", peak.threads, "CPU threads; 0 is one per core");
-
-  knowd::EvalFlags eval;
-  CLI::App* eval_cmd = app.add_subcommand(
-      "eval", "Question-answering accuracy of a bundle on a split of the synthetic world.");
-  eval_cmd->add_option("--bundle", eval.bundle, "model bundle directory");
-  eval_cmd->add_option("--data", eval.data, "world data directory; empty: <bundle>/eval");
-  eval_cmd->add_option("--split", eval.split, "world split to evaluate on");
-  eval_cmd->add_option("--limit", eval.limit,
-                       "questions to evaluate, spread evenly over the stream; 0 is all");
-  eval_cmd->add_option("--report", eval.report,
-                       "JSON report path; the .md table and .png plot are written beside it");
-  eval_cmd->add_option("--batch", eval.batch, "sequences per forward pass");
-  eval_cmd->add_option("--threads", eval.threads, "CPU threads; 0 is one per core");
-  eval_cmd->add_option("--backend", eval.backend, "compute backend: cpu only");
-  eval_cmd->add_option("--mac-top-k", eval.mac_top_k,
-                       "passages the adapter aggregates per question");
-  eval_cmd->add_option("--mac-retrieval", eval.mac_retrieval,
-                       "where mac's passages come from: lexical (BM25), dense (keys) or hybrid");
-  eval_cmd->add_option("--latent-format", eval.latent_format, "stored latents: fp16 or int8");
-  eval_cmd->add_option("--examples", eval.examples,
-                       "questions whose predictions in every mode the report lists; -1 is all");
-  eval_cmd->add_option("--mac-rag-text", eval.mac_rag_text,
-                       "mac+rag's text: subject (rag-subject's passages) or top1 (the best one)");
-  eval_cmd->add_option("--rag-prefix-key-scale", eval.rag_prefix_key_scale,
-                       "mac+rag prefix key scale in (0, 4] instead of the adapter's; 0: the "
-                       "adapter's");
-
   knowd::ReencodeFlags reencode;
   CLI::App* reencode_cmd =
       app.add_subcommand("reencode", "Re-encodes a memory bank with another adapter (resumable).");
@@ -169,11 +134,6 @@ int main(int argc, char** argv) {
   }
   if (generate_cmd->parsed()) return knowd::RunGenerate(generate);
   if (tokenize_cmd->parsed()) return knowd::RunTokenize(tokenize);
-  if (engine_cmd->parsed()) return knowd::RunBenchEngine(engine);
-  if (synth_cmd->parsed()) return knowd::RunBenchSynthModel(synth);
-  if (storage_cmd->parsed()) return knowd::RunBenchStorage(storage);
-  if (peak_cmd->parsed()) return knowd::RunBenchPeak(peak);
-  if (eval_cmd->parsed()) return knowd::RunEval(eval);
   if (reencode_cmd->parsed()) return knowd::RunReencode(reencode);
   return 2;  // not reached: Parse returns an exit code unless a command was selected
 }

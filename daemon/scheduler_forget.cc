@@ -9,8 +9,8 @@
 
 namespace knowd {
 
-ForgetBatcher::ForgetBatcher(storage::MemoryBank* bank, const Engine* engine, Metrics* metrics,
-                             const ForgetOptions& options)
+ForgetBatcher::ForgetBatcher(storage::MemoryBank* bank, const AskScheduler* engine,
+                             Metrics* metrics, const ForgetOptions& options)
     : bank_(bank),
       engine_(engine),
       metrics_(metrics),

@@ -16,7 +16,7 @@
 #include "absl/time/time.h"
 #include "daemon/metrics.h"
 #include "daemon/scheduler.h"
-#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ask.h"
 #include "storage/memory_bank.h"
 
 namespace knowd {
@@ -44,7 +44,7 @@ class ForgetBatcher {
  public:
   // `engine` (may be null) tells whether questions are waiting; everything must outlive the
   // batcher.
-  ForgetBatcher(storage::MemoryBank* bank, const Engine* engine, Metrics* metrics,
+  ForgetBatcher(storage::MemoryBank* bank, const AskScheduler* engine, Metrics* metrics,
                 const ForgetOptions& options);
   ~ForgetBatcher();  // Stop()s
 
@@ -63,7 +63,7 @@ class ForgetBatcher {
   void Process(std::vector<std::unique_ptr<ForgetJob>>& batch);
 
   storage::MemoryBank* const bank_;
-  const Engine* const engine_;
+  const AskScheduler* const engine_;
   Metrics* const metrics_;
   const ForgetOptions options_;
   BoundedQueue<std::unique_ptr<ForgetJob>> queue_;

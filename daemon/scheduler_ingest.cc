@@ -16,7 +16,7 @@ constexpr int64_t kTokensPerPass = 8192;
 
 }  // namespace
 
-IngestBatcher::IngestBatcher(Engine* engine, storage::MemoryBank* bank, Metrics* metrics,
+IngestBatcher::IngestBatcher(AskScheduler* engine, storage::MemoryBank* bank, Metrics* metrics,
                              const IngestOptions& options)
     : engine_(engine),
       bank_(bank),

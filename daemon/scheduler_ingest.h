@@ -15,7 +15,7 @@
 #include "absl/time/time.h"
 #include "daemon/metrics.h"
 #include "daemon/scheduler.h"
-#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ask.h"
 #include "storage/memory_bank.h"
 
 namespace knowd {
@@ -40,7 +40,7 @@ class IngestBatcher {
  public:
   // `engine` may be null when there is no adapter: passages are then stored with a placeholder
   // 1×1 latent and key (the bank serves them through BM25). Everything must outlive the batcher.
-  IngestBatcher(Engine* engine, storage::MemoryBank* bank, Metrics* metrics,
+  IngestBatcher(AskScheduler* engine, storage::MemoryBank* bank, Metrics* metrics,
                 const IngestOptions& options);
   ~IngestBatcher();  // Stop()s
 
@@ -60,7 +60,7 @@ class IngestBatcher {
   absl::Status Encode(std::vector<IngestJob*>& jobs);
   void Store(std::vector<IngestJob*>& jobs);
 
-  Engine* const engine_;
+  AskScheduler* const engine_;
   storage::MemoryBank* const bank_;
   Metrics* const metrics_;
   const IngestOptions options_;

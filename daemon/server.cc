@@ -17,7 +17,7 @@
 #include "daemon/auth.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
-#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ask.h"
 #include "daemon/scheduler_ingest.h"
 #include "daemon/serve_config.h"
 #include "daemon/server_service.h"
@@ -132,7 +132,7 @@ int64_t BytesPerModulation(const storage::BankOptions& o, const Adapter* adapter
 }
 
 std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& ingest,
-                          const ForgetBatcher& forget, const Engine& engine,
+                          const ForgetBatcher& forget, const AskScheduler& engine,
                           storage::MemoryBank& bank) {
   std::vector<Gauge> g;
   g.push_back({"knowd_ready", "1 when serving, 0 while starting or draining", ready ? 1.0 : 0});
@@ -262,7 +262,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // The schedulers.
   Metrics metrics;
   std::atomic<bool> ready{false};
-  EngineOptions engine_options;
+  AskSchedulerOptions engine_options;
   engine_options.ask_max_batch = config.ask_max_batch;
   engine_options.ask_queue_size = config.ask_queue_size;
   engine_options.defaults.top_k = config.default_top_k;
@@ -270,8 +270,8 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   engine_options.defaults.max_tokens = config.default_max_tokens;
   engine_options.defaults.retrieval = FromProto(*ParseRetrieval(config.default_retrieval));
   engine_options.defaults.abstain_below = m.calibration.abstain_below;
-  Engine engine(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
-                engine_options);
+  AskScheduler engine(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
+                      engine_options);
   if (absl::Status s = engine.Start(); !s.ok()) return Fail(1, s);
   IngestOptions ingest_options;
   ingest_options.max_batch = config.ingest_max_batch;

@@ -121,7 +121,7 @@ struct KnowledgeServiceImpl::PendingAck {
   std::future<absl::StatusOr<storage::DocumentAck>> ack;
 };
 
-KnowledgeServiceImpl::KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest,
+KnowledgeServiceImpl::KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest,
                                            ForgetBatcher* forget, storage::MemoryBank* bank,
                                            const Tokenizer* tokenizer, const TokenStore* auth,
                                            Metrics* metrics, ServiceInfo info, ServiceLimits limits)

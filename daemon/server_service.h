@@ -1,7 +1,7 @@
 // The gRPC KnowledgeService (proto/knowd/v1/knowd.proto is the contract): request validation,
 // authorization, and hand-off to the schedulers. Handlers run on gRPC's threads; they never touch
-// the Transformer or the Adapter (the Engine does), only the tokenizer and the bank, which are
-// thread-safe.
+// the Transformer or the Adapter (the AskScheduler does), only the tokenizer and the bank, which
+// are thread-safe.
 #pragma once
 
 #include <chrono>
@@ -17,7 +17,7 @@
 #include "daemon/auth.h"
 #include "daemon/metrics.h"
 #include "daemon/request_checks.h"
-#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ask.h"
 #include "daemon/scheduler_forget.h"
 #include "daemon/scheduler_ingest.h"
 #include "grpcpp/grpcpp.h"
@@ -44,7 +44,7 @@ struct ServiceInfo {
 class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
  public:
   // Everything must outlive the service.
-  KnowledgeServiceImpl(Engine* engine, IngestBatcher* ingest, ForgetBatcher* forget,
+  KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest, ForgetBatcher* forget,
                        storage::MemoryBank* bank, const Tokenizer* tokenizer,
                        const TokenStore* auth, Metrics* metrics, ServiceInfo info,
                        ServiceLimits limits);
@@ -104,7 +104,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   int64_t MedianPassageTokens();
   void SamplePassageTokens(const storage::BankStats& stats);
 
-  Engine* const engine_;
+  AskScheduler* const engine_;
   IngestBatcher* const ingest_;
   ForgetBatcher* const forget_;
   storage::MemoryBank* const bank_;

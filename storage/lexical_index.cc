@@ -177,7 +177,11 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     double total_idf = 0;
     for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
       if (state_->function_words.contains(*t)) continue;
-      const double value = std::log((docs + 1) / (state_->db.get_termfreq(*t) + 0.5));
+      const Xapian::doccount df = state_->db.get_termfreq(*t);
+      // A lower-case word no passage holds ("Z" + stem) is the question's phrasing, not what it
+      // is about: no evidence either way. An unknown capitalised word (a name) counts in full.
+      if (df == 0 && (*t).starts_with('Z')) continue;
+      const double value = std::pow(std::log((docs + 1) / (df + 0.5)), 2);
       idf.emplace(*t, value);
       total_idf += value;
     }

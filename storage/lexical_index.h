@@ -24,10 +24,11 @@ struct LexicalHit {
   // (function words aside; only the capitalised ones when there are some), the rarest and those
   // at most 4x as frequent: the names a question asks about. True for the top hit itself.
   bool same_subject = false;
-  // The share of the query's inverse document frequency the hit matches: the sum of
-  // log((N + 1) / (df + 0.5)) over the query terms it holds, divided by the same sum over every
-  // query term but English function words (a term no passage holds counts with df = 0, the
-  // rarest). 1: it holds every term; near 0: it shares only common words with the query.
+  // How much of the query the hit covers: the sum of idf² = log((N + 1) / (df + 0.5))² over the
+  // query terms it holds, divided by the same sum over the query's terms. Squared, so that rare
+  // words (names) weigh far more than common ones. English function words are left out, and so
+  // are lower-case words no passage holds (the query's phrasing); an unknown capitalised word
+  // counts with df = 0, the rarest. 1: it holds every term that counts; near 0: only common ones.
   float coverage = 0.0f;
 };
 

@@ -170,9 +170,9 @@ struct SearchHit {
   // has some; those at most 4x as frequent as the rarest): the names a question asks about. True
   // for the best BM25 hit itself; false for passages outside the lexical candidates.
   bool same_subject = false;
-  // For lexical candidates: the share of the query's inverse document frequency the passage
-  // matches (1: every query term; near 0: only common words). How much of the question the
-  // memory knows about, whatever the BM25 weight's scale.
+  // For lexical candidates: how much of the query the passage covers, in [0, 1]
+  // (LexicalHit::coverage: the share of the query terms' squared inverse document frequency it
+  // matches). How much of a question the memory knows about, whatever the BM25 weight's scale.
   std::optional<float> lexical_coverage;
   absl::Time ingest_time;
   std::optional<absl::Time> valid_from;

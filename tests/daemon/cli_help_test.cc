@@ -151,7 +151,8 @@ TEST(CliHelp, EvalListsExactlyItsFlagsWithDefaults) {
   EXPECT_EQ(FlagsOfHelp(help.out),
             (Flags{"--bundle", "--data", "--split", "--limit", "--report", "--batch", "--threads",
                    "--backend", "--mac-top-k", "--mac-retrieval", "--latent-format", "--examples",
-                   "--mac-rag-text", "--rag-prefix-key-scale"}))
+                   "--mac-rag-text", "--rag-prefix-key-scale", "--abstain-below",
+                   "--calibrate-abstention", "--unknown-split", "--forget-subjects"}))
       << help.out;
   EXPECT_THAT(help.out, HasSubstr("Usage: knowd eval"));
   EXPECT_THAT(help.out, HasSubstr("--bundle TEXT=models/knowd-tiny"));
@@ -224,9 +225,13 @@ TEST(CliHelp, KnowctlAskListsExactlyItsFlags) {
 }
 
 TEST(CliHelp, AFlagOfAnotherCommandIsRefusedNamingBoth) {
-  CommandResult r = RunCommand(kKnowd + " eval --prompt x", /*with_stderr=*/true);
+  CommandResult r = RunCommand(kKnowd + " eval --entries 5", /*with_stderr=*/true);
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.out, HasSubstr("knowd eval: unknown flag --prompt (a flag of knowd generate)"));
+  EXPECT_THAT(r.out,
+              HasSubstr("knowd eval: unknown flag --entries (a flag of knowd bench storage)"));
+  r = RunCommand(kKnowd + " generate --split x", true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.out, HasSubstr("knowd generate: unknown flag --split;"));
   r = RunCommand(kKnowd + " serve --max-tokens 4", true);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.out,

@@ -52,7 +52,7 @@ TEST(KnowledgePipeline, EvalPreparesWhatTheDaemonPrepares) {
   const std::string data = dir.path() + "/world";
   std::filesystem::create_directories(data);
   train::WorldOptions world;
-  world.people[static_cast<int>(train::Split::kTest)] = 16;
+  world.people[static_cast<int>(train::Split::kTest)] = 20;
   const train::SplitData split = train::GenerateSplit(world, train::Split::kTest);
   {
     std::ofstream passages(data + "/test.passages.jsonl");
@@ -161,7 +161,7 @@ TEST(KnowledgePipeline, ReencodeGivesEachPassageWhatIngestStored) {
       "Her blue bowls are sold in three countries, and in 1998 she married Teo Brand, a potter.";
   {
     auto daemon =
-        DaemonProcess::Start(bank_dir, {"--max-passage-tokens", "24", "--passage-overlap-tokens",
+        DaemonProcess::Start(bank_dir, {"--max-passage-tokens", "40", "--passage-overlap-tokens",
                                         "8", "--latent-format", "fp16", "--threads", "1"});
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     auto client = client::Client::Connect(testing::Options(**daemon));
@@ -203,7 +203,9 @@ TEST(KnowledgePipeline, ReencodeGivesEachPassageWhatIngestStored) {
     return doc.ok() ? *doc : storage::Document{};
   };
   const storage::Document ingested = read();
-  ASSERT_EQ(ingested.passages.size(), 3u) << "the document should be cut into 3 passages";
+  std::string cut;
+  for (const storage::Passage& p : ingested.passages) absl::StrAppend(&cut, "[", p.text, "] ");
+  ASSERT_EQ(ingested.passages.size(), 3u) << "the document should be cut into 3 passages: " << cut;
   EXPECT_EQ(ingested.passages[0].context_bytes, 0u);
   EXPECT_GT(ingested.passages[1].context_bytes, 0u);
   EXPECT_GT(ingested.passages[2].context_bytes, 0u);
@@ -254,7 +256,9 @@ TEST(KnowledgePipeline, ReencodeGivesEachPassageWhatIngestStored) {
     }
     // Equal up to f16 storage and batch rounding.
     EXPECT_LT(reencode_gap, 2e-3) << "passage " << i;
-    if (i > 0) EXPECT_GT(context_gap, 0.05) << "passage " << i << " has no context to lose";
+    if (i > 0) {
+      EXPECT_GT(context_gap, 0.05) << "passage " << i << " has no context to lose";
+    }
     for (size_t j = 0; j < want.key.size(); ++j) {
       EXPECT_NEAR(got.key[j], want.key[j], 1e-4) << "passage " << i;
     }

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "daemon/metrics.h"
-#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ask.h"
 #include "daemon/scheduler_ingest.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
@@ -233,9 +233,9 @@ class EngineTest : public BankTest {
 };
 
 TEST_F(EngineTest, AskQueueBound) {
-  EngineOptions options;
+  AskSchedulerOptions options;
   options.ask_queue_size = 2;
-  Engine engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_, options);
+  AskScheduler engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_, options);
   // Not started: nothing drains the queue.
   EXPECT_TRUE(engine.Submit(Question("a?", v1::ASK_MODE_CLOSED_BOOK)).ok());
   EXPECT_TRUE(engine.Submit(Question("b?", v1::ASK_MODE_CLOSED_BOOK)).ok());
@@ -248,9 +248,9 @@ TEST_F(EngineTest, AskQueueBound) {
 }
 
 TEST_F(EngineTest, BatchedAnswersMatchOneAtATime) {
-  EngineOptions options;
+  AskSchedulerOptions options;
   options.ask_max_batch = 4;
-  Engine engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_, options);
+  AskScheduler engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_, options);
   ASSERT_TRUE(engine.Start().ok());
   const std::vector<std::string> questions = {
       "Where does Etheth Rulhal live?", "Whom did Pelem Jiku marry?", "What is 2?", "Who is Lily?"};
@@ -287,7 +287,8 @@ TEST_F(EngineTest, BatchedAnswersMatchOneAtATime) {
 }
 
 TEST_F(EngineTest, ExpiredAndCancelledQuestionsAreDropped) {
-  Engine engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_, EngineOptions{});
+  AskScheduler engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_,
+                      AskSchedulerOptions{});
   ASSERT_TRUE(engine.Start().ok());
   auto expired = Question("late?", v1::ASK_MODE_CLOSED_BOOK, absl::Now() - absl::Seconds(1));
   ASSERT_TRUE(engine.Submit(expired).ok());
@@ -307,7 +308,8 @@ TEST_F(EngineTest, RagCitesThePassageItRead) {
   auto ack = job->done.get_future();
   ASSERT_TRUE(batcher.Submit(job).ok());
   ASSERT_TRUE(ack.get().ok());
-  Engine engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_, EngineOptions{});
+  AskScheduler engine(model_.get(), tokenizer_.get(), nullptr, bank_.get(), &metrics_,
+                      AskSchedulerOptions{});
   ASSERT_TRUE(engine.Start().ok());
   auto q = Question("In which city does Etheth Rulhal live?", v1::ASK_MODE_UNSPECIFIED);
   ASSERT_TRUE(engine.Submit(q).ok());

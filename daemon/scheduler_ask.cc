@@ -1,4 +1,4 @@
-#include "daemon/scheduler_engine.h"
+#include "daemon/scheduler_ask.h"
 
 #include <algorithm>
 
@@ -114,14 +114,14 @@ knowledge::AskParams AskParamsFor(const v1::AskRequest& r, const knowledge::AskP
   return p;
 }
 
-knowledge::Retrieval Engine::ResolveRetrieval(v1::Retrieval requested) const {
+knowledge::Retrieval AskScheduler::ResolveRetrieval(v1::Retrieval requested) const {
   if (requested != v1::RETRIEVAL_UNSPECIFIED) return FromProto(requested);
   return modulator_ != nullptr ? options_.defaults.retrieval : knowledge::Retrieval::kLexical;
 }
 
-// ---- Engine -------------------------------------------------------------------------------
+// ---- AskScheduler -------------------------------------------------------------------------------
 
-struct Engine::Slot {
+struct AskScheduler::Slot {
   std::unique_ptr<KvCache> cache;
   std::shared_ptr<AskJob> job;  // null: the slot is free
   std::vector<int32_t> prompt;
@@ -136,8 +136,9 @@ struct Engine::Slot {
   absl::Time decode_start;
 };
 
-Engine::Engine(Transformer* model, const Tokenizer* tokenizer, knowledge::Modulator* modulator,
-               storage::MemoryBank* bank, Metrics* metrics, const EngineOptions& options)
+AskScheduler::AskScheduler(Transformer* model, const Tokenizer* tokenizer,
+                           knowledge::Modulator* modulator, storage::MemoryBank* bank,
+                           Metrics* metrics, const AskSchedulerOptions& options)
     : model_(model),
       tokenizer_(tokenizer),
       modulator_(modulator),
@@ -146,9 +147,9 @@ Engine::Engine(Transformer* model, const Tokenizer* tokenizer, knowledge::Modula
       options_(options),
       queue_("ask", static_cast<size_t>(options.ask_queue_size)) {}
 
-Engine::~Engine() { Stop(); }
+AskScheduler::~AskScheduler() { Stop(); }
 
-absl::Status Engine::Start() {
+absl::Status AskScheduler::Start() {
   for (int i = 0; i < options_.ask_max_batch; ++i) {
     absl::StatusOr<std::unique_ptr<KvCache>> cache =
         model_->NewCache(model_->config().max_position_embeddings);
@@ -161,7 +162,7 @@ absl::Status Engine::Start() {
   return absl::OkStatus();
 }
 
-void Engine::Stop() {
+void AskScheduler::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -171,7 +172,7 @@ void Engine::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-absl::Status Engine::Submit(std::shared_ptr<AskJob> job) {
+absl::Status AskScheduler::Submit(std::shared_ptr<AskJob> job) {
   if (absl::Status s = queue_.TryPush(job); !s.ok()) {
     if (absl::IsResourceExhausted(s)) metrics_->CountRejected("ask");
     return s;
@@ -181,7 +182,7 @@ absl::Status Engine::Submit(std::shared_ptr<AskJob> job) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::RunOnEngine(std::function<absl::Status()> task) {
+absl::Status AskScheduler::RunOnEngine(std::function<absl::Status()> task) {
   std::promise<absl::Status> done;
   std::future<absl::Status> result = done.get_future();
   {
@@ -193,7 +194,7 @@ absl::Status Engine::RunOnEngine(std::function<absl::Status()> task) {
   return result.get();
 }
 
-void Engine::RunTasks() {
+void AskScheduler::RunTasks() {
   std::deque<std::pair<std::function<absl::Status()>, std::promise<absl::Status>*>> tasks;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -202,7 +203,7 @@ void Engine::RunTasks() {
   for (auto& [task, done] : tasks) done->set_value(task());
 }
 
-void Engine::Loop() {
+void AskScheduler::Loop() {
   std::vector<std::shared_ptr<AskJob>> admitted;
   // Time tasks have taken beyond the decode steps since; tasks wait while it is positive and
   // questions are decoding. Bounded both ways: a long stretch of questions alone banks little
@@ -259,7 +260,7 @@ void Engine::Loop() {
   running_count_ = 0;
 }
 
-bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
+bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
   const v1::AskRequest& r = job->request();
   const absl::Time start = absl::Now();
   if (job->cancelled()) {
@@ -327,7 +328,7 @@ bool Engine::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
   return true;
 }
 
-void Engine::Step() {
+void AskScheduler::Step() {
   std::vector<SequenceStep> steps;
   std::vector<Slot*> active;
   const absl::Time now = absl::Now();
@@ -407,7 +408,7 @@ void Engine::Step() {
   }
 }
 
-void Engine::Retire(Slot* slot, const char* stop_reason) {
+void AskScheduler::Retire(Slot* slot, const char* stop_reason) {
   const absl::Time now = absl::Now();
   v1::Timings* t = slot->final.mutable_timings();
   t->set_decode_ms(Ms(now - slot->decode_start));

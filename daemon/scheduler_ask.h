@@ -59,7 +59,7 @@ class AskJob {
   void Cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }
 
-  // Engine side.
+  // AskScheduler side.
   void EmitText(std::string text);
   void Finish(v1::AskFinal final);
   void Fail(absl::Status error);
@@ -80,7 +80,7 @@ class AskJob {
   bool done_ = false;
 };
 
-struct EngineOptions {
+struct AskSchedulerOptions {
   int ask_max_batch = 8;
   int ask_queue_size = 256;
   // What a request leaves at 0 or unspecified (knowledge/ask.h): top_k, rag_passages,
@@ -97,13 +97,13 @@ knowledge::AskParams AskParamsFor(const v1::AskRequest& request,
 v1::AskMode ToProto(knowledge::AskMode mode);
 knowledge::Retrieval FromProto(v1::Retrieval retrieval);
 
-class Engine {
+class AskScheduler {
  public:
   // `modulator` may be null (closed-book and rag with BM25 only). Everything must outlive the
   // engine. The thread starts in Start().
-  Engine(Transformer* model, const Tokenizer* tokenizer, knowledge::Modulator* modulator,
-         storage::MemoryBank* bank, Metrics* metrics, const EngineOptions& options);
-  ~Engine();  // Stop()s
+  AskScheduler(Transformer* model, const Tokenizer* tokenizer, knowledge::Modulator* modulator,
+               storage::MemoryBank* bank, Metrics* metrics, const AskSchedulerOptions& options);
+  ~AskScheduler();  // Stop()s
 
   absl::Status Start();
   // Refuses new work (UNAVAILABLE), fails what still waits, and joins the thread. Idempotent.
@@ -143,7 +143,7 @@ class Engine {
   knowledge::Modulator* const modulator_;
   storage::MemoryBank* const bank_;
   Metrics* const metrics_;
-  const EngineOptions options_;
+  const AskSchedulerOptions options_;
 
   BoundedQueue<std::shared_ptr<AskJob>> queue_;
   std::mutex mu_;
