@@ -17,7 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "bench/png_plot.h"
+#include "bench/eval_internal.h"
 #include "cli/progress.h"
 #include "kernels/backend.h"
 #include "knowledge/ask.h"
@@ -30,31 +30,21 @@
 namespace knowd::bench {
 namespace {
 
-using Json = nlohmann::ordered_json;
+using internal::Fixed;
+using internal::Json;
+using internal::kClosedBook;
+using internal::kMac;
+using internal::kMacRag;
+using internal::kModeNames;
+using internal::kNumModes;
+using internal::kOracle;
+using internal::kRagSubject;
+using internal::kRagTop1;
+using internal::kRagTop3;
 using Clock = std::chrono::steady_clock;
-
-bool IsPunctuation(unsigned char c) { return c < 0x80 && std::ispunct(c); }
-bool IsWordByte(unsigned char c) { return c >= 0x80 || std::isalnum(c) || c == '_'; }
-bool IsSpace(unsigned char c) { return c < 0x80 && std::isspace(c); }
-
-std::vector<std::string> SplitWhitespace(std::string_view s) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    while (i < s.size() && IsSpace(s[i])) ++i;
-    size_t j = i;
-    while (j < s.size() && !IsSpace(s[j])) ++j;
-    if (j > i) out.emplace_back(s.substr(i, j - i));
-    i = j;
-  }
-  return out;
-}
 
 // ---- modes and stages ----
 
-enum Mode { kClosedBook = 0, kOracle, kRagTop1, kRagTop3, kRagSubject, kMac, kMacRag, kNumModes };
-constexpr const char* kModeNames[kNumModes] = {"closed-book", "oracle", "rag-top1", "rag-top3",
-                                               "rag-subject", "mac",    "mac+rag"};
 bool UsesMemory(int mode) { return mode >= kRagTop1; }
 bool NeedsModulator(int mode) { return mode >= kMac; }
 
@@ -120,8 +110,6 @@ struct RecallCounts {
     }
   }
 };
-
-std::string Fixed(double v, int digits = 3) { return absl::StrFormat("%.*f", digits, v); }
 
 class Evaluator {
  public:
@@ -474,120 +462,7 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
                        {"generation", generation_seconds},
                        {"total", std::chrono::duration<double>(Clock::now() - t0).count()}};
 
-  // The markdown table.
-  std::string md =
-      absl::StrCat("## knowd eval — ", o_.split, " split, ", report["questions"].get<int>(),
-                   " questions, ", total, " passages streamed\n\n");
-  absl::StrAppend(&md,
-                  "| mode | EM | F1 | retention EM (right after → whole stream) | update EM "
-                  "(stale) |\n|---|---|---|---|---|\n");
-  for (int m = 0; m < kNumModes; ++m) {
-    const Json& mode = report["modes"][kModeNames[m]];
-    if (mode["status"] != "ok") {
-      absl::StrAppend(&md, "| ", kModeNames[m], " | skipped: ", mode["reason"].get<std::string>(),
-                      " | | | |\n");
-      continue;
-    }
-    const Json& ret = report["retention"]["modes"][kModeNames[m]];
-    const std::string retention =
-        ret.contains("em_right_after")
-            ? absl::StrCat(Fixed(ret["em_right_after"]), " → ", Fixed(ret["em_after_stream"]))
-            : "n/a (no memory)";
-    const Json& upd = report["updates"]["modes"][kModeNames[m]];
-    const std::string update =
-        report["updates"]["questions"].get<int>() > 0
-            ? absl::StrCat(Fixed(upd["em"]), " (", Fixed(upd["stale_em"]), ")")
-            : "n/a";
-    absl::StrAppend(&md, "| ", kModeNames[m], " | ", Fixed(mode["em"]), " | ", Fixed(mode["f1"]),
-                    " | ", retention, " | ", update, " |\n");
-  }
-  absl::StrAppend(&md, "\nEM by relation:\n\n| relation | questions |");
-  std::vector<const char*> ran;
-  for (const char* name : kModeNames) {
-    if (report["modes"][name]["status"] == "ok") ran.push_back(name);
-  }
-  for (const char* name : ran) absl::StrAppend(&md, " ", name, " |");
-  absl::StrAppend(&md, "\n|---|---|");
-  for (size_t i = 0; i < ran.size(); ++i) absl::StrAppend(&md, "---|");
-  absl::StrAppend(&md, "\n");
-  for (const auto& [relation, r] : report["by_relation"].items()) {
-    absl::StrAppend(&md, "| ", relation, " | ", r["questions"].get<int>(), " |");
-    for (const char* name : ran) absl::StrAppend(&md, " ", Fixed(r["modes"][name]["em"]), " |");
-    absl::StrAppend(&md, "\n");
-  }
-  const Json& ret = report["retrieval"];
-  absl::StrAppend(
-      &md, "\nRetrieval recall@1 / @5 (", ret["questions"].get<int>(), " questions): BM25 ",
-      Fixed(ret["bm25"]["recall_at_1"]), " / ", Fixed(ret["bm25"]["recall_at_5"]), "; dense (",
-      ret["dense_key"].get<std::string>(), ") ", Fixed(ret["dense"]["recall_at_1"]), " / ",
-      Fixed(ret["dense"]["recall_at_5"]), "; hybrid ", Fixed(ret["hybrid"]["recall_at_1"]), " / ",
-      Fixed(ret["hybrid"]["recall_at_5"]), "\n");
-  const Json& curve = report["em_vs_stored"];
-  absl::StrAppend(&md, "\nEM vs stored passages (", curve["questions"].get<int>(),
-                  " retention questions):\n\n| mode |");
-  for (const Json& n : curve["bank_sizes"]) absl::StrAppend(&md, " ", n.get<int>(), " |");
-  absl::StrAppend(&md, "\n|---|");
-  for (size_t i = 0; i < curve["bank_sizes"].size(); ++i) absl::StrAppend(&md, "---|");
-  absl::StrAppend(&md, "\n");
-  for (const auto& [name, values] : curve["series"].items()) {
-    absl::StrAppend(&md, "| ", name, " |");
-    for (const Json& v : values) absl::StrAppend(&md, " ", Fixed(v.get<double>()), " |");
-    absl::StrAppend(&md, "\n");
-  }
-  const Json& bytes = report["storage_bytes"];
-  absl::StrAppend(
-      &md, "\nBytes per stored passage: modulation ",
-      bytes["modulation"].contains("bytes")
-          ? absl::StrCat(bytes["modulation"]["bytes"].get<int64_t>(), " (latents ",
-                         bytes["modulation"]["latent_bytes"].get<int64_t>(), " ",
-                         bytes["modulation"]["latent_format"].get<std::string>(), " + key ",
-                         bytes["modulation"]["key_bytes"].get<int64_t>(), "; 1/",
-                         Fixed(1.0 / bytes["modulation_vs_kv_f16"].get<double>(), 1),
-                         " of the f16 KV cache)")
-          : absl::StrCat("n/a (", bytes["modulation"]["reason"].get<std::string>(), ")"),
-      "; text ", Fixed(bytes["text_per_passage"], 1), "; KV cache of the passage ",
-      Fixed(bytes["kv_cache_f16_per_passage"], 0), " (f16) / ",
-      Fixed(bytes["kv_cache_f32_per_passage"], 0), " (f32, as the engine holds it)\n");
-
-  if (o_.print_table) std::fputs(md.c_str(), stdout);
-  if (o_.report_path.empty()) return absl::OkStatus();
-
-  std::vector<PlotSeries> series;
-  const Rgb colors[kNumModes] = {{120, 120, 120}, {0, 0, 0},     {31, 119, 180}, {214, 39, 40},
-                                 {255, 127, 14},  {44, 160, 44}, {148, 103, 189}};
-  for (int m = 0; m < kNumModes; ++m) {
-    if (!curve["series"].contains(kModeNames[m])) continue;
-    PlotSeries s;
-    s.label = kModeNames[m];
-    s.color = colors[m];
-    for (const Json& n : curve["bank_sizes"]) s.x.push_back(n.get<double>());
-    for (const Json& v : curve["series"][kModeNames[m]]) s.y.push_back(v.get<double>());
-    series.push_back(std::move(s));
-  }
-  LinePlot plot;
-  plot.title = "EM vs stored passages";
-  plot.x_label = "passages in the bank";
-  plot.y_label = "EM";
-  absl::StatusOr<std::string> png = RenderLinePlot(plot, series);
-  if (!png.ok()) return png.status();
-
-  const std::filesystem::path json_path(o_.report_path);
-  std::filesystem::path md_path = json_path, png_path = json_path;
-  md_path.replace_extension(".md");
-  png_path.replace_extension(".png");
-  report["files"] = {{"markdown", md_path.string()}, {"plot", png_path.string()}};
-  std::error_code ec;
-  if (json_path.has_parent_path()) std::filesystem::create_directories(json_path.parent_path(), ec);
-  auto write = [](const std::filesystem::path& path, const std::string& content) -> absl::Status {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    out.close();
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
-    return absl::OkStatus();
-  };
-  if (absl::Status s = write(json_path, report.dump(2) + "\n"); !s.ok()) return s;
-  if (absl::Status s = write(md_path, md); !s.ok()) return s;
-  return write(png_path, *png);
+  return internal::WriteReport(report, o_, total);
 }
 
 absl::Status Evaluator::MeasureAbstention() {
@@ -973,174 +848,21 @@ absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::s
   return p;
 }
 
-std::string NormalizeAnswer(std::string_view text) {
-  std::string s;
-  s.reserve(text.size());
-  for (char ch : text) {
-    const unsigned char c = static_cast<unsigned char>(ch);
-    if (IsPunctuation(c)) continue;
-    s.push_back(c < 0x80 ? static_cast<char>(std::tolower(c)) : ch);
-  }
-  // \b(a|an|the)\b -> " ": a whole run of word characters equal to an article.
-  std::string no_articles;
-  no_articles.reserve(s.size());
-  size_t i = 0;
-  while (i < s.size()) {
-    if (!IsWordByte(s[i])) {
-      no_articles.push_back(s[i++]);
-      continue;
-    }
-    size_t j = i;
-    while (j < s.size() && IsWordByte(s[j])) ++j;
-    const std::string_view word(s.data() + i, j - i);
-    if (word == "a" || word == "an" || word == "the") {
-      no_articles.push_back(' ');
-    } else {
-      no_articles.append(word);
-    }
-    i = j;
-  }
-  std::string out;
-  for (const std::string& token : SplitWhitespace(no_articles)) {
-    absl::StrAppend(&out, out.empty() ? "" : " ", token);
-  }
-  return out;
-}
-
-bool ExactMatch(std::string_view prediction, std::string_view gold) {
-  return NormalizeAnswer(prediction) == NormalizeAnswer(gold);
-}
-
-double TokenF1(std::string_view prediction, std::string_view gold) {
-  const std::vector<std::string> p = SplitWhitespace(NormalizeAnswer(prediction));
-  const std::vector<std::string> g = SplitWhitespace(NormalizeAnswer(gold));
-  if (p.empty() || g.empty()) return p == g ? 1.0 : 0.0;
-  std::unordered_map<std::string, int> gold_counts;
-  for (const std::string& t : g) ++gold_counts[t];
-  int same = 0;
-  for (const std::string& t : p) {
-    auto it = gold_counts.find(t);
-    if (it != gold_counts.end() && it->second > 0) {
-      --it->second;
-      ++same;
-    }
-  }
-  if (same == 0) return 0.0;
-  const double precision = static_cast<double>(same) / p.size();
-  const double recall = static_cast<double>(same) / g.size();
-  return 2.0 * precision * recall / (precision + recall);
-}
-
-void AnswerScore::Add(std::string_view prediction, std::string_view gold) {
-  ++count_;
-  exact_ += ExactMatch(prediction, gold) ? 1.0 : 0.0;
-  f1_ += TokenF1(prediction, gold);
-}
-
-absl::StatusOr<std::vector<std::string>> GreedyAnswers(
-    Transformer& model, const Tokenizer& tokenizer, std::span<const AnswerRequest> requests,
-    int batch, int max_tokens, const std::function<void(size_t done, size_t total)>& progress) {
-  const int capacity = model.config().max_position_embeddings;
-  const int vocab = model.config().vocab_size;
-  const int32_t eos = tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : model.config().eos_token_id;
-  batch = std::max(1, batch);
-  std::vector<std::string> answers(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const AnswerRequest& r = requests[i];
-    const int prefix = r.prefix ? r.prefix->rows : 0;
-    if (r.prompt.empty() || prefix + static_cast<int>(r.prompt.size()) > capacity) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("request ", i, ": a prompt of ", r.prompt.size(), " tokens after ", prefix,
-                       " prefix rows does not fit the model's ", capacity, " positions"));
-    }
-  }
-  // Longest prompts first: a batch then holds prompts of similar length.
-  std::vector<size_t> order(requests.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return requests[a].prompt.size() > requests[b].prompt.size();
-  });
-  std::vector<std::unique_ptr<KvCache>> caches;
-  for (int i = 0; i < std::min<int>(batch, requests.size()); ++i) {
-    absl::StatusOr<std::unique_ptr<KvCache>> cache = model.NewCache(capacity);
-    if (!cache.ok()) return cache.status();
-    caches.push_back(*std::move(cache));
-  }
-
-  struct Live {
-    size_t request;
-    KvCache* cache;
-    std::vector<int32_t> out;
-    std::string text;
-    int32_t next = 0;
-    bool done = false;
-  };
-  std::vector<float> logits;
-  std::vector<SequenceStep> steps;
-  for (size_t start = 0; start < order.size(); start += batch) {
-    const size_t end = std::min(order.size(), start + batch);
-    std::vector<Live> live;
-    live.reserve(end - start);
-    steps.clear();
-    for (size_t i = start; i < end; ++i) {
-      const AnswerRequest& r = requests[order[i]];
-      KvCache* cache = caches[i - start].get();
-      cache->Clear();
-      if (r.prefix) {
-        if (absl::Status s = cache->SetPrefix(r.prefix->keys, r.prefix->values, r.prefix->rows);
-            !s.ok()) {
-          return s;
-        }
-      }
-      live.push_back({order[i], cache, {}, {}});
-      steps.push_back({cache, r.prompt, false});
-    }
-    while (!steps.empty()) {
-      if (absl::Status s = model.Forward(steps, &logits); !s.ok()) return s;
-      size_t row = 0;
-      for (Live& l : live) {
-        if (l.done) continue;
-        const float* z = logits.data() + row++ * static_cast<size_t>(vocab);
-        l.next = static_cast<int32_t>(std::max_element(z, z + vocab) - z);
-      }
-      steps.clear();
-      for (Live& l : live) {
-        if (l.done) continue;
-        if (l.next == eos) {
-          l.done = true;
-          continue;
-        }
-        l.out.push_back(l.next);
-        l.text = tokenizer.Decode(l.out);
-        const size_t newline = l.text.find('\n');
-        if (newline != std::string::npos) {
-          l.text.resize(newline);
-          l.done = true;
-        } else if (static_cast<int>(l.out.size()) >= max_tokens ||
-                   l.cache->size() >= l.cache->capacity()) {
-          l.done = true;
-        } else {
-          steps.push_back({l.cache, std::span<const int32_t>(&l.next, 1), false});
-        }
-      }
-    }
-    for (Live& l : live) answers[l.request] = std::move(l.text);
-    if (progress) progress(end, order.size());
-  }
-  return answers;
-}
-
 absl::Status RunEval(const EvalOptions& options) {
   absl::StatusOr<train::Split> split = train::ParseSplit(options.split);
   if (!split.ok()) return split.status();
   absl::StatusOr<train::SplitData> data = train::ReadSplit(options.data_dir, *split);
   if (!data.ok()) return data.status();
-  std::unique_ptr<Backend> backend = MakeCpuBackend(options.threads);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(options.bundle_dir);
-  if (!tokenizer.ok()) return tokenizer.status();
-  absl::StatusOr<std::unique_ptr<Transformer>> model =
-      Transformer::Load(options.bundle_dir, backend.get());
-  if (!model.ok()) return model.status();
+  // The model and tokenizer; the adapter comes through the modulator loader (tests stand in
+  // theirs), and a missing one skips the mac modes rather than failing.
+  knowledge::BundleOptions bundle_options;
+  bundle_options.model = options.bundle_dir;
+  bundle_options.adapter = "none";
+  bundle_options.threads = options.threads;
+  absl::StatusOr<knowledge::Bundle> bundle = knowledge::LoadBundle(bundle_options);
+  if (!bundle.ok()) return bundle.status();
+  std::unique_ptr<Transformer>* model = &bundle->model;
+  std::unique_ptr<Tokenizer>* tokenizer = &bundle->tokenizer;
 
   std::unique_ptr<Modulator> modulator;
   std::string reason;

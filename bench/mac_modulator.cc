@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/eval.h"
-#include "model/adapter.h"
+#include "knowledge/bundle.h"
 
 namespace knowd::bench {
 
@@ -16,12 +16,13 @@ absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string
   if (!std::filesystem::is_directory(dir, ec)) {
     return absl::FailedPreconditionError("mode unavailable: no adapter in the bundle");
   }
-  absl::StatusOr<std::unique_ptr<Adapter>> adapter = Adapter::Load(dir.string(), &model);
-  if (!adapter.ok()) {
-    return absl::Status(adapter.status().code(),
-                        absl::StrCat("mode unavailable: ", adapter.status().message()));
+  absl::StatusOr<std::unique_ptr<Modulator>> modulator =
+      knowledge::LoadModulator(dir.string(), &model);
+  if (!modulator.ok()) {
+    return absl::Status(modulator.status().code(),
+                        absl::StrCat("mode unavailable: ", modulator.status().message()));
   }
-  return knowledge::MakeAdapterModulator(*std::move(adapter));
+  return modulator;
 }
 
 }  // namespace knowd::bench

@@ -87,6 +87,8 @@ int main(int argc, char** argv) {
       ->check(knowd::cli::NonNegativeInteger());
   ask_cmd->add_option("--retrieval", ask.retrieval,
                       "dense, lexical or hybrid; empty: the daemon's default");
+  ask_cmd->add_flag("--explain", ask.explain,
+                    "also print what the model read: the prompt and the MAC prefix's size");
   ask_cmd->add_flag("--json", ask.json, "print the final answer as JSON (no streaming)");
 
   kc::SearchFlags search;

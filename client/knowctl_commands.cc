@@ -162,6 +162,7 @@ int RunAsk(Client& client, const AskFlags& flags) {
   absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(flags.retrieval);
   if (!retrieval.ok()) return Usage("ask", std::string(retrieval.status().message()));
   request.set_retrieval(*retrieval);
+  request.set_explain(flags.explain);
   const bool json = flags.json;
   request.set_stream(!json);
   absl::StatusOr<v1::AskFinal> final_message =
@@ -174,10 +175,26 @@ int RunAsk(Client& client, const AskFlags& flags) {
     std::cout << ToJson(*final_message) << "\n";
     return 0;
   }
-  std::cout << "\n";
+  if (final_message->nothing_in_memory()) {
+    std::cout << absl::StrFormat(
+        "nothing in memory: no stored passage is about this question (relevance %.2f); ask "
+        "closed-book (--mode closed-book) for the model's own guess\n",
+        final_message->relevance());
+  } else {
+    std::cout << "\n";
+  }
   if (!final_message->cited().empty()) {
     std::cout << "\ncited (" << AskModeName(final_message->mode()) << "):\n";
     PrintPassages(final_message->cited());
+  }
+  if (flags.explain && final_message->has_explain()) {
+    const v1::Explain& e = final_message->explain();
+    std::cout << absl::StrFormat("\nthe model read (%d prompt tokens", e.prompt_ids_size());
+    if (e.prefix_rows() > 0) {
+      std::cout << absl::StrFormat(" after a MAC prefix of %d rows, sha256 %s", e.prefix_rows(),
+                                   e.prefix_sha256().substr(0, 16));
+    }
+    std::cout << "):\n" << e.prompt() << "\n";
   }
   return 0;
 }

@@ -1,4 +1,4 @@
-// The subcommands of `knowctl` (DESIGN.md, "Command-line contract"). Each returns the process exit
+// The subcommands of `knowctl` (docs/cli.md). Each returns the process exit
 // code: 0 on success, 1 when the daemon or the input failed, 2 on a usage error. Results go to
 // stdout; progress and errors go to stderr as "knowctl <command>: <message>".
 #pragma once
@@ -24,6 +24,7 @@ struct AskFlags {
   int top_k = 0;          // 0 = the daemon's --default-top-k
   int max_tokens = 0;     // 0 = the daemon's --default-max-tokens
   std::string retrieval;  // dense, lexical or hybrid; "" = the daemon's default
+  bool explain = false;   // print what the model read: the prompt and the prefix
   bool json = false;
 };
 struct SearchFlags {

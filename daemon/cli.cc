@@ -33,13 +33,15 @@ int Fail(std::string_view command, const absl::Status& status) {
 int RunGenerate(const GenerateFlags& flags) {
   const std::string path = flags.model;
   if (path.empty()) return Fail("generate", absl::InvalidArgumentError("--model is required"));
-  absl::StatusOr<std::unique_ptr<Backend>> backend =
-      knowledge::MakeBackendByName(flags.backend, flags.threads);
-  if (!backend.ok()) return Fail("generate", backend.status());
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(path);
-  if (!tokenizer.ok()) return Fail("generate", tokenizer.status());
-  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(path, backend->get());
-  if (!model.ok()) return Fail("generate", model.status());
+  knowledge::BundleOptions bundle_options;
+  bundle_options.model = path;
+  bundle_options.adapter = "none";  // generate runs the plain model
+  bundle_options.backend = flags.backend;
+  bundle_options.threads = flags.threads;
+  absl::StatusOr<knowledge::Bundle> bundle = knowledge::LoadBundle(bundle_options);
+  if (!bundle.ok()) return Fail("generate", bundle.status());
+  std::unique_ptr<Tokenizer>* tokenizer = &bundle->tokenizer;
+  std::unique_ptr<Transformer>* model = &bundle->model;
 
   std::vector<int32_t> prompt = (*tokenizer)->Encode(flags.prompt, true);
   if (prompt.empty()) prompt.push_back((*model)->config().bos_token_id);

@@ -243,7 +243,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                     "--max-passage-tokens + --passage-overlap-tokens + 1 (BOS) = ", encoder_window,
                     " exceeds the model's context of ", lm.max_position_embeddings, " positions")));
   }
-  storage::BankOptions bank_options = BankOptionsFor(config, m.adapter.get());
+  storage::BankOptions bank_options = BankOptionsFor(config, m.adapter);
   absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank =
       storage::MemoryBank::Open(bank_options);
   if (!bank.ok()) {
@@ -291,7 +291,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   info.adapter = m.adapter_path;
   info.fingerprint = bank_options.fingerprint.adapter_hash;
   info.version = KNOWD_VERSION;
-  info.bytes_per_modulation = BytesPerModulation(bank_options, m.adapter.get());
+  info.bytes_per_modulation = BytesPerModulation(bank_options, m.adapter);
   info.kv_bytes_per_token = int64_t{2} * lm.num_layers * lm.kv_dim() * 2;
   ServiceLimits limits;
   limits.max_response_bytes = std::min(config.max_response_bytes, config.max_message_bytes);

@@ -85,13 +85,10 @@ absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options) {
     b.adapter_path = options.adapter;
   }
   if (!b.adapter_path.empty()) {
-    absl::StatusOr<std::unique_ptr<Adapter>> adapter = Adapter::Load(b.adapter_path, b.model.get());
-    if (!adapter.ok()) {
-      return absl::Status(adapter.status().code(), absl::StrCat("adapter ", b.adapter_path, ": ",
-                                                                adapter.status().message()));
-    }
-    b.adapter = *std::move(adapter);
-    b.modulator = MakeAdapterModulator(b.adapter.get());
+    absl::StatusOr<std::unique_ptr<Modulator>> modulator =
+        LoadModulator(b.adapter_path, b.model.get(), &b.adapter);
+    if (!modulator.ok()) return modulator.status();
+    b.modulator = *std::move(modulator);
   } else if (options.require_adapter) {
     return absl::FailedPreconditionError(
         absl::StrCat(b.model_path, " has no adapter (adapter/adapter.json); give one"));
@@ -102,6 +99,17 @@ absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options) {
     b.calibration = *calibration;
   }
   return b;
+}
+
+absl::StatusOr<std::unique_ptr<Modulator>> LoadModulator(const std::string& dir, Transformer* model,
+                                                         Adapter** adapter) {
+  absl::StatusOr<std::unique_ptr<Adapter>> loaded = Adapter::Load(dir, model);
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("adapter ", dir, ": ", loaded.status().message()));
+  }
+  if (adapter != nullptr) *adapter = loaded->get();
+  return MakeAdapterModulator(*std::move(loaded));
 }
 
 }  // namespace knowd::knowledge

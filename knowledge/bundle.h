@@ -44,16 +44,21 @@ struct Bundle {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Transformer> model;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<Adapter> adapter;      // null: closed-book and rag only
-  std::unique_ptr<Modulator> modulator;  // over `adapter`; null with it
+  std::unique_ptr<Modulator> modulator;  // owns the adapter; null: closed-book and rag only
+  Adapter* adapter = nullptr;            // the modulator's networks (spec, benchmarks)
   std::string model_path;
   std::string adapter_path;  // "" without an adapter
   Calibration calibration;
   // What a memory bank written through this bundle records (BankFingerprint).
-  storage::Fingerprint fingerprint() const { return BankFingerprint(adapter.get()); }
+  storage::Fingerprint fingerprint() const { return BankFingerprint(adapter); }
 };
 
 absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options);
+
+// The adapter at `dir` (adapter.json + adapter.safetensors) over `model`, as a Modulator that
+// owns it; `adapter` (optional) gets its networks. Errors name the directory.
+absl::StatusOr<std::unique_ptr<Modulator>> LoadModulator(const std::string& dir, Transformer* model,
+                                                         Adapter** adapter = nullptr);
 
 // <model>/knowledge.json, or the defaults when the file is missing.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& model);

@@ -219,7 +219,7 @@ TEST(CliHelp, KnowctlAskListsExactlyItsFlags) {
   const CommandResult help = RunCommand(kKnowctl + " ask --help");
   ASSERT_EQ(help.exit_code, 0) << help.out;
   EXPECT_EQ(FlagsOfHelp(help.out),
-            (Flags{"--mode", "--top-k", "--max-tokens", "--retrieval", "--json"}))
+            (Flags{"--mode", "--top-k", "--max-tokens", "--retrieval", "--explain", "--json"}))
       << help.out;
   EXPECT_THAT(help.out, HasSubstr("--top-k INT=0"));
 }
