@@ -3,9 +3,9 @@
 // Hugging Face names one for one (model.layers.N.self_attn.q_proj.weight, ...), so an export is a
 // plain copy and knowd's engine (model/transformer.h) computes the same logits.
 //
-// This header does not include libtorch (lm.cc does; adapter.cc reaches the torch modules through
-// the private lm_torch.h), so the rest of knowd-train and the tests compile quickly. A
-// LanguageModel is driven by one thread at a time.
+// This header does not include libtorch (lm.cc does; the adapter's adapter_*.cc reach the torch
+// modules through the private lm_torch.h), so the rest of knowd-train and the tests compile
+// quickly. A LanguageModel is driven by one thread at a time.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // Private to train/: the libtorch face of LanguageModel, for the translation units that already
-// include libtorch (lm.cc and adapter.cc). Everything else uses train/lm.h, which stays free of
-// torch so that it compiles quickly.
+// include libtorch (lm.cc and the adapter's adapter_*.cc). Everything else uses train/lm.h, which
+// stays free of torch so that it compiles quickly.
 //
 // These calls run the model as it is: callers that train something on top of a frozen LM call
 // Freeze once, and wrap passes that need no gradient in torch::NoGradGuard.
