@@ -15,8 +15,8 @@
 //
 // After the prefix the reader runs the question prompt (knowledge/prompt.h) WITHOUT BOS (row 0
 // stands for it) and decodes greedily up to "\n" or EOS. train/README.md states the contract; the
-// libtorch networks in train/adapter.cc are the reference and tests/train/adapter_parity_test
-// checks this port against them.
+// libtorch networks in train/adapter_networks.h are the reference and
+// tests/train/adapter_parity_test checks this port against them.
 //
 // An Adapter is immutable after Load; Encode/Modulate calls may run concurrently only if the
 // Transformer's Forward may (it may not: callers serialise engine work).

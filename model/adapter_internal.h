@@ -17,11 +17,11 @@
 
 namespace knowd {
 
-// The RMS normalisation of every adapter norm (train/adapter.cc: RmsNormalize).
+// The RMS normalisation of every adapter norm (train/adapter_networks.cc: RmsNormalize).
 inline constexpr float kAdapterNormEps = 1e-6f;
 
-// One pre-norm cross-attention + MLP block (train/adapter.cc: CrossBlock), in backend memory.
-// Linear weights are [out, in] (nn.Linear layout), without biases.
+// One pre-norm cross-attention + MLP block (train/adapter_networks.h: CrossBlock), in backend
+// memory. Linear weights are [out, in] (nn.Linear layout), without biases.
 struct AdapterBlock {
   float* norm_x = nullptr;          // [d]
   float* norm_memory = nullptr;     // [d]
@@ -42,8 +42,8 @@ struct AdapterEncoder {
   std::vector<float> key;  // [key_dim, d], host memory (keys are computed on the host)
 };
 
-// The aggregator and the expander (train/adapter.cc: Aggregator, Expander): the mac head, or the
-// mac+rag head ("rag_aggregator.*", "rag_expander.*") for prompts with passage text.
+// The aggregator and the expander (train/adapter_networks.h: Aggregator, Expander): the mac head,
+// or the mac+rag head ("rag_aggregator.*", "rag_expander.*") for prompts with passage text.
 struct AdapterHead {
   std::vector<AdapterBlock> aggregator;  // backend memory
   float* expand = nullptr;               // [kv_width, d], backend memory

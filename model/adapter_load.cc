@@ -1,5 +1,5 @@
 // Adapter::Load: adapter.json (hyper-parameters and the base it was trained for) and
-// adapter.safetensors (train/adapter.cc: Adapter::Export), validated before anything is
+// adapter.safetensors (train/adapter_export.cc: Adapter::Export), validated before anything is
 // allocated, then converted to f32 in backend memory.
 #include <algorithm>
 #include <cmath>

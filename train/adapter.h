@@ -1,5 +1,5 @@
-// The MAC adapter networks of knowd-train (DESIGN.md, "Adapter networks"), trained on top of a
-// frozen base LM:
+// The MAC adapter networks of knowd-train (train/README.md, "Adapter meta-training"), trained on
+// top of a frozen base LM:
 //
 //   readout (amortizer)  per layer and kv head, T learned queries pool the passage's own keys and
 //                        values (the LM's KV space, where a probe learned fastest), a linear map
