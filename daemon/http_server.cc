@@ -32,6 +32,11 @@ HttpServer::HttpServer(const Metrics* metrics, const std::atomic<bool>* ready, i
 
 HttpServer::~HttpServer() { Stop(); }
 
+void HttpServer::ServeOpenAi(const OpenAiApi* api, int64_t max_body_bytes) {
+  openai_ = api;
+  max_body_bytes_ = max_body_bytes;
+}
+
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
   std::string host;
   int port = 0;
@@ -57,6 +62,10 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
       res.set_content("not ready\n", "text/plain");
     }
   });
+  if (openai_ != nullptr) {
+    server_->set_payload_max_length(static_cast<size_t>(std::max<int64_t>(1, max_body_bytes_)));
+    openai_->Register(*server_);
+  }
   const int bound =
       port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
   if (bound < 0) {

@@ -1,5 +1,6 @@
 // The daemon's plain-HTTP side (cpp-httplib): /metrics (Prometheus text), /healthz (the process
-// is alive) and /readyz (the model and bank are loaded and the daemon is not draining).
+// is alive) and /readyz (the model and bank are loaded and the daemon is not draining), and the
+// OpenAI-compatible API under /v1/ when one is given (daemon/openai_api.h).
 #pragma once
 
 #include <atomic>
@@ -10,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "daemon/metrics.h"
+#include "daemon/openai_api.h"
 
 namespace httplib {
 class Server;
@@ -28,6 +30,10 @@ class HttpServer {
              absl::Duration read_timeout = absl::Seconds(2));
   ~HttpServer();  // Stop()s
 
+  // Serves `api` (which must outlive the server) under /v1/, with request bodies of at most
+  // `max_body_bytes` (larger: 413). Call before Start().
+  void ServeOpenAi(const OpenAiApi* api, int64_t max_body_bytes);
+
   // Binds HOST:PORT (port 0 picks a free one) and serves on a thread of its own. Returns the
   // bound port. UNAVAILABLE when the address cannot be bound.
   absl::StatusOr<int> Start(const std::string& address);
@@ -38,6 +44,8 @@ class HttpServer {
   const std::atomic<bool>* ready_;
   const int threads_;
   const absl::Duration read_timeout_;
+  const OpenAiApi* openai_ = nullptr;
+  int64_t max_body_bytes_ = 0;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
 };

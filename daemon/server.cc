@@ -17,6 +17,7 @@
 #include "daemon/auth.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
+#include "daemon/openai_api.h"
 #include "daemon/scheduler_ask.h"
 #include "daemon/scheduler_ingest.h"
 #include "daemon/serve_config.h"
@@ -325,8 +326,15 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
     return Fail(1, absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen,
                                                        " (grpc): address in use or invalid")));
   }
+  // The OpenAI-compatible API asks through the service, as gRPC's Ask does; it outlives the HTTP
+  // server that calls it.
+  OpenAiOptions openai_options;
+  openai_options.model_name = ServedModelName(m.model_path);
+  openai_options.has_adapter = m.adapter != nullptr;
+  OpenAiApi openai(&service, openai_options);
   HttpServer http(&metrics, &ready, config.http_threads,
                   absl::Milliseconds(config.http_read_timeout_ms));
+  http.ServeOpenAi(&openai, config.max_message_bytes);
   std::string http_address;
   if (!config.http_listen.empty()) {
     absl::StatusOr<int> http_port = http.Start(config.http_listen);

@@ -30,12 +30,11 @@ absl::Time DeadlineOf(const grpc::ServerContext* context) {
   return absl::FromChrono(deadline);
 }
 
-// Records and logs a finished RPC and converts its status.
-grpc::Status FinishRpc(Metrics* metrics, const char* method, absl::Time start,
-                       const grpc::ServerContext* context, const absl::Status& status) {
+// Records and logs a finished call.
+void RecordCall(Metrics* metrics, const char* method, absl::Time start, const std::string& peer,
+                const absl::Status& status) {
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   metrics->CountRpc(method, absl::StatusCodeToString(status.code()), seconds);
-  const std::string peer = context->peer();
   if (status.ok()) {
     spdlog::debug("rpc {} from {}: OK in {:.1f} ms", method, peer, seconds * 1e3);
   } else {
@@ -44,6 +43,12 @@ grpc::Status FinishRpc(Metrics* metrics, const char* method, absl::Time start,
                     : spdlog::level::warn,
                 "rpc {} from {}: {} in {:.1f} ms", method, peer, status.ToString(), seconds * 1e3);
   }
+}
+
+// Records and logs a finished RPC and converts its status.
+grpc::Status FinishRpc(Metrics* metrics, const char* method, absl::Time start,
+                       const grpc::ServerContext* context, const absl::Status& status) {
+  RecordCall(metrics, method, start, context->peer(), status);
   return ToGrpcStatus(status);
 }
 
@@ -135,13 +140,17 @@ KnowledgeServiceImpl::KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* 
       info_(std::move(info)),
       limits_(limits) {}
 
-absl::StatusOr<Grant> KnowledgeServiceImpl::Authenticate(grpc::ServerContext* context) const {
-  std::optional<std::string_view> header;
+std::optional<std::string_view> KnowledgeServiceImpl::AuthorizationOf(
+    const grpc::ServerContext* context) {
   const auto& metadata = context->client_metadata();
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    header = std::string_view(it->second.data(), it->second.size());
+    return std::string_view(it->second.data(), it->second.size());
   }
-  return auth_->Authenticate(header);
+  return std::nullopt;
+}
+
+absl::StatusOr<Grant> KnowledgeServiceImpl::Authenticate(grpc::ServerContext* context) const {
+  return auth_->Authenticate(AuthorizationOf(context));
 }
 
 // ---- Ingest -------------------------------------------------------------------------------
@@ -313,7 +322,18 @@ grpc::Status KnowledgeServiceImpl::Ask(grpc::ServerContext* context, const v1::A
 absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
                                          const v1::AskRequest& request,
                                          grpc::ServerWriter<v1::AskChunk>* writer) {
-  absl::StatusOr<Grant> grant = Authenticate(context);
+  absl::StatusOr<std::shared_ptr<AskJob>> job =
+      SubmitAsk(AuthorizationOf(context), request, DeadlineOf(context));
+  if (!job.ok()) return job.status();
+  return StreamAsk(
+      **job, [context] { return context->IsCancelled(); },
+      [writer](v1::AskChunk&& chunk) { return writer->Write(chunk); });
+}
+
+absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
+    std::optional<std::string_view> authorization, const v1::AskRequest& request,
+    absl::Time deadline) {
+  absl::StatusOr<Grant> grant = auth_->Authenticate(authorization);
   if (!grant.ok()) return grant.status();
   std::string name_space;
   if (absl::Status s = CheckAskRequest(request, limits_, &name_space); !s.ok()) return s;
@@ -332,16 +352,21 @@ absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
   v1::AskRequest resolved = request;
   resolved.set_namespace_(name_space);
 
-  auto job = std::make_shared<AskJob>(std::move(resolved), DeadlineOf(context));
+  auto job = std::make_shared<AskJob>(std::move(resolved), deadline);
   if (absl::Status s = engine_->Submit(job); !s.ok()) return s;
+  return job;
+}
+
+absl::Status KnowledgeServiceImpl::StreamAsk(AskJob& job, const std::function<bool()>& cancelled,
+                                             const std::function<bool(v1::AskChunk&&)>& write) {
   std::vector<AskJob::Event> events;
   while (true) {
-    if (context->IsCancelled()) {
-      job->Cancel();
+    if (cancelled()) {
+      job.Cancel();
       return absl::CancelledError("the call was cancelled");
     }
     events.clear();
-    job->Wait(kCancelPoll, &events);
+    job.Wait(kCancelPoll, &events);
     for (AskJob::Event& e : events) {
       if (!e.error.ok()) return e.error;
       v1::AskChunk chunk;
@@ -349,19 +374,56 @@ absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
         const int64_t budget =
             limits_.max_response_bytes - static_cast<int64_t>(e.final->ByteSizeLong());
         e.final->set_metadata_trimmed(
-            FillMetadata(job->request().namespace_(), e.final->mutable_cited(), budget));
+            FillMetadata(job.request().namespace_(), e.final->mutable_cited(), budget));
         *chunk.mutable_final() = std::move(*e.final);
       } else {
         chunk.set_text(std::move(e.text));
       }
       const bool last = chunk.has_final();
-      if (!writer->Write(chunk)) {
-        job->Cancel();
+      if (!write(std::move(chunk))) {
+        job.Cancel();
         return absl::CancelledError("the client went away");
       }
       if (last) return absl::OkStatus();
     }
   }
+}
+
+absl::StatusOr<std::unique_ptr<KnowledgeServiceImpl::AskCall>> KnowledgeServiceImpl::StartAsk(
+    const char* method, std::string peer, std::optional<std::string_view> authorization,
+    const v1::AskRequest& request, absl::Time deadline) {
+  std::unique_ptr<AskCall> call(new AskCall());
+  call->service_ = this;
+  call->method_ = method;
+  call->peer_ = std::move(peer);
+  call->start_ = absl::Now();
+  call->guard_ = std::make_unique<CallGuard>(this);
+  absl::StatusOr<std::shared_ptr<AskJob>> job =
+      call->guard_->admitted() ? SubmitAsk(authorization, request, deadline)
+                               : absl::StatusOr<std::shared_ptr<AskJob>>(call->guard_->refusal());
+  if (!job.ok()) {
+    call->status_ = job.status();
+    return job.status();  // ~AskCall records it
+  }
+  call->job_ = *std::move(job);
+  return call;
+}
+
+absl::Status KnowledgeServiceImpl::AskCall::Stream(
+    const std::function<bool()>& cancelled, const std::function<bool(v1::AskChunk&&)>& write) {
+  if (job_ == nullptr) return absl::FailedPreconditionError("the call was not started");
+  status_ = service_->StreamAsk(*job_, cancelled, write);
+  job_.reset();
+  return status_;
+}
+
+KnowledgeServiceImpl::AskCall::~AskCall() {
+  if (job_ != nullptr) {
+    // Never streamed: the question is no longer wanted.
+    job_->Cancel();
+    status_ = absl::CancelledError("the call ended before its answer was read");
+  }
+  if (service_ != nullptr) RecordCall(service_->metrics_, method_, start_, peer_, status_);
 }
 
 // ---- Search, Get, Forget, Stats -----------------------------------------------------------

@@ -6,8 +6,10 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -42,6 +44,8 @@ struct ServiceInfo {
 };
 
 class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
+  class CallGuard;
+
  public:
   // Everything must outlive the service.
   KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest, ForgetBatcher* forget,
@@ -54,6 +58,45 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   // documents are all acknowledged is cancelled rather than waited for (an idle client may hold
   // it open indefinitely). Returns false when calls were still running at the deadline.
   bool Drain(absl::Time deadline);
+
+  // OK when `authorization` (an Authorization header's value; nullopt when absent) carries a
+  // known token, or no tokens are configured; UNAUTHENTICATED otherwise.
+  absl::Status CheckToken(std::optional<std::string_view> authorization) const {
+    return auth_->Authenticate(authorization).status();
+  }
+
+  // One Ask from a transport other than gRPC (the OpenAI-compatible HTTP API,
+  // daemon/openai_api.h), through the same code as gRPC's Ask. While it lives it counts as a call
+  // in flight for the drain; when it ends it is counted in knowd_rpc_total under its method.
+  class AskCall {
+   public:
+    ~AskCall();
+    // Streams the answer: every chunk to `write` (false: the client went away, the question is
+    // cancelled), the last one with `final` set (its passages' metadata filled in as gRPC's).
+    // `cancelled` is polled between chunks. The question's error otherwise.
+    absl::Status Stream(const std::function<bool()>& cancelled,
+                        const std::function<bool(v1::AskChunk&&)>& write);
+
+   private:
+    friend class KnowledgeServiceImpl;
+    AskCall() = default;
+    KnowledgeServiceImpl* service_ = nullptr;
+    std::unique_ptr<CallGuard> guard_;
+    std::shared_ptr<AskJob> job_;
+    const char* method_ = "";
+    std::string peer_;
+    absl::Time start_;
+    absl::Status status_;
+  };
+  // What gRPC's Ask does before its answer streams: admission (UNAVAILABLE once draining), the
+  // caller's token from `authorization` (the value of its Authorization header; nullopt when
+  // absent), the request checks (daemon/request_checks.h), the read role on the namespace, a
+  // memory mode's non-empty namespace (NOT_FOUND), and the ask queue (RESOURCE_EXHAUSTED when
+  // full). A refused call is counted under `method` and `peer` and its error returned.
+  absl::StatusOr<std::unique_ptr<AskCall>> StartAsk(const char* method, std::string peer,
+                                                    std::optional<std::string_view> authorization,
+                                                    const v1::AskRequest& request,
+                                                    absl::Time deadline = absl::InfiniteFuture());
 
   grpc::Status Ingest(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) override;
@@ -82,7 +125,13 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   absl::Status DoStats(grpc::ServerContext* context, const v1::StatsRequest& request,
                        v1::StatsResponse* response);
 
-  class CallGuard;
+  // The checks and queueing that StartAsk describes, shared by gRPC's Ask and StartAsk.
+  absl::StatusOr<std::shared_ptr<AskJob>> SubmitAsk(std::optional<std::string_view> authorization,
+                                                    const v1::AskRequest& request,
+                                                    absl::Time deadline);
+  // A queued question's chunks to `write` until the final one (AskCall::Stream).
+  absl::Status StreamAsk(AskJob& job, const std::function<bool()>& cancelled,
+                         const std::function<bool(v1::AskChunk&&)>& write);
   // Validates one document and queues it (refuses it UNAVAILABLE once draining); the returned
   // future gives its ack.
   struct PendingAck;
@@ -94,6 +143,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
     std::atomic<int> unacked{0};  // documents read whose ack is not written yet
   };
   absl::StatusOr<Grant> Authenticate(grpc::ServerContext* context) const;
+  static std::optional<std::string_view> AuthorizationOf(const grpc::ServerContext* context);
   bool Draining();
   // Fills each passage's metadata from its document while the passages stay within
   // `budget_bytes` in all; returns true when some metadata was left out for that.

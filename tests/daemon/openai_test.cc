@@ -1,0 +1,398 @@
+// End to end: the OpenAI-compatible HTTP API (daemon/openai_api.h) of the real `knowd serve` on
+// loopback, through cpp-httplib's client as any HTTP client would call it. The answers must be
+// the ones gRPC's Ask gives for the same question and mode, citations included, since both go
+// through the same service code; errors must come in OpenAI's shape with the matching status.
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+#include "tests/daemon/daemon_process.h"
+
+namespace knowd::testing {
+namespace {
+
+namespace v1 = ::knowd::v1;
+using client::Client;
+using json = nlohmann::json;
+
+struct Reply {
+  int status = 0;
+  std::string body;
+  json parsed;  // the body as JSON (discarded when it is not)
+};
+
+Reply Call(const std::string& target, const std::string& method, const std::string& path,
+           const std::string& body = "", const std::string& token = "") {
+  httplib::Client http("http://" + target);
+  http.set_read_timeout(120, 0);
+  http.set_write_timeout(120, 0);
+  httplib::Headers headers;
+  if (!token.empty()) headers.emplace("Authorization", "Bearer " + token);
+  httplib::Result result = method == "GET"
+                               ? http.Get(path.c_str(), headers)
+                               : http.Post(path.c_str(), headers, body, "application/json");
+  Reply reply;
+  if (!result) return reply;
+  reply.status = result->status;
+  reply.body = result->body;
+  reply.parsed = json::parse(reply.body, nullptr, /*allow_exceptions=*/false);
+  return reply;
+}
+
+Reply Post(const std::string& target, const std::string& path, const json& body,
+           const std::string& token = "") {
+  return Call(target, "POST", path, body.dump(), token);
+}
+
+// The `data:` events of a server-sent-event body; the last must be [DONE], which is left out.
+std::vector<json> Events(const std::string& body, bool* done) {
+  std::vector<json> events;
+  *done = false;
+  for (absl::string_view block : absl::StrSplit(body, "\n\n", absl::SkipEmpty())) {
+    EXPECT_TRUE(absl::StartsWith(block, "data: ")) << block;
+    block.remove_prefix(std::min<size_t>(6, block.size()));
+    EXPECT_FALSE(*done) << "an event after [DONE]";
+    if (block == "[DONE]") {
+      *done = true;
+      continue;
+    }
+    events.push_back(json::parse(std::string(block), nullptr, false));
+    EXPECT_FALSE(events.back().is_discarded()) << block;
+  }
+  return events;
+}
+
+// An error body in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+void ExpectOpenAiError(const Reply& reply, int status, const std::string& type) {
+  EXPECT_EQ(reply.status, status) << reply.body;
+  ASSERT_TRUE(reply.parsed.is_object()) << reply.body;
+  ASSERT_TRUE(reply.parsed.contains("error")) << reply.body;
+  const json& e = reply.parsed["error"];
+  EXPECT_TRUE(e["message"].is_string() && !e["message"].get<std::string>().empty()) << reply.body;
+  EXPECT_EQ(e["type"], type) << reply.body;
+  EXPECT_TRUE(e.contains("param")) << reply.body;
+  EXPECT_TRUE(e["code"].is_string()) << reply.body;
+}
+
+// The knowd object's citations against gRPC's cited passages.
+void ExpectSameCitations(const json& knowd, const v1::AskFinal& grpc) {
+  ASSERT_TRUE(knowd["citations"].is_array()) << knowd;
+  ASSERT_EQ(knowd["citations"].size(), static_cast<size_t>(grpc.cited_size())) << knowd;
+  for (int i = 0; i < grpc.cited_size(); ++i) {
+    const json& c = knowd["citations"][i];
+    const v1::Passage& p = grpc.cited(i);
+    EXPECT_EQ(c["document_id"], p.document_id());
+    EXPECT_EQ(c["index"], p.index());
+    EXPECT_EQ(c["text"], p.text());
+    EXPECT_EQ(static_cast<float>(c["score"].get<double>()), p.score());
+  }
+  EXPECT_EQ(knowd["nothing_in_memory"], grpc.nothing_in_memory());
+  EXPECT_EQ(static_cast<float>(knowd["relevance"].get<double>()), grpc.relevance());
+}
+
+const char* ModeName(v1::AskMode mode) {
+  switch (mode) {
+    case v1::ASK_MODE_CLOSED_BOOK:
+      return "closed-book";
+    case v1::ASK_MODE_RAG:
+      return "rag";
+    case v1::ASK_MODE_MAC:
+      return "mac";
+    case v1::ASK_MODE_MAC_RAG:
+      return "mac+rag";
+    default:
+      return "";
+  }
+}
+
+std::string FinishReason(const v1::AskFinal& final) {
+  return final.stop_reason() == "max_tokens" ? "length" : "stop";
+}
+
+struct Serving {
+  std::unique_ptr<DaemonProcess> daemon;
+  std::unique_ptr<Client> client;
+};
+
+Serving Start(const std::string& data_dir, const std::vector<std::string>& args,
+              const std::string& token = "") {
+  absl::StatusOr<std::unique_ptr<DaemonProcess>> daemon = DaemonProcess::Start(data_dir, args);
+  if (!daemon.ok()) {
+    ADD_FAILURE() << daemon.status();
+    return {};
+  }
+  if (absl::Status s = WaitUntilServing(Options(**daemon, token)); !s.ok()) {
+    ADD_FAILURE() << s << "\n" << (*daemon)->log();
+    return {};
+  }
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(Options(**daemon, token));
+  if (!c.ok()) {
+    ADD_FAILURE() << c.status();
+    return {};
+  }
+  return {std::move(*daemon), std::move(*c)};
+}
+
+void IngestWorld(Client& client, const std::string& name_space = "") {
+  std::vector<WorldPassage> passages = LoadWorldPassages();
+  size_t next = 0;
+  int stored = 0;
+  absl::Status status = client.Ingest(
+      [&](v1::IngestRequest* request) -> absl::StatusOr<bool> {
+        if (next == passages.size()) return false;
+        request->set_namespace_(name_space);
+        request->set_id(passages[next].id);
+        request->set_text(passages[next].text);
+        ++next;
+        return true;
+      },
+      [&](const v1::IngestAck& ack) { stored += ack.error_code() == 0 ? 1 : 0; });
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_EQ(stored, static_cast<int>(passages.size()));
+}
+
+TEST(OpenAiEndToEnd, AnswersEqualGrpcAskInEveryMode) {
+  TempDir dir;
+  Serving s = Start(dir.path() + "/data", {});
+  ASSERT_NE(s.client, nullptr);
+  IngestWorld(*s.client);
+  const std::string http = s.daemon->http_target();
+
+  // One model per served mode, and the bare name.
+  std::vector<v1::AskMode> modes = {v1::ASK_MODE_UNSPECIFIED, v1::ASK_MODE_CLOSED_BOOK,
+                                    v1::ASK_MODE_RAG};
+  if (HasAdapter()) {
+    modes.push_back(v1::ASK_MODE_MAC);
+    modes.push_back(v1::ASK_MODE_MAC_RAG);
+  }
+  const Reply models = Call(http, "GET", "/v1/models");
+  ASSERT_EQ(models.status, 200) << models.body;
+  EXPECT_EQ(models.parsed["object"], "list");
+  std::vector<std::string> ids;
+  for (const json& m : models.parsed["data"]) ids.push_back(m["id"].get<std::string>());
+  std::vector<std::string> expected_ids;
+  for (v1::AskMode mode : modes) {
+    expected_ids.push_back(mode == v1::ASK_MODE_UNSPECIFIED
+                               ? "knowd-tiny"
+                               : absl::StrCat("knowd-tiny:", ModeName(mode)));
+  }
+  EXPECT_EQ(ids, expected_ids);
+
+  // Questions the fixture answers, and one about someone the memory holds nothing on.
+  std::vector<std::string> questions;
+  for (const WorldQuestion& q : LoadWorldQuestions()) {
+    if (q.oracle_correct && questions.size() < 2) questions.push_back(q.question);
+  }
+  questions.push_back("In which city does Zorbulon Quaxle live?");
+
+  int compared = 0;
+  bool saw_nothing_in_memory = false;
+  for (const std::string& question : questions) {
+    for (size_t m = 0; m < modes.size(); ++m) {
+      const v1::AskMode mode = modes[m];
+      const std::string model = expected_ids[m];
+      SCOPED_TRACE(model + ": " + question);
+      v1::AskRequest request;
+      request.set_question(question);
+      request.set_mode(mode);
+      absl::StatusOr<v1::AskFinal> grpc = s.client->Ask(request);
+      ASSERT_TRUE(grpc.ok()) << grpc.status();
+      saw_nothing_in_memory |= grpc->nothing_in_memory();
+
+      // Chat, one JSON answer.
+      const json chat = {{"model", model},
+                         {"messages",
+                          {{{"role", "system"}, {"content", "Answer briefly."}},
+                           {{"role", "user"}, {"content", question}}}}};
+      const Reply r = Post(http, "/v1/chat/completions", chat);
+      ASSERT_EQ(r.status, 200) << r.body;
+      const json& a = r.parsed;
+      EXPECT_EQ(a["object"], "chat.completion");
+      EXPECT_EQ(a["model"], model);
+      EXPECT_TRUE(a["id"].is_string() && a["created"].is_number_integer()) << r.body;
+      ASSERT_EQ(a["choices"].size(), 1u) << r.body;
+      EXPECT_EQ(a["choices"][0]["message"]["role"], "assistant");
+      EXPECT_EQ(a["choices"][0]["message"]["content"], grpc->answer());
+      EXPECT_EQ(a["choices"][0]["finish_reason"], FinishReason(*grpc));
+      EXPECT_EQ(a["usage"]["prompt_tokens"], grpc->timings().prompt_tokens());
+      EXPECT_EQ(a["usage"]["completion_tokens"], grpc->timings().generated_tokens());
+      EXPECT_EQ(a["usage"]["total_tokens"],
+                grpc->timings().prompt_tokens() + grpc->timings().generated_tokens());
+      EXPECT_EQ(a["knowd"]["mode"], ModeName(grpc->mode()));
+      ExpectSameCitations(a["knowd"], *grpc);
+      if (grpc->nothing_in_memory()) {
+        EXPECT_EQ(a["choices"][0]["message"]["content"], "");
+      }
+
+      // Chat, streamed: the deltas concatenate to the same answer.
+      json streamed = chat;
+      streamed["stream"] = true;
+      streamed["stream_options"] = {{"include_usage", true}};
+      const Reply sr = Post(http, "/v1/chat/completions", streamed);
+      ASSERT_EQ(sr.status, 200) << sr.body;
+      bool done = false;
+      const std::vector<json> events = Events(sr.body, &done);
+      EXPECT_TRUE(done) << sr.body;
+      ASSERT_GE(events.size(), 3u) << sr.body;
+      std::string text;
+      for (size_t i = 0; i + 2 < events.size(); ++i) {
+        EXPECT_EQ(events[i]["object"], "chat.completion.chunk");
+        EXPECT_TRUE(events[i]["choices"][0]["finish_reason"].is_null());
+        text += events[i]["choices"][0]["delta"].value("content", "");
+      }
+      EXPECT_EQ(events[0]["choices"][0]["delta"]["role"], "assistant");
+      EXPECT_EQ(text, grpc->answer());
+      const json& last = events[events.size() - 2];
+      EXPECT_EQ(last["choices"][0]["finish_reason"], FinishReason(*grpc));
+      ExpectSameCitations(last["knowd"], *grpc);
+      const json& usage = events.back();
+      EXPECT_TRUE(usage["choices"].empty()) << usage;
+      EXPECT_EQ(usage["usage"]["completion_tokens"], grpc->timings().generated_tokens());
+
+      // Completions, one JSON answer and streamed.
+      const json completion = {{"model", model}, {"prompt", question}};
+      const Reply cr = Post(http, "/v1/completions", completion);
+      ASSERT_EQ(cr.status, 200) << cr.body;
+      EXPECT_EQ(cr.parsed["object"], "text_completion");
+      EXPECT_EQ(cr.parsed["choices"][0]["text"], grpc->answer());
+      ExpectSameCitations(cr.parsed["knowd"], *grpc);
+      json completion_streamed = completion;
+      completion_streamed["stream"] = true;
+      const Reply csr = Post(http, "/v1/completions", completion_streamed);
+      ASSERT_EQ(csr.status, 200) << csr.body;
+      const std::vector<json> cevents = Events(csr.body, &done);
+      EXPECT_TRUE(done) << csr.body;
+      ASSERT_FALSE(cevents.empty());
+      std::string ctext;
+      for (const json& e : cevents) ctext += e["choices"][0].value("text", "");
+      EXPECT_EQ(ctext, grpc->answer());
+      EXPECT_EQ(cevents.back()["choices"][0]["finish_reason"], FinishReason(*grpc));
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, static_cast<int>(questions.size() * modes.size()));
+  EXPECT_TRUE(saw_nothing_in_memory) << "the made-up name should find nothing in memory";
+
+  // The request's knowd object and sampling fields reach AskRequest: max_tokens 1 stops at one
+  // token ("length"), the mode comes from knowd.mode on the bare model name.
+  v1::AskRequest one_token;
+  one_token.set_question(questions[0]);
+  one_token.set_mode(v1::ASK_MODE_RAG);
+  one_token.set_top_k(2);
+  one_token.set_max_tokens(1);
+  absl::StatusOr<v1::AskFinal> grpc = s.client->Ask(one_token);
+  ASSERT_TRUE(grpc.ok()) << grpc.status();
+  const Reply r = Post(http, "/v1/chat/completions",
+                       {{"model", "knowd-tiny"},
+                        {"max_tokens", 1},
+                        {"temperature", 0},
+                        {"seed", 7},
+                        {"knowd", {{"mode", "rag"}, {"top_k", 2}, {"namespace", "default"}}},
+                        {"messages", {{{"role", "user"}, {"content", questions[0]}}}}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.parsed["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(r.parsed["usage"]["completion_tokens"], 1);
+  EXPECT_EQ(r.parsed["choices"][0]["message"]["content"], grpc->answer());
+  EXPECT_EQ(r.parsed["knowd"]["mode"], "rag");
+  ExpectSameCitations(r.parsed["knowd"], *grpc);
+
+  EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
+}
+
+TEST(OpenAiEndToEnd, TokensNamespacesAndErrorsInOpenAiShape) {
+  TempDir dir;
+  const std::string tokens = dir.path() + "/tokens.json";
+  std::ofstream(tokens) << R"([{"token": "admin-token", "namespaces": ["*"], "roles": ["admin"]},
+             {"token": "team-a-reader", "namespaces": ["team-a"], "roles": ["read"]}])";
+  Serving s = Start(dir.path() + "/data", {"--tokens-file", tokens, "--max-message-bytes", "65536"},
+                    "admin-token");
+  ASSERT_NE(s.client, nullptr);
+  IngestWorld(*s.client, "team-a");
+  IngestWorld(*s.client, "default");
+  const std::string http = s.daemon->http_target();
+  const std::string question = LoadWorldQuestions()[0].question;
+  auto chat = [&](const std::string& model, const std::string& name_space) {
+    json body = {{"model", model}, {"messages", {{{"role", "user"}, {"content", question}}}}};
+    if (!name_space.empty()) body["knowd"] = {{"namespace", name_space}};
+    return body;
+  };
+
+  // The reader's own namespace answers as gRPC does with the same token.
+  absl::StatusOr<std::unique_ptr<Client>> reader =
+      Client::Connect(Options(*s.daemon, "team-a-reader"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  v1::AskRequest request;
+  request.set_namespace_("team-a");
+  request.set_question(question);
+  request.set_mode(v1::ASK_MODE_RAG);
+  absl::StatusOr<v1::AskFinal> grpc = (*reader)->Ask(request);
+  ASSERT_TRUE(grpc.ok()) << grpc.status();
+  Reply r = Post(http, "/v1/chat/completions", chat("knowd-tiny:rag", "team-a"), "team-a-reader");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.parsed["choices"][0]["message"]["content"], grpc->answer());
+  EXPECT_EQ(r.parsed["knowd"]["namespace"], "team-a");
+  ExpectSameCitations(r.parsed["knowd"], *grpc);
+  EXPECT_EQ(Call(http, "GET", "/v1/models", "", "team-a-reader").status, 200);
+
+  // 401: no token, an unknown one; on the models list too.
+  ExpectOpenAiError(Post(http, "/v1/chat/completions", chat("knowd-tiny:rag", "team-a")), 401,
+                    "authentication_error");
+  ExpectOpenAiError(
+      Post(http, "/v1/chat/completions", chat("knowd-tiny:rag", "team-a"), "not-a-token"), 401,
+      "authentication_error");
+  ExpectOpenAiError(Call(http, "GET", "/v1/models"), 401, "authentication_error");
+  // 403: a namespace the token is not granted (default, named or not), streaming or not.
+  ExpectOpenAiError(Post(http, "/v1/chat/completions", chat("knowd-tiny:rag", ""), "team-a-reader"),
+                    403, "permission_error");
+  json streamed = chat("knowd-tiny:rag", "default");
+  streamed["stream"] = true;
+  ExpectOpenAiError(Post(http, "/v1/chat/completions", streamed, "team-a-reader"), 403,
+                    "permission_error");
+  // 404: a model this daemon does not serve, or an endpoint it does not have.
+  r = Post(http, "/v1/chat/completions", chat("gpt-4o", "team-a"), "team-a-reader");
+  ExpectOpenAiError(r, 404, "invalid_request_error");
+  EXPECT_EQ(r.parsed["error"]["code"], "model_not_found");
+  EXPECT_EQ(r.parsed["error"]["param"], "model");
+  ExpectOpenAiError(Post(http, "/v1/completions",
+                         {{"model", "knowd-tiny:mystery"}, {"prompt", question}}, "team-a-reader"),
+                    404, "invalid_request_error");
+  ExpectOpenAiError(Call(http, "GET", "/v1/embeddings", "", "team-a-reader"), 404,
+                    "invalid_request_error");
+  // 400: a body that is not JSON, fields of the wrong type or out of range, no question.
+  ExpectOpenAiError(Call(http, "POST", "/v1/chat/completions", "{\"model\": ", "team-a-reader"),
+                    400, "invalid_request_error");
+  json bad = chat("knowd-tiny:rag", "team-a");
+  bad["temperature"] = "hot";
+  r = Post(http, "/v1/chat/completions", bad, "team-a-reader");
+  ExpectOpenAiError(r, 400, "invalid_request_error");
+  EXPECT_EQ(r.parsed["error"]["param"], "temperature");
+  bad = chat("knowd-tiny:rag", "team-a");
+  bad["max_tokens"] = 100000;
+  ExpectOpenAiError(Post(http, "/v1/chat/completions", bad, "team-a-reader"), 400,
+                    "invalid_request_error");
+  ExpectOpenAiError(Post(http, "/v1/chat/completions",
+                         {{"model", "knowd-tiny:rag"},
+                          {"messages", {{{"role", "assistant"}, {"content", "hello"}}}}},
+                         "team-a-reader"),
+                    400, "invalid_request_error");
+  // 413: a body over --max-message-bytes.
+  json big = chat("knowd-tiny:rag", "team-a");
+  big["messages"][0]["content"] = std::string(100000, 'a');
+  ExpectOpenAiError(Post(http, "/v1/chat/completions", big, "team-a-reader"), 413,
+                    "invalid_request_error");
+
+  // The daemon still answers after all of that.
+  EXPECT_EQ(
+      Post(http, "/v1/chat/completions", chat("knowd-tiny:rag", "team-a"), "team-a-reader").status,
+      200);
+  EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
+}
+
+}  // namespace
+}  // namespace knowd::testing
