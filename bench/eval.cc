@@ -599,8 +599,8 @@ Json Evaluator::AbstentionReport(const std::vector<std::string>& answers) {
   Json report = {{"threshold", threshold_},
                  {"source", threshold_source_},
                  {"relevance",
-                  "lexical coverage of the best passage: the share of the question's words it "
-                  "holds, weighted by squared inverse document frequency"},
+                  "lexical coverage of the best passage: the share of the question's names "
+                  "(else words) it holds, weighted by squared inverse document frequency"},
                  {"known", rate(known)},
                  {"unknown", rate(unknown_relevance_)},
                  {"forgotten", rate(forgotten_relevance_)}};

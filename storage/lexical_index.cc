@@ -172,11 +172,19 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     Xapian::MSet mset = enquire.get_mset(0, static_cast<Xapian::doccount>(k));
     const std::vector<std::string> subject =
         SubjectTerms(state_->db, enquire, mset, state_->function_words);
+    // Coverage weighs the query's exact words (the parser leaves capitalised words and numbers
+    // unstemmed: names, years) when it has some, else all its words: what a query is about is
+    // named by its names, however rare its phrasing is in a small bank.
     const double docs = static_cast<double>(state_->db.get_doccount());
     std::map<std::string, double> idf;
+    bool has_exact = false;
+    for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
+      has_exact |= !state_->function_words.contains(*t) && !(*t).starts_with('Z');
+    }
     double total_idf = 0;
     for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
       if (state_->function_words.contains(*t)) continue;
+      if (has_exact && (*t).starts_with('Z')) continue;
       const Xapian::doccount df = state_->db.get_termfreq(*t);
       // A lower-case word no passage holds ("Z" + stem) is the question's phrasing, not what it
       // is about: no evidence either way. An unknown capitalised word (a name) counts in full.

@@ -25,10 +25,12 @@ struct LexicalHit {
   // at most 4x as frequent: the names a question asks about. True for the top hit itself.
   bool same_subject = false;
   // How much of the query the hit covers: the sum of idf² = log((N + 1) / (df + 0.5))² over the
-  // query terms it holds, divided by the same sum over the query's terms. Squared, so that rare
-  // words (names) weigh far more than common ones. English function words are left out, and so
-  // are lower-case words no passage holds (the query's phrasing); an unknown capitalised word
-  // counts with df = 0, the rarest. 1: it holds every term that counts; near 0: only common ones.
+  // query terms it holds, divided by the same sum over the query's terms. The terms are the
+  // query's exact words (capitalised words and numbers, which the parser leaves unstemmed: the
+  // names a question asks about) when it has some, else all its words; English function words
+  // and lower-case words no passage holds (phrasing) are left out. Squared, so that rare words
+  // weigh far more than common ones; an unknown name counts with df = 0, the rarest. 1: it holds
+  // every term that counts; near 0: only common ones.
   float coverage = 0.0f;
 };
 

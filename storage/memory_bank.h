@@ -171,8 +171,9 @@ struct SearchHit {
   // for the best BM25 hit itself; false for passages outside the lexical candidates.
   bool same_subject = false;
   // For lexical candidates: how much of the query the passage covers, in [0, 1]
-  // (LexicalHit::coverage: the share of the query terms' squared inverse document frequency it
-  // matches). How much of a question the memory knows about, whatever the BM25 weight's scale.
+  // (LexicalHit::coverage: the share of the query's names, else words, it holds, weighted by
+  // squared inverse document frequency). How much of a question the memory knows about, whatever
+  // the BM25 weight's scale.
   std::optional<float> lexical_coverage;
   absl::Time ingest_time;
   std::optional<absl::Time> valid_from;
