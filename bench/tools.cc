@@ -11,6 +11,7 @@
 #include "bench/engine_bench.h"
 #include "bench/eval.h"
 #include "bench/storage_bench.h"
+#include "cli/command_line.h"
 #include "kernels/peak.h"
 #include "model/adapter.h"
 #include "storage/memory_bank.h"
@@ -19,9 +20,7 @@ namespace knowd::bench {
 namespace {
 
 int Fail(std::string_view command, const absl::Status& status) {
-  std::fprintf(stderr, "knowd %.*s: %s\n", static_cast<int>(command.size()), command.data(),
-               std::string(status.message()).c_str());
-  return 1;
+  return cli::CommandFailed(command, std::string(status.message()));
 }
 
 }  // namespace

@@ -240,4 +240,9 @@ void ReexecWithShortSpin(char** argv) {
   }
 }
 
+int CommandFailed(std::string_view command, std::string_view message) {
+  std::cerr << "knowd " << command << ": " << message << "\n";
+  return 1;
+}
+
 }  // namespace knowd::cli

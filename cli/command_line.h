@@ -10,6 +10,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -34,6 +35,9 @@ std::vector<std::string> NormalizeFlagNames(const CLI::App& app, std::vector<std
 
 // A check for an integer option: "needs a non-negative integer, got "-1"" otherwise.
 CLI::Validator NonNegativeInteger();
+
+// Prints "knowd COMMAND: MESSAGE" to stderr and returns 1, the exit code of a command that failed.
+int CommandFailed(std::string_view command, std::string_view message);
 
 // "knowd bench engine": the names of `app` and its parents.
 std::string CommandPath(const CLI::App& app);

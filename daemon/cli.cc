@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "cli/command_line.h"
 #include "cli/progress.h"
 #include "kernels/backend.h"
 #include "knowledge/bundle.h"
@@ -23,9 +24,7 @@ namespace knowd {
 namespace {
 
 int Fail(std::string_view command, const absl::Status& status) {
-  std::fprintf(stderr, "knowd %.*s: %s\n", static_cast<int>(command.size()), command.data(),
-               std::string(status.message()).c_str());
-  return 1;
+  return cli::CommandFailed(command, std::string(status.message()));
 }
 
 }  // namespace
