@@ -424,14 +424,19 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
       if (absl::Status s = AskMemoryModes(q, stage); !s.ok()) return s;
     }
     if (stored == total) {
-      for (int q : main_questions_) {
-        if (absl::Status s = AskMemoryModes(q, kAtEnd); !s.ok()) return s;
+      if (streaming) {
+        streaming->Update(total, total);
+        streaming->Finish();
       }
+      // Every question through the pipeline in every mode (retrieval, modulation, prompt).
+      std::optional<cli::ProgressBar> preparing;
+      if (o_.progress) preparing.emplace("preparing", "questions", isatty(STDERR_FILENO) != 0);
+      for (size_t i = 0; i < main_questions_.size(); ++i) {
+        if (preparing) preparing->Update(i, main_questions_.size());
+        if (absl::Status s = AskMemoryModes(main_questions_[i], kAtEnd); !s.ok()) return s;
+      }
+      if (preparing) preparing->Update(main_questions_.size(), main_questions_.size());
     }
-  }
-  if (streaming) {
-    streaming->Update(total, total);
-    streaming->Finish();
   }
   for (int q : main_questions_) {
     if (absl::Status s = AskNoMemoryModes(q, kAtEnd); !s.ok()) return s;
