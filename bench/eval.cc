@@ -779,8 +779,7 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
                         ? Json{{"bytes", modulation_bytes},
                                {"latent_bytes", latent_bytes},
                                {"key_bytes", 4 * modulator_->key_dim()},
-                               {"latent_format",
-                                o_.latent_format == storage::LatentFormat::kInt8 ? "int8" : "fp16"}}
+                               {"latent_format", storage::LatentFormatName(o_.latent_format)}}
                         : Json{{"status", "skipped"}, {"reason", modulator_reason_}};
   report["storage_bytes"] = {{"mean_passage_tokens", tokens},
                              {"text_per_passage", text},

@@ -241,7 +241,7 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
     if (mkdtemp(pattern.data()) == nullptr) return absl::InternalError("mkdtemp failed");
     root = pattern;
   }
-  const char* format = o.latent_format == storage::LatentFormat::kFp16 ? "fp16" : "int8";
+  const char* format = storage::LatentFormatName(o.latent_format);
   std::printf(
       "knowd bench storage — index %s, keys d=%d (f32), latents %dx%d %s, %d docs per "
       "synced Put, top-%d, lexical index %s\n",

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -68,12 +69,13 @@ int RunBenchStorage(const BenchStorageFlags& flags) {
     o.entries.push_back(n);
   }
   o.index_factory = flags.index;
-  const std::string format = flags.latent_format;
-  if (format != "fp16" && format != "int8") {
+  const std::optional<storage::LatentFormat> format =
+      storage::ParseLatentFormat(flags.latent_format);
+  if (!format.has_value()) {
     return Fail("bench storage",
                 absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
   }
-  o.latent_format = format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  o.latent_format = *format;
   o.lexical_index = flags.lexical;
   o.threads = flags.threads;
   o.output = flags.out;
@@ -105,11 +107,12 @@ int RunEvalCommand(const EvalFlags& flags) {
   o.threads = flags.threads;
   o.batch = flags.batch;
   if (o.batch < 1) return Fail("eval", absl::InvalidArgumentError("--batch must be >= 1"));
-  const std::string format = flags.latent_format;
-  if (format != "fp16" && format != "int8") {
+  const std::optional<storage::LatentFormat> format =
+      storage::ParseLatentFormat(flags.latent_format);
+  if (!format.has_value()) {
     return Fail("eval", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
   }
-  o.latent_format = format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  o.latent_format = *format;
   o.examples = flags.examples;
   o.mac_top_k = flags.mac_top_k;
   if (o.mac_top_k < 1) return Fail("eval", absl::InvalidArgumentError("--mac-top-k must be >= 1"));

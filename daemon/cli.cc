@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -95,8 +96,9 @@ int RunReencode(const ReencodeFlags& flags) {
   if (data_dir.empty()) {
     return Fail("reencode", absl::InvalidArgumentError("--data-dir (the memory bank) is required"));
   }
-  const std::string format = flags.latent_format;
-  if (format != "fp16" && format != "int8") {
+  const std::optional<storage::LatentFormat> format =
+      storage::ParseLatentFormat(flags.latent_format);
+  if (!format.has_value()) {
     return Fail("reencode", absl::InvalidArgumentError("--latent-format must be fp16 or int8"));
   }
   knowledge::BundleOptions bundle_options;
@@ -115,8 +117,7 @@ int RunReencode(const ReencodeFlags& flags) {
   options.key_dim = modulator.key_dim();
   options.latent_rows = modulator.latent_rows();
   options.latent_cols = modulator.latent_cols();
-  options.latent_format =
-      format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+  options.latent_format = *format;
   options.index_factory = flags.index;
   options.lexical_index = false;  // rebuilt from the texts at every open; not needed here
   options.fingerprint = bundle->fingerprint();

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/flag_names.h"
 #include "nlohmann/json.hpp"
+#include "storage/memory_bank.h"
 
 namespace knowd {
 namespace {
@@ -258,7 +259,7 @@ absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
     return absl::InvalidArgumentError(absl::StrCat(
         "--default-retrieval must be lexical, dense or hybrid, not ", config.default_retrieval));
   }
-  if (config.latent_format != "fp16" && config.latent_format != "int8") {
+  if (!storage::ParseLatentFormat(config.latent_format).has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--latent-format must be fp16 or int8, not ", config.latent_format));
   }

@@ -110,7 +110,7 @@ storage::BankOptions BankOptionsFor(const ServeConfig& config, const Adapter* ad
   o.data_dir = config.data_dir;
   o.index_factory = config.index_factory;
   o.latent_format =
-      config.latent_format == "int8" ? storage::LatentFormat::kInt8 : storage::LatentFormat::kFp16;
+      *storage::ParseLatentFormat(config.latent_format);  // LoadServeConfig checked it
   o.lexical_index = true;
   if (adapter != nullptr) {
     const AdapterSpec& spec = adapter->spec();

@@ -56,6 +56,17 @@ enum class LatentFormat : uint8_t {
   kInt8 = 2,
 };
 
+// "fp16" or "int8" (the names flags and config files use); nullopt for anything else. Inline, so
+// that code checking a configuration needs the header only, not the bank.
+inline std::optional<LatentFormat> ParseLatentFormat(std::string_view name) {
+  if (name == "fp16") return LatentFormat::kFp16;
+  if (name == "int8") return LatentFormat::kInt8;
+  return std::nullopt;
+}
+inline const char* LatentFormatName(LatentFormat format) {
+  return format == LatentFormat::kInt8 ? "int8" : "fp16";
+}
+
 enum class Metric : uint8_t {
   kInnerProduct = 1,  // score = <q, k>; use with normalized keys for cosine
   kL2 = 2,            // score = -|q - k|^2
