@@ -2,11 +2,44 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
 
 namespace knowd {
+
+int HttpStatusOf(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kAborted:
+      return 409;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kCancelled:
+      return 499;
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
 
 absl::Status SplitHostPort(const std::string& address, std::string* host, int* port) {
   const size_t colon = address.rfind(':');
@@ -37,6 +70,11 @@ void HttpServer::ServeOpenAi(const OpenAiApi* api, int64_t max_body_bytes) {
   max_body_bytes_ = max_body_bytes;
 }
 
+void HttpServer::ServeRest(const RestApi* api, int64_t max_body_bytes) {
+  rest_ = api;
+  max_body_bytes_ = max_body_bytes;
+}
+
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
   std::string host;
   int port = 0;
@@ -62,10 +100,35 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
       res.set_content("not ready\n", "text/plain");
     }
   });
-  if (openai_ != nullptr) {
+  if (openai_ != nullptr || rest_ != nullptr) {
     server_->set_payload_max_length(static_cast<size_t>(std::max<int64_t>(1, max_body_bytes_)));
-    openai_->Register(*server_);
   }
+  if (openai_ != nullptr) openai_->Register(*server_);
+  if (rest_ != nullptr) rest_->Register(*server_);
+  // httplib's own refusals under /v1/ (a body over the payload limit, an unknown path) in the
+  // error shape of the API the path belongs to.
+  server_->set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty() || !absl::StartsWith(req.path, "/v1/") ||
+            (res.status != 413 && res.status != 404)) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        if (rest_ != nullptr && RestApi::Serves(req.path)) {
+          const absl::Status refusal =
+              res.status == 413
+                  ? absl::ResourceExhaustedError(
+                        "the request body is larger than the daemon accepts (--max-message-bytes): "
+                        "send the documents in several requests")
+                  : absl::NotFoundError(absl::StrCat("no endpoint ", req.method, " ", req.path,
+                                                     " (docs/http-api.md lists them)"));
+          res.set_content(RestApi::ErrorJson(refusal, res.status), "application/json");
+        } else if (openai_ != nullptr) {
+          res.set_content(OpenAiApi::RefusalJson(req, res.status), "application/json");
+        } else {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   const int bound =
       port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
   if (bound < 0) {

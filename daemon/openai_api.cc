@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "daemon/http_server.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 
@@ -216,37 +217,7 @@ std::string ServedModelName(const std::string& model_path) {
 OpenAiApi::OpenAiApi(KnowledgeServiceImpl* service, OpenAiOptions options)
     : service_(service), options_(std::move(options)) {}
 
-int OpenAiApi::HttpStatus(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk:
-      return 200;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange:
-      return 400;
-    case absl::StatusCode::kUnauthenticated:
-      return 401;
-    case absl::StatusCode::kPermissionDenied:
-      return 403;
-    case absl::StatusCode::kNotFound:
-      return 404;
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kAborted:
-      return 409;
-    case absl::StatusCode::kResourceExhausted:
-      return 429;
-    case absl::StatusCode::kCancelled:
-      return 499;
-    case absl::StatusCode::kUnimplemented:
-      return 501;
-    case absl::StatusCode::kUnavailable:
-      return 503;
-    case absl::StatusCode::kDeadlineExceeded:
-      return 504;
-    default:
-      return 500;
-  }
-}
+int OpenAiApi::HttpStatus(absl::StatusCode code) { return HttpStatusOf(code); }
 
 std::string OpenAiApi::ErrorJson(const absl::Status& status, const std::string& param,
                                  const std::string& code) {
@@ -561,29 +532,17 @@ void OpenAiApi::Register(httplib::Server& server) const {
   };
   server.Post("/v1/chat/completions", complete(true));
   server.Post("/v1/completions", complete(false));
+}
 
-  // httplib's own refusals (a body over the payload limit, an unknown path) in OpenAI's shape.
-  server.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
-                                                                   httplib::Response& res) {
-    if (!res.body.empty() || !absl::StartsWith(req.path, "/v1/")) {
-      return httplib::Server::HandlerResponse::Unhandled;
-    }
-    if (res.status == 413) {
-      res.set_content(
-          ErrorJson(absl::InvalidArgumentError("The request body is larger than the daemon accepts "
-                                               "(--max-message-bytes)"),
-                    "", "request_too_large"),
-          kJson);
-    } else if (res.status == 404) {
-      res.set_content(
-          ErrorJson(absl::NotFoundError(absl::StrCat("No endpoint ", req.method, " ", req.path)),
-                    "", "unknown_url"),
-          kJson);
-    } else {
-      return httplib::Server::HandlerResponse::Unhandled;
-    }
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+std::string OpenAiApi::RefusalJson(const httplib::Request& req, int http_status) {
+  if (http_status == 413) {
+    return ErrorJson(
+        absl::InvalidArgumentError("The request body is larger than the daemon accepts "
+                                   "(--max-message-bytes)"),
+        "", "request_too_large");
+  }
+  return ErrorJson(absl::NotFoundError(absl::StrCat("No endpoint ", req.method, " ", req.path)), "",
+                   "unknown_url");
 }
 
 }  // namespace knowd

@@ -22,7 +22,8 @@
 
 namespace httplib {
 class Server;
-}
+struct Request;
+}  // namespace httplib
 
 namespace knowd {
 
@@ -36,12 +37,14 @@ class OpenAiApi {
   // `service` must outlive the API and the server it is registered on.
   OpenAiApi(KnowledgeServiceImpl* service, OpenAiOptions options);
 
-  // Adds the routes, and an error handler that gives OpenAI's error shape to bodies httplib
-  // refuses under /v1/ (413 over the payload limit, 404 for an unknown path).
+  // Adds the routes.
   void Register(httplib::Server& server) const;
 
-  // The HTTP status of a gRPC code, and the error JSON OpenAI clients parse.
+  // The HTTP status of a gRPC code (HttpStatusOf), and the error JSON OpenAI clients parse.
   static int HttpStatus(absl::StatusCode code);
+  // The body of a request httplib refused before any route saw it: 413 (over the payload limit)
+  // or 404 (an unknown path).
+  static std::string RefusalJson(const httplib::Request& req, int http_status);
   static std::string ErrorJson(const absl::Status& status, const std::string& param = "",
                                const std::string& code = "");
 

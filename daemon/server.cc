@@ -18,6 +18,7 @@
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
 #include "daemon/openai_api.h"
+#include "daemon/rest_api.h"
 #include "daemon/scheduler_ask.h"
 #include "daemon/scheduler_ingest.h"
 #include "daemon/serve_config.h"
@@ -335,6 +336,15 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   HttpServer http(&metrics, &ready, config.http_threads,
                   absl::Milliseconds(config.http_read_timeout_ms));
   http.ServeOpenAi(&openai, config.max_message_bytes);
+  // The REST API calls the service through the server's in-process channel: each call is the
+  // gRPC call itself (tokens, checks, queues, drain, durability), without a socket or TLS.
+  grpc::ChannelArguments rest_channel_args;
+  rest_channel_args.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  rest_channel_args.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  RestApi rest(server->InProcessChannel(rest_channel_args));
+  http.ServeRest(&rest, config.max_message_bytes);
   std::string http_address;
   if (!config.http_listen.empty()) {
     absl::StatusOr<int> http_port = http.Start(config.http_listen);
