@@ -1,7 +1,7 @@
-"""The real `knowd serve` on loopback for the Python tests of the REST API.
+"""The real `knowd serve` on loopback for the Python tests (REST API and the Python client).
 
 ctest (tests/python/CMakeLists.txt) runs pytest with Debian's /usr/bin/python3 and sets
-KNOWD_BINARY, KNOWD_MODEL and KNOWD_WORLD.
+KNOWD_BINARY, KNOWD_MODEL, KNOWD_WORLD and PYTHONPATH (client/python and the generated stubs).
 One daemon serves a test session: free loopback ports, a fresh data directory, a tokens file with
 an admin, a team-a reader and a team-a writer, and --max-message-bytes 262144 so a 413 is cheap.
 """
