@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_entry.h"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace knowd {
@@ -200,6 +201,10 @@ class CudaBackend final : public Backend {
   absl::Status status_;
 };
 
+}  // namespace
+
+namespace cuda {
+
 // Number of visible devices, or the reason there are none usable (no driver, no device).
 absl::StatusOr<int> VisibleDevices() {
   int count = 0;
@@ -213,9 +218,7 @@ absl::StatusOr<int> VisibleDevices() {
   return count;
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(int device) {
   absl::StatusOr<int> count = VisibleDevices();
   if (!count.ok()) return count.status();
   if (device < 0 || device >= *count) {
@@ -245,11 +248,5 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
       std::make_unique<CudaBackend>(device, std::string(prop.name), stream, blas));
 }
 
-bool CudaAvailable() {
-  // The answer cannot change while the process runs (devices are not hot-plugged under a
-  // running CUDA context), and asking the driver costs milliseconds the first time.
-  static const bool available = VisibleDevices().ok();
-  return available;
-}
-
+}  // namespace cuda
 }  // namespace knowd

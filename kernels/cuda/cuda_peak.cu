@@ -1,5 +1,5 @@
-// MeasureCudaPeak (kernels/peak.h): cuBLAS sgemm throughput and device-memory copy bandwidth of
-// one device, timed with CUDA events on a stream of its own.
+// MeasureCudaPeak (kernels/peak.h), inside the CUDA module: cuBLAS sgemm throughput and
+// device-memory copy bandwidth of one device, timed with CUDA events on a stream of its own.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_entry.h"
 #include "kernels/peak.h"
 
 namespace knowd {
@@ -46,11 +47,12 @@ absl::Status CudaFailed(cudaError_t err, const char* what) {
 
 }  // namespace
 
-absl::StatusOr<DevicePeak> MeasureCudaPeak(int device) {
-  if (!CudaAvailable()) return absl::FailedPreconditionError("no CUDA device is present");
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
-    cudaGetLastError();
+namespace cuda {
+
+absl::StatusOr<DevicePeak> MeasurePeak(int device) {
+  absl::StatusOr<int> count = VisibleDevices();
+  if (!count.ok()) return count.status();
+  if (device < 0 || device >= *count) {
     return absl::FailedPreconditionError(absl::StrCat("CUDA device ", device, " is not present"));
   }
   PeakResources r;
@@ -109,4 +111,5 @@ absl::StatusOr<DevicePeak> MeasureCudaPeak(int device) {
   return peak;
 }
 
+}  // namespace cuda
 }  // namespace knowd

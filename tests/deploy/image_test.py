@@ -94,8 +94,12 @@ def children(pid):
 
 
 def body(a):
-    deb = glob.glob(os.path.join(a.deb_dir, "*.deb"))
-    check(len(deb) == 1, f"expected one .deb in {a.deb_dir}, found {deb}")
+    # The CPU image: knowd's package alone (a CUDA build also made knowd-cuda, which it leaves
+    # out), so knowd must run where no CUDA runtime is installed.
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                          text=True).stdout.strip()
+    deb = [os.path.join(a.deb_dir, f"knowd_{a.version}_{arch}.deb")]
+    check(os.path.isfile(deb[0]), f"no {deb[0]} (found {glob.glob(a.deb_dir + '/*.deb')})")
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
     image = a.image or os.path.join(a.work, "image")

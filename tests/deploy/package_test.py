@@ -1,14 +1,18 @@
 #!/usr/bin/python3
 """The Debian package (deploy/CMakeLists.txt): built by cpack, unpacked with dpkg -x, served.
 
-  package_test.py build --config CPackConfig.cmake --out DIR   cpack -G DEB into DIR (a fixture)
-  package_test.py serve --deb-dir DIR --version V --work DIR    checks the package and serves it
+  package_test.py build --config CPackConfig.cmake --out DIR [--cuda]   cpack -G DEB into DIR
+  package_test.py serve --deb-dir DIR --version V --work DIR [--cuda-lib-dir DIR]
 
-`serve` checks the control fields (Depends names the Debian package of every shared library
-the binaries load), the file list and conffiles, that the systemd unit, sysusers entry and
-sample config agree, then starts the unpacked /usr/bin/knowd with the shipped config from an
-empty directory (so the bundle it finds is the package's own), ingests and reads back a
-document with the unpacked knowctl, and stops it with SIGTERM.
+`build` (a fixture) expects knowd_<version>_<arch>.deb, and knowd-cuda_<version>_<arch>.deb
+from a CUDA build. `serve` checks knowd's control fields (Depends names the Debian package of
+every shared library the binaries load, so knowd links no CUDA library, which belongs to no
+Debian package), the file list and conffiles, that the systemd unit, sysusers entry and sample
+config agree, then starts the unpacked /usr/bin/knowd with the shipped config from an empty
+directory (so the bundle it finds is the package's own), ingests and reads back a document with
+the unpacked knowctl, and stops it with SIGTERM. From a CUDA build (--cuda-lib-dir: where its
+CUDA runtime is) it checks knowd-cuda too: without it `knowd serve --backend cuda` says to
+install it; unpacked beside knowd, the daemon loads the module from lib/knowd/backends.
 """
 
 import argparse
@@ -42,14 +46,24 @@ REQUIRED_PATHS = {
 }
 
 
+def package_files(version, cuda):
+    arch = run(["dpkg", "--print-architecture"]).strip()
+    names = [f"knowd_{version}_{arch}.deb"]
+    if cuda:
+        names.append(f"knowd-cuda_{version}_{arch}.deb")
+    return names
+
+
 def build(args):
     shutil.rmtree(args.out, ignore_errors=True)
     start = time.monotonic()
     run([args.cpack, "-G", "DEB", "--config", args.config, "-B", args.out])
-    debs = glob.glob(os.path.join(args.out, "*.deb"))
-    check(len(debs) == 1, f"cpack made {len(debs)} .deb files in {args.out}: {debs}")
-    print(f"built {debs[0]} ({os.path.getsize(debs[0])} bytes) in "
-          f"{time.monotonic() - start:.1f} s")
+    debs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(args.out, "*.deb")))
+    expected = sorted(package_files(args.version, args.cuda))
+    check(debs == expected, f"cpack made {debs} in {args.out}, expected {expected}")
+    for deb in debs:
+        print(f"built {deb} ({os.path.getsize(os.path.join(args.out, deb))} bytes)")
+    print(f"in {time.monotonic() - start:.1f} s")
 
 
 def parse_unit(path):
@@ -112,12 +126,12 @@ def library_packages(binaries, host_lib_dirs):
 
 
 def serve(args):
-    debs = glob.glob(os.path.join(args.deb_dir, "*.deb"))
-    check(len(debs) == 1, f"expected one .deb in {args.deb_dir}, found {debs}")
-    deb = debs[0]
+    cuda = bool(args.cuda_lib_dir)
+    names = package_files(args.version, cuda)
+    debs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(args.deb_dir, "*.deb")))
+    check(debs == sorted(names), f"expected {names} in {args.deb_dir}, found {debs}")
+    deb = os.path.join(args.deb_dir, names[0])
     arch = run(["dpkg", "--print-architecture"]).strip()
-    check(os.path.basename(deb) == f"knowd_{args.version}_{arch}.deb",
-          f"package file is named {os.path.basename(deb)}, not knowd_{args.version}_{arch}.deb")
 
     fields = {name: run(["dpkg-deb", "-f", deb, name]).strip()
               for name in ("Package", "Version", "Architecture", "Depends")}
@@ -151,7 +165,7 @@ def serve(args):
     # Depends covers every shared library the binaries load.
     depends = {re.split(r"[ (]", alt.strip())[0]
                for item in fields["Depends"].split(",") for alt in item.split("|")}
-    owners = library_packages([real_knowd, knowctl], args.host_lib_dir)
+    owners = library_packages([real_knowd, knowctl], [])
     # A library is covered when Depends names its package, a name that package provides (a
     # soname-like virtual only for that very library), or a package that depends on it
     # (libopenblas0: libopenblas0-pthread | libopenblas0-openmp | ...).
@@ -244,6 +258,47 @@ def serve(args):
     mode = stat.S_IMODE(os.stat(data).st_mode)
     check(mode == 0o700, f"data directory mode {oct(mode)}")
     print("SIGTERM: exit 0")
+    if cuda:
+        check_cuda_package(args, os.path.join(args.deb_dir, names[1]), root, knowd, cwd)
+
+
+def check_cuda_package(args, deb, root, knowd, cwd):
+    """knowd-cuda: its fields and file, and the unpacked daemon asking for the CUDA backend
+    without it (told to install it) and with it (the module loads: the daemon serves on a
+    device, or names why the device is unusable)."""
+    fields = {name: run(["dpkg-deb", "-f", deb, name]).strip()
+              for name in ("Package", "Version", "Depends")}
+    check(fields["Package"] == "knowd-cuda" and fields["Version"] == args.version,
+          f"knowd-cuda fields {fields}")
+    depends = [d.strip() for d in fields["Depends"].split(",")]
+    check(depends[0] == f"knowd (= {args.version})", f"knowd-cuda Depends: {fields['Depends']}")
+    check(any(d.startswith("cuda-cudart-") for d in depends)
+          and any(d.startswith("libcublas-") for d in depends),
+          f"knowd-cuda Depends names no CUDA runtime and cuBLAS: {fields['Depends']}")
+    module = "./usr/lib/knowd/backends/libknowd_cuda.so"
+    listing = [line.split(None, 5)[5] for line in run(["dpkg-deb", "-c", deb]).splitlines()]
+    check(module in listing, f"knowd-cuda holds {listing}, not {module}")
+
+    env = clean_env({"LD_LIBRARY_PATH": os.pathsep.join(args.cuda_lib_dir)})
+
+    def serve_cuda(tag):
+        data = os.path.join(args.work, "data-cuda-" + tag)
+        done = subprocess.run([knowd, "serve", "--backend", "cuda", "--listen", "127.0.0.1:0",
+                               "--http-listen", "127.0.0.1:0", "--data-dir", data],
+                              capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = serve_cuda("without")
+    check(code != 0 and "install the knowd-cuda package" in out,
+          f"knowd serve --backend cuda without knowd-cuda: exit {code}, {out}")
+    print("without knowd-cuda, --backend cuda says to install it")
+    run(["dpkg", "-x", deb, root])
+    code, out = serve_cuda("with")
+    check("not installed" not in out and "cannot load" not in out and
+          (code != 0 and "CUDA device" in out),
+          f"knowd serve --backend cuda with knowd-cuda: exit {code}, {out}")
+    print(f"with knowd-cuda, the module loads and the daemon names the device: "
+          f"{out.strip().splitlines()[-1]}")
 
 
 if __name__ == "__main__":
@@ -253,11 +308,13 @@ if __name__ == "__main__":
     b.add_argument("--cpack", required=True)
     b.add_argument("--config", required=True)
     b.add_argument("--out", required=True)
+    b.add_argument("--version", required=True)
+    b.add_argument("--cuda", action="store_true", help="a CUDA build: knowd-cuda expected too")
     s = sub.add_parser("serve")
     s.add_argument("--deb-dir", required=True)
     s.add_argument("--version", required=True)
     s.add_argument("--work", required=True)
-    s.add_argument("--host-lib-dir", action="append", default=[],
-                   help="libraries here may belong to no package (the CUDA toolkit's)")
+    s.add_argument("--cuda-lib-dir", action="append", default=[],
+                   help="a CUDA build: knowd-cuda is checked, with the CUDA runtime from here")
     a = parser.parse_args()
     main(lambda: build(a) if a.command == "build" else serve(a))
