@@ -306,7 +306,9 @@ ojson WriteObject(const Message& message) {
       ojson array = ojson::array();
       for (int j = 0; j < r->FieldSize(message, f); ++j) array.push_back(WriteValue(message, f, j));
       out[f->json_name()] = std::move(array);
-    } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+    } else if (f->has_presence()) {
+      // Message fields and proto3 `optional` ones: only when set (AskRequest.stream unset means
+      // true, not the false its getter returns).
       if (r->HasField(message, f)) out[f->json_name()] = WriteValue(message, f, -1);
     } else {
       out[f->json_name()] = WriteValue(message, f, -1);

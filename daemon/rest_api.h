@@ -62,7 +62,7 @@ class RestApi {
 // included.
 absl::Status JsonToMessage(std::string_view json, google::protobuf::Message* message);
 // The message as JSON in the same spelling: every field by its JSON name, defaults included
-// (message fields only when set), enums by full name.
+// (message fields and proto3 `optional` ones only when set), enums by full name.
 std::string MessageToJson(const google::protobuf::Message& message);
 
 }  // namespace knowd
