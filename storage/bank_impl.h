@@ -74,6 +74,8 @@ class BankImpl final : public MemoryBank {
   absl::Status Snapshot(const std::string& snapshot_dir) override;
   absl::Status Reencode(const PassageEncoder& encoder, const ReencodeProgress& progress,
                         int batch_size) override;
+  absl::StatusOr<std::optional<std::string>> GetMarker(std::string_view name) override;
+  absl::Status SetMarker(std::string_view name, std::string_view value) override;
   absl::Status Close() override;
 
  private:

@@ -287,4 +287,37 @@ absl::Status BankImpl::PurgeFromDisk(std::string_view ns, const std::set<std::st
   return absl::OkStatus();
 }
 
+// ---- Markers ------------------------------------------------------------------------------
+
+namespace {
+
+absl::Status CheckMarkerName(std::string_view name) {
+  if (name.empty() || name.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a marker name is 1-128 bytes, not ", name.size()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<std::string>> BankImpl::GetMarker(std::string_view name) {
+  KNOWD_STORAGE_RETURN_IF_ERROR(CheckMarkerName(name));
+  {
+    std::lock_guard write(write_mu_);
+    KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  }
+  return GetMeta(absl::StrCat(kMetaMarkerPrefix, AbslView(name)));
+}
+
+absl::Status BankImpl::SetMarker(std::string_view name, std::string_view value) {
+  KNOWD_STORAGE_RETURN_IF_ERROR(CheckMarkerName(name));
+  std::lock_guard write(write_mu_);
+  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  rocksdb::WriteBatch wb;
+  wb.Put(cf_meta_, absl::StrCat(kMetaMarkerPrefix, AbslView(name)),
+         rocksdb::Slice(value.data(), value.size()));
+  return CommitBatch(&wb, absl::StrCat("setting marker '", AbslView(name), "'"));
+}
+
 }  // namespace knowd::storage

@@ -6,7 +6,7 @@
 // On disk (DIR = BankOptions::data_dir):
 //   DIR/db/     RocksDB; column families "passages" (document + passage records), "latents"
 //               (fp16, or int8 with a per-row scale), "keys" (f32) and "meta" (options,
-//               fingerprint, id counter, per-namespace counts, re-encode cursor).
+//               fingerprint, id counter, per-namespace counts, re-encode cursor, markers).
 //   DIR/index/  one FAISS file per namespace plus a MANIFEST naming the RocksDB sequence number
 //               the files reflect and a CRC per file. Written on Close() and by Snapshot().
 //
@@ -327,6 +327,13 @@ class MemoryBank {
   // wait while it runs. `progress` (optional) is called after each batch.
   virtual absl::Status Reencode(const PassageEncoder& encoder, const ReencodeProgress& progress,
                                 int batch_size = 256) = 0;
+
+  // A small named value the bank keeps for its owner, uninterpreted: e.g. how far into a
+  // replicated log the bank has applied entries. SetMarker returns once the value is in the synced
+  // WAL (so it survives a crash) and is ordered after every Put and Delete that returned before
+  // it. GetMarker gives nullopt for a name never set. Names are 1-128 bytes.
+  virtual absl::StatusOr<std::optional<std::string>> GetMarker(std::string_view name) = 0;
+  virtual absl::Status SetMarker(std::string_view name, std::string_view value) = 0;
 
   // Saves the vector indexes with the current sequence number, so the next Open() loads them
   // instead of rebuilding, and closes the database. Later calls on the bank return

@@ -35,6 +35,7 @@ inline constexpr char kMetaFingerprint[] = "fingerprint";         // Fingerprint
 inline constexpr char kMetaReencodeTarget[] = "reencode/target";  // FingerprintRecord
 inline constexpr char kMetaReencodeCursor[] = "reencode/cursor";  // u64 last done pid, u64 done
 inline constexpr char kMetaNamespacePrefix[] = "ns/";             // "ns/" ns -> NamespaceCounts
+inline constexpr char kMetaMarkerPrefix[] = "marker/";  // "marker/" name -> the owner's bytes
 
 std::string DocKey(std::string_view ns, std::string_view doc_id);
 std::string DocKeyPrefix(std::string_view ns);  // 'd' ns '\0'

@@ -69,6 +69,36 @@ TEST(MemoryBankTest, PutThenGetReturnsTheDocument) {
   }
 }
 
+// Markers (a replica's position in the cluster log) survive a reopen and are kept apart from
+// documents, counts and namespaces.
+TEST(MemoryBankTest, MarkersSurviveReopenAndStayOutOfTheDocuments) {
+  TempDir dir;
+  {
+    auto bank = OpenOrDie(TestOptions(dir.path()));
+    auto unset = bank->GetMarker("log/applied");
+    ASSERT_TRUE(unset.ok()) << unset.status();
+    EXPECT_FALSE(unset->has_value());
+    Document doc = MakeDoc("ns", "doc-1", 0, 2);
+    ASSERT_TRUE(bank->Put({&doc, 1}).ok());
+    ASSERT_TRUE(bank->SetMarker("log/applied", "41").ok());
+    ASSERT_TRUE(bank->SetMarker("log/applied", "42").ok());
+    EXPECT_EQ(bank->SetMarker("", "x").code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(bank->SetMarker(std::string(129, 'm'), "x").code(),
+              absl::StatusCode::kInvalidArgument);
+    ASSERT_TRUE(bank->Close().ok());
+    EXPECT_EQ(bank->SetMarker("log/applied", "43").code(), absl::StatusCode::kFailedPrecondition);
+  }
+  auto bank = OpenOrDie(TestOptions(dir.path()));
+  auto marker = bank->GetMarker("log/applied");
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  ASSERT_TRUE(marker->has_value());
+  EXPECT_EQ(**marker, "42");
+  auto stats = bank->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->documents, 1u);
+  EXPECT_EQ(stats->namespaces.size(), 1u);
+}
+
 TEST(MemoryBankTest, SearchFindsTheNearestPassageFirst) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
