@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -101,6 +103,86 @@ class BoundedQueue {
   std::condition_variable cv_;
   std::deque<Entry> items_;
   bool closed_ = false;
+};
+
+// Writes in flight per client: Forget calls and ingested documents that are queued or being
+// processed, counted under the client's key (its token, else its connection). The queues behind
+// are shared by every client in arrival order, so without this one client's flood would fill
+// them and every other client's writes would wait behind all of it. A client at its cap has its
+// next Forget refused (RESOURCE_EXHAUSTED) and its Ingest streams stop reading until one of its
+// writes completes: it waits on itself, while other clients' writes keep their places.
+//
+// Thread-safety: every method may be called from any thread.
+class ClientWriteLimiter {
+ public:
+  // `cap` <= 0: no limit.
+  explicit ClientWriteLimiter(int cap) : cap_(cap) {}
+
+  // Takes one write slot of `client`; RESOURCE_EXHAUSTED when it has `cap` writes in flight.
+  absl::Status TryAcquire(const std::string& client) {
+    std::lock_guard<std::mutex> lock(mu_);
+    int& n = in_flight_[client];
+    if (cap_ > 0 && n >= cap_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("this client has ", n,
+                       " writes in flight, the most one client may have "
+                       "(client-writes-in-flight)"));
+    }
+    ++n;
+    return absl::OkStatus();
+  }
+
+  // Takes one write slot of `client`, waiting while it has `cap` writes in flight; false (and
+  // nothing taken) once `stop()` returns true, which is polled every `poll`.
+  bool Acquire(const std::string& client, const std::function<bool()>& stop,
+               absl::Duration poll = absl::Milliseconds(50)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (cap_ > 0 && in_flight_[client] >= cap_) {
+      if (stop()) return false;
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(poll));
+    }
+    ++in_flight_[client];
+    return true;
+  }
+
+  // Gives back a slot taken by TryAcquire or Acquire.
+  void Release(const std::string& client) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = in_flight_.find(client);
+      if (it == in_flight_.end()) return;
+      if (--it->second <= 0) in_flight_.erase(it);
+    }
+    cv_.notify_all();
+  }
+
+  int in_flight(const std::string& client) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = in_flight_.find(client);
+    return it == in_flight_.end() ? 0 : it->second;
+  }
+  int cap() const { return cap_; }
+
+ private:
+  const int cap_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, int> in_flight_;  // clients with writes in flight only
+};
+
+// One write slot of a ClientWriteLimiter, given back when destroyed: a job holds it from its
+// admission until its outcome is delivered.
+class WriteSlot {
+ public:
+  WriteSlot(ClientWriteLimiter* limiter, std::string client)
+      : limiter_(limiter), client_(std::move(client)) {}
+  ~WriteSlot() { limiter_->Release(client_); }
+  WriteSlot(const WriteSlot&) = delete;
+  WriteSlot& operator=(const WriteSlot&) = delete;
+
+ private:
+  ClientWriteLimiter* const limiter_;
+  const std::string client_;
 };
 
 }  // namespace knowd

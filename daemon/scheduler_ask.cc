@@ -222,7 +222,19 @@ void AskScheduler::Loop() {
       });
       if (stopping_) break;
     }
-    const bool answering = running_count_ > 0 || queue_.size() > 0;
+    bool answering = running_count_ > 0 || queue_.size() > 0;
+    if (!answering && task_debt > absl::ZeroDuration() &&
+        options_.ask_hold > absl::ZeroDuration()) {
+      // Tasks are ahead of their share and the last question just ended: a client asking one
+      // question after another sends its next one within a round trip. Without this wait every
+      // one of its questions would queue behind a whole encoder pass, and a steady ingest would
+      // take nearly all of the thread from it.
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_until(lock, absl::ToChronoTime(last_answer_ + options_.ask_hold),
+                     [&] { return stopping_ || queue_.size() > 0; });
+      if (stopping_) break;
+      answering = queue_.size() > 0;
+    }
     if (!answering || task_debt <= absl::ZeroDuration()) {
       const absl::Time start = absl::Now();
       RunTasks();
@@ -239,8 +251,11 @@ void AskScheduler::Loop() {
       }
     }
     const absl::Time step_start = absl::Now();
+    const bool stepped = running_count_ > 0;
     Step();
-    task_debt = std::max(task_debt - (absl::Now() - step_start), -kMaxCredit);
+    const absl::Time step_end = absl::Now();
+    task_debt = std::max(task_debt - (step_end - step_start), -kMaxCredit);
+    if (stepped || !admitted.empty()) last_answer_ = step_end;
   }
   // Shutdown: the gRPC server has drained its calls by now; anything left is refused.
   const absl::Status unavailable = absl::UnavailableError("the daemon is shutting down");

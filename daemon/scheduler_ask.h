@@ -83,6 +83,11 @@ class AskJob {
 struct AskSchedulerOptions {
   int ask_max_batch = 8;
   int ask_queue_size = 256;
+  // While engine tasks (encoder passes) have taken more than their share of the thread, how long
+  // the engine keeps them waiting after a question ends for the next question to arrive: the
+  // client that asks one question after another keeps its share. Zero: tasks run whenever no
+  // question is queued or decoding.
+  absl::Duration ask_hold = absl::Milliseconds(5);
   // What a request leaves at 0 or unspecified (knowledge/ask.h): top_k, rag_passages,
   // subject_passages, max_tokens, retrieval (with an adapter; lexical without) and the
   // abstention threshold (the bundle's calibration).
@@ -115,8 +120,9 @@ class AskScheduler {
   // Runs `task` on the engine thread and returns its status. Call from any thread but the engine
   // thread. While questions are decoding, tasks (ingest's encoder passes, Search's question
   // encoding) and decode steps share the thread's time about equally: a task waits until the
-  // steps since the last tasks have taken as long as those tasks did, so a stream of ingests
-  // cannot stall the answers, nor answers the ingests.
+  // steps since the last tasks have taken as long as those tasks did (and, while they are ahead,
+  // up to ask_hold after a question ends for the next one), so a stream of ingests cannot stall
+  // the answers, nor answers the ingests.
   absl::Status RunOnEngine(std::function<absl::Status()> task);
 
   size_t queued() const { return queue_.size(); }
@@ -153,6 +159,7 @@ class AskScheduler {
   std::thread thread_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::atomic<int> running_count_{0};
+  absl::Time last_answer_ = absl::InfinitePast();  // engine thread: the last step or admission
 };
 
 }  // namespace knowd

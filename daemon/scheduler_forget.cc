@@ -39,6 +39,8 @@ void ForgetBatcher::Loop() {
   while (queue_.PopBatch(static_cast<size_t>(options_.max_batch), absl::ZeroDuration(), &batch)) {
     const absl::Time start = absl::Now();
     Process(batch);
+    batch.clear();  // gives the clients' write slots back
+    last_batch_us_.store(absl::ToInt64Microseconds(absl::Now() - start));
     // Questions waiting or decoding: rest as long as the batch took (at most half a core).
     if (engine_ != nullptr && engine_->queued() + engine_->running() > 0) {
       absl::SleepFor(std::min(absl::Now() - start, absl::Milliseconds(50)));

@@ -6,6 +6,7 @@
 // asks keep at least half of what Forget would otherwise take.
 #pragma once
 
+#include <atomic>
 #include <future>
 #include <memory>
 #include <string>
@@ -33,6 +34,7 @@ struct ForgetJob {
   std::vector<std::string> ids;  // validated and unique
   absl::Time deadline = absl::InfiniteFuture();
   std::promise<absl::StatusOr<ForgetOutcome>> done;
+  std::unique_ptr<WriteSlot> slot;  // the client's write slot, given back once done is set
 };
 
 struct ForgetOptions {
@@ -57,6 +59,8 @@ class ForgetBatcher {
   absl::Status Submit(std::unique_ptr<ForgetJob>& job);
 
   size_t queued() const { return queue_.size(); }
+  // How long the last batch took to process, for the retry hint of a refused call.
+  absl::Duration last_batch() const { return absl::Microseconds(last_batch_us_.load()); }
 
  private:
   void Loop();
@@ -67,6 +71,7 @@ class ForgetBatcher {
   Metrics* const metrics_;
   const ForgetOptions options_;
   BoundedQueue<std::unique_ptr<ForgetJob>> queue_;
+  std::atomic<int64_t> last_batch_us_{0};
   std::thread thread_;
 };
 

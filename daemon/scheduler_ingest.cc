@@ -46,6 +46,7 @@ void IngestBatcher::Loop() {
   while (queue_.PopBatch(static_cast<size_t>(options_.max_batch),
                          absl::Milliseconds(options_.max_wait_ms), &batch)) {
     Process(batch);
+    batch.clear();  // gives the clients' write slots back
   }
 }
 

@@ -28,6 +28,7 @@ struct IngestJob {
   absl::Time deadline = absl::InfiniteFuture();
   std::shared_ptr<std::atomic<bool>> cancelled;  // the stream's; may be null
   std::promise<absl::StatusOr<storage::DocumentAck>> done;
+  std::unique_ptr<WriteSlot> slot;  // the client's write slot, given back once done is set
 };
 
 struct IngestOptions {

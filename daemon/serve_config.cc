@@ -77,6 +77,12 @@ const std::vector<Key>& Keys() {
       {"ask-max-batch", &ServeConfig::ask_max_batch, 1, "questions decoded together"},
       {"ask-queue-size", &ServeConfig::ask_queue_size, 1,
        "questions queued before RESOURCE_EXHAUSTED"},
+      {"ask-hold-ms", &ServeConfig::ask_hold_ms, 0,
+       "while encoder work is ahead of its half of the engine, how long it waits after a "
+       "question ends for the next question (ms; 0: never)"},
+      {"client-writes-in-flight", &ServeConfig::client_writes_in_flight, 0,
+       "documents and Forgets one client (token, else connection) may have in flight; more "
+       "Forgets get RESOURCE_EXHAUSTED, its streams wait (0: no limit)"},
       {"drain-timeout", &ServeConfig::drain_timeout, 0, "seconds in-flight calls get at shutdown"},
       {"default-top-k", &ServeConfig::default_top_k, 1, "passages retrieved when top_k is 0"},
       {"subject-passages", &ServeConfig::subject_passages, 0,

@@ -65,7 +65,14 @@ struct ServeConfig {
   int forget_queue_size = 1024;  // Forget calls waiting; more get RESOURCE_EXHAUSTED
   int ask_max_batch = 8;         // sequences per engine forward pass
   int ask_queue_size = 256;      // questions waiting; more get RESOURCE_EXHAUSTED
-  double drain_timeout = 30;     // seconds in-flight calls get at shutdown
+  // While encoder passes have taken more than their half of the engine thread, how long the
+  // engine keeps them waiting after a question ends for the next one (0: not at all).
+  int ask_hold_ms = 5;
+  // Writes (documents and Forget calls) one client, i.e. one token, else one connection, may
+  // have queued or in progress; past it Forgets get RESOURCE_EXHAUSTED and its Ingest streams
+  // wait (0: no limit).
+  int client_writes_in_flight = 128;
+  double drain_timeout = 30;  // seconds in-flight calls get at shutdown
 
   // Answer defaults (used when a request leaves them 0).
   int default_top_k = 3;

@@ -267,6 +267,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   AskSchedulerOptions engine_options;
   engine_options.ask_max_batch = config.ask_max_batch;
   engine_options.ask_queue_size = config.ask_queue_size;
+  engine_options.ask_hold = absl::Milliseconds(config.ask_hold_ms);
   engine_options.defaults.top_k = config.default_top_k;
   engine_options.defaults.subject_passages = config.subject_passages;
   engine_options.defaults.max_tokens = config.default_max_tokens;
@@ -306,8 +307,9 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   limits.passage_overlap_tokens = config.passage_overlap_tokens;
   limits.max_position_embeddings = lm.max_position_embeddings;
   limits.ingest_in_flight_per_stream = std::max(8, 2 * config.ingest_max_batch);
+  ClientWriteLimiter client_writes(config.client_writes_in_flight);
   KnowledgeServiceImpl service(&engine, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
-                               &metrics, info, limits);
+                               &metrics, info, limits, &client_writes);
 
   // gRPC.
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(config);

@@ -129,7 +129,8 @@ struct KnowledgeServiceImpl::PendingAck {
 KnowledgeServiceImpl::KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest,
                                            ForgetBatcher* forget, storage::MemoryBank* bank,
                                            const Tokenizer* tokenizer, const TokenStore* auth,
-                                           Metrics* metrics, ServiceInfo info, ServiceLimits limits)
+                                           Metrics* metrics, ServiceInfo info, ServiceLimits limits,
+                                           ClientWriteLimiter* writes)
     : engine_(engine),
       ingest_(ingest),
       forget_(forget),
@@ -138,7 +139,8 @@ KnowledgeServiceImpl::KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* 
       auth_(auth),
       metrics_(metrics),
       info_(std::move(info)),
-      limits_(limits) {}
+      limits_(limits),
+      writes_(writes) {}
 
 std::optional<std::string_view> KnowledgeServiceImpl::AuthorizationOf(
     const grpc::ServerContext* context) {
@@ -147,6 +149,13 @@ std::optional<std::string_view> KnowledgeServiceImpl::AuthorizationOf(
     return std::string_view(it->second.data(), it->second.size());
   }
   return std::nullopt;
+}
+
+std::string KnowledgeServiceImpl::ClientKey(const grpc::ServerContext* context) {
+  if (std::optional<std::string_view> authorization = AuthorizationOf(context)) {
+    return absl::StrCat("token:", absl::Hex(std::hash<std::string_view>()(*authorization)));
+  }
+  return absl::StrCat("peer:", context->peer());
 }
 
 absl::StatusOr<Grant> KnowledgeServiceImpl::Authenticate(grpc::ServerContext* context) const {
@@ -166,7 +175,7 @@ grpc::Status KnowledgeServiceImpl::Ingest(
 
 KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
     const v1::IngestRequest& request, int64_t position, const Grant& grant, absl::Time deadline,
-    const std::shared_ptr<std::atomic<bool>>& cancelled) {
+    const std::shared_ptr<std::atomic<bool>>& cancelled, std::unique_ptr<WriteSlot> slot) {
   PendingAck pending;
   pending.id = EscapeInvalidUtf8(request.id());
   pending.position = position;
@@ -206,6 +215,7 @@ KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
   pending.passages = static_cast<int>(doc.passages.size());
   job->deadline = deadline;
   job->cancelled = cancelled;
+  job->slot = std::move(slot);
   pending.ack = job->done.get_future();
   pending.error = ingest_->Submit(job);
   return pending;
@@ -279,11 +289,24 @@ absl::Status KnowledgeServiceImpl::DoIngest(
   v1::IngestRequest request;
   int64_t position = 0;
   bool refused_for_drain = false;
+  const std::string client = writes_ != nullptr ? ClientKey(context) : "";
   while (!cancelled->load() && stream->Read(&request)) {
     registration.unacked.fetch_add(1);
+    // The client's write slot: while it has its cap of writes in flight (from any of its
+    // streams or Forgets), this stream reads nothing more.
+    std::unique_ptr<WriteSlot> slot;
+    if (writes_ != nullptr) {
+      if (writes_->Acquire(client, [&] { return context->IsCancelled() || Draining(); })) {
+        slot = std::make_unique<WriteSlot>(writes_, client);
+      } else if (context->IsCancelled()) {
+        registration.unacked.fetch_sub(1);
+        break;
+      }
+    }
     // Once shutting down, StartIngest refuses the document and the stream reads no more.
     refused_for_drain = Draining();
-    PendingAck next = StartIngest(request, position++, *grant, deadline, cancelled);
+    PendingAck next =
+        StartIngest(request, position++, *grant, deadline, cancelled, std::move(slot));
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] {
       return static_cast<int>(pending.size()) < limits_.ingest_in_flight_per_stream ||
@@ -579,8 +602,27 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   for (const std::string& id : request.ids()) {
     if (seen.insert(id).second) job->ids.push_back(id);
   }
+  // A refusal for a full queue or the client's cap carries a hint for its backoff, about two
+  // batches' time, in its message and as the trailing metadata retry-after-ms.
+  auto refuse = [&](const absl::Status& s) {
+    const int64_t retry_ms =
+        std::clamp<int64_t>(absl::ToInt64Milliseconds(2 * forget_->last_batch()), 10, 1000);
+    context->AddTrailingMetadata("retry-after-ms", absl::StrCat(retry_ms));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(s.message(), "; retry in about ", retry_ms, " ms"));
+  };
+  if (writes_ != nullptr) {
+    const std::string client = ClientKey(context);
+    if (absl::Status s = writes_->TryAcquire(client); !s.ok()) {
+      metrics_->CountRejected("client_writes");
+      return refuse(s);
+    }
+    job->slot = std::make_unique<WriteSlot>(writes_, client);
+  }
   std::future<absl::StatusOr<ForgetOutcome>> done = job->done.get_future();
-  if (absl::Status s = forget_->Submit(job); !s.ok()) return s;
+  if (absl::Status s = forget_->Submit(job); !s.ok()) {
+    return absl::IsResourceExhausted(s) ? refuse(s) : s;
+  }
   // The removal is durable once queued work runs; a cancelled call only stops waiting for it.
   while (done.wait_for(absl::ToChronoNanoseconds(kCancelPoll)) != std::future_status::ready) {
     if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");

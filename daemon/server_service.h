@@ -47,11 +47,13 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   class CallGuard;
 
  public:
-  // Everything must outlive the service.
+  // Everything must outlive the service. `writes` (null: no limit) caps each client's writes in
+  // flight: Forget calls past it get RESOURCE_EXHAUSTED with a retry-after-ms hint, Ingest
+  // streams wait.
   KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest, ForgetBatcher* forget,
                        storage::MemoryBank* bank, const Tokenizer* tokenizer,
                        const TokenStore* auth, Metrics* metrics, ServiceInfo info,
-                       ServiceLimits limits);
+                       ServiceLimits limits, ClientWriteLimiter* writes = nullptr);
 
   // Refuses new calls (UNAVAILABLE), makes open Ingest streams refuse further documents, and
   // waits until the calls in flight have finished or `deadline` passed. An Ingest stream whose
@@ -136,7 +138,11 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   // future gives its ack.
   struct PendingAck;
   PendingAck StartIngest(const v1::IngestRequest& request, int64_t position, const Grant& grant,
-                         absl::Time deadline, const std::shared_ptr<std::atomic<bool>>& cancelled);
+                         absl::Time deadline, const std::shared_ptr<std::atomic<bool>>& cancelled,
+                         std::unique_ptr<WriteSlot> slot);
+  // Whose writes a call's are, for the per-client cap: its bearer token (hashed), else its
+  // connection (gRPC's peer address).
+  static std::string ClientKey(const grpc::ServerContext* context);
   // An open Ingest stream, for the drain.
   struct IngestStream {
     grpc::ServerContext* context = nullptr;
@@ -163,6 +169,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   Metrics* const metrics_;
   const ServiceInfo info_;
   const ServiceLimits limits_;
+  ClientWriteLimiter* const writes_;
 
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;

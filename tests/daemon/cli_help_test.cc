@@ -193,6 +193,8 @@ TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {
                                           "--forget-queue-size",
                                           "--ask-max-batch",
                                           "--ask-queue-size",
+                                          "--ask-hold-ms",
+                                          "--client-writes-in-flight",
                                           "--drain-timeout",
                                           "--default-top-k",
                                           "--subject-passages",
