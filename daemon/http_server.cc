@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/console/console.h"
 #include "httplib.h"
 
 namespace knowd {
@@ -104,7 +105,32 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
     server_->set_payload_max_length(static_cast<size_t>(std::max<int64_t>(1, max_body_bytes_)));
   }
   if (openai_ != nullptr) openai_->Register(*server_);
-  if (rest_ != nullptr) rest_->Register(*server_);
+  if (rest_ != nullptr) {
+    rest_->Register(*server_);
+    // The web console (daemon/console/), which calls the REST API: / and /console are its page.
+    const auto serve_console = [](const std::string& name, httplib::Response& res) {
+      const ConsoleFile* file = FindConsoleFile(name);
+      if (file == nullptr) {
+        res.status = 404;
+        res.set_content("not found\n", "text/plain");
+        return;
+      }
+      res.set_header("Cache-Control", "no-cache");
+      res.set_header("X-Content-Type-Options", "nosniff");
+      res.set_header("Content-Security-Policy",
+                     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
+      res.set_content(file->body.data(), file->body.size(), std::string(file->content_type));
+    };
+    for (const char* page : {"/", "/console", "/console/"}) {
+      server_->Get(page, [serve_console](const httplib::Request&, httplib::Response& res) {
+        serve_console("index.html", res);
+      });
+    }
+    server_->Get(R"(/console/([A-Za-z0-9_.-]+))",
+                 [serve_console](const httplib::Request& req, httplib::Response& res) {
+                   serve_console(req.matches[1], res);
+                 });
+  }
   // httplib's own refusals under /v1/ (a body over the payload limit, an unknown path) in the
   // error shape of the API the path belongs to.
   server_->set_error_handler(httplib::Server::HandlerWithResponse(

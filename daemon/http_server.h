@@ -1,7 +1,8 @@
 // The daemon's plain-HTTP side (cpp-httplib): /metrics (Prometheus text), /healthz (the process
 // is alive) and /readyz (the model and bank are loaded and the daemon is not draining), and under
 // /v1/ the OpenAI-compatible API (daemon/openai_api.h) and the REST/JSON knowledge API
-// (daemon/rest_api.h) when they are given.
+// (daemon/rest_api.h) when they are given; with the REST API, the web console (daemon/console/)
+// at / and /console/.
 #pragma once
 
 #include <atomic>
@@ -37,7 +38,7 @@ class HttpServer {
   // `max_body_bytes` (larger: 413). Call before Start().
   void ServeOpenAi(const OpenAiApi* api, int64_t max_body_bytes);
   // Serves `api` (which must outlive the server) under /v1/namespaces/ and /v1/stats, with the
-  // same body limit. Call before Start().
+  // same body limit, and the web console that calls it at / and /console/. Call before Start().
   void ServeRest(const RestApi* api, int64_t max_body_bytes);
 
   // Binds HOST:PORT (port 0 picks a free one) and serves on a thread of its own. Returns the
