@@ -69,7 +69,7 @@ async function readAnswers() {
 }
 
 async function ask() {
-  await page.$eval('.answer', (a) => delete a.dataset.state);
+  await page.$$eval('.answer', (columns) => columns.forEach((a) => delete a.dataset.state));
   await page.click('#question', { clickCount: 3 });
   await page.type('#question', question.question);
   await page.click('#ask-submit');
@@ -89,6 +89,9 @@ before(async () => {
     ],
   });
   page = await browser.newPage();
+  // make test runs this beside other daemons on few cores: wait generously.
+  page.setDefaultTimeout(120000);
+  page.setDefaultNavigationTimeout(120000);
   await page.setViewport({ width: 1500, height: 1000 });
   page.on('pageerror', (e) => console.error('page error:', e.message));
 });
