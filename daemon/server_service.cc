@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "knowledge/document_rules.h"
@@ -153,7 +154,18 @@ std::optional<std::string_view> KnowledgeServiceImpl::AuthorizationOf(
 
 std::string KnowledgeServiceImpl::ClientKey(const grpc::ServerContext* context) {
   if (std::optional<std::string_view> authorization = AuthorizationOf(context)) {
-    return absl::StrCat("token:", absl::Hex(std::hash<std::string_view>()(*authorization)));
+    // The token without its scheme, which may be written in any case.
+    std::string_view token = *authorization;
+    if (const size_t space = token.find(' '); space != std::string_view::npos) {
+      token.remove_prefix(space + 1);
+    }
+    while (!token.empty() && absl::ascii_isspace(static_cast<unsigned char>(token.front()))) {
+      token.remove_prefix(1);
+    }
+    while (!token.empty() && absl::ascii_isspace(static_cast<unsigned char>(token.back()))) {
+      token.remove_suffix(1);
+    }
+    return absl::StrCat("token:", absl::Hex(std::hash<std::string_view>()(token)));
   }
   return absl::StrCat("peer:", context->peer());
 }
