@@ -95,11 +95,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
 Client::Client(ClientOptions options, std::unique_ptr<v1::KnowledgeService::Stub> stub)
     : options_(std::move(options)), stub_(std::move(stub)) {}
 
-std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
+std::unique_ptr<grpc::ClientContext> Client::NewContext(std::string_view name_space) const {
   auto context = std::make_unique<grpc::ClientContext>();
   if (!options_.token.empty()) {
     context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
   }
+  // The namespace for a cluster's router (proto/knowd/v1/knowd.proto, "Cluster routing").
+  if (name_space.empty()) name_space = options_.name_space;
+  context->AddMetadata("x-knowd-namespace",
+                       name_space.empty() ? std::string("default") : std::string(name_space));
   if (options_.deadline > absl::ZeroDuration() && options_.deadline != absl::InfiniteDuration()) {
     context->set_deadline(std::chrono::system_clock::now() +
                           absl::ToChronoMilliseconds(options_.deadline));
@@ -114,7 +118,7 @@ void Client::FillNamespace(Request* request) const {
 
 absl::Status Client::Ingest(const DocumentProducer& next,
                             const std::function<void(const v1::IngestAck&)>& on_ack) {
-  auto context = NewContext();
+  auto context = NewContext(options_.name_space);
   auto stream = stub_->Ingest(context.get());
   absl::Status producer_status;
   std::thread writer([&] {
@@ -155,7 +159,7 @@ absl::StatusOr<v1::AskFinal> Client::Ask(v1::AskRequest request,
                                          const std::function<void(std::string_view)>& on_text) {
   if (absl::Status s = CheckUtf8("the question", request.question()); !s.ok()) return s;
   FillNamespace(&request);
-  auto context = NewContext();
+  auto context = NewContext(request.namespace_());
   auto reader = stub_->Ask(context.get(), request);
   v1::AskChunk chunk;
   v1::AskFinal final_message;
@@ -177,7 +181,7 @@ absl::StatusOr<v1::AskFinal> Client::Ask(v1::AskRequest request,
 absl::StatusOr<v1::SearchResponse> Client::Search(v1::SearchRequest request) {
   if (absl::Status s = CheckUtf8("the query", request.query()); !s.ok()) return s;
   FillNamespace(&request);
-  auto context = NewContext();
+  auto context = NewContext(request.namespace_());
   v1::SearchResponse response;
   const grpc::Status status = stub_->Search(context.get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -186,7 +190,7 @@ absl::StatusOr<v1::SearchResponse> Client::Search(v1::SearchRequest request) {
 
 absl::StatusOr<v1::Document> Client::Get(v1::GetRequest request) {
   FillNamespace(&request);
-  auto context = NewContext();
+  auto context = NewContext(request.namespace_());
   v1::Document response;
   const grpc::Status status = stub_->Get(context.get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -195,7 +199,7 @@ absl::StatusOr<v1::Document> Client::Get(v1::GetRequest request) {
 
 absl::StatusOr<v1::ForgetResponse> Client::Forget(v1::ForgetRequest request) {
   FillNamespace(&request);
-  auto context = NewContext();
+  auto context = NewContext(request.namespace_());
   v1::ForgetResponse response;
   const grpc::Status status = stub_->Forget(context.get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -204,7 +208,7 @@ absl::StatusOr<v1::ForgetResponse> Client::Forget(v1::ForgetRequest request) {
 
 absl::StatusOr<v1::StatsResponse> Client::Stats(v1::StatsRequest request) {
   FillNamespace(&request);
-  auto context = NewContext();
+  auto context = NewContext(request.namespace_());
   v1::StatsResponse response;
   const grpc::Status status = stub_->Stats(context.get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);

@@ -78,7 +78,9 @@ class Client {
  private:
   Client(ClientOptions options, std::unique_ptr<v1::KnowledgeService::Stub> stub);
   // A context carrying the token and the deadline.
-  std::unique_ptr<grpc::ClientContext> NewContext() const;
+  // A call's context: its token, deadline and the namespace header a cluster routes by
+  // ("" = the client's namespace).
+  std::unique_ptr<grpc::ClientContext> NewContext(std::string_view name_space) const;
   template <typename Request>
   void FillNamespace(Request* request) const;
 

@@ -83,6 +83,14 @@ struct ServeConfig {
   // retrieval is always lexical.
   std::string default_retrieval = "lexical";
 
+  // Scale-out (daemon/cluster_log.h): "" = a single daemon.
+  std::string cluster_nats;  // comma-separated NATS URLs
+  int shards = 1;
+  int shard = 0;
+  std::string replica;  // this replica's name (its durable consumer)
+  std::string cluster_stream = "knowd";
+  int cluster_stream_replicas = 3;
+
   // Memory bank.
   std::string index_factory = "Flat";  // FAISS index_factory string
   std::string latent_format = "int8";  // int8 (+ a scale per row) or fp16

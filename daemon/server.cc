@@ -10,11 +10,16 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <span>
 #include <sstream>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "daemon/auth.h"
+#include "daemon/cluster_log.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
 #include "daemon/openai_api.h"
@@ -156,6 +161,19 @@ std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& i
   return g;
 }
 
+ClusterOptions ClusterOptionsFor(const ServeConfig& config) {
+  ClusterOptions o;
+  for (absl::string_view url : absl::StrSplit(config.cluster_nats, ',', absl::SkipWhitespace())) {
+    o.servers.emplace_back(absl::StripAsciiWhitespace(url));
+  }
+  o.shards = config.shards;
+  o.shard = config.shard;
+  o.replica = config.replica;
+  o.stream = config.cluster_stream;
+  o.stream_replicas = config.cluster_stream_replicas;
+  return o;
+}
+
 // What the daemon serves, on stdout (the first line is the parseable contract) and in the log.
 void PrintBanner(const ServeConfig& config, const knowledge::Bundle& m, const TokenStore& auth,
                  const std::string& grpc_address, const std::string& http_address) {
@@ -224,6 +242,8 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                "--log-level must be trace, debug, info, warn or error, not ", config.log_level)));
   }
   spdlog::set_level(level);
+  const ClusterOptions cluster_options = ClusterOptionsFor(config);
+  if (absl::Status s = CheckClusterOptions(cluster_options); !s.ok()) return Fail(2, s);
 
   // The tokens first: a bad tokens file is a configuration error, found before minutes of loading.
   std::unique_ptr<TokenStore> tokens = std::make_unique<TokenStore>();
@@ -311,6 +331,22 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   KnowledgeServiceImpl service(&engine, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
                                &metrics, info, limits, &client_writes);
 
+  // Scale-out: writes go through the cluster log, and this replica applies its shard's entries.
+  std::unique_ptr<ClusterLog> cluster;
+  if (cluster_options.enabled()) {
+    absl::StatusOr<std::unique_ptr<ClusterLog>> opened =
+        ClusterLog::Open(cluster_options, bank->get());
+    if (!opened.ok()) return Fail(1, opened.status());
+    cluster = *std::move(opened);
+    service.SetCluster(cluster.get());
+    if (absl::Status s = cluster->Start([&service](std::span<const LogRecord> records) {
+          return service.ApplyLogRecords(records);
+        });
+        !s.ok()) {
+      return Fail(1, s);
+    }
+  }
+
   // gRPC.
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(config);
   if (!credentials.ok()) return Fail(2, credentials.status());
@@ -358,7 +394,20 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   }
 
   const std::string grpc_address = BoundAddress(config.listen, grpc_port);
-  ready = true;
+  // A replica is ready once it has applied what its shard's log held (a router then sends it
+  // reads that see every acknowledged write); a single daemon at once.
+  std::atomic<bool> stopping{false};
+  std::thread readiness;
+  if (cluster == nullptr) {
+    ready = true;
+  } else {
+    readiness = std::thread([&] {
+      while (!stopping.load() && !cluster->caught_up()) absl::SleepFor(absl::Milliseconds(50));
+      if (stopping.load()) return;
+      ready = true;
+      spdlog::info("cluster: caught up with the log at sequence {}; ready", cluster->applied());
+    });
+  }
   // The server as a whole ("") and the service by name, for probes that ask for either.
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   server->GetHealthCheckService()->SetServingStatus(true);
@@ -382,6 +431,8 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   const absl::Time stop_deadline = absl::Now() + absl::Seconds(config.drain_timeout);
   spdlog::info("{}: draining (at most {} s)", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                config.drain_timeout);
+  stopping = true;
+  if (readiness.joinable()) readiness.join();
   ready = false;
   server->GetHealthCheckService()->SetServingStatus(false);
   // New calls get UNAVAILABLE and open Ingest streams take no new document; in-flight calls may
@@ -399,6 +450,9 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // finish instead of reaching their clients as cancelled, and bounds the wait for idle
   // connections.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
+  // The log's consumer before the batchers it feeds: an apply in progress finishes, and the
+  // bank's marker says where the next start resumes.
+  if (cluster != nullptr) cluster->Stop();
   spdlog::info("calls drained; stopping the schedulers");
   ingest.Stop();
   forget.Stop();

@@ -123,7 +123,8 @@ struct KnowledgeServiceImpl::PendingAck {
   std::string id;  // as the ack shows it
   int64_t position = 0;
   int passages = 0;
-  absl::Status error;  // not OK: the ack is this error, `ack` is not used
+  uint64_t log_sequence = 0;  // in a cluster: stored in the log; `ack` is not used
+  absl::Status error;         // not OK: the ack is this error, `ack` is not used
   std::future<absl::StatusOr<storage::DocumentAck>> ack;
 };
 
@@ -185,24 +186,12 @@ grpc::Status KnowledgeServiceImpl::Ingest(
                    call.admitted() ? DoIngest(context, stream) : call.refusal());
 }
 
-KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
-    const v1::IngestRequest& request, int64_t position, const Grant& grant, absl::Time deadline,
-    const std::shared_ptr<std::atomic<bool>>& cancelled, std::unique_ptr<WriteSlot> slot) {
-  PendingAck pending;
-  pending.id = EscapeInvalidUtf8(request.id());
-  pending.position = position;
-  if (Draining()) {
-    pending.error = absl::UnavailableError(
-        "the daemon is shutting down: not stored; send it again to another replica or after the "
-        "restart");
-    return pending;
-  }
-  auto job = std::make_unique<IngestJob>();
+absl::Status KnowledgeServiceImpl::PrepareIngest(const v1::IngestRequest& request, IngestJob* job) {
   storage::Document& doc = job->document;
-  pending.error = CheckIngestRequest(request, limits_, absl::Now(), &doc.name_space);
-  if (pending.error.ok()) pending.error = CheckGrant(grant, doc.name_space, Role::kWrite);
-  if (!pending.error.ok()) return pending;
-
+  if (absl::Status s = CheckIngestRequest(request, limits_, absl::Now(), &doc.name_space);
+      !s.ok()) {
+    return s;
+  }
   doc.id = request.id();
   doc.metadata = MetadataToJson(request.metadata());
   if (request.valid_from_unix() > 0)
@@ -220,11 +209,42 @@ KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
     doc.passages.push_back(std::move(passage));
     job->encoder_inputs.push_back(std::move(p.encoder_ids));
   }
-  if (doc.passages.empty()) {
-    pending.error = absl::InvalidArgumentError("text has no content");
+  if (doc.passages.empty()) return absl::InvalidArgumentError("text has no content");
+  return absl::OkStatus();
+}
+
+KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
+    const v1::IngestRequest& request, int64_t position, const Grant& grant, absl::Time deadline,
+    const std::shared_ptr<std::atomic<bool>>& cancelled, std::unique_ptr<WriteSlot> slot) {
+  PendingAck pending;
+  pending.id = EscapeInvalidUtf8(request.id());
+  pending.position = position;
+  if (Draining()) {
+    pending.error = absl::UnavailableError(
+        "the daemon is shutting down: not stored; send it again to another replica or after the "
+        "restart");
     return pending;
   }
-  pending.passages = static_cast<int>(doc.passages.size());
+  auto job = std::make_unique<IngestJob>();
+  const std::string& name_space = job->document.name_space;
+  pending.error = PrepareIngest(request, job.get());
+  if (pending.error.ok()) pending.error = CheckGrant(grant, name_space, Role::kWrite);
+  if (pending.error.ok()) pending.error = CheckShard(name_space);
+  if (!pending.error.ok()) return pending;
+  pending.passages = static_cast<int>(job->document.passages.size());
+  if (cluster_ != nullptr) {
+    // Every replica of the shard applies it from the log (ApplyLogRecords), this one included.
+    v1::IngestRequest entry = request;
+    entry.set_namespace_(name_space);
+    absl::StatusOr<uint64_t> sequence =
+        cluster_->Publish(entry, std::min(deadline, absl::Now() + absl::Seconds(30)));
+    if (sequence.ok()) {
+      pending.log_sequence = *sequence;
+    } else {
+      pending.error = sequence.status();
+    }
+    return pending;
+  }
   job->deadline = deadline;
   job->cancelled = cancelled;
   job->slot = std::move(slot);
@@ -277,7 +297,10 @@ absl::Status KnowledgeServiceImpl::DoIngest(
       ack.set_id(next.id);
       ack.set_position(next.position);
       absl::Status status = next.error;
-      if (status.ok()) {
+      if (status.ok() && next.log_sequence > 0) {
+        ack.set_passages(next.passages);
+        ack.set_log_sequence(next.log_sequence);
+      } else if (status.ok()) {
         absl::StatusOr<storage::DocumentAck> stored = next.ack.get();
         if (stored.ok()) {
           ack.set_passages(static_cast<int>(stored->passage_ids.size()));
@@ -373,6 +396,10 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
   std::string name_space;
   if (absl::Status s = CheckAskRequest(request, limits_, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
+  if (absl::Status s = WaitForLog(request.min_log_sequence(), deadline, nullptr); !s.ok()) {
+    return s;
+  }
   if (request.mode() != v1::ASK_MODE_CLOSED_BOOK) {
     // Memory in a namespace that holds nothing is a mistake (a typo, a wrong tenant), not a
     // question to answer from the model's own weights.
@@ -508,6 +535,12 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
   std::string name_space;
   if (absl::Status s = CheckSearchRequest(request, limits_, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
+  if (absl::Status s = WaitForLog(request.min_log_sequence(), DeadlineOf(context),
+                                  [context] { return context->IsCancelled(); });
+      !s.ok()) {
+    return s;
+  }
   knowledge::Modulator* modulator = engine_->modulator();
   const knowledge::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
   std::optional<std::vector<float>> key;
@@ -556,6 +589,12 @@ absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
   std::string name_space;
   if (absl::Status s = CheckGetRequest(request, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
+  if (absl::Status s = WaitForLog(request.min_log_sequence(), DeadlineOf(context),
+                                  [context] { return context->IsCancelled(); });
+      !s.ok()) {
+    return s;
+  }
   absl::StatusOr<storage::Document> doc = bank_->Get(name_space, request.id());
   if (!doc.ok()) {
     if (absl::IsNotFound(doc.status())) {
@@ -607,6 +646,10 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   std::string name_space;
   if (absl::Status s = CheckForgetRequest(request, &name_space); !s.ok()) return s;
   if (absl::Status s = CheckGrant(*grant, name_space, Role::kWrite); !s.ok()) return s;
+  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
+  if (cluster_ != nullptr) {
+    return ForgetThroughLog(context, request, name_space, DeadlineOf(context), response);
+  }
   auto job = std::make_unique<ForgetJob>();
   job->name_space = name_space;
   job->deadline = DeadlineOf(context);
@@ -666,6 +709,7 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
   if (absl::Status s = CheckStatsRequest(request, &name_space); !s.ok()) return s;
   if (!name_space.empty()) {
     if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
+    if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
   }
   absl::StatusOr<storage::BankStats> stats = bank_->Stats();
   if (!stats.ok()) return stats.status();

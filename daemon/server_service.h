@@ -7,16 +7,19 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "daemon/auth.h"
+#include "daemon/cluster_log.h"
 #include "daemon/metrics.h"
 #include "daemon/request_checks.h"
 #include "daemon/scheduler_ask.h"
@@ -100,6 +103,13 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
                                                     const v1::AskRequest& request,
                                                     absl::Time deadline = absl::InfiniteFuture());
 
+  // Scale-out (daemon/cluster_log.h): from now on writes go through `cluster`'s log, namespaces
+  // of other shards are refused, and reads may wait for a log position. Call before serving.
+  void SetCluster(ClusterLog* cluster) { cluster_ = cluster; }
+  // Applies entries of the cluster log to this replica's bank, in order, through the same
+  // batchers as a single daemon's writes (daemon/server_cluster.cc). The ClusterLog's Applier.
+  absl::Status ApplyLogRecords(std::span<const LogRecord> records);
+
   grpc::Status Ingest(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) override;
   grpc::Status Ask(grpc::ServerContext* context, const v1::AskRequest* request,
@@ -149,6 +159,16 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
     std::atomic<int> unacked{0};  // documents read whose ack is not written yet
   };
   absl::StatusOr<Grant> Authenticate(grpc::ServerContext* context) const;
+  // In a cluster: FAILED_PRECONDITION for a namespace of another shard. OK otherwise.
+  absl::Status CheckShard(std::string_view name_space) const;
+  // In a cluster: waits until this replica has applied the log up to `sequence` (0: no wait).
+  absl::Status WaitForLog(uint64_t sequence, absl::Time deadline,
+                          const std::function<bool()>& cancelled) const;
+  absl::Status ForgetThroughLog(grpc::ServerContext* context, const v1::ForgetRequest& request,
+                                const std::string& name_space, absl::Time deadline,
+                                v1::ForgetResponse* response);
+  // Validates one document and splits it into the job the ingest batcher stores.
+  absl::Status PrepareIngest(const v1::IngestRequest& request, IngestJob* job);
   static std::optional<std::string_view> AuthorizationOf(const grpc::ServerContext* context);
   bool Draining();
   // Fills each passage's metadata from its document while the passages stay within
@@ -176,6 +196,12 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   bool draining_ = false;
   int in_flight_ = 0;
   std::set<IngestStream*> ingest_streams_;
+
+  ClusterLog* cluster_ = nullptr;
+  // Outcomes of Forgets applied from the log, by sequence, until the call that published each
+  // takes its own (bounded: an abandoned one is dropped when full).
+  std::mutex forget_outcomes_mu_;
+  std::map<uint64_t, ForgetOutcome> forget_outcomes_;
 
   std::mutex passage_tokens_mu_;
   std::vector<int> passage_tokens_;  // a ring of recent passages' lengths, for Stats

@@ -200,6 +200,12 @@ TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {
                                           "--subject-passages",
                                           "--default-max-tokens",
                                           "--default-retrieval",
+                                          "--cluster-nats",
+                                          "--shards",
+                                          "--shard",
+                                          "--replica",
+                                          "--cluster-stream",
+                                          "--cluster-stream-replicas",
                                           "--index-factory",
                                           "--latent-format"}))
       << help.out;
