@@ -410,6 +410,8 @@ ojson ItemJson(const IngestItem& item, int64_t position, bool with_line) {
   } else {
     out["passages"] = item.ack->passages();
     out["replaced"] = item.ack->replaced();
+    // A cluster replica's acks carry the write's sequence in the cluster log.
+    if (item.ack->log_sequence() != 0) out["logSequence"] = item.ack->log_sequence();
   }
   return out;
 }

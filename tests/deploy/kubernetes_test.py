@@ -22,8 +22,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -32,6 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from deploy_util import Daemon, Failure, check, clean_env, http_get, main, run, wait_status  # noqa: E402
 
 OVERLAYS = ("cpu", "gpu", "cluster")
+MAKE_HAPROXY_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
+                                "cluster", "make-haproxy-cfg")
+# Objects every overlay renders, and those the cluster overlay adds (NATS, the router).
+BASE_KINDS = ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service", "Service",
+              "Service", "ServiceMonitor", "StatefulSet"]
+CLUSTER_KINDS = ["ConfigMap", "Deployment", "Service", "Service", "StatefulSet"]
 PROBES = {"startupProbe": ("/healthz", "/readyz"), "livenessProbe": ("/healthz",),
           "readinessProbe": ("/readyz",)}
 
@@ -105,7 +113,8 @@ def check_overlay(name, objects, settings, version):
         if var["name"].startswith("KNOWD_"):
             key = var["name"][len("KNOWD_"):].lower().replace("_", "-")
             check(key in settings, f"{where}: env {var['name']} is not a knowd setting")
-            env[key] = var["value"]
+            if "value" in var:  # else from the pod (valueFrom), checked where it matters
+                env[key] = var["value"]
 
     # Volumes and mounts.
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -200,8 +209,9 @@ def check_overlay(name, objects, settings, version):
     else:
         check(effective.get("backend", "cpu") == "cpu", f"{where}: backend {effective.get('backend')}")
         check("nvidia.com/gpu" not in limits, f"{where}: asks for a GPU")
+    cluster = None
     if name == "cluster":
-        check(sts["spec"]["replicas"] > 1, f"{where}: replicas {sts['spec']['replicas']}")
+        cluster = check_cluster(where, objects, sts, container, effective, grpc_port, http_port)
 
     # Services, PDB, NetworkPolicy, ServiceMonitor select the pods and name real ports.
     services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
@@ -236,7 +246,58 @@ def check_overlay(name, objects, settings, version):
     return {"container": container, "volumes": volumes, "claims": claims, "mounts": mounts,
             "objects": objects, "flags": flags, "config": config, "config_key": key,
             "config_mount": config_mount, "probes": probe_paths, "grace": grace,
-            "data_dir": data_dir}
+            "data_dir": data_dir, "cluster": cluster}
+
+
+def check_cluster(where, objects, sts, container, effective, grpc_port, http_port):
+    """The cluster overlay: knowd's replicas join the log on the NATS StatefulSet's servers, each
+    named after its pod, and the router's haproxy.cfg is make-haproxy-cfg's for these replicas."""
+    replicas = sts["spec"]["replicas"]
+    check(replicas > 1, f"{where}: replicas {replicas}")
+    check(all(k in effective for k in ("cluster-nats", "shards", "shard")),
+          f"{where}: the replicas are not joined to a cluster: {sorted(effective)}")
+    names = [v for v in container.get("env", []) if v["name"] == "KNOWD_REPLICA"]
+    check(len(names) == 1 and names[0].get("valueFrom", {}).get("fieldRef", {}).get(
+        "fieldPath") == "metadata.name", f"{where}: KNOWD_REPLICA is not the pod's name")
+    nats = one(objects, "StatefulSet", "nats")
+    nats_service = one(objects, "Service", nats["spec"]["serviceName"])
+    check(nats_service["spec"].get("clusterIP") == "None", f"{where}: nats is not headless")
+    (server,) = nats["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    pods = [f"nats-{i}.{nats['spec']['serviceName']}" for i in range(nats["spec"]["replicas"])]
+    urls = [f"nats://{pod}:{ports['client']}" for pod in pods]
+    check(effective["cluster-nats"].split(",") == urls,
+          f"{where}: cluster-nats {effective['cluster-nats']}, the NATS pods are {urls}")
+    args = server["args"]
+    routes = args[args.index("--routes") + 1].split(",")
+    check(routes == [f"nats://{pod}:{ports['cluster']}" for pod in pods] and "-js" in args,
+          f"{where}: NATS routes {routes} or JetStream off")
+    copies = int(effective.get("cluster-stream-replicas", "3"))
+    check(copies <= len(pods), f"{where}: {copies} copies of the log on {len(pods)} servers")
+    check(int(effective["shards"]) == 1 and int(effective["shard"]) == 0,
+          f"{where}: one StatefulSet serves shard 0 of 1, not {effective['shard']} of "
+          f"{effective['shards']}")
+    # The router's configuration: make-haproxy-cfg's, for this StatefulSet's pods.
+    router = one(objects, "Deployment", "knowd-router")
+    (proxy,) = router["spec"]["template"]["spec"]["containers"]
+    cfg_volume = [v for v in router["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    cfg = one(objects, "ConfigMap", cfg_volume[0]["configMap"]["name"])["data"]["haproxy.cfg"]
+    shard = ",".join(f"knowd-{i}.{sts['spec']['serviceName']}:{grpc_port}:{http_port}"
+                     for i in range(replicas))
+    expected = run([MAKE_HAPROXY_CFG, "--listen", ":7070", "--stats", ":8404", "--resolvers",
+                    "--shard", shard])
+    check(cfg == expected, f"{where}: haproxy.cfg is not make-haproxy-cfg's for {shard}")
+    router_ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    check(router_ports.get("grpc") == 7070, f"{where}: router ports {router_ports}")
+    svc = one(objects, "Service", "knowd-router")
+    check(selects(svc["spec"]["selector"], router["spec"]["template"]["metadata"]["labels"]),
+          f"{where}: Service knowd-router selects no router pod")
+    if shutil.which("haproxy"):
+        path = os.path.join(tempfile.mkdtemp(), "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(cfg)
+        run(["haproxy", "-c", "-f", path])
+    return {"pods": pods}
 
 
 def run_overlay(name, rendered, knowd, knowctl, work):
@@ -287,9 +348,30 @@ def run_overlay(name, rendered, knowd, knowctl, work):
         args += ["--backend", "cpu"]  # the flags are checked above; this machine may have no GPU
     env = clean_env({v["name"]: v["value"] for v in rendered["container"].get("env", [])
                      if "value" in v})
+    nats = None
+    if rendered["cluster"] is not None:
+        # The log on one local NATS server (one copy) in place of the StatefulSet's three; the
+        # replica named as its first pod.
+        check(shutil.which("nats-server") is not None,
+              f"{where}: nats-server is missing (scripts/install-deps installs it)")
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        nats_port = probe.getsockname()[1]
+        probe.close()
+        nats = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(nats_port),
+                                 "-sd", os.path.join(root, "nats")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.update({"KNOWD_CLUSTER_NATS": f"nats://127.0.0.1:{nats_port}",
+                    "KNOWD_CLUSTER_STREAM_REPLICAS": "1", "KNOWD_REPLICA": "knowd-0"})
     cwd = os.path.join(root, "cwd")
     os.makedirs(cwd)
-    daemon = Daemon([knowd, "serve", *args], os.path.join(root, "knowd.log"), env=env, cwd=cwd)
+    try:
+        daemon = Daemon([knowd, "serve", *args], os.path.join(root, "knowd.log"), env=env,
+                        cwd=cwd)
+    except Failure:
+        if nats is not None:
+            nats.kill()
+        raise
     try:
         bank = daemon.banner_value("memory bank").split(";")[0]
         check(bank == local(rendered["data_dir"]),
@@ -311,6 +393,9 @@ def run_overlay(name, rendered, knowd, knowctl, work):
                          f"log:\n{daemon.log_text()}")
     finally:
         daemon.kill()
+        if nats is not None:
+            nats.kill()
+            nats.wait()
     cpu_note = " (here with --backend cpu after it)" if name == "gpu" else ""
     print(f"{name}: knowd serve {' '.join(rendered['container']['args'])}{cpu_note} started with the "
           f"rendered knowd.json; {', '.join(sorted(set(rendered['probes'].values())))} answer 200; "
@@ -327,9 +412,8 @@ def body(a):
         path = os.path.join(a.manifests, "overlays", name)
         objects = [o for o in yaml.safe_load_all(run([a.kubectl, "kustomize", path])) if o]
         kinds = sorted(o["kind"] for o in objects)
-        check(kinds == ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service",
-                        "Service", "Service", "ServiceMonitor", "StatefulSet"],
-              f"overlay {name} renders {kinds}")
+        expected = sorted(BASE_KINDS + (CLUSTER_KINDS if name == "cluster" else []))
+        check(kinds == expected, f"overlay {name} renders {kinds}, expected {expected}")
         check(all(o["metadata"].get("namespace") == "knowd" for o in objects),
               f"overlay {name}: objects outside namespace knowd")
         rendered = check_overlay(name, objects, settings, a.version)

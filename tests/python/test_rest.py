@@ -52,7 +52,7 @@ def test_ingest_get_search_delete_round_trip(daemon):
 
     r = http(daemon.http, "DELETE", "/v1/namespaces/rest/documents/doc-1", token=ADMIN)
     assert r.status == 200, r.body
-    assert r.json == {"forgotten": ["doc-1"], "notFound": [], "passages": 1}
+    assert r.json == {"forgotten": ["doc-1"], "notFound": [], "passages": 1, "logSequence": 0}
     msg = expect_error(http(daemon.http, "GET", "/v1/namespaces/rest/documents/doc-1",
                             token=ADMIN), 404, "NOT_FOUND")
     assert 'no document "doc-1" in namespace "rest"' in msg
@@ -129,7 +129,8 @@ def test_ndjson_bad_document_gets_its_own_line(daemon):
     r = http(daemon.http, "POST", "/v1/namespaces/ndjson/forget", {"ids": ["nd-a", "nd-zzz"]},
              token=ADMIN)
     assert r.status == 200, r.body
-    assert r.json == {"forgotten": ["nd-a"], "notFound": ["nd-zzz"], "passages": 1}
+    assert r.json == {"forgotten": ["nd-a"], "notFound": ["nd-zzz"], "passages": 1,
+                      "logSequence": 0}
 
 
 def test_error_shapes(daemon):

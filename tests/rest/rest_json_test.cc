@@ -67,7 +67,8 @@ TEST(RestJson, NamesTheBadField) {
        "retrieval: must be one of unspecified, dense, lexical, hybrid (or Retrieval's full value "
        "names or numbers)"},
       {R"({"colour": "red"})",
-       "unknown field \"colour\" (SearchRequest has namespace, query, topK, retrieval)"},
+       "unknown field \"colour\" (SearchRequest has namespace, query, topK, retrieval, "
+       "minLogSequence)"},
       {R"(["query"])", "the body must be a JSON object"},
       {R"({"query": "q")", "the body is not valid JSON (text must be UTF-8, in a JSON string)"},
       {"{\"query\": \"\xff\"}",
