@@ -2,7 +2,8 @@
 """knowd scaled out on loopback: 3 NATS servers (JetStream, the log replicated 3 ways), 2 shards x 2
 knowd replicas, HAProxy routing by the namespace header (deploy/cluster/make-haproxy-cfg).
 
-    cluster_test.py --knowd BUILD/daemon/knowd --model models/knowd-tiny --source-dir REPO
+    cluster_test.py --knowd BUILD/daemon/knowd --knowctl BUILD/client/knowctl
+                    --model models/knowd-tiny --source-dir REPO
                     --work DIR [--documents 1000] [--namespaces 8]
 
 Ingests the documents through HAProxy over gRPC (grpcio, stubs from client/python's
@@ -14,6 +15,7 @@ up. Prints the counts and the asks/s of the cluster beside one process's.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -337,6 +339,15 @@ def body(args):
             print(f"{r.name} (shard {r.shard}): all {len(expected)} documents of its "
                   f"{len(want)} namespaces, none of the other shard's", flush=True)
 
+        # knowctl sends the namespace header itself: through the router it reaches each
+        # namespace's shard.
+        for ns in namespaces:
+            got = json.loads(run([args.knowctl, "--server", router, "--namespace", ns, "get",
+                                  "seed", "--json"], env=clean_env()))
+            check(got["id"] == "seed" and got["namespace"] == ns, f"knowctl get in {ns}: {got}")
+        print(f"knowctl through HAProxy reads each of the {len(namespaces)} namespaces from its "
+              f"shard", flush=True)
+
         failed_during = asks["failed"] - asks_before["failed"]
         print(f"asks through HAProxy during the run: {asks['ok']} answered, {asks['failed']} "
               f"failed {asks['codes']}", flush=True)
@@ -390,6 +401,7 @@ def body(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--knowd", required=True)
+    parser.add_argument("--knowctl", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--source-dir", required=True)
     parser.add_argument("--work", required=True)

@@ -263,9 +263,12 @@ export class KnowdClient {
     this.stub.close();
   }
 
-  #metadata() {
+  // The token, and the namespace a cluster's router sends the call by (knowd.proto, "Cluster
+  // routing"; "" is the namespace "default").
+  #metadata(namespace) {
     const m = new grpc.Metadata();
     if (this.token) m.set('authorization', `Bearer ${this.token}`);
+    m.set('x-knowd-namespace', namespace || 'default');
     return m;
   }
 
@@ -280,7 +283,8 @@ export class KnowdClient {
 
   #unary(method, request, opts) {
     return new Promise((resolve, reject) => {
-      this.stub[method](request, this.#metadata(), this.#callOptions(opts), (err, response) =>
+      const metadata = this.#metadata(request.namespace?.toString());
+      this.stub[method](request, metadata, this.#callOptions(opts), (err, response) =>
         err ? reject(fromServiceError(err)) : resolve(response),
       );
     });
@@ -292,8 +296,8 @@ export class KnowdClient {
    * document's KnowdError and the stream goes on. A failure of the whole stream (a bad token,
    * the daemon going away) throws. */
   async *ingest(docs, opts = {}) {
-    const call = this.stub.Ingest(this.#metadata(), this.#callOptions(opts));
     const namespace = this.#ns(opts);
+    const call = this.stub.Ingest(this.#metadata(namespace), this.#callOptions(opts));
     let writeError = null;
     let stopped = false;
     const stop = () => {
@@ -365,13 +369,15 @@ export class KnowdClient {
    * "hybrid"), maxTokens, temperature, topP, seed, explain, namespace, timeoutMs. */
   async ask(question, opts = {}) {
     const request = { ...this.#askRequest(question, opts), stream: false };
-    return new AskStream(this.stub.Ask(request, this.#metadata(), this.#callOptions(opts))).finish();
+    const metadata = this.#metadata(request.namespace?.toString());
+    return new AskStream(this.stub.Ask(request, metadata, this.#callOptions(opts))).finish();
   }
 
   /** Asks a question and streams the answer: an AskStream (same options as ask). */
   askStream(question, opts = {}) {
     const request = this.#askRequest(question, opts);
-    return new AskStream(this.stub.Ask(request, this.#metadata(), this.#callOptions(opts)));
+    const metadata = this.#metadata(request.namespace?.toString());
+    return new AskStream(this.stub.Ask(request, metadata, this.#callOptions(opts)));
   }
 
   /** The passages most relevant to `query`, best first: {passages, tookMs, metadataTrimmed}.

@@ -30,6 +30,14 @@ RETRIEVALS = {
 }
 
 
+def routed(metadata, namespace):
+    """The call's metadata plus the namespace header a cluster's router sends it by
+    (proto/knowd/v1/knowd.proto, "Cluster routing"); "" is the namespace "default"."""
+    if isinstance(namespace, bytes):
+        namespace = namespace.decode("utf-8", "replace")
+    return list(metadata) + [("x-knowd-namespace", namespace or "default")]
+
+
 def utf8(value, name):
     """A `str` as the UTF-8 bytes of a proto `bytes` field."""
     if isinstance(value, bytes):

@@ -63,7 +63,8 @@ class AsyncClient:
 
     async def _unary(self, method, request, timeout):
         try:
-            return await method(request, timeout=self._timeout(timeout), metadata=self._metadata)
+            return await method(request, timeout=self._timeout(timeout), 
+                metadata=c.routed(self._metadata, request.namespace))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -82,7 +83,7 @@ class AsyncClient:
 
         try:
             async for ack in self._stub.Ingest(requests(), timeout=self._timeout(timeout),
-                                               metadata=self._metadata):
+                                               metadata=c.routed(self._metadata, ns)):
                 yield c.ingest_result(ack)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
@@ -100,7 +101,7 @@ class AsyncClient:
         request = c.ask_request(question, self._ns(namespace), mode, top_k, rag_passages,
                                 retrieval, max_tokens, temperature, top_p, seed, stream, explain)
         return AsyncAskStream(self._stub.Ask(request, timeout=self._timeout(timeout),
-                                             metadata=self._metadata))
+                                             metadata=c.routed(self._metadata, request.namespace)))
 
     async def ask(self, question, mode=None, namespace=None, top_k=0, rag_passages=0,
                   retrieval=None, max_tokens=0, temperature=0.0, top_p=0.0, seed=0,

@@ -70,7 +70,8 @@ class Client:
 
     def _unary(self, method, request, timeout):
         try:
-            return method(request, timeout=self._timeout(timeout), metadata=self._metadata)
+            return method(request, timeout=self._timeout(timeout), 
+                metadata=c.routed(self._metadata, request.namespace))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -84,7 +85,7 @@ class Client:
         requests = (c.ingest_request(d, ns) for d in docs)
         try:
             for ack in self._stub.Ingest(requests, timeout=self._timeout(timeout),
-                                         metadata=self._metadata):
+                                         metadata=c.routed(self._metadata, ns)):
                 yield c.ingest_result(ack)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
@@ -112,7 +113,7 @@ class Client:
         request = self._ask_request(question, namespace, mode, top_k, rag_passages, retrieval,
                                     max_tokens, temperature, top_p, seed, False, explain)
         stream = AskStream(self._stub.Ask(request, timeout=self._timeout(timeout),
-                                          metadata=self._metadata))
+                                          metadata=c.routed(self._metadata, request.namespace)))
         for _ in stream:
             pass
         return stream.answer
@@ -124,7 +125,7 @@ class Client:
         request = self._ask_request(question, namespace, mode, top_k, rag_passages, retrieval,
                                     max_tokens, temperature, top_p, seed, True, explain)
         return AskStream(self._stub.Ask(request, timeout=self._timeout(timeout),
-                                        metadata=self._metadata))
+                                        metadata=c.routed(self._metadata, request.namespace)))
 
     def search(self, query, top_k=0, retrieval=None, namespace=None, timeout=None):
         """The passages most relevant to `query`, best first (retrieval only): a SearchResult."""
