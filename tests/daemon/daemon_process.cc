@@ -195,6 +195,20 @@ absl::Status WaitUntilServing(const client::ClientOptions& options, absl::Durati
   return last;
 }
 
+std::unique_ptr<DaemonProcess> StartServingOrFail(const std::string& data_dir,
+                                                  const std::vector<std::string>& extra_args) {
+  absl::StatusOr<std::unique_ptr<DaemonProcess>> daemon =
+      DaemonProcess::Start(data_dir, extra_args);
+  if (!daemon.ok()) {
+    ADD_FAILURE() << daemon.status();
+    return nullptr;
+  }
+  if (absl::Status s = WaitUntilServing(Options(**daemon)); !s.ok()) {
+    ADD_FAILURE() << s << "\n" << (*daemon)->log();
+  }
+  return std::move(*daemon);
+}
+
 std::string ShellQuote(const std::string& text) {
   std::string quoted = "'";
   for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);

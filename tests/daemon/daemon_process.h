@@ -84,6 +84,11 @@ client::ClientOptions Options(const DaemonProcess& daemon, const std::string& to
 absl::Status WaitUntilServing(const client::ClientOptions& options,
                               absl::Duration timeout = absl::Seconds(60));
 
+// Starts `knowd serve` on `data_dir` and waits until it serves; a test failure (and null when it
+// did not start) otherwise, with the daemon's log.
+std::unique_ptr<DaemonProcess> StartServingOrFail(const std::string& data_dir,
+                                                  const std::vector<std::string>& extra_args = {});
+
 // `text` as one single-quoted shell word.
 std::string ShellQuote(const std::string& text);
 

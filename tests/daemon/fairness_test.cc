@@ -30,20 +30,6 @@ namespace {
 namespace v1 = ::knowd::v1;
 using Clock = std::chrono::steady_clock;
 
-std::unique_ptr<DaemonProcess> StartOrDie(const std::string& data_dir,
-                                          const std::vector<std::string>& extra_args = {}) {
-  absl::StatusOr<std::unique_ptr<DaemonProcess>> daemon =
-      DaemonProcess::Start(data_dir, extra_args);
-  if (!daemon.ok()) {
-    ADD_FAILURE() << daemon.status();
-    return nullptr;
-  }
-  if (absl::Status s = WaitUntilServing(Options(**daemon)); !s.ok()) {
-    ADD_FAILURE() << s << "\n" << (*daemon)->log();
-  }
-  return std::move(*daemon);
-}
-
 // A client of its own: a channel on its own connection (gRPC would otherwise share one
 // connection between channels to the same address, and the daemon would see one client).
 std::unique_ptr<v1::KnowledgeService::Stub> ClientStub(const DaemonProcess& daemon,
@@ -126,7 +112,7 @@ TEST(Fairness, AsksKeepTheirShareOfTheEngineBesideAnIngestFlood) {
   constexpr int kDocs = 480;  // 15 full encoder passes
   constexpr int kAsks = 30;
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   auto a = ClientStub(*daemon, "a");
   auto b = ClientStub(*daemon, "b");
@@ -252,8 +238,8 @@ TEST(Fairness, AForgetFloodMeetsItsClientsCapWhileAnotherClientIsServed) {
   constexpr int kTheirs = 16;
   constexpr int kCap = 8;
   TempDir dir;
-  auto daemon =
-      StartOrDie(dir.path() + "/data", {"--log-level", "error", "--client-writes-in-flight", "8"});
+  auto daemon = StartServingOrFail(dir.path() + "/data",
+                                   {"--log-level", "error", "--client-writes-in-flight", "8"});
   ASSERT_NE(daemon, nullptr);
   auto a = ClientStub(*daemon, "a");
   auto b = ClientStub(*daemon, "b");
@@ -307,7 +293,7 @@ TEST(Fairness, AForgetFloodMeetsItsClientsCapWhileAnotherClientIsServed) {
 // document is stored.
 TEST(Fairness, OneClientsIngestStreamsShareItsCapAndAllComplete) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   auto a = ClientStub(*daemon, "a");
   std::vector<std::thread> streams;
@@ -352,7 +338,7 @@ TEST(Fairness, AsksPerSecondBesideOneClientsWriteFlood) {
   const auto window = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
   constexpr int kDocs = 2000;
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data", {"--log-level", "error"});
+  auto daemon = StartServingOrFail(dir.path() + "/data", {"--log-level", "error"});
   ASSERT_NE(daemon, nullptr);
   auto asker = ClientStub(*daemon, "asker");
   auto writer = ClientStub(*daemon, "writer");

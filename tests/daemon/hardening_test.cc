@@ -31,20 +31,6 @@ namespace {
 namespace v1 = ::knowd::v1;
 using Clock = std::chrono::steady_clock;
 
-std::unique_ptr<DaemonProcess> StartOrDie(const std::string& data_dir,
-                                          const std::vector<std::string>& extra_args = {}) {
-  absl::StatusOr<std::unique_ptr<DaemonProcess>> daemon =
-      DaemonProcess::Start(data_dir, extra_args);
-  if (!daemon.ok()) {
-    ADD_FAILURE() << daemon.status();
-    return nullptr;
-  }
-  if (absl::Status s = WaitUntilServing(Options(**daemon)); !s.ok()) {
-    ADD_FAILURE() << s << "\n" << (*daemon)->log();
-  }
-  return std::move(*daemon);
-}
-
 std::unique_ptr<v1::KnowledgeService::Stub> Stub(const DaemonProcess& daemon) {
   return v1::KnowledgeService::NewStub(
       grpc::CreateChannel(daemon.grpc_target(), grpc::InsecureChannelCredentials()));
@@ -212,9 +198,9 @@ std::string LongDocument() {
 
 TEST(Hardening, MetadataIsBoundedStoredOnceAndNeverOverflowsAResponse) {
   TempDir dir;
-  auto daemon =
-      StartOrDie(dir.path() + "/data", {"--max-passage-tokens", "16", "--passage-overlap-tokens",
-                                        "0", "--max-response-bytes", "262144"});
+  auto daemon = StartServingOrFail(dir.path() + "/data",
+                                   {"--max-passage-tokens", "16", "--passage-overlap-tokens", "0",
+                                    "--max-response-bytes", "262144"});
   ASSERT_NE(daemon, nullptr);
   auto stub = Stub(*daemon);
   const std::string big_value(60'000, 'm');  // within the 64 KiB default
@@ -295,7 +281,7 @@ TEST(Hardening, MetadataIsBoundedStoredOnceAndNeverOverflowsAResponse) {
 
 TEST(Hardening, InvalidUtf8InAMetadataValueGetsItsOwnAckAndTheStreamGoesOn) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   std::vector<v1::IngestAck> acks;
   const grpc::Status status =
@@ -316,7 +302,7 @@ TEST(Hardening, InvalidUtf8InAMetadataValueGetsItsOwnAckAndTheStreamGoesOn) {
 
 TEST(Hardening, AnAckForAnInvalidUtf8IdIsValidAndNamesItsPosition) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   std::vector<v1::IngestAck> acks;
   const grpc::Status status =
@@ -339,7 +325,7 @@ TEST(Hardening, AnAckForAnInvalidUtf8IdIsValidAndNamesItsPosition) {
 
 TEST(Hardening, BlankTextsFutureDatesBadTemperaturesAndUnknownNamespacesAreRefused) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   auto stub = Stub(*daemon);
   {
@@ -434,7 +420,7 @@ bool ProbeAnswersWithinASecond(const std::string& target, const std::string& pat
 
 TEST(Hardening, ProbesAnswerWhile64IdleConnectionsAreHeldOpen) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   // 64 connections that send nothing, each reopened as soon as the daemon closes it.
   std::atomic<bool> stop{false};
@@ -527,7 +513,7 @@ TEST(Hardening, SigtermDuringStartupDrainsAndExitsZero) {
 // process exits within --drain-timeout.
 TEST(Hardening, DrainRefusesNewDocumentsAndEndsWithinTheDrainTimeout) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data", {"--drain-timeout", "8"});
+  auto daemon = StartServingOrFail(dir.path() + "/data", {"--drain-timeout", "8"});
   ASSERT_NE(daemon, nullptr);
   auto stub = Stub(*daemon);
   grpc::ClientContext idle_context;
@@ -582,7 +568,7 @@ TEST(Hardening, DrainRefusesNewDocumentsAndEndsWithinTheDrainTimeout) {
   EXPECT_EQ(stored_after_drain, 0);
 
   // What was acknowledged is there after a restart; what was refused is not.
-  auto again = StartOrDie(dir.path() + "/data");
+  auto again = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(again, nullptr);
   auto check = Stub(*again);
   for (int i = 0; i < 6; ++i) {
@@ -603,7 +589,7 @@ TEST(Hardening, DrainRefusesNewDocumentsAndEndsWithinTheDrainTimeout) {
 TEST(Hardening, TheBankIsOwnerOnlyWhateverTheUmask) {
   TempDir dir;
   const mode_t previous = umask(022);
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   umask(previous);
   ASSERT_NE(daemon, nullptr);
   {
@@ -665,7 +651,7 @@ int AsksAnsweredIn(const DaemonProcess& daemon, absl::Duration window) {
 // printed; docs/testing.md says where the fair-share target stands.
 TEST(Hardening, AsksKeepAFairShareDuringAWriteFlood) {
   TempDir dir;
-  auto daemon = StartOrDie(dir.path() + "/data");
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
   constexpr int kDocs = 2000;
   auto ingest = [&](int from, int to, bool* ok, const std::string& client) {
