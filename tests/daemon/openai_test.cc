@@ -3,7 +3,9 @@
 // the ones gRPC's Ask gives for the same question and mode, citations included, since both go
 // through the same service code; errors must come in OpenAI's shape with the matching status.
 #include <fstream>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -391,6 +393,46 @@ TEST(OpenAiEndToEnd, TokensNamespacesAndErrorsInOpenAiShape) {
   EXPECT_EQ(
       Post(http, "/v1/chat/completions", chat("knowd-tiny:rag", "team-a"), "team-a-reader").status,
       200);
+  EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
+}
+
+// A full ask queue is 429 rate_limit_error, as OpenAI's clients expect to retry it; the calls
+// admitted still answer.
+TEST(OpenAiEndToEnd, AFullAskQueueIs429InOpenAiShape) {
+  TempDir dir;
+  Serving s = Start(dir.path() + "/data", {"--ask-queue-size", "1", "--ask-max-batch", "1"});
+  ASSERT_NE(s.client, nullptr);
+  IngestWorld(*s.client, "default");
+  const std::string http = s.daemon->http_target();
+  const json body = {
+      {"model", "knowd-tiny:mac+rag"},
+      {"max_tokens", 32},
+      {"messages", {{{"role", "user"}, {"content", LoadWorldQuestions()[0].question}}}}};
+  std::mutex mu;
+  std::vector<Reply> replies;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 24; ++i) {
+    callers.emplace_back([&] {
+      Reply r = Post(http, "/v1/chat/completions", body);
+      std::lock_guard<std::mutex> lock(mu);
+      replies.push_back(std::move(r));
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  int answered = 0;
+  int refused = 0;
+  for (const Reply& r : replies) {
+    if (r.status == 200) {
+      ++answered;
+    } else {
+      ++refused;
+      ExpectOpenAiError(r, 429, "rate_limit_error");
+    }
+  }
+  std::printf("24 concurrent chat completions, ask queue 1: %d answered, %d refused with 429\n",
+              answered, refused);
+  EXPECT_GE(answered, 1);
+  EXPECT_GE(refused, 1);
   EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
 }
 
