@@ -2,6 +2,9 @@
 // loopback, through cpp-httplib's client as any HTTP client would call it. The answers must be
 // the ones gRPC's Ask gives for the same question and mode, citations included, since both go
 // through the same service code; errors must come in OpenAI's shape with the matching status.
+#include <signal.h>
+
+#include <chrono>
 #include <fstream>
 #include <mutex>
 #include <string>
@@ -9,8 +12,10 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
@@ -433,6 +438,69 @@ TEST(OpenAiEndToEnd, AFullAskQueueIs429InOpenAiShape) {
               answered, refused);
   EXPECT_GE(answered, 1);
   EXPECT_GE(refused, 1);
+  EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
+}
+
+// A daemon told to stop answers new calls 503 (server_error) while it finishes the ones it
+// admitted, then exits 0.
+TEST(OpenAiEndToEnd, ADrainingDaemonAnswers503AndFinishesWhatItAdmitted) {
+  TempDir dir;
+  Serving s = Start(dir.path() + "/data", {"--ask-max-batch", "1", "--drain-timeout", "30"});
+  ASSERT_NE(s.client, nullptr);
+  IngestWorld(*s.client, "default");
+  const std::string http = s.daemon->http_target();
+  const json body = {
+      {"model", "knowd-tiny:mac+rag"},
+      {"max_tokens", 32},
+      {"messages", {{{"role", "user"}, {"content", LoadWorldQuestions()[0].question}}}}};
+  std::mutex mu;
+  std::vector<Reply> replies;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 16; ++i) {
+    callers.emplace_back([&] {
+      Reply r = Post(http, "/v1/chat/completions", body);
+      std::lock_guard<std::mutex> lock(mu);
+      replies.push_back(std::move(r));
+    });
+  }
+  // The questions queue behind one another (one at a time). Once one is answered and at least
+  // 8 wait in the queue (by /metrics), stop the daemon among them: those 8 are admitted and
+  // must be answered; any not yet admitted gets 503.
+  auto sample = [](const std::string& text, const std::string& name) {
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      double value = 0;
+      if (absl::ConsumePrefix(&line, name + " ") && absl::SimpleAtod(line, &value)) return value;
+    }
+    return 0.0;
+  };
+  for (int polls = 0;; ++polls) {
+    ASSERT_LT(polls, 2000) << "the questions never queued";
+    const std::string m = Call(http, "GET", "/metrics").body;
+    if (sample(m, "knowd_rpc_total{method=\"ChatCompletions\",code=\"OK\"}") >= 1 &&
+        sample(m, "knowd_queue_depth{queue=\"ask\"}") >= 8) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(::kill(s.daemon->pid(), SIGTERM), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ExpectOpenAiError(Post(http, "/v1/chat/completions", body), 503, "server_error");
+  for (std::thread& t : callers) t.join();
+  int answered = 0;
+  int refused = 0;
+  for (const Reply& r : replies) {
+    if (r.status == 200) {
+      ++answered;
+      EXPECT_FALSE(r.parsed["choices"][0]["message"]["content"].get<std::string>().empty());
+    } else if (r.status != 0) {
+      ++refused;
+      ExpectOpenAiError(r, 503, "server_error");  // not yet admitted at the stop
+    }
+    // Status 0: the caller connected only after the daemon had finished and closed its port.
+  }
+  std::printf("16 chat completions around SIGTERM: %d answered, %d refused with 503\n", answered,
+              refused);
+  EXPECT_GE(answered, 9);  // the one answered before the stop and the 8 or more queued
   EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
 }
 
