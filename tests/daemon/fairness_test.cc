@@ -112,7 +112,14 @@ TEST(Fairness, AsksKeepTheirShareOfTheEngineBesideAnIngestFlood) {
   constexpr int kDocs = 480;  // 15 full encoder passes
   constexpr int kAsks = 30;
   TempDir dir;
-  auto daemon = StartServingOrFail(dir.path() + "/data");
+  // The hold window must cover the gap between two of B's questions (its answer's trip back and
+  // the next question's trip in). Under ThreadSanitizer both processes run several times slower
+  // and that gap outgrows the 5 ms default, so the window grows with them (make test-tsan).
+  std::vector<std::string> args;
+#if defined(__SANITIZE_THREAD__)
+  args = {"--ask-hold-ms", "100"};
+#endif
+  auto daemon = StartServingOrFail(dir.path() + "/data", args);
   ASSERT_NE(daemon, nullptr);
   auto a = ClientStub(*daemon, "a");
   auto b = ClientStub(*daemon, "b");
