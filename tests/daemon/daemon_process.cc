@@ -195,6 +195,15 @@ absl::Status WaitUntilServing(const client::ClientOptions& options, absl::Durati
   return last;
 }
 
+std::unique_ptr<v1::KnowledgeService::Stub> OwnConnectionStub(const DaemonProcess& daemon,
+                                                              const std::string& name) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetString("knowd.test.client", name);
+  return v1::KnowledgeService::NewStub(
+      grpc::CreateCustomChannel(daemon.grpc_target(), grpc::InsecureChannelCredentials(), args));
+}
+
 std::unique_ptr<DaemonProcess> StartServingOrFail(const std::string& data_dir,
                                                   const std::vector<std::string>& extra_args) {
   absl::StatusOr<std::unique_ptr<DaemonProcess>> daemon =

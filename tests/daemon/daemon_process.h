@@ -89,6 +89,11 @@ absl::Status WaitUntilServing(const client::ClientOptions& options,
 std::unique_ptr<DaemonProcess> StartServingOrFail(const std::string& data_dir,
                                                   const std::vector<std::string>& extra_args = {});
 
+// A stub on a connection of its own: gRPC would otherwise share one connection between channels
+// to the same address, and the daemon would see one client. `name` tells the channels apart.
+std::unique_ptr<knowd::v1::KnowledgeService::Stub> OwnConnectionStub(const DaemonProcess& daemon,
+                                                                     const std::string& name);
+
 // `text` as one single-quoted shell word.
 std::string ShellQuote(const std::string& text);
 

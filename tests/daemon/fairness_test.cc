@@ -30,17 +30,6 @@ namespace {
 namespace v1 = ::knowd::v1;
 using Clock = std::chrono::steady_clock;
 
-// A client of its own: a channel on its own connection (gRPC would otherwise share one
-// connection between channels to the same address, and the daemon would see one client).
-std::unique_ptr<v1::KnowledgeService::Stub> ClientStub(const DaemonProcess& daemon,
-                                                       const std::string& name) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetString("knowd.test.client", name);
-  return v1::KnowledgeService::NewStub(
-      grpc::CreateCustomChannel(daemon.grpc_target(), grpc::InsecureChannelCredentials(), args));
-}
-
 void SetDeadline(grpc::ClientContext* context, int seconds = 120) {
   context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
 }
@@ -112,17 +101,17 @@ TEST(Fairness, AsksKeepTheirShareOfTheEngineBesideAnIngestFlood) {
   constexpr int kDocs = 480;  // 15 full encoder passes
   constexpr int kAsks = 30;
   TempDir dir;
-  // The hold window must cover the gap between two of B's questions (its answer's trip back and
-  // the next question's trip in). Under ThreadSanitizer both processes run several times slower
-  // and that gap outgrows the 5 ms default, so the window grows with them (make test-tsan).
-  std::vector<std::string> args;
 #if defined(__SANITIZE_THREAD__)
-  args = {"--ask-hold-ms", "100"};
+  // The test's premise is relative speed: the gap between two of B's questions (its answer's
+  // trip back, the next question's trip in) against the 5 ms hold window. Under ThreadSanitizer
+  // both processes run several times slower and that premise, not the scheduler, decides the
+  // count, so make test-tsan leaves it out; the forget-cap tests below still run under it.
+  GTEST_SKIP() << "relative timing does not hold under ThreadSanitizer";
 #endif
-  auto daemon = StartServingOrFail(dir.path() + "/data", args);
+  auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
-  auto a = ClientStub(*daemon, "a");
-  auto b = ClientStub(*daemon, "b");
+  auto a = OwnConnectionStub(*daemon, "a");
+  auto b = OwnConnectionStub(*daemon, "b");
   ASSERT_TRUE(SeedAnswer(*b));
   ASSERT_TRUE(AskOnce(*b));  // warm
 
@@ -248,8 +237,8 @@ TEST(Fairness, AForgetFloodMeetsItsClientsCapWhileAnotherClientIsServed) {
   auto daemon = StartServingOrFail(dir.path() + "/data",
                                    {"--log-level", "error", "--client-writes-in-flight", "8"});
   ASSERT_NE(daemon, nullptr);
-  auto a = ClientStub(*daemon, "a");
-  auto b = ClientStub(*daemon, "b");
+  auto a = OwnConnectionStub(*daemon, "a");
+  auto b = OwnConnectionStub(*daemon, "b");
   ASSERT_TRUE(SeedAnswer(*b));
   ASSERT_TRUE(Ingest(*a, "a-", 0, kFlood));
   ASSERT_TRUE(Ingest(*b, "b-", 0, kTheirs));
@@ -302,7 +291,7 @@ TEST(Fairness, OneClientsIngestStreamsShareItsCapAndAllComplete) {
   TempDir dir;
   auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
-  auto a = ClientStub(*daemon, "a");
+  auto a = OwnConnectionStub(*daemon, "a");
   std::vector<std::thread> streams;
   std::atomic<int> complete{0};
   for (int t = 0; t < 3; ++t) {
@@ -347,8 +336,8 @@ TEST(Fairness, AsksPerSecondBesideOneClientsWriteFlood) {
   TempDir dir;
   auto daemon = StartServingOrFail(dir.path() + "/data", {"--log-level", "error"});
   ASSERT_NE(daemon, nullptr);
-  auto asker = ClientStub(*daemon, "asker");
-  auto writer = ClientStub(*daemon, "writer");
+  auto asker = OwnConnectionStub(*daemon, "asker");
+  auto writer = OwnConnectionStub(*daemon, "writer");
   ASSERT_TRUE(SeedAnswer(*asker));
   ASSERT_TRUE(Ingest(*writer, "doc-", 0, kDocs));
 

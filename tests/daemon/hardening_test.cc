@@ -36,18 +36,13 @@ std::unique_ptr<v1::KnowledgeService::Stub> Stub(const DaemonProcess& daemon) {
       grpc::CreateChannel(daemon.grpc_target(), grpc::InsecureChannelCredentials()));
 }
 
-// A stub on a connection of its own: gRPC would otherwise share one connection between
-// channels to the same address, and the daemon would see one client.
-std::unique_ptr<v1::KnowledgeService::Stub> OwnConnectionStub(const DaemonProcess& daemon,
-                                                              const std::string& name) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetString("knowd.test.client", name);
-  return v1::KnowledgeService::NewStub(
-      grpc::CreateCustomChannel(daemon.grpc_target(), grpc::InsecureChannelCredentials(), args));
-}
+#if defined(__SANITIZE_THREAD__)
+constexpr int kDefaultDeadlineSeconds = 600;  // ThreadSanitizer runs the daemon ~10x slower
+#else
+constexpr int kDefaultDeadlineSeconds = 60;
+#endif
 
-void SetDeadline(grpc::ClientContext* context, int seconds = 60) {
+void SetDeadline(grpc::ClientContext* context, int seconds = kDefaultDeadlineSeconds) {
   context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
 }
 

@@ -401,6 +401,39 @@ TEST(OpenAiEndToEnd, TokensNamespacesAndErrorsInOpenAiShape) {
   EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
 }
 
+// mac+rag on the world's first question, at most 32 tokens.
+json WorldChat() {
+  return {{"model", "knowd-tiny:mac+rag"},
+          {"max_tokens", 32},
+          {"messages", {{{"role", "user"}, {"content", LoadWorldQuestions()[0].question}}}}};
+}
+
+// `n` chat completions of `body` sent at once, each from a thread of its own; Join() waits for
+// them and gives their replies (in the order they came back).
+class ConcurrentChats {
+ public:
+  ConcurrentChats(const std::string& http, const json& body, int n) {
+    for (int i = 0; i < n; ++i) {
+      callers_.emplace_back([this, http, body] {
+        Reply r = Post(http, "/v1/chat/completions", body);
+        std::lock_guard<std::mutex> lock(mu_);
+        replies_.push_back(std::move(r));
+      });
+    }
+  }
+  ~ConcurrentChats() { Join(); }
+  std::vector<Reply> Join() {
+    for (std::thread& t : callers_) t.join();
+    callers_.clear();
+    return replies_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Reply> replies_;
+  std::vector<std::thread> callers_;
+};
+
 // A full ask queue is 429 rate_limit_error, as OpenAI's clients expect to retry it; the calls
 // admitted still answer.
 TEST(OpenAiEndToEnd, AFullAskQueueIs429InOpenAiShape) {
@@ -409,21 +442,9 @@ TEST(OpenAiEndToEnd, AFullAskQueueIs429InOpenAiShape) {
   ASSERT_NE(s.client, nullptr);
   IngestWorld(*s.client, "default");
   const std::string http = s.daemon->http_target();
-  const json body = {
-      {"model", "knowd-tiny:mac+rag"},
-      {"max_tokens", 32},
-      {"messages", {{{"role", "user"}, {"content", LoadWorldQuestions()[0].question}}}}};
-  std::mutex mu;
-  std::vector<Reply> replies;
-  std::vector<std::thread> callers;
-  for (int i = 0; i < 24; ++i) {
-    callers.emplace_back([&] {
-      Reply r = Post(http, "/v1/chat/completions", body);
-      std::lock_guard<std::mutex> lock(mu);
-      replies.push_back(std::move(r));
-    });
-  }
-  for (std::thread& t : callers) t.join();
+  const json body = WorldChat();
+  ConcurrentChats chats(http, body, 24);
+  const std::vector<Reply> replies = chats.Join();
   int answered = 0;
   int refused = 0;
   for (const Reply& r : replies) {
@@ -449,20 +470,8 @@ TEST(OpenAiEndToEnd, ADrainingDaemonAnswers503AndFinishesWhatItAdmitted) {
   ASSERT_NE(s.client, nullptr);
   IngestWorld(*s.client, "default");
   const std::string http = s.daemon->http_target();
-  const json body = {
-      {"model", "knowd-tiny:mac+rag"},
-      {"max_tokens", 32},
-      {"messages", {{{"role", "user"}, {"content", LoadWorldQuestions()[0].question}}}}};
-  std::mutex mu;
-  std::vector<Reply> replies;
-  std::vector<std::thread> callers;
-  for (int i = 0; i < 16; ++i) {
-    callers.emplace_back([&] {
-      Reply r = Post(http, "/v1/chat/completions", body);
-      std::lock_guard<std::mutex> lock(mu);
-      replies.push_back(std::move(r));
-    });
-  }
+  const json body = WorldChat();
+  ConcurrentChats chats(http, body, 16);
   // The questions queue behind one another (one at a time). Once one is answered and at least
   // 8 wait in the queue (by /metrics), stop the daemon among them: those 8 are admitted and
   // must be answered; any not yet admitted gets 503.
@@ -485,7 +494,7 @@ TEST(OpenAiEndToEnd, ADrainingDaemonAnswers503AndFinishesWhatItAdmitted) {
   ASSERT_EQ(::kill(s.daemon->pid(), SIGTERM), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ExpectOpenAiError(Post(http, "/v1/chat/completions", body), 503, "server_error");
-  for (std::thread& t : callers) t.join();
+  const std::vector<Reply> replies = chats.Join();
   int answered = 0;
   int refused = 0;
   for (const Reply& r : replies) {
