@@ -9,8 +9,10 @@
 #include <atomic>
 #include <future>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,6 +37,18 @@ struct ForgetJob {
   absl::Time deadline = absl::InfiniteFuture();
   std::promise<absl::StatusOr<ForgetOutcome>> done;
   std::unique_ptr<WriteSlot> slot;  // the client's write slot, given back once done is set
+
+  // A job for `ids` (already validated) in `name_space`, each id once, in first-given order.
+  template <typename Ids>
+  static std::unique_ptr<ForgetJob> ForIds(std::string name_space, const Ids& ids) {
+    auto job = std::make_unique<ForgetJob>();
+    job->name_space = std::move(name_space);
+    std::set<std::string> seen;
+    for (const std::string& id : ids) {
+      if (seen.insert(id).second) job->ids.push_back(id);
+    }
+    return job;
+  }
 };
 
 struct ForgetOptions {

@@ -15,6 +15,17 @@ namespace {
 
 constexpr size_t kMaxForgetOutcomes = 4096;
 
+// Queues a log entry's job. A full queue means the batcher is busy with this replica's own
+// backlog, and an entry of the log cannot be refused: wait for room.
+template <typename Batcher, typename Job>
+absl::Status SubmitWhenRoom(Batcher& batcher, std::unique_ptr<Job>& job) {
+  absl::Status submitted;
+  while (absl::IsResourceExhausted(submitted = batcher.Submit(job))) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return submitted;
+}
+
 }  // namespace
 
 absl::Status KnowledgeServiceImpl::CheckShard(std::string_view name_space) const {
@@ -94,11 +105,7 @@ absl::Status KnowledgeServiceImpl::ApplyLogRecords(std::span<const LogRecord> re
     }
     for (std::unique_ptr<IngestJob>& job : jobs) {
       acks.push_back(job->done.get_future());
-      // A full queue means the batcher is busy with this replica's own backlog: wait for room.
-      absl::Status submitted;
-      while (absl::IsResourceExhausted(submitted = ingest_->Submit(job))) {
-        absl::SleepFor(absl::Milliseconds(20));
-      }
+      absl::Status submitted = SubmitWhenRoom(*ingest_, job);
       if (!submitted.ok()) {
         acks.pop_back();
         for (auto& ack : acks) ack.wait();
@@ -115,18 +122,9 @@ absl::Status KnowledgeServiceImpl::ApplyLogRecords(std::span<const LogRecord> re
     if (i < records.size()) {
       const auto* forget = std::get_if<v1::ForgetRequest>(&records[i].request);
       if (forget == nullptr) continue;  // an ingest of an id already in the run: a new run
-      auto job = std::make_unique<ForgetJob>();
-      job->name_space = forget->namespace_();
-      std::set<std::string> seen;
-      for (const std::string& id : forget->ids()) {
-        if (seen.insert(id).second) job->ids.push_back(id);
-      }
+      std::unique_ptr<ForgetJob> job = ForgetJob::ForIds(forget->namespace_(), forget->ids());
       std::future<absl::StatusOr<ForgetOutcome>> done = job->done.get_future();
-      absl::Status submitted;
-      while (absl::IsResourceExhausted(submitted = forget_->Submit(job))) {
-        absl::SleepFor(absl::Milliseconds(20));
-      }
-      if (!submitted.ok()) return submitted;
+      if (absl::Status s = SubmitWhenRoom(*forget_, job); !s.ok()) return s;
       absl::StatusOr<ForgetOutcome> outcome = done.get();
       if (!outcome.ok()) return outcome.status();
       std::lock_guard<std::mutex> lock(forget_outcomes_mu_);

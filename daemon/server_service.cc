@@ -650,13 +650,8 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   if (cluster_ != nullptr) {
     return ForgetThroughLog(context, request, name_space, DeadlineOf(context), response);
   }
-  auto job = std::make_unique<ForgetJob>();
-  job->name_space = name_space;
+  std::unique_ptr<ForgetJob> job = ForgetJob::ForIds(name_space, request.ids());
   job->deadline = DeadlineOf(context);
-  std::set<std::string> seen;
-  for (const std::string& id : request.ids()) {
-    if (seen.insert(id).second) job->ids.push_back(id);
-  }
   // A refusal for a full queue or the client's cap carries a hint for its backoff, about two
   // batches' time, in its message and as the trailing metadata retry-after-ms.
   auto refuse = [&](const absl::Status& s) {
