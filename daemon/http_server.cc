@@ -1,5 +1,7 @@
 #include "daemon/http_server.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 
 #include "absl/strings/match.h"
@@ -155,10 +157,24 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
         }
         return httplib::Server::HandlerResponse::Handled;
       }));
+  // cpp-httplib's defaults would let a second daemon share the port (SO_REUSEPORT) and queue only
+  // 5 unaccepted connections: a burst of clients beyond that has its handshakes dropped and
+  // retried seconds later, long enough for the read timeout to close them. The socket is
+  // SO_REUSEADDR only, and after the bind it listens with the system's largest backlog.
+  int listener = -1;
+  server_->set_socket_options([&listener](int sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listener = sock;
+  });
   const int bound =
       port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
   if (bound < 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, " (http)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, " (http): is another process using the port?"));
+  }
+  if (listener < 0 || ::listen(listener, SOMAXCONN) != 0) {
+    return absl::InternalError(absl::StrCat("cannot widen the listen queue of ", address));
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   return bound;

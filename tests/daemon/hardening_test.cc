@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -447,6 +448,89 @@ TEST(Hardening, ProbesAnswerWhile64IdleConnectionsAreHeldOpen) {
   for (std::thread& t : idlers) t.join();
   EXPECT_EQ(answered, 30);
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
+// A burst of clients connecting at once is queued by the kernel until the daemon accepts them, not
+// dropped: with the daemon stopped (SIGSTOP), 48 connections complete their handshakes (a listen
+// queue of 5, cpp-httplib's default, completes 6 and leaves the rest retrying their SYNs), and
+// once it runs again each one is answered.
+TEST(Hardening, ABurstOf48ConnectionsIsQueuedAndAnswered) {
+  TempDir dir;
+  auto daemon = StartServingOrFail(dir.path() + "/data");
+  ASSERT_NE(daemon, nullptr);
+  const std::string target = daemon->http_target();
+  const size_t colon = target.rfind(':');
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(colon + 1))));
+  inet_pton(AF_INET, target.substr(0, colon).c_str(), &address.sin_addr);
+  ASSERT_EQ(::kill(daemon->pid(), SIGSTOP), 0);
+  std::vector<int> fds;
+  for (int i = 0; i < 48; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ASSERT_GE(fd, 0);
+    connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+    fds.push_back(fd);
+  }
+  // The kernel completes a handshake in microseconds; ten seconds is only a bound for a machine
+  // that is very busy. A connection still connecting after it was refused by a full queue.
+  int connected = 0;
+  std::vector<pollfd> pending;
+  for (int fd : fds) pending.push_back({fd, POLLOUT, 0});
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!pending.empty() && std::chrono::steady_clock::now() < end) {
+    if (poll(pending.data(), pending.size(), 100) <= 0) continue;
+    std::vector<pollfd> still;
+    for (const pollfd& p : pending) {
+      int error = 0;
+      socklen_t size = sizeof(error);
+      if (p.revents == 0) {
+        still.push_back({p.fd, POLLOUT, 0});
+      } else if (getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0 && error == 0) {
+        ++connected;
+      }
+    }
+    pending = std::move(still);
+  }
+  EXPECT_EQ(connected, 48);
+  ASSERT_EQ(::kill(daemon->pid(), SIGCONT), 0);
+  int answered = 0;
+  const std::string request = "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n";
+  for (int fd : fds) {
+    fcntl(fd, F_SETFL, 0);
+    timeval timeout{30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    char buf[64] = {};
+    if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(request.size()) &&
+        recv(fd, buf, sizeof(buf) - 1, 0) > 0 && absl::StartsWith(buf, "HTTP/1.1 200")) {
+      ++answered;
+    }
+    close(fd);
+  }
+  EXPECT_EQ(answered, 48);
+  EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
+// A second daemon told to use a port the first one serves HTTP on refuses to start and says why,
+// rather than sharing the port (cpp-httplib's default SO_REUSEPORT would let it; the timeout
+// ends such a daemon).
+TEST(Hardening, ASecondDaemonOnTheSameHttpPortRefusesToStart) {
+  TempDir dir;
+  auto first = StartServingOrFail(dir.path() + "/first");
+  ASSERT_NE(first, nullptr);
+  const std::string log = dir.path() + "/second.log";
+  const std::string command =
+      absl::StrCat("timeout 120 ", kKnowdBinary, " serve --listen 127.0.0.1:0 --http-listen ",
+                   first->http_target(), " --model ", kTinyModel, " --data-dir ",
+                   ShellQuote(dir.path() + "/second"), " >/dev/null 2>", ShellQuote(log));
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  const std::string printed = ReadFileOrDie(log);
+  EXPECT_TRUE(absl::StrContains(printed, first->http_target())) << printed;
+  EXPECT_TRUE(absl::StrContains(printed, "another process")) << printed;
+  EXPECT_EQ(first->Terminate(), 0) << first->log();
 }
 
 // ---- signals --------------------------------------------------------------------------------

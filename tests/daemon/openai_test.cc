@@ -29,7 +29,8 @@ using client::Client;
 using json = nlohmann::json;
 
 struct Reply {
-  int status = 0;
+  int status = 0;     // 0: no response (error says why)
+  std::string error;  // httplib's reason when there was no response
   std::string body;
   json parsed;  // the body as JSON (discarded when it is not)
 };
@@ -45,7 +46,10 @@ Reply Call(const std::string& target, const std::string& method, const std::stri
                                ? http.Get(path.c_str(), headers)
                                : http.Post(path.c_str(), headers, body, "application/json");
   Reply reply;
-  if (!result) return reply;
+  if (!result) {
+    reply.error = httplib::to_string(result.error());
+    return reply;
+  }
   reply.status = result->status;
   reply.body = result->body;
   reply.parsed = json::parse(reply.body, nullptr, /*allow_exceptions=*/false);
@@ -77,7 +81,7 @@ std::vector<json> Events(const std::string& body, bool* done) {
 
 // An error body in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 void ExpectOpenAiError(const Reply& reply, int status, const std::string& type) {
-  EXPECT_EQ(reply.status, status) << reply.body;
+  EXPECT_EQ(reply.status, status) << reply.body << reply.error;
   ASSERT_TRUE(reply.parsed.is_object()) << reply.body;
   ASSERT_TRUE(reply.parsed.contains("error")) << reply.body;
   const json& e = reply.parsed["error"];
