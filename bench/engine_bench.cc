@@ -106,7 +106,7 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
   // Where the bounds come from, for the report.
   const std::string bounds = backend->kind() == BackendKind::kCuda
                                  ? "cuBLAS sgemm (fp32), device-to-device copy"
-                                 : "OpenBLAS sgemm, read-only sum over DRAM";
+                                 : "oneDNN sgemm, read-only sum over DRAM";
 
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> token(3, c.vocab_size - 1);

@@ -89,6 +89,13 @@ class Backend {
   virtual void MatMul(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int m,
                       int n, int k, bool accumulate) = 0;
 
+  // MatMul with w held in `w_dtype` (any DType but kI32; for the block formats k is a multiple
+  // of DTypeBlockSize(w_dtype), so each row is whole blocks). w is read in its own type and
+  // dequantized block by block inside the kernel, never whole: y equals MatMul on the exactly
+  // dequantized w up to f32 summation order. kF32 is MatMul itself.
+  virtual void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y,
+                           int64_t ldy, int m, int n, int k, bool accumulate) = 0;
+
   // y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * weight. In place allowed (y == x).
   virtual void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,
                        float eps) = 0;
@@ -128,7 +135,8 @@ class Backend {
   virtual void Dequantize(const void* src, DType dtype, float* dst, int64_t n) = 0;
 };
 
-// The CPU backend: OpenBLAS sgemm for MatMul, OpenMP threads for the rest.
+// The CPU backend: oneDNN sgemm for f32 MatMul, the typed kernels of cpu/typed_kernels.h (chosen
+// from CPUID) for weights in other types, OpenMP threads for the rest.
 // `threads` <= 0 means one per core.
 std::unique_ptr<Backend> MakeCpuBackend(int threads = 0);
 

@@ -115,6 +115,175 @@ KNOWD_HD inline float Q8_0Element(const uint8_t* blocks, int64_t i) {
   return Q8_0Dequant(Q8_0BlockScale(block), static_cast<int8_t>(block[2 + i % kQ8_0BlockSize]));
 }
 
+// Every element of one q8_0 block, in order.
+KNOWD_HD inline void Q8_0DequantBlock(const uint8_t* block, float* out) {
+  const float d = Q8_0BlockScale(block);
+  for (int j = 0; j < kQ8_0BlockSize; ++j)
+    out[j] = Q8_0Dequant(d, static_cast<int8_t>(block[2 + j]));
+}
+
+// ---- q4_0 ---------------------------------------------------------------------------------
+
+// The 4-bit code of element j (0..31) of a q4_0 block's 16 code bytes `qs`: byte j % 16, low
+// nibble for the first 16 elements and high nibble for the last 16.
+KNOWD_HD inline int Q4_0Code(const uint8_t* qs, int j) {
+  return j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4);
+}
+
+KNOWD_HD inline float Q4_0Dequant(float d, int code) { return d * static_cast<float>(code - 8); }
+
+KNOWD_HD inline void Q4_0DequantBlock(const uint8_t* block, float* out) {
+  const float d = Q8_0BlockScale(block);  // the same leading f16 scale
+  const uint8_t* qs = block + 2;
+  for (int j = 0; j < 16; ++j) {
+    out[j] = Q4_0Dequant(d, qs[j] & 0x0f);
+    out[j + 16] = Q4_0Dequant(d, qs[j] >> 4);
+  }
+}
+
+KNOWD_HD inline float Q4_0Element(const uint8_t* blocks, int64_t i) {
+  const uint8_t* block = blocks + (i / kQ4_0BlockSize) * kQ4_0BlockBytes;
+  return Q4_0Dequant(Q8_0BlockScale(block), Q4_0Code(block + 2, static_cast<int>(i % 32)));
+}
+
+// ---- q4_K ---------------------------------------------------------------------------------
+
+// The 6-bit scale and min of sub-block s (0..7) from a q4_K block's 12 packed bytes: sub-blocks
+// 0..3 keep theirs in the low 6 bits of bytes s and s+4; 4..7 split theirs between the nibbles of
+// bytes s+4 and the top 2 bits of bytes s-4 (scale) and s (min).
+KNOWD_HD inline void Q4_KScaleMin(const uint8_t* scales, int s, int* scale, int* min) {
+  if (s < 4) {
+    *scale = scales[s] & 63;
+    *min = scales[s + 4] & 63;
+  } else {
+    *scale = (scales[s + 4] & 0x0f) | ((scales[s - 4] >> 6) << 4);
+    *min = (scales[s + 4] >> 4) | ((scales[s] >> 6) << 4);
+  }
+}
+
+// Every element of one q4_K super-block: d at bytes 0-1, dmin at 2-3, packed scales at 4-15,
+// codes at 16-143 (run r of 64 elements: 32 low nibbles of bytes 32r.., then 32 high nibbles).
+KNOWD_HD inline void Q4_KDequantBlock(const uint8_t* block, float* out) {
+  const float d = F16ToF32(static_cast<uint16_t>(block[0] | (block[1] << 8)));
+  const float dmin = F16ToF32(static_cast<uint16_t>(block[2] | (block[3] << 8)));
+  const uint8_t* scales = block + 4;
+  const uint8_t* qs = block + 16;
+  for (int run = 0; run < 4; ++run) {
+    int sc0, m0, sc1, m1;
+    Q4_KScaleMin(scales, 2 * run, &sc0, &m0);
+    Q4_KScaleMin(scales, 2 * run + 1, &sc1, &m1);
+    const float d0 = d * static_cast<float>(sc0), min0 = dmin * static_cast<float>(m0);
+    const float d1 = d * static_cast<float>(sc1), min1 = dmin * static_cast<float>(m1);
+    const uint8_t* q = qs + 32 * run;
+    float* o = out + 64 * run;
+    for (int l = 0; l < 32; ++l) {
+      o[l] = d0 * static_cast<float>(q[l] & 0x0f) - min0;
+      o[l + 32] = d1 * static_cast<float>(q[l] >> 4) - min1;
+    }
+  }
+}
+
+KNOWD_HD inline float Q4_KElement(const uint8_t* blocks, int64_t i) {
+  const uint8_t* block = blocks + (i / kQKBlockSize) * kQ4_KBlockBytes;
+  const int j = static_cast<int>(i % kQKBlockSize);
+  const int run = j / 64, high = (j % 64) / 32, l = j % 32;
+  int sc, m;
+  Q4_KScaleMin(block + 4, 2 * run + high, &sc, &m);
+  const uint8_t q = block[16 + 32 * run + l];
+  const float d = F16ToF32(static_cast<uint16_t>(block[0] | (block[1] << 8)));
+  const float dmin = F16ToF32(static_cast<uint16_t>(block[2] | (block[3] << 8)));
+  return d * static_cast<float>(sc) * static_cast<float>(high ? q >> 4 : q & 0x0f) -
+         dmin * static_cast<float>(m);
+}
+
+// ---- q6_K ---------------------------------------------------------------------------------
+
+// The 6-bit code (0..63) of element j (0..255) of a q6_K super-block: halves of 128 elements,
+// each read from 64 bytes of low nibbles `ql` and 32 bytes of high bit pairs `qh`; quarter g of a
+// half takes the low (g = 0, 1) or high (g = 2, 3) nibble of ql[l + 32·(g % 2)] and bits 2g..2g+1
+// of qh[l].
+KNOWD_HD inline int Q6_KCode(const uint8_t* block, int j) {
+  const int half = j / 128, g = (j % 128) / 32, l = j % 32;
+  const uint8_t* ql = block + 64 * half;
+  const uint8_t* qh = block + 128 + 32 * half;
+  const uint8_t low = ql[l + 32 * (g & 1)];
+  const int nibble = g < 2 ? (low & 0x0f) : (low >> 4);
+  return nibble | (((qh[l] >> (2 * g)) & 3) << 4);
+}
+
+// Sub-block scale of element j: 16 int8 scales at bytes 192-207, one per 16 elements (in the
+// order element j of quarter g of half h, position l, reads scale 8h + 2g + l / 16).
+KNOWD_HD inline int Q6_KScaleIndex(int j) {
+  const int half = j / 128, g = (j % 128) / 32, l = j % 32;
+  return 8 * half + 2 * g + l / 16;
+}
+
+KNOWD_HD inline float Q6_KBlockD(const uint8_t* block) {
+  return F16ToF32(static_cast<uint16_t>(block[208] | (block[209] << 8)));
+}
+
+KNOWD_HD inline void Q6_KDequantBlock(const uint8_t* block, float* out) {
+  const float d = Q6_KBlockD(block);
+  const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192);
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* ql = block + 64 * half;
+    const uint8_t* qh = block + 128 + 32 * half;
+    const int8_t* sc = scales + 8 * half;
+    float* o = out + 128 * half;
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = (ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4);
+      const int q2 = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+      const int q3 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+      const int q4 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+      o[l] = d * static_cast<float>(sc[is + 0]) * static_cast<float>(q1 - 32);
+      o[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2 - 32);
+      o[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3 - 32);
+      o[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4 - 32);
+    }
+  }
+}
+
+KNOWD_HD inline float Q6_KElement(const uint8_t* blocks, int64_t i) {
+  const uint8_t* block = blocks + (i / kQKBlockSize) * kQ6_KBlockBytes;
+  const int j = static_cast<int>(i % kQKBlockSize);
+  const int8_t scale = static_cast<int8_t>(block[192 + Q6_KScaleIndex(j)]);
+  return Q6_KBlockD(block) * static_cast<float>(scale) *
+         static_cast<float>(Q6_KCode(block, j) - 32);
+}
+
+// Every element of one block of `dtype` (DTypeBlockSize(dtype) of them; one element for the
+// unblocked types).
+KNOWD_HD inline void DequantBlock(const void* block, DType dtype, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(block);
+  switch (dtype) {
+    case DType::kQ8_0:
+      Q8_0DequantBlock(b, out);
+      return;
+    case DType::kQ4_0:
+      Q4_0DequantBlock(b, out);
+      return;
+    case DType::kQ4_K:
+      Q4_KDequantBlock(b, out);
+      return;
+    case DType::kQ6_K:
+      Q6_KDequantBlock(b, out);
+      return;
+    case DType::kF32:
+      *out = *static_cast<const float*>(block);
+      return;
+    case DType::kF16:
+      *out = F16ToF32(*static_cast<const uint16_t*>(block));
+      return;
+    case DType::kBF16:
+      *out = BF16ToF32(*static_cast<const uint16_t*>(block));
+      return;
+    case DType::kI32:
+      *out = static_cast<float>(*static_cast<const int32_t*>(block));
+      return;
+  }
+}
+
 // Element `i` of `data` of `dtype`, as f32 (kI32 values are converted arithmetically).
 KNOWD_HD inline float LoadAsF32(const void* data, DType dtype, int64_t i) {
   switch (dtype) {
@@ -128,6 +297,12 @@ KNOWD_HD inline float LoadAsF32(const void* data, DType dtype, int64_t i) {
       return Q8_0Element(static_cast<const uint8_t*>(data), i);
     case DType::kI32:
       return static_cast<float>(static_cast<const int32_t*>(data)[i]);
+    case DType::kQ4_0:
+      return Q4_0Element(static_cast<const uint8_t*>(data), i);
+    case DType::kQ4_K:
+      return Q4_KElement(static_cast<const uint8_t*>(data), i);
+    case DType::kQ6_K:
+      return Q6_KElement(static_cast<const uint8_t*>(data), i);
   }
   return 0.0f;
 }

@@ -10,9 +10,9 @@ namespace knowd {
 
 // Best observed single-precision matrix-multiply throughput, in GFLOP/s (1e9 floating-point
 // operations per second, counting a multiply-add as 2): the best of several timed calls of
-// OpenBLAS cblas_sgemm on square row-major matrices (2048×2048, or 1024×1024 on a machine
-// too slow for that in ~1 s) with OpenBLAS set to `threads` threads. This is the compute roof
-// for MatMul-bound work such as prefill. OpenBLAS's thread count is restored afterwards.
+// oneDNN's dnnl_sgemm (the CPU backend's MatMul, its JIT kernel chosen from CPUID) on square
+// row-major matrices (2048×2048, or 1024×1024 on a machine too slow for that in ~1 s) on
+// `threads` OpenMP threads. This is the compute roof for MatMul-bound work such as prefill.
 double MeasureSgemmPeakGflops(int threads);
 
 // Best observed memory read bandwidth, in GB/s (1e9 bytes per second): the best of several

@@ -165,6 +165,9 @@ std::vector<uint8_t> Encode(std::span<const float> x, DType dtype) {
     case DType::kQ8_0:
       QuantizeQ8_0(x, out.data());
       break;
+    case DType::kQ4_0:
+    case DType::kQ4_K:
+    case DType::kQ6_K:
     case DType::kI32:
       break;  // refused by the caller
   }
@@ -422,7 +425,8 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
 
 absl::Status ConvertModel(const std::string& in, const std::string& out, DType weights) {
   const bool to_gguf = out.ends_with(".gguf");
-  if (weights == DType::kI32) {
+  if (weights == DType::kI32 || weights == DType::kQ4_0 || weights == DType::kQ4_K ||
+      weights == DType::kQ6_K) {
     return absl::InvalidArgumentError("ConvertModel: weights must be f32, f16, bf16 or q8_0");
   }
   if (!to_gguf && weights == DType::kQ8_0) {

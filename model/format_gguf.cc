@@ -82,6 +82,15 @@ bool DTypeFromGgml(uint32_t type, DType* dtype) {
     case internal::kGgmlBF16:
       *dtype = DType::kBF16;
       return true;
+    case internal::kGgmlQ4_0:
+      *dtype = DType::kQ4_0;
+      return true;
+    case internal::kGgmlQ4_K:
+      *dtype = DType::kQ4_K;
+      return true;
+    case internal::kGgmlQ6_K:
+      *dtype = DType::kQ6_K;
+      return true;
     default:
       return false;
   }
@@ -420,8 +429,9 @@ absl::Status GgufParser::PlaceTensors(std::vector<TensorInfo> infos, uint64_t al
     }
     DType dtype;
     if (!DTypeFromGgml(info.type, &dtype)) {
-      return Error(absl::StrCat(prefix, "type ", info.type, " (", GgmlTypeName(info.type),
-                                ") is not supported (supported: f32, f16, bf16, q8_0)"));
+      return Error(
+          absl::StrCat(prefix, "type ", info.type, " (", GgmlTypeName(info.type),
+                       ") is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)"));
     }
     int64_t numel = 0;
     if (!internal::CheckedNumel(info.ne, &numel)) {
@@ -433,9 +443,11 @@ absl::Status GgufParser::PlaceTensors(std::vector<TensorInfo> infos, uint64_t al
     if (numel > INT64_MAX / 8) {
       return Error(absl::StrCat(prefix, numel, " elements are more than any file can hold"));
     }
-    if (dtype == DType::kQ8_0 && (info.ne.empty() || info.ne[0] % kQ8_0BlockSize != 0)) {
-      return Error(absl::StrCat(prefix, "q8_0 rows of ", info.ne.empty() ? 1 : info.ne[0],
-                                " elements are not a multiple of ", kQ8_0BlockSize));
+    if (const int64_t block = DTypeBlockSize(dtype);
+        block > 1 && (info.ne.empty() || info.ne[0] % block != 0)) {
+      return Error(absl::StrCat(prefix, std::string(DTypeName(dtype)), " rows of ",
+                                info.ne.empty() ? 1 : info.ne[0],
+                                " elements are not a multiple of its block of ", block));
     }
     const uint64_t bytes = static_cast<uint64_t>(DTypeBytes(dtype, numel));
     if (info.offset % alignment != 0) {

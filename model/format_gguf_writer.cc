@@ -140,6 +140,15 @@ bool GgmlTypeOf(DType dtype, uint32_t* type) {
     case DType::kQ8_0:
       *type = internal::kGgmlQ8_0;
       return true;
+    case DType::kQ4_0:
+      *type = internal::kGgmlQ4_0;
+      return true;
+    case DType::kQ4_K:
+      *type = internal::kGgmlQ4_K;
+      return true;
+    case DType::kQ6_K:
+      *type = internal::kGgmlQ6_K;
+      return true;
     case DType::kI32:
       return false;
   }
@@ -204,8 +213,9 @@ absl::Status WriteGguf(const std::string& path,
     if (!names.insert(t.name).second) return error(absl::StrCat("tensor ", t.name, " given twice"));
     uint32_t type = 0;
     if (!GgmlTypeOf(t.dtype, &type)) {
-      return error(absl::StrCat(prefix, "dtype ", internal::ToAbsl(DTypeName(t.dtype)),
-                                " cannot be written (supported: f32, f16, bf16, q8_0)"));
+      return error(
+          absl::StrCat(prefix, "dtype ", internal::ToAbsl(DTypeName(t.dtype)),
+                       " cannot be written (supported: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)"));
     }
     if (t.shape.empty() || t.shape.size() > internal::kGgufMaxDims) {
       return error(absl::StrCat(prefix, t.shape.size(), " dimensions (must be 1..",
@@ -218,9 +228,10 @@ absl::Status WriteGguf(const std::string& path,
       return error(absl::StrCat(prefix, "shape ", internal::ShapeString(t.shape),
                                 " is not a valid tensor shape"));
     }
-    if (t.dtype == DType::kQ8_0 && t.shape.back() % kQ8_0BlockSize != 0) {
-      return error(absl::StrCat(prefix, "q8_0 rows of ", t.shape.back(),
-                                " elements are not a multiple of ", kQ8_0BlockSize));
+    if (const int64_t block = DTypeBlockSize(t.dtype); block > 1 && t.shape.back() % block != 0) {
+      return error(absl::StrCat(prefix, std::string(DTypeName(t.dtype)), " rows of ",
+                                t.shape.back(), " elements are not a multiple of its block of ",
+                                block));
     }
     if (DTypeBytes(t.dtype, numel) != t.bytes) {
       return error(absl::StrCat(prefix, "shape ", internal::ShapeString(t.shape), " of ",

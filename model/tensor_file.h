@@ -55,8 +55,8 @@ class TensorFile {
 
 class GgufFile : public TensorFile {
  public:
-  // Opens and validates a GGUF v2/v3 file. Tensor types other than f32, f16, bf16 and q8_0 are
-  // refused (INVALID_ARGUMENT naming the tensor and its type).
+  // Opens and validates a GGUF v2/v3 file. Tensor types other than f32, f16, bf16, q8_0, q4_0,
+  // q4_K and q6_K are refused (INVALID_ARGUMENT naming the tensor and its type).
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
 
   const std::map<std::string, GgufValue, std::less<>>& metadata() const { return metadata_; }
@@ -126,10 +126,10 @@ absl::Status WriteSafetensors(const std::string& path, std::span<const HostTenso
 //   vector<std::string> -> ARRAY of STRING
 //   vector<int64_t>     -> ARRAY of INT32 if every element fits, else ARRAY of INT64
 //   vector<double>      -> ARRAY of FLOAT32 if every element is a float exactly, else FLOAT64
-// INVALID_ARGUMENT (naming the key or tensor) for an empty or over-long key, a tensor dtype other
-// than f32, f16, bf16 or q8_0, a name that is empty, repeated or longer than 63 bytes (ggml's
-// GGML_MAX_NAME), a rank outside 1..4, a non-positive dimension, q8_0 rows that are not a
-// multiple of 32, or `bytes` that do not match the shape.
+// INVALID_ARGUMENT (naming the key or tensor) for an empty or over-long key, an i32 tensor, a
+// name that is empty, repeated or longer than 63 bytes (ggml's GGML_MAX_NAME), a rank outside
+// 1..4, a non-positive dimension, quantized rows that are not whole blocks, or `bytes` that do
+// not match the shape.
 absl::Status WriteGguf(const std::string& path,
                        const std::map<std::string, GgufValue, std::less<>>& metadata,
                        std::span<const HostTensor> tensors, int alignment = 32);

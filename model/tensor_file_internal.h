@@ -42,7 +42,10 @@ enum GgufType : uint32_t {
 // ggml tensor type numbers of the dtypes knowd reads and writes.
 inline constexpr uint32_t kGgmlF32 = 0;
 inline constexpr uint32_t kGgmlF16 = 1;
+inline constexpr uint32_t kGgmlQ4_0 = 2;
 inline constexpr uint32_t kGgmlQ8_0 = 8;
+inline constexpr uint32_t kGgmlQ4_K = 12;
+inline constexpr uint32_t kGgmlQ6_K = 14;
 inline constexpr uint32_t kGgmlBF16 = 30;
 
 // A whole file mapped read-only. Unmaps on destruction unless Release() handed the mapping to

@@ -2,6 +2,8 @@
 // per-element arithmetic of every operation comes from kernels/math.h, shared with the CUDA
 // backend; this file only decides how the work is split and walked.
 #include <cblas.h>
+#include <dnnl.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/typed_kernels.h"
 #include "kernels/math.h"
 
 namespace knowd {
@@ -25,6 +28,9 @@ namespace {
 constexpr int64_t kParallelMin = int64_t{1} << 15;
 constexpr int kSmallBatchRows = 16;                       // MatMul with 2..16 rows of x skips sgemm
 constexpr int64_t kParallelMatMulMin = int64_t{1} << 17;  // m*n*k below this: one thread
+// Floats of one dequantized panel of w in MatMulTyped's prefill path: 128 KiB, so a panel stays
+// in L2 while sgemm reads it.
+constexpr int64_t kTypedPanelFloats = int64_t{1} << 15;
 
 // Keys scored per online-softmax step of Attention: enough to amortise the rescale of the
 // accumulators, few enough that the transposed block (head_dim × 64 floats) stays in L1.
@@ -38,48 +44,13 @@ constexpr int kAttentionPairsPerTile = 32;
 // Below this many pairs per tile, scoring each key by a dot product beats transposing the block.
 constexpr int kAttentionMinPairsToTranspose = 4;
 
-// Elements per task of Dequantize (a multiple of the q8_0 block).
+// Elements per task of Dequantize (a multiple of every block size).
 constexpr int64_t kDequantizeChunk = int64_t{1} << 14;
 
-// Converts n consecutive elements of `src` to f32 on the calling thread. For kQ8_0, n is a
-// multiple of the block size.
+// Converts n consecutive elements of `src` to f32 on the calling thread (n a multiple of the
+// dtype's block).
 void DequantizeSpan(const void* src, DType dtype, float* dst, int64_t n) {
-  switch (dtype) {
-    case DType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
-      return;
-    case DType::kF16: {
-      const uint16_t* h = static_cast<const uint16_t*>(src);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(h[i]);
-      return;
-    }
-    case DType::kBF16: {
-      const uint16_t* h = static_cast<const uint16_t*>(src);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) dst[i] = BF16ToF32(h[i]);
-      return;
-    }
-    case DType::kQ8_0: {
-      const uint8_t* blocks = static_cast<const uint8_t*>(src);
-      for (int64_t b = 0; b < n / kQ8_0BlockSize; ++b) {
-        const uint8_t* block = blocks + b * kQ8_0BlockBytes;
-        const float scale = Q8_0BlockScale(block);
-        float* out = dst + b * kQ8_0BlockSize;
-#pragma omp simd
-        for (int j = 0; j < kQ8_0BlockSize; ++j) {
-          out[j] = Q8_0Dequant(scale, static_cast<int8_t>(block[2 + j]));
-        }
-      }
-      return;
-    }
-    case DType::kI32: {
-      const int32_t* v = static_cast<const int32_t*>(src);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(v[i]);
-      return;
-    }
-  }
+  cpu::BestTypedKernels().dequantize_rows(src, dtype, 1, n, dst);
 }
 
 template <RopeStyle kStyle>
@@ -235,7 +206,8 @@ class CpuBackend final : public Backend {
 
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string name() const override {
-    return absl::StrCat("cpu (", threads_, " threads, OpenBLAS)");
+    return absl::StrCat("cpu (", threads_, " threads, ", cpu::BestTypedKernels().family,
+                        " kernels, oneDNN sgemm)");
   }
 
   void* Alloc(size_t bytes) override {
@@ -280,6 +252,55 @@ class CpuBackend final : public Backend {
       const int end = b == blocks - 1 ? n : std::min(n, begin + per);
       if (begin < end)
         MatMulBlock(x, ldx, w + int64_t{begin} * k, y + begin, ldy, m, end - begin, k, accumulate);
+    }
+  }
+
+  // Few rows of x (decode): each thread takes a share of w's rows, dequantizes one row at a time
+  // into L1 and dots it with every row of x, so w is read once, in its own type. More rows
+  // (prefill): each thread dequantizes a panel of w's rows and multiplies it with oneDNN's sgemm;
+  // the dequantization is then a small fraction of the 2·m flops each weight takes part in.
+  void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y, int64_t ldy,
+                   int m, int n, int k, bool accumulate) override {
+    if (w_dtype == DType::kF32 || k <= 0) {
+      MatMul(x, ldx, static_cast<const float*>(w), y, ldy, m, n, k, accumulate);
+      return;
+    }
+    if (m <= 0 || n <= 0) return;
+    const cpu::TypedKernels& kernels = cpu::BestTypedKernels();
+    const int64_t row_bytes = DTypeBytes(w_dtype, k);
+    const char* rows = static_cast<const char*>(w);
+    if (m <= kSmallBatchRows) {
+      const int64_t work = int64_t{m} * n * k;
+      const int chunks = work >= kParallelMatMulMin ? std::min(threads_ * 4, (n + 15) / 16) : 1;
+#pragma omp parallel num_threads(std::min(threads_, chunks)) if (chunks > 1)
+      {
+        std::vector<float> row(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+        for (int c = 0; c < chunks; ++c) {
+          const int per = (n / 16 + chunks - 1) / chunks * 16;
+          const int begin = std::min(n, c * per);
+          const int end = c == chunks - 1 ? n : std::min(n, begin + per);
+          if (begin < end) {
+            kernels.dot_rows(x, ldx, rows + begin * row_bytes, w_dtype, y + begin, ldy, m,
+                             end - begin, k, accumulate, row.data());
+          }
+        }
+      }
+      return;
+    }
+    const int panel = static_cast<int>(std::clamp<int64_t>(kTypedPanelFloats / k, 16, 256));
+    const int panels = (n + panel - 1) / panel;
+#pragma omp parallel num_threads(std::min(threads_, panels)) if (panels > 1)
+    {
+      std::vector<float> dequantized(static_cast<size_t>(panel) * k);
+#pragma omp for schedule(dynamic, 1)
+      for (int p = 0; p < panels; ++p) {
+        const int begin = p * panel;
+        const int count = std::min(panel, n - begin);
+        kernels.dequantize_rows(rows + begin * row_bytes, w_dtype, count, k, dequantized.data());
+        dnnl_sgemm('N', 'T', m, count, k, 1.0f, x, ldx, dequantized.data(), k,
+                   accumulate ? 1.0f : 0.0f, y + begin, ldy);
+      }
     }
   }
 
@@ -429,8 +450,9 @@ class CpuBackend final : public Backend {
       cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, 1.0f, y, 1);
       return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, static_cast<int>(ldx), w,
-                k, accumulate ? 1.0f : 0.0f, y, static_cast<int>(ldy));
+    // oneDNN's sgemm picks its JIT kernel from CPUID (AVX-512 where OpenBLAS, going by the CPU's
+    // model name, may pick SSE3 or AVX2 ones); inside our OpenMP threads it runs single-threaded.
+    dnnl_sgemm('N', 'T', m, n, k, 1.0f, x, ldx, w, k, accumulate ? 1.0f : 0.0f, y, ldy);
   }
 
   // Batched decode (a few rows of x): sgemm's packing costs more than the product, and the step

@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -26,6 +27,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
+    if (tile_ != nullptr) cudaFree(tile_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -175,6 +177,40 @@ class CudaBackend final : public Backend {
     Check(cuda::LaunchDequantize(stream_, src, dtype, dst, n), "Dequantize");
   }
 
+  // Tiles of w's rows are dequantized (the per-block math of kernels/math.h) into a scratch
+  // buffer of at most kTypedTileFloats and multiplied by cuBLAS sgemm, so device memory holds the
+  // weights in their own type plus one tile.
+  void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y, int64_t ldy,
+                   int m, int n, int k, bool accumulate) override {
+    if (w_dtype == DType::kF32) {
+      MatMul(x, ldx, static_cast<const float*>(w), y, ldy, m, n, k, accumulate);
+      return;
+    }
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+      MatMul(x, ldx, nullptr, y, ldy, m, n, k, accumulate);
+      return;
+    }
+    const int64_t tile_rows = std::max<int64_t>(1, std::min<int64_t>(n, kTypedTileFloats / k));
+    if (tile_ == nullptr || tile_floats_ < tile_rows * k) {
+      Free(tile_);
+      tile_floats_ = tile_rows * k;
+      tile_ = static_cast<float*>(Alloc(tile_floats_ * sizeof(float)));
+      if (tile_ == nullptr) {
+        tile_floats_ = 0;
+        Fail(absl::ResourceExhaustedError("out of device memory for a dequantized tile"));
+        return;
+      }
+    }
+    const int64_t row_bytes = DTypeBytes(w_dtype, k);
+    for (int64_t begin = 0; begin < n; begin += tile_rows) {
+      const int rows = static_cast<int>(std::min<int64_t>(tile_rows, n - begin));
+      Dequantize(static_cast<const char*>(w) + begin * row_bytes, w_dtype, tile_,
+                 int64_t{rows} * k);
+      MatMul(x, ldx, tile_, y + begin, ldy, m, rows, k, accumulate);
+    }
+  }
+
  private:
   // The current device is per host thread, and any thread may drive the backend (one at a time).
   void Activate() { Check(cudaSetDevice(device_), "cudaSetDevice"); }
@@ -199,6 +235,10 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_;
   cublasHandle_t blas_;
   absl::Status status_;
+  // MatMulTyped's dequantized tile: 16M floats (64 MiB) at most, grown on first use.
+  static constexpr int64_t kTypedTileFloats = int64_t{1} << 24;
+  float* tile_ = nullptr;
+  int64_t tile_floats_ = 0;
 };
 
 }  // namespace

@@ -12,7 +12,9 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/typed_kernels.h"
 #include "kernels/dtype.h"
 
 namespace knowd {
@@ -35,7 +37,8 @@ class CpuBackendTest : public ::testing::Test {
 
 TEST_F(CpuBackendTest, DescribesItself) {
   EXPECT_EQ(backend_->kind(), BackendKind::kCpu);
-  EXPECT_EQ(backend_->name(), "cpu (2 threads, OpenBLAS)");
+  EXPECT_EQ(backend_->name(), absl::StrCat("cpu (2 threads, ", cpu::BestTypedKernels().family,
+                                           " kernels, oneDNN sgemm)"));
   EXPECT_TRUE(backend_->status().ok());
   EXPECT_NE(MakeCpuBackend()->name().find("threads"), std::string::npos);
 }

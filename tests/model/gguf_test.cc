@@ -25,7 +25,7 @@ using ::knowd::testing::StoriesGguf;
 using ::knowd::testing::WriteBytes;
 using ::testing::HasSubstr;
 
-constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ8_0 = 8, kGgmlBf16 = 30;
+constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_1 = 3, kGgmlQ8_0 = 8, kGgmlBf16 = 30;
 // Where stories260K.gguf's tensor data begins (tensor infos end at 14152, aligned up to 32).
 constexpr size_t kStoriesDataStart = 14176;
 
@@ -379,9 +379,9 @@ TEST(GgufFileTest, RefusesCountsBeyondTheFile) {
 
 TEST(GgufFileTest, RefusesUnsupportedTensorType) {
   std::string bytes = ReadBytes(StoriesGguf());
-  Store<uint32_t>(&bytes, TensorTypeOffset(bytes, "blk.0.attn_q.weight"), kGgmlQ4_0);
+  Store<uint32_t>(&bytes, TensorTypeOffset(bytes, "blk.0.attn_q.weight"), 3);
   ScratchDir dir;
-  ExpectRefused(dir, bytes, "tensor blk.0.attn_q.weight: type 2 (q4_0) is not supported");
+  ExpectRefused(dir, bytes, "tensor blk.0.attn_q.weight: type 3 (q4_1) is not supported");
   Store<uint32_t>(&bytes, TensorTypeOffset(bytes, "blk.0.attn_q.weight"), 12345);
   ExpectRefused(dir, bytes, "tensor blk.0.attn_q.weight: type 12345 (unknown)");
 }
@@ -416,7 +416,7 @@ TEST(GgufFileTest, RefusesBadTensorInfos) {
     ExpectRefused(dir, MakeGguf(spec), reason);
   };
   refused({{"w", {48, 2}, kGgmlQ8_0, 0}},
-          "tensor w: q8_0 rows of 48 elements are not a multiple of 32");
+          "tensor w: q8_0 rows of 48 elements are not a multiple of its block of 32");
   refused({{"w", {1, 1, 1, 1, 1}, kGgmlF32, 0}}, "tensor w: 5 dimensions (at most 4)");
   refused({{"w", {4, 0}, kGgmlF32, 0}}, "tensor w: dimension 1 is 0");
   refused({{"w", {1ull << 63}, kGgmlF32, 0}}, "tensor w: dimension 0 is 9223372036854775808");

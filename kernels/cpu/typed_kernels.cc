@@ -1,0 +1,62 @@
+#include "kernels/cpu/typed_kernels.h"
+
+#include <vector>
+
+#include "absl/strings/str_join.h"
+
+namespace knowd::cpu {
+
+namespace avx512 {
+extern const TypedKernels kKernels;
+}
+namespace avx2 {
+extern const TypedKernels kKernels;
+}
+namespace generic {
+extern const TypedKernels kKernels;
+}
+
+namespace {
+
+bool HasAvx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2") &&
+         __builtin_cpu_supports("fma");
+}
+
+bool HasAvx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("bmi2");
+}
+
+}  // namespace
+
+const TypedKernels& BestTypedKernels() {
+  static const TypedKernels* const best = [] {
+    __builtin_cpu_init();
+    if (HasAvx512()) return &avx512::kKernels;
+    if (HasAvx2()) return &avx2::kKernels;
+    return &generic::kKernels;
+  }();
+  return *best;
+}
+
+std::string CpuFeatureList() {
+  __builtin_cpu_init();
+  std::vector<const char*> present;
+#define KNOWD_FEATURE(name) \
+  if (__builtin_cpu_supports(name)) present.push_back(name)
+  KNOWD_FEATURE("avx512f");
+  KNOWD_FEATURE("avx512bw");
+  KNOWD_FEATURE("avx512vl");
+  KNOWD_FEATURE("avx512vnni");
+  KNOWD_FEATURE("avx512bf16");
+  KNOWD_FEATURE("avx2");
+  KNOWD_FEATURE("fma");
+  KNOWD_FEATURE("f16c");
+#undef KNOWD_FEATURE
+  return present.empty() ? "sse2" : absl::StrJoin(present, " ");
+}
+
+}  // namespace knowd::cpu
