@@ -1,6 +1,7 @@
-// The CUDA backend: cuBLAS sgemm for MatMul, kernels/cuda/cuda_ops.cu for the rest, all on one
-// stream per backend. Operations return void (backend.h), so a CUDA or cuBLAS error is kept as
-// the backend's first error and reported by status().
+// The CUDA backend: cuBLAS sgemm for MatMul, tensor-core cublasGemmEx for f16 and bf16 weights,
+// kernels/cuda/cuda_ops.cu for the rest, all on one stream per backend. Operations return void
+// (backend.h), so a CUDA or cuBLAS error is kept as the backend's first error and reported by
+// status().
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -27,7 +28,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
-    if (tile_ != nullptr) cudaFree(tile_);
+    if (scratch_ != nullptr) cudaFree(scratch_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -177,9 +178,12 @@ class CudaBackend final : public Backend {
     Check(cuda::LaunchDequantize(stream_, src, dtype, dst, n), "Dequantize");
   }
 
-  // Tiles of w's rows are dequantized (the per-block math of kernels/math.h) into a scratch
-  // buffer of at most kTypedTileFloats and multiplied by cuBLAS sgemm, so device memory holds the
-  // weights in their own type plus one tile.
+  // f16 and bf16 weights: x is rounded to w's type (kernels/math.h's F32ToF16 / F32ToBF16) into
+  // the scratch buffer, a chunk of its rows at a time, and multiplied by cublasGemmEx on the
+  // tensor cores (half-precision products, exact in fp32, accumulated in fp32). The block formats:
+  // tiles of w's rows are dequantized (the per-block math of kernels/math.h) into the scratch
+  // buffer and multiplied by cuBLAS sgemm in full fp32. Either way device memory holds the weights
+  // in their own type plus at most kScratchBytes.
   void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y, int64_t ldy,
                    int m, int n, int k, bool accumulate) override {
     if (w_dtype == DType::kF32) {
@@ -191,27 +195,67 @@ class CudaBackend final : public Backend {
       MatMul(x, ldx, nullptr, y, ldy, m, n, k, accumulate);
       return;
     }
-    const int64_t tile_rows = std::max<int64_t>(1, std::min<int64_t>(n, kTypedTileFloats / k));
-    if (tile_ == nullptr || tile_floats_ < tile_rows * k) {
-      Free(tile_);
-      tile_floats_ = tile_rows * k;
-      tile_ = static_cast<float*>(Alloc(tile_floats_ * sizeof(float)));
-      if (tile_ == nullptr) {
-        tile_floats_ = 0;
-        Fail(absl::ResourceExhaustedError("out of device memory for a dequantized tile"));
-        return;
-      }
+    if (w_dtype == DType::kF16 || w_dtype == DType::kBF16) {
+      MatMulHalf(x, ldx, w, w_dtype, y, ldy, m, n, k, accumulate);
+      return;
     }
+    const int64_t tile_rows =
+        std::max<int64_t>(1, std::min<int64_t>(n, kScratchBytes / sizeof(float) / k));
+    float* tile = static_cast<float*>(Scratch(tile_rows * k * sizeof(float)));
+    if (tile == nullptr) return;
     const int64_t row_bytes = DTypeBytes(w_dtype, k);
     for (int64_t begin = 0; begin < n; begin += tile_rows) {
       const int rows = static_cast<int>(std::min<int64_t>(tile_rows, n - begin));
-      Dequantize(static_cast<const char*>(w) + begin * row_bytes, w_dtype, tile_,
-                 int64_t{rows} * k);
-      MatMul(x, ldx, tile_, y + begin, ldy, m, rows, k, accumulate);
+      Dequantize(static_cast<const char*>(w) + begin * row_bytes, w_dtype, tile, int64_t{rows} * k);
+      MatMul(x, ldx, tile, y + begin, ldy, m, rows, k, accumulate);
     }
   }
 
  private:
+  // MatMulTyped for w of kF16 or kBF16 (m, n, k > 0). Rounding x to w's type costs it 11 (f16) or
+  // 8 (bf16) significant bits, so results differ from the CPU's f32 x · f32 w by up to 2^-11 or
+  // 2^-8 of Σ|x·w| (tests/kernels/gpu/cuda_twin_test.cc); in exchange the product runs on the
+  // tensor cores. Layout as in MatMul: column-major yᵀ[n, rows] = w · xᵀ.
+  void MatMulHalf(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y, int64_t ldy,
+                  int m, int n, int k, bool accumulate) {
+    const int64_t chunk_rows =
+        std::max<int64_t>(1, std::min<int64_t>(m, kScratchBytes / sizeof(uint16_t) / k));
+    uint16_t* x_half = static_cast<uint16_t*>(Scratch(chunk_rows * k * sizeof(uint16_t)));
+    if (x_half == nullptr) return;
+    const cudaDataType type = w_dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
+    const float alpha = 1.0f;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    for (int64_t begin = 0; begin < m; begin += chunk_rows) {
+      const int rows = static_cast<int>(std::min<int64_t>(chunk_rows, m - begin));
+      Check(cuda::LaunchToHalfRows(stream_, x + begin * ldx, ldx, w_dtype, x_half, rows, k),
+            "MatMulTyped (x to half)");
+      // CUBLAS_COMPUTE_32F keeps fp32 accumulation; CUBLAS_GEMM_DEFAULT picks tensor-core
+      // kernels for half-precision inputs (falling back to others where strides or alignment
+      // rule them out).
+      CheckBlas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, type, k,
+                             x_half, type, k, &beta, y + begin * ldy, CUDA_R_32F,
+                             static_cast<int>(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                "cublasGemmEx");
+    }
+  }
+
+  // MatMulTyped's scratch buffer of at least `bytes` (<= kScratchBytes, or one row's worth when
+  // a single row needs more), grown on first use and kept; nullptr, with the backend failed, when
+  // device memory runs out. Work enqueued earlier that still reads the old buffer is safe:
+  // cudaFree waits for the device to finish with it.
+  void* Scratch(int64_t bytes) {
+    if (scratch_ != nullptr && scratch_bytes_ >= bytes) return scratch_;
+    Free(scratch_);
+    scratch_bytes_ = bytes;
+    scratch_ = Alloc(static_cast<size_t>(bytes));
+    if (scratch_ == nullptr) {
+      scratch_bytes_ = 0;
+      Fail(absl::ResourceExhaustedError(absl::StrCat(
+          "out of device memory for MatMulTyped's scratch buffer (", bytes, " bytes)")));
+    }
+    return scratch_;
+  }
+
   // The current device is per host thread, and any thread may drive the backend (one at a time).
   void Activate() { Check(cudaSetDevice(device_), "cudaSetDevice"); }
 
@@ -235,10 +279,11 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_;
   cublasHandle_t blas_;
   absl::Status status_;
-  // MatMulTyped's dequantized tile: 16M floats (64 MiB) at most, grown on first use.
-  static constexpr int64_t kTypedTileFloats = int64_t{1} << 24;
-  float* tile_ = nullptr;
-  int64_t tile_floats_ = 0;
+  // MatMulTyped's scratch: a dequantized tile of w or x rounded to half precision, 64 MiB at
+  // most (unless one row of k floats is larger), grown on first use.
+  static constexpr int64_t kScratchBytes = int64_t{64} << 20;
+  void* scratch_ = nullptr;
+  int64_t scratch_bytes_ = 0;
 };
 
 }  // namespace

@@ -209,6 +209,15 @@ __global__ void DequantizeKernel(const void* src, DType dtype, float* dst, int64
   for (int64_t i = GlobalThread(); i < n; i += GridThreads()) dst[i] = LoadAsF32(src, dtype, i);
 }
 
+template <bool kBF16>
+__global__ void ToHalfRowsKernel(const float* x, int64_t ldx, uint16_t* out, int cols,
+                                 int64_t total) {
+  for (int64_t idx = GlobalThread(); idx < total; idx += GridThreads()) {
+    const float v = x[(idx / cols) * ldx + idx % cols];
+    out[idx] = kBF16 ? F32ToBF16(v) : F32ToF16(v);
+  }
+}
+
 template <int kPerLane>
 cudaError_t LaunchAttentionFor(cudaStream_t stream, const AttentionArgs& a) {
   const int64_t tasks = static_cast<int64_t>(a.n_queries) * a.n_heads;
@@ -293,6 +302,20 @@ cudaError_t LaunchDequantize(cudaStream_t stream, const void* src, DType dtype, 
                              int64_t n) {
   if (n <= 0) return cudaSuccess;
   DequantizeKernel<<<ElementwiseBlocks(n), kElementwiseThreads, 0, stream>>>(src, dtype, dst, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchToHalfRows(cudaStream_t stream, const float* x, int64_t ldx, DType dtype,
+                             uint16_t* out, int rows, int cols) {
+  const int64_t total = static_cast<int64_t>(rows) * cols;
+  if (rows <= 0 || cols <= 0) return cudaSuccess;
+  if (dtype == DType::kBF16) {
+    ToHalfRowsKernel<true>
+        <<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(x, ldx, out, cols, total);
+  } else {
+    ToHalfRowsKernel<false>
+        <<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(x, ldx, out, cols, total);
+  }
   return cudaGetLastError();
 }
 

@@ -33,5 +33,10 @@ cudaError_t LaunchEmbedding(cudaStream_t stream, const void* table, DType dtype,
                             const int32_t* ids, float* out, int n, int dim);
 cudaError_t LaunchDequantize(cudaStream_t stream, const void* src, DType dtype, float* dst,
                              int64_t n);
+// out[r * cols + c] = x[r * ldx + c] rounded to `dtype` (kF16 or kBF16, round to nearest even,
+// kernels/math.h's F32ToF16 / F32ToBF16): the f32 rows of x packed as the half-precision operand
+// of a tensor-core product.
+cudaError_t LaunchToHalfRows(cudaStream_t stream, const float* x, int64_t ldx, DType dtype,
+                             uint16_t* out, int rows, int cols);
 
 }  // namespace knowd::cuda

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
+#include "kernels/math.h"
 
 namespace knowd {
 namespace {
@@ -25,6 +26,62 @@ std::vector<T> Random(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f
   std::vector<T> v(n);
   for (T& x : v) x = static_cast<T>(dist(rng));
   return v;
+}
+
+template <typename T>
+std::vector<uint8_t> AsBytes(const std::vector<T>& v) {
+  std::vector<uint8_t> bytes(v.size() * sizeof(T));
+  std::memcpy(bytes.data(), v.data(), bytes.size());
+  return bytes;
+}
+
+// `n` elements (a multiple of the block size) of the block format `dtype`: random bytes, so
+// every 4- and 6-bit code and every packed sub-block scale and min occurs, with each f16 scale
+// field (q8_0, q4_0: d; q4_K: d, dmin; q6_K: d) replaced by a finite value in [-0.05, 0.05].
+std::vector<uint8_t> RandomBlocks(DType dtype, int64_t n, uint32_t seed) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(DTypeBytes(dtype, n)));
+  std::mt19937 rng(seed);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng() >> 24);
+  std::vector<int> scale_offsets;
+  switch (dtype) {
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      scale_offsets = {0};
+      break;
+    case DType::kQ4_K:
+      scale_offsets = {0, 2};
+      break;
+    case DType::kQ6_K:
+      scale_offsets = {kQ6_KBlockBytes - 2};
+      break;
+    default:
+      ADD_FAILURE() << "not a block format: " << DTypeName(dtype);
+      return bytes;
+  }
+  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+  const size_t block_bytes = static_cast<size_t>(DTypeBytes(dtype, DTypeBlockSize(dtype)));
+  for (size_t b = 0; b < bytes.size(); b += block_bytes) {
+    for (int offset : scale_offsets) {
+      const uint16_t h = F32ToF16(scale(rng));
+      bytes[b + offset] = static_cast<uint8_t>(h & 0xff);
+      bytes[b + offset + 1] = static_cast<uint8_t>(h >> 8);
+    }
+  }
+  return bytes;
+}
+
+// A weight matrix [n, k] in `dtype` (any DType but kI32): values in [-1, 1] for the unblocked
+// types, RandomBlocks for the block formats.
+std::vector<uint8_t> RandomWeights(DType dtype, int n, int k, uint32_t seed) {
+  const size_t count = static_cast<size_t>(n) * k;
+  if (DTypeIsQuantized(dtype)) return RandomBlocks(dtype, static_cast<int64_t>(count), seed);
+  const std::vector<float> values = Random<float>(count, seed);
+  if (dtype == DType::kF32) return AsBytes(values);
+  std::vector<uint16_t> halves(count);
+  for (size_t i = 0; i < count; ++i) {
+    halves[i] = dtype == DType::kBF16 ? F32ToBF16(values[i]) : F32ToF16(values[i]);
+  }
+  return AsBytes(halves);
 }
 
 // The same bytes in the memory of both backends.
@@ -251,7 +308,7 @@ TEST_F(CudaTwinTest, Elementwise) {
 }
 
 TEST_F(CudaTwinTest, EmbeddingAndDequantizeOfEveryDType) {
-  const int vocab = 50, dim = 128;
+  const int vocab = 50, dim = 256;  // rows of whole q4_K / q6_K super-blocks
   std::vector<uint16_t> half_bits(vocab * dim);
   for (size_t i = 0; i < half_bits.size(); ++i)
     half_bits[i] = static_cast<uint16_t>(i * 2654435761u >> 16);
@@ -263,12 +320,21 @@ TEST_F(CudaTwinTest, EmbeddingAndDequantizeOfEveryDType) {
   TwinBuffer f32(*cpu_, *gpu_, Random<float>(vocab * dim, 70));
   TwinBuffer halves(*cpu_, *gpu_, half_bits);
   TwinBuffer q8_0(*cpu_, *gpu_, q8);
+  TwinBuffer q4_0(*cpu_, *gpu_, RandomBlocks(DType::kQ4_0, vocab * dim, 71));
+  TwinBuffer q4_k(*cpu_, *gpu_, RandomBlocks(DType::kQ4_K, vocab * dim, 72));
+  TwinBuffer q6_k(*cpu_, *gpu_, RandomBlocks(DType::kQ6_K, vocab * dim, 73));
   TwinBuffer out(*cpu_, *gpu_, std::vector<float>(vocab * dim));
+  // Exact agreement for every type: the GPU converts one element at a time (LoadAsF32) and the
+  // CPU a block at a time (the *DequantBlock functions), with the same products in the same
+  // order. q4_K's d·scale·q − dmin·min may be fused into an FMA by one compiler and not the
+  // other, but d·scale·q needs 11 + 6 + 4 significant bits, so it is exact either way and only
+  // the subtraction rounds.
   const struct {
     DType dtype;
     const TwinBuffer* table;
-  } tables[] = {
-      {DType::kF32, &f32}, {DType::kF16, &halves}, {DType::kBF16, &halves}, {DType::kQ8_0, &q8_0}};
+  } tables[] = {{DType::kF32, &f32},   {DType::kF16, &halves}, {DType::kBF16, &halves},
+                {DType::kQ8_0, &q8_0}, {DType::kQ4_0, &q4_0},  {DType::kQ4_K, &q4_k},
+                {DType::kQ6_K, &q6_k}};
   for (const auto& t : tables) {
     SCOPED_TRACE(DTypeName(t.dtype));
     ExpectTwins(
@@ -282,6 +348,80 @@ TEST_F(CudaTwinTest, EmbeddingAndDequantizeOfEveryDType) {
         out,
         [&](Backend& b) { b.Dequantize(t.table->on<void>(b), t.dtype, out.on(b), vocab * dim); },
         0.0, 0.0);
+  }
+}
+
+// MatMulTyped against the CPU backend's for every weight type, at decode (m = 1), small-batch and
+// prefill (m = 64) sizes, with strided x and y and with accumulate. The tolerance of y[r, c] is
+// a bound in terms of S = Σ_i |x[r, i]·w[c, i]| (+ |y[r, c]| when accumulating), w being the
+// exactly dequantized weights (both backends dequantize to the same f32 values, see above):
+//  - f32 and the block formats (f32 sgemm on the GPU; the CPU's dot products or sgemm):
+//    16·2^-24·S. Both form the same products and sum them (with FMAs) in different orders. The
+//    worst case of a k-term sum is about k·2^-24·S, but with random signs the error of any
+//    order stays near 2^-24·S (the CPU backend alone: at most 2.7·2^-24·S against a double
+//    reference on such data), so 16 leaves a wide margin while still catching any indexing
+//    error (which moves y by about S / k = 2^-9·S or more).
+//  - f16 and bf16 (tensor cores; x rounded to w's type, see cuda_backend.cu): 2^-11·S (f16) or
+//    2^-8·S (bf16) for rounding x, since each product x·w then errs by at most that fraction
+//    (the half-precision products themselves are exact in fp32), plus 2^-25·Σ|w| for the x
+//    that land among f16's subnormals (absolute error up to half their spacing, 2^-25), plus
+//    64·2^-24·S for the fp32 accumulation, looser than above because tensor cores may align
+//    and add their partial products with truncation rather than round-to-nearest. Simulated on
+//    the CPU (x rounded, then f32 products) on data like this, the error stays under a tenth of
+//    the rounding term.
+TEST_F(CudaTwinTest, MatMulTypedOfEveryWeightType) {
+  const int n = 100, k = 512;  // k: whole q4_K / q6_K super-blocks
+  const int64_t ldx = k + 3, ldy = n + 5;
+  uint32_t seed = 80;
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                      DType::kQ4_K, DType::kQ6_K}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    TwinBuffer w(*cpu_, *gpu_, RandomWeights(dtype, n, k, ++seed));
+    std::vector<float> w_f32(static_cast<size_t>(n) * k);
+    cpu_->Dequantize(w.on<void>(*cpu_), dtype, w_f32.data(), int64_t{n} * k);  // host memory
+    double rounding = 0.0, subnormal = 0.0, accumulation = 16.0;
+    if (dtype == DType::kF16) {
+      rounding = std::ldexp(1.0, -11);
+      subnormal = std::ldexp(1.0, -25);
+      accumulation = 64.0;
+    } else if (dtype == DType::kBF16) {
+      rounding = std::ldexp(1.0, -8);
+      accumulation = 64.0;
+    }
+    const double rel = rounding + accumulation * std::ldexp(1.0, -24);
+    for (int m : {1, 8, 64}) {
+      for (bool accumulate : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "m = " << m << ", accumulate = " << accumulate);
+        const std::vector<float> x_host = Random<float>(m * ldx, ++seed);
+        const std::vector<float> y_host = Random<float>(m * ldy, ++seed);
+        TwinBuffer x(*cpu_, *gpu_, x_host);
+        TwinBuffer y(*cpu_, *gpu_, y_host);
+        for (Backend* b : {cpu_.get(), gpu_.get()}) {
+          b->MatMulTyped(x.on(*b), ldx, w.on<void>(*b), dtype, y.on(*b), ldy, m, n, k, accumulate);
+        }
+        const std::vector<float> expected = y.Floats(*cpu_);
+        const std::vector<float> got = y.Floats(*gpu_);
+        ASSERT_TRUE(gpu_->status().ok()) << gpu_->status();
+        for (int r = 0; r < m; ++r) {
+          for (int c = 0; c < ldy; ++c) {
+            const size_t at = static_cast<size_t>(r) * ldy + c;
+            if (c >= n) {  // the padding of y's rows stays as it was
+              ASSERT_EQ(got[at], y_host[at]) << "row " << r << " padding " << c;
+              continue;
+            }
+            double s = accumulate ? std::fabs(y_host[at]) : 0.0, w_sum = 0.0;
+            for (int i = 0; i < k; ++i) {
+              const double wi = std::fabs(w_f32[static_cast<size_t>(c) * k + i]);
+              s += std::fabs(x_host[static_cast<size_t>(r) * ldx + i]) * wi;
+              w_sum += wi;
+            }
+            ASSERT_TRUE(std::isfinite(expected[at])) << "row " << r << " col " << c;
+            ASSERT_NEAR(got[at], expected[at], rel * s + subnormal * w_sum)
+                << "row " << r << " col " << c;
+          }
+        }
+      }
+    }
   }
 }
 
