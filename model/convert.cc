@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/math.h"
 #include "model/config.h"
+#include "model/quantize.h"
 #include "model/tensor_file.h"
 #include "model/tensor_file_internal.h"
 #include "model/tokenizer_internal.h"
@@ -127,26 +128,6 @@ std::vector<float> PermuteHeads(const std::vector<float>& w, int heads, int64_t 
   return out;
 }
 
-// ggml's quantize_row_q8_0_ref: the scale is computed and applied in f32 and stored as f16.
-void QuantizeQ8_0(std::span<const float> x, uint8_t* out) {
-  const int64_t blocks = static_cast<int64_t>(x.size()) / kQ8_0BlockSize;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const float* v = x.data() + b * kQ8_0BlockSize;
-    uint8_t* block = out + b * kQ8_0BlockBytes;
-    float amax = 0.0f;
-    for (int64_t j = 0; j < kQ8_0BlockSize; ++j) amax = std::max(amax, std::fabs(v[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t scale = F32ToF16(d);
-    block[0] = static_cast<uint8_t>(scale & 0xff);
-    block[1] = static_cast<uint8_t>(scale >> 8);
-    for (int64_t j = 0; j < kQ8_0BlockSize; ++j) {
-      block[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(v[j] * id)));
-    }
-  }
-}
-
 std::vector<uint8_t> Encode(std::span<const float> x, DType dtype) {
   const int64_t n = static_cast<int64_t>(x.size());
   std::vector<uint8_t> out(DTypeBytes(dtype, n));
@@ -163,11 +144,11 @@ std::vector<uint8_t> Encode(std::span<const float> x, DType dtype) {
       break;
     }
     case DType::kQ8_0:
-      QuantizeQ8_0(x, out.data());
-      break;
     case DType::kQ4_0:
     case DType::kQ4_K:
     case DType::kQ6_K:
+      QuantizeRow(x, dtype, out.data());
+      break;
     case DType::kI32:
       break;  // refused by the caller
   }
@@ -213,9 +194,51 @@ absl::StatusOr<Source> OpenSource(const std::string& in) {
   return source;
 }
 
-// The tensors of `source`, renamed for `to`, in `weights` (2-D) or f32 (the rest).
+// ---- weight types ------------------------------------------------------------------------
+
+// The layer of a GGUF per-layer tensor name ("blk.N. ..."), or -1.
+int GgufLayer(std::string_view name) {
+  if (!name.starts_with("blk.")) return -1;
+  name.remove_prefix(4);
+  int layer = -1;
+  const auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), layer);
+  if (ec != std::errc() || end == name.data() + name.size() || *end != '.') return -1;
+  return layer;
+}
+
+// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+bool UseMoreBits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// The type `plan` gives the matrix `gguf_name` of a model of `layers` layers (`has_output`: it
+// has an output.weight, rather than reusing token_embd.weight).
+DType PlannedType(const WeightPlan& plan, std::string_view gguf_name, int layers, bool has_output) {
+  if (plan.mix == WeightPlan::Mix::kUniform) return plan.dtype;
+  if (gguf_name == "output.weight" || (!has_output && gguf_name == "token_embd.weight")) {
+    return DType::kQ6_K;
+  }
+  if (gguf_name.ends_with(".attn_v.weight") || gguf_name.ends_with(".ffn_down.weight")) {
+    const int layer = GgufLayer(gguf_name);
+    if (layer >= 0 && UseMoreBits(layer, layers)) return DType::kQ6_K;
+  }
+  return DType::kQ4_K;
+}
+
+// `dtype` for a matrix of rows of `cols` elements: quantized rows must be whole blocks, so the
+// k-quants fall back to q8_0 (rows a multiple of 32) and the 32-blocks to f16.
+DType FitRows(DType dtype, int64_t cols) {
+  if (!DTypeIsQuantized(dtype) || cols % DTypeBlockSize(dtype) == 0) return dtype;
+  if (cols % kQ8_0BlockSize == 0) return DType::kQ8_0;
+  return DType::kF16;
+}
+
+// ---- tensors -----------------------------------------------------------------------------
+
+// The tensors of `source`, renamed for `to`, in the types of `plan` (2-D) or f32 (the rest).
 absl::StatusOr<std::vector<OwnedTensor>> ConvertTensors(const Source& source, Format to,
-                                                        DType weights) {
+                                                        const WeightPlan& plan) {
+  const bool has_output =
+      source.file().Find(source.format == Format::kGguf ? "output.weight" : "lm_head.weight") !=
+      nullptr;
   std::vector<OwnedTensor> result;
   for (const HostTensor& t : source.file().tensors()) {
     // Old Hugging Face checkpoints store RoPE's inverse frequencies; they follow from the config.
@@ -238,9 +261,11 @@ absl::StatusOr<std::vector<OwnedTensor>> ConvertTensors(const Source& source, Fo
       values = PermuteHeads(values, heads, cols,
                             to == Format::kGguf ? RopeStyle::kInterleaved : RopeStyle::kHalf);
     }
-    DType dtype = t.shape.size() == 2 ? weights : DType::kF32;
-    // q8_0 blocks run along rows; a row that does not split into blocks keeps f16 precision.
-    if (dtype == DType::kQ8_0 && t.shape.back() % kQ8_0BlockSize != 0) dtype = DType::kF16;
+    // Blocks run along rows; a row that does not split into blocks takes a finer type.
+    const DType dtype =
+        t.shape.size() == 2
+            ? FitRows(PlannedType(plan, *name, source.config.num_layers, has_output), t.shape[1])
+            : DType::kF32;
     OwnedTensor& out = result.emplace_back();
     out.storage = Encode(values, dtype);
     out.tensor.name = *std::move(name);
@@ -262,18 +287,28 @@ std::vector<HostTensor> Views(const std::vector<OwnedTensor>& tensors) {
 
 // ---- GGUF metadata -----------------------------------------------------------------------
 
-// llama.cpp's general.file_type (enum llama_ftype) for a file whose matrices are `weights`.
-uint64_t LlamaFileType(DType weights) {
-  switch (weights) {
+// llama.cpp's general.file_type (enum llama_ftype) for a file whose matrices follow `plan`. A
+// uniform q4_K file is called Q4_K_S, the llama.cpp type mostly made of q4_K.
+uint64_t LlamaFileType(const WeightPlan& plan) {
+  if (plan.mix == WeightPlan::Mix::kQ4_K_M) return 15;
+  switch (plan.dtype) {
     case DType::kF16:
       return 1;
+    case DType::kQ4_0:
+      return 2;
     case DType::kQ8_0:
       return 7;
+    case DType::kQ4_K:
+      return 14;
+    case DType::kQ6_K:
+      return 18;
     case DType::kBF16:
       return 32;
-    default:
+    case DType::kF32:
+    case DType::kI32:
       return 0;
   }
+  return 0;
 }
 
 // A SentencePiece tokenizer.model as a GGUF "llama" vocabulary of `vocab_size` tokens, laid out
@@ -369,7 +404,7 @@ absl::Status WriteBytesAtomically(const std::string& path, std::string_view byte
 }
 
 absl::Status WriteGgufModel(const Source& source, const std::string& in, const std::string& out,
-                            DType weights) {
+                            const WeightPlan& plan) {
   Metadata metadata;
   if (source.format == Format::kGguf) {
     metadata = source.gguf->metadata();
@@ -379,10 +414,10 @@ absl::Status WriteGgufModel(const Source& source, const std::string& in, const s
     if (!m.ok()) return m.status();
     metadata = *std::move(m);
   }
-  metadata["general.file_type"] = LlamaFileType(weights);
-  if (weights == DType::kQ8_0) metadata["general.quantization_version"] = uint64_t{2};
+  metadata["general.file_type"] = LlamaFileType(plan);
+  if (DTypeIsQuantized(plan.dtype)) metadata["general.quantization_version"] = uint64_t{2};
 
-  absl::StatusOr<std::vector<OwnedTensor>> tensors = ConvertTensors(source, Format::kGguf, weights);
+  absl::StatusOr<std::vector<OwnedTensor>> tensors = ConvertTensors(source, Format::kGguf, plan);
   if (!tensors.ok()) return tensors.status();
   return WriteGguf(out, metadata, Views(*tensors));
 }
@@ -392,7 +427,8 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
   std::error_code ec;
   std::filesystem::create_directories(out, ec);
   if (ec) return absl::InternalError(absl::StrCat(out, ": cannot create: ", ec.message()));
-  absl::StatusOr<std::vector<OwnedTensor>> tensors = ConvertTensors(source, Format::kHf, weights);
+  absl::StatusOr<std::vector<OwnedTensor>> tensors =
+      ConvertTensors(source, Format::kHf, WeightPlan::Uniform(weights));
   if (!tensors.ok()) return tensors.status();
   if (absl::Status s = WriteSafetensors(out + "/model.safetensors", Views(*tensors)); !s.ok()) {
     return s;
@@ -423,20 +459,32 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
 
 }  // namespace
 
-absl::Status ConvertModel(const std::string& in, const std::string& out, DType weights) {
-  const bool to_gguf = out.ends_with(".gguf");
-  if (weights == DType::kI32 || weights == DType::kQ4_0 || weights == DType::kQ4_K ||
-      weights == DType::kQ6_K) {
-    return absl::InvalidArgumentError("ConvertModel: weights must be f32, f16, bf16 or q8_0");
+std::optional<WeightPlan> ParseWeightPlan(std::string_view name) {
+  if (name == "q4_K_M") return WeightPlan::Q4_K_M();
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                      DType::kQ4_K, DType::kQ6_K}) {
+    if (name == DTypeName(dtype)) return WeightPlan::Uniform(dtype);
   }
-  if (!to_gguf && weights == DType::kQ8_0) {
+  return std::nullopt;
+}
+
+absl::Status ConvertModel(const std::string& in, const std::string& out, WeightPlan plan) {
+  const bool to_gguf = out.ends_with(".gguf");
+  if (plan.dtype == DType::kI32 ||
+      (plan.mix == WeightPlan::Mix::kQ4_K_M && plan.dtype != DType::kQ4_K)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(out, ": safetensors has no q8_0; write a .gguf file instead"));
+        "ConvertModel: weights must be f32, f16, bf16, q8_0, q4_0, q4_K, q6_K or q4_K_M");
+  }
+  if (!to_gguf && DTypeIsQuantized(plan.dtype)) {
+    const std::string_view name =
+        plan.mix == WeightPlan::Mix::kQ4_K_M ? "q4_K_M" : DTypeName(plan.dtype);
+    return absl::InvalidArgumentError(
+        absl::StrCat(out, ": safetensors has no ", Str(name), "; write a .gguf file instead"));
   }
   absl::StatusOr<Source> source = OpenSource(in);
   if (!source.ok()) return source.status();
-  return to_gguf ? WriteGgufModel(*source, in, out, weights)
-                 : WriteHfModel(*source, in, out, weights);
+  return to_gguf ? WriteGgufModel(*source, in, out, plan)
+                 : WriteHfModel(*source, in, out, plan.dtype);
 }
 
 }  // namespace knowd
