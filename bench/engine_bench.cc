@@ -1,8 +1,13 @@
 #include "bench/engine_bench.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -10,13 +15,41 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/typed_kernels.h"
 #include "kernels/peak.h"
 #include "knowledge/bundle.h"
 #include "model/adapter.h"
+#include "model/convert.h"
 #include "model/transformer.h"
 
 namespace knowd {
 namespace {
+
+// The process's resident memory (/proc/self/statm), in bytes.
+int64_t ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  long long pages_total = 0, pages_resident = 0;
+  const int read = std::fscanf(f, "%lld %lld", &pages_total, &pages_resident);
+  std::fclose(f);
+  return read == 2 ? pages_resident * sysconf(_SC_PAGESIZE) : 0;
+}
+
+// Bytes of the model's files: the GGUF file, or a directory's *.safetensors.
+int64_t ModelFileBytes(const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::is_directory(path, error)) {
+    const auto size = std::filesystem::file_size(path, error);
+    return error ? 0 : static_cast<int64_t>(size);
+  }
+  int64_t bytes = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(path, error)) {
+    if (entry.path().extension() == ".safetensors") {
+      bytes += static_cast<int64_t>(entry.file_size(error));
+    }
+  }
+  return bytes;
+}
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
@@ -65,16 +98,66 @@ absl::StatusOr<double> BestSecondsPerCall(int repeats, int iterations, F&& f) {
 
 }  // namespace
 
-absl::Status RunEngineBench(const EngineBenchOptions& o) {
+absl::Status RunEngineBench(const EngineBenchOptions& options) {
+  EngineBenchOptions o = options;
+  // --dtype: the model converted into a scratch directory, removed when the bench ends.
+  struct ScratchDir {
+    std::filesystem::path path;
+    ~ScratchDir() {
+      std::error_code ignored;
+      if (!path.empty()) std::filesystem::remove_all(path, ignored);
+    }
+  } scratch;
+  if (!o.dtype.empty()) {
+    const std::optional<WeightPlan> plan = ParseWeightPlan(o.dtype);
+    if (!plan.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dtype \"", o.dtype,
+                       "\" is not one of f32, f16, bf16, q8_0, q4_0, q4_K, q6_K, q4_K_M"));
+    }
+    scratch.path = std::filesystem::temp_directory_path() /
+                   absl::StrCat("knowd-bench-", getpid(), "-", o.dtype);
+    std::error_code error;
+    std::filesystem::create_directories(scratch.path, error);
+    if (error) {
+      return absl::InternalError(absl::StrCat("cannot create ", scratch.path.string()));
+    }
+    const std::string converted = (scratch.path / "model.gguf").string();
+    std::fprintf(stderr, "converting %s to %s...\n", o.model.c_str(), o.dtype.c_str());
+    // In a child process, so the conversion's freed buffers do not sit in this process's heap
+    // and hide the resident memory the load adds.
+    std::fflush(nullptr);
+    const pid_t child = fork();
+    if (child < 0) return absl::InternalError("fork failed");
+    if (child == 0) {
+      const absl::Status s = ConvertModel(o.model, converted, *plan);
+      if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      std::fflush(nullptr);
+      _exit(s.ok() ? 0 : 1);
+    }
+    int status = 0;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("converting ", o.model, " to ", o.dtype, " failed (the reason is above)"));
+    }
+    o.model = converted;
+  }
+  const std::string model_label =
+      o.dtype.empty() ? options.model : absl::StrCat(options.model, " as ", o.dtype);
   const int threads = o.threads > 0
                           ? o.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   absl::StatusOr<std::unique_ptr<Backend>> made = knowledge::MakeBackendByName(o.backend, threads);
   if (!made.ok()) return made.status();
   std::unique_ptr<Backend> backend = *std::move(made);
+  const int64_t resident_before = ResidentBytes();
   absl::StatusOr<std::unique_ptr<Transformer>> loaded = Transformer::Load(o.model, backend.get());
   if (!loaded.ok()) return loaded.status();
   Transformer& model = **loaded;
+  // What loading the model added to the process's resident memory (host memory: on CUDA the
+  // weights live on the device and this is only the host's share).
+  const int64_t resident_model = ResidentBytes() - resident_before;
+  const int64_t file_bytes = ModelFileBytes(o.model);
   const LlamaConfig& c = model.config();
   if (o.prompt_tokens + o.decode_tokens + 1 > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("prompt + decode tokens exceed the model's ",
@@ -259,10 +342,16 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
         "\"sgemm_peak_gflops\":%.2f,"
         "\"memory_bandwidth_gbs\":%.2f,\"prefill_tokens_per_s\":%.1f,\"prefill_gflops\":%.2f,"
         "\"decode_b1_tokens_per_s\":%.1f,\"decode_b1_bound_tokens_per_s\":%.1f,"
-        "\"decode_b8_tokens_per_s\":%.1f,\"decode_b8_bound_tokens_per_s\":%.1f",
-        o.model.c_str(), backend->name().c_str(), static_cast<long long>(c.ParameterCount()),
+        "\"decode_b8_tokens_per_s\":%.1f,\"decode_b8_bound_tokens_per_s\":%.1f,"
+        "\"weight_types\":\"%s\",\"weight_bytes\":%lld,\"file_bytes\":%lld,"
+        "\"resident_model_bytes\":%lld,\"weight_bytes_per_step\":%.0f,"
+        "\"bandwidth_buffer_bytes\":%lld,\"last_level_cache_bytes\":%lld",
+        model_label.c_str(), backend->name().c_str(), static_cast<long long>(c.ParameterCount()),
         threads, peak_gflops, bandwidth_gbs, prefill_tps, prefill_gflops, *decode1, bound1,
-        *decode8, bound8);
+        *decode8, bound8, model.WeightTypes().c_str(), static_cast<long long>(model.WeightBytes()),
+        static_cast<long long>(file_bytes), static_cast<long long>(resident_model), bytes_per_step,
+        static_cast<long long>(BandwidthBufferBytes()),
+        static_cast<long long>(LastLevelCacheBytes()));
     if (adapter != nullptr) {
       std::printf(
           ",\"mac\":{\"adapter\":\"%s\",\"prefix_rows\":%d,\"top_k\":%d,"
@@ -278,13 +367,26 @@ absl::Status RunEngineBench(const EngineBenchOptions& o) {
     std::printf("}\n");
     return absl::OkStatus();
   }
-  std::printf("knowd bench engine — %s\n", o.model.c_str());
+  std::printf("knowd bench engine — %s\n", model_label.c_str());
   std::printf("model: %.1fM parameters, hidden %d, %d layers, %d/%d heads, vocab %d; %s\n",
               c.ParameterCount() / 1e6, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads,
               c.vocab_size, backend->name().c_str());
   std::printf(
-      "machine (measured now): sgemm peak %.1f GFLOP/s, memory bandwidth %.1f GB/s (%s)\n\n",
-      peak_gflops, bandwidth_gbs, bounds.c_str());
+      "weights: %s, %.1f MB held (file %.1f MB, %.2fx); resident memory +%.1f MB "
+      "after loading (%.2fx the file)\n",
+      model.WeightTypes().c_str(), model.WeightBytes() / 1e6, file_bytes / 1e6,
+      file_bytes > 0 ? static_cast<double>(model.WeightBytes()) / file_bytes : 0.0,
+      resident_model / 1e6,
+      file_bytes > 0 ? static_cast<double>(resident_model) / file_bytes : 0.0);
+  if (backend->kind() == BackendKind::kCpu) {
+    std::printf("cpu features: %s\n", cpu::CpuFeatureList().c_str());
+  }
+  std::printf(
+      "machine (measured now): sgemm peak %.1f GFLOP/s, memory bandwidth %.1f GB/s (%s; "
+      "bandwidth over %.0f MiB, %.0fx the %.0f MiB last-level cache)\n\n",
+      peak_gflops, bandwidth_gbs, bounds.c_str(), BandwidthBufferBytes() / 1048576.0,
+      static_cast<double>(BandwidthBufferBytes()) / LastLevelCacheBytes(),
+      LastLevelCacheBytes() / 1048576.0);
   std::printf("%-28s %14s %14s %10s\n", "measurement", "figure", "bound", "fraction");
   std::printf("%-28s %10.1f tok/s %9.1f GFLOP/s %8.1f%%   (%.1f GFLOP/s of sgemm peak)\n",
               absl::StrFormat("prefill (%d tokens)", o.prompt_tokens).c_str(), prefill_tps,

@@ -22,6 +22,9 @@ struct EngineBenchOptions {
   std::string adapter;          // adapter/ directory for the mac question section; empty: none
   int mac_top_k = 3;            // passages aggregated per question (mac section)
   bool json = false;            // one JSON object instead of the table
+  // Non-empty: the model is first converted (ConvertModel) to a temporary GGUF whose weight
+  // matrices are this type ("q8_0", "q4_K_M", ...; model/convert.h) and measured in it.
+  std::string dtype;
 };
 
 absl::Status RunEngineBench(const EngineBenchOptions& options);

@@ -39,6 +39,7 @@ int RunBenchEngine(const BenchEngineFlags& flags) {
   o.json = flags.json;
   o.adapter = flags.adapter;
   o.mac_top_k = flags.mac_top_k;
+  o.dtype = flags.dtype;
   absl::Status s = RunEngineBench(o);
   return s.ok() ? 0 : Fail("bench engine", s);
 }

@@ -18,6 +18,7 @@ struct BenchEngineFlags {
   bool json = false;
   std::string adapter;  // set: also measure a mac question
   int mac_top_k = 3;
+  std::string dtype;  // set: measure the model converted to this weight type
 };
 int RunBenchEngine(const BenchEngineFlags& flags);
 

@@ -15,6 +15,7 @@
 #include "kernels/backend.h"
 #include "knowledge/bundle.h"
 #include "knowledge/passages.h"
+#include "model/convert.h"
 #include "model/generate.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
@@ -88,6 +89,25 @@ int RunTokenize(const TokenizeFlags& flags) {
   std::string line;
   for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&line, i ? " " : "", ids[i]);
   std::printf("%s\n", line.c_str());
+  return 0;
+}
+
+int RunConvert(const ConvertFlags& flags) {
+  if (flags.model.empty() || flags.out.empty()) {
+    return Fail("convert", absl::InvalidArgumentError("--model and --out are required"));
+  }
+  const std::optional<WeightPlan> plan = ParseWeightPlan(flags.dtype);
+  if (!plan.has_value()) {
+    return Fail("convert", absl::InvalidArgumentError(absl::StrCat(
+                               "--dtype \"", flags.dtype,
+                               "\" is not one of f32, f16, bf16, q8_0, q4_0, q4_K, q6_K, q4_K_M")));
+  }
+  std::fprintf(stderr, "converting %s to %s (%s)...\n", flags.model.c_str(), flags.out.c_str(),
+               flags.dtype.c_str());
+  if (absl::Status s = ConvertModel(flags.model, flags.out, *plan); !s.ok()) {
+    return Fail("convert", s);
+  }
+  std::printf("wrote %s\n", flags.out.c_str());
   return 0;
 }
 

@@ -29,6 +29,16 @@ struct TokenizeFlags {
 };
 int RunTokenize(const TokenizeFlags& flags);
 
+// Writes the model at --model to --out (a .gguf file, or a Hugging Face directory) with its weight
+// matrices in --dtype: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K or q4_K_M (ConvertModel,
+// model/convert.h).
+struct ConvertFlags {
+  std::string model;  // required
+  std::string out;    // required
+  std::string dtype = "f16";
+};
+int RunConvert(const ConvertFlags& flags);
+
 // Re-encodes every passage of the memory bank at --data-dir with the adapter of --bundle (or
 // --adapter) and records its fingerprint, so the daemon opens the bank with that adapter.
 // Resumable: after an interruption the same command continues where it stopped.

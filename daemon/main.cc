@@ -114,6 +114,17 @@ int main(int argc, char** argv) {
   tokenize_cmd->add_option("--text", tokenize.text, "text to tokenize");
   tokenize_cmd->add_flag("--no-bos", tokenize.no_bos, "do not prepend the BOS token");
 
+  knowd::ConvertFlags convert;
+  CLI::App* convert_cmd = app.add_subcommand(
+      "convert", "Writes a model in another format (GGUF, Hugging Face) or weight type.");
+  convert_cmd->add_option("--model", convert.model,
+                          "a GGUF file or a Hugging Face directory (required)");
+  convert_cmd->add_option("--out", convert.out,
+                          "a .gguf file, else a Hugging Face directory (required)");
+  convert_cmd->add_option("--dtype", convert.dtype,
+                          "weight matrices: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K or q4_K_M "
+                          "(the quantized types to .gguf only)");
+
   knowd::ReencodeFlags reencode;
   CLI::App* reencode_cmd =
       app.add_subcommand("reencode", "Re-encodes a memory bank with another adapter (resumable).");
@@ -134,6 +145,7 @@ int main(int argc, char** argv) {
   }
   if (generate_cmd->parsed()) return knowd::RunGenerate(generate);
   if (tokenize_cmd->parsed()) return knowd::RunTokenize(tokenize);
+  if (convert_cmd->parsed()) return knowd::RunConvert(convert);
   if (reencode_cmd->parsed()) return knowd::RunReencode(reencode);
   return 2;  // not reached: Parse returns an exit code unless a command was selected
 }

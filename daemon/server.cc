@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "daemon/auth.h"
 #include "daemon/cluster_log.h"
@@ -191,7 +192,9 @@ void PrintBanner(const ServeConfig& config, const knowledge::Bundle& m, const To
                    http_address.empty() ? "" : absl::StrCat(", ", http_address, " (http)"));
   const std::string model_line =
       absl::StrCat("model ", m.model_path, " (", lm.num_layers, " layers, hidden ", lm.hidden_size,
-                   ", vocab ", lm.vocab_size, "); ", adapter_line);
+                   ", vocab ", lm.vocab_size, ", weights ", m.model->WeightTypes(), ", ",
+                   absl::StrFormat("%.1f", m.model->WeightBytes() / 1048576.0), " MiB) on ",
+                   m.model->backend()->name(), "; ", adapter_line);
   const std::string security =
       absl::StrCat("memory bank ", config.data_dir, "; auth ",
                    auth.open() ? "off (no tokens file)"

@@ -92,7 +92,9 @@ class Backend {
   // MatMul with w held in `w_dtype` (any DType but kI32; for the block formats k is a multiple
   // of DTypeBlockSize(w_dtype), so each row is whole blocks). w is read in its own type and
   // dequantized block by block inside the kernel, never whole: y equals MatMul on the exactly
-  // dequantized w up to f32 summation order. kF32 is MatMul itself.
+  // dequantized w up to f32 summation order, except that the CUDA backend multiplies f16 and
+  // bf16 weights on the tensor cores after rounding x to the weights' type (fp32 accumulation).
+  // kF32 is MatMul itself.
   virtual void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y,
                            int64_t ldy, int m, int n, int k, bool accumulate) = 0;
 

@@ -56,12 +56,19 @@ double MeasureSgemmPeakGflops(int threads) {
   return best;
 }
 
-double MeasureMemoryBandwidthGBs(int threads) {
-  threads = std::max(threads, 1);
+int64_t LastLevelCacheBytes() {
   int64_t llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
   if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  if (llc <= 0) llc = int64_t{32} << 20;
-  const int64_t bytes = std::min(std::max(8 * llc, int64_t{256} << 20), int64_t{1} << 30);
+  return llc > 0 ? llc : int64_t{32} << 20;
+}
+
+int64_t BandwidthBufferBytes() {
+  return std::min(std::max(8 * LastLevelCacheBytes(), int64_t{256} << 20), int64_t{1} << 30);
+}
+
+double MeasureMemoryBandwidthGBs(int threads) {
+  threads = std::max(threads, 1);
+  const int64_t bytes = BandwidthBufferBytes();
   const int64_t n = bytes / static_cast<int64_t>(sizeof(float));
   float* buffer = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(bytes)));
   if (buffer == nullptr) return 0.0;

@@ -4,6 +4,8 @@
 // machine is otherwise idle. Not for use on a serving path.
 #pragma once
 
+#include <cstdint>
+
 #include "absl/status/statusor.h"
 
 namespace knowd {
@@ -21,6 +23,12 @@ double MeasureSgemmPeakGflops(int threads);
 // cache. Read-only because decode streams weights and writes almost nothing; a STREAM triad
 // would also count write-allocate traffic. This is the roof for memory-bound work such as decode.
 double MeasureMemoryBandwidthGBs(int threads);
+
+// The bytes of the buffer MeasureMemoryBandwidthGBs reads (8 × the last-level cache, 256 MiB to
+// 1 GiB), and the last-level cache it is sized from (sysconf; 32 MiB when the system does not
+// say), for reports.
+int64_t BandwidthBufferBytes();
+int64_t LastLevelCacheBytes();
 
 // The same two bounds for a CUDA device, for the CUDA backend's benchmarks: the best of several
 // timed cuBLAS sgemm calls on 4096x4096 matrices in the backend's math mode (fp32, no TF32), and

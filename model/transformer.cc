@@ -126,14 +126,20 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   const LlamaConfig& c = model->config_;
   const int64_t d = c.hidden_size;
 
-  auto alloc = [&](int64_t floats) -> absl::StatusOr<float*> {
-    void* p = backend->Alloc(floats * sizeof(float));
+  auto alloc_bytes = [&](int64_t bytes) -> absl::StatusOr<void*> {
+    void* p = backend->Alloc(bytes);
     if (p == nullptr) {
-      return absl::ResourceExhaustedError(absl::StrCat(path, ": out of ", backend->name(),
-                                                       " memory loading ", floats * 4, " bytes"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(path, ": out of ", backend->name(), " memory loading ", bytes, " bytes"));
     }
     model->allocations_.push_back(p);
-    return static_cast<float*>(p);
+    model->weight_bytes_ += bytes;
+    return p;
+  };
+  auto alloc = [&](int64_t floats) -> absl::StatusOr<float*> {
+    absl::StatusOr<void*> p = alloc_bytes(floats * static_cast<int64_t>(sizeof(float)));
+    if (!p.ok()) return p.status();
+    return static_cast<float*>(*p);
   };
   // Copies `t` into dst as f32, converting on the backend when the file holds another dtype.
   auto load_into = [&](const HostTensor& t, float* dst) -> absl::Status {
@@ -161,6 +167,23 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
     if (absl::Status s = load_into(**t, *dst); !s.ok()) return s;
     return *dst;
   };
+  // A weight matrix, uploaded as its file holds it.
+  auto matrix = [&](const HostTensor& t) -> absl::StatusOr<Matrix> {
+    if (t.dtype == DType::kI32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", t.name, " is i32, expected a float type"));
+    }
+    absl::StatusOr<void*> dst = alloc_bytes(static_cast<int64_t>(t.bytes));
+    if (!dst.ok()) return dst.status();
+    backend->Upload(*dst, t.data, t.bytes);
+    return Matrix{*dst, t.dtype};
+  };
+  auto load_matrix = [&](const std::string& name,
+                         std::vector<int64_t> shape) -> absl::StatusOr<Matrix> {
+    absl::StatusOr<const HostTensor*> t = file->Require(name, shape);
+    if (!t.ok()) return t.status();
+    return matrix(**t);
+  };
 #define KNOWD_ASSIGN(lhs, expr)                 \
   do {                                          \
     auto result_ = (expr);                      \
@@ -173,51 +196,63 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   absl::StatusOr<const HostTensor*> embed =
       file->Require(embed_name, std::vector<int64_t>{c.vocab_size, d});
   if (!embed.ok()) return embed.status();
-  if ((*embed)->dtype == DType::kI32) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", embed_name, " is i32"));
-  }
-  model->embedding_dtype_ = (*embed)->dtype;
-  model->embedding_ = backend->Alloc((*embed)->bytes);
-  if (model->embedding_ == nullptr)
-    return absl::ResourceExhaustedError("out of memory: " + embed_name);
-  model->allocations_.push_back(model->embedding_);
-  backend->Upload(model->embedding_, (*embed)->data, (*embed)->bytes);
+  Matrix embedding;
+  KNOWD_ASSIGN(embedding, matrix(**embed));
+  model->embedding_ = const_cast<void*>(embedding.data);
+  model->embedding_dtype_ = embedding.dtype;
 
   KNOWD_ASSIGN(model->output_norm_, load(gguf ? "output_norm.weight" : "model.norm.weight", {d}));
   const std::string output_name = gguf ? "output.weight" : "lm_head.weight";
   if (file->Find(output_name) != nullptr) {
     model->config_.tie_word_embeddings = false;
-    KNOWD_ASSIGN(model->output_, load(output_name, {c.vocab_size, d}));
-  } else if (model->embedding_dtype_ == DType::kF32) {
-    model->config_.tie_word_embeddings = true;
-    model->output_ = static_cast<float*>(model->embedding_);
+    KNOWD_ASSIGN(model->output_, load_matrix(output_name, {c.vocab_size, d}));
   } else {
     model->config_.tie_word_embeddings = true;
-    KNOWD_ASSIGN(model->output_, load(embed_name, {c.vocab_size, d}));
+    model->output_ = embedding;
   }
 
-  const int64_t qkv = c.q_dim() + 2 * c.kv_dim();
   model->layers_.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     Layer& layer = model->layers_[l];
     auto name = [&](LayerTensor t) { return LayerTensorName(gguf, l, t); };
     KNOWD_ASSIGN(layer.attn_norm, load(name(LayerTensor::kAttnNorm), {d}));
-    KNOWD_ASSIGN(layer.wqkv, alloc(qkv * d));
     const std::pair<LayerTensor, int64_t> parts[] = {
         {LayerTensor::kQ, c.q_dim()}, {LayerTensor::kK, c.kv_dim()}, {LayerTensor::kV, c.kv_dim()}};
-    int64_t row = 0;
-    for (auto [which, rows] : parts) {
-      absl::StatusOr<const HostTensor*> t = file->Require(name(which), std::vector{rows, d});
+    const HostTensor* qkv[3];
+    for (int p = 0; p < 3; ++p) {
+      absl::StatusOr<const HostTensor*> t =
+          file->Require(name(parts[p].first), std::vector{parts[p].second, d});
       if (!t.ok()) return t.status();
-      if (absl::Status s = load_into(**t, layer.wqkv + row * d); !s.ok()) return s;
-      row += rows;
+      qkv[p] = *t;
+    }
+    if (qkv[0]->dtype == qkv[1]->dtype && qkv[1]->dtype == qkv[2]->dtype &&
+        qkv[0]->dtype != DType::kI32) {
+      // One matrix of the stacked rows: one product per layer instead of three.
+      const int64_t bytes = static_cast<int64_t>(qkv[0]->bytes + qkv[1]->bytes + qkv[2]->bytes);
+      absl::StatusOr<void*> dst = alloc_bytes(bytes);
+      if (!dst.ok()) return dst.status();
+      size_t offset = 0;
+      for (const HostTensor* t : qkv) {
+        backend->Upload(static_cast<char*>(*dst) + offset, t->data, t->bytes);
+        offset += t->bytes;
+      }
+      layer.qkv.push_back(
+          {Matrix{*dst, qkv[0]->dtype}, 0, static_cast<int>(c.q_dim() + 2 * c.kv_dim())});
+    } else {
+      int row = 0;
+      for (int p = 0; p < 3; ++p) {
+        Matrix m;
+        KNOWD_ASSIGN(m, matrix(*qkv[p]));
+        layer.qkv.push_back({m, row, static_cast<int>(parts[p].second)});
+        row += static_cast<int>(parts[p].second);
+      }
     }
     if (c.attention_bias) {
-      KNOWD_ASSIGN(layer.bqkv, alloc(qkv));
+      KNOWD_ASSIGN(layer.bqkv, alloc(c.q_dim() + 2 * c.kv_dim()));
       const std::pair<LayerTensor, int64_t> biases[] = {{LayerTensor::kQBias, c.q_dim()},
                                                         {LayerTensor::kKBias, c.kv_dim()},
                                                         {LayerTensor::kVBias, c.kv_dim()}};
-      row = 0;
+      int64_t row = 0;
       for (auto [which, rows] : biases) {
         absl::StatusOr<const HostTensor*> t = file->Require(name(which), std::vector{rows});
         if (!t.ok()) return t.status();
@@ -225,11 +260,11 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
         row += rows;
       }
     }
-    KNOWD_ASSIGN(layer.wo, load(name(LayerTensor::kO), {d, c.q_dim()}));
+    KNOWD_ASSIGN(layer.wo, load_matrix(name(LayerTensor::kO), {d, c.q_dim()}));
     KNOWD_ASSIGN(layer.ffn_norm, load(name(LayerTensor::kFfnNorm), {d}));
-    KNOWD_ASSIGN(layer.w_gate, load(name(LayerTensor::kGate), {c.intermediate_size, d}));
-    KNOWD_ASSIGN(layer.w_up, load(name(LayerTensor::kUp), {c.intermediate_size, d}));
-    KNOWD_ASSIGN(layer.w_down, load(name(LayerTensor::kDown), {d, c.intermediate_size}));
+    KNOWD_ASSIGN(layer.w_gate, load_matrix(name(LayerTensor::kGate), {c.intermediate_size, d}));
+    KNOWD_ASSIGN(layer.w_up, load_matrix(name(LayerTensor::kUp), {c.intermediate_size, d}));
+    KNOWD_ASSIGN(layer.w_down, load_matrix(name(LayerTensor::kDown), {d, c.intermediate_size}));
   }
 #undef KNOWD_ASSIGN
   backend->Synchronize();
@@ -244,9 +279,29 @@ Transformer::~Transformer() {
 int64_t Transformer::WeightBytesPerToken() const {
   const LlamaConfig& c = config_;
   const int64_t d = c.hidden_size;
-  const int64_t per_layer =
-      d * (c.q_dim() + 2 * c.kv_dim()) + d * c.q_dim() + 3 * d * c.intermediate_size + 2 * d;
-  return sizeof(float) * (per_layer * c.num_layers + int64_t{c.vocab_size} * d + 2 * d);
+  const int64_t ff = c.intermediate_size;
+  int64_t bytes = DTypeBytes(embedding_dtype_, d) + DTypeBytes(output_.dtype, c.vocab_size * d) +
+                  static_cast<int64_t>(sizeof(float)) * d;
+  for (const Layer& w : layers_) {
+    for (const QkvPart& p : w.qkv) bytes += DTypeBytes(p.w.dtype, p.rows * d);
+    bytes += DTypeBytes(w.wo.dtype, d * c.q_dim()) + DTypeBytes(w.w_gate.dtype, ff * d) +
+             DTypeBytes(w.w_up.dtype, ff * d) + DTypeBytes(w.w_down.dtype, d * ff) +
+             static_cast<int64_t>(sizeof(float)) * 2 * d;
+  }
+  return bytes;
+}
+
+std::string Transformer::WeightTypes() const {
+  std::set<std::string> types = {std::string(DTypeName(output_.dtype))};
+  for (const Layer& w : layers_) {
+    for (const QkvPart& p : w.qkv) types.insert(std::string(DTypeName(p.w.dtype)));
+    for (const Matrix* m : {&w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+      types.insert(std::string(DTypeName(m->dtype)));
+    }
+  }
+  std::string joined;
+  for (const std::string& t : types) joined += (joined.empty() ? "" : ", ") + t;
+  return joined;
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> Transformer::NewCache(int capacity, bool allow_longer) {
@@ -350,8 +405,10 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& w = layers_[l];
     backend_->RmsNorm(x, w.attn_norm, h, total, static_cast<int>(d), c.rms_norm_eps);
-    backend_->MatMul(h, d, w.wqkv, qkv, qkv_dim, total, static_cast<int>(qkv_dim),
-                     static_cast<int>(d), false);
+    for (const QkvPart& p : w.qkv) {
+      backend_->MatMulTyped(h, d, p.w.data, p.w.dtype, qkv + p.row, qkv_dim, total, p.rows,
+                            static_cast<int>(d), false);
+    }
     if (w.bqkv != nullptr) {
       backend_->AddBias(qkv, qkv_dim, w.bqkv, total, static_cast<int>(qkv_dim));
     }
@@ -387,14 +444,16 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
       backend_->Attention(a);
       row += n;
     }
-    backend_->MatMul(attn, c.q_dim(), w.wo, x, d, total, static_cast<int>(d), c.q_dim(), true);
+    backend_->MatMulTyped(attn, c.q_dim(), w.wo.data, w.wo.dtype, x, d, total, static_cast<int>(d),
+                          c.q_dim(), true);
     backend_->RmsNorm(x, w.ffn_norm, h, total, static_cast<int>(d), c.rms_norm_eps);
-    backend_->MatMul(h, d, w.w_gate, gate, ff, total, static_cast<int>(ff), static_cast<int>(d),
-                     false);
-    backend_->MatMul(h, d, w.w_up, up, ff, total, static_cast<int>(ff), static_cast<int>(d), false);
+    backend_->MatMulTyped(h, d, w.w_gate.data, w.w_gate.dtype, gate, ff, total,
+                          static_cast<int>(ff), static_cast<int>(d), false);
+    backend_->MatMulTyped(h, d, w.w_up.data, w.w_up.dtype, up, ff, total, static_cast<int>(ff),
+                          static_cast<int>(d), false);
     backend_->SiluMul(gate, up, gate, total * ff);
-    backend_->MatMul(gate, ff, w.w_down, x, d, total, static_cast<int>(d), static_cast<int>(ff),
-                     true);
+    backend_->MatMulTyped(gate, ff, w.w_down.data, w.w_down.dtype, x, d, total, static_cast<int>(d),
+                          static_cast<int>(ff), true);
     if (capture != nullptr && capture->hidden != nullptr) {
       backend_->Copy(capture->hidden + int64_t{l} * total * d, x, sizeof(float) * total * d);
     }
@@ -412,8 +471,8 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
       row += n;
     }
     backend_->RmsNorm(h, output_norm_, h, n_out, static_cast<int>(d), c.rms_norm_eps);
-    backend_->MatMul(h, d, output_, logits_dev, c.vocab_size, n_out, c.vocab_size,
-                     static_cast<int>(d), false);
+    backend_->MatMulTyped(h, d, output_.data, output_.dtype, logits_dev, c.vocab_size, n_out,
+                          c.vocab_size, static_cast<int>(d), false);
     logits->resize(int64_t{n_out} * c.vocab_size);
     backend_->Download(logits->data(), logits_dev, logits->size() * sizeof(float));
   }

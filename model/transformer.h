@@ -85,16 +85,23 @@ struct TrunkCapture {
 class Transformer {
  public:
   // Loads a model: a GGUF file (llama architecture) or a directory with config.json and
-  // model.safetensors (or a sharded index). Weights are converted to f32 in backend memory,
-  // except the token embedding, which keeps its file dtype. `backend` must outlive the model.
+  // model.safetensors (or a sharded index). Weight matrices and the token embedding stay in
+  // their file's type in backend memory (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K) and are
+  // multiplied in it (Backend::MatMulTyped); norms and biases become f32. `backend` must outlive
+  // the model.
   static absl::StatusOr<std::unique_ptr<Transformer>> Load(const std::string& path,
                                                            Backend* backend);
   ~Transformer();
 
   const LlamaConfig& config() const { return config_; }
   Backend* backend() const { return backend_; }
-  // Bytes of weights read per decoded token (every matrix once, plus the used embedding row).
+  // Bytes of weights read per decoded token (every matrix once in its type, plus the used
+  // embedding row).
   int64_t WeightBytesPerToken() const;
+  // Bytes of backend memory the loaded weights take (about the file's size).
+  int64_t WeightBytes() const { return weight_bytes_; }
+  // The types of the weight matrices, e.g. "q4_K, q6_K" (sorted, distinct).
+  std::string WeightTypes() const;
 
   // A cache for up to `capacity` rows (prefix + tokens); capacity <= max_position_embeddings
   // unless allow_longer.
@@ -110,15 +117,28 @@ class Transformer {
                        const TrunkCapture* capture = nullptr);
 
  private:
+  // A weight matrix [rows, cols] in backend memory, in its file's type (MatMulTyped reads it).
+  struct Matrix {
+    const void* data = nullptr;
+    DType dtype = DType::kF32;
+  };
+  // Rows [row, row + rows) of the stacked q, k, v projection.
+  struct QkvPart {
+    Matrix w;
+    int row = 0;
+    int rows = 0;
+  };
   struct Layer {
     float* attn_norm = nullptr;
-    float* wqkv = nullptr;  // [(q_dim + 2 kv_dim), hidden]: q, k, v rows stacked
+    // One part (q, k and v rows stacked) when the three share a type, else one per projection
+    // (a q4_K_M file keeps some attn_v in q6_K).
+    std::vector<QkvPart> qkv;
     float* bqkv = nullptr;  // optional
-    float* wo = nullptr;
+    Matrix wo;
     float* ffn_norm = nullptr;
-    float* w_gate = nullptr;
-    float* w_up = nullptr;
-    float* w_down = nullptr;
+    Matrix w_gate;
+    Matrix w_up;
+    Matrix w_down;
   };
   Transformer() = default;
   float* Scratch(int slot, int64_t floats);
@@ -129,7 +149,8 @@ class Transformer {
   void* embedding_ = nullptr;
   DType embedding_dtype_ = DType::kF32;
   float* output_norm_ = nullptr;
-  float* output_ = nullptr;  // [vocab, hidden]; aliases a f32 copy of the embedding when tied
+  Matrix output_;             // [vocab, hidden]; the embedding itself when tied
+  int64_t weight_bytes_ = 0;  // bytes of backend memory the weights take
   std::vector<Layer> layers_;
   std::vector<std::pair<float*, int64_t>> scratch_;
 };

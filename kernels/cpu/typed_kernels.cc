@@ -32,13 +32,17 @@ bool HasAvx2() {
 
 }  // namespace
 
+std::vector<const TypedKernels*> SupportedTypedKernels() {
+  __builtin_cpu_init();
+  std::vector<const TypedKernels*> supported;
+  if (HasAvx512()) supported.push_back(&avx512::kKernels);
+  if (HasAvx2()) supported.push_back(&avx2::kKernels);
+  supported.push_back(&generic::kKernels);
+  return supported;
+}
+
 const TypedKernels& BestTypedKernels() {
-  static const TypedKernels* const best = [] {
-    __builtin_cpu_init();
-    if (HasAvx512()) return &avx512::kKernels;
-    if (HasAvx2()) return &avx2::kKernels;
-    return &generic::kKernels;
-  }();
+  static const TypedKernels* const best = SupportedTypedKernels().front();
   return *best;
 }
 

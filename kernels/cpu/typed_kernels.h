@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/dtype.h"
 
@@ -27,6 +28,9 @@ struct TypedKernels {
 
 // The kernels of the widest family this CPU supports (the first call checks CPUID).
 const TypedKernels& BestTypedKernels();
+
+// Every family this CPU can run, widest first (tests check each against the same references).
+std::vector<const TypedKernels*> SupportedTypedKernels();
 
 // The CPU features the choice was made from, e.g. "avx512f avx512bw avx512vl avx512_vnni
 // avx512_bf16 avx2 fma f16c", for logs and benchmark reports.

@@ -208,10 +208,14 @@ def body(args):
                 k += 1
                 try:
                     final = None
+                    # Read-your-writes: whichever replica the router picks answers once it has
+                    # applied the namespace's seed (a replica still behind it would find the
+                    # namespace empty).
                     for chunk in stub.Ask(pb.AskRequest(namespace=ns.encode(),
                                                         question=b"Where does Orvan Tesk live?",
                                                         mode=pb.ASK_MODE_RAG, max_tokens=4,
-                                                        stream=False),
+                                                        stream=False,
+                                                        min_log_sequence=acked[(ns, "seed")]),
                                           metadata=header(ns), timeout=30):
                         if chunk.HasField("final"):
                             final = chunk.final

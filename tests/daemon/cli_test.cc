@@ -114,6 +114,39 @@ TEST(KnowdCli, BenchEngineMeasuresTheMacQuestionOfTheShippedAdapter) {
   EXPECT_NE(too_many.out.find("--mac-top-k must be in [1, 16]"), std::string::npos) << too_many.out;
 }
 
+// `knowd convert` writes a quantized GGUF that `knowd bench engine` then holds in that type, in
+// about the file's bytes; `--dtype` converts on the way; an unknown type is refused by name.
+TEST(KnowdCli, ConvertWritesQuantizedModelsThatStayQuantized) {
+  const std::string out = ::testing::TempDir() + "/knowd_cli_convert_q8_0.gguf";
+  CommandResult convert =
+      RunKnowd("convert --model " + kModels + "/knowd-tiny --out " + out + " --dtype q8_0");
+  ASSERT_EQ(convert.exit_code, 0) << convert.out;
+  EXPECT_NE(convert.out.find("wrote " + out), std::string::npos) << convert.out;
+  CommandResult bench = RunKnowd("bench engine --model " + out +
+                                 " --threads 1 --prompt-tokens 32 --decode-tokens 4 --json");
+  ASSERT_EQ(bench.exit_code, 0) << bench.out;
+  const nlohmann::json report = nlohmann::json::parse(bench.out);
+  EXPECT_EQ(report["weight_types"], "q8_0");
+  const double file_bytes = report["file_bytes"].get<double>();
+  EXPECT_EQ(file_bytes, static_cast<double>(std::filesystem::file_size(out)));
+  EXPECT_LE(report["weight_bytes"].get<double>(), 1.1 * file_bytes);
+  EXPECT_GE(report["weight_bytes"].get<double>(), 0.9 * file_bytes);
+  EXPECT_GT(report["decode_b1_tokens_per_s"].get<double>(), 0);
+
+  // knowd-tiny's rows of 192 are not whole 256-element super-blocks and fall back to q8_0; its
+  // ffn_down rows of 512 take q4_K, or q6_K on the layers llama.cpp gives more bits.
+  CommandResult mixed = RunKnowd("bench engine --model " + kModels +
+                                 "/knowd-tiny --dtype q4_K_M --threads 1 --prompt-tokens 32 "
+                                 "--decode-tokens 4 --json");
+  ASSERT_EQ(mixed.exit_code, 0) << mixed.out;
+  EXPECT_EQ(nlohmann::json::parse(mixed.out)["weight_types"], "q4_K, q6_K, q8_0");
+
+  CommandResult unknown =
+      RunKnowd("convert --model " + kModels + "/knowd-tiny --out " + out + " --dtype q4_1", true);
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.out.find("--dtype \"q4_1\" is not one of"), std::string::npos) << unknown.out;
+}
+
 TEST(KnowdCli, UsageErrorsExitWithTwo) {
   EXPECT_EQ(RunKnowd("").exit_code, 2);
   EXPECT_EQ(RunKnowd("frobnicate").exit_code, 2);

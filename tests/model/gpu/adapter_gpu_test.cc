@@ -80,8 +80,11 @@ TEST(AdapterGpu, CodesAndPrefixesMatchTheCpu) {
   }
   const Outputs& want = runs[0];
   const Outputs& got = runs[1];
-  // fp32 on both backends; only the summation order differs.
-  constexpr double kTolerance = 1e-4;
+  // knowd-tiny's base LM is f16: the CPU multiplies its exactly widened weights in fp32, the GPU
+  // rounds the activations to f16 for the tensor cores (fp32 accumulation). Simulating that
+  // rounding on the CPU moved these outputs by 5e-5 to 3.6e-4 relative; 1e-3 allows for it
+  // while a wrong row or layer still moves them by far more.
+  constexpr double kTolerance = 1e-3;
   for (size_t i = 0; i < want.codes.size(); ++i) {
     EXPECT_LE(RelativeDiff(got.codes[i].latents, want.codes[i].latents), kTolerance) << i;
     EXPECT_LE(RelativeDiff(got.codes[i].key, want.codes[i].key), kTolerance) << i;
