@@ -18,10 +18,13 @@
 #include <immintrin.h>
 #endif
 
+// Internal linkage (static): kernels/cpu/ compiles these functions into one object per
+// instruction-set family (AVX-512, AVX2, baseline), and a shared inline definition would let the
+// linker keep one family's out-of-line copy for every caller, AVX-512 code included.
 #ifdef __CUDACC__
-#define KNOWD_HD __host__ __device__
+#define KNOWD_HD static __host__ __device__
 #else
-#define KNOWD_HD
+#define KNOWD_HD static
 #endif
 
 namespace knowd {
