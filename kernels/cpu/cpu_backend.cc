@@ -47,6 +47,14 @@ constexpr int kAttentionMinPairsToTranspose = 4;
 // Elements per task of Dequantize (a multiple of every block size).
 constexpr int64_t kDequantizeChunk = int64_t{1} << 14;
 
+// `floats` of scratch for the calling thread, kept between calls: MatMulTyped runs hundreds of
+// times per second, and a fresh 128 KiB buffer each time is an mmap, page faults and a munmap.
+float* ThreadScratch(int64_t floats) {
+  thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < floats) scratch.resize(static_cast<size_t>(floats));
+  return scratch.data();
+}
+
 // Converts n consecutive elements of `src` to f32 on the calling thread (n a multiple of the
 // dtype's block).
 void DequantizeSpan(const void* src, DType dtype, float* dst, int64_t n) {
@@ -274,7 +282,7 @@ class CpuBackend final : public Backend {
       const int chunks = work >= kParallelMatMulMin ? std::min(threads_ * 4, (n + 15) / 16) : 1;
 #pragma omp parallel num_threads(std::min(threads_, chunks)) if (chunks > 1)
       {
-        std::vector<float> row(static_cast<size_t>(k));
+        float* row = ThreadScratch(k);
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; ++c) {
           const int per = (n / 16 + chunks - 1) / chunks * 16;
@@ -282,7 +290,7 @@ class CpuBackend final : public Backend {
           const int end = c == chunks - 1 ? n : std::min(n, begin + per);
           if (begin < end) {
             kernels.dot_rows(x, ldx, rows + begin * row_bytes, w_dtype, y + begin, ldy, m,
-                             end - begin, k, accumulate, row.data());
+                             end - begin, k, accumulate, row);
           }
         }
       }
@@ -292,14 +300,14 @@ class CpuBackend final : public Backend {
     const int panels = (n + panel - 1) / panel;
 #pragma omp parallel num_threads(std::min(threads_, panels)) if (panels > 1)
     {
-      std::vector<float> dequantized(static_cast<size_t>(panel) * k);
+      float* dequantized = ThreadScratch(int64_t{panel} * k);
 #pragma omp for schedule(dynamic, 1)
       for (int p = 0; p < panels; ++p) {
         const int begin = p * panel;
         const int count = std::min(panel, n - begin);
-        kernels.dequantize_rows(rows + begin * row_bytes, w_dtype, count, k, dequantized.data());
-        dnnl_sgemm('N', 'T', m, count, k, 1.0f, x, ldx, dequantized.data(), k,
-                   accumulate ? 1.0f : 0.0f, y + begin, ldy);
+        kernels.dequantize_rows(rows + begin * row_bytes, w_dtype, count, k, dequantized);
+        dnnl_sgemm('N', 'T', m, count, k, 1.0f, x, ldx, dequantized, k, accumulate ? 1.0f : 0.0f,
+                   y + begin, ldy);
       }
     }
   }
