@@ -385,13 +385,19 @@ TEST(Hardening, BlankTextsFutureDatesBadTemperaturesAndUnknownNamespacesAreRefus
 
 // ---- probes under idle connections ----------------------------------------------------------
 
-// A TCP connection to `target` that sends nothing; -1 when it cannot connect.
-int IdleConnection(const std::string& target) {
+// The IPv4 address of "HOST:PORT".
+sockaddr_in AddressOf(const std::string& target) {
   const size_t colon = target.rfind(':');
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(colon + 1))));
   inet_pton(AF_INET, target.substr(0, colon).c_str(), &address.sin_addr);
+  return address;
+}
+
+// A TCP connection to `target` that sends nothing; -1 when it cannot connect.
+int IdleConnection(const std::string& target) {
+  sockaddr_in address = AddressOf(target);
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     close(fd);
@@ -458,12 +464,7 @@ TEST(Hardening, ABurstOf48ConnectionsIsQueuedAndAnswered) {
   TempDir dir;
   auto daemon = StartServingOrFail(dir.path() + "/data");
   ASSERT_NE(daemon, nullptr);
-  const std::string target = daemon->http_target();
-  const size_t colon = target.rfind(':');
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(colon + 1))));
-  inet_pton(AF_INET, target.substr(0, colon).c_str(), &address.sin_addr);
+  sockaddr_in address = AddressOf(daemon->http_target());
   ASSERT_EQ(::kill(daemon->pid(), SIGSTOP), 0);
   std::vector<int> fds;
   for (int i = 0; i < 48; ++i) {
