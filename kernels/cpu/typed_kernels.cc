@@ -1,5 +1,7 @@
 #include "kernels/cpu/typed_kernels.h"
 
+#include <cpuid.h>
+
 #include <vector>
 
 #include "absl/strings/str_join.h"
@@ -18,16 +20,21 @@ extern const TypedKernels kKernels;
 
 namespace {
 
-bool HasAvx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2") &&
-         __builtin_cpu_supports("fma");
+// F16C from CPUID leaf 1 (ECX bit 29): not every compiler's __builtin_cpu_supports knows it.
+bool HasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
 }
 
 bool HasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("bmi2");
+         __builtin_cpu_supports("bmi2") && HasF16c();
+}
+
+bool HasAvx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512cd") && HasAvx2();
 }
 
 }  // namespace
@@ -58,8 +65,8 @@ std::string CpuFeatureList() {
   KNOWD_FEATURE("avx512bf16");
   KNOWD_FEATURE("avx2");
   KNOWD_FEATURE("fma");
-  KNOWD_FEATURE("f16c");
 #undef KNOWD_FEATURE
+  if (HasF16c()) present.push_back("f16c");
   return present.empty() ? "sse2" : absl::StrJoin(present, " ");
 }
 
