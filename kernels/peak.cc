@@ -36,7 +36,9 @@ double TimeSgemm(int n, const float* a, const float* b, float* c) {
 double MeasureSgemmPeakGflops(int threads) {
   // oneDNN's OpenMP runtime runs an sgemm on omp_get_max_threads() threads.
   const int saved_threads = omp_get_max_threads();
-  omp_set_num_threads(std::max(threads, 1));
+  // At most OMP_THREAD_LIMIT: oneDNN computes only the shares of the threads it gets
+  // (kernels/cpu/cpu_backend.cc).
+  omp_set_num_threads(std::min(std::max(threads, 1), omp_get_thread_limit()));
   constexpr int kMaxN = 2048;
   std::vector<float> a(size_t{kMaxN} * kMaxN), b(a.size()), c(a.size());
   FillSmall(a);

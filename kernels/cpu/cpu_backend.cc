@@ -47,6 +47,15 @@ constexpr int kAttentionMinPairsToTranspose = 4;
 // Elements per task of Dequantize (a multiple of every block size).
 constexpr int64_t kDequantizeChunk = int64_t{1} << 14;
 
+// oneDNN 2.6's sgemm splits its work for omp_get_max_threads() threads and computes only the
+// shares of the threads it gets: under OMP_THREAD_LIMIT below that count (the sanitizer runs set
+// 1) it silently leaves parts of y unwritten. So the calling thread's count is clamped to the
+// limit before any product (the setting is per thread, and any thread may drive a backend).
+void ClampOmpThreadsToLimit() {
+  const int limit = omp_get_thread_limit();
+  if (omp_get_max_threads() > limit) omp_set_num_threads(limit);
+}
+
 // `floats` of scratch for the calling thread, kept between calls: MatMulTyped runs hundreds of
 // times per second, and a fresh 128 KiB buffer each time is an mmap, page faults and a munmap.
 float* ThreadScratch(int64_t floats) {
@@ -246,6 +255,7 @@ class CpuBackend final : public Backend {
       }
       return;
     }
+    ClampOmpThreadsToLimit();
     // One thread pool only: OpenBLAS runs single-threaded inside our OpenMP threads, each thread
     // taking a block of w's rows (y's columns). Two pools (OpenBLAS's pthreads and OpenMP's)
     // on the same cores make each spin while the other works: on 2 cores that cost decode 15x.
@@ -274,6 +284,7 @@ class CpuBackend final : public Backend {
       return;
     }
     if (m <= 0 || n <= 0) return;
+    ClampOmpThreadsToLimit();
     const cpu::TypedKernels& kernels = cpu::BestTypedKernels();
     const int64_t row_bytes = DTypeBytes(w_dtype, k);
     const char* rows = static_cast<const char*>(w);
