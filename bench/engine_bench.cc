@@ -112,8 +112,7 @@ absl::Status RunEngineBench(const EngineBenchOptions& options) {
     const std::optional<WeightPlan> plan = ParseWeightPlan(o.dtype);
     if (!plan.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--dtype \"", o.dtype,
-                       "\" is not one of f32, f16, bf16, q8_0, q4_0, q4_K, q6_K, q4_K_M"));
+          absl::StrCat("--dtype \"", o.dtype, "\" is not one of ", WeightPlanNames()));
     }
     scratch.path = std::filesystem::temp_directory_path() /
                    absl::StrCat("knowd-bench-", getpid(), "-", o.dtype);

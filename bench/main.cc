@@ -8,6 +8,7 @@
 #include "CLI/CLI.hpp"
 #include "bench/tools.h"
 #include "cli/command_line.h"
+#include "model/convert.h"
 
 int main(int argc, char** argv) {
   knowd::cli::ReexecWithShortSpin(argv);
@@ -33,8 +34,8 @@ int main(int argc, char** argv) {
   engine_cmd->add_option("--mac-top-k", engine.mac_top_k,
                          "stored codes the adapter aggregates per question");
   engine_cmd->add_option("--dtype", engine.dtype,
-                         "measure the model converted to f32, f16, bf16, q8_0, q4_0, q4_K, q6_K "
-                         "or q4_K_M (a temporary GGUF); empty: as the file holds it");
+                         "measure the model converted to one of " + knowd::WeightPlanNames() +
+                             " (a temporary GGUF); empty: as the file holds it");
 
   knowd::bench::BenchSynthModelFlags synth;
   CLI::App* synth_cmd = bench->add_subcommand(

@@ -99,8 +99,7 @@ int RunConvert(const ConvertFlags& flags) {
   const std::optional<WeightPlan> plan = ParseWeightPlan(flags.dtype);
   if (!plan.has_value()) {
     return Fail("convert", absl::InvalidArgumentError(absl::StrCat(
-                               "--dtype \"", flags.dtype,
-                               "\" is not one of f32, f16, bf16, q8_0, q4_0, q4_K, q6_K, q4_K_M")));
+                               "--dtype \"", flags.dtype, "\" is not one of ", WeightPlanNames())));
   }
   std::fprintf(stderr, "converting %s to %s (%s)...\n", flags.model.c_str(), flags.out.c_str(),
                flags.dtype.c_str());

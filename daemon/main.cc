@@ -17,6 +17,7 @@
 #include "daemon/cli.h"
 #include "daemon/serve_config.h"
 #include "daemon/server.h"
+#include "model/convert.h"
 
 namespace {
 
@@ -122,8 +123,8 @@ int main(int argc, char** argv) {
   convert_cmd->add_option("--out", convert.out,
                           "a .gguf file, else a Hugging Face directory (required)");
   convert_cmd->add_option("--dtype", convert.dtype,
-                          "weight matrices: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K or q4_K_M "
-                          "(the quantized types to .gguf only)");
+                          "weight matrices, one of " + knowd::WeightPlanNames() +
+                              " (the quantized types to .gguf only)");
 
   knowd::ReencodeFlags reencode;
   CLI::App* reencode_cmd =

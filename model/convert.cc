@@ -459,13 +459,23 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
 
 }  // namespace
 
+// The types a plan may give every matrix, by the name ParseWeightPlan takes (DTypeName's).
+constexpr DType kUniformPlanTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0,
+                                       DType::kQ4_0, DType::kQ4_K, DType::kQ6_K};
+constexpr std::string_view kQ4_K_MName = "q4_K_M";
+
 std::optional<WeightPlan> ParseWeightPlan(std::string_view name) {
-  if (name == "q4_K_M") return WeightPlan::Q4_K_M();
-  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
-                      DType::kQ4_K, DType::kQ6_K}) {
+  if (name == kQ4_K_MName) return WeightPlan::Q4_K_M();
+  for (DType dtype : kUniformPlanTypes) {
     if (name == DTypeName(dtype)) return WeightPlan::Uniform(dtype);
   }
   return std::nullopt;
+}
+
+std::string WeightPlanNames() {
+  std::string names;
+  for (DType dtype : kUniformPlanTypes) names += std::string(DTypeName(dtype)) + ", ";
+  return names + std::string(kQ4_K_MName);
 }
 
 absl::Status ConvertModel(const std::string& in, const std::string& out, WeightPlan plan) {
@@ -473,11 +483,11 @@ absl::Status ConvertModel(const std::string& in, const std::string& out, WeightP
   if (plan.dtype == DType::kI32 ||
       (plan.mix == WeightPlan::Mix::kQ4_K_M && plan.dtype != DType::kQ4_K)) {
     return absl::InvalidArgumentError(
-        "ConvertModel: weights must be f32, f16, bf16, q8_0, q4_0, q4_K, q6_K or q4_K_M");
+        absl::StrCat("ConvertModel: weights must be one of ", WeightPlanNames()));
   }
   if (!to_gguf && DTypeIsQuantized(plan.dtype)) {
     const std::string_view name =
-        plan.mix == WeightPlan::Mix::kQ4_K_M ? "q4_K_M" : DTypeName(plan.dtype);
+        plan.mix == WeightPlan::Mix::kQ4_K_M ? kQ4_K_MName : DTypeName(plan.dtype);
     return absl::InvalidArgumentError(
         absl::StrCat(out, ": safetensors has no ", Str(name), "; write a .gguf file instead"));
   }

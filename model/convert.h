@@ -32,6 +32,10 @@ struct WeightPlan {
 // llama.cpp spells them); nullopt for anything else.
 std::optional<WeightPlan> ParseWeightPlan(std::string_view name);
 
+// The names ParseWeightPlan accepts, for messages and --help: "f32, f16, bf16, q8_0, q4_0, q4_K,
+// q6_K, q4_K_M".
+std::string WeightPlanNames();
+
 // Reads the Llama checkpoint at `in` (a GGUF file, or a Hugging Face directory with config.json)
 // and writes it to `out`: a GGUF file when `out` ends in ".gguf", else a Hugging Face directory
 // (created if needed) holding model.safetensors, config.json and the tokenizer.

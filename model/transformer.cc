@@ -196,10 +196,7 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   absl::StatusOr<const HostTensor*> embed =
       file->Require(embed_name, std::vector<int64_t>{c.vocab_size, d});
   if (!embed.ok()) return embed.status();
-  Matrix embedding;
-  KNOWD_ASSIGN(embedding, matrix(**embed));
-  model->embedding_ = const_cast<void*>(embedding.data);
-  model->embedding_dtype_ = embedding.dtype;
+  KNOWD_ASSIGN(model->embedding_, matrix(**embed));
 
   KNOWD_ASSIGN(model->output_norm_, load(gguf ? "output_norm.weight" : "model.norm.weight", {d}));
   const std::string output_name = gguf ? "output.weight" : "lm_head.weight";
@@ -208,7 +205,7 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
     KNOWD_ASSIGN(model->output_, load_matrix(output_name, {c.vocab_size, d}));
   } else {
     model->config_.tie_word_embeddings = true;
-    model->output_ = embedding;
+    model->output_ = model->embedding_;
   }
 
   model->layers_.resize(c.num_layers);
@@ -280,7 +277,7 @@ int64_t Transformer::WeightBytesPerToken() const {
   const LlamaConfig& c = config_;
   const int64_t d = c.hidden_size;
   const int64_t ff = c.intermediate_size;
-  int64_t bytes = DTypeBytes(embedding_dtype_, d) + DTypeBytes(output_.dtype, c.vocab_size * d) +
+  int64_t bytes = DTypeBytes(embedding_.dtype, d) + DTypeBytes(output_.dtype, c.vocab_size * d) +
                   static_cast<int64_t>(sizeof(float)) * d;
   for (const Layer& w : layers_) {
     for (const QkvPart& p : w.qkv) bytes += DTypeBytes(p.w.dtype, p.rows * d);
@@ -399,7 +396,7 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
   backend_->Upload(ids_dev, ids.data(), ids.size() * sizeof(int32_t));
   backend_->Upload(pos_dev, positions.data(), positions.size() * sizeof(int32_t));
 
-  backend_->Embedding(embedding_, embedding_dtype_, ids_dev, x, total, static_cast<int>(d));
+  backend_->Embedding(embedding_.data, embedding_.dtype, ids_dev, x, total, static_cast<int>(d));
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const size_t kv_row_bytes = sizeof(float) * c.kv_dim();
   for (int l = 0; l < c.num_layers; ++l) {

@@ -146,8 +146,7 @@ class Transformer {
   LlamaConfig config_;
   Backend* backend_ = nullptr;
   std::vector<void*> allocations_;
-  void* embedding_ = nullptr;
-  DType embedding_dtype_ = DType::kF32;
+  Matrix embedding_;  // [vocab, hidden]; rows dequantized by the Embedding op
   float* output_norm_ = nullptr;
   Matrix output_;             // [vocab, hidden]; the embedding itself when tied
   int64_t weight_bytes_ = 0;  // bytes of backend memory the weights take

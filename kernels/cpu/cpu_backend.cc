@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -54,6 +55,14 @@ constexpr int64_t kDequantizeChunk = int64_t{1} << 14;
 void ClampOmpThreadsToLimit() {
   const int limit = omp_get_thread_limit();
   if (omp_get_max_threads() > limit) omp_set_num_threads(limit);
+}
+
+// Rows [begin, end) of w's n that share `part` of `parts` takes: boundaries on multiples of 16
+// rows keep each share's rows cache-line aligned; the last share takes the rest.
+std::pair<int, int> RowShare(int part, int parts, int n) {
+  const int per = (n / 16 + parts - 1) / parts * 16;
+  const int begin = std::min(n, part * per);
+  return {begin, part == parts - 1 ? n : std::min(n, begin + per)};
 }
 
 // `floats` of scratch for the calling thread, kept between calls: MatMulTyped runs hundreds of
@@ -264,10 +273,7 @@ class CpuBackend final : public Backend {
     const int blocks = work >= kParallelMatMulMin ? std::min(threads_, (n + 15) / 16) : 1;
 #pragma omp parallel for num_threads(blocks) schedule(static) if (blocks > 1)
     for (int b = 0; b < blocks; ++b) {
-      // Block boundaries on multiples of 16 rows keep each block's w rows cache-line aligned.
-      const int per = (n / 16 + blocks - 1) / blocks * 16;
-      const int begin = std::min(n, b * per);
-      const int end = b == blocks - 1 ? n : std::min(n, begin + per);
+      const auto [begin, end] = RowShare(b, blocks, n);
       if (begin < end)
         MatMulBlock(x, ldx, w + int64_t{begin} * k, y + begin, ldy, m, end - begin, k, accumulate);
     }
@@ -296,9 +302,7 @@ class CpuBackend final : public Backend {
         float* row = ThreadScratch(k);
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; ++c) {
-          const int per = (n / 16 + chunks - 1) / chunks * 16;
-          const int begin = std::min(n, c * per);
-          const int end = c == chunks - 1 ? n : std::min(n, begin + per);
+          const auto [begin, end] = RowShare(c, chunks, n);
           if (begin < end) {
             kernels.dot_rows(x, ldx, rows + begin * row_bytes, w_dtype, y + begin, ldy, m,
                              end - begin, k, accumulate, row);
