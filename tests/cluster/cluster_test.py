@@ -170,24 +170,54 @@ def body(args):
         # Every namespace gets a first document, so asks with memory have something to read.
         acked = {}  # (ns, id) -> log sequence
         lock = threading.Lock()
+        asks = {"ok": 0, "failed": 0, "codes": {}}
+        victim = replicas[1]
+
+        # The faults fire from inside an ingest stream's ack loop when the acknowledgement that
+        # makes a third of the documents acknowledged arrives: that stream (and the other
+        # writers') is open at the kill, whatever the machine's speed.
+        fault = {"threshold": None, "claimed": False, "open_streams": 0, "open_at_kill": 0,
+                 "acked_at_kill": 0, "asks_before": None, "killed_at": None,
+                 "fired": threading.Event()}
+
+        def inject_faults():
+            with lock:
+                fault["asks_before"] = {"ok": asks["ok"], "failed": asks["failed"]}
+                fault["acked_at_kill"] = len(acked)
+                fault["open_at_kill"] = fault["open_streams"]
+            victim.kill()
+            nats[2].kill()
+            fault["killed_at"] = time.monotonic()
+            fault["fired"].set()
 
         def ingest(ns, docs):
             """Streams docs into ns through the router; returns the ids not acknowledged."""
             requests = (pb.IngestRequest(namespace=ns.encode(), id=i.encode(), text=t.encode())
                         for i, t in docs)
             left = {i for i, _ in docs}
+            with lock:
+                fault["open_streams"] += 1
             try:
                 for ack in stub.Ingest(requests, metadata=header(ns), timeout=60):
                     if ack.error_code == 0:
                         check(ack.log_sequence > 0, f"ack without a log sequence: {ack}")
+                        fire = False
                         with lock:
                             acked[(ns, ack.id)] = ack.log_sequence
+                            if (fault["threshold"] is not None and not fault["claimed"]
+                                    and len(acked) >= fault["threshold"]):
+                                fault["claimed"] = fire = True
                         left.discard(ack.id)
+                        if fire:
+                            inject_faults()
             except grpc.RpcError as e:
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                                     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                                     grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
+            finally:
+                with lock:
+                    fault["open_streams"] -= 1
             return left
 
         def text(ns, i):
@@ -196,9 +226,16 @@ def body(args):
 
         for ns in namespaces:
             check(not ingest(ns, [("seed", text(ns, 0))]), f"seed of {ns} not acknowledged")
+        # Every replica has applied its shard's seeds before the documents stream in, so the
+        # victim's restart resumes from a position inside the log.
+        for r in replicas:
+            direct = pb_grpc.KnowledgeServiceStub(grpc.insecure_channel(r.grpc))
+            mine = [ns for ns in namespaces if owners[ns] == r.shard]
+            last = max(acked[(ns, "seed")] for ns in mine)
+            direct.Get(pb.GetRequest(namespace=mine[0].encode(), id=b"seed",
+                                     min_log_sequence=last), metadata=header(mine[0]), timeout=60)
 
         # Asks through the router, all along.
-        asks = {"ok": 0, "failed": 0, "codes": {}}
         stop_asking = threading.Event()
 
         def ask_loop(worker):
@@ -240,14 +277,20 @@ def body(args):
             batches += [(ns, mine[j:j + 25]) for j in range(0, len(mine), 25)]
         resent = {"documents": 0}
         next_batch = {"i": 0}
+        fault["threshold"] = len(namespaces) + args.documents // 3
+        # The last third of the batches waits for the faults, so writes go on after them too.
+        held_back = len(batches) - len(batches) // 3
 
         def writer():
             while True:
                 with lock:
                     if next_batch["i"] >= len(batches):
                         return
-                    ns, batch = batches[next_batch["i"]]
+                    index = next_batch["i"]
+                    ns, batch = batches[index]
                     next_batch["i"] += 1
+                if index >= held_back:
+                    check(fault["fired"].wait(300), "the faults never fired")
                 for attempt in range(40):
                     left = ingest(ns, batch)
                     if not left:
@@ -264,28 +307,19 @@ def body(args):
         for t in writers:
             t.start()
 
-        # The faults: once a third is acknowledged, kill one replica of shard 0 and one NATS
-        # server; restart the NATS server after 2 s and the replica after 4 s.
-        # ... and once the victim has applied some of them itself, so its restart resumes from
-        # a position inside the log.
-        victim = replicas[1]
-        victim_stub = pb_grpc.KnowledgeServiceStub(grpc.insecure_channel(victim.grpc))
-        give_up = time.monotonic() + 300
-        while (len(acked) < len(namespaces) + args.documents // 3
-               or victim_stub.Stats(pb.StatsRequest(), timeout=10).documents < args.documents // 25):
-            check(time.monotonic() < give_up,
-                  f"only {len(acked)} documents acknowledged after 300 s")
-            time.sleep(0.05)
-        with lock:
-            asks_before = dict(asks)
-        victim.kill()
-        nats[2].kill()
-        killed_at = time.monotonic()
-        print(f"SIGKILL {victim.name} and NATS n2 after {len(acked)} acknowledged documents",
-              flush=True)
-        time.sleep(2)
+        # The faults (inject_faults, from the stream whose ack makes a third acknowledged): one
+        # replica of shard 0 and one NATS server SIGKILLed; the NATS server restarted after 2 s,
+        # the replica after 4 s.
+        check(fault["fired"].wait(300), f"only {len(acked)} documents acknowledged after 300 s")
+        killed_at = fault["killed_at"]
+        asks_before = fault["asks_before"]
+        print(f"SIGKILL {victim.name} and NATS n2 at {fault['acked_at_kill']} acknowledged "
+              f"documents (of {args.documents + len(namespaces)}), {fault['open_at_kill']} ingest "
+              f"stream(s) open", flush=True)
+        check(fault["open_at_kill"] >= 1, "no ingest stream was open at the kill")
+        time.sleep(max(0.0, killed_at + 2 - time.monotonic()))
         nats[2].start()
-        time.sleep(2)
+        time.sleep(max(0.0, killed_at + 4 - time.monotonic()))
         victim.start()
         restarted_at = time.monotonic()
         for t in writers:
@@ -306,9 +340,12 @@ def body(args):
             check(len(acked) == args.documents + len(namespaces),
                   f"{len(acked)} documents acknowledged, expected "
                   f"{args.documents + len(namespaces)}")
-        print(f"{len(acked)} documents acknowledged through HAProxy in {ingest_seconds:.1f} s "
+        after_kill = len(acked) - fault["acked_at_kill"]
+        print(f"{len(acked)} documents acknowledged through HAProxy in {ingest_seconds:.1f} s, "
+              f"{after_kill} of them after the kill "
               f"({resent['documents']} sent again after a broken stream or an unstored write)",
               flush=True)
+        check(after_kill >= args.documents // 3, f"only {after_kill} writes after the kill")
         print(f"{victim.name} restarted {restarted_at - killed_at:.1f} s after the kill, resumed "
               f"the log after sequence {starts[0]} (its bank's marker), ready (caught up) "
               f"{caught_up_at - restarted_at:.1f} s later", flush=True)
@@ -352,6 +389,93 @@ def body(args):
         print(f"knowctl through HAProxy reads each of the {len(namespaces)} namespaces from its "
               f"shard", flush=True)
 
+        # Forget goes through the log: one document of each namespace forgotten through HAProxy
+        # is gone from every replica of its shard once it has applied the forget's sequence;
+        # the other shard's replicas never see it (their counts are their own forgets only).
+        forgotten = {}  # ns -> (id, log sequence)
+        for ns in namespaces:
+            doc_id = next(i for n, i in docs if n == ns)
+            got = stub.Forget(pb.ForgetRequest(namespace=ns.encode(), ids=[doc_id.encode()]),
+                              metadata=header(ns), timeout=60)
+            check(list(got.forgotten) == [doc_id] and got.log_sequence > 0 and got.passages >= 1,
+                  f"forget {ns}/{doc_id} through HAProxy: {got}")
+            again = stub.Forget(pb.ForgetRequest(namespace=ns.encode(), ids=[doc_id.encode()]),
+                                metadata=header(ns), timeout=60)
+            check(list(again.not_found) == [doc_id] and again.log_sequence > got.log_sequence,
+                  f"forget {ns}/{doc_id} again: {again}")
+            forgotten[ns] = (doc_id, got.log_sequence)
+        # A forget of a namespace sent straight to a replica of the other shard is refused there,
+        # so it never enters that shard's log.
+        for r in replicas:
+            other = next(ns for ns in namespaces if owners[ns] != r.shard)
+            direct = pb_grpc.KnowledgeServiceStub(grpc.insecure_channel(r.grpc))
+            try:
+                direct.Forget(pb.ForgetRequest(namespace=other.encode(), ids=[b"seed"]),
+                              timeout=10)
+                raise Failure(f"{r.name} took a forget for {other} of shard {owners[other]}")
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.FAILED_PRECONDITION,
+                      f"{r.name}: a forget of another shard's namespace: {e.code()}")
+        for r in replicas:
+            direct = pb_grpc.KnowledgeServiceStub(grpc.insecure_channel(r.grpc))
+            mine = [ns for ns in namespaces if owners[ns] == r.shard]
+            for ns in mine:
+                doc_id, seq = forgotten[ns]
+                try:
+                    direct.Get(pb.GetRequest(namespace=ns.encode(), id=doc_id.encode(),
+                                             min_log_sequence=seq), metadata=header(ns),
+                               timeout=60)
+                    raise Failure(f"{r.name}: {ns}/{doc_id} still there after its forget")
+                except grpc.RpcError as e:
+                    check(e.code() == grpc.StatusCode.NOT_FOUND,
+                          f"{r.name}: get of forgotten {ns}/{doc_id}: {e.code()} {e.details()}")
+                number = int(doc_id.split("-")[1])
+                found = direct.Search(pb.SearchRequest(
+                    namespace=ns.encode(), query=text(ns, number).encode(), top_k=20,
+                    retrieval=pb.RETRIEVAL_LEXICAL, min_log_sequence=seq),
+                    metadata=header(ns), timeout=60)
+                check(found.passages and all(p.document_id != doc_id for p in found.passages),
+                      f"{r.name}: search in {ns} after forgetting {doc_id}: "
+                      f"{[p.document_id for p in found.passages]}")
+            held = {n.name: n.documents
+                    for n in direct.Stats(pb.StatsRequest(), timeout=30).namespaces}
+            want = {ns: sum(1 for key in acked if key[0] == ns) - 1 for ns in mine}
+            check(held == want, f"{r.name} after the forgets holds {held}, expected {want}")
+        print(f"forget through HAProxy: 1 document of each of the {len(namespaces)} namespaces "
+              f"(sequences {min(q for _, q in forgotten.values())}.."
+              f"{max(q for _, q in forgotten.values())}) gone from get and search on every "
+              f"replica of its shard, the other shard's counts untouched; sent again: not_found",
+              flush=True)
+
+        # A read asking for a log position far beyond the log waits to its deadline and answers
+        # DEADLINE_EXCEEDED (the replica's message names how far it has applied), no later.
+        beyond = max(q for _, q in forgotten.values()) + 1_000_000
+        ns = namespaces[0]
+        for what, call in (
+                ("ask through HAProxy", lambda t: list(stub.Ask(pb.AskRequest(
+                    namespace=ns.encode(), question=b"Where?", mode=pb.ASK_MODE_RAG,
+                    max_tokens=4, stream=False, min_log_sequence=beyond),
+                    metadata=header(ns), timeout=t))),
+                ("search on a replica", lambda t: pb_grpc.KnowledgeServiceStub(
+                    grpc.insecure_channel(replicas[owners[ns] * REPLICAS].grpc)).Search(
+                    pb.SearchRequest(namespace=ns.encode(), query=b"lamps",
+                                     min_log_sequence=beyond),
+                    metadata=header(ns), timeout=t))):
+            deadline = 2.0
+            t0 = time.monotonic()
+            try:
+                call(deadline)
+                raise Failure(f"{what} with min_log_sequence {beyond} answered")
+            except grpc.RpcError as e:
+                took, details = time.monotonic() - t0, e.details()
+                check(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
+                      f"{what} with min_log_sequence {beyond}: {e.code()} {e.details()}")
+                check(deadline - 0.05 <= took <= deadline + 1.0,
+                      f"{what} with min_log_sequence {beyond}: answered after {took:.2f} s, "
+                      f"deadline {deadline} s")
+            print(f"{what} with min_log_sequence {beyond}: DEADLINE_EXCEEDED after {took:.2f} s "
+                  f"(deadline {deadline} s): {details}", flush=True)
+
         failed_during = asks["failed"] - asks_before["failed"]
         print(f"asks through HAProxy during the run: {asks['ok']} answered, {asks['failed']} "
               f"failed {asks['codes']}", flush=True)
@@ -391,6 +515,12 @@ def body(args):
         cluster = rate(router, namespaces)
         print(f"asks/s (rag, 4 tokens, 4 client threads, {os.cpu_count()} cores shared by all "
               f"processes): cluster through HAProxy {cluster:.1f}, one replica alone {one:.1f}",
+              flush=True)
+        print(f"counts: acknowledged {len(acked)} ({fault['acked_at_kill']} at the kill, "
+              f"{fault['open_at_kill']} streams open), resent {resent['documents']}, asks "
+              f"{asks['ok']} ok / {asks['failed']} failed {asks['codes']}, {victim.name} caught up "
+              f"{caught_up_at - restarted_at:.1f} s after its restart, forgets "
+              f"{len(forgotten)}, asks/s {cluster:.1f} through HAProxy vs {one:.1f} one replica",
               flush=True)
     finally:
         if haproxy is not None:
