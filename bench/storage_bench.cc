@@ -1,5 +1,6 @@
 #include "bench/storage_bench.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -39,7 +40,19 @@ struct SizeResult {
   double close_s = 0, open_clean_s = 0, recovery_s = 0;
   bool clean_open_loaded = false, recovery_rebuilt = false;
   uint64_t disk_bytes = 0;
+  // Resident memory the process gained by opening the bank cleanly and answering a few queries:
+  // what a replica holds in RAM for this many entries (plus fixed costs, which the per-entry
+  // slope between two sizes leaves out).
+  int64_t open_rss_bytes = 0;
 };
+
+// The process's resident set, from /proc/self/statm (pages).
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
 
 // Deterministic synthetic entries: everything about entry i is a function of i, so queries
 // can regenerate a stored key without keeping a million of them around.
@@ -199,11 +212,28 @@ absl::StatusOr<SizeResult> RunSize(const StorageBenchOptions& o, int64_t n,
     r.close_s = SecondsSince(t);
   }
   {
+    // What the bank before this one freed goes back to the kernel first, so the growth below is
+    // this bank's and not memory the allocator had kept.
+    malloc_trim(0);
+    const int64_t rss_before = ResidentBytes();
     const auto t = Clock::now();
     auto bank = MemoryBank::Open(options);
     r.open_clean_s = SecondsSince(t);
     if (!bank.ok()) return bank.status();
     r.clean_open_loaded = (*bank)->Stats()->indexes_loaded_from_disk;
+    for (int q = 0; q < 20; ++q) {  // a replica that has answered: caches and scratch in use
+      storage::SearchRequest req;
+      req.name_space = "bench";
+      req.key = EntryKey(q * 7919 % n, o.key_dim);
+      req.k = o.k;
+      req.with_text = true;  // as an ask reads its passages
+      if (o.lexical_index) {
+        req.hybrid = true;
+        req.query_text = absl::StrCat("topic ", q % 997, " subtopic");
+      }
+      if (auto hits = (*bank)->Search(req); !hits.ok()) return hits.status();
+    }
+    r.open_rss_bytes = ResidentBytes() - rss_before;
   }  // closed cleanly again
   if (absl::Status s = MakeUncleanShutdown(o, dir, n); !s.ok()) return s;
   {
@@ -251,10 +281,11 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
       "machine (measured now): memory bandwidth %.1f GB/s (1 thread), %.1f GB/s "
       "(%d threads)\n\n",
       bw1, bwn, threads);
-  std::printf("%9s %11s %9s %8s %9s %9s %7s %10s %8s %8s %9s %9s %9s\n", "entries", "put doc/s",
+  std::printf("%9s %11s %9s %8s %9s %9s %7s %10s %8s %8s %9s %9s %9s %8s\n", "entries", "put doc/s",
               "put MB/s", "queries", "p50 ms", "p99 ms", "recall", "scan GB/s", "of 1-thr",
-              "close s", "open s", "recover s", "disk MB");
+              "close s", "open s", "recover s", "disk MB", "RAM MB");
   nlohmann::json results = nlohmann::json::array();
+  std::vector<SizeResult> sizes;
   absl::Status status = absl::OkStatus();
   for (int64_t n : o.entries) {
     const std::string dir = (fs::path(root) / absl::StrCat("bank-", n)).string();
@@ -268,10 +299,10 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
       break;
     }
     std::printf(
-        "%9lld %11.0f %9.1f %8d %9.3f %9.3f %6.1f%% %10.2f %7.1f%% %8.2f %9.3f %9.3f %9.1f\n",
+        "%9lld %11.0f %9.1f %8d %9.3f %9.3f %6.1f%% %10.2f %7.1f%% %8.2f %9.3f %9.3f %9.1f %8.1f\n",
         static_cast<long long>(n), r->put_docs_per_s, r->put_mb_per_s, r->queries, r->p50_ms,
         r->p99_ms, 100 * r->self_recall, r->scan_gb_per_s, 100 * r->scan_gb_per_s / bw1, r->close_s,
-        r->open_clean_s, r->recovery_s, r->disk_bytes / 1e6);
+        r->open_clean_s, r->recovery_s, r->disk_bytes / 1e6, r->open_rss_bytes / 1e6);
     std::fflush(stdout);
     if (!r->clean_open_loaded || !r->recovery_rebuilt) {
       std::printf("  note: clean open %s the saved index; recovery %s it\n",
@@ -290,7 +321,11 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
                        {"close_s", r->close_s},
                        {"open_clean_s", r->open_clean_s},
                        {"recovery_s", r->recovery_s},
-                       {"disk_bytes", r->disk_bytes}});
+                       {"disk_bytes", r->disk_bytes},
+                       {"disk_bytes_per_entry", static_cast<double>(r->disk_bytes) / n},
+                       {"open_rss_bytes", r->open_rss_bytes},
+                       {"ram_bytes_per_entry", static_cast<double>(r->open_rss_bytes) / n}});
+    sizes.push_back(*r);
   }
   std::printf(
       "\nput: one synced WriteBatch per %d documents, payload = encoded latents + key + "
@@ -304,6 +339,28 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
     std::error_code ec;
     fs::remove_all(root, ec);
   }
+  // Per passage: the slope between the two largest sizes (what one more passage costs, fixed
+  // costs such as RocksDB's caches and the process's own left out); with one size, its average.
+  nlohmann::json per_passage;
+  if (!sizes.empty()) {
+    const SizeResult& b = sizes.back();
+    const SizeResult* a = sizes.size() >= 2 ? &sizes[sizes.size() - 2] : nullptr;
+    const double dn = static_cast<double>(b.entries - (a ? a->entries : 0));
+    const double disk = (static_cast<double>(b.disk_bytes) - (a ? a->disk_bytes : 0)) / dn;
+    const double ram = (static_cast<double>(b.open_rss_bytes) - (a ? a->open_rss_bytes : 0)) / dn;
+    per_passage = {{"from_entries", a ? nlohmann::json{a->entries, b.entries}
+                                      : nlohmann::json{b.entries}},
+                   {"disk_bytes", disk},
+                   {"ram_bytes", ram},
+                   {"passages_per_gb_disk", disk > 0 ? 1e9 / disk : 0.0},
+                   {"passages_per_gb_ram", ram > 0 ? 1e9 / ram : 0.0}};
+    std::printf(
+        "per passage (%s): %.0f bytes on disk, %.0f bytes of RAM (resident growth of the "
+        "opened bank); %.2fM passages per GB of disk, %.2fM per GB of RAM\n",
+        a ? absl::StrCat("slope ", a->entries, "..", b.entries).c_str()
+          : absl::StrCat("average at ", b.entries).c_str(),
+        disk, ram, disk > 0 ? 1e3 / disk : 0.0, ram > 0 ? 1e3 / ram : 0.0);
+  }
   if (!o.output.empty()) {
     nlohmann::json doc = {{"benchmark", "storage"},
                           {"index_factory", o.index_factory},
@@ -316,6 +373,8 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
                           {"memory_bandwidth_gbs_1thread", bw1},
                           {"memory_bandwidth_gbs", bwn},
                           {"threads", threads},
+                          {"lexical_index", o.lexical_index},
+                          {"per_passage", per_passage},
                           {"results", results}};
     std::ofstream(o.output) << doc.dump(2) << "\n";
   }
