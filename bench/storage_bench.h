@@ -1,7 +1,8 @@
 // `knowd bench storage`: the memory bank at several sizes — put throughput (synced batches),
-// top-k latency, clean open time and recovery time after an unclean shutdown — next to the
-// machine's memory bandwidth measured in the same run, so the flat search's scan rate reads as
-// a fraction of what the hardware allows. Synthetic entries (one passage per document, random
+// top-k latency, clean open time and recovery time after an unclean shutdown, disk bytes and
+// resident memory per passage (passages per GB of each) — next to the machine's memory
+// bandwidth measured in the same run, so the flat search's scan rate reads as a fraction of
+// what the hardware allows. Synthetic entries (one passage per document, random
 // unit keys, random latents), since storage does not need the model.
 #pragma once
 

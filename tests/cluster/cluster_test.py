@@ -8,10 +8,14 @@ knowd replicas, HAProxy routing by the namespace header (deploy/cluster/make-hap
 
 Ingests the documents through HAProxy over gRPC (grpcio, stubs from client/python's
 generate_stubs.py) across the namespaces while one knowd replica and one NATS server are killed
-with SIGKILL and restarted; asks go through HAProxy all along. Then checks that every
+with SIGKILL (from inside the ingest stream whose ack makes a third acknowledged; the last third
+waits for the kill) and restarted; asks go through HAProxy all along. Then checks that every
 acknowledged document is on every replica of its shard and on no replica of the other, that
 asks failed only while in flight on the killed replica, and that the restarted replica caught
-up. Prints the counts and the asks/s of the cluster beside one process's.
+up; that a Forget through HAProxy is applied by every replica of its shard (at its
+log_sequence) and by no other; and that reads with a min_log_sequence past the log answer
+DEADLINE_EXCEEDED at their deadline. Prints the counts and the asks/s of the cluster beside one
+process's.
 """
 
 import argparse
