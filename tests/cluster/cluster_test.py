@@ -8,8 +8,8 @@ knowd replicas, HAProxy routing by the namespace header (deploy/cluster/make-hap
 
 Ingests the documents through HAProxy over gRPC (grpcio, stubs from client/python's
 generate_stubs.py) across the namespaces while one knowd replica and one NATS server are killed
-with SIGKILL (from inside the ingest stream whose ack makes a third acknowledged; the last third
-waits for the kill) and restarted; asks go through HAProxy all along. Then checks that every
+with SIGKILL (from inside the ingest stream whose ack makes a third acknowledged, after a first
+wave every replica has applied; the last third waits for the kill) and restarted; asks go through HAProxy all along. Then checks that every
 acknowledged document is on every replica of its shard and on no replica of the other, that
 asks failed only while in flight on the killed replica, and that the restarted replica caught
 up; that a Forget through HAProxy is applied by every replica of its shard (at its
@@ -275,10 +275,18 @@ def body(args):
         # The documents, in streams of 25 per namespace, from 4 writers; a stream broken by a
         # kill has its unacknowledged documents sent again.
         docs = [(namespaces[i % len(namespaces)], f"doc-{i}") for i in range(args.documents)]
-        batches = []
+        per_ns = []
         for ns in namespaces:
             mine = [(i, text(ns, int(i.split("-")[1]))) for n, i in docs if n == ns]
-            batches += [(ns, mine[j:j + 25]) for j in range(0, len(mine), 25)]
+            per_ns.append([(ns, mine[j:j + 25]) for j in range(0, len(mine), 25)])
+        # Round robin over the namespaces: batch j of each, then batch j + 1 of each.
+        batches = [b for j in range(max(map(len, per_ns))) for b in
+                   (chunks[j] for chunks in per_ns if j < len(chunks))]
+        # The first wave (a batch per namespace) is applied by every replica before the rest is
+        # sent, so the killed replica's bank holds documents and its restart resumes from a
+        # marker inside them.
+        wave = len(namespaces)
+        wave_applied = threading.Event()
         resent = {"documents": 0}
         next_batch = {"i": 0}
         fault["threshold"] = len(namespaces) + args.documents // 3
@@ -293,6 +301,8 @@ def body(args):
                     index = next_batch["i"]
                     ns, batch = batches[index]
                     next_batch["i"] += 1
+                if index >= wave:
+                    check(wave_applied.wait(300), "the first wave was never applied")
                 if index >= held_back:
                     check(fault["fired"].wait(300), "the faults never fired")
                 for attempt in range(40):
@@ -310,6 +320,21 @@ def body(args):
         ingest_start = time.monotonic()
         for t in writers:
             t.start()
+        wave_ids = [(ns, i) for ns, batch in batches[:wave] for i, _ in batch]
+        give_up = time.monotonic() + 300
+        while not all(key in acked for key in wave_ids):
+            check(time.monotonic() < give_up, "the first wave was not acknowledged in 300 s")
+            time.sleep(0.05)
+        wave_top = {}
+        for r in replicas:
+            mine = [key for key in wave_ids if owners[key[0]] == r.shard]
+            wave_top[r.shard] = max(acked[key] for key in mine)
+            direct = pb_grpc.KnowledgeServiceStub(grpc.insecure_channel(r.grpc))
+            direct.Get(pb.GetRequest(namespace=mine[0][0].encode(), id=mine[0][1].encode(),
+                                     min_log_sequence=wave_top[r.shard]),
+                       metadata=header(mine[0][0]), timeout=120)
+        print(f"first wave: {len(wave_ids)} documents applied by every replica", flush=True)
+        wave_applied.set()
 
         # The faults (inject_faults, from the stream whose ack makes a third acknowledged): one
         # replica of shard 0 and one NATS server SIGKILLed; the NATS server restarted after 2 s,
@@ -335,8 +360,9 @@ def body(args):
         # had reached when it was killed.
         starts = re.findall(r"cluster: replica \S+ of shard .* applied up to (\d+)",
                             open(victim.log, errors="replace").read())
-        check(len(starts) == 1 and int(starts[0]) > 0,
-              f"{victim.name}'s restart resumed from {starts}")
+        check(len(starts) == 1 and int(starts[0]) >= wave_top[victim.shard],
+              f"{victim.name}'s restart resumed from {starts}, before the first wave's "
+              f"{wave_top[victim.shard]}")
         stop_asking.set()
         for t in askers:
             t.join()
