@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace knowd {
@@ -103,7 +104,7 @@ ClusterLog::~ClusterLog() { Stop(); }
 
 absl::StatusOr<std::unique_ptr<ClusterLog>> ClusterLog::Open(const ClusterOptions& options,
                                                              storage::MemoryBank* bank) {
-  if (absl::Status s = CheckClusterOptions(options); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(CheckClusterOptions(options));
   if (!options.enabled()) return absl::InvalidArgumentError("no NATS servers given");
   std::unique_ptr<ClusterLog> log(new ClusterLog(options, bank));
   Nats& n = *log->nats_;
@@ -123,7 +124,7 @@ absl::StatusOr<std::unique_ptr<ClusterLog>> ClusterLog::Open(const ClusterOption
                      "namespaces: docs/operations.md, \"Capacity and scale-out\")"));
   }
   if (!held->has_value()) {
-    if (absl::Status s = bank->SetMarker(kShardMarker, identity); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(bank->SetMarker(kShardMarker, identity));
   }
   absl::StatusOr<std::optional<std::string>> applied = bank->GetMarker(kAppliedMarker);
   if (!applied.ok()) return applied.status();

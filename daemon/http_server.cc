@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "daemon/console/console.h"
 #include "httplib.h"
 
@@ -81,7 +82,7 @@ void HttpServer::ServeRest(const RestApi* api, int64_t max_body_bytes) {
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
   std::string host;
   int port = 0;
-  if (absl::Status s = SplitHostPort(address, &host, &port); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(SplitHostPort(address, &host, &port));
   // Stop() waits for open keep-alive connections to idle out (a scraper holds one): keep it short.
   server_->set_keep_alive_timeout(1);
   const int64_t read_us = absl::ToInt64Microseconds(read_timeout_);

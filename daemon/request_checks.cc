@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "knowledge/document_rules.h"
 
 namespace knowd {
@@ -16,7 +17,7 @@ absl::Status CheckMetadata(const google::protobuf::Map<std::string, std::string>
   }
   int64_t bytes = 0;
   for (const auto& [key, value] : metadata) {
-    if (absl::Status s = CheckMetadataKey(key); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(CheckMetadataKey(key));
     if (!IsValidUtf8(value)) {
       return absl::InvalidArgumentError(
           absl::StrCat("metadata value of \"", key, "\" is not valid UTF-8"));
@@ -49,12 +50,10 @@ absl::Status CheckRetrieval(int retrieval) {
 
 absl::Status CheckIngestRequest(const v1::IngestRequest& request, const ServiceLimits& limits,
                                 absl::Time now, std::string* name_space) {
-  if (absl::Status s = ResolveNamespace(request.namespace_(), name_space); !s.ok()) return s;
-  if (absl::Status s = CheckDocumentId(request.id()); !s.ok()) return s;
-  if (absl::Status s = CheckText("text", request.text(), limits.max_document_bytes); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = CheckMetadata(request.metadata(), limits); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), name_space));
+  KNOWD_RETURN_IF_ERROR(CheckDocumentId(request.id()));
+  KNOWD_RETURN_IF_ERROR(CheckText("text", request.text(), limits.max_document_bytes));
+  KNOWD_RETURN_IF_ERROR(CheckMetadata(request.metadata(), limits));
   if (request.valid_from_unix() < 0) {
     return absl::InvalidArgumentError("valid_from_unix must not be negative");
   }
@@ -70,16 +69,13 @@ absl::Status CheckIngestRequest(const v1::IngestRequest& request, const ServiceL
 
 absl::Status CheckAskRequest(const v1::AskRequest& request, const ServiceLimits& limits,
                              std::string* name_space) {
-  if (absl::Status s = ResolveNamespace(request.namespace_(), name_space); !s.ok()) return s;
-  if (absl::Status s = CheckText("question", request.question(), limits.max_question_bytes);
-      !s.ok()) {
-    return s;
-  }
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), name_space));
+  KNOWD_RETURN_IF_ERROR(CheckText("question", request.question(), limits.max_question_bytes));
   if (!v1::AskMode_IsValid(request.mode())) {
     return absl::InvalidArgumentError(absl::StrCat("unknown mode ", request.mode()));
   }
-  if (absl::Status s = CheckRetrieval(request.retrieval()); !s.ok()) return s;
-  if (absl::Status s = CheckTopK(request.top_k()); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(CheckRetrieval(request.retrieval()));
+  KNOWD_RETURN_IF_ERROR(CheckTopK(request.top_k()));
   if (request.rag_passages() < 0 || request.rag_passages() > kMaxRagPassages) {
     return absl::InvalidArgumentError(absl::StrCat("rag_passages must be 0..", kMaxRagPassages));
   }
@@ -99,24 +95,22 @@ absl::Status CheckAskRequest(const v1::AskRequest& request, const ServiceLimits&
 
 absl::Status CheckSearchRequest(const v1::SearchRequest& request, const ServiceLimits& limits,
                                 std::string* name_space) {
-  if (absl::Status s = ResolveNamespace(request.namespace_(), name_space); !s.ok()) return s;
-  if (absl::Status s = CheckText("query", request.query(), limits.max_question_bytes); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = CheckTopK(request.top_k()); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), name_space));
+  KNOWD_RETURN_IF_ERROR(CheckText("query", request.query(), limits.max_question_bytes));
+  KNOWD_RETURN_IF_ERROR(CheckTopK(request.top_k()));
   return CheckRetrieval(request.retrieval());
 }
 
 absl::Status CheckGetRequest(const v1::GetRequest& request, std::string* name_space) {
-  if (absl::Status s = ResolveNamespace(request.namespace_(), name_space); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), name_space));
   return CheckDocumentId(request.id());
 }
 
 absl::Status CheckForgetRequest(const v1::ForgetRequest& request, std::string* name_space) {
-  if (absl::Status s = ResolveNamespace(request.namespace_(), name_space); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), name_space));
   if (request.ids().empty()) return absl::InvalidArgumentError("ids is empty");
   for (const std::string& id : request.ids()) {
-    if (absl::Status s = CheckDocumentId(id); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(CheckDocumentId(id));
   }
   return absl::OkStatus();
 }

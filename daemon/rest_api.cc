@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "daemon/http_server.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/reflection.h"
@@ -130,18 +131,14 @@ absl::Status ReadValue(const json& v, Message* message, const FieldDescriptor* f
   uint64_t u = 0;
   switch (f->cpp_type()) {
     case FieldDescriptor::CPPTYPE_INT32:
-      if (absl::Status st = ReadInteger(v, field, std::numeric_limits<int32_t>::min(),
-                                        std::numeric_limits<int32_t>::max(), &s, nullptr);
-          !st.ok())
-        return st;
+      KNOWD_RETURN_IF_ERROR(ReadInteger(v, field, std::numeric_limits<int32_t>::min(),
+                                        std::numeric_limits<int32_t>::max(), &s, nullptr));
       repeated ? r->AddInt32(message, f, static_cast<int32_t>(s))
                : r->SetInt32(message, f, static_cast<int32_t>(s));
       break;
     case FieldDescriptor::CPPTYPE_INT64:
-      if (absl::Status st = ReadInteger(v, field, std::numeric_limits<int64_t>::min(),
-                                        std::numeric_limits<int64_t>::max(), &s, nullptr);
-          !st.ok())
-        return st;
+      KNOWD_RETURN_IF_ERROR(ReadInteger(v, field, std::numeric_limits<int64_t>::min(),
+                                        std::numeric_limits<int64_t>::max(), &s, nullptr));
       repeated ? r->AddInt64(message, f, s) : r->SetInt64(message, f, s);
       break;
     case FieldDescriptor::CPPTYPE_UINT32:
@@ -183,7 +180,7 @@ absl::Status ReadValue(const json& v, Message* message, const FieldDescriptor* f
       break;
     case FieldDescriptor::CPPTYPE_ENUM: {
       int number = 0;
-      if (absl::Status st = ReadEnum(v, f->enum_type(), field, &number); !st.ok()) return st;
+      KNOWD_RETURN_IF_ERROR(ReadEnum(v, f->enum_type(), field, &number));
       repeated ? r->AddEnumValue(message, f, number) : r->SetEnumValue(message, f, number);
       break;
     }
@@ -221,19 +218,13 @@ absl::Status ReadObject(const json& object, Message* message, const std::string&
       for (const auto& [k, v] : value.items()) {
         Message* entry = r->AddMessage(message, f);
         entry->GetReflection()->SetString(entry, entry->GetDescriptor()->map_key(), k);
-        if (absl::Status s = ReadValue(v, entry, entry->GetDescriptor()->map_value(),
-                                       absl::StrCat(field, ".", k));
-            !s.ok()) {
-          return s;
-        }
+        KNOWD_RETURN_IF_ERROR(
+            ReadValue(v, entry, entry->GetDescriptor()->map_value(), absl::StrCat(field, ".", k)));
       }
     } else if (f->is_repeated()) {
       if (!value.is_array()) return FieldError(field, "must be an array");
       for (size_t i = 0; i < value.size(); ++i) {
-        if (absl::Status s = ReadValue(value[i], message, f, absl::StrCat(field, "[", i, "]"));
-            !s.ok()) {
-          return s;
-        }
+        KNOWD_RETURN_IF_ERROR(ReadValue(value[i], message, f, absl::StrCat(field, "[", i, "]")));
       }
     } else if (absl::Status s = ReadValue(value, message, f, field); !s.ok()) {
       return s;
@@ -373,10 +364,10 @@ absl::Status PathNamespace(const httplib::Request& req, const std::string& in_bo
 template <typename Request>
 absl::Status ParseRequest(const httplib::Request& req, Request* request) {
   if (!req.body.empty()) {
-    if (absl::Status s = JsonToMessage(req.body, request); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(JsonToMessage(req.body, request));
   }
   std::string name_space;
-  if (absl::Status s = PathNamespace(req, request->namespace_(), &name_space); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(PathNamespace(req, request->namespace_(), &name_space));
   request->set_namespace_(name_space);
   return absl::OkStatus();
 }

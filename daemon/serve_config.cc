@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "cli/flag_names.h"
 #include "nlohmann/json.hpp"
 #include "storage/memory_bank.h"
@@ -185,7 +186,7 @@ absl::Status ApplyFile(const std::string& path, ServeConfig* config) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat(source, " must be a string or a number"));
     }
-    if (absl::Status s = SetFromText(*key, text, source, config); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(SetFromText(*key, text, source, config));
   }
   return absl::OkStatus();
 }
@@ -238,23 +239,17 @@ absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
     if (std::string_view(f.key->name) == "config") file = f.value;
   }
   if (!file.empty()) {
-    if (absl::Status s = ApplyFile(file, &config); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(ApplyFile(file, &config));
     config.config = file;
   }
   for (const Key& key : Keys()) {
     const std::string name = EnvName(key);
     if (const char* v = env(name.c_str()); v != nullptr && name != "KNOWD_CONFIG") {
-      if (absl::Status s = SetFromText(key, v, absl::StrCat("environment ", name), &config);
-          !s.ok()) {
-        return s;
-      }
+      KNOWD_RETURN_IF_ERROR(SetFromText(key, v, absl::StrCat("environment ", name), &config));
     }
   }
   for (const FlagValue& f : *flags) {
-    if (absl::Status s = SetFromText(*f.key, f.value, absl::StrCat("--", f.key->name), &config);
-        !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(SetFromText(*f.key, f.value, absl::StrCat("--", f.key->name), &config));
   }
   if (config.tls_cert.empty() != config.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "daemon/auth.h"
 #include "daemon/cluster_log.h"
 #include "daemon/http_server.h"
@@ -73,9 +74,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   grpc::SslServerCredentialsOptions options;
   options.pem_key_cert_pairs.push_back({*key, *cert});
   if (!c.tls_client_ca.empty()) {
-    absl::StatusOr<std::string> ca = ReadFile(c.tls_client_ca, "--tls-client-ca");
-    if (!ca.ok()) return ca.status();
-    options.pem_root_certs = *ca;
+    KNOWD_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFile(c.tls_client_ca, "--tls-client-ca"));
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
@@ -100,9 +99,7 @@ absl::StatusOr<knowledge::Bundle> LoadModel(const ServeConfig& config,
     std::error_code ec;
     fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     if (ec) exe = fs::absolute(executable, ec);
-    absl::StatusOr<std::string> found = FindDefaultModel(exe.parent_path().string());
-    if (!found.ok()) return found.status();
-    options.model = *found;
+    KNOWD_ASSIGN_OR_RETURN(options.model, FindDefaultModel(exe.parent_path().string()));
   }
   options.adapter = config.adapter;
   options.backend = config.backend;

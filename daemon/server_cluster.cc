@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "daemon/request_checks.h"
 #include "daemon/server_service.h"
 #include "knowledge/document_rules.h"
@@ -124,7 +125,7 @@ absl::Status KnowledgeServiceImpl::ApplyLogRecords(std::span<const LogRecord> re
       if (forget == nullptr) continue;  // an ingest of an id already in the run: a new run
       std::unique_ptr<ForgetJob> job = ForgetJob::ForIds(forget->namespace_(), forget->ids());
       std::future<absl::StatusOr<ForgetOutcome>> done = job->done.get_future();
-      if (absl::Status s = SubmitWhenRoom(*forget_, job); !s.ok()) return s;
+      KNOWD_RETURN_IF_ERROR(SubmitWhenRoom(*forget_, job));
       absl::StatusOr<ForgetOutcome> outcome = done.get();
       if (!outcome.ok()) return outcome.status();
       std::lock_guard<std::mutex> lock(forget_outcomes_mu_);

@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "knowledge/document_rules.h"
 #include "knowledge/passages.h"
 #include "knowledge/retrieve.h"
@@ -188,10 +189,7 @@ grpc::Status KnowledgeServiceImpl::Ingest(
 
 absl::Status KnowledgeServiceImpl::PrepareIngest(const v1::IngestRequest& request, IngestJob* job) {
   storage::Document& doc = job->document;
-  if (absl::Status s = CheckIngestRequest(request, limits_, absl::Now(), &doc.name_space);
-      !s.ok()) {
-    return s;
-  }
+  KNOWD_RETURN_IF_ERROR(CheckIngestRequest(request, limits_, absl::Now(), &doc.name_space));
   doc.id = request.id();
   doc.metadata = MetadataToJson(request.metadata());
   if (request.valid_from_unix() > 0)
@@ -394,12 +392,10 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
   absl::StatusOr<Grant> grant = auth_->Authenticate(authorization);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = CheckAskRequest(request, limits_, &name_space); !s.ok()) return s;
-  if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
-  if (absl::Status s = WaitForLog(request.min_log_sequence(), deadline, nullptr); !s.ok()) {
-    return s;
-  }
+  KNOWD_RETURN_IF_ERROR(CheckAskRequest(request, limits_, &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
+  KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), deadline, nullptr));
   if (request.mode() != v1::ASK_MODE_CLOSED_BOOK) {
     // Memory in a namespace that holds nothing is a mistake (a typo, a wrong tenant), not a
     // question to answer from the model's own weights.
@@ -415,7 +411,7 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
   resolved.set_namespace_(name_space);
 
   auto job = std::make_shared<AskJob>(std::move(resolved), deadline);
-  if (absl::Status s = engine_->Submit(job); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(engine_->Submit(job));
   return job;
 }
 
@@ -533,26 +529,22 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = CheckSearchRequest(request, limits_, &name_space); !s.ok()) return s;
-  if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
-  if (absl::Status s = WaitForLog(request.min_log_sequence(), DeadlineOf(context),
-                                  [context] { return context->IsCancelled(); });
-      !s.ok()) {
-    return s;
-  }
+  KNOWD_RETURN_IF_ERROR(CheckSearchRequest(request, limits_, &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
+  KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), DeadlineOf(context),
+                                   [context] { return context->IsCancelled(); }));
   knowledge::Modulator* modulator = engine_->modulator();
   const knowledge::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
   std::optional<std::vector<float>> key;
   if (modulator != nullptr && retrieval != knowledge::Retrieval::kLexical) {
-    absl::Status encoded = engine_->RunOnEngine([&]() -> absl::Status {
+    KNOWD_RETURN_IF_ERROR(engine_->RunOnEngine([&]() -> absl::Status {
       absl::StatusOr<QuestionCode> code =
           knowledge::EncodeQuestion(*modulator, *tokenizer_, request.query());
       if (!code.ok()) return code.status();
       key = std::move(code->key);
       return absl::OkStatus();
-    });
-    if (!encoded.ok()) return encoded;
+    }));
   }
   const int k = request.top_k() > 0 ? request.top_k() : 10;
   absl::StatusOr<std::vector<storage::SearchHit>> hits = knowledge::RetrievePassages(
@@ -587,14 +579,11 @@ absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = CheckGetRequest(request, &name_space); !s.ok()) return s;
-  if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
-  if (absl::Status s = WaitForLog(request.min_log_sequence(), DeadlineOf(context),
-                                  [context] { return context->IsCancelled(); });
-      !s.ok()) {
-    return s;
-  }
+  KNOWD_RETURN_IF_ERROR(CheckGetRequest(request, &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
+  KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), DeadlineOf(context),
+                                   [context] { return context->IsCancelled(); }));
   absl::StatusOr<storage::Document> doc = bank_->Get(name_space, request.id());
   if (!doc.ok()) {
     if (absl::IsNotFound(doc.status())) {
@@ -644,9 +633,9 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   absl::StatusOr<Grant> grant = Authenticate(context);
   if (!grant.ok()) return grant.status();
   std::string name_space;
-  if (absl::Status s = CheckForgetRequest(request, &name_space); !s.ok()) return s;
-  if (absl::Status s = CheckGrant(*grant, name_space, Role::kWrite); !s.ok()) return s;
-  if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(CheckForgetRequest(request, &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kWrite));
+  KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   if (cluster_ != nullptr) {
     return ForgetThroughLog(context, request, name_space, DeadlineOf(context), response);
   }
@@ -701,10 +690,10 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
   if (!grant.ok()) return grant.status();
   if (!grant->Allows(Role::kRead)) return CheckGrant(*grant, "", Role::kRead);
   std::string name_space;
-  if (absl::Status s = CheckStatsRequest(request, &name_space); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(CheckStatsRequest(request, &name_space));
   if (!name_space.empty()) {
-    if (absl::Status s = CheckGrant(*grant, name_space, Role::kRead); !s.ok()) return s;
-    if (absl::Status s = CheckShard(name_space); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+    KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   }
   absl::StatusOr<storage::BankStats> stats = bank_->Stats();
   if (!stats.ok()) return stats.status();

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "knowledge/prompt.h"
 
 namespace knowd::knowledge {
@@ -92,19 +93,15 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
   std::vector<storage::SearchHit> hits;
   if (params.mode != AskMode::kClosedBook) {
     if (modulator != nullptr && (mac || params.retrieval != Retrieval::kLexical)) {
-      absl::StatusOr<QuestionCode> encoded =
-          EncodeQuestion(*modulator, *context.tokenizer, question);
-      if (!encoded.ok()) return encoded.status();
-      code = *std::move(encoded);
+      KNOWD_ASSIGN_OR_RETURN(code, EncodeQuestion(*modulator, *context.tokenizer, question));
     }
     int depth = params.top_k;
     if (text && params.subject_passages > 0 && params.retrieval == Retrieval::kLexical) {
       depth = std::max(depth, params.subject_depth);
     }
-    absl::StatusOr<std::vector<storage::SearchHit>> found = RetrievePassages(
-        *context.bank, name_space, question, code ? &code->key : nullptr, params.retrieval, depth);
-    if (!found.ok()) return found.status();
-    hits = *std::move(found);
+    KNOWD_ASSIGN_OR_RETURN(
+        hits, RetrievePassages(*context.bank, name_space, question, code ? &code->key : nullptr,
+                               params.retrieval, depth));
     out.relevance = BestCoverage(hits);
     if (out.relevance < 0) {
       // Dense hits carry no lexical coverage: ask the lexical index for the best one's.
@@ -154,9 +151,7 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
     }
     std::vector<std::span<const float>> spans;
     for (const auto& l : latents) spans.emplace_back(*l);
-    absl::StatusOr<PrefixKv> prefix = modulator->Modulate(*code, spans, text);
-    if (!prefix.ok()) return prefix.status();
-    out.prefix = *std::move(prefix);
+    KNOWD_ASSIGN_OR_RETURN(out.prefix, modulator->Modulate(*code, spans, text));
   }
   out.modulation_time = absl::Now() - retrieved;
 

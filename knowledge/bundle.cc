@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace knowd::knowledge {
@@ -73,9 +74,7 @@ absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options) {
       Transformer::Load(b.model_path, b.backend.get());
   if (!model.ok()) return model.status();
   b.model = *std::move(model);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(b.model_path);
-  if (!tokenizer.ok()) return tokenizer.status();
-  b.tokenizer = *std::move(tokenizer);
+  KNOWD_ASSIGN_OR_RETURN(b.tokenizer, LoadTokenizer(b.model_path));
 
   std::error_code ec;
   if (options.adapter.empty()) {
@@ -85,18 +84,13 @@ absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options) {
     b.adapter_path = options.adapter;
   }
   if (!b.adapter_path.empty()) {
-    absl::StatusOr<std::unique_ptr<Modulator>> modulator =
-        LoadModulator(b.adapter_path, b.model.get(), &b.adapter);
-    if (!modulator.ok()) return modulator.status();
-    b.modulator = *std::move(modulator);
+    KNOWD_ASSIGN_OR_RETURN(b.modulator, LoadModulator(b.adapter_path, b.model.get(), &b.adapter));
   } else if (options.require_adapter) {
     return absl::FailedPreconditionError(
         absl::StrCat(b.model_path, " has no adapter (adapter/adapter.json); give one"));
   }
   if (fs::is_directory(b.model_path, ec)) {
-    absl::StatusOr<Calibration> calibration = ReadCalibration(b.model_path);
-    if (!calibration.ok()) return calibration.status();
-    b.calibration = *calibration;
+    KNOWD_ASSIGN_OR_RETURN(b.calibration, ReadCalibration(b.model_path));
   }
   return b;
 }

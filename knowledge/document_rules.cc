@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace knowd {
 namespace {
@@ -170,7 +171,7 @@ absl::Status CheckDocumentId(std::string_view id) { return CheckName("document i
 
 absl::Status ResolveNamespace(std::string_view requested, std::string* name_space) {
   if (requested.empty()) requested = "default";
-  if (absl::Status s = CheckName("namespace", requested, 255); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(CheckName("namespace", requested, 255));
   *name_space = std::string(requested);
   return absl::OkStatus();
 }

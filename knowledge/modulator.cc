@@ -1,5 +1,6 @@
 #include "knowledge/modulator.h"
 
+#include "base/status_macros.h"
 #include "model/sha256.h"
 
 namespace knowd::knowledge {
@@ -20,7 +21,7 @@ class AdapterModulator final : public Modulator {
   absl::Status EncodePassages(std::span<const std::vector<int32_t>> passages,
                               std::vector<storage::EncodedPassage>* out) override {
     std::vector<PassageCode> codes;
-    if (absl::Status s = adapter_->EncodePassages(passages, &codes); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(adapter_->EncodePassages(passages, &codes));
     out->clear();
     out->reserve(codes.size());
     for (PassageCode& c : codes) out->push_back({std::move(c.latents), std::move(c.key)});

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "knowledge/document_rules.h"
 
 namespace knowd::knowledge {
@@ -43,7 +44,7 @@ absl::Status EncodePassageTexts(Modulator& modulator, const Tokenizer& tokenizer
   for (std::string_view input : inputs) {
     ids.push_back(EncoderTokens(tokenizer, input, max_positions));
   }
-  if (absl::Status s = modulator.EncodePassages(ids, out); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(modulator.EncodePassages(ids, out));
   if (out->size() != inputs.size()) {
     return absl::InternalError(
         absl::StrCat("the adapter encoded ", out->size(), " of ", inputs.size(), " passages"));

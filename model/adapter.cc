@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/adapter_internal.h"
 
 namespace knowd {
@@ -103,7 +104,7 @@ absl::StatusOr<float*> Adapter::Impl::Trunk(std::span<const std::span<const int3
   float* hidden = Scratch(kHidden, int64_t{lm.num_layers} * tokens * lm.hidden_size);
   if (hidden == nullptr) return OutOfMemory(*backend, "the trunk's hidden states");
   const TrunkCapture capture{hidden};
-  if (absl::Status s = base->Forward(steps, nullptr, &capture); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(base->Forward(steps, nullptr, &capture));
   return hidden;
 }
 
@@ -241,8 +242,7 @@ absl::StatusOr<float*> Adapter::Impl::Readout(std::span<const std::span<const in
     segments.push_back({p * t, t, start + 1, length - 1});  // BOS is not attended
     start += length;
   }
-  absl::Status s = Blocks(readout.blocks, z, rows, *memory, tokens, segments, nullptr);
-  if (!s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(Blocks(readout.blocks, z, rows, *memory, tokens, segments, nullptr));
   return z;
 }
 
@@ -274,8 +274,7 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
                                      std::vector<PassageCode>* out) {
   out->clear();
   for (size_t i = 0; i < passages.size(); ++i) {
-    absl::Status s = CheckSequence(impl_->lm, passages[i], absl::StrCat("passage ", i));
-    if (!s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(CheckSequence(impl_->lm, passages[i], absl::StrCat("passage ", i)));
   }
   const int t = impl_->spec.slots, d = impl_->spec.latent_dim;
   const int64_t budget = std::clamp<int64_t>(
@@ -300,7 +299,7 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
     if (!latents.ok()) return latents.status();
     z.resize(chunk.size() * t * d);
     impl_->backend->Download(z.data(), *latents, z.size() * sizeof(float));
-    if (absl::Status s = impl_->Finish(); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(impl_->Finish());
     for (size_t p = 0; p < chunk.size(); ++p) {
       PassageCode code;
       code.latents.assign(z.begin() + p * t * d, z.begin() + (p + 1) * t * d);
@@ -313,7 +312,7 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
 }
 
 absl::StatusOr<QuestionCode> Adapter::EncodeQuestion(std::span<const int32_t> prompt) {
-  if (absl::Status s = CheckSequence(impl_->lm, prompt, "the question prompt"); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(CheckSequence(impl_->lm, prompt, "the question prompt"));
   const AdapterSpec& spec = impl_->spec;
   const int t = spec.slots, d = spec.latent_dim, n = static_cast<int>(prompt.size());
   std::vector<std::unique_ptr<KvCache>> caches;
@@ -326,12 +325,12 @@ absl::StatusOr<QuestionCode> Adapter::EncodeQuestion(std::span<const int32_t> pr
   if (x == nullptr) return absl::ResourceExhaustedError("adapter: out of memory for the question");
   impl_->backend->Copy(x, impl_->question_queries, sizeof(float) * t * d);
   const AdapterSegment segment{0, t, 1, n - 1};  // BOS is not attended
-  absl::Status s = impl_->Blocks(impl_->question.blocks, x, t, *memory, n, {&segment, 1}, nullptr);
-  if (!s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(
+      impl_->Blocks(impl_->question.blocks, x, t, *memory, n, {&segment, 1}, nullptr));
   QuestionCode code;
   code.queries.resize(int64_t{t} * d);
   impl_->backend->Download(code.queries.data(), x, code.queries.size() * sizeof(float));
-  if (absl::Status st = impl_->Finish(); !st.ok()) return st;
+  KNOWD_RETURN_IF_ERROR(impl_->Finish());
   code.key = KeyHead(impl_->question.key, code.queries, t, d, spec.key_dim);
   return code;
 }
@@ -440,7 +439,7 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
   b.AddBias(expanded, expand_width, head.expand_bias, t, static_cast<int>(expand_width));
   std::vector<float> y(rows_out * width);
   b.Download(y.data(), expanded, y.size() * sizeof(float));
-  if (absl::Status st = impl_->Finish(); !st.ok()) return st;
+  KNOWD_RETURN_IF_ERROR(impl_->Finish());
   const int kv_dim = lm.kv_dim(), rows = spec.prefix_rows();
   const float key_scale = &head == &impl_->rag ? spec.rag_prefix_key_scale : 1.0f;
   PrefixKv prefix;

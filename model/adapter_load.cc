@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/math.h"
 #include "model/adapter.h"
 #include "model/adapter_internal.h"
@@ -209,9 +210,7 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   const std::string weights_path = dir + "/adapter.safetensors";
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(weights_path);
   if (!file.ok()) return file.status();
-  absl::StatusOr<std::string> sha = Sha256OfFile(weights_path);
-  if (!sha.ok()) return sha.status();
-  spec->adapter_sha256 = *std::move(sha);
+  KNOWD_ASSIGN_OR_RETURN(spec->adapter_sha256, Sha256OfFile(weights_path));
 
   auto impl = std::make_unique<Impl>();
   impl->base = base;
@@ -275,9 +274,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
     }
     encoder->blocks.resize(blocks);
     for (int i = 0; i < blocks; ++i) {
-      absl::Status st =
-          load_block(absl::StrCat(prefix, "blocks.", i, "."), false, &encoder->blocks[i]);
-      if (!st.ok()) return st;
+      KNOWD_RETURN_IF_ERROR(
+          load_block(absl::StrCat(prefix, "blocks.", i, "."), false, &encoder->blocks[i]));
     }
     KNOWD_ASSIGN(encoder->key, reader.Read(prefix + "key.weight", {s.key_dim, d}));
     return absl::OkStatus();
@@ -304,13 +302,11 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   KNOWD_ASSIGN(a.pool_queries, upload(pool_rows));
   KNOWD_ASSIGN(a.compress, load("readout.compress.weight", {d, a.kv_width()}));
   KNOWD_ASSIGN(a.compress_bias, load("readout.compress.bias", {d}));
-  if (absl::Status st = load_encoder("readout.", s.readout_blocks, &a.readout); !st.ok()) return st;
+  KNOWD_RETURN_IF_ERROR(load_encoder("readout.", s.readout_blocks, &a.readout));
 
   // Question encoder.
   KNOWD_ASSIGN(a.question_queries, load("question.queries", {t, d}));
-  if (absl::Status st = load_encoder("question.", s.question_blocks, &a.question); !st.ok()) {
-    return st;
-  }
+  KNOWD_RETURN_IF_ERROR(load_encoder("question.", s.question_blocks, &a.question));
 
   // The aggregator and the expander of a head; `prefix` is "" (mac) or "rag_" (mac+rag).
   auto load_head = [&](const std::string& prefix, AdapterHead* head) -> absl::Status {
@@ -318,9 +314,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
     KNOWD_ASSIGN(head->score, reader.Read(prefix + "aggregator.score.weight", {d, 1}));
     head->aggregator.resize(s.aggregator_blocks);
     for (int i = 0; i < s.aggregator_blocks; ++i) {
-      absl::Status st = load_block(absl::StrCat(prefix, "aggregator.blocks.", i, "."), true,
-                                   &head->aggregator[i]);
-      if (!st.ok()) return st;
+      KNOWD_RETURN_IF_ERROR(load_block(absl::StrCat(prefix, "aggregator.blocks.", i, "."), true,
+                                       &head->aggregator[i]));
     }
     // The prefix keys' rotation (AdapterSpec::rows_per_slot) is linear and the same for every
     // question, so it is folded into the expander's key rows here rather than applied per prefix.
@@ -352,19 +347,17 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
                                                 {layers, lm.num_kv_heads, lm.head_dim}));
     return absl::OkStatus();
   };
-  if (absl::Status st = load_head("", &a.mac); !st.ok()) return st;
+  KNOWD_RETURN_IF_ERROR(load_head("", &a.mac));
   if (s.rag_head) {
-    if (absl::Status st = load_head("rag_", &a.rag); !st.ok()) return st;
+    KNOWD_RETURN_IF_ERROR(load_head("rag_", &a.rag));
   }
 #undef KNOWD_ASSIGN
-  if (absl::Status st = reader.CheckAllUsed(); !st.ok()) return st;
+  KNOWD_RETURN_IF_ERROR(reader.CheckAllUsed());
   a.spec.encoder_sha256 = reader.EncoderSha256();
 
-  absl::StatusOr<float*> ones = upload(std::vector<float>(std::max(hidden, d), 1.0f));
-  if (!ones.ok()) return ones.status();
-  a.ones = *ones;
+  KNOWD_ASSIGN_OR_RETURN(a.ones, upload(std::vector<float>(std::max(hidden, d), 1.0f)));
   a.backend->Synchronize();
-  if (absl::Status st = a.backend->status(); !st.ok()) return st;
+  KNOWD_RETURN_IF_ERROR(a.backend->status());
   return std::unique_ptr<Adapter>(new Adapter(std::move(impl)));
 }
 

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "nlohmann/json.hpp"
 
@@ -133,7 +134,7 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromHfJson(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": rope_scaling is not supported"));
   }
   c.rope_style = RopeStyle::kHalf;  // Hugging Face checkpoints use rotate_half.
-  if (absl::Status s = ValidateConfig(c, path); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ValidateConfig(c, path));
   return c;
 }
 
@@ -159,23 +160,19 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromGguf(const GgufFile& gguf) {
                           std::pair{"llama.block_count", &c.num_layers},
                           std::pair{"llama.attention.head_count", &c.num_heads},
                           std::pair{"llama.feed_forward_length", &c.intermediate_size}}) {
-    if (absl::Status s = get_int(key, out); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(get_int(key, out));
   }
   c.num_kv_heads = c.num_heads;
   if (gguf.GetValue("llama.attention.head_count_kv") != nullptr) {
-    if (absl::Status s = get_int("llama.attention.head_count_kv", &c.num_kv_heads); !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(get_int("llama.attention.head_count_kv", &c.num_kv_heads));
   }
   if (gguf.GetValue("llama.context_length") != nullptr) {
-    if (absl::Status s = get_int("llama.context_length", &c.max_position_embeddings); !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(get_int("llama.context_length", &c.max_position_embeddings));
   }
   c.head_dim = c.hidden_size / c.num_heads;
   if (gguf.GetValue("llama.rope.dimension_count") != nullptr) {
     int rope_dims = 0;
-    if (absl::Status s = get_int("llama.rope.dimension_count", &rope_dims); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(get_int("llama.rope.dimension_count", &rope_dims));
     if (rope_dims != c.head_dim) {
       return absl::InvalidArgumentError(absl::StrCat(gguf.path(), ": partial rotary embeddings (",
                                                      rope_dims, " of ", c.head_dim,
@@ -201,7 +198,7 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromGguf(const GgufFile& gguf) {
   c.tie_word_embeddings = gguf.Find("output.weight") == nullptr;
   c.attention_bias = gguf.Find("blk.0.attn_q.bias") != nullptr;
   c.rope_style = RopeStyle::kInterleaved;  // GGUF "llama" keeps Meta's adjacent-pair order.
-  if (absl::Status s = ValidateConfig(c, gguf.path()); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ValidateConfig(c, gguf.path()));
   return c;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/math.h"
 #include "model/config.h"
 #include "model/quantize.h"
@@ -177,18 +178,12 @@ absl::StatusOr<Source> OpenSource(const std::string& in) {
   Source source;
   if (std::filesystem::is_directory(in)) {
     source.format = Format::kHf;
-    absl::StatusOr<LlamaConfig> config = LlamaConfigFromHfJson(in + "/config.json");
-    if (!config.ok()) return config.status();
-    source.config = *config;
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(in);
-    if (!file.ok()) return file.status();
-    source.weights = *std::move(file);
+    KNOWD_ASSIGN_OR_RETURN(source.config, LlamaConfigFromHfJson(in + "/config.json"));
+    KNOWD_ASSIGN_OR_RETURN(source.weights, SafetensorsFile::Open(in));
   } else {
     absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(in);
     if (!file.ok()) return file.status();
-    absl::StatusOr<LlamaConfig> config = LlamaConfigFromGguf(**file);
-    if (!config.ok()) return config.status();
-    source.config = *config;
+    KNOWD_ASSIGN_OR_RETURN(source.config, LlamaConfigFromGguf(**file));
     source.gguf = *std::move(file);
   }
   return source;
@@ -391,7 +386,7 @@ absl::StatusOr<Metadata> MetadataFromHf(const std::string& dir, const LlamaConfi
   absl::StatusOr<SentencePieceModel> spm =
       tokenizer_internal::ParseSentencePieceModel(*bytes, spm_path);
   if (!spm.ok()) return spm.status();
-  if (absl::Status s = AddSentencePieceVocab(*spm, c.vocab_size, spm_path, &m); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(AddSentencePieceVocab(*spm, c.vocab_size, spm_path, &m));
   return m;
 }
 
@@ -410,9 +405,7 @@ absl::Status WriteGgufModel(const Source& source, const std::string& in, const s
     metadata = source.gguf->metadata();
     metadata.erase("general.alignment");  // written with the default alignment
   } else {
-    absl::StatusOr<Metadata> m = MetadataFromHf(in, source.config);
-    if (!m.ok()) return m.status();
-    metadata = *std::move(m);
+    KNOWD_ASSIGN_OR_RETURN(metadata, MetadataFromHf(in, source.config));
   }
   metadata["general.file_type"] = LlamaFileType(plan);
   if (DTypeIsQuantized(plan.dtype)) metadata["general.quantization_version"] = uint64_t{2};
@@ -430,10 +423,8 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
   absl::StatusOr<std::vector<OwnedTensor>> tensors =
       ConvertTensors(source, Format::kHf, WeightPlan::Uniform(weights));
   if (!tensors.ok()) return tensors.status();
-  if (absl::Status s = WriteSafetensors(out + "/model.safetensors", Views(*tensors)); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = WriteHfConfigJson(source.config, out + "/config.json"); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(WriteSafetensors(out + "/model.safetensors", Views(*tensors)));
+  KNOWD_RETURN_IF_ERROR(WriteHfConfigJson(source.config, out + "/config.json"));
 
   if (source.format == Format::kHf) {
     for (const char* name : {"tokenizer.model", "tokenizer.json"}) {
@@ -441,9 +432,7 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
       if (!std::filesystem::exists(from)) continue;
       absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(from);
       if (!bytes.ok()) return bytes.status();
-      if (absl::Status s = WriteBytesAtomically(absl::StrCat(out, "/", name), *bytes); !s.ok()) {
-        return s;
-      }
+      KNOWD_RETURN_IF_ERROR(WriteBytesAtomically(absl::StrCat(out, "/", name), *bytes));
     }
     return absl::OkStatus();
   }

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "model/tensor_file_internal.h"
 
@@ -492,9 +493,9 @@ absl::Status GgufParser::PlaceTensors(std::vector<TensorInfo> infos, uint64_t al
 absl::Status GgufParser::Parse(std::map<std::string, GgufValue, std::less<>>* metadata,
                                std::vector<HostTensor>* tensors) {
   uint64_t tensor_count = 0, kv_count = 0;
-  if (absl::Status s = ReadHeader(&tensor_count, &kv_count); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(ReadHeader(&tensor_count, &kv_count));
   for (uint64_t i = 0; i < kv_count; ++i) {
-    if (absl::Status s = ReadKv(i, metadata); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(ReadKv(i, metadata));
   }
   // Re-check now that the metadata has been consumed: the tensor infos must fit in what is left.
   if (tensor_count > cursor_.remaining() / kMinTensorInfoBytes) {
@@ -504,7 +505,7 @@ absl::Status GgufParser::Parse(std::map<std::string, GgufValue, std::less<>>* me
   }
   std::vector<TensorInfo> infos(tensor_count);
   for (uint64_t i = 0; i < tensor_count; ++i) {
-    if (absl::Status s = ReadTensorInfo(i, &infos[i]); !s.ok()) return s;
+    KNOWD_RETURN_IF_ERROR(ReadTensorInfo(i, &infos[i]));
   }
   absl::StatusOr<uint64_t> alignment = Alignment(*metadata);
   if (!alignment.ok()) return alignment.status();
@@ -519,7 +520,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
   std::unique_ptr<GgufFile> file(new GgufFile());
   file->path_ = path;
   GgufParser parser(internal::FileLabel(path), mapped->data(), mapped->size());
-  if (absl::Status s = parser.Parse(&file->metadata_, &file->tensors_); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(parser.Parse(&file->metadata_, &file->tensors_));
   std::tie(file->map_, file->map_size_) = mapped->Release();
   return file;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "model/tensor_file_internal.h"
 
@@ -252,16 +253,14 @@ absl::Status WriteGguf(const std::string& path,
 
   return internal::WriteFileAtomically(path, [&](int fd) -> absl::Status {
     const std::string& head = header.bytes();
-    if (absl::Status s = internal::WriteAll(fd, head.data(), head.size(), label); !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(internal::WriteAll(fd, head.data(), head.size(), label));
     // Every tensor, the last included, is padded to the alignment, as gguf-py writes it.
     const std::vector<char> zeros(align, '\0');
     for (const HostTensor& t : tensors) {
       const size_t bytes = static_cast<size_t>(t.bytes);
-      if (absl::Status s = internal::WriteAll(fd, t.data, bytes, label); !s.ok()) return s;
+      KNOWD_RETURN_IF_ERROR(internal::WriteAll(fd, t.data, bytes, label));
       const size_t pad = AlignUp(bytes, align) - bytes;
-      if (absl::Status s = internal::WriteAll(fd, zeros.data(), pad, label); !s.ok()) return s;
+      KNOWD_RETURN_IF_ERROR(internal::WriteAll(fd, zeros.data(), pad, label));
     }
     return absl::OkStatus();
   });

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "model/tensor_file_internal.h"
 #include "nlohmann/json.hpp"
@@ -218,15 +219,12 @@ absl::Status ShardParser::Parse(const internal::MappedFile& map, Shard* shard) {
   const uint64_t data_size = size - data_offset;
   for (const auto& [name, value] : header->items()) {
     if (name == kMetadataKey) {
-      if (absl::Status s = ParseMetadata(value, &shard->metadata); !s.ok()) return s;
+      KNOWD_RETURN_IF_ERROR(ParseMetadata(value, &shard->metadata));
       continue;
     }
     if (name.empty()) return Error("a tensor has an empty name");
     HostTensor t;
-    if (absl::Status s = ParseTensor(name, value, map.data(), data_offset, data_size, &t);
-        !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(ParseTensor(name, value, map.data(), data_offset, data_size, &t));
     shard->tensors.push_back(std::move(t));
   }
 
@@ -269,7 +267,7 @@ absl::StatusOr<Shard> OpenShard(const std::string& path) {
   if (!map.ok()) return map.status();
   shard.map = *std::move(map);
   ShardParser parser(internal::FileLabel(path));
-  if (absl::Status s = parser.Parse(shard.map, &shard); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(parser.Parse(shard.map, &shard));
   return shard;
 }
 
@@ -313,16 +311,11 @@ absl::Status WriteFileContents(int fd, const std::string& label, const std::stri
                                std::span<const HostTensor> tensors,
                                const std::vector<size_t>& order) {
   const uint64_t header_bytes = header.size();
-  if (absl::Status s = internal::WriteAll(fd, &header_bytes, 8, label); !s.ok()) return s;
-  if (absl::Status s = internal::WriteAll(fd, header.data(), header.size(), label); !s.ok()) {
-    return s;
-  }
+  KNOWD_RETURN_IF_ERROR(internal::WriteAll(fd, &header_bytes, 8, label));
+  KNOWD_RETURN_IF_ERROR(internal::WriteAll(fd, header.data(), header.size(), label));
   for (size_t i : order) {
     const HostTensor& t = tensors[i];
-    if (absl::Status s = internal::WriteAll(fd, t.data, static_cast<size_t>(t.bytes), label);
-        !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(internal::WriteAll(fd, t.data, static_cast<size_t>(t.bytes), label));
   }
   return absl::OkStatus();
 }

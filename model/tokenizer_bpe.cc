@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_internal.h"
@@ -496,7 +497,7 @@ absl::StatusOr<ByteLevelBpeVocab> VocabFromJson(const json& root, const std::str
   if (merges_json == nullptr || !merges_json->is_array()) return refuse("model.merges is missing");
 
   ByteLevelBpeVocab vocab;
-  if (absl::Status s = PreTokenizerFromJson(root, path, &vocab); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(PreTokenizerFromJson(root, path, &vocab));
   vocab.ignore_merges = BoolMember(*model, "ignore_merges", false);
 
   // Ids may leave holes and added tokens may sit beyond the model's vocabulary.
@@ -513,9 +514,7 @@ absl::StatusOr<ByteLevelBpeVocab> VocabFromJson(const json& root, const std::str
   };
   for (auto it = vocab_json->begin(); it != vocab_json->end(); ++it) {
     if (!it.value().is_number_integer()) return refuse(absl::StrCat("vocab '", it.key(), "'"));
-    if (absl::Status s = place(it.value().get<int64_t>(), it.key(), Kind::kNormal); !s.ok()) {
-      return s;
-    }
+    KNOWD_RETURN_IF_ERROR(place(it.value().get<int64_t>(), it.key(), Kind::kNormal));
   }
   absl::flat_hash_map<std::string, int32_t> special_ids;
   if (const json* added = Member(root, "added_tokens"); added != nullptr && added->is_array()) {
@@ -527,10 +526,7 @@ absl::StatusOr<ByteLevelBpeVocab> VocabFromJson(const json& root, const std::str
       }
       const bool special = BoolMember(token, "special", false);
       const int64_t value = id->get<int64_t>();
-      if (absl::Status s = place(value, content, special ? Kind::kSpecial : Kind::kAdded);
-          !s.ok()) {
-        return s;
-      }
+      KNOWD_RETURN_IF_ERROR(place(value, content, special ? Kind::kSpecial : Kind::kAdded));
       if (special) special_ids.emplace(content, static_cast<int32_t>(value));
     }
   }
@@ -608,7 +604,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufByteLevelBpe(const GgufFile& 
   }
 
   ByteLevelBpeVocab vocab;
-  if (absl::Status s = PreTokenizerFromGguf(gguf, &vocab); !s.ok()) return s;
+  KNOWD_RETURN_IF_ERROR(PreTokenizerFromGguf(gguf, &vocab));
   vocab.tokens = *tokens;
   vocab.kinds.resize(tokens->size(), Kind::kNormal);
   for (size_t i = 0; types != nullptr && i < types->size(); ++i) {

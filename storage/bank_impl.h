@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "base/status_macros.h"
 #include "rocksdb/db.h"
 #include "rocksdb/file_system.h"
 #include "rocksdb/write_batch.h"
@@ -31,13 +32,6 @@
 #include "storage/records.h"
 #include "storage/rw_mutex.h"
 #include "storage/vector_index.h"
-
-// Returns from the enclosing function when `expr` (an absl::Status) is not OK.
-#define KNOWD_STORAGE_RETURN_IF_ERROR(expr)        \
-  do {                                             \
-    absl::Status knowd_status_ = (expr);           \
-    if (!knowd_status_.ok()) return knowd_status_; \
-  } while (0)
 
 namespace knowd::storage {
 

@@ -6,6 +6,7 @@
 #include <shared_mutex>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "storage/bank_impl.h"
 #include "storage/latent_codec.h"
@@ -37,7 +38,7 @@ absl::StatusOr<ReencodeCursor> DecodeCursor(std::string_view bytes) {
 absl::Status BankImpl::Snapshot(const std::string& snapshot_dir) {
   std::lock_guard write(write_mu_);  // writers wait: RocksDB and the indexes stay in step
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   std::error_code ec;
   if (fs::exists(snapshot_dir, ec)) {
     return absl::AlreadyExistsError(
@@ -48,17 +49,16 @@ absl::Status BankImpl::Snapshot(const std::string& snapshot_dir) {
     return absl::InternalError(absl::StrCat("cannot create ", snapshot_dir, ": ", ec.message()));
   }
   rocksdb::Checkpoint* raw = nullptr;
-  KNOWD_STORAGE_RETURN_IF_ERROR(
+  KNOWD_RETURN_IF_ERROR(
       FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "snapshot: checkpoint"));
   std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
   uint64_t seqno = 0;
   // log_size_for_flush = 0: flush the memtables so the checkpoint needs no WAL replay.
-  KNOWD_STORAGE_RETURN_IF_ERROR(
+  KNOWD_RETURN_IF_ERROR(
       FromRocks(checkpoint->CreateCheckpoint((fs::path(snapshot_dir) / "db").string(), 0, &seqno),
                 "snapshot: checkpoint"));
   if (!index_suspect_) {
-    KNOWD_STORAGE_RETURN_IF_ERROR(
-        SaveIndexFiles((fs::path(snapshot_dir) / "index").string(), seqno));
+    KNOWD_RETURN_IF_ERROR(SaveIndexFiles((fs::path(snapshot_dir) / "index").string(), seqno));
   }
   return absl::OkStatus();
 }
@@ -91,7 +91,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
   }
   if (batch_size < 1) return absl::InvalidArgumentError("batch_size must be positive");
   std::lock_guard write(write_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   const Fingerprint& target = options_.fingerprint;
   const std::string target_bytes = EncodeFingerprint({target.adapter_hash, target.base_model_hash});
 
@@ -103,15 +103,13 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
     auto stored = GetMeta(kMetaReencodeCursor);
     if (!stored.ok()) return stored.status();
     if (stored->has_value()) {
-      auto decoded = DecodeCursor(**stored);
-      if (!decoded.ok()) return decoded.status();
-      cursor = *decoded;
+      KNOWD_ASSIGN_OR_RETURN(cursor, DecodeCursor(**stored));
     }
   } else {
     rocksdb::WriteBatch start;
     start.Put(cf_meta_, kMetaReencodeTarget, target_bytes);
     start.Put(cf_meta_, kMetaReencodeCursor, EncodeCursor(cursor));
-    KNOWD_STORAGE_RETURN_IF_ERROR(
+    KNOWD_RETURN_IF_ERROR(
         FromRocks(db_->Write(SyncWrite(), &start), "re-encode: recording the target"));
     std::unique_lock lock(index_mu_);
     needs_reencode_ = true;  // latents are about to be mixed
@@ -139,7 +137,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
       pids.push_back(*pid);
       records.push_back(std::move(*record));
     }
-    KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "re-encode: reading passages"));
+    KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "re-encode: reading passages"));
     if (pids.empty()) break;
     // Each passage's encoder input: the tail of the passage before it (ids of a document's
     // passages are consecutive), then its own text.
@@ -153,7 +151,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
           before = records[i - 1].text;
         } else {
           std::string value;
-          KNOWD_STORAGE_RETURN_IF_ERROR(
+          KNOWD_RETURN_IF_ERROR(
               FromRocks(db_->Get(read, cf_passages_, PassageKey(pids[i] - 1), &value),
                         "re-encode: reading the passage before"));
           auto previous = DecodePassage(value);
@@ -168,7 +166,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
     }
     std::vector<std::string_view> texts(inputs.begin(), inputs.end());
     std::vector<EncodedPassage> encoded;
-    KNOWD_STORAGE_RETURN_IF_ERROR(encoder(texts, &encoded));
+    KNOWD_RETURN_IF_ERROR(encoder(texts, &encoded));
     if (encoded.size() != texts.size()) {
       return absl::InternalError(absl::StrCat("re-encode: the encoder returned ", encoded.size(),
                                               " results for ", texts.size(), " passages"));
@@ -192,7 +190,7 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
     cursor.last_pid = pids.back();
     cursor.done += pids.size();
     wb.Put(cf_meta_, kMetaReencodeCursor, EncodeCursor(cursor));
-    KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &wb), "re-encode: writing"));
+    KNOWD_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &wb), "re-encode: writing"));
     {
       std::unique_lock lock(index_mu_);
       cache_.Erase(pids);
@@ -204,12 +202,12 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
   finish.Put(cf_meta_, kMetaFingerprint, target_bytes);
   finish.Delete(cf_meta_, kMetaReencodeTarget);
   finish.Delete(cf_meta_, kMetaReencodeCursor);
-  KNOWD_STORAGE_RETURN_IF_ERROR(
+  KNOWD_RETURN_IF_ERROR(
       FromRocks(db_->Write(SyncWrite(), &finish), "re-encode: recording the new fingerprint"));
   // Every key changed: rebuild the vector indexes wholesale rather than per batch.
   NamespaceMap fresh;
-  KNOWD_STORAGE_RETURN_IF_ERROR(LoadCounts(&fresh));
-  KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&fresh));
+  KNOWD_RETURN_IF_ERROR(LoadCounts(&fresh));
+  KNOWD_RETURN_IF_ERROR(RebuildVectors(&fresh));
   std::unique_lock lock(index_mu_);
   for (auto& [name, ns] : namespaces_) {
     ns.vectors = std::move(fresh[name].vectors);

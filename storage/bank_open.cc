@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "storage/bank_impl.h"
 
 namespace knowd::storage {
@@ -77,14 +78,14 @@ BankImpl::~BankImpl() {
 }
 
 absl::StatusOr<std::unique_ptr<MemoryBank>> BankImpl::OpenImpl(const BankOptions& options) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateOptions(options));
+  KNOWD_RETURN_IF_ERROR(ValidateOptions(options));
   const absl::Time start = absl::Now();
   std::unique_ptr<BankImpl> bank(new BankImpl(options));
-  KNOWD_STORAGE_RETURN_IF_ERROR(bank->OpenDatabase());
-  KNOWD_STORAGE_RETURN_IF_ERROR(bank->CheckLayout());
-  KNOWD_STORAGE_RETURN_IF_ERROR(bank->CheckFingerprint());
+  KNOWD_RETURN_IF_ERROR(bank->OpenDatabase());
+  KNOWD_RETURN_IF_ERROR(bank->CheckLayout());
+  KNOWD_RETURN_IF_ERROR(bank->CheckFingerprint());
   // Read after the (creation-only) writes above: the index files must match this number.
-  KNOWD_STORAGE_RETURN_IF_ERROR(bank->BuildIndexes(bank->db_->GetLatestSequenceNumber()));
+  KNOWD_RETURN_IF_ERROR(bank->BuildIndexes(bank->db_->GetLatestSequenceNumber()));
   bank->open_time_ = absl::Now() - start;
   bank->closed_ = false;
   return std::unique_ptr<MemoryBank>(std::move(bank));
@@ -218,7 +219,7 @@ absl::StatusOr<std::optional<std::string>> BankImpl::GetMeta(std::string_view ke
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_meta_, key, &value);
   if (s.IsNotFound()) return std::optional<std::string>();
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading meta '", AbslView(key), "'")));
+  KNOWD_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading meta '", AbslView(key), "'")));
   return std::optional<std::string>(std::move(value));
 }
 
@@ -300,9 +301,7 @@ absl::Status BankImpl::CheckLayout() {
   auto next = GetMeta(kMetaNextPassageId);
   if (!next.ok()) return next.status();
   if (!next->has_value()) return absl::DataLossError("memory bank meta lacks the id counter");
-  auto value = DecodeU64(**next);
-  if (!value.ok()) return value.status();
-  next_pid_ = *value;
+  KNOWD_ASSIGN_OR_RETURN(next_pid_, DecodeU64(**next));
   return absl::OkStatus();
 }
 
@@ -360,7 +359,7 @@ absl::Status BankImpl::BuildIndexes(uint64_t seqno) {
   // Refuse a bad factory string or parameter now rather than at the first Put().
   if (auto probe = VectorIndex::Build(VectorConfig(), {}, {}); !probe.ok()) return probe.status();
   NamespaceMap fresh;
-  KNOWD_STORAGE_RETURN_IF_ERROR(LoadCounts(&fresh));
+  KNOWD_RETURN_IF_ERROR(LoadCounts(&fresh));
   absl::Status loaded = LoadIndexFiles(index_dir_, seqno, &fresh);
   indexes_loaded_ = loaded.ok();
   if (!loaded.ok()) {
@@ -369,9 +368,9 @@ absl::Status BankImpl::BuildIndexes(uint64_t seqno) {
       spdlog::info("memory bank {}: rebuilding vector indexes ({})", options_.data_dir,
                    rebuild_reason_);
     for (auto& [name, ns] : fresh) ns.vectors.reset();  // drop any partly loaded state
-    KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&fresh));
+    KNOWD_RETURN_IF_ERROR(RebuildVectors(&fresh));
   }
-  if (options_.lexical_index) KNOWD_STORAGE_RETURN_IF_ERROR(RebuildLexical(&fresh));
+  if (options_.lexical_index) KNOWD_RETURN_IF_ERROR(RebuildLexical(&fresh));
   namespaces_ = std::move(fresh);
   return absl::OkStatus();
 }
@@ -402,22 +401,20 @@ absl::Status BankImpl::RebuildVectors(NamespaceMap* namespaces, std::string_view
     if (!pid.has_value()) return absl::DataLossError("malformed entry in the keys column family");
     const std::string_view ns = key.substr(0, key.size() - 9);
     if (ns != current) {
-      KNOWD_STORAGE_RETURN_IF_ERROR(flush());
+      KNOWD_RETURN_IF_ERROR(flush());
       current = std::string(ns);
     }
     ids.push_back(*pid);
     vectors.resize(vectors.size() + dim);
-    KNOWD_STORAGE_RETURN_IF_ERROR(
+    KNOWD_RETURN_IF_ERROR(
         DecodeKeyVector(it->value().ToStringView(), dim, vectors.data() + vectors.size() - dim));
   }
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "reading the keys column family"));
-  if (!current.empty()) KNOWD_STORAGE_RETURN_IF_ERROR(flush());
+  KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "reading the keys column family"));
+  if (!current.empty()) KNOWD_RETURN_IF_ERROR(flush());
   // Namespaces with no keys at all still get an (empty) index.
   for (auto& [name, ns] : *namespaces) {
     if ((only.empty() || name == only) && ns.vectors == nullptr) {
-      auto index = VectorIndex::Build(config, {}, {});
-      if (!index.ok()) return index.status();
-      ns.vectors = std::move(*index);
+      KNOWD_ASSIGN_OR_RETURN(ns.vectors, VectorIndex::Build(config, {}, {}));
     }
   }
   return absl::OkStatus();
@@ -425,9 +422,7 @@ absl::Status BankImpl::RebuildVectors(NamespaceMap* namespaces, std::string_view
 
 absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view only) {
   for (auto& [name, ns] : *namespaces) {
-    auto lexical = LexicalIndex::Create();
-    if (!lexical.ok()) return lexical.status();
-    ns.lexical = std::move(*lexical);
+    KNOWD_ASSIGN_OR_RETURN(ns.lexical, LexicalIndex::Create());
   }
   rocksdb::ReadOptions read;
   read.fill_cache = false;
@@ -444,7 +439,7 @@ absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view
       return absl::DataLossError(absl::StrCat("passage ", *pid, " names namespace '", passage->ns,
                                               "' which has no recorded counts"));
     }
-    KNOWD_STORAGE_RETURN_IF_ERROR(ns->second.lexical->Add(*pid, passage->text));
+    KNOWD_RETURN_IF_ERROR(ns->second.lexical->Add(*pid, passage->text));
   }
   return FromRocks(it->status(), "reading the passages column family");
 }
@@ -464,14 +459,14 @@ absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
     if (vectors) {
       NamespaceMap scratch;
       scratch[name];
-      KNOWD_STORAGE_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
+      KNOWD_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
       std::unique_lock lock(index_mu_);
       namespaces_[name].vectors = std::move(scratch[name].vectors);
     }
     if (lexical) {
       NamespaceMap scratch;
       scratch[name];
-      KNOWD_STORAGE_RETURN_IF_ERROR(RebuildLexical(&scratch, name));
+      KNOWD_RETURN_IF_ERROR(RebuildLexical(&scratch, name));
       std::unique_lock lock(index_mu_);
       namespaces_[name].lexical = std::move(scratch[name].lexical);
     }

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "storage/bank_impl.h"
 #include "storage/latent_codec.h"
 
@@ -56,9 +57,9 @@ std::string FirstDifference(const std::vector<uint64_t>& want, const std::vector
 
 absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_view id,
                                        bool with_latents) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
+  KNOWD_RETURN_IF_ERROR(ValidateNamespace(name_space));
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   ScopedSnapshot snapshot(db_.get());
   const rocksdb::ReadOptions read = snapshot.Read();
   std::string value;
@@ -67,7 +68,7 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
     return absl::NotFoundError(absl::StrCat(
         "document '", AbslView(id), "' not found in namespace '", AbslView(name_space), "'"));
   }
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(s, "reading a document"));
+  KNOWD_RETURN_IF_ERROR(FromRocks(s, "reading a document"));
   auto record = DecodeDoc(value);
   if (!record.ok()) return record.status();
 
@@ -96,7 +97,7 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
   const size_t stride = with_latents ? 3 : 2;
   for (size_t i = 0; i < n; ++i) {
     for (size_t j = 0; j < stride; ++j) {
-      KNOWD_STORAGE_RETURN_IF_ERROR(
+      KNOWD_RETURN_IF_ERROR(
           FromRocks(statuses[i * stride + j],
                     absl::StrCat("document '", AbslView(id), "' passage ", i, " is damaged")));
     }
@@ -107,13 +108,12 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
     out.text = std::move(passage->text);
     out.context_bytes = passage->context_bytes;
     out.key.resize(options_.key_dim);
-    KNOWD_STORAGE_RETURN_IF_ERROR(
+    KNOWD_RETURN_IF_ERROR(
         DecodeKeyVector(values[i * stride + 1], options_.key_dim, out.key.data()));
     if (with_latents) {
-      auto latents =
-          DecodeLatents(values[i * stride + 2], options_.latent_rows, options_.latent_cols);
-      if (!latents.ok()) return latents.status();
-      out.latents = std::move(*latents);
+      KNOWD_ASSIGN_OR_RETURN(
+          out.latents,
+          DecodeLatents(values[i * stride + 2], options_.latent_rows, options_.latent_cols));
     }
     doc.passages.push_back(std::move(out));
   }
@@ -121,7 +121,7 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
 }
 
 absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& request) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(request.name_space));
+  KNOWD_RETURN_IF_ERROR(ValidateNamespace(request.name_space));
   if (request.key.size() != static_cast<size_t>(options_.key_dim)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "query key has ", request.key.size(), " floats, the bank's key_dim is ", options_.key_dim));
@@ -142,7 +142,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     return absl::InvalidArgumentError("candidates and rrf_k must be non-negative");
   }
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   if (needs_reencode_) {
     return absl::FailedPreconditionError(
         "memory bank is waiting for a re-encode; its keys do not match this encoder");
@@ -207,7 +207,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     std::vector<rocksdb::Status> statuses = db_->MultiGet(read, cfs, keys, &values);
     for (size_t i = 0; i < keys.size() && static_cast<int>(hits.size()) < request.k; ++i) {
       if (statuses[i].IsNotFound()) continue;
-      KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(statuses[i], "reading a search hit"));
+      KNOWD_RETURN_IF_ERROR(FromRocks(statuses[i], "reading a search hit"));
       auto passage = DecodePassage(values[i]);
       if (!passage.ok()) return passage.status();
       if (passage->ns != request.name_space) continue;  // cannot happen; isolation is absolute
@@ -232,9 +232,9 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
 
 absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> BankImpl::GetLatents(
     std::string_view name_space, std::span<const PassageId> ids) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
+  KNOWD_RETURN_IF_ERROR(ValidateNamespace(name_space));
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   auto ns = namespaces_.find(name_space);
   std::vector<std::shared_ptr<const std::vector<float>>> out(ids.size());
   std::vector<size_t> misses;
@@ -260,7 +260,7 @@ absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> BankImpl:
     if (statuses[m].IsNotFound()) {
       return absl::NotFoundError(absl::StrCat("passage ", pid, " has been forgotten"));
     }
-    KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(statuses[m], "reading latents"));
+    KNOWD_RETURN_IF_ERROR(FromRocks(statuses[m], "reading latents"));
     auto latents = DecodeLatents(values[m], options_.latent_rows, options_.latent_cols);
     if (!latents.ok()) return latents.status();
     auto shared = std::make_shared<const std::vector<float>>(std::move(*latents));
@@ -272,10 +272,10 @@ absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> BankImpl:
 
 absl::StatusOr<ScanPage> BankImpl::Scan(std::string_view name_space, std::string_view start_after,
                                         int limit) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
+  KNOWD_RETURN_IF_ERROR(ValidateNamespace(name_space));
   if (limit < 1) return absl::InvalidArgumentError("scan limit must be positive");
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   const std::string prefix = DocKeyPrefix(name_space);
   const std::string first = DocKey(name_space, start_after);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_passages_));
@@ -297,13 +297,13 @@ absl::StatusOr<ScanPage> BankImpl::Scan(std::string_view name_space, std::string
     summary.num_passages = static_cast<int>(record->passage_ids.size());
     page.documents.push_back(std::move(summary));
   }
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "scanning documents"));
+  KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "scanning documents"));
   return page;
 }
 
 absl::StatusOr<BankStats> BankImpl::Stats() {
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   BankStats stats;
   for (const auto& [name, ns] : namespaces_) {
     stats.namespaces.push_back(
@@ -337,7 +337,7 @@ absl::StatusOr<BankStats> BankImpl::Stats() {
 absl::Status BankImpl::VerifyIndexes() {
   std::lock_guard write(write_mu_);  // freeze RocksDB while we compare
   std::shared_lock lock(index_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   std::map<std::string, std::vector<uint64_t>, std::less<>> keys, passages;
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_keys_));
@@ -347,7 +347,7 @@ absl::Status BankImpl::VerifyIndexes() {
       if (!pid.has_value()) return absl::DataLossError("malformed key entry");
       keys[std::string(key.substr(0, key.size() - 9))].push_back(*pid);
     }
-    KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "reading keys"));
+    KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "reading keys"));
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_passages_));
@@ -357,7 +357,7 @@ absl::Status BankImpl::VerifyIndexes() {
       if (!pid.has_value() || !record.ok()) return absl::DataLossError("malformed passage entry");
       passages[record->ns].push_back(*pid);
     }
-    KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(it->status(), "reading passages"));
+    KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "reading passages"));
   }
   std::set<std::string> names;
   for (const auto& [name, ids] : keys) names.insert(name);

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "rocksdb/write_batch.h"
 #include "storage/bank_impl.h"
 #include "storage/latent_codec.h"
@@ -23,8 +24,8 @@ absl::Status ValidateDocId(std::string_view id) {
 }
 
 absl::Status ValidateDocument(const Document& doc, const BankOptions& o) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(doc.name_space));
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateDocId(doc.id));
+  KNOWD_RETURN_IF_ERROR(ValidateNamespace(doc.name_space));
+  KNOWD_RETURN_IF_ERROR(ValidateDocId(doc.id));
   if (doc.passages.empty()) return absl::InvalidArgumentError("document has no passages");
   const size_t latent_size = static_cast<size_t>(o.latent_rows) * o.latent_cols;
   for (size_t p = 0; p < doc.passages.size(); ++p) {
@@ -67,7 +68,7 @@ absl::StatusOr<std::vector<DocumentAck>> BankImpl::Put(std::span<const Document>
   }
   std::lock_guard write(write_mu_);
   // closed_, needs_reencode_ and namespaces_ change only under write_mu_, which we hold.
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   if (needs_reencode_) {
     return absl::FailedPreconditionError(
         "memory bank is waiting for a re-encode; writes are refused until it completes");
@@ -119,7 +120,7 @@ absl::StatusOr<std::vector<DocumentAck>> BankImpl::Put(std::span<const Document>
   if (batch.empty()) return acks;
   wb.Put(cf_meta_, kMetaNextPassageId, EncodeU64(next));
   PutCounts(deltas, &wb);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CommitBatch(&wb, "writing documents"));
+  KNOWD_RETURN_IF_ERROR(CommitBatch(&wb, "writing documents"));
   next_pid_ = next;
   ApplyDeltas(&deltas);
   return acks;
@@ -127,10 +128,10 @@ absl::StatusOr<std::vector<DocumentAck>> BankImpl::Put(std::span<const Document>
 
 absl::StatusOr<int> BankImpl::Delete(std::string_view name_space, std::span<const std::string> ids,
                                      bool purge) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(ValidateNamespace(name_space));
-  for (const std::string& id : ids) KNOWD_STORAGE_RETURN_IF_ERROR(ValidateDocId(id));
+  KNOWD_RETURN_IF_ERROR(ValidateNamespace(name_space));
+  for (const std::string& id : ids) KNOWD_RETURN_IF_ERROR(ValidateDocId(id));
   std::lock_guard write(write_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   rocksdb::WriteBatch wb;
   DeltaMap deltas;
   NamespaceDelta& delta = DeltaFor(&deltas, name_space);
@@ -141,7 +142,7 @@ absl::StatusOr<int> BankImpl::Delete(std::string_view name_space, std::span<cons
     std::string value;
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_passages_, doc_key, &value);
     if (s.IsNotFound()) continue;
-    KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(s, "reading a document to forget"));
+    KNOWD_RETURN_IF_ERROR(FromRocks(s, "reading a document to forget"));
     auto record = DecodeDoc(value);
     if (!record.ok()) return record.status();
     DeleteDocument(name_space, *record, &wb, &delta);
@@ -151,13 +152,13 @@ absl::StatusOr<int> BankImpl::Delete(std::string_view name_space, std::span<cons
   if (removed == 0) return 0;
   std::vector<uint64_t> pids = delta.removed;
   PutCounts(deltas, &wb);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CommitBatch(&wb, "forgetting documents"));
+  KNOWD_RETURN_IF_ERROR(CommitBatch(&wb, "forgetting documents"));
   ApplyDeltas(&deltas);
   if (purge) {
     absl::Status purged = PurgeFromDisk(name_space, unique, pids);
     // A failed flush or compaction stops RocksDB's writes like a failed write does.
     if (!purged.ok()) write_error_ = purged;
-    KNOWD_STORAGE_RETURN_IF_ERROR(purged);
+    KNOWD_RETURN_IF_ERROR(purged);
   }
   return removed;
 }
@@ -268,7 +269,7 @@ absl::Status BankImpl::PurgeFromDisk(std::string_view ns, const std::set<std::st
   rocksdb::FlushOptions flush;
   flush.wait = true;
   // Every column family: a WAL file is deleted only once no memtable needs it any more.
-  KNOWD_STORAGE_RETURN_IF_ERROR(FromRocks(db_->Flush(flush, handles_), "purge: flush"));
+  KNOWD_RETURN_IF_ERROR(FromRocks(db_->Flush(flush, handles_), "purge: flush"));
   const auto [min_pid, max_pid] = std::minmax_element(pids.begin(), pids.end());
   rocksdb::CompactRangeOptions compact;
   compact.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
@@ -276,11 +277,10 @@ absl::Status BankImpl::PurgeFromDisk(std::string_view ns, const std::set<std::st
     rocksdb::Slice begin(lo), end(hi);
     return FromRocks(db_->CompactRange(compact, cf, &begin, &end), "purge: compaction");
   };
-  KNOWD_STORAGE_RETURN_IF_ERROR(
-      run(cf_passages_, DocKey(ns, *ids.begin()), DocKey(ns, *ids.rbegin())));
-  KNOWD_STORAGE_RETURN_IF_ERROR(run(cf_passages_, PassageKey(*min_pid), PassageKey(*max_pid)));
-  KNOWD_STORAGE_RETURN_IF_ERROR(run(cf_latents_, LatentKey(*min_pid), LatentKey(*max_pid)));
-  KNOWD_STORAGE_RETURN_IF_ERROR(run(cf_keys_, KeyKey(ns, *min_pid), KeyKey(ns, *max_pid)));
+  KNOWD_RETURN_IF_ERROR(run(cf_passages_, DocKey(ns, *ids.begin()), DocKey(ns, *ids.rbegin())));
+  KNOWD_RETURN_IF_ERROR(run(cf_passages_, PassageKey(*min_pid), PassageKey(*max_pid)));
+  KNOWD_RETURN_IF_ERROR(run(cf_latents_, LatentKey(*min_pid), LatentKey(*max_pid)));
+  KNOWD_RETURN_IF_ERROR(run(cf_keys_, KeyKey(ns, *min_pid), KeyKey(ns, *max_pid)));
   // The saved vector files still hold the forgotten keys; drop them (Close() writes new ones).
   std::error_code ec;
   std::filesystem::remove_all(index_dir_, ec);
@@ -302,18 +302,18 @@ absl::Status CheckMarkerName(std::string_view name) {
 }  // namespace
 
 absl::StatusOr<std::optional<std::string>> BankImpl::GetMarker(std::string_view name) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckMarkerName(name));
+  KNOWD_RETURN_IF_ERROR(CheckMarkerName(name));
   {
     std::lock_guard write(write_mu_);
-    KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+    KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   }
   return GetMeta(absl::StrCat(kMetaMarkerPrefix, AbslView(name)));
 }
 
 absl::Status BankImpl::SetMarker(std::string_view name, std::string_view value) {
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckMarkerName(name));
+  KNOWD_RETURN_IF_ERROR(CheckMarkerName(name));
   std::lock_guard write(write_mu_);
-  KNOWD_STORAGE_RETURN_IF_ERROR(CheckOpenLocked());
+  KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   rocksdb::WriteBatch wb;
   wb.Put(cf_meta_, absl::StrCat(kMetaMarkerPrefix, AbslView(name)),
          rocksdb::Slice(value.data(), value.size()));

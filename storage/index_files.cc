@@ -19,6 +19,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "rocksdb/file_system.h"
 #include "storage/bank_impl.h"
 
@@ -103,7 +104,7 @@ absl::Status BankImpl::SaveIndexFiles(const std::string& dir, uint64_t seqno) {
     auto bytes = ns.vectors->Serialize();
     if (!bytes.ok()) return bytes.status();
     const std::string file = absl::StrCat("vec-", seqno, "-", n++, ".faiss");
-    KNOWD_STORAGE_RETURN_IF_ERROR(
+    KNOWD_RETURN_IF_ERROR(
         WriteFileSynced(IndexFileSystem(), (fs::path(dir) / file).string(), *bytes));
     keep.insert(file);
     // Names are arbitrary bytes; JSON wants UTF-8, so store them hex-encoded.
@@ -114,10 +115,10 @@ absl::Status BankImpl::SaveIndexFiles(const std::string& dir, uint64_t seqno) {
                                       {"vectors", ns.vectors->size()}});
   }
   const std::string tmp = (fs::path(dir) / "MANIFEST.tmp").string();
-  KNOWD_STORAGE_RETURN_IF_ERROR(WriteFileSynced(IndexFileSystem(), tmp, manifest.dump(2)));
+  KNOWD_RETURN_IF_ERROR(WriteFileSynced(IndexFileSystem(), tmp, manifest.dump(2)));
   fs::rename(tmp, fs::path(dir) / kManifestName, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot commit index manifest: ", ec.message()));
-  KNOWD_STORAGE_RETURN_IF_ERROR(SyncDirectory(dir));
+  KNOWD_RETURN_IF_ERROR(SyncDirectory(dir));
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     if (!keep.count(entry.path().filename().string())) fs::remove(entry.path(), ec);
   }

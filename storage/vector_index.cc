@@ -7,6 +7,7 @@
 #include <exception>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "faiss/AutoTune.h"
 #include "faiss/IndexFlatCodes.h"
 #include "faiss/impl/IDSelector.h"
@@ -75,9 +76,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorInde
   const bool fallback = needs_training && n < std::max<int64_t>(config.train_min, 1);
   std::unique_ptr<faiss::IndexIDMap2> index;
   if (fallback) {
-    auto flat = MakeEmpty(config, /*flat=*/true);
-    if (!flat.ok()) return flat.status();
-    index = std::move(*flat);
+    KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true));
   } else {
     index = std::move(*probe);
   }
@@ -97,9 +96,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorInde
       // Open() tries again.
       spdlog::warn("FAISS '{}' could not train on {} vectors ({}); serving a flat index",
                    config.factory, sample.size() / config.dim, e.what());
-      auto flat = MakeEmpty(config, /*flat=*/true);
-      if (!flat.ok()) return flat.status();
-      index = std::move(*flat);
+      KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true));
       training_failed = true;
     }
   }
