@@ -12,8 +12,8 @@
 //   oracle        "<BOS><gold passage(s)>\nQ: <question>\nA:"   (upper bound for reading)
 //   rag-top1/3    the top 1 / 3 passages retrieved by BM25 for the question, oldest first
 //   rag-subject   the top BM25 passage and up to two more BM25 candidates on its subject
-//                 (storage::SearchHit::same_subject: an update of a fact, or its older version),
-//                 oldest first
+//                 (knowledge::LexicalMarks::same_subject: an update of a fact, or its older
+//                 version), oldest first
 //   mac           the adapter's prefix aggregated from the top mac_top_k passages (retrieved by
 //                 BM25 by default; or the adapter's keys, or both fused), then "Q: <question>\nA:"
 //   mac+rag       the same prefix, then rag-subject's passages as text (or the best

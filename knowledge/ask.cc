@@ -5,20 +5,12 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "knowledge/prompt.h"
+#include "knowledge/subject.h"
 
 namespace knowd::knowledge {
 namespace {
 
 absl::Time Age(const storage::SearchHit& h) { return h.valid_from.value_or(h.ingest_time); }
-
-// The best lexical coverage among `hits`; -1 when none carries one.
-double BestCoverage(const std::vector<storage::SearchHit>& hits) {
-  double best = -1;
-  for (const storage::SearchHit& h : hits) {
-    if (h.lexical_coverage.has_value()) best = std::max(best, double{*h.lexical_coverage});
-  }
-  return best;
-}
 
 }  // namespace
 
@@ -91,6 +83,7 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
   // 1. Retrieval.
   std::optional<QuestionCode> code;
   std::vector<storage::SearchHit> hits;
+  std::vector<LexicalMarks> marks;  // one per hit
   if (params.mode != AskMode::kClosedBook) {
     if (modulator != nullptr && (mac || params.retrieval != Retrieval::kLexical)) {
       KNOWD_ASSIGN_OR_RETURN(code, EncodeQuestion(*modulator, *context.tokenizer, question));
@@ -99,16 +92,19 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
     if (text && params.subject_passages > 0 && params.retrieval == Retrieval::kLexical) {
       depth = std::max(depth, params.subject_depth);
     }
+    storage::LexicalTerms terms;
     KNOWD_ASSIGN_OR_RETURN(
         hits, RetrievePassages(*context.bank, name_space, question, code ? &code->key : nullptr,
-                               params.retrieval, depth));
-    out.relevance = BestCoverage(hits);
+                               params.retrieval, depth, &terms));
+    marks = MarkLexicalHits(hits, terms);
+    out.relevance = BestCoverage(marks);
     if (out.relevance < 0) {
       // Dense hits carry no lexical coverage: ask the lexical index for the best one's.
-      absl::StatusOr<std::vector<storage::SearchHit>> lexical =
-          RetrievePassages(*context.bank, name_space, question, nullptr, Retrieval::kLexical, 1);
-      if (!lexical.ok()) return lexical.status();
-      out.relevance = std::max(0.0, BestCoverage(*lexical));
+      storage::LexicalTerms lexical_terms;
+      KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> lexical,
+                             RetrievePassages(*context.bank, name_space, question, nullptr,
+                                              Retrieval::kLexical, 1, &lexical_terms));
+      out.relevance = std::max(0.0, BestCoverage(MarkLexicalHits(lexical, lexical_terms)));
     }
     if (hits.empty() || out.relevance < params.abstain_below) {
       out.nothing_in_memory = true;
@@ -163,7 +159,7 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
     for (int i = 0; i < candidates; ++i) {
       if (i < params.rag_passages && i < params.top_k) {
         in_prompt.push_back(&hits[i]);
-      } else if (hits[i].same_subject && on_subject < params.subject_passages) {
+      } else if (marks[i].same_subject && on_subject < params.subject_passages) {
         in_prompt.push_back(&hits[i]);
         ++on_subject;
       }

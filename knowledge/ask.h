@@ -3,7 +3,7 @@
 // reader's prefix + prompt ids + citations out; no wire types, no scheduling.
 //
 //   1. Retrieval (memory modes): the top passages for the question (retrieve.h). Their best
-//      lexical coverage (storage::SearchHit::lexical_coverage) is the question's relevance; below
+//      lexical coverage (subject.h's LexicalMarks::coverage) is the question's relevance; below
 //      AskParams::abstain_below the memory has nothing on the question and the ask stops here
 //      with nothing_in_memory set, in every memory mode.
 //   2. Modulation (mac, mac+rag): the stored latents of the best top_k passages (at most the

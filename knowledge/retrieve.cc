@@ -16,11 +16,10 @@ const char* RetrievalName(Retrieval r) {
   return "lexical";
 }
 
-absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(storage::MemoryBank& bank,
-                                                                 std::string_view name_space,
-                                                                 std::string_view query,
-                                                                 const std::vector<float>* key,
-                                                                 Retrieval retrieval, int k) {
+absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
+    storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
+    const std::vector<float>* key, Retrieval retrieval, int k, storage::LexicalTerms* terms) {
+  if (terms != nullptr) *terms = storage::LexicalTerms();
   if (k < 1) return absl::InvalidArgumentError("retrieval needs k >= 1");
   storage::SearchRequest request;
   request.name_space = std::string(name_space);
@@ -36,7 +35,7 @@ absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(storage::Memory
       request.hybrid = true;
       request.query_text = std::string(query);
     }
-    return bank.Search(request);
+    return bank.Search(request, request.hybrid ? terms : nullptr);
   }
   // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
   // re-ranked by the BM25 weight, is exactly the BM25 top list.
@@ -45,7 +44,7 @@ absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(storage::Memory
   request.query_text = std::string(query);
   request.candidates = k;
   request.k = std::min(4096, 2 * k);
-  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank.Search(request);
+  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank.Search(request, terms);
   if (!hits.ok()) return hits.status();
   std::vector<storage::SearchHit> lexical;
   for (storage::SearchHit& h : *hits) {

@@ -21,11 +21,11 @@ const char* RetrievalName(Retrieval r);
 
 // The top `k` passages of `name_space` for `query`, best first, with their text. `key` (the
 // question's dense key) is needed for dense and hybrid retrieval; lexical retrieval is BM25 alone
-// and ignores it. Lexical hits carry SearchHit::same_subject and lexical_coverage.
-absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(storage::MemoryBank& bank,
-                                                                 std::string_view name_space,
-                                                                 std::string_view query,
-                                                                 const std::vector<float>* key,
-                                                                 Retrieval retrieval, int k);
+// and ignores it. With `terms` (lexical and hybrid retrieval), also what the lexical index made
+// of the query, and lexical hits carry their matched_terms: subject.h marks them.
+absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
+    storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
+    const std::vector<float>* key, Retrieval retrieval, int k,
+    storage::LexicalTerms* terms = nullptr);
 
 }  // namespace knowd::knowledge

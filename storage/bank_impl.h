@@ -58,7 +58,8 @@ class BankImpl final : public MemoryBank {
                                bool with_latents) override;
   absl::StatusOr<int> Delete(std::string_view name_space, std::span<const std::string> ids,
                              bool purge) override;
-  absl::StatusOr<std::vector<SearchHit>> Search(const SearchRequest& request) override;
+  absl::StatusOr<std::vector<SearchHit>> Search(const SearchRequest& request,
+                                                LexicalTerms* terms = nullptr) override;
   absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> GetLatents(
       std::string_view name_space, std::span<const PassageId> ids) override;
   absl::StatusOr<ScanPage> Scan(std::string_view name_space, std::string_view start_after,

@@ -120,7 +120,9 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
   return doc;
 }
 
-absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& request) {
+absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& request,
+                                                        LexicalTerms* terms) {
+  if (terms != nullptr) *terms = LexicalTerms();
   KNOWD_RETURN_IF_ERROR(ValidateNamespace(request.name_space));
   if (request.key.size() != static_cast<size_t>(options_.key_dim)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -154,8 +156,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     uint64_t id;
     float score;
     std::optional<float> dense, lexical;
-    bool same_subject = false;
-    std::optional<float> coverage;
+    std::vector<std::string> matched_terms;
   };
   std::vector<Candidate> ranked;
   const int pool =
@@ -165,15 +166,14 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   auto dense = ns->second.vectors->Search(request.key.data(), pool);
   if (!dense.ok()) return dense.status();
   if (!request.hybrid) {
-    for (const ScoredId& hit : *dense)
-      ranked.push_back({hit.id, hit.score, hit.score, {}, false, {}});
+    for (const ScoredId& hit : *dense) ranked.push_back({hit.id, hit.score, hit.score, {}, {}});
   } else {
-    auto lexical = ns->second.lexical->Search(request.query_text, pool);
+    auto lexical = ns->second.lexical->Search(request.query_text, pool, terms);
     if (!lexical.ok()) return lexical.status();
-    std::unordered_map<uint64_t, size_t> slot;
+    std::unordered_map<uint64_t, size_t> position;
     auto entry = [&](uint64_t id) -> Candidate& {
-      auto [it, inserted] = slot.emplace(id, ranked.size());
-      if (inserted) ranked.push_back({id, 0.0f, {}, {}, false, {}});
+      auto [it, inserted] = position.emplace(id, ranked.size());
+      if (inserted) ranked.push_back({id, 0.0f, {}, {}, {}});
       return ranked[it->second];
     };
     for (size_t r = 0; r < dense->size(); ++r) {
@@ -185,8 +185,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       Candidate& c = entry((*lexical)[r].id);
       c.score += 1.0f / static_cast<float>(request.rrf_k + r + 1);
       c.lexical = (*lexical)[r].weight;
-      c.same_subject = (*lexical)[r].same_subject;
-      c.coverage = (*lexical)[r].coverage;
+      c.matched_terms = std::move((*lexical)[r].matched);
     }
     std::stable_sort(ranked.begin(), ranked.end(),
                      [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
@@ -219,8 +218,7 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       hit.score = c.score;
       hit.dense_score = c.dense;
       hit.lexical_score = c.lexical;
-      hit.same_subject = c.same_subject;
-      hit.lexical_coverage = c.coverage;
+      hit.matched_terms = c.matched_terms;
       hit.ingest_time = FromMicros(passage->ingest_us);
       hit.valid_from = OptionalTime(passage->valid_from_us);
       if (request.with_text) hit.text = std::move(passage->text);

@@ -44,70 +44,18 @@ std::string WithoutPossessives(std::string_view text) {
   return out;
 }
 
-// English function words: never a subject, however rare a small index makes them.
-constexpr std::string_view kFunctionWords[] = {
-    "a",    "about", "after", "an",    "and",  "are",  "as",   "at",   "be",   "by",
-    "did",  "do",    "does",  "for",   "from", "had",  "has",  "have", "he",   "her",
-    "his",  "how",   "i",     "in",    "is",   "it",   "its",  "of",   "on",   "or",
-    "she",  "that",  "the",   "their", "they", "this", "to",   "was",  "were", "what",
-    "when", "where", "which", "who",   "whom", "why",  "will", "with", "you",  "your"};
-
-// The query terms a function word can become: itself and, stemmed, "Z" + its stem.
-std::set<std::string> FunctionWordTerms(const Xapian::Stem& stemmer) {
-  std::set<std::string> terms;
-  for (std::string_view word : kFunctionWords) {
-    terms.emplace(word);
-    terms.insert(absl::StrCat("Z", stemmer(std::string(word))));
-  }
-  return terms;
-}
-
-// The terms that say what a query is about, as the top hit answers it (sorted). Of the query
-// terms the top hit matches, function words aside: all the names, when the query has some (words
-// written with a capital, which the parser leaves unstemmed; a person is their whole name, so
-// "Ithhul Voqua" is not "Voqua Wynlem" though Ithhul is also a common city), else the rarest
-// terms and the ones at most 4x as frequent. A question's names are rare and its other words
-// common, so passages that hold them are about the same person or thing: an update to a fact, or
-// the fact's older version.
-std::vector<std::string> SubjectTerms(const Xapian::Database& db, const Xapian::Enquire& enquire,
-                                      const Xapian::MSet& mset,
-                                      const std::set<std::string>& function_words) {
-  std::vector<std::string> subject;
-  if (mset.empty()) return subject;
-  std::vector<std::string> matched;
-  bool has_names = false;
-  for (auto t = enquire.get_matching_terms_begin(mset.begin());
-       t != enquire.get_matching_terms_end(mset.begin()); ++t) {
-    if (function_words.contains(*t)) continue;
-    matched.push_back(*t);
-    has_names |= !(*t).starts_with('Z');
-  }
-  if (has_names) {
-    std::copy_if(matched.begin(), matched.end(), std::back_inserter(subject),
-                 [](const std::string& term) { return !term.starts_with('Z'); });
-  } else {
-    Xapian::doccount rarest = 0;
-    std::vector<Xapian::doccount> frequency;
-    for (const std::string& term : matched) {
-      frequency.push_back(std::max<Xapian::doccount>(1, db.get_termfreq(term)));
-      rarest = rarest == 0 ? frequency.back() : std::min(rarest, frequency.back());
-    }
-    for (size_t i = 0; i < matched.size(); ++i) {
-      if (frequency[i] <= 4 * rarest) subject.push_back(matched[i]);
-    }
-  }
-  std::sort(subject.begin(), subject.end());
-  return subject;
-}
-
 }  // namespace
+
+std::vector<std::string> QueryTermsOfWord(std::string_view word) {
+  const Xapian::Stem stemmer("english");
+  return {std::string(word), absl::StrCat("Z", stemmer(std::string(word)))};
+}
 
 struct LexicalIndex::State {
   Xapian::WritableDatabase db;
   Xapian::TermGenerator indexer;
   Xapian::QueryParser parser;
   Xapian::Stem stemmer{"english"};
-  std::set<std::string> function_words = FunctionWordTerms(stemmer);
   uint64_t removed = 0;  // documents removed since Create()
 };
 
@@ -157,7 +105,8 @@ absl::Status LexicalIndex::Remove(std::span<const uint64_t> ids) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view query, int k) {
+absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view query, int k,
+                                                             LexicalTerms* terms) {
   std::lock_guard lock(mu_);
   std::vector<LexicalHit> hits;
   try {
@@ -170,42 +119,36 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     enquire.set_query(q);
     enquire.set_weighting_scheme(Xapian::BM25Weight());
     Xapian::MSet mset = enquire.get_mset(0, static_cast<Xapian::doccount>(k));
-    const std::vector<std::string> subject =
-        SubjectTerms(state_->db, enquire, mset, state_->function_words);
-    // Coverage weighs the query's exact words (the parser leaves capitalised words and numbers
-    // unstemmed: names, years) when it has some, else all its words: what a query is about is
-    // named by its names, however rare its phrasing is in a small bank.
-    const double docs = static_cast<double>(state_->db.get_doccount());
-    std::map<std::string, double> idf;
-    bool has_exact = false;
-    for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
-      has_exact |= !state_->function_words.contains(*t) && !(*t).starts_with('Z');
-    }
-    double total_idf = 0;
-    for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
-      if (state_->function_words.contains(*t)) continue;
-      if (has_exact && (*t).starts_with('Z')) continue;
-      const Xapian::doccount df = state_->db.get_termfreq(*t);
-      // A lower-case word no passage holds ("Z" + stem) is the question's phrasing, not what it
-      // is about: no evidence either way. An unknown capitalised word (a name) counts in full.
-      if (df == 0 && (*t).starts_with('Z')) continue;
-      const double value = std::pow(std::log((docs + 1) / (df + 0.5)), 2);
-      idf.emplace(*t, value);
-      total_idf += value;
+    if (terms != nullptr) {
+      // Query terms: "Z" + stem for a stemmed word; a capitalised word or a number as it is.
+      *terms = LexicalTerms();
+      terms->passages = state_->db.get_doccount();
+      std::map<std::string, QueryTerm> by_term;
+      for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
+        QueryTerm term{*t, !(*t).starts_with('Z'), state_->db.get_termfreq(*t)};
+        by_term.emplace(*t, term);
+        terms->query.push_back(std::move(term));
+      }
+      if (!mset.empty()) {
+        for (auto t = enquire.get_matching_terms_begin(mset.begin());
+             t != enquire.get_matching_terms_end(mset.begin()); ++t) {
+          auto found = by_term.find(*t);
+          terms->best_match.push_back(
+              found != by_term.end()
+                  ? found->second
+                  : QueryTerm{*t, !(*t).starts_with('Z'), state_->db.get_termfreq(*t)});
+        }
+      }
     }
     for (auto it = mset.begin(); it != mset.end(); ++it) {
-      std::vector<std::string> matched(enquire.get_matching_terms_begin(it),
-                                       enquire.get_matching_terms_end(it));
-      std::sort(matched.begin(), matched.end());
-      double matched_idf = 0;
-      for (const std::string& term : matched) {
-        auto found = idf.find(term);
-        if (found != idf.end()) matched_idf += found->second;
+      LexicalHit hit{
+          std::stoull(it.get_document().get_data()), static_cast<float>(it.get_weight()), {}};
+      if (terms != nullptr) {
+        hit.matched.assign(enquire.get_matching_terms_begin(it),
+                           enquire.get_matching_terms_end(it));
+        std::sort(hit.matched.begin(), hit.matched.end());
       }
-      hits.push_back({std::stoull(it.get_document().get_data()),
-                      static_cast<float>(it.get_weight()),
-                      std::includes(matched.begin(), matched.end(), subject.begin(), subject.end()),
-                      total_idf > 0 ? static_cast<float>(matched_idf / total_idf) : 0.0f});
+      hits.push_back(std::move(hit));
     }
   } catch (const Xapian::QueryParserError& e) {
     return absl::InvalidArgumentError(

@@ -14,24 +14,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "storage/memory_bank.h"
 
 namespace knowd::storage {
 
 struct LexicalHit {
   uint64_t id;
-  float weight;  // BM25
-  // The hit matches every *subject term* of the top hit: of the query terms the top hit matches
-  // (function words aside; only the capitalised ones when there are some), the rarest and those
-  // at most 4x as frequent: the names a question asks about. True for the top hit itself.
-  bool same_subject = false;
-  // How much of the query the hit covers: the sum of idf² = log((N + 1) / (df + 0.5))² over the
-  // query terms it holds, divided by the same sum over the query's terms. The terms are the
-  // query's exact words (capitalised words and numbers, which the parser leaves unstemmed: the
-  // names a question asks about) when it has some, else all its words; English function words
-  // and lower-case words no passage holds (phrasing) are left out. Squared, so that rare words
-  // weigh far more than common ones; an unknown name counts with df = 0, the rarest. 1: it holds
-  // every term that counts; near 0: only common ones.
-  float coverage = 0.0f;
+  float weight;                      // BM25
+  std::vector<std::string> matched;  // the query terms it holds, sorted
 };
 
 class LexicalIndex {
@@ -42,7 +32,9 @@ class LexicalIndex {
   absl::Status Add(uint64_t id, std::string_view text);
   absl::Status Remove(std::span<const uint64_t> ids);
   // Top `k` passages for a free-text query (terms OR-ed, stemmed). Empty when nothing matches.
-  absl::StatusOr<std::vector<LexicalHit>> Search(std::string_view query, int k);
+  // With `terms`, also the query's terms and their frequencies (memory_bank.h).
+  absl::StatusOr<std::vector<LexicalHit>> Search(std::string_view query, int k,
+                                                 LexicalTerms* terms = nullptr);
   absl::StatusOr<std::vector<uint64_t>> Ids();  // sorted
   uint64_t size();
   // Xapian's in-memory backend keeps what a removed document took (about 3.6 KB per add and

@@ -176,20 +176,33 @@ struct SearchHit {
   float score = 0.0f;
   std::optional<float> dense_score;    // set when the passage was in the dense candidates
   std::optional<float> lexical_score;  // BM25 weight, set when it was in the lexical candidates
-  // A lexical candidate about what the best BM25 hit is about: it holds every one of the rarest
-  // query terms that hit matches (function words aside; only capitalised words when the query
-  // has some; those at most 4x as frequent as the rarest): the names a question asks about. True
-  // for the best BM25 hit itself; false for passages outside the lexical candidates.
-  bool same_subject = false;
-  // For lexical candidates: how much of the query the passage covers, in [0, 1]
-  // (LexicalHit::coverage: the share of the query's names, else words, it holds, weighted by
-  // squared inverse document frequency). How much of a question the memory knows about, whatever
-  // the BM25 weight's scale.
-  std::optional<float> lexical_coverage;
+  // For lexical candidates, when Search() is given a LexicalTerms: the query terms the passage
+  // holds (LexicalTerms::query's spelling), sorted.
+  std::vector<std::string> matched_terms;
   absl::Time ingest_time;
   std::optional<absl::Time> valid_from;
   std::string text;  // when SearchRequest::with_text
 };
+
+// A term of a hybrid search's query text, as the lexical index parsed it.
+struct QueryTerm {
+  std::string term;       // as indexed: the word, or its English stem; compare, do not parse
+  bool exact = false;     // left unstemmed: a word written with a capital, or a number
+  uint64_t passages = 0;  // how many of the namespace's passages hold it
+};
+
+// What the lexical index made of a hybrid search's query text (Search()'s `terms`): its terms
+// and how common each is, and the terms its best BM25 candidate holds. Plain statistics of the
+// index; what they mean for a question is the caller's business (knowledge/subject.h).
+struct LexicalTerms {
+  uint64_t passages = 0;              // passages in the namespace's lexical index
+  std::vector<QueryTerm> query;       // the query's distinct terms, in the index's term order
+  std::vector<QueryTerm> best_match;  // those the best BM25 candidate holds (empty: no candidate)
+};
+
+// The terms a lower-case word can become in a query's LexicalTerms: the word itself (written
+// with a capital, which the parser leaves unstemmed) and its English stem.
+std::vector<std::string> QueryTermsOfWord(std::string_view word);
 
 struct DocumentSummary {
   std::string id;
@@ -294,7 +307,10 @@ class MemoryBank {
   // best first; an unknown namespace gives an empty result. Errors: INVALID_ARGUMENT (wrong key
   // size, non-finite key, k out of range, hybrid without lexical index or query text),
   // FAILED_PRECONDITION while a re-encode is pending.
-  virtual absl::StatusOr<std::vector<SearchHit>> Search(const SearchRequest& request) = 0;
+  // With `terms` (hybrid only), also says what the lexical index made of query_text, and each
+  // lexical candidate carries its SearchHit::matched_terms.
+  virtual absl::StatusOr<std::vector<SearchHit>> Search(const SearchRequest& request,
+                                                        LexicalTerms* terms = nullptr) = 0;
 
   // Decoded latents (latent_rows × latent_cols floats) of passages of `name_space`, in the order
   // asked, served from the LRU cache when possible. The returned buffers are immutable and

@@ -6,16 +6,20 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "knowledge/ask.h"
 #include "knowledge/passages.h"
 #include "knowledge/prompt.h"
+#include "knowledge/subject.h"
 #include "model/tokenizer.h"
 #include "storage/memory_bank.h"
 #include "tests/storage/bank_test_util.h"
 
 namespace knowd::knowledge {
 namespace {
+
+using ::testing::ElementsAre;
 
 const std::string kTiny = std::string(KNOWD_SOURCE_DIR) + "/models/knowd-tiny";
 
@@ -171,6 +175,112 @@ TEST_F(AskTest, MacNeedsAnAdapterAndPromptsMustFit) {
   EXPECT_EQ(a->dropped_passages, 1);
   ASSERT_EQ(a->cited.size(), 1u);
   EXPECT_EQ(a->cited[0].doc_id, both->cited[0].doc_id);  // the best hit stays
+}
+
+// Subject marking (subject.h) over a real bank's lexical statistics.
+std::vector<std::string> OnSubject(storage::MemoryBank& bank, const storage::SearchRequest& req,
+                                   std::vector<storage::SearchHit>* hits_out = nullptr,
+                                   std::vector<LexicalMarks>* marks_out = nullptr) {
+  storage::LexicalTerms terms;
+  auto hits = bank.Search(req, &terms);
+  EXPECT_TRUE(hits.ok()) << hits.status();
+  if (!hits.ok()) return {};
+  const std::vector<LexicalMarks> marks = MarkLexicalHits(*hits, terms);
+  EXPECT_EQ(marks.size(), hits->size());
+  // In BM25 order, as the lexical candidates rank.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < hits->size(); ++i) {
+    if ((*hits)[i].lexical_score.has_value()) order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return *(*hits)[a].lexical_score > *(*hits)[b].lexical_score;
+  });
+  std::vector<std::string> on_subject;
+  for (size_t i : order) {
+    if (marks[i].same_subject) on_subject.push_back((*hits)[i].doc_id);
+  }
+  for (size_t i = 0; i < hits->size(); ++i) {
+    if (!(*hits)[i].lexical_score.has_value()) {
+      EXPECT_FALSE(marks[i].same_subject) << (*hits)[i].doc_id;
+      EXPECT_FALSE(marks[i].coverage.has_value()) << (*hits)[i].doc_id;
+    }
+  }
+  if (hits_out != nullptr) *hits_out = *hits;
+  if (marks_out != nullptr) *marks_out = marks;
+  return on_subject;
+}
+
+TEST(Subject, LexicalHitsOnTheBestHitsSubjectAreMarked) {
+  storage::testing::TempDir dir;
+  auto opened = storage::MemoryBank::Open(storage::testing::TestOptions(dir.path()));
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::unique_ptr<storage::MemoryBank> bank = *std::move(opened);
+  using storage::testing::MakeDoc;
+  std::vector<storage::Document> docs;
+  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("filler-", i), 0, 1));
+  for (int i = 0; i < 10; ++i) {
+    docs[i].passages[0].text = absl::StrCat("Person", i, " has made a home in Town", i, ".");
+  }
+  auto add = [&](const std::string& id, const std::string& text) {
+    docs.push_back(MakeDoc("ns", id, 0, 1));
+    docs.back().passages[0].text = text;
+  };
+  add("velka", "Velka Keslemul has made a home in Celxi. Velka's pet is a ferret.");
+  add("velka-update", "Velka Keslemul no longer lives in Celxi; she now lives in Pemoos.");
+  add("stoul", "Stoul Sasen has made a home in Celxi.");
+  ASSERT_TRUE(bank->Put(docs).ok());
+
+  storage::SearchRequest req;
+  req.name_space = "ns";
+  req.key = docs[0].passages[0].key;
+  req.k = 10;
+  req.hybrid = true;
+  req.query_text = "What city is Velka Keslemul's home?";
+  std::vector<storage::SearchHit> hits;
+  std::vector<LexicalMarks> marks;
+  // Both names are the subject; "home" (in 12 passages) and "city" are not: the update, which
+  // says "lives", is on it, Stoul's home in Celxi and the other homes are not.
+  EXPECT_THAT(OnSubject(*bank, req, &hits, &marks), ElementsAre("velka", "velka-update"));
+  // Coverage: the velka passages hold both names, the question's exact words; Stoul's none.
+  for (size_t i = 0; i < hits.size(); ++i) {
+    if (hits[i].doc_id == "velka" || hits[i].doc_id == "velka-update") {
+      EXPECT_FLOAT_EQ(marks[i].coverage.value_or(-1), 1.0f) << hits[i].doc_id;
+    } else if (hits[i].doc_id == "stoul") {
+      EXPECT_FLOAT_EQ(marks[i].coverage.value_or(-1), 0.0f);
+    }
+  }
+  EXPECT_FLOAT_EQ(BestCoverage(marks), 1.0f);
+  EXPECT_EQ(BestCoverage(std::vector<LexicalMarks>(2)), -1.0);
+
+  // A person is their whole name: with Ithhul a common city (in 14 of 250 passages, over 4x as
+  // many as Voqua's 3), Ithhul Voqua's subject is still both names, not Voqua Wynlem's.
+  docs.clear();
+  for (int i = 0; i < 200; ++i) {  // a stream's worth of other people
+    add(absl::StrCat("other-", i),
+        absl::StrCat("Worker", i, " works at Firm", i, ". Their hobby is chess."));
+  }
+  for (int i = 0; i < 13; ++i) {
+    add(absl::StrCat("ithhul-", i), absl::StrCat("Resident", i, " lives in Ithhul."));
+  }
+  add("ithhul-voqua",
+      "Ithhul Voqua came into the world in Nafa. She is a shepherd by profession. Ithhul's "
+      "home is in Corvonev. She spends weekends on cooking.");
+  add("voqua-wynlem",
+      "Voqua Wynlem has made a home in Wenlem. She works for Wynhul Press. Voqua Wynlem "
+      "enjoys cooking. By trade, Voqua is a dentist.");
+  add("voqua-wynlem-update",
+      "Voqua Wynlem has a new hobby: birdwatching. Voqua Wynlem is married to Vosto Oshul. "
+      "Trains between Zelor and Velnafio run every hour.");
+  ASSERT_TRUE(bank->Put(docs).ok());
+  req.query_text = "What is Ithhul Voqua's hobby?";
+  req.k = 300;  // every passage: the dense ranks (ties here) must not push a lexical hit out
+  EXPECT_THAT(OnSubject(*bank, req), ElementsAre("ithhul-voqua"));
+
+  // No names: the rarest matched words and those at most 4x as frequent are the subject.
+  // Here all three ("spends", "weekends": 1 passage; "cooking": 2); Voqua Wynlem's cooking is
+  // not on it.
+  req.query_text = "who spends weekends cooking?";
+  EXPECT_THAT(OnSubject(*bank, req), ElementsAre("ithhul-voqua"));
 }
 
 }  // namespace

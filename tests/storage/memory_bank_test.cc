@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -391,7 +392,10 @@ TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
   }
 }
 
-TEST(MemoryBankTest, LexicalHitsOnTheBestHitsSubjectAreMarked) {
+// Search's LexicalTerms: the query's terms as the lexical index parsed them, how many passages
+// hold each, the terms the best BM25 candidate holds, and each lexical hit's matched terms.
+// (knowledge/subject.h turns them into a question's subject and coverage: tests/knowledge.)
+TEST(MemoryBankTest, LexicalTermsSayWhatTheQueryAndEachHitMatch) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
   std::vector<Document> docs;
@@ -413,79 +417,54 @@ TEST(MemoryBankTest, LexicalHitsOnTheBestHitsSubjectAreMarked) {
   // The possessive matches the name's other mentions ("Keslemul's" is searched as "Keslemul").
   req.query_text = "What city is Velka Keslemul's home?";
   req.with_text = true;
-  auto hits = bank->Search(req);
+  LexicalTerms terms;
+  auto hits = bank->Search(req, &terms);
   ASSERT_TRUE(hits.ok()) << hits.status();
-  std::vector<SearchHit> lexical;
-  for (const SearchHit& h : *hits) {
-    if (h.lexical_score.has_value()) lexical.push_back(h);
-  }
-  std::stable_sort(lexical.begin(), lexical.end(), [](const SearchHit& a, const SearchHit& b) {
-    return *a.lexical_score > *b.lexical_score;
-  });
-  ASSERT_GE(lexical.size(), 3u);
-  EXPECT_EQ(lexical[0].doc_id, "velka");  // "home" and both names
-  std::vector<std::string> on_subject;
-  for (const SearchHit& h : lexical) {
-    if (h.same_subject) on_subject.push_back(h.doc_id);
-  }
-  // Both names are the subject; "home" (in 12 passages) and "city" are not: the update, which
-  // says "lives", is on it, Stoul's home in Celxi and the other homes are not.
-  EXPECT_THAT(on_subject, ElementsAre("velka", "velka-update"));
+  EXPECT_EQ(terms.passages, 23u);
+  std::map<std::string, QueryTerm> query;
+  for (const QueryTerm& t : terms.query) query[t.term] = t;
+  // The names are exact (a capitalised word is left unstemmed); "home" is stemmed.
+  const std::vector<std::string> velka = QueryTermsOfWord("velka");
+  const std::vector<std::string> keslemul = QueryTermsOfWord("keslemul");
+  const std::vector<std::string> home = QueryTermsOfWord("home");
+  ASSERT_TRUE(query.contains(velka[0]));
+  ASSERT_TRUE(query.contains(keslemul[0]));
+  ASSERT_TRUE(query.contains(home[1]));
+  EXPECT_TRUE(query[velka[0]].exact);
+  EXPECT_FALSE(query[home[1]].exact);
+  EXPECT_EQ(query[velka[0]].passages, 2u);
+  EXPECT_EQ(query[keslemul[0]].passages, 2u);
+  EXPECT_EQ(query[home[1]].passages, 12u);
+  std::vector<std::string> best;
+  for (const QueryTerm& t : terms.best_match) best.push_back(t.term);
+  EXPECT_THAT(best, ::testing::IsSupersetOf({velka[0], keslemul[0], home[1]}));  // and "is"
   for (const SearchHit& h : *hits) {
     if (!h.lexical_score.has_value()) {
-      EXPECT_FALSE(h.same_subject) << h.doc_id;
+      EXPECT_TRUE(h.matched_terms.empty()) << h.doc_id;
+    } else {
+      EXPECT_TRUE(std::is_sorted(h.matched_terms.begin(), h.matched_terms.end())) << h.doc_id;
+    }
+    if (h.doc_id == "velka-update") {
+      EXPECT_THAT(h.matched_terms, ::testing::UnorderedElementsAre(velka[0], keslemul[0]));
     }
   }
+  // Without LexicalTerms, no matched terms.
+  auto plain = bank->Search(req);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  for (const SearchHit& h : *plain) EXPECT_TRUE(h.matched_terms.empty()) << h.doc_id;
 
   // A possessive alone finds the name's plain mentions, and the name's possessive in a passage
   // ("Velka's") is found by the plain name.
-  for (const char* query : {"Keslemul's", "Keslemul\u2019s", "Velka"}) {
-    req.query_text = query;
+  for (const char* query_text : {"Keslemul's", "Keslemul\u2019s", "Velka"}) {
+    req.query_text = query_text;
     auto found = bank->Search(req);
     ASSERT_TRUE(found.ok()) << found.status();
     std::vector<std::string> matched;
     for (const SearchHit& h : *found) {
       if (h.lexical_score.has_value()) matched.push_back(h.doc_id);
     }
-    EXPECT_THAT(matched, ::testing::UnorderedElementsAre("velka", "velka-update")) << query;
+    EXPECT_THAT(matched, ::testing::UnorderedElementsAre("velka", "velka-update")) << query_text;
   }
-
-  // A person is their whole name: with Ithhul a common city (in 14 of 250 passages, over 4x as
-  // many as Voqua's 3), Ithhul Voqua's subject is still both names, not Voqua Wynlem's.
-  docs.clear();
-  for (int i = 0; i < 200; ++i) {  // a stream's worth of other people
-    add(absl::StrCat("other-", i),
-        absl::StrCat("Worker", i, " works at Firm", i, ". Their hobby is chess."));
-  }
-  for (int i = 0; i < 13; ++i) {
-    add(absl::StrCat("ithhul-", i), absl::StrCat("Resident", i, " lives in Ithhul."));
-  }
-  add("ithhul-voqua",
-      "Ithhul Voqua came into the world in Nafa. She is a shepherd by profession. Ithhul's "
-      "home is in Corvonev. She spends weekends on cooking.");
-  add("voqua-wynlem",
-      "Voqua Wynlem has made a home in Wenlem. She works for Wynhul Press. Voqua Wynlem "
-      "enjoys cooking. By trade, Voqua is a dentist.");
-  add("voqua-wynlem-update",
-      "Voqua Wynlem has a new hobby: birdwatching. Voqua Wynlem is married to Vosto Oshul. "
-      "Trains between Zelor and Velnafio run every hour.");
-  ASSERT_TRUE(bank->Put(docs).ok());
-  req.query_text = "What is Ithhul Voqua's hobby?";
-  req.k = 300;  // every passage: the dense ranks (ties here) must not push a lexical hit out
-  auto voqua = bank->Search(req);
-  ASSERT_TRUE(voqua.ok()) << voqua.status();
-  std::vector<std::string> voqua_subject;
-  const SearchHit* best = nullptr;
-  for (const SearchHit& h : *voqua) {
-    if (h.same_subject) voqua_subject.push_back(h.doc_id);
-    if (h.lexical_score.has_value() &&
-        (best == nullptr || *h.lexical_score > *best->lexical_score)) {
-      best = &h;
-    }
-  }
-  ASSERT_NE(best, nullptr);
-  EXPECT_EQ(best->doc_id, "ithhul-voqua");
-  EXPECT_THAT(voqua_subject, ElementsAre("ithhul-voqua"));
 }
 
 TEST(MemoryBankTest, ScanPagesThroughDocumentsInIdOrder) {

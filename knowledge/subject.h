@@ -1,0 +1,41 @@
+// What a retrieved passage's lexical match says about a question: whether the passage is on the
+// question's subject, and how much of the question it covers. A question-answering heuristic
+// over the lexical index's plain statistics (storage::LexicalTerms, SearchHit::matched_terms),
+// tuned on questions about people by name; storage/ knows nothing of it.
+#pragma once
+
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "storage/memory_bank.h"
+
+namespace knowd::knowledge {
+
+struct LexicalMarks {
+  // A lexical candidate about what the best BM25 hit is about: it holds every one of the rarest
+  // query terms that hit matches (function words aside; only capitalised words when the query
+  // has some; those at most 4x as frequent as the rarest): the names a question asks about. True
+  // for the best BM25 hit itself; false for passages outside the lexical candidates.
+  bool same_subject = false;
+  // For lexical candidates: how much of the query the passage covers, in [0, 1]: the sum of
+  // idf² = log((N + 1) / (df + 0.5))² over the query terms it holds, divided by the same sum
+  // over the query's terms. The terms are the query's exact words (capitalised words and
+  // numbers: the names a question asks about) when it has some, else all its words; English
+  // function words and lower-case words no passage holds (phrasing) are left out. Squared, so
+  // that rare words weigh far more than common ones; an unknown name counts with df = 0, the
+  // rarest. 1: it holds every term that counts; near 0: only common ones. How much of a question
+  // the memory knows about, whatever the BM25 weight's scale.
+  std::optional<float> coverage;
+};
+
+// The marks of each of `hits` (one per hit, in order), from the search's `terms` (the hits'
+// matched_terms must have been asked for with them). A hit with no lexical_score is no lexical
+// candidate: unmarked.
+std::vector<LexicalMarks> MarkLexicalHits(std::span<const storage::SearchHit> hits,
+                                          const storage::LexicalTerms& terms);
+
+// The best coverage among `marks`; -1 when none carries one.
+double BestCoverage(std::span<const LexicalMarks> marks);
+
+}  // namespace knowd::knowledge
