@@ -118,7 +118,7 @@ class ClientWriteLimiter {
   // `cap` <= 0: no limit.
   explicit ClientWriteLimiter(int cap) : cap_(cap) {}
 
-  // Takes one write slot of `client`; RESOURCE_EXHAUSTED when it has `cap` writes in flight.
+  // Takes one write permit of `client`; RESOURCE_EXHAUSTED when it has `cap` writes in flight.
   absl::Status TryAcquire(const std::string& client) {
     std::lock_guard<std::mutex> lock(mu_);
     int& n = in_flight_[client];
@@ -132,7 +132,7 @@ class ClientWriteLimiter {
     return absl::OkStatus();
   }
 
-  // Takes one write slot of `client`, waiting while it has `cap` writes in flight; false (and
+  // Takes one write permit of `client`, waiting while it has `cap` writes in flight; false (and
   // nothing taken) once `stop()` returns true, which is polled every `poll`.
   bool Acquire(const std::string& client, const std::function<bool()>& stop,
                absl::Duration poll = absl::Milliseconds(50)) {
@@ -145,7 +145,7 @@ class ClientWriteLimiter {
     return true;
   }
 
-  // Gives back a slot taken by TryAcquire or Acquire.
+  // Gives back a permit taken by TryAcquire or Acquire.
   void Release(const std::string& client) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -170,15 +170,15 @@ class ClientWriteLimiter {
   std::map<std::string, int> in_flight_;  // clients with writes in flight only
 };
 
-// One write slot of a ClientWriteLimiter, given back when destroyed: a job holds it from its
+// One write permit of a ClientWriteLimiter, given back when destroyed: a job holds it from its
 // admission until its outcome is delivered.
-class WriteSlot {
+class WritePermit {
  public:
-  WriteSlot(ClientWriteLimiter* limiter, std::string client)
+  WritePermit(ClientWriteLimiter* limiter, std::string client)
       : limiter_(limiter), client_(std::move(client)) {}
-  ~WriteSlot() { limiter_->Release(client_); }
-  WriteSlot(const WriteSlot&) = delete;
-  WriteSlot& operator=(const WriteSlot&) = delete;
+  ~WritePermit() { limiter_->Release(client_); }
+  WritePermit(const WritePermit&) = delete;
+  WritePermit& operator=(const WritePermit&) = delete;
 
  private:
   ClientWriteLimiter* const limiter_;

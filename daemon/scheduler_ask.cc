@@ -121,9 +121,10 @@ knowledge::Retrieval AskScheduler::ResolveRetrieval(v1::Retrieval requested) con
 
 // ---- AskScheduler -------------------------------------------------------------------------------
 
-struct AskScheduler::Slot {
+// A decode lane: one question's place in the batch, its KV cache and decoding state.
+struct AskScheduler::Lane {
   std::unique_ptr<KvCache> cache;
-  std::shared_ptr<AskJob> job;  // null: the slot is free
+  std::shared_ptr<AskJob> job;  // null: the lane is free
   std::vector<int32_t> prompt;
   bool prefilled = false;
   int max_tokens = 0;
@@ -154,9 +155,9 @@ absl::Status AskScheduler::Start() {
     absl::StatusOr<std::unique_ptr<KvCache>> cache =
         model_->NewCache(model_->config().max_position_embeddings);
     if (!cache.ok()) return cache.status();
-    auto slot = std::make_unique<Slot>();
-    slot->cache = *std::move(cache);
-    slots_.push_back(std::move(slot));
+    auto lane = std::make_unique<Lane>();
+    lane->cache = *std::move(cache);
+    lanes_.push_back(std::move(lane));
   }
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
@@ -182,7 +183,7 @@ absl::Status AskScheduler::Submit(std::shared_ptr<AskJob> job) {
   return absl::OkStatus();
 }
 
-absl::Status AskScheduler::RunOnEngine(std::function<absl::Status()> task) {
+absl::Status AskScheduler::RunOnEngineThread(std::function<absl::Status()> task) {
   std::promise<absl::Status> done;
   std::future<absl::Status> result = done.get_future();
   {
@@ -243,8 +244,8 @@ void AskScheduler::Loop() {
     admitted.clear();
     queue_.TryPop(static_cast<size_t>(options_.ask_max_batch - running_count_), &admitted);
     for (std::shared_ptr<AskJob>& job : admitted) {
-      auto free = std::find_if(slots_.begin(), slots_.end(),
-                               [](const std::unique_ptr<Slot>& s) { return s->job == nullptr; });
+      auto free = std::find_if(lanes_.begin(), lanes_.end(),
+                               [](const std::unique_ptr<Lane>& s) { return s->job == nullptr; });
       if (Prepare(job, free->get())) {
         (*free)->job = std::move(job);
         ++running_count_;
@@ -268,14 +269,14 @@ void AskScheduler::Loop() {
   admitted.clear();
   queue_.TryPop(queue_.capacity(), &admitted);
   for (auto& job : admitted) job->Fail(unavailable);
-  for (auto& slot : slots_) {
-    if (slot->job) slot->job->Fail(unavailable);
-    slot->job.reset();
+  for (auto& lane : lanes_) {
+    if (lane->job) lane->job->Fail(unavailable);
+    lane->job.reset();
   }
   running_count_ = 0;
 }
 
-bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
+bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Lane* lane) {
   const v1::AskRequest& r = job->request();
   const absl::Time start = absl::Now();
   if (job->cancelled()) {
@@ -287,7 +288,7 @@ bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
     return false;
   }
   const knowledge::AskParams params = AskParamsFor(r, options_.defaults, modulator_ != nullptr);
-  const knowledge::AskContext context{bank_, tokenizer_, modulator_, slot->cache->capacity()};
+  const knowledge::AskContext context{bank_, tokenizer_, modulator_, lane->cache->capacity()};
   absl::StatusOr<knowledge::PreparedAsk> prepared =
       knowledge::PrepareAsk(context, r.namespace_(), r.question(), params);
   if (!prepared.ok()) {
@@ -318,56 +319,56 @@ bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Slot* slot) {
     job->Finish(std::move(final));
     return false;
   }
-  slot->cache->Clear();
+  lane->cache->Clear();
   const PrefixKv& prefix = prepared->prefix;
   if (prefix.rows > 0) {
-    if (absl::Status s = slot->cache->SetPrefix(prefix.keys, prefix.values, prefix.rows); !s.ok()) {
+    if (absl::Status s = lane->cache->SetPrefix(prefix.keys, prefix.values, prefix.rows); !s.ok()) {
       job->Fail(s);
       return false;
     }
   }
-  slot->prompt = std::move(prepared->prompt);
-  slot->prefilled = false;
-  slot->max_tokens = params.max_tokens;
+  lane->prompt = std::move(prepared->prompt);
+  lane->prefilled = false;
+  lane->max_tokens = params.max_tokens;
   SamplingOptions sampling;
   sampling.temperature = std::max(0.0f, r.temperature());
   sampling.top_p = r.top_p() > 0 && r.top_p() <= 1 ? r.top_p() : 1.0f;
   sampling.seed = r.seed();
-  slot->sampler.emplace(sampling);
-  const size_t tail = std::min<size_t>(4, slot->prompt.size());
-  slot->decoder.emplace(*tokenizer_, std::span<const int32_t>(slot->prompt).last(tail));
-  slot->generated.clear();
-  slot->answer.clear();
-  t->set_prompt_tokens(static_cast<int>(slot->prompt.size()));
-  slot->final = std::move(final);
+  lane->sampler.emplace(sampling);
+  const size_t tail = std::min<size_t>(4, lane->prompt.size());
+  lane->decoder.emplace(*tokenizer_, std::span<const int32_t>(lane->prompt).last(tail));
+  lane->generated.clear();
+  lane->answer.clear();
+  t->set_prompt_tokens(static_cast<int>(lane->prompt.size()));
+  lane->final = std::move(final);
   return true;
 }
 
 void AskScheduler::Step() {
   std::vector<SequenceStep> steps;
-  std::vector<Slot*> active;
+  std::vector<Lane*> active;
   const absl::Time now = absl::Now();
-  for (auto& s : slots_) {
-    Slot* slot = s.get();
-    if (slot->job == nullptr) continue;
-    if (slot->job->cancelled()) {
-      slot->job->Fail(absl::CancelledError("the call was cancelled"));
-      slot->job.reset();
+  for (auto& s : lanes_) {
+    Lane* lane = s.get();
+    if (lane->job == nullptr) continue;
+    if (lane->job->cancelled()) {
+      lane->job->Fail(absl::CancelledError("the call was cancelled"));
+      lane->job.reset();
       --running_count_;
       continue;
     }
-    if (now > slot->job->deadline()) {
-      slot->job->Fail(absl::DeadlineExceededError("the deadline passed during generation"));
-      slot->job.reset();
+    if (now > lane->job->deadline()) {
+      lane->job->Fail(absl::DeadlineExceededError("the deadline passed during generation"));
+      lane->job.reset();
       --running_count_;
       continue;
     }
-    if (slot->prefilled) {
-      steps.push_back({slot->cache.get(), std::span<const int32_t>(&slot->next, 1), false});
+    if (lane->prefilled) {
+      steps.push_back({lane->cache.get(), std::span<const int32_t>(&lane->next, 1), false});
     } else {
-      steps.push_back({slot->cache.get(), slot->prompt, false});
+      steps.push_back({lane->cache.get(), lane->prompt, false});
     }
-    active.push_back(slot);
+    active.push_back(lane);
   }
   if (steps.empty()) return;
   std::vector<float> logits;
@@ -376,9 +377,9 @@ void AskScheduler::Step() {
   if (!forward.ok()) {
     spdlog::warn("engine: forward pass over {} sequences failed: {}", steps.size(),
                  forward.ToString());
-    for (Slot* slot : active) {
-      slot->job->Fail(forward);
-      slot->job.reset();
+    for (Lane* lane : active) {
+      lane->job->Fail(forward);
+      lane->job.reset();
       --running_count_;
     }
     return;
@@ -387,54 +388,54 @@ void AskScheduler::Step() {
   const int vocab = model_->config().vocab_size;
   const int32_t eos = tokenizer_->eos_id();
   for (size_t i = 0; i < active.size(); ++i) {
-    Slot* slot = active[i];
-    if (!slot->prefilled) {
-      slot->prefilled = true;
-      slot->final.mutable_timings()->set_prefill_ms(Ms(after - now));
-      slot->decode_start = after;
+    Lane* lane = active[i];
+    if (!lane->prefilled) {
+      lane->prefilled = true;
+      lane->final.mutable_timings()->set_prefill_ms(Ms(after - now));
+      lane->decode_start = after;
     }
-    const int32_t token = slot->sampler->Sample(
+    const int32_t token = lane->sampler->Sample(
         std::span<const float>(logits.data() + i * static_cast<size_t>(vocab), vocab));
     if (token == eos) {
-      Retire(slot, "eos");
+      Retire(lane, "eos");
       continue;
     }
-    slot->generated.push_back(token);
-    std::string piece = slot->decoder->Push(token);
-    const bool full = static_cast<int>(slot->generated.size()) >= slot->max_tokens ||
-                      slot->cache->size() >= slot->cache->capacity();
-    if (full) piece += slot->decoder->Flush();
+    lane->generated.push_back(token);
+    std::string piece = lane->decoder->Push(token);
+    const bool full = static_cast<int>(lane->generated.size()) >= lane->max_tokens ||
+                      lane->cache->size() >= lane->cache->capacity();
+    if (full) piece += lane->decoder->Flush();
     const size_t newline = piece.find('\n');
     if (newline != std::string::npos) piece.resize(newline);
-    if (slot->answer.empty()) piece.erase(0, piece.find_first_not_of(' '));
+    if (lane->answer.empty()) piece.erase(0, piece.find_first_not_of(' '));
     if (!piece.empty()) {
-      slot->answer += piece;
-      if (!slot->job->request().has_stream() || slot->job->request().stream()) {
-        slot->job->EmitText(piece);
+      lane->answer += piece;
+      if (!lane->job->request().has_stream() || lane->job->request().stream()) {
+        lane->job->EmitText(piece);
       }
     }
     if (newline != std::string::npos) {
-      Retire(slot, "newline");
+      Retire(lane, "newline");
     } else if (full) {
-      Retire(slot, "max_tokens");
+      Retire(lane, "max_tokens");
     } else {
-      slot->next = token;
+      lane->next = token;
     }
   }
 }
 
-void AskScheduler::Retire(Slot* slot, const char* stop_reason) {
+void AskScheduler::Retire(Lane* lane, const char* stop_reason) {
   const absl::Time now = absl::Now();
-  v1::Timings* t = slot->final.mutable_timings();
-  t->set_decode_ms(Ms(now - slot->decode_start));
-  t->set_total_ms(Ms(now - slot->job->enqueued()));
-  t->set_generated_tokens(static_cast<int>(slot->generated.size()));
-  slot->final.set_answer(slot->answer);
-  slot->final.set_stop_reason(stop_reason);
-  metrics_->AddGeneratedTokens(static_cast<int64_t>(slot->generated.size()));
-  slot->job->Finish(std::move(slot->final));
-  slot->final.Clear();
-  slot->job.reset();
+  v1::Timings* t = lane->final.mutable_timings();
+  t->set_decode_ms(Ms(now - lane->decode_start));
+  t->set_total_ms(Ms(now - lane->job->enqueued()));
+  t->set_generated_tokens(static_cast<int>(lane->generated.size()));
+  lane->final.set_answer(lane->answer);
+  lane->final.set_stop_reason(stop_reason);
+  metrics_->AddGeneratedTokens(static_cast<int64_t>(lane->generated.size()));
+  lane->job->Finish(std::move(lane->final));
+  lane->final.Clear();
+  lane->job.reset();
   --running_count_;
 }
 

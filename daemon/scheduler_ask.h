@@ -2,10 +2,10 @@
 // safe for concurrent use). It runs, in a loop:
 //   1. engine tasks posted by other threads (the ingest batcher's encoder passes, Search's
 //      question encoding), oldest first;
-//   2. admission: questions from the bounded ask queue fill the free decode slots (at most
+//   2. admission: questions from the bounded ask queue fill the free decode lanes (at most
 //      ask_max_batch); each is prepared by the knowledge pipeline (knowledge::PrepareAsk:
 //      retrieval, modulation, prompt) — a question the memory has nothing on is answered at once;
-//   3. one Transformer::Forward over every slot: the prompts of newly admitted questions
+//   3. one Transformer::Forward over every lane: the prompts of newly admitted questions
 //      (prefill) and the next token of running ones (decode) in the same batch.
 // A question whose call was cancelled or whose deadline passed is dropped before the next step,
 // so it stops consuming compute.
@@ -123,7 +123,7 @@ class AskScheduler {
   // steps since the last tasks have taken as long as those tasks did (and, while they are ahead,
   // up to ask_hold after a question ends for the next one), so a stream of ingests cannot stall
   // the answers, nor answers the ingests.
-  absl::Status RunOnEngine(std::function<absl::Status()> task);
+  absl::Status RunOnEngineThread(std::function<absl::Status()> task);
 
   size_t queued() const { return queue_.size(); }
   int running() const { return running_count_.load(); }
@@ -135,14 +135,14 @@ class AskScheduler {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:
-  struct Slot;
+  struct Lane;
   void Loop();
   void RunTasks();
-  // Prepares an admitted question on slot `slot`: retrieval, modulation, prompt. False when the
+  // Prepares an admitted question on lane `lane`: retrieval, modulation, prompt. False when the
   // question failed (its job has been told).
-  bool Prepare(const std::shared_ptr<AskJob>& job, Slot* slot);
+  bool Prepare(const std::shared_ptr<AskJob>& job, Lane* lane);
   void Step();
-  void Retire(Slot* slot, const char* stop_reason);
+  void Retire(Lane* lane, const char* stop_reason);
 
   Transformer* const model_;
   const Tokenizer* const tokenizer_;
@@ -157,7 +157,7 @@ class AskScheduler {
   std::deque<std::pair<std::function<absl::Status()>, std::promise<absl::Status>*>> tasks_;
   bool stopping_ = false;
   std::thread thread_;
-  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
   std::atomic<int> running_count_{0};
   absl::Time last_answer_ = absl::InfinitePast();  // engine thread: the last step or admission
 };

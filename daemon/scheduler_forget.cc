@@ -9,10 +9,10 @@
 
 namespace knowd {
 
-ForgetBatcher::ForgetBatcher(storage::MemoryBank* bank, const AskScheduler* engine,
+ForgetBatcher::ForgetBatcher(storage::MemoryBank* bank, const AskScheduler* scheduler,
                              Metrics* metrics, const ForgetOptions& options)
     : bank_(bank),
-      engine_(engine),
+      scheduler_(scheduler),
       metrics_(metrics),
       options_(options),
       queue_("forget", static_cast<size_t>(options.queue_size)) {}
@@ -39,10 +39,10 @@ void ForgetBatcher::Loop() {
   while (queue_.PopBatch(static_cast<size_t>(options_.max_batch), absl::ZeroDuration(), &batch)) {
     const absl::Time start = absl::Now();
     Process(batch);
-    batch.clear();  // gives the clients' write slots back
+    batch.clear();  // gives the clients' write permits back
     last_batch_us_.store(absl::ToInt64Microseconds(absl::Now() - start));
     // Questions waiting or decoding: rest as long as the batch took (at most half a core).
-    if (engine_ != nullptr && engine_->queued() + engine_->running() > 0) {
+    if (scheduler_ != nullptr && scheduler_->queued() + scheduler_->running() > 0) {
       absl::SleepFor(std::min(absl::Now() - start, absl::Milliseconds(50)));
     }
   }

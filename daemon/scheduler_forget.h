@@ -36,7 +36,7 @@ struct ForgetJob {
   std::vector<std::string> ids;  // validated and unique
   absl::Time deadline = absl::InfiniteFuture();
   std::promise<absl::StatusOr<ForgetOutcome>> done;
-  std::unique_ptr<WriteSlot> slot;  // the client's write slot, given back once done is set
+  std::unique_ptr<WritePermit> permit;  // the client's write permit, given back once done is set
 
   // A job for `ids` (already validated) in `name_space`, each id once, in first-given order.
   template <typename Ids>
@@ -58,9 +58,9 @@ struct ForgetOptions {
 
 class ForgetBatcher {
  public:
-  // `engine` (may be null) tells whether questions are waiting; everything must outlive the
+  // `scheduler` (may be null) tells whether questions are waiting; everything must outlive the
   // batcher.
-  ForgetBatcher(storage::MemoryBank* bank, const AskScheduler* engine, Metrics* metrics,
+  ForgetBatcher(storage::MemoryBank* bank, const AskScheduler* scheduler, Metrics* metrics,
                 const ForgetOptions& options);
   ~ForgetBatcher();  // Stop()s
 
@@ -81,7 +81,7 @@ class ForgetBatcher {
   void Process(std::vector<std::unique_ptr<ForgetJob>>& batch);
 
   storage::MemoryBank* const bank_;
-  const AskScheduler* const engine_;
+  const AskScheduler* const scheduler_;
   Metrics* const metrics_;
   const ForgetOptions options_;
   BoundedQueue<std::unique_ptr<ForgetJob>> queue_;

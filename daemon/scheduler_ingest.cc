@@ -16,9 +16,9 @@ constexpr int64_t kTokensPerPass = 8192;
 
 }  // namespace
 
-IngestBatcher::IngestBatcher(AskScheduler* engine, storage::MemoryBank* bank, Metrics* metrics,
+IngestBatcher::IngestBatcher(AskScheduler* scheduler, storage::MemoryBank* bank, Metrics* metrics,
                              const IngestOptions& options)
-    : engine_(engine),
+    : scheduler_(scheduler),
       bank_(bank),
       metrics_(metrics),
       options_(options),
@@ -46,7 +46,7 @@ void IngestBatcher::Loop() {
   while (queue_.PopBatch(static_cast<size_t>(options_.max_batch),
                          absl::Milliseconds(options_.max_wait_ms), &batch)) {
     Process(batch);
-    batch.clear();  // gives the clients' write slots back
+    batch.clear();  // gives the clients' write permits back
   }
 }
 
@@ -81,7 +81,7 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
     }
   }
   const absl::Time start = absl::Now();
-  knowledge::Modulator* modulator = engine_ != nullptr ? engine_->modulator() : nullptr;
+  knowledge::Modulator* modulator = scheduler_ != nullptr ? scheduler_->modulator() : nullptr;
   std::vector<storage::EncodedPassage> codes;
   if (modulator != nullptr) {
     // One encoder pass per batch, cut at kTokensPerPass tokens so that a huge document neither
@@ -99,7 +99,7 @@ absl::Status IngestBatcher::Encode(std::vector<IngestJob*>& jobs) {
       std::vector<storage::EncodedPassage> pass;
       const std::span<const std::vector<int32_t>> part(inputs.data() + begin, end - begin);
       if (absl::Status s =
-              engine_->RunOnEngine([&] { return modulator->EncodePassages(part, &pass); });
+              scheduler_->RunOnEngineThread([&] { return modulator->EncodePassages(part, &pass); });
           !s.ok()) {
         return s;
       }

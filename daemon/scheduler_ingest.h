@@ -28,7 +28,7 @@ struct IngestJob {
   absl::Time deadline = absl::InfiniteFuture();
   std::shared_ptr<std::atomic<bool>> cancelled;  // the stream's; may be null
   std::promise<absl::StatusOr<storage::DocumentAck>> done;
-  std::unique_ptr<WriteSlot> slot;  // the client's write slot, given back once done is set
+  std::unique_ptr<WritePermit> permit;  // the client's write permit, given back once done is set
 };
 
 struct IngestOptions {
@@ -39,9 +39,9 @@ struct IngestOptions {
 
 class IngestBatcher {
  public:
-  // `engine` may be null when there is no adapter: passages are then stored with a placeholder
+  // `scheduler` may be null when there is no adapter: passages are then stored with a placeholder
   // 1×1 latent and key (the bank serves them through BM25). Everything must outlive the batcher.
-  IngestBatcher(AskScheduler* engine, storage::MemoryBank* bank, Metrics* metrics,
+  IngestBatcher(AskScheduler* scheduler, storage::MemoryBank* bank, Metrics* metrics,
                 const IngestOptions& options);
   ~IngestBatcher();  // Stop()s
 
@@ -61,7 +61,7 @@ class IngestBatcher {
   absl::Status Encode(std::vector<IngestJob*>& jobs);
   void Store(std::vector<IngestJob*>& jobs);
 
-  AskScheduler* const engine_;
+  AskScheduler* const scheduler_;
   storage::MemoryBank* const bank_;
   Metrics* const metrics_;
   const IngestOptions options_;

@@ -137,16 +137,16 @@ int64_t BytesPerModulation(const storage::BankOptions& o, const Adapter* adapter
 }
 
 std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& ingest,
-                          const ForgetBatcher& forget, const AskScheduler& engine,
+                          const ForgetBatcher& forget, const AskScheduler& scheduler,
                           storage::MemoryBank& bank) {
   std::vector<Gauge> g;
   g.push_back({"knowd_ready", "1 when serving, 0 while starting or draining", ready ? 1.0 : 0});
   g.push_back({"knowd_queue_depth{queue=\"ingest\"}", "Requests waiting in a scheduler queue",
                static_cast<double>(ingest.queued())});
-  g.push_back({"knowd_queue_depth{queue=\"ask\"}", "", static_cast<double>(engine.queued())});
+  g.push_back({"knowd_queue_depth{queue=\"ask\"}", "", static_cast<double>(scheduler.queued())});
   g.push_back({"knowd_queue_depth{queue=\"forget\"}", "", static_cast<double>(forget.queued())});
   g.push_back(
-      {"knowd_ask_running", "Questions decoding now", static_cast<double>(engine.running())});
+      {"knowd_ask_running", "Questions decoding now", static_cast<double>(scheduler.running())});
   absl::StatusOr<storage::BankStats> stats = bank.Stats();
   if (stats.ok()) {
     g.push_back({"knowd_bank_documents", "Documents in the memory bank",
@@ -284,30 +284,30 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // The schedulers.
   Metrics metrics;
   std::atomic<bool> ready{false};
-  AskSchedulerOptions engine_options;
-  engine_options.ask_max_batch = config.ask_max_batch;
-  engine_options.ask_queue_size = config.ask_queue_size;
-  engine_options.ask_hold = absl::Milliseconds(config.ask_hold_ms);
-  engine_options.defaults.top_k = config.default_top_k;
-  engine_options.defaults.subject_passages = config.subject_passages;
-  engine_options.defaults.max_tokens = config.default_max_tokens;
-  engine_options.defaults.retrieval = FromProto(*ParseRetrieval(config.default_retrieval));
-  engine_options.defaults.abstain_below = m.calibration.abstain_below;
-  AskScheduler engine(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
-                      engine_options);
-  if (absl::Status s = engine.Start(); !s.ok()) return Fail(1, s);
+  AskSchedulerOptions scheduler_options;
+  scheduler_options.ask_max_batch = config.ask_max_batch;
+  scheduler_options.ask_queue_size = config.ask_queue_size;
+  scheduler_options.ask_hold = absl::Milliseconds(config.ask_hold_ms);
+  scheduler_options.defaults.top_k = config.default_top_k;
+  scheduler_options.defaults.subject_passages = config.subject_passages;
+  scheduler_options.defaults.max_tokens = config.default_max_tokens;
+  scheduler_options.defaults.retrieval = FromProto(*ParseRetrieval(config.default_retrieval));
+  scheduler_options.defaults.abstain_below = m.calibration.abstain_below;
+  AskScheduler scheduler(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
+                         scheduler_options);
+  if (absl::Status s = scheduler.Start(); !s.ok()) return Fail(1, s);
   IngestOptions ingest_options;
   ingest_options.max_batch = config.ingest_max_batch;
   ingest_options.max_wait_ms = config.ingest_max_wait_ms;
   ingest_options.queue_size = config.ingest_queue_size;
-  IngestBatcher ingest(&engine, bank->get(), &metrics, ingest_options);
+  IngestBatcher ingest(&scheduler, bank->get(), &metrics, ingest_options);
   ingest.Start();
   ForgetOptions forget_options;
   forget_options.queue_size = config.forget_queue_size;
-  ForgetBatcher forget(bank->get(), &engine, &metrics, forget_options);
+  ForgetBatcher forget(bank->get(), &scheduler, &metrics, forget_options);
   forget.Start();
   storage::MemoryBank* bank_ptr = bank->get();
-  metrics.SetGaugeSource([&] { return Gauges(ready, ingest, forget, engine, *bank_ptr); });
+  metrics.SetGaugeSource([&] { return Gauges(ready, ingest, forget, scheduler, *bank_ptr); });
 
   ServiceInfo info;
   info.model = m.model_path;
@@ -328,7 +328,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   limits.max_position_embeddings = lm.max_position_embeddings;
   limits.ingest_in_flight_per_stream = std::max(8, 2 * config.ingest_max_batch);
   ClientWriteLimiter client_writes(config.client_writes_in_flight);
-  KnowledgeServiceImpl service(&engine, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
+  KnowledgeServiceImpl service(&scheduler, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
                                &metrics, info, limits, &client_writes);
 
   // Scale-out: writes go through the cluster log, and this replica applies its shard's entries.
@@ -456,7 +456,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   spdlog::info("calls drained; stopping the schedulers");
   ingest.Stop();
   forget.Stop();
-  engine.Stop();
+  scheduler.Stop();
   http.Stop();
   spdlog::info("saving the index");
   if (absl::Status s = (*bank)->Close(); !s.ok()) return Fail(1, s);

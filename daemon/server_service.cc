@@ -129,12 +129,12 @@ struct KnowledgeServiceImpl::PendingAck {
   std::future<absl::StatusOr<storage::DocumentAck>> ack;
 };
 
-KnowledgeServiceImpl::KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest,
+KnowledgeServiceImpl::KnowledgeServiceImpl(AskScheduler* scheduler, IngestBatcher* ingest,
                                            ForgetBatcher* forget, storage::MemoryBank* bank,
                                            const Tokenizer* tokenizer, const TokenStore* auth,
                                            Metrics* metrics, ServiceInfo info, ServiceLimits limits,
                                            ClientWriteLimiter* writes)
-    : engine_(engine),
+    : scheduler_(scheduler),
       ingest_(ingest),
       forget_(forget),
       bank_(bank),
@@ -213,7 +213,7 @@ absl::Status KnowledgeServiceImpl::PrepareIngest(const v1::IngestRequest& reques
 
 KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
     const v1::IngestRequest& request, int64_t position, const Grant& grant, absl::Time deadline,
-    const std::shared_ptr<std::atomic<bool>>& cancelled, std::unique_ptr<WriteSlot> slot) {
+    const std::shared_ptr<std::atomic<bool>>& cancelled, std::unique_ptr<WritePermit> permit) {
   PendingAck pending;
   pending.id = EscapeInvalidUtf8(request.id());
   pending.position = position;
@@ -245,7 +245,7 @@ KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
   }
   job->deadline = deadline;
   job->cancelled = cancelled;
-  job->slot = std::move(slot);
+  job->permit = std::move(permit);
   pending.ack = job->done.get_future();
   pending.error = ingest_->Submit(job);
   return pending;
@@ -325,12 +325,12 @@ absl::Status KnowledgeServiceImpl::DoIngest(
   const std::string client = writes_ != nullptr ? ClientKey(context) : "";
   while (!cancelled->load() && stream->Read(&request)) {
     registration.unacked.fetch_add(1);
-    // The client's write slot: while it has its cap of writes in flight (from any of its
+    // The client's write permit: while it has its cap of writes in flight (from any of its
     // streams or Forgets), this stream reads nothing more.
-    std::unique_ptr<WriteSlot> slot;
+    std::unique_ptr<WritePermit> permit;
     if (writes_ != nullptr) {
       if (writes_->Acquire(client, [&] { return context->IsCancelled() || Draining(); })) {
-        slot = std::make_unique<WriteSlot>(writes_, client);
+        permit = std::make_unique<WritePermit>(writes_, client);
       } else if (context->IsCancelled()) {
         registration.unacked.fetch_sub(1);
         break;
@@ -339,7 +339,7 @@ absl::Status KnowledgeServiceImpl::DoIngest(
     // Once shutting down, StartIngest refuses the document and the stream reads no more.
     refused_for_drain = Draining();
     PendingAck next =
-        StartIngest(request, position++, *grant, deadline, cancelled, std::move(slot));
+        StartIngest(request, position++, *grant, deadline, cancelled, std::move(permit));
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] {
       return static_cast<int>(pending.size()) < limits_.ingest_in_flight_per_stream ||
@@ -411,7 +411,7 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
   resolved.set_namespace_(name_space);
 
   auto job = std::make_shared<AskJob>(std::move(resolved), deadline);
-  KNOWD_RETURN_IF_ERROR(engine_->Submit(job));
+  KNOWD_RETURN_IF_ERROR(scheduler_->Submit(job));
   return job;
 }
 
@@ -534,11 +534,11 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
   KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), DeadlineOf(context),
                                    [context] { return context->IsCancelled(); }));
-  knowledge::Modulator* modulator = engine_->modulator();
-  const knowledge::Retrieval retrieval = engine_->ResolveRetrieval(request.retrieval());
+  knowledge::Modulator* modulator = scheduler_->modulator();
+  const knowledge::Retrieval retrieval = scheduler_->ResolveRetrieval(request.retrieval());
   std::optional<std::vector<float>> key;
   if (modulator != nullptr && retrieval != knowledge::Retrieval::kLexical) {
-    KNOWD_RETURN_IF_ERROR(engine_->RunOnEngine([&]() -> absl::Status {
+    KNOWD_RETURN_IF_ERROR(scheduler_->RunOnEngineThread([&]() -> absl::Status {
       absl::StatusOr<QuestionCode> code =
           knowledge::EncodeQuestion(*modulator, *tokenizer_, request.query());
       if (!code.ok()) return code.status();
@@ -656,7 +656,7 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
       metrics_->CountRejected("client_writes");
       return refuse(s);
     }
-    job->slot = std::make_unique<WriteSlot>(writes_, client);
+    job->permit = std::make_unique<WritePermit>(writes_, client);
   }
   std::future<absl::StatusOr<ForgetOutcome>> done = job->done.get_future();
   if (absl::Status s = forget_->Submit(job); !s.ok()) {

@@ -53,7 +53,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   // Everything must outlive the service. `writes` (null: no limit) caps each client's writes in
   // flight: Forget calls past it get RESOURCE_EXHAUSTED with a retry-after-ms hint, Ingest
   // streams wait.
-  KnowledgeServiceImpl(AskScheduler* engine, IngestBatcher* ingest, ForgetBatcher* forget,
+  KnowledgeServiceImpl(AskScheduler* scheduler, IngestBatcher* ingest, ForgetBatcher* forget,
                        storage::MemoryBank* bank, const Tokenizer* tokenizer,
                        const TokenStore* auth, Metrics* metrics, ServiceInfo info,
                        ServiceLimits limits, ClientWriteLimiter* writes = nullptr);
@@ -149,7 +149,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   struct PendingAck;
   PendingAck StartIngest(const v1::IngestRequest& request, int64_t position, const Grant& grant,
                          absl::Time deadline, const std::shared_ptr<std::atomic<bool>>& cancelled,
-                         std::unique_ptr<WriteSlot> slot);
+                         std::unique_ptr<WritePermit> permit);
   // Whose writes a call's are, for the per-client cap: its bearer token (hashed), else its
   // connection (gRPC's peer address).
   static std::string ClientKey(const grpc::ServerContext* context);
@@ -180,7 +180,7 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   int64_t MedianPassageTokens();
   void SamplePassageTokens(const storage::BankStats& stats);
 
-  AskScheduler* const engine_;
+  AskScheduler* const scheduler_;
   IngestBatcher* const ingest_;
   ForgetBatcher* const forget_;
   storage::MemoryBank* const bank_;

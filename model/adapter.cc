@@ -22,8 +22,8 @@ namespace {
 constexpr int64_t kEncodeTokenBudget = 8192;
 constexpr int64_t kHiddenBudgetBytes = int64_t{256} << 20;
 
-// Scratch slots of Impl::scratch.
-enum Slot : int {
+// The scratch buffers of Impl::scratch (Impl::Scratch's `buffer`).
+enum Buffer : int {
   kHidden = 0,     // [layers][tokens][hidden_size]: the trunk's per-layer outputs
   kNormed,         // [tokens][hidden_size]
   kMemory,         // [tokens][d]: the layer mix, what the blocks attend to
@@ -38,7 +38,7 @@ enum Slot : int {
   kMlp,            // [rows][mlp_ratio * d]
   kPooled,         // [rows][kv_width]: pooled passage KV, or the expander's output
   kPositions,      // [rows] int32
-  kNumSlots
+  kNumBuffers
 };
 
 // normalize(W rmsnorm(mean of the rows)): the key heads of the readout and the question encoder.
@@ -77,9 +77,9 @@ absl::Status OutOfMemory(const Backend& b, absl::string_view what) {
 
 }  // namespace
 
-float* Adapter::Impl::Scratch(int slot, int64_t floats) {
-  if (scratch.size() < kNumSlots) scratch.resize(kNumSlots, {nullptr, 0});
-  auto& [ptr, size] = scratch[slot];
+float* Adapter::Impl::Scratch(int buffer, int64_t floats) {
+  if (scratch.size() < kNumBuffers) scratch.resize(kNumBuffers, {nullptr, 0});
+  auto& [ptr, size] = scratch[buffer];
   if (size < floats) {
     backend->Synchronize();
     backend->Free(ptr);
@@ -451,11 +451,11 @@ absl::StatusOr<PrefixKv> Adapter::Modulate(const QuestionCode& question,
     float* values = prefix.values.data() + int64_t{l} * rows * kv_dim;
     std::copy_n(head.sink_keys.begin() + int64_t{l} * kv_dim, kv_dim, keys);
     std::copy_n(head.sink_values.begin() + int64_t{l} * kv_dim, kv_dim, values);
-    for (int slot = 0; slot < rows_out; ++slot) {
-      const float* row = y.data() + slot * width + int64_t{l} * 2 * kv_dim;
-      std::transform(row, row + kv_dim, keys + int64_t{slot + 1} * kv_dim,
+    for (int r = 0; r < rows_out; ++r) {
+      const float* row = y.data() + r * width + int64_t{l} * 2 * kv_dim;
+      std::transform(row, row + kv_dim, keys + int64_t{r + 1} * kv_dim,
                      [key_scale](float k) { return k * key_scale; });
-      std::copy_n(row + kv_dim, kv_dim, values + int64_t{slot + 1} * kv_dim);
+      std::copy_n(row + kv_dim, kv_dim, values + int64_t{r + 1} * kv_dim);
     }
   }
   return prefix;

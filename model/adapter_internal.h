@@ -68,8 +68,8 @@ struct Adapter::Impl {
 
   // ---- the networks (adapter.cc), written once against the Backend interface ----
   // A scratch buffer of `floats` in backend memory (nullptr when out of memory); a later call
-  // for the same slot with a larger size invalidates it.
-  float* Scratch(int slot, int64_t floats);
+  // for the same buffer (adapter.cc's enum Buffer) with a larger size invalidates it.
+  float* Scratch(int buffer, int64_t floats);
   // The frozen LM over `sequences` (each in its own new cache) in one Forward: the per-layer
   // hidden states [layers][tokens][hidden_size], sequences in order.
   absl::StatusOr<float*> Trunk(std::span<const std::span<const int32_t>> sequences,

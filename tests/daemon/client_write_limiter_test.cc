@@ -28,7 +28,7 @@ TEST(ClientWriteLimiter, RefusesAClientAtItsCapAndNoOtherClient) {
 TEST(ClientWriteLimiter, ASlotIsGivenBackWhenItsHolderGoes) {
   ClientWriteLimiter limiter(1);
   ASSERT_TRUE(limiter.TryAcquire("a").ok());
-  { WriteSlot slot(&limiter, "a"); }
+  { WritePermit permit(&limiter, "a"); }
   EXPECT_EQ(limiter.in_flight("a"), 0);
   EXPECT_TRUE(limiter.TryAcquire("a").ok());
 }
