@@ -205,6 +205,80 @@ TEST(Knowctl, LoadMixesForgetIntoItsCallsAndWritesAReport) {
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
 }
 
+// A question about someone never stored: the daemon generates nothing, in every memory mode and
+// whatever the retrieval, and `knowctl ask` says so (plain: the "nothing in memory" line; --json:
+// nothing_in_memory with no answer and no citations). A question about a stored person is still
+// answered.
+TEST(Knowctl, AskSaysNothingInMemoryAboutSomeoneNeverStored) {
+  TempDir dir;
+  auto started = DaemonProcess::Start(dir.path() + "/data");
+  ASSERT_TRUE(started.ok()) << started.status();
+  auto& daemon = **started;
+  ASSERT_TRUE(WaitUntilServing(Options(daemon)).ok()) << daemon.log();
+  const std::string knowctl = kKnowctlBinary + " --server " + daemon.grpc_target() + " ";
+  const std::vector<WorldPassage> passages = LoadWorldPassages();
+  {
+    std::ofstream jsonl(dir.path() + "/people.jsonl");
+    for (int i = 0; i < 8; ++i) {
+      jsonl << nlohmann::json{{"id", passages[i].id}, {"text", passages[i].text}}.dump() << "\n";
+    }
+  }
+  CommandResult ingest = RunCommand(knowctl + "ingest " + dir.path() + "/people.jsonl --json");
+  ASSERT_EQ(ingest.exit_code, 0) << ingest.out << daemon.log();
+  ASSERT_EQ(JsonLines(ingest.out).size(), 8u) << ingest.out;
+
+  const std::string unknown = ShellQuote("In which city does Quillon Brastovik live?");
+  std::vector<std::string> modes = {"rag"};
+  std::vector<std::string> retrievals = {"lexical"};
+  if (HasAdapter()) {  // mac modes and dense keys need the adapter
+    modes = {"rag", "mac", "mac+rag"};
+    retrievals = {"lexical", "dense", "hybrid"};
+  }
+  for (const std::string& mode : modes) {
+    for (const std::string& retrieval : retrievals) {
+      const std::string what = mode + " / " + retrieval;
+      const std::string flags = " --mode " + ShellQuote(mode) + " --retrieval " + retrieval;
+      CommandResult plain = RunCommand(knowctl + "ask " + unknown + flags);
+      ASSERT_EQ(plain.exit_code, 0) << what << ": " << plain.out;
+      EXPECT_EQ(plain.out.rfind("nothing in memory: no stored passage is about this question "
+                                "(relevance 0.",
+                                0),
+                0u)
+          << what << ": " << plain.out;
+      EXPECT_EQ(plain.out.find("cited"), std::string::npos) << what << ": " << plain.out;
+
+      CommandResult json = RunCommand(knowctl + "ask " + unknown + flags + " --json");
+      ASSERT_EQ(json.exit_code, 0) << what << ": " << json.out;
+      const nlohmann::json answer = nlohmann::json::parse(json.out, nullptr, false);
+      ASSERT_TRUE(answer.is_object()) << what << ": " << json.out;
+      EXPECT_EQ(answer.value("nothing_in_memory", false), true) << what << ": " << json.out;
+      EXPECT_EQ(answer.value("answer", ""), "") << what << ": " << json.out;
+      EXPECT_TRUE(answer.value("cited", nlohmann::json::array()).empty()) << what;
+      EXPECT_EQ(answer.value("stop_reason", ""), "nothing_in_memory") << what << ": " << json.out;
+    }
+  }
+
+  // A stored person: answered, not abstained on.
+  const std::vector<WorldQuestion> questions = LoadWorldQuestions();
+  const WorldQuestion* known = nullptr;
+  for (const WorldQuestion& q : questions) {
+    if (q.passage_id == passages[2].id && q.oracle_correct) {
+      known = &q;
+      break;
+    }
+  }
+  ASSERT_NE(known, nullptr);
+  CommandResult answered = RunCommand(knowctl + "ask " + ShellQuote(known->question) +
+                                      " --mode rag --retrieval lexical --json");
+  ASSERT_EQ(answered.exit_code, 0) << answered.out;
+  const nlohmann::json answer = nlohmann::json::parse(answered.out, nullptr, false);
+  ASSERT_TRUE(answer.is_object()) << answered.out;
+  EXPECT_EQ(answer.value("nothing_in_memory", false), false) << answered.out;
+  EXPECT_EQ(NormalizeAnswer(answer.value("answer", "")), NormalizeAnswer(known->answer))
+      << answered.out;
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.log();
+}
+
 TEST(Knowctl, SaysWhenTheDaemonCannotBeReached) {
   // Port 1 on loopback: nothing listens there.
   CommandResult r = RunCommand(kKnowctlBinary + " --server 127.0.0.1:1 stats", true);

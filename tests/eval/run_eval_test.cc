@@ -315,6 +315,70 @@ TEST_F(RunEvalTest, RunsMacModesWithTheBundlesAdapter) {
   EXPECT_NE(refused.message().find("--rag-prefix-key-scale"), std::string::npos) << refused;
 }
 
+// "Nothing in memory": with a threshold, the report says how many questions about people never
+// streamed (another split), about people forgotten after the stream, and of the split's own
+// questions fall below it, and what abstaining costs each memory mode's EM; the table says so.
+TEST_F(RunEvalTest, MeasuresNothingInMemory) {
+  train::WorldOptions world;
+  world.people[static_cast<int>(train::Split::kValid)] = 6;
+  const train::SplitData valid = train::GenerateSplit(world, train::Split::kValid);
+  {
+    std::ofstream passages(dir_ + "/valid.passages.jsonl");
+    for (const train::Passage& p : valid.passages) passages << train::PassageToJson(p);
+    std::ofstream questions(dir_ + "/valid.questions.jsonl");
+    for (const train::Question& q : valid.questions) questions << train::QuestionToJson(q);
+  }
+  EvalOptions o = Options();
+  o.limit = 8;
+  o.abstain_below = 0.5;
+  o.forget_subjects = 2;
+  o.print_table = true;
+  ::testing::internal::CaptureStdout();
+  const absl::Status ran = RunEval(o);
+  const std::string table = ::testing::internal::GetCapturedStdout();
+  ASSERT_TRUE(ran.ok()) << ran;
+  const Json r = ReadReport();
+  ASSERT_TRUE(r.contains("abstention")) << r.dump(2);
+  const Json& ab = r["abstention"];
+  EXPECT_EQ(ab["threshold"].get<double>(), 0.5);
+  EXPECT_EQ(ab["source"], "--abstain-below");
+  EXPECT_EQ(ab["unknown"]["split"], "valid");  // the default for the test split
+  EXPECT_EQ(ab["forgotten"]["subjects"].get<int>(), 2);
+  for (const char* what : {"known", "unknown", "forgotten"}) {
+    const Json& m = ab[what];
+    const int questions = m["questions"].get<int>(), abstained = m["abstained"].get<int>();
+    EXPECT_GT(questions, 0) << what;
+    EXPECT_GE(abstained, 0) << what;
+    EXPECT_LE(abstained, questions) << what;
+    EXPECT_DOUBLE_EQ(m["rate"].get<double>(), abstained / static_cast<double>(questions)) << what;
+  }
+  // As many unknown questions as the split's own (the valid split has more).
+  EXPECT_EQ(ab["unknown"]["questions"].get<int>(), 8);
+  // Names the bank never held: (nearly) always refused; the stored people's questions rarely.
+  EXPECT_GE(ab["unknown"]["rate"].get<double>(), 0.75) << ab.dump(2);
+  EXPECT_LT(ab["known"]["rate"].get<double>(), ab["unknown"]["rate"].get<double>()) << ab.dump(2);
+  // Each memory mode the eval ran: EM with and without abstaining, and the difference.
+  ASSERT_TRUE(ab["modes"].contains("rag-subject")) << ab.dump(2);
+  for (const auto& [mode, m] : ab["modes"].items()) {
+    EXPECT_LE(m["em"].get<double>(), m["em_without_abstention"].get<double>()) << mode;
+    EXPECT_NEAR(m["em_lost"].get<double>(),
+                m["em_without_abstention"].get<double>() - m["em"].get<double>(), 1e-12)
+        << mode;
+  }
+  EXPECT_NE(table.find("Nothing in memory (relevance below "), std::string::npos) << table;
+  EXPECT_NE(table.find("questions about people never streamed (valid split)"), std::string::npos)
+      << table;
+
+  // Without the other split in the data directory: said, not measured.
+  std::filesystem::remove(dir_ + "/valid.questions.jsonl");
+  std::filesystem::remove(dir_ + "/valid.passages.jsonl");
+  o.print_table = false;
+  ASSERT_TRUE(RunEval(o).ok());
+  const Json without = ReadReport()["abstention"];
+  EXPECT_EQ(without["unknown"]["split"], "valid (not in the data directory: not measured)");
+  EXPECT_EQ(without["unknown"]["questions"].get<int>(), 0);
+}
+
 TEST_F(RunEvalTest, MissingDataIsAnError) {
   EvalOptions o = Options();
   o.data_dir = dir_ + "/nowhere";
