@@ -156,6 +156,48 @@ KNOWD_HD inline float Q4_0Element(const uint8_t* blocks, int64_t i) {
   return Q4_0Dequant(Q8_0BlockScale(block), Q4_0Code(block + 2, static_cast<int>(i % 32)));
 }
 
+// ---- int8 products of quantized activations (q8_0 and q4_0 weights) -----------------------
+//
+// llama.cpp's scheme for these two types: a row of x is quantized to int8 in blocks of 32 (one
+// f32 scale per block, d = max|x| / 127, codes rounded to nearest, ties to even), and each weight
+// block's codes are multiplied with the x block's codes in exact integer arithmetic, then scaled
+// by both blocks' scales. Each x element then errs by at most d / 2.
+
+// Quantizes 32 activations into `codes`; returns the block's scale. The rounding adds and
+// subtracts 1.5·2^23, which leaves the nearest integer (ties to even) of any |v| <= 127.5 in
+// float arithmetic, without a libm call, so every CPU family's loop vectorises.
+KNOWD_HD inline float QuantizeActivationBlock(const float* x, int8_t* codes) {
+  float amax = 0.0f;
+  for (int j = 0; j < kQ8_0BlockSize; ++j) {
+    const float a = fabsf(x[j]);
+    amax = a > amax ? a : amax;
+  }
+  const float d = amax / 127.0f;
+  const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+  constexpr float kRound = 12582912.0f;  // 1.5 · 2^23
+  for (int j = 0; j < kQ8_0BlockSize; ++j) {
+    codes[j] = static_cast<int8_t>((x[j] * inverse + kRound) - kRound);
+  }
+  return d;
+}
+
+// Σ w_j·x_j over one q8_0 weight block and 32 activation codes of scale dx.
+KNOWD_HD inline float Q8_0DotActivations(const uint8_t* block, const int8_t* x, float dx) {
+  int32_t sum = 0;
+  for (int j = 0; j < kQ8_0BlockSize; ++j) sum += static_cast<int8_t>(block[2 + j]) * x[j];
+  return Q8_0BlockScale(block) * dx * static_cast<float>(sum);
+}
+
+// Σ w_j·x_j over one q4_0 weight block and 32 activation codes of scale dx.
+KNOWD_HD inline float Q4_0DotActivations(const uint8_t* block, const int8_t* x, float dx) {
+  const uint8_t* qs = block + 2;
+  int32_t sum = 0;
+  for (int j = 0; j < 16; ++j) {
+    sum += ((qs[j] & 0x0f) - 8) * x[j] + ((qs[j] >> 4) - 8) * x[j + 16];
+  }
+  return Q8_0BlockScale(block) * dx * static_cast<float>(sum);
+}
+
 // ---- q4_K ---------------------------------------------------------------------------------
 
 // The 6-bit scale and min of sub-block s (0..7) from a q4_K block's 12 packed bytes: sub-blocks

@@ -228,12 +228,15 @@ void AttendTile(const AttentionArgs& a, int kv_head, int group, int row_begin, i
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(threads) { openblas_set_num_threads(1); }
+  CpuBackend(int threads, bool int8_activations)
+      : threads_(threads), int8_activations_(int8_activations) {
+    openblas_set_num_threads(1);
+  }
 
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string name() const override {
     return absl::StrCat("cpu (", threads_, " threads, ", cpu::BestTypedKernels().family,
-                        " kernels, oneDNN sgemm)");
+                        " kernels, oneDNN sgemm", int8_activations_ ? ", int8 decode" : "", ")");
   }
 
   void* Alloc(size_t bytes) override {
@@ -280,7 +283,9 @@ class CpuBackend final : public Backend {
   }
 
   // Few rows of x (decode): each thread takes a share of w's rows, dequantizes one row at a time
-  // into L1 and dots it with every row of x, so w is read once, in its own type. More rows
+  // into L1 and dots it with every row of x, so w is read once, in its own type; for q8_0 and
+  // q4_0 (unless the options say otherwise) x is quantized to int8 once and the products are
+  // integer ones, with no weight converted to float. More rows
   // (prefill): each thread dequantizes a panel of w's rows and multiplies it with oneDNN's sgemm;
   // the dequantization is then a small fraction of the 2·m flops each weight takes part in.
   void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y, int64_t ldy,
@@ -297,6 +302,25 @@ class CpuBackend final : public Backend {
     if (m <= kSmallBatchRows) {
       const int64_t work = int64_t{m} * n * k;
       const int chunks = work >= kParallelMatMulMin ? std::min(threads_ * 4, (n + 15) / 16) : 1;
+      if (int8_activations_ && cpu::HasInt8Products(w_dtype) && k % 32 == 0) {
+        // x quantized once, by the calling thread, for every share of w's rows.
+        thread_local std::vector<int8_t> codes;
+        thread_local std::vector<float> scales;
+        codes.resize(static_cast<size_t>(m) * k);
+        scales.resize(static_cast<size_t>(m) * (k / 32));
+        cpu::QuantizeActivations(x, ldx, m, k, codes.data(), scales.data());
+        const int8_t* const codes_data = codes.data();
+        const float* const scales_data = scales.data();
+#pragma omp parallel for num_threads(std::min(threads_, chunks)) schedule(static) if (chunks > 1)
+        for (int c = 0; c < chunks; ++c) {
+          const auto [begin, end] = RowShare(c, chunks, n);
+          if (begin < end) {
+            kernels.dot_rows_int8(codes_data, scales_data, rows + begin * row_bytes, w_dtype,
+                                  y + begin, ldy, m, end - begin, k, accumulate);
+          }
+        }
+        return;
+      }
 #pragma omp parallel num_threads(std::min(threads_, chunks)) if (chunks > 1)
       {
         float* row = ThreadScratch(k);
@@ -519,13 +543,19 @@ class CpuBackend final : public Backend {
   }
 
   const int threads_;
+  const bool int8_activations_;
 };
 
 }  // namespace
 
+std::unique_ptr<Backend> MakeCpuBackend(const CpuOptions& options) {
+  const int threads =
+      options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  return std::make_unique<CpuBackend>(std::max(threads, 1), options.int8_activations);
+}
+
 std::unique_ptr<Backend> MakeCpuBackend(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
-  return std::make_unique<CpuBackend>(std::max(threads, 1));
+  return MakeCpuBackend(CpuOptions{.threads = threads});
 }
 
 }  // namespace knowd

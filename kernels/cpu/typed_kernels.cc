@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
+#include "kernels/math.h"
 
 namespace knowd::cpu {
 
@@ -68,6 +69,18 @@ std::string CpuFeatureList() {
 #undef KNOWD_FEATURE
   if (HasF16c()) present.push_back("f16c");
   return present.empty() ? "sse2" : absl::StrJoin(present, " ");
+}
+
+bool HasInt8Products(DType dtype) { return dtype == DType::kQ8_0 || dtype == DType::kQ4_0; }
+
+void QuantizeActivations(const float* x, int64_t ldx, int m, int k, int8_t* codes, float* scales) {
+  const int blocks = k / static_cast<int>(kQ8_0BlockSize);
+  for (int i = 0; i < m; ++i) {
+    for (int b = 0; b < blocks; ++b) {
+      scales[int64_t{i} * blocks + b] = QuantizeActivationBlock(x + i * ldx + b * kQ8_0BlockSize,
+                                                                codes + int64_t{i} * k + b * 32);
+    }
+  }
 }
 
 }  // namespace knowd::cpu

@@ -24,7 +24,20 @@ struct TypedKernels {
   // dequantized once into `row` (k floats of scratch) and dotted with every x_i.
   void (*dot_rows)(const float* x, int64_t ldx, const void* w, DType dtype, float* y, int64_t ldy,
                    int m, int rows, int k, bool accumulate, float* row);
+  // y[i · ldy + j] = x_i · row j of w (+= when accumulate) for w of kQ8_0 or kQ4_0 and each x_i
+  // given as QuantizeActivations wrote it: k int8 codes from codes + i·k and k / 32 scales from
+  // scales + i·(k / 32). The products are kernels/math.h's Q8_0DotActivations and
+  // Q4_0DotActivations.
+  void (*dot_rows_int8)(const int8_t* codes, const float* scales, const void* w, DType dtype,
+                        float* y, int64_t ldy, int m, int rows, int k, bool accumulate);
 };
+
+// True for the weight types dot_rows_int8 takes (q8_0 and q4_0).
+bool HasInt8Products(DType dtype);
+
+// m rows of x (k floats each, k a multiple of 32, rows ldx apart) quantized for dot_rows_int8:
+// m·k codes and m·k/32 scales (kernels/math.h's QuantizeActivationBlock).
+void QuantizeActivations(const float* x, int64_t ldx, int m, int k, int8_t* codes, float* scales);
 
 // The kernels of the widest family this CPU supports (the first call checks CPUID).
 const TypedKernels& BestTypedKernels();

@@ -38,7 +38,10 @@ class CpuBackendTest : public ::testing::Test {
 TEST_F(CpuBackendTest, DescribesItself) {
   EXPECT_EQ(backend_->kind(), BackendKind::kCpu);
   EXPECT_EQ(backend_->name(), absl::StrCat("cpu (2 threads, ", cpu::BestTypedKernels().family,
-                                           " kernels, oneDNN sgemm)"));
+                                           " kernels, oneDNN sgemm, int8 decode)"));
+  EXPECT_EQ(
+      MakeCpuBackend(CpuOptions{.threads = 1, .int8_activations = false})->name(),
+      absl::StrCat("cpu (1 threads, ", cpu::BestTypedKernels().family, " kernels, oneDNN sgemm)"));
   EXPECT_TRUE(backend_->status().ok());
   EXPECT_NE(MakeCpuBackend()->name().find("threads"), std::string::npos);
 }
