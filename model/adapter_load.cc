@@ -239,37 +239,31 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
     if (!host.ok()) return host.status();
     return upload(*host);
   };
-#define KNOWD_ASSIGN(lhs, expr)                 \
-  do {                                          \
-    auto result_ = (expr);                      \
-    if (!result_.ok()) return result_.status(); \
-    lhs = *std::move(result_);                  \
-  } while (0)
-
   auto load_block = [&](const std::string& prefix, bool conditioned,
                         AdapterBlock* block) -> absl::Status {
-    KNOWD_ASSIGN(block->norm_x, load(prefix + "norm_x.weight", {d}));
-    KNOWD_ASSIGN(block->norm_memory, load(prefix + "norm_memory.weight", {d}));
+    KNOWD_ASSIGN_OR_RETURN(block->norm_x, load(prefix + "norm_x.weight", {d}));
+    KNOWD_ASSIGN_OR_RETURN(block->norm_memory, load(prefix + "norm_memory.weight", {d}));
     if (conditioned) {
-      KNOWD_ASSIGN(block->norm_condition, load(prefix + "norm_condition.weight", {d}));
+      KNOWD_ASSIGN_OR_RETURN(block->norm_condition, load(prefix + "norm_condition.weight", {d}));
     }
-    KNOWD_ASSIGN(block->q, load(prefix + "q.weight", {d, d}));
+    KNOWD_ASSIGN_OR_RETURN(block->q, load(prefix + "q.weight", {d, d}));
     std::vector<float> k, v;
-    KNOWD_ASSIGN(k, reader.Read(prefix + "k.weight", {d, d}));
-    KNOWD_ASSIGN(v, reader.Read(prefix + "v.weight", {d, d}));
+    KNOWD_ASSIGN_OR_RETURN(k, reader.Read(prefix + "k.weight", {d, d}));
+    KNOWD_ASSIGN_OR_RETURN(v, reader.Read(prefix + "v.weight", {d, d}));
     k.insert(k.end(), v.begin(), v.end());
-    KNOWD_ASSIGN(block->kv, upload(k));
-    KNOWD_ASSIGN(block->o, load(prefix + "o.weight", {d, d}));
-    KNOWD_ASSIGN(block->norm_mlp, load(prefix + "norm_mlp.weight", {d}));
-    KNOWD_ASSIGN(block->up, load(prefix + "up.weight", {mlp, d}));
-    KNOWD_ASSIGN(block->down, load(prefix + "down.weight", {d, mlp}));
+    KNOWD_ASSIGN_OR_RETURN(block->kv, upload(k));
+    KNOWD_ASSIGN_OR_RETURN(block->o, load(prefix + "o.weight", {d, d}));
+    KNOWD_ASSIGN_OR_RETURN(block->norm_mlp, load(prefix + "norm_mlp.weight", {d}));
+    KNOWD_ASSIGN_OR_RETURN(block->up, load(prefix + "up.weight", {mlp, d}));
+    KNOWD_ASSIGN_OR_RETURN(block->down, load(prefix + "down.weight", {d, mlp}));
     return absl::OkStatus();
   };
   auto load_encoder = [&](const std::string& prefix, int blocks,
                           AdapterEncoder* encoder) -> absl::Status {
     for (int64_t l = 0; l < layers; ++l) {
       float* proj = nullptr;
-      KNOWD_ASSIGN(proj, load(absl::StrCat(prefix, "mix.proj.", l, ".weight"), {d, hidden}));
+      KNOWD_ASSIGN_OR_RETURN(proj,
+                             load(absl::StrCat(prefix, "mix.proj.", l, ".weight"), {d, hidden}));
       encoder->mix.push_back(proj);
     }
     encoder->blocks.resize(blocks);
@@ -277,19 +271,19 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
       KNOWD_RETURN_IF_ERROR(
           load_block(absl::StrCat(prefix, "blocks.", i, "."), false, &encoder->blocks[i]));
     }
-    KNOWD_ASSIGN(encoder->key, reader.Read(prefix + "key.weight", {s.key_dim, d}));
+    KNOWD_ASSIGN_OR_RETURN(encoder->key, reader.Read(prefix + "key.weight", {s.key_dim, d}));
     return absl::OkStatus();
   };
 
   std::vector<float> log_scale;
-  KNOWD_ASSIGN(log_scale, reader.Read("log_scale", {1}));
+  KNOWD_ASSIGN_OR_RETURN(log_scale, reader.Read("log_scale", {1}));
   a.scale = std::min(std::exp(log_scale[0]), 100.0f);
 
   // Readout. The pooling queries are stored [layers][kv_heads][slots][head_dim]; the Attention
   // op wants each layer's slots as query rows [slots][kv_heads * head_dim].
   std::vector<float> pool;
-  KNOWD_ASSIGN(pool,
-               reader.Read("readout.pool_queries", {layers, lm.num_kv_heads, t, lm.head_dim}));
+  KNOWD_ASSIGN_OR_RETURN(
+      pool, reader.Read("readout.pool_queries", {layers, lm.num_kv_heads, t, lm.head_dim}));
   std::vector<float> pool_rows(pool.size());
   for (int64_t l = 0; l < layers; ++l) {
     for (int64_t h = 0; h < lm.num_kv_heads; ++h) {
@@ -299,19 +293,20 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
       }
     }
   }
-  KNOWD_ASSIGN(a.pool_queries, upload(pool_rows));
-  KNOWD_ASSIGN(a.compress, load("readout.compress.weight", {d, a.kv_width()}));
-  KNOWD_ASSIGN(a.compress_bias, load("readout.compress.bias", {d}));
+  KNOWD_ASSIGN_OR_RETURN(a.pool_queries, upload(pool_rows));
+  KNOWD_ASSIGN_OR_RETURN(a.compress, load("readout.compress.weight", {d, a.kv_width()}));
+  KNOWD_ASSIGN_OR_RETURN(a.compress_bias, load("readout.compress.bias", {d}));
   KNOWD_RETURN_IF_ERROR(load_encoder("readout.", s.readout_blocks, &a.readout));
 
   // Question encoder.
-  KNOWD_ASSIGN(a.question_queries, load("question.queries", {t, d}));
+  KNOWD_ASSIGN_OR_RETURN(a.question_queries, load("question.queries", {t, d}));
   KNOWD_RETURN_IF_ERROR(load_encoder("question.", s.question_blocks, &a.question));
 
   // The aggregator and the expander of a head; `prefix` is "" (mac) or "rag_" (mac+rag).
   auto load_head = [&](const std::string& prefix, AdapterHead* head) -> absl::Status {
-    KNOWD_ASSIGN(head->rank, reader.Read(prefix + "aggregator.rank.weight", {s.max_candidates, d}));
-    KNOWD_ASSIGN(head->score, reader.Read(prefix + "aggregator.score.weight", {d, 1}));
+    KNOWD_ASSIGN_OR_RETURN(head->rank,
+                           reader.Read(prefix + "aggregator.rank.weight", {s.max_candidates, d}));
+    KNOWD_ASSIGN_OR_RETURN(head->score, reader.Read(prefix + "aggregator.score.weight", {d, 1}));
     head->aggregator.resize(s.aggregator_blocks);
     for (int i = 0; i < s.aggregator_blocks; ++i) {
       KNOWD_RETURN_IF_ERROR(load_block(absl::StrCat(prefix, "aggregator.blocks.", i, "."), true,
@@ -321,8 +316,9 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
     // question, so it is folded into the expander's key rows here rather than applied per prefix.
     const int64_t expand_width = a.kv_width() * s.rows_per_slot;
     std::vector<float> weight, bias;
-    KNOWD_ASSIGN(weight, reader.Read(prefix + "expander.expand.weight", {expand_width, d}));
-    KNOWD_ASSIGN(bias, reader.Read(prefix + "expander.expand.bias", {expand_width}));
+    KNOWD_ASSIGN_OR_RETURN(weight,
+                           reader.Read(prefix + "expander.expand.weight", {expand_width, d}));
+    KNOWD_ASSIGN_OR_RETURN(bias, reader.Read(prefix + "expander.expand.bias", {expand_width}));
     if (const int shift = s.prefix_key_shift(); shift != 0) {
       std::vector<float> column(kv_dim);
       for (int64_t row = 0; row < expand_width; row += 2 * kv_dim) {  // one layer's keys, values
@@ -336,22 +332,21 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
         }
       }
     }
-    KNOWD_ASSIGN(head->expand, upload(weight));
-    KNOWD_ASSIGN(head->expand_bias, upload(bias));
-    KNOWD_ASSIGN(head->sink_keys, reader.Read(prefix + "expander.sink_keys",
-                                              {layers, lm.num_kv_heads, lm.head_dim}));
+    KNOWD_ASSIGN_OR_RETURN(head->expand, upload(weight));
+    KNOWD_ASSIGN_OR_RETURN(head->expand_bias, upload(bias));
+    KNOWD_ASSIGN_OR_RETURN(head->sink_keys, reader.Read(prefix + "expander.sink_keys",
+                                                        {layers, lm.num_kv_heads, lm.head_dim}));
     // The sink key is served rotated like the others (AdapterSpec::rows_per_slot), once here.
     RotateHeads(head->sink_keys.data(), layers, lm.num_kv_heads, lm.head_dim, s.prefix_key_shift(),
                 lm.rope_theta, lm.rope_style);
-    KNOWD_ASSIGN(head->sink_values, reader.Read(prefix + "expander.sink_values",
-                                                {layers, lm.num_kv_heads, lm.head_dim}));
+    KNOWD_ASSIGN_OR_RETURN(head->sink_values, reader.Read(prefix + "expander.sink_values",
+                                                          {layers, lm.num_kv_heads, lm.head_dim}));
     return absl::OkStatus();
   };
   KNOWD_RETURN_IF_ERROR(load_head("", &a.mac));
   if (s.rag_head) {
     KNOWD_RETURN_IF_ERROR(load_head("rag_", &a.rag));
   }
-#undef KNOWD_ASSIGN
   KNOWD_RETURN_IF_ERROR(reader.CheckAllUsed());
   a.spec.encoder_sha256 = reader.EncoderSha256();
 
