@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "base/status_macros.h"
 #include "model/sha256.h"
 #include "nlohmann/json.hpp"
 
@@ -192,25 +193,22 @@ absl::StatusOr<Grant> TokenAuthorizer::Authenticate(
 
 absl::Status TokenAuthorizer::Authorize(std::optional<std::string_view> authorization,
                                         std::string_view name_space, Role role) const {
-  absl::StatusOr<Grant> grant = Authenticate(authorization);
-  if (!grant.ok()) return grant.status();
-  return CheckGrant(*grant, name_space, role);
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(authorization));
+  return CheckGrant(grant, name_space, role);
 }
 
 absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::FromFile(const std::string& path) {
-  absl::StatusOr<TokenAuthorizer> tokens = TokenAuthorizer::FromFile(path);
-  if (!tokens.ok()) return tokens.status();
+  KNOWD_ASSIGN_OR_RETURN(TokenAuthorizer tokens, TokenAuthorizer::FromFile(path));
   auto store = std::make_unique<TokenStore>();
   store->path_ = path;
-  store->current_ = std::make_shared<const TokenAuthorizer>(*std::move(tokens));
+  store->current_ = std::make_shared<const TokenAuthorizer>(std::move(tokens));
   return store;
 }
 
 absl::StatusOr<size_t> TokenStore::Reload() {
   if (path_.empty()) return size_t{0};
-  absl::StatusOr<TokenAuthorizer> tokens = TokenAuthorizer::FromFile(path_);
-  if (!tokens.ok()) return tokens.status();
-  auto next = std::make_shared<const TokenAuthorizer>(*std::move(tokens));
+  KNOWD_ASSIGN_OR_RETURN(TokenAuthorizer tokens, TokenAuthorizer::FromFile(path_));
+  auto next = std::make_shared<const TokenAuthorizer>(std::move(tokens));
   const size_t count = next->size();
   std::lock_guard<std::mutex> lock(mu_);
   current_ = std::move(next);

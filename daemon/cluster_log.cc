@@ -112,25 +112,23 @@ absl::StatusOr<std::unique_ptr<ClusterLog>> ClusterLog::Open(const ClusterOption
   // The bank belongs to one shard of one stream for its whole life.
   const std::string identity =
       absl::StrCat(options.stream, "/", options.shard, "/", options.shards);
-  absl::StatusOr<std::optional<std::string>> held = bank->GetMarker(kShardMarker);
-  if (!held.ok()) return held.status();
-  if (held->has_value() && **held != identity) {
+  KNOWD_ASSIGN_OR_RETURN(std::optional<std::string> held, bank->GetMarker(kShardMarker));
+  if (held.has_value() && *held != identity) {
     return absl::FailedPreconditionError(
-        absl::StrCat("this memory bank holds stream/shard/shards ", **held,
+        absl::StrCat("this memory bank holds stream/shard/shards ", *held,
                      ", and this replica is configured "
                      "for ",
                      identity,
                      ": give each shard its own data directory (adding a shard re-hashes "
                      "namespaces: docs/operations.md, \"Capacity and scale-out\")"));
   }
-  if (!held->has_value()) {
+  if (!held.has_value()) {
     KNOWD_RETURN_IF_ERROR(bank->SetMarker(kShardMarker, identity));
   }
-  absl::StatusOr<std::optional<std::string>> applied = bank->GetMarker(kAppliedMarker);
-  if (!applied.ok()) return applied.status();
+  KNOWD_ASSIGN_OR_RETURN(std::optional<std::string> applied, bank->GetMarker(kAppliedMarker));
   uint64_t from = 0;
-  if (applied->has_value() && !absl::SimpleAtoi(**applied, &from)) {
-    return absl::DataLossError(absl::StrCat("the bank's log marker is not a number: ", **applied));
+  if (applied.has_value() && !absl::SimpleAtoi(*applied, &from)) {
+    return absl::DataLossError(absl::StrCat("the bank's log marker is not a number: ", *applied));
   }
   log->applied_ = from;
 

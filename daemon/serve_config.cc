@@ -229,13 +229,12 @@ absl::StatusOr<std::vector<FlagValue>> ParseFlags(std::span<const std::string> a
 
 absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
                                             const EnvLookup& env) {
-  absl::StatusOr<std::vector<FlagValue>> flags = ParseFlags(args);
-  if (!flags.ok()) return flags.status();
+  KNOWD_ASSIGN_OR_RETURN(std::vector<FlagValue> flags, ParseFlags(args));
   ServeConfig config;
   // The config file named by the highest-precedence source.
   std::string file;
   if (const char* v = env("KNOWD_CONFIG"); v != nullptr) file = v;
-  for (const FlagValue& f : *flags) {
+  for (const FlagValue& f : flags) {
     if (std::string_view(f.key->name) == "config") file = f.value;
   }
   if (!file.empty()) {
@@ -248,7 +247,7 @@ absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
       KNOWD_RETURN_IF_ERROR(SetFromText(key, v, absl::StrCat("environment ", name), &config));
     }
   }
-  for (const FlagValue& f : *flags) {
+  for (const FlagValue& f : flags) {
     KNOWD_RETURN_IF_ERROR(SetFromText(*f.key, f.value, absl::StrCat("--", f.key->name), &config));
   }
   if (config.tls_cert.empty() != config.tls_key.empty()) {

@@ -67,12 +67,10 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view 
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServeConfig& c) {
   if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
-  absl::StatusOr<std::string> cert = ReadFile(c.tls_cert, "--tls-cert");
-  if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadFile(c.tls_key, "--tls-key");
-  if (!key.ok()) return key.status();
+  KNOWD_ASSIGN_OR_RETURN(std::string cert, ReadFile(c.tls_cert, "--tls-cert"));
+  KNOWD_ASSIGN_OR_RETURN(std::string key, ReadFile(c.tls_key, "--tls-key"));
   grpc::SslServerCredentialsOptions options;
-  options.pem_key_cert_pairs.push_back({*key, *cert});
+  options.pem_key_cert_pairs.push_back({key, cert});
   if (!c.tls_client_ca.empty()) {
     KNOWD_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFile(c.tls_client_ca, "--tls-client-ca"));
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;

@@ -58,19 +58,19 @@ absl::Status KnowledgeServiceImpl::ForgetThroughLog(grpc::ServerContext* context
                                                     v1::ForgetResponse* response) {
   v1::ForgetRequest entry = request;
   entry.set_namespace_(name_space);
-  absl::StatusOr<uint64_t> sequence =
-      cluster_->Publish(entry, std::min(deadline, absl::Now() + absl::Seconds(30)));
-  if (!sequence.ok()) return sequence.status();
-  response->set_log_sequence(*sequence);
+  KNOWD_ASSIGN_OR_RETURN(
+      uint64_t sequence,
+      cluster_->Publish(entry, std::min(deadline, absl::Now() + absl::Seconds(30))));
+  response->set_log_sequence(sequence);
   // The removal is in the log; the answer (what was removed here) comes once this replica has
   // applied it.
   if (absl::Status s =
-          cluster_->WaitApplied(*sequence, deadline, [context] { return context->IsCancelled(); });
+          cluster_->WaitApplied(sequence, deadline, [context] { return context->IsCancelled(); });
       !s.ok()) {
     return s;
   }
   std::lock_guard<std::mutex> lock(forget_outcomes_mu_);
-  auto it = forget_outcomes_.find(*sequence);
+  auto it = forget_outcomes_.find(sequence);
   if (it == forget_outcomes_.end()) return absl::OkStatus();  // applied before a restart
   for (const std::string& id : it->second.forgotten) response->add_forgotten(id);
   for (const std::string& id : it->second.not_found) response->add_not_found(id);
@@ -126,13 +126,12 @@ absl::Status KnowledgeServiceImpl::ApplyLogRecords(std::span<const LogRecord> re
       std::unique_ptr<ForgetJob> job = ForgetJob::ForIds(forget->namespace_(), forget->ids());
       std::future<absl::StatusOr<ForgetOutcome>> done = job->done.get_future();
       KNOWD_RETURN_IF_ERROR(SubmitWhenRoom(*forget_, job));
-      absl::StatusOr<ForgetOutcome> outcome = done.get();
-      if (!outcome.ok()) return outcome.status();
+      KNOWD_ASSIGN_OR_RETURN(ForgetOutcome outcome, done.get());
       std::lock_guard<std::mutex> lock(forget_outcomes_mu_);
       if (forget_outcomes_.size() >= kMaxForgetOutcomes) {
         forget_outcomes_.erase(forget_outcomes_.begin());
       }
-      forget_outcomes_[records[i].sequence] = *std::move(outcome);
+      forget_outcomes_[records[i].sequence] = std::move(outcome);
       ++i;
     }
   }

@@ -254,8 +254,7 @@ KnowledgeServiceImpl::PendingAck KnowledgeServiceImpl::StartIngest(
 absl::Status KnowledgeServiceImpl::DoIngest(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::IngestAck, v1::IngestRequest>* stream) {
-  absl::StatusOr<Grant> grant = Authenticate(context);
-  if (!grant.ok()) return grant.status();
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
   const absl::Time deadline = DeadlineOf(context);
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   IngestStream registration;
@@ -339,7 +338,7 @@ absl::Status KnowledgeServiceImpl::DoIngest(
     // Once shutting down, StartIngest refuses the document and the stream reads no more.
     refused_for_drain = Draining();
     PendingAck next =
-        StartIngest(request, position++, *grant, deadline, cancelled, std::move(permit));
+        StartIngest(request, position++, grant, deadline, cancelled, std::move(permit));
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] {
       return static_cast<int>(pending.size()) < limits_.ingest_in_flight_per_stream ||
@@ -378,22 +377,20 @@ grpc::Status KnowledgeServiceImpl::Ask(grpc::ServerContext* context, const v1::A
 absl::Status KnowledgeServiceImpl::DoAsk(grpc::ServerContext* context,
                                          const v1::AskRequest& request,
                                          grpc::ServerWriter<v1::AskChunk>* writer) {
-  absl::StatusOr<std::shared_ptr<AskJob>> job =
-      SubmitAsk(AuthorizationOf(context), request, DeadlineOf(context));
-  if (!job.ok()) return job.status();
+  KNOWD_ASSIGN_OR_RETURN(std::shared_ptr<AskJob> job,
+                         SubmitAsk(AuthorizationOf(context), request, DeadlineOf(context)));
   return StreamAsk(
-      **job, [context] { return context->IsCancelled(); },
+      *job, [context] { return context->IsCancelled(); },
       [writer](v1::AskChunk&& chunk) { return writer->Write(chunk); });
 }
 
 absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
     std::optional<std::string_view> authorization, const v1::AskRequest& request,
     absl::Time deadline) {
-  absl::StatusOr<Grant> grant = auth_->Authenticate(authorization);
-  if (!grant.ok()) return grant.status();
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, auth_->Authenticate(authorization));
   std::string name_space;
   KNOWD_RETURN_IF_ERROR(CheckAskRequest(request, limits_, &name_space));
-  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kRead));
   KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), deadline, nullptr));
   if (request.mode() != v1::ASK_MODE_CLOSED_BOOK) {
@@ -526,11 +523,10 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
                                             const v1::SearchRequest& request,
                                             v1::SearchResponse* response) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<Grant> grant = Authenticate(context);
-  if (!grant.ok()) return grant.status();
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
   std::string name_space;
   KNOWD_RETURN_IF_ERROR(CheckSearchRequest(request, limits_, &name_space));
-  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kRead));
   KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), DeadlineOf(context),
                                    [context] { return context->IsCancelled(); }));
@@ -539,18 +535,17 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
   std::optional<std::vector<float>> key;
   if (modulator != nullptr && retrieval != knowledge::Retrieval::kLexical) {
     KNOWD_RETURN_IF_ERROR(scheduler_->RunOnEngineThread([&]() -> absl::Status {
-      absl::StatusOr<QuestionCode> code =
-          knowledge::EncodeQuestion(*modulator, *tokenizer_, request.query());
-      if (!code.ok()) return code.status();
-      key = std::move(code->key);
+      KNOWD_ASSIGN_OR_RETURN(QuestionCode code,
+                             knowledge::EncodeQuestion(*modulator, *tokenizer_, request.query()));
+      key = std::move(code.key);
       return absl::OkStatus();
     }));
   }
   const int k = request.top_k() > 0 ? request.top_k() : 10;
-  absl::StatusOr<std::vector<storage::SearchHit>> hits = knowledge::RetrievePassages(
-      *bank_, name_space, request.query(), key ? &*key : nullptr, retrieval, k);
-  if (!hits.ok()) return hits.status();
-  for (const storage::SearchHit& h : *hits) {
+  KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> hits,
+                         knowledge::RetrievePassages(*bank_, name_space, request.query(),
+                                                     key ? &*key : nullptr, retrieval, k));
+  for (const storage::SearchHit& h : hits) {
     v1::Passage* p = response->add_passages();
     p->set_document_id(h.doc_id);
     p->set_index(h.passage_index);
@@ -576,11 +571,10 @@ grpc::Status KnowledgeServiceImpl::Get(grpc::ServerContext* context, const v1::G
 
 absl::Status KnowledgeServiceImpl::DoGet(grpc::ServerContext* context,
                                          const v1::GetRequest& request, v1::Document* response) {
-  absl::StatusOr<Grant> grant = Authenticate(context);
-  if (!grant.ok()) return grant.status();
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
   std::string name_space;
   KNOWD_RETURN_IF_ERROR(CheckGetRequest(request, &name_space));
-  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kRead));
   KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), DeadlineOf(context),
                                    [context] { return context->IsCancelled(); }));
@@ -630,11 +624,10 @@ grpc::Status KnowledgeServiceImpl::Forget(grpc::ServerContext* context,
 absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
                                             const v1::ForgetRequest& request,
                                             v1::ForgetResponse* response) {
-  absl::StatusOr<Grant> grant = Authenticate(context);
-  if (!grant.ok()) return grant.status();
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
   std::string name_space;
   KNOWD_RETURN_IF_ERROR(CheckForgetRequest(request, &name_space));
-  KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kWrite));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kWrite));
   KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   if (cluster_ != nullptr) {
     return ForgetThroughLog(context, request, name_space, DeadlineOf(context), response);
@@ -666,11 +659,10 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   while (done.wait_for(absl::ToChronoNanoseconds(kCancelPoll)) != std::future_status::ready) {
     if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
   }
-  absl::StatusOr<ForgetOutcome> outcome = done.get();
-  if (!outcome.ok()) return outcome.status();
-  for (const std::string& id : outcome->forgotten) response->add_forgotten(id);
-  for (const std::string& id : outcome->not_found) response->add_not_found(id);
-  response->set_passages(outcome->passages);
+  KNOWD_ASSIGN_OR_RETURN(ForgetOutcome outcome, done.get());
+  for (const std::string& id : outcome.forgotten) response->add_forgotten(id);
+  for (const std::string& id : outcome.not_found) response->add_not_found(id);
+  response->set_passages(outcome.passages);
   return absl::OkStatus();
 }
 
@@ -686,21 +678,19 @@ grpc::Status KnowledgeServiceImpl::Stats(grpc::ServerContext* context,
 absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
                                            const v1::StatsRequest& request,
                                            v1::StatsResponse* response) {
-  absl::StatusOr<Grant> grant = Authenticate(context);
-  if (!grant.ok()) return grant.status();
-  if (!grant->Allows(Role::kRead)) return CheckGrant(*grant, "", Role::kRead);
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
+  if (!grant.Allows(Role::kRead)) return CheckGrant(grant, "", Role::kRead);
   std::string name_space;
   KNOWD_RETURN_IF_ERROR(CheckStatsRequest(request, &name_space));
   if (!name_space.empty()) {
-    KNOWD_RETURN_IF_ERROR(CheckGrant(*grant, name_space, Role::kRead));
+    KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kRead));
     KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   }
-  absl::StatusOr<storage::BankStats> stats = bank_->Stats();
-  if (!stats.ok()) return stats.status();
+  KNOWD_ASSIGN_OR_RETURN(storage::BankStats stats, bank_->Stats());
   int64_t documents = 0;
   int64_t passages = 0;
-  for (const storage::NamespaceStats& ns : stats->namespaces) {
-    const bool wanted = request.namespace_().empty() ? grant->AllowsNamespace(ns.name_space)
+  for (const storage::NamespaceStats& ns : stats.namespaces) {
+    const bool wanted = request.namespace_().empty() ? grant.AllowsNamespace(ns.name_space)
                                                      : ns.name_space == request.namespace_();
     if (!wanted) continue;
     v1::NamespaceStats* out = response->add_namespaces();
@@ -712,16 +702,16 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
   }
   response->set_documents(documents);
   response->set_passages(passages);
-  response->set_disk_bytes(static_cast<int64_t>(stats->disk_bytes));
+  response->set_disk_bytes(static_cast<int64_t>(stats.disk_bytes));
   response->set_bytes_per_modulation(info_.bytes_per_modulation);
   response->set_modulation_bytes(passages * info_.bytes_per_modulation);
   response->set_model(info_.model);
   response->set_adapter(info_.adapter);
   response->set_fingerprint(info_.fingerprint);
   response->set_version(info_.version);
-  response->set_recovery_warning(stats->recovery_warning);
+  response->set_recovery_warning(stats.recovery_warning);
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - info_.started));
-  if (passages > 0) SamplePassageTokens(*stats);
+  if (passages > 0) SamplePassageTokens(stats);
   response->set_kv_bytes_per_median_passage(MedianPassageTokens() * info_.kv_bytes_per_token);
   return absl::OkStatus();
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "base/status_macros.h"
+
 namespace knowd::knowledge {
 
 const char* RetrievalName(Retrieval r) {
@@ -44,10 +46,9 @@ absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
   request.query_text = std::string(query);
   request.candidates = k;
   request.k = std::min(4096, 2 * k);
-  absl::StatusOr<std::vector<storage::SearchHit>> hits = bank.Search(request, terms);
-  if (!hits.ok()) return hits.status();
+  KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> hits, bank.Search(request, terms));
   std::vector<storage::SearchHit> lexical;
-  for (storage::SearchHit& h : *hits) {
+  for (storage::SearchHit& h : hits) {
     if (!h.lexical_score.has_value()) continue;
     h.score = *h.lexical_score;
     lexical.push_back(std::move(h));

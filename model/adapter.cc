@@ -95,9 +95,9 @@ absl::StatusOr<float*> Adapter::Impl::Trunk(std::span<const std::span<const int3
   int64_t tokens = 0;
   std::vector<SequenceStep> steps;
   for (std::span<const int32_t> s : sequences) {
-    absl::StatusOr<std::unique_ptr<KvCache>> cache = base->NewCache(static_cast<int>(s.size()));
-    if (!cache.ok()) return cache.status();
-    caches->push_back(*std::move(cache));
+    KNOWD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
+                           base->NewCache(static_cast<int>(s.size())));
+    caches->push_back(std::move(cache));
     steps.push_back({caches->back().get(), s, false});
     tokens += static_cast<int64_t>(s.size());
   }
@@ -233,8 +233,7 @@ absl::StatusOr<float*> Adapter::Impl::Readout(std::span<const std::span<const in
   b.MatMul(pooled, width, compress, z, d, rows, d, static_cast<int>(width), false);
   b.AddBias(z, d, compress_bias, rows, d);
 
-  absl::StatusOr<float*> memory = Mix(readout, hidden, tokens);
-  if (!memory.ok()) return memory.status();
+  KNOWD_ASSIGN_OR_RETURN(float* memory, Mix(readout, hidden, tokens));
   std::vector<AdapterSegment> segments;
   int start = 0;
   for (int p = 0; p < n; ++p) {
@@ -242,7 +241,7 @@ absl::StatusOr<float*> Adapter::Impl::Readout(std::span<const std::span<const in
     segments.push_back({p * t, t, start + 1, length - 1});  // BOS is not attended
     start += length;
   }
-  KNOWD_RETURN_IF_ERROR(Blocks(readout.blocks, z, rows, *memory, tokens, segments, nullptr));
+  KNOWD_RETURN_IF_ERROR(Blocks(readout.blocks, z, rows, memory, tokens, segments, nullptr));
   return z;
 }
 
@@ -292,10 +291,9 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
     }
     std::vector<std::span<const int32_t>> chunk(passages.begin() + begin, passages.begin() + end);
     std::vector<std::unique_ptr<KvCache>> caches;
-    absl::StatusOr<float*> hidden = impl_->Trunk(chunk, &caches);
-    if (!hidden.ok()) return hidden.status();
+    KNOWD_ASSIGN_OR_RETURN(float* hidden, impl_->Trunk(chunk, &caches));
     absl::StatusOr<float*> latents =
-        impl_->Readout(chunk, caches, *hidden, static_cast<int>(tokens));
+        impl_->Readout(chunk, caches, hidden, static_cast<int>(tokens));
     if (!latents.ok()) return latents.status();
     z.resize(chunk.size() * t * d);
     impl_->backend->Download(z.data(), *latents, z.size() * sizeof(float));
@@ -317,9 +315,8 @@ absl::StatusOr<QuestionCode> Adapter::EncodeQuestion(std::span<const int32_t> pr
   const int t = spec.slots, d = spec.latent_dim, n = static_cast<int>(prompt.size());
   std::vector<std::unique_ptr<KvCache>> caches;
   const std::span<const int32_t> sequences[] = {prompt};
-  absl::StatusOr<float*> hidden = impl_->Trunk(sequences, &caches);
-  if (!hidden.ok()) return hidden.status();
-  absl::StatusOr<float*> memory = impl_->Mix(impl_->question, *hidden, n);
+  KNOWD_ASSIGN_OR_RETURN(float* hidden, impl_->Trunk(sequences, &caches));
+  absl::StatusOr<float*> memory = impl_->Mix(impl_->question, hidden, n);
   if (!memory.ok()) return memory.status();
   float* x = impl_->Scratch(kX, int64_t{t} * d);
   if (x == nullptr) return absl::ResourceExhaustedError("adapter: out of memory for the question");

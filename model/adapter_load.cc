@@ -145,15 +145,14 @@ class WeightReader {
 
   absl::StatusOr<std::vector<float>> Read(const std::string& name,
                                           const std::vector<int64_t>& shape) {
-    absl::StatusOr<const HostTensor*> t = file_.Require(name, shape);
-    if (!t.ok()) return t.status();
-    if ((*t)->dtype == DType::kI32) {
+    KNOWD_ASSIGN_OR_RETURN(const HostTensor* t, file_.Require(name, shape));
+    if ((t)->dtype == DType::kI32) {
       return absl::InvalidArgumentError(
           absl::StrCat(file_.path(), ": tensor ", name, " is i32, expected a float type"));
     }
     used_.insert(name);
-    std::vector<float> out((*t)->numel());
-    for (int64_t i = 0; i < (*t)->numel(); ++i) out[i] = LoadAsF32((*t)->data, (*t)->dtype, i);
+    std::vector<float> out((t)->numel());
+    for (int64_t i = 0; i < (t)->numel(); ++i) out[i] = LoadAsF32((t)->data, (t)->dtype, i);
     for (float v : out) {
       if (!std::isfinite(v)) {
         return absl::InvalidArgumentError(
@@ -208,8 +207,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   absl::StatusOr<AdapterSpec> spec = ReadSpec(dir + "/adapter.json", lm, base_sha256);
   if (!spec.ok()) return spec.status();
   const std::string weights_path = dir + "/adapter.safetensors";
-  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(weights_path);
-  if (!file.ok()) return file.status();
+  KNOWD_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                         SafetensorsFile::Open(weights_path));
   KNOWD_ASSIGN_OR_RETURN(spec->adapter_sha256, Sha256OfFile(weights_path));
 
   auto impl = std::make_unique<Impl>();
@@ -221,7 +220,7 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   const AdapterSpec& s = a.spec;
   const int64_t d = s.latent_dim, t = s.slots, layers = lm.num_layers, kv_dim = lm.kv_dim();
   const int64_t hidden = lm.hidden_size, mlp = int64_t{s.mlp_ratio} * s.latent_dim;
-  WeightReader reader(**file);
+  WeightReader reader(*file);
 
   auto upload = [&](const std::vector<float>& host) -> absl::StatusOr<float*> {
     void* p = a.backend->Alloc(host.size() * sizeof(float));
@@ -235,9 +234,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   };
   // The tensor `name` of `shape`, in backend memory.
   auto load = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<float*> {
-    absl::StatusOr<std::vector<float>> host = reader.Read(name, shape);
-    if (!host.ok()) return host.status();
-    return upload(*host);
+    KNOWD_ASSIGN_OR_RETURN(std::vector<float> host, reader.Read(name, shape));
+    return upload(host);
   };
   auto load_block = [&](const std::string& prefix, bool conditioned,
                         AdapterBlock* block) -> absl::Status {

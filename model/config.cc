@@ -139,21 +139,19 @@ absl::StatusOr<LlamaConfig> LlamaConfigFromHfJson(const std::string& path) {
 }
 
 absl::StatusOr<LlamaConfig> LlamaConfigFromGguf(const GgufFile& gguf) {
-  absl::StatusOr<std::string> arch = gguf.GetString("general.architecture");
-  if (!arch.ok()) return arch.status();
-  if (*arch != "llama") {
+  KNOWD_ASSIGN_OR_RETURN(std::string arch, gguf.GetString("general.architecture"));
+  if (arch != "llama") {
     return absl::InvalidArgumentError(
-        absl::StrCat(gguf.path(), ": architecture \"", *arch, "\" is not supported (only llama)"));
+        absl::StrCat(gguf.path(), ": architecture \"", arch, "\" is not supported (only llama)"));
   }
   LlamaConfig c;
   auto get_int = [&](const char* key, int* out) -> absl::Status {
-    absl::StatusOr<int64_t> v = gguf.GetInt(key);
-    if (!v.ok()) return v.status();
-    if (*v <= 0 || *v > (int64_t{1} << 30)) {
+    KNOWD_ASSIGN_OR_RETURN(int64_t v, gguf.GetInt(key));
+    if (v <= 0 || v > (int64_t{1} << 30)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(gguf.path(), ": ", key, " = ", *v, " is out of range"));
+          absl::StrCat(gguf.path(), ": ", key, " = ", v, " is out of range"));
     }
-    *out = static_cast<int>(*v);
+    *out = static_cast<int>(v);
     return absl::OkStatus();
   };
   for (auto [key, out] : {std::pair{"llama.embedding_length", &c.hidden_size},

@@ -181,10 +181,9 @@ absl::StatusOr<Source> OpenSource(const std::string& in) {
     KNOWD_ASSIGN_OR_RETURN(source.config, LlamaConfigFromHfJson(in + "/config.json"));
     KNOWD_ASSIGN_OR_RETURN(source.weights, SafetensorsFile::Open(in));
   } else {
-    absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(in);
-    if (!file.ok()) return file.status();
-    KNOWD_ASSIGN_OR_RETURN(source.config, LlamaConfigFromGguf(**file));
-    source.gguf = *std::move(file);
+    KNOWD_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(in));
+    KNOWD_ASSIGN_OR_RETURN(source.config, LlamaConfigFromGguf(*file));
+    source.gguf = std::move(file);
   }
   return source;
 }
@@ -381,12 +380,10 @@ absl::StatusOr<Metadata> MetadataFromHf(const std::string& dir, const LlamaConfi
     m["tokenizer.ggml.model"] = std::string("no_vocab");
     return m;
   }
-  absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(spm_path);
-  if (!bytes.ok()) return bytes.status();
-  absl::StatusOr<SentencePieceModel> spm =
-      tokenizer_internal::ParseSentencePieceModel(*bytes, spm_path);
-  if (!spm.ok()) return spm.status();
-  KNOWD_RETURN_IF_ERROR(AddSentencePieceVocab(*spm, c.vocab_size, spm_path, &m));
+  KNOWD_ASSIGN_OR_RETURN(std::string bytes, tokenizer_internal::ReadWholeFile(spm_path));
+  KNOWD_ASSIGN_OR_RETURN(SentencePieceModel spm,
+                         tokenizer_internal::ParseSentencePieceModel(bytes, spm_path));
+  KNOWD_RETURN_IF_ERROR(AddSentencePieceVocab(spm, c.vocab_size, spm_path, &m));
   return m;
 }
 
@@ -410,9 +407,9 @@ absl::Status WriteGgufModel(const Source& source, const std::string& in, const s
   metadata["general.file_type"] = LlamaFileType(plan);
   if (DTypeIsQuantized(plan.dtype)) metadata["general.quantization_version"] = uint64_t{2};
 
-  absl::StatusOr<std::vector<OwnedTensor>> tensors = ConvertTensors(source, Format::kGguf, plan);
-  if (!tensors.ok()) return tensors.status();
-  return WriteGguf(out, metadata, Views(*tensors));
+  KNOWD_ASSIGN_OR_RETURN(std::vector<OwnedTensor> tensors,
+                         ConvertTensors(source, Format::kGguf, plan));
+  return WriteGguf(out, metadata, Views(tensors));
 }
 
 absl::Status WriteHfModel(const Source& source, const std::string& in, const std::string& out,
@@ -420,30 +417,27 @@ absl::Status WriteHfModel(const Source& source, const std::string& in, const std
   std::error_code ec;
   std::filesystem::create_directories(out, ec);
   if (ec) return absl::InternalError(absl::StrCat(out, ": cannot create: ", ec.message()));
-  absl::StatusOr<std::vector<OwnedTensor>> tensors =
-      ConvertTensors(source, Format::kHf, WeightPlan::Uniform(weights));
-  if (!tensors.ok()) return tensors.status();
-  KNOWD_RETURN_IF_ERROR(WriteSafetensors(out + "/model.safetensors", Views(*tensors)));
+  KNOWD_ASSIGN_OR_RETURN(std::vector<OwnedTensor> tensors,
+                         ConvertTensors(source, Format::kHf, WeightPlan::Uniform(weights)));
+  KNOWD_RETURN_IF_ERROR(WriteSafetensors(out + "/model.safetensors", Views(tensors)));
   KNOWD_RETURN_IF_ERROR(WriteHfConfigJson(source.config, out + "/config.json"));
 
   if (source.format == Format::kHf) {
     for (const char* name : {"tokenizer.model", "tokenizer.json"}) {
       const std::string from = absl::StrCat(in, "/", name);
       if (!std::filesystem::exists(from)) continue;
-      absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(from);
-      if (!bytes.ok()) return bytes.status();
-      KNOWD_RETURN_IF_ERROR(WriteBytesAtomically(absl::StrCat(out, "/", name), *bytes));
+      KNOWD_ASSIGN_OR_RETURN(std::string bytes, tokenizer_internal::ReadWholeFile(from));
+      KNOWD_RETURN_IF_ERROR(WriteBytesAtomically(absl::StrCat(out, "/", name), bytes));
     }
     return absl::OkStatus();
   }
   // A GGUF "llama" vocabulary is a SentencePiece BPE model; knowd writes it back as one.
   absl::StatusOr<std::string> model = source.gguf->GetString("tokenizer.ggml.model");
   if (!model.ok() || *model != "llama") return absl::OkStatus();
-  absl::StatusOr<SentencePieceModel> spm =
-      tokenizer_internal::SentencePieceModelFromGguf(*source.gguf);
-  if (!spm.ok()) return spm.status();
+  KNOWD_ASSIGN_OR_RETURN(SentencePieceModel spm,
+                         tokenizer_internal::SentencePieceModelFromGguf(*source.gguf));
   return WriteBytesAtomically(out + "/tokenizer.model",
-                              tokenizer_internal::SerializeSentencePieceModel(*spm));
+                              tokenizer_internal::SerializeSentencePieceModel(spm));
 }
 
 }  // namespace
@@ -480,10 +474,9 @@ absl::Status ConvertModel(const std::string& in, const std::string& out, WeightP
     return absl::InvalidArgumentError(
         absl::StrCat(out, ": safetensors has no ", Str(name), "; write a .gguf file instead"));
   }
-  absl::StatusOr<Source> source = OpenSource(in);
-  if (!source.ok()) return source.status();
-  return to_gguf ? WriteGgufModel(*source, in, out, plan)
-                 : WriteHfModel(*source, in, out, plan.dtype);
+  KNOWD_ASSIGN_OR_RETURN(Source source, OpenSource(in));
+  return to_gguf ? WriteGgufModel(source, in, out, plan)
+                 : WriteHfModel(source, in, out, plan.dtype);
 }
 
 }  // namespace knowd

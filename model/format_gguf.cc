@@ -217,9 +217,8 @@ absl::Status GgufParser::ReadKv(uint64_t index,
   }
   uint32_t type = 0;
   if (!cursor_.Read(&type)) return Truncated(absl::StrCat("the type of metadata key ", key));
-  absl::StatusOr<GgufValue> value = ReadValue(key, type);
-  if (!value.ok()) return value.status();
-  if (!metadata->emplace(key, *std::move(value)).second) {
+  KNOWD_ASSIGN_OR_RETURN(GgufValue value, ReadValue(key, type));
+  if (!metadata->emplace(key, std::move(value)).second) {
     return Error(absl::StrCat("metadata key ", key, " appears twice"));
   }
   return absl::OkStatus();
@@ -332,9 +331,8 @@ absl::StatusOr<GgufValue> GgufParser::ReadArray(const std::string& key) {
     std::vector<double> values;
     values.reserve(count);
     for (uint64_t i = 0; i < count; ++i) {
-      absl::StatusOr<GgufValue> v = ReadValue(key, type);
-      if (!v.ok()) return v.status();
-      values.push_back(std::get<double>(*v));
+      KNOWD_ASSIGN_OR_RETURN(GgufValue v, ReadValue(key, type));
+      values.push_back(std::get<double>(v));
     }
     return GgufValue(std::move(values));
   }
@@ -342,18 +340,17 @@ absl::StatusOr<GgufValue> GgufParser::ReadArray(const std::string& key) {
   std::vector<int64_t> values;
   values.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
-    absl::StatusOr<GgufValue> v = ReadValue(key, type);
-    if (!v.ok()) return v.status();
-    if (const auto* u = std::get_if<uint64_t>(&*v)) {
+    KNOWD_ASSIGN_OR_RETURN(GgufValue v, ReadValue(key, type));
+    if (const auto* u = std::get_if<uint64_t>(&v)) {
       if (*u > static_cast<uint64_t>(INT64_MAX)) {
         return Error(absl::StrCat("metadata key ", key, ": array element ", i, " (", *u,
                                   ") does not fit in int64"));
       }
       values.push_back(static_cast<int64_t>(*u));
-    } else if (const auto* s = std::get_if<int64_t>(&*v)) {
+    } else if (const auto* s = std::get_if<int64_t>(&v)) {
       values.push_back(*s);
     } else {
-      values.push_back(std::get<bool>(*v) ? 1 : 0);
+      values.push_back(std::get<bool>(v) ? 1 : 0);
     }
   }
   return GgufValue(std::move(values));
@@ -507,21 +504,19 @@ absl::Status GgufParser::Parse(std::map<std::string, GgufValue, std::less<>>* me
   for (uint64_t i = 0; i < tensor_count; ++i) {
     KNOWD_RETURN_IF_ERROR(ReadTensorInfo(i, &infos[i]));
   }
-  absl::StatusOr<uint64_t> alignment = Alignment(*metadata);
-  if (!alignment.ok()) return alignment.status();
-  return PlaceTensors(std::move(infos), *alignment, tensors);
+  KNOWD_ASSIGN_OR_RETURN(uint64_t alignment, Alignment(*metadata));
+  return PlaceTensors(std::move(infos), alignment, tensors);
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
-  absl::StatusOr<internal::MappedFile> mapped = internal::MappedFile::Open(path);
-  if (!mapped.ok()) return mapped.status();
+  KNOWD_ASSIGN_OR_RETURN(internal::MappedFile mapped, internal::MappedFile::Open(path));
   std::unique_ptr<GgufFile> file(new GgufFile());
   file->path_ = path;
-  GgufParser parser(internal::FileLabel(path), mapped->data(), mapped->size());
+  GgufParser parser(internal::FileLabel(path), mapped.data(), mapped.size());
   KNOWD_RETURN_IF_ERROR(parser.Parse(&file->metadata_, &file->tensors_));
-  std::tie(file->map_, file->map_size_) = mapped->Release();
+  std::tie(file->map_, file->map_size_) = mapped.Release();
   return file;
 }
 

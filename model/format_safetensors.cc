@@ -333,9 +333,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 
   std::vector<Shard> shards;
   if (!S_ISDIR(st.st_mode)) {
-    absl::StatusOr<Shard> shard = OpenShard(path);
-    if (!shard.ok()) return shard.status();
-    shards.push_back(*std::move(shard));
+    KNOWD_ASSIGN_OR_RETURN(Shard shard, OpenShard(path));
+    shards.push_back(std::move(shard));
   } else {
     const std::string dir = path.ends_with('/') ? path : path + "/";
     const std::string index_path = absl::StrCat(dir, kIndexFile);
@@ -372,9 +371,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
         }
       }
     } else if (const std::string single = absl::StrCat(dir, kSingleFile); PathExists(single)) {
-      absl::StatusOr<Shard> shard = OpenShard(single);
-      if (!shard.ok()) return shard.status();
-      shards.push_back(*std::move(shard));
+      KNOWD_ASSIGN_OR_RETURN(Shard shard, OpenShard(single));
+      shards.push_back(std::move(shard));
     } else {
       return absl::NotFoundError(absl::StrCat(label, ": directory ", path, " has neither ",
                                               kSingleFile, " nor ", kIndexFile));

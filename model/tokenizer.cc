@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer_internal.h"
 
@@ -64,10 +65,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufFile& ggu
         absl::StrCat(gguf.path(), ": tokenizer.ggml.model is not a string"));
   }
   if (*name == "llama") {
-    absl::StatusOr<tokenizer_internal::SentencePieceModel> spm =
-        tokenizer_internal::SentencePieceModelFromGguf(gguf);
-    if (!spm.ok()) return spm.status();
-    return tokenizer_internal::MakeSentencePieceTokenizer(*std::move(spm), gguf.path());
+    KNOWD_ASSIGN_OR_RETURN(tokenizer_internal::SentencePieceModel spm,
+                           tokenizer_internal::SentencePieceModelFromGguf(gguf));
+    return tokenizer_internal::MakeSentencePieceTokenizer(std::move(spm), gguf.path());
   }
   if (*name == "gpt2") return tokenizer_internal::LoadGgufByteLevelBpe(gguf);
   return absl::InvalidArgumentError(
@@ -102,16 +102,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path
   }
   const std::string_view head(head_bytes, head_size);
   if (head.starts_with("GGUF")) {
-    absl::StatusOr<std::unique_ptr<GgufFile>> gguf = GgufFile::Open(path);
-    if (!gguf.ok()) return gguf.status();
-    return LoadGgufTokenizer(**gguf);
+    KNOWD_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(path));
+    return LoadGgufTokenizer(*gguf);
   }
   const size_t first = head.find_first_not_of(" \t\r\n");
   if (first != std::string_view::npos && head[first] == '{') return LoadHfTokenizerJson(path);
-  absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(path);
-  if (!bytes.ok()) return bytes.status();
+  KNOWD_ASSIGN_OR_RETURN(std::string bytes, tokenizer_internal::ReadWholeFile(path));
   absl::StatusOr<tokenizer_internal::SentencePieceModel> model =
-      tokenizer_internal::ParseSentencePieceModel(*bytes, path);
+      tokenizer_internal::ParseSentencePieceModel(bytes, path);
   if (!model.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": not a tokenizer (neither GGUF, tokenizer.json nor a SentencePiece model)"));

@@ -641,9 +641,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufByteLevelBpe(const GgufFile& 
 }  // namespace tokenizer_internal
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerJson(const std::string& path) {
-  absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(path);
-  if (!bytes.ok()) return bytes.status();
-  const nlohmann::json root = nlohmann::json::parse(*bytes, nullptr, /*allow_exceptions=*/false);
+  KNOWD_ASSIGN_OR_RETURN(std::string bytes, tokenizer_internal::ReadWholeFile(path));
+  const nlohmann::json root = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a tokenizer.json (not JSON)"));
   }

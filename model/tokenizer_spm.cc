@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_internal.h"
@@ -541,12 +542,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeSentencePieceTokenizer(SentencePi
 }  // namespace tokenizer_internal
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path) {
-  absl::StatusOr<std::string> bytes = tokenizer_internal::ReadWholeFile(path);
-  if (!bytes.ok()) return bytes.status();
-  absl::StatusOr<tokenizer_internal::SentencePieceModel> model =
-      tokenizer_internal::ParseSentencePieceModel(*bytes, path);
-  if (!model.ok()) return model.status();
-  return tokenizer_internal::MakeSentencePieceTokenizer(*std::move(model), path);
+  KNOWD_ASSIGN_OR_RETURN(std::string bytes, tokenizer_internal::ReadWholeFile(path));
+  KNOWD_ASSIGN_OR_RETURN(tokenizer_internal::SentencePieceModel model,
+                         tokenizer_internal::ParseSentencePieceModel(bytes, path));
+  return tokenizer_internal::MakeSentencePieceTokenizer(std::move(model), path);
 }
 
 }  // namespace knowd

@@ -97,13 +97,11 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
 
   // Resume only a run towards the same target; any other recorded run starts over.
   ReencodeCursor cursor;
-  auto pending = GetMeta(kMetaReencodeTarget);
-  if (!pending.ok()) return pending.status();
-  if (pending->has_value() && **pending == target_bytes) {
-    auto stored = GetMeta(kMetaReencodeCursor);
-    if (!stored.ok()) return stored.status();
-    if (stored->has_value()) {
-      KNOWD_ASSIGN_OR_RETURN(cursor, DecodeCursor(**stored));
+  KNOWD_ASSIGN_OR_RETURN(auto pending, GetMeta(kMetaReencodeTarget));
+  if (pending.has_value() && *pending == target_bytes) {
+    KNOWD_ASSIGN_OR_RETURN(auto stored, GetMeta(kMetaReencodeCursor));
+    if (stored.has_value()) {
+      KNOWD_ASSIGN_OR_RETURN(cursor, DecodeCursor(*stored));
     }
   } else {
     rocksdb::WriteBatch start;
@@ -154,9 +152,8 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
           KNOWD_RETURN_IF_ERROR(
               FromRocks(db_->Get(read, cf_passages_, PassageKey(pids[i] - 1), &value),
                         "re-encode: reading the passage before"));
-          auto previous = DecodePassage(value);
-          if (!previous.ok()) return previous.status();
-          before = std::move(previous->text);
+          KNOWD_ASSIGN_OR_RETURN(auto previous, DecodePassage(value));
+          before = std::move(previous.text);
         }
         const size_t n = std::min<size_t>(r.context_bytes, before.size());
         input = before.substr(before.size() - n);

@@ -270,9 +270,8 @@ absl::Status BankImpl::CheckLayout() {
   LayoutRecord want{
       static_cast<uint32_t>(options_.key_dim), static_cast<uint32_t>(options_.latent_rows),
       static_cast<uint32_t>(options_.latent_cols), static_cast<uint8_t>(options_.metric)};
-  auto stored = GetMeta(kMetaLayout);
-  if (!stored.ok()) return stored.status();
-  if (!stored->has_value()) {
+  KNOWD_ASSIGN_OR_RETURN(auto stored, GetMeta(kMetaLayout));
+  if (!stored.has_value()) {
     // A new bank: record what it is, once, atomically.
     rocksdb::WriteBatch batch;
     batch.Put(cf_meta_, kMetaLayout, EncodeLayout(want));
@@ -283,25 +282,23 @@ absl::Status BankImpl::CheckLayout() {
     next_pid_ = 1;
     return FromRocks(db_->Write(SyncWrite(), &batch), "initializing memory bank");
   }
-  auto have = DecodeLayout(**stored);
-  if (!have.ok()) return have.status();
+  KNOWD_ASSIGN_OR_RETURN(auto have, DecodeLayout(*stored));
   auto mismatch = [&](std::string_view what, uint64_t was, uint64_t asked) {
     return absl::FailedPreconditionError(absl::StrCat(
         "memory bank ", options_.data_dir, " was created with ", AbslView(what), " ", was,
         " but the options ask for ", asked, "; use a new data directory or the original settings"));
   };
-  if (have->key_dim != want.key_dim) return mismatch("key_dim", have->key_dim, want.key_dim);
-  if (have->latent_rows != want.latent_rows) {
-    return mismatch("latent_rows", have->latent_rows, want.latent_rows);
+  if (have.key_dim != want.key_dim) return mismatch("key_dim", have.key_dim, want.key_dim);
+  if (have.latent_rows != want.latent_rows) {
+    return mismatch("latent_rows", have.latent_rows, want.latent_rows);
   }
-  if (have->latent_cols != want.latent_cols) {
-    return mismatch("latent_cols", have->latent_cols, want.latent_cols);
+  if (have.latent_cols != want.latent_cols) {
+    return mismatch("latent_cols", have.latent_cols, want.latent_cols);
   }
-  if (have->metric != want.metric) return mismatch("metric", have->metric, want.metric);
-  auto next = GetMeta(kMetaNextPassageId);
-  if (!next.ok()) return next.status();
-  if (!next->has_value()) return absl::DataLossError("memory bank meta lacks the id counter");
-  KNOWD_ASSIGN_OR_RETURN(next_pid_, DecodeU64(**next));
+  if (have.metric != want.metric) return mismatch("metric", have.metric, want.metric);
+  KNOWD_ASSIGN_OR_RETURN(auto next, GetMeta(kMetaNextPassageId));
+  if (!next.has_value()) return absl::DataLossError("memory bank meta lacks the id counter");
+  KNOWD_ASSIGN_OR_RETURN(next_pid_, DecodeU64(*next));
   return absl::OkStatus();
 }
 
@@ -309,21 +306,18 @@ absl::Status BankImpl::CheckFingerprint() {
   auto stored = GetMeta(kMetaFingerprint);
   if (!stored.ok()) return stored.status();
   if (stored->has_value()) {
-    auto f = DecodeFingerprint(**stored);
-    if (!f.ok()) return f.status();
-    fingerprint_ = {f->adapter_hash, f->base_model_hash};
+    KNOWD_ASSIGN_OR_RETURN(auto f, DecodeFingerprint(**stored));
+    fingerprint_ = {f.adapter_hash, f.base_model_hash};
   }
-  auto pending = GetMeta(kMetaReencodeTarget);
-  if (!pending.ok()) return pending.status();
+  KNOWD_ASSIGN_OR_RETURN(auto pending, GetMeta(kMetaReencodeTarget));
   if (options_.fingerprint.empty()) return absl::OkStatus();  // caller does not encode
-  if (!pending->has_value() && fingerprint_ == options_.fingerprint) return absl::OkStatus();
+  if (!pending.has_value() && fingerprint_ == options_.fingerprint) return absl::OkStatus();
 
   std::string why;
-  if (pending->has_value()) {
-    auto target = DecodeFingerprint(**pending);
-    if (!target.ok()) return target.status();
+  if (pending.has_value()) {
+    KNOWD_ASSIGN_OR_RETURN(auto target, DecodeFingerprint(*pending));
     why = absl::StrCat("memory bank ", options_.data_dir, " has an interrupted re-encode to ",
-                       Describe({target->adapter_hash, target->base_model_hash}),
+                       Describe({target.adapter_hash, target.base_model_hash}),
                        " (its latents are mixed); finish it with `knowd reencode --data-dir ",
                        options_.data_dir, "`, which resumes where it stopped");
   } else {
@@ -383,9 +377,8 @@ absl::Status BankImpl::RebuildVectors(NamespaceMap* namespaces, std::string_view
   std::vector<float> vectors;
   auto flush = [&]() -> absl::Status {
     if (!current.empty() || !ids.empty()) {
-      auto index = VectorIndex::Build(config, ids, vectors);
-      if (!index.ok()) return index.status();
-      (*namespaces)[current].vectors = std::move(*index);
+      KNOWD_ASSIGN_OR_RETURN(auto index, VectorIndex::Build(config, ids, vectors));
+      (*namespaces)[current].vectors = std::move(index);
     }
     ids.clear();
     vectors.clear();

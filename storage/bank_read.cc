@@ -69,21 +69,20 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
         "document '", AbslView(id), "' not found in namespace '", AbslView(name_space), "'"));
   }
   KNOWD_RETURN_IF_ERROR(FromRocks(s, "reading a document"));
-  auto record = DecodeDoc(value);
-  if (!record.ok()) return record.status();
+  KNOWD_ASSIGN_OR_RETURN(auto record, DecodeDoc(value));
 
   Document doc;
   doc.name_space = std::string(name_space);
   doc.id = std::string(id);
-  doc.text = std::move(record->text);
-  doc.metadata = std::move(record->metadata);
-  doc.ingest_time = FromMicros(record->ingest_us);
-  doc.valid_from = OptionalTime(record->valid_from_us);
+  doc.text = std::move(record.text);
+  doc.metadata = std::move(record.metadata);
+  doc.ingest_time = FromMicros(record.ingest_us);
+  doc.valid_from = OptionalTime(record.valid_from_us);
 
-  const size_t n = record->passage_ids.size();
+  const size_t n = record.passage_ids.size();
   std::vector<std::string> key_storage;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
-  for (uint64_t pid : record->passage_ids) {
+  for (uint64_t pid : record.passage_ids) {
     key_storage.push_back(PassageKey(pid));
     key_storage.push_back(KeyKey(name_space, pid));
     if (with_latents) key_storage.push_back(LatentKey(pid));
@@ -101,12 +100,11 @@ absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_
           FromRocks(statuses[i * stride + j],
                     absl::StrCat("document '", AbslView(id), "' passage ", i, " is damaged")));
     }
-    auto passage = DecodePassage(values[i * stride]);
-    if (!passage.ok()) return passage.status();
+    KNOWD_ASSIGN_OR_RETURN(auto passage, DecodePassage(values[i * stride]));
     Passage out;
-    out.id = record->passage_ids[i];
-    out.text = std::move(passage->text);
-    out.context_bytes = passage->context_bytes;
+    out.id = record.passage_ids[i];
+    out.text = std::move(passage.text);
+    out.context_bytes = passage.context_bytes;
     out.key.resize(options_.key_dim);
     KNOWD_RETURN_IF_ERROR(
         DecodeKeyVector(values[i * stride + 1], options_.key_dim, out.key.data()));
@@ -207,21 +205,20 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     for (size_t i = 0; i < keys.size() && static_cast<int>(hits.size()) < request.k; ++i) {
       if (statuses[i].IsNotFound()) continue;
       KNOWD_RETURN_IF_ERROR(FromRocks(statuses[i], "reading a search hit"));
-      auto passage = DecodePassage(values[i]);
-      if (!passage.ok()) return passage.status();
-      if (passage->ns != request.name_space) continue;  // cannot happen; isolation is absolute
+      KNOWD_ASSIGN_OR_RETURN(auto passage, DecodePassage(values[i]));
+      if (passage.ns != request.name_space) continue;  // cannot happen; isolation is absolute
       const Candidate& c = ranked[start + i];
       SearchHit hit;
       hit.passage_id = c.id;
-      hit.doc_id = std::move(passage->doc_id);
-      hit.passage_index = static_cast<int>(passage->index);
+      hit.doc_id = std::move(passage.doc_id);
+      hit.passage_index = static_cast<int>(passage.index);
       hit.score = c.score;
       hit.dense_score = c.dense;
       hit.lexical_score = c.lexical;
       hit.matched_terms = c.matched_terms;
-      hit.ingest_time = FromMicros(passage->ingest_us);
-      hit.valid_from = OptionalTime(passage->valid_from_us);
-      if (request.with_text) hit.text = std::move(passage->text);
+      hit.ingest_time = FromMicros(passage.ingest_us);
+      hit.valid_from = OptionalTime(passage.valid_from_us);
+      if (request.with_text) hit.text = std::move(passage.text);
       hits.push_back(std::move(hit));
     }
   }
@@ -259,9 +256,9 @@ absl::StatusOr<std::vector<std::shared_ptr<const std::vector<float>>>> BankImpl:
       return absl::NotFoundError(absl::StrCat("passage ", pid, " has been forgotten"));
     }
     KNOWD_RETURN_IF_ERROR(FromRocks(statuses[m], "reading latents"));
-    auto latents = DecodeLatents(values[m], options_.latent_rows, options_.latent_cols);
-    if (!latents.ok()) return latents.status();
-    auto shared = std::make_shared<const std::vector<float>>(std::move(*latents));
+    KNOWD_ASSIGN_OR_RETURN(auto latents,
+                           DecodeLatents(values[m], options_.latent_rows, options_.latent_cols));
+    auto shared = std::make_shared<const std::vector<float>>(std::move(latents));
     cache_.Insert(pid, std::string(name_space), shared);
     out[misses[m]] = std::move(shared);
   }
@@ -285,14 +282,13 @@ absl::StatusOr<ScanPage> BankImpl::Scan(std::string_view name_space, std::string
       page.next_start_after = page.documents.back().id;
       break;
     }
-    auto record = DecodeDoc(it->value().ToStringView());
-    if (!record.ok()) return record.status();
+    KNOWD_ASSIGN_OR_RETURN(auto record, DecodeDoc(it->value().ToStringView()));
     DocumentSummary summary;
     summary.id = it->key().ToString().substr(prefix.size());
-    summary.metadata = std::move(record->metadata);
-    summary.ingest_time = FromMicros(record->ingest_us);
-    summary.valid_from = OptionalTime(record->valid_from_us);
-    summary.num_passages = static_cast<int>(record->passage_ids.size());
+    summary.metadata = std::move(record.metadata);
+    summary.ingest_time = FromMicros(record.ingest_us);
+    summary.valid_from = OptionalTime(record.valid_from_us);
+    summary.num_passages = static_cast<int>(record.passage_ids.size());
     page.documents.push_back(std::move(summary));
   }
   KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "scanning documents"));
@@ -380,9 +376,8 @@ absl::Status BankImpl::VerifyIndexes() {
       return fail("the FAISS index", have);
     }
     if (ns->second.lexical != nullptr) {
-      auto have = ns->second.lexical->Ids();
-      if (!have.ok()) return have.status();
-      if (*have != want) return fail("the Xapian index", *have);
+      KNOWD_ASSIGN_OR_RETURN(auto have, ns->second.lexical->Ids());
+      if (have != want) return fail("the Xapian index", have);
     }
   }
   return absl::OkStatus();

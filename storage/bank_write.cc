@@ -86,9 +86,8 @@ absl::StatusOr<std::vector<DocumentAck>> BankImpl::Put(std::span<const Document>
     std::string old_value;
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_passages_, doc_key, &old_value);
     if (s.ok()) {
-      auto old = DecodeDoc(old_value);
-      if (!old.ok()) return old.status();
-      DeleteDocument(doc.name_space, *old, &wb, &delta);
+      KNOWD_ASSIGN_OR_RETURN(auto old, DecodeDoc(old_value));
+      DeleteDocument(doc.name_space, old, &wb, &delta);
       ack.replaced = true;
     } else if (!s.IsNotFound()) {
       return FromRocks(s, "reading the previous version of a document");
@@ -143,9 +142,8 @@ absl::StatusOr<int> BankImpl::Delete(std::string_view name_space, std::span<cons
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_passages_, doc_key, &value);
     if (s.IsNotFound()) continue;
     KNOWD_RETURN_IF_ERROR(FromRocks(s, "reading a document to forget"));
-    auto record = DecodeDoc(value);
-    if (!record.ok()) return record.status();
-    DeleteDocument(name_space, *record, &wb, &delta);
+    KNOWD_ASSIGN_OR_RETURN(auto record, DecodeDoc(value));
+    DeleteDocument(name_space, record, &wb, &delta);
     wb.Delete(cf_passages_, doc_key);
     ++removed;
   }

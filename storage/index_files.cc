@@ -163,14 +163,13 @@ absl::Status BankImpl::LoadIndexFiles(const std::string& dir, uint64_t seqno,
           Crc32(*bytes) != entry.at("crc32").get<uint32_t>()) {
         return absl::DataLossError(absl::StrCat(path, " is corrupt (size or CRC mismatch)"));
       }
-      auto index = VectorIndex::Deserialize(VectorConfig(), *bytes);
-      if (!index.ok()) return index.status();
-      if (static_cast<uint64_t>((*index)->size()) != ns->second.counts.passages) {
-        return absl::DataLossError(absl::StrCat(path, " holds ", (*index)->size(),
+      KNOWD_ASSIGN_OR_RETURN(auto index, VectorIndex::Deserialize(VectorConfig(), *bytes));
+      if (static_cast<uint64_t>((index)->size()) != ns->second.counts.passages) {
+        return absl::DataLossError(absl::StrCat(path, " holds ", (index)->size(),
                                                 " vectors, the database ",
                                                 ns->second.counts.passages));
       }
-      ns->second.vectors = std::move(*index);
+      ns->second.vectors = std::move(index);
     }
     if (seen.size() != namespaces->size()) {
       return absl::DataLossError("index manifest lacks some namespaces of the database");

@@ -69,16 +69,15 @@ VectorIndex::~VectorIndex() = default;
 absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorIndexConfig& config,
                                                                 std::span<const uint64_t> ids,
                                                                 std::span<const float> vectors) {
-  auto probe = MakeEmpty(config, /*flat=*/false);
-  if (!probe.ok()) return probe.status();
+  KNOWD_ASSIGN_OR_RETURN(auto probe, MakeEmpty(config, /*flat=*/false));
   const auto n = static_cast<int64_t>(ids.size());
-  const bool needs_training = !(*probe)->is_trained;
+  const bool needs_training = !(probe)->is_trained;
   const bool fallback = needs_training && n < std::max<int64_t>(config.train_min, 1);
   std::unique_ptr<faiss::IndexIDMap2> index;
   if (fallback) {
     KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true));
   } else {
-    index = std::move(*probe);
+    index = std::move(probe);
   }
   bool training_failed = false;
   if (needs_training && !fallback) {
