@@ -348,12 +348,12 @@ absl::Status RunStorageBench(const StorageBenchOptions& o) {
     const double dn = static_cast<double>(b.entries - (a ? a->entries : 0));
     const double disk = (static_cast<double>(b.disk_bytes) - (a ? a->disk_bytes : 0)) / dn;
     const double ram = (static_cast<double>(b.open_rss_bytes) - (a ? a->open_rss_bytes : 0)) / dn;
-    per_passage = {{"from_entries", a ? nlohmann::json{a->entries, b.entries}
-                                      : nlohmann::json{b.entries}},
-                   {"disk_bytes", disk},
-                   {"ram_bytes", ram},
-                   {"passages_per_gb_disk", disk > 0 ? 1e9 / disk : 0.0},
-                   {"passages_per_gb_ram", ram > 0 ? 1e9 / ram : 0.0}};
+    per_passage = {
+        {"from_entries", a ? nlohmann::json{a->entries, b.entries} : nlohmann::json{b.entries}},
+        {"disk_bytes", disk},
+        {"ram_bytes", ram},
+        {"passages_per_gb_disk", disk > 0 ? 1e9 / disk : 0.0},
+        {"passages_per_gb_ram", ram > 0 ? 1e9 / ram : 0.0}};
     std::printf(
         "per passage (%s): %.0f bytes on disk, %.0f bytes of RAM (resident growth of the "
         "opened bank); %.2fM passages per GB of disk, %.2fM per GB of RAM\n",
