@@ -131,7 +131,27 @@ void ScoreBlock(const float* q, const float* key_t, int head_dim, int count, flo
 // than transposing the block when few (row, head) pairs share it (decode without GQA).
 void ScoreRows(const float* q, const float* k, int64_t kv_stride, int head_dim, int count,
                float* scores) {
-  for (int j = 0; j < count; ++j) {
+  // Four keys per sweep: q is loaded once for the four, and their sums stay in registers.
+  int j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const float* k0 = k + j * kv_stride;
+    const float* k1 = k0 + kv_stride;
+    const float* k2 = k1 + kv_stride;
+    const float* k3 = k2 + kv_stride;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int d = 0; d < head_dim; ++d) {
+      s0 += q[d] * k0[d];
+      s1 += q[d] * k1[d];
+      s2 += q[d] * k2[d];
+      s3 += q[d] * k3[d];
+    }
+    scores[j] = s0;
+    scores[j + 1] = s1;
+    scores[j + 2] = s2;
+    scores[j + 3] = s3;
+  }
+  for (; j < count; ++j) {
     const float* key = k + j * kv_stride;
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
@@ -401,7 +421,7 @@ class CpuBackend final : public Backend {
     const int64_t work = int64_t{a.n_queries} * a.n_heads * keys * a.head_dim;
 #pragma omp parallel num_threads(threads_) if (work >= kParallelMin)
     {
-      AttentionScratch scratch;
+      thread_local AttentionScratch scratch;  // kept between calls: no allocation per step
       // Last tiles first: their rows see the most keys, so the dynamic schedule ends with short
       // tasks and the threads finish together.
 #pragma omp for schedule(dynamic, 1)
