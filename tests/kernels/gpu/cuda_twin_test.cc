@@ -64,7 +64,8 @@ class CudaTwinTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<Backend>> gpu = MakeCudaBackend(0);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = *std::move(gpu);
-    cpu_ = MakeCpuBackend();
+    // The exact products: the GPU does not quantize activations.
+    cpu_ = MakeCpuBackend(CpuOptions{.int8_activations = false});
   }
 
   void TearDown() override {

@@ -42,7 +42,7 @@ TEST(AdapterGpu, CodesAndPrefixesMatchTheCpu) {
   if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
   auto cuda = MakeCudaBackend(0);
   ASSERT_TRUE(cuda.ok()) << cuda.status();
-  auto cpu = MakeCpuBackend();
+  auto cpu = MakeCpuBackend(CpuOptions{.int8_activations = false});  // as the GPU: exact products
   auto tokenizer = LoadTokenizer(kBundle + "/tokenizer.model");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   std::vector<std::vector<int32_t>> passages;
