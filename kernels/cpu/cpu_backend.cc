@@ -127,30 +127,33 @@ void ScoreBlock(const float* q, const float* key_t, int head_dim, int count, flo
   AddWeightedRows(q, key_t, kAttentionBlock, head_dim, count, scores);
 }
 
+// out[r] = a · row r of b for four rows `stride` apart, n elements each: a is loaded once for the
+// four, and their sums stay in registers.
+void DotFourRows(const float* a, const float* b, int64_t stride, int n, float out[4]) {
+  const float* b0 = b;
+  const float* b1 = b0 + stride;
+  const float* b2 = b1 + stride;
+  const float* b3 = b2 + stride;
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int t = 0; t < n; ++t) {
+    s0 += a[t] * b0[t];
+    s1 += a[t] * b1[t];
+    s2 += a[t] * b2[t];
+    s3 += a[t] * b3[t];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
 // scores[j] = q · key_j for `count` key rows starting at `k`, one dot product per key: cheaper
 // than transposing the block when few (row, head) pairs share it (decode without GQA).
 void ScoreRows(const float* q, const float* k, int64_t kv_stride, int head_dim, int count,
                float* scores) {
-  // Four keys per sweep: q is loaded once for the four, and their sums stay in registers.
   int j = 0;
-  for (; j + 4 <= count; j += 4) {
-    const float* k0 = k + j * kv_stride;
-    const float* k1 = k0 + kv_stride;
-    const float* k2 = k1 + kv_stride;
-    const float* k3 = k2 + kv_stride;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int d = 0; d < head_dim; ++d) {
-      s0 += q[d] * k0[d];
-      s1 += q[d] * k1[d];
-      s2 += q[d] * k2[d];
-      s3 += q[d] * k3[d];
-    }
-    scores[j] = s0;
-    scores[j + 1] = s1;
-    scores[j + 2] = s2;
-    scores[j + 3] = s3;
-  }
+  for (; j + 4 <= count; j += 4) DotFourRows(q, k + j * kv_stride, kv_stride, head_dim, scores + j);
   for (; j < count; ++j) {
     const float* key = k + j * kv_stride;
     float dot = 0.0f;
@@ -529,25 +532,14 @@ class CpuBackend final : public Backend {
                                int m, int n, int k, bool accumulate) {
     int j = 0;
     for (; j + 4 <= n; j += 4) {
-      const float* w0 = w + int64_t{j} * k;
-      const float* w1 = w0 + k;
-      const float* w2 = w1 + k;
-      const float* w3 = w2 + k;
       for (int i = 0; i < m; ++i) {
-        const float* xi = x + i * ldx;
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (int t = 0; t < k; ++t) {
-          a0 += xi[t] * w0[t];
-          a1 += xi[t] * w1[t];
-          a2 += xi[t] * w2[t];
-          a3 += xi[t] * w3[t];
-        }
+        float a[4];
+        DotFourRows(x + i * ldx, w + int64_t{j} * k, k, k, a);
         float* yi = y + i * ldy + j;
-        yi[0] = a0 + (accumulate ? yi[0] : 0.0f);
-        yi[1] = a1 + (accumulate ? yi[1] : 0.0f);
-        yi[2] = a2 + (accumulate ? yi[2] : 0.0f);
-        yi[3] = a3 + (accumulate ? yi[3] : 0.0f);
+        yi[0] = a[0] + (accumulate ? yi[0] : 0.0f);
+        yi[1] = a[1] + (accumulate ? yi[1] : 0.0f);
+        yi[2] = a[2] + (accumulate ? yi[2] : 0.0f);
+        yi[3] = a[3] + (accumulate ? yi[3] : 0.0f);
       }
     }
     for (; j < n; ++j) {

@@ -21,6 +21,25 @@ std::vector<nlohmann::json> JsonLines(const std::string& out) {
   return lines;
 }
 
+// A question of the world's test split about `passage_id` that the oracle answers, or null.
+const WorldQuestion* OracleQuestionAbout(const std::vector<WorldQuestion>& questions,
+                                         const std::string& passage_id) {
+  for (const WorldQuestion& q : questions) {
+    if (q.passage_id == passage_id && q.oracle_correct) return &q;
+  }
+  return nullptr;
+}
+
+// `knowctl ask --mode rag --retrieval lexical --json` of `question` (`knowctl`: the command and its
+// connection flags): the parsed answer, not an object when the command failed or printed no JSON.
+nlohmann::json AskRagJson(const std::string& knowctl, const WorldQuestion& question,
+                          CommandResult* result) {
+  *result = RunCommand(knowctl + "ask " + ShellQuote(question.question) +
+                       " --mode rag --retrieval lexical --json");
+  EXPECT_EQ(result->exit_code, 0) << result->out;
+  return nlohmann::json::parse(result->out, nullptr, false);
+}
+
 TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
   TempDir dir;
   auto started = DaemonProcess::Start(dir.path() + "/data");
@@ -70,18 +89,10 @@ TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
 
   // ask --json: the answer, the mode and the passage cited.
   const std::vector<WorldQuestion> questions = LoadWorldQuestions();
-  const WorldQuestion* question = nullptr;
-  for (const WorldQuestion& q : questions) {
-    if (q.passage_id == passages[3].id && q.oracle_correct) {
-      question = &q;
-      break;
-    }
-  }
+  const WorldQuestion* question = OracleQuestionAbout(questions, passages[3].id);
   ASSERT_NE(question, nullptr);
-  CommandResult ask = RunCommand(knowctl + "ask " + ShellQuote(question->question) +
-                                 " --mode rag --retrieval lexical --json");
-  ASSERT_EQ(ask.exit_code, 0) << ask.out;
-  const nlohmann::json answer = nlohmann::json::parse(ask.out, nullptr, false);
+  CommandResult ask;
+  const nlohmann::json answer = AskRagJson(knowctl, *question, &ask);
   ASSERT_TRUE(answer.is_object()) << ask.out;
   EXPECT_EQ(answer["mode"], "ASK_MODE_RAG");
   EXPECT_EQ(NormalizeAnswer(answer["answer"]), NormalizeAnswer(question->answer)) << ask.out;
@@ -260,18 +271,10 @@ TEST(Knowctl, AskSaysNothingInMemoryAboutSomeoneNeverStored) {
 
   // A stored person: answered, not abstained on.
   const std::vector<WorldQuestion> questions = LoadWorldQuestions();
-  const WorldQuestion* known = nullptr;
-  for (const WorldQuestion& q : questions) {
-    if (q.passage_id == passages[2].id && q.oracle_correct) {
-      known = &q;
-      break;
-    }
-  }
+  const WorldQuestion* known = OracleQuestionAbout(questions, passages[2].id);
   ASSERT_NE(known, nullptr);
-  CommandResult answered = RunCommand(knowctl + "ask " + ShellQuote(known->question) +
-                                      " --mode rag --retrieval lexical --json");
-  ASSERT_EQ(answered.exit_code, 0) << answered.out;
-  const nlohmann::json answer = nlohmann::json::parse(answered.out, nullptr, false);
+  CommandResult answered;
+  const nlohmann::json answer = AskRagJson(knowctl, *known, &answered);
   ASSERT_TRUE(answer.is_object()) << answered.out;
   EXPECT_EQ(answer.value("nothing_in_memory", false), false) << answered.out;
   EXPECT_EQ(NormalizeAnswer(answer.value("answer", "")), NormalizeAnswer(known->answer))

@@ -215,19 +215,7 @@ TEST(Subject, LexicalHitsOnTheBestHitsSubjectAreMarked) {
   auto opened = storage::MemoryBank::Open(storage::testing::TestOptions(dir.path()));
   ASSERT_TRUE(opened.ok()) << opened.status();
   std::unique_ptr<storage::MemoryBank> bank = *std::move(opened);
-  using storage::testing::MakeDoc;
-  std::vector<storage::Document> docs;
-  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("filler-", i), 0, 1));
-  for (int i = 0; i < 10; ++i) {
-    docs[i].passages[0].text = absl::StrCat("Person", i, " has made a home in Town", i, ".");
-  }
-  auto add = [&](const std::string& id, const std::string& text) {
-    docs.push_back(MakeDoc("ns", id, 0, 1));
-    docs.back().passages[0].text = text;
-  };
-  add("velka", "Velka Keslemul has made a home in Celxi. Velka's pet is a ferret.");
-  add("velka-update", "Velka Keslemul no longer lives in Celxi; she now lives in Pemoos.");
-  add("stoul", "Stoul Sasen has made a home in Celxi.");
+  std::vector<storage::Document> docs = storage::testing::NamesFixture();
   ASSERT_TRUE(bank->Put(docs).ok());
 
   storage::SearchRequest req;
@@ -255,6 +243,10 @@ TEST(Subject, LexicalHitsOnTheBestHitsSubjectAreMarked) {
   // A person is their whole name: with Ithhul a common city (in 14 of 250 passages, over 4x as
   // many as Voqua's 3), Ithhul Voqua's subject is still both names, not Voqua Wynlem's.
   docs.clear();
+  auto add = [&](const std::string& id, const std::string& text) {
+    docs.push_back(storage::testing::MakeDoc("ns", id, 0, 1));
+    docs.back().passages[0].text = text;
+  };
   for (int i = 0; i < 200; ++i) {  // a stream's worth of other people
     add(absl::StrCat("other-", i),
         absl::StrCat("Worker", i, " works at Firm", i, ". Their hobby is chess."));

@@ -99,4 +99,23 @@ inline Document MakeDoc(const std::string& ns, const std::string& id, int versio
   return d;
 }
 
+// One-passage documents in namespace "ns" for lexical search by names: 20 fillers (the first 10
+// about Person<i> in Town<i>), then "velka", "velka-update" (she moved from Celxi to Pemoos) and
+// "stoul" (also in Celxi).
+inline std::vector<Document> NamesFixture() {
+  std::vector<Document> docs;
+  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("filler-", i), 0, 1));
+  for (int i = 0; i < 10; ++i) {
+    docs[i].passages[0].text = absl::StrCat("Person", i, " has made a home in Town", i, ".");
+  }
+  auto add = [&](const std::string& id, const std::string& text) {
+    docs.push_back(MakeDoc("ns", id, 0, 1));
+    docs.back().passages[0].text = text;
+  };
+  add("velka", "Velka Keslemul has made a home in Celxi. Velka's pet is a ferret.");
+  add("velka-update", "Velka Keslemul no longer lives in Celxi; she now lives in Pemoos.");
+  add("stoul", "Stoul Sasen has made a home in Celxi.");
+  return docs;
+}
+
 }  // namespace knowd::storage::testing

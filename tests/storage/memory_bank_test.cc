@@ -398,18 +398,7 @@ TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
 TEST(MemoryBankTest, LexicalTermsSayWhatTheQueryAndEachHitMatch) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
-  std::vector<Document> docs;
-  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("filler-", i), 0, 1));
-  for (int i = 0; i < 10; ++i) {
-    docs[i].passages[0].text = absl::StrCat("Person", i, " has made a home in Town", i, ".");
-  }
-  auto add = [&](const std::string& id, const std::string& text) {
-    docs.push_back(MakeDoc("ns", id, 0, 1));
-    docs.back().passages[0].text = text;
-  };
-  add("velka", "Velka Keslemul has made a home in Celxi. Velka's pet is a ferret.");
-  add("velka-update", "Velka Keslemul no longer lives in Celxi; she now lives in Pemoos.");
-  add("stoul", "Stoul Sasen has made a home in Celxi.");
+  const std::vector<Document> docs = testing::NamesFixture();
   ASSERT_TRUE(bank->Put(docs).ok());
 
   SearchRequest req = QueryFor(docs[0], 0, 10);
