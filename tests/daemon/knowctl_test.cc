@@ -42,10 +42,9 @@ nlohmann::json AskRagJson(const std::string& knowctl, const WorldQuestion& quest
 
 TEST(Knowctl, IngestsADirectoryAsksSearchesAndForgets) {
   TempDir dir;
-  auto started = DaemonProcess::Start(dir.path() + "/data");
-  ASSERT_TRUE(started.ok()) << started.status();
-  auto& daemon = **started;
-  ASSERT_TRUE(WaitUntilServing(Options(daemon)).ok()) << daemon.log();
+  std::unique_ptr<DaemonProcess> started = StartServingOrFail(dir.path() + "/data");
+  ASSERT_NE(started, nullptr);
+  DaemonProcess& daemon = *started;
 
   // A directory of .txt/.md documents (one nested) and a .jsonl with the rest; other files are
   // skipped.
@@ -180,10 +179,9 @@ TEST(Knowctl, TokenAndMutualTlsFromFlagsAndEnvironment) {
 
 TEST(Knowctl, LoadMixesForgetIntoItsCallsAndWritesAReport) {
   TempDir dir;
-  auto started = DaemonProcess::Start(dir.path() + "/data");
-  ASSERT_TRUE(started.ok()) << started.status();
-  auto& daemon = **started;
-  ASSERT_TRUE(WaitUntilServing(Options(daemon)).ok()) << daemon.log();
+  std::unique_ptr<DaemonProcess> started = StartServingOrFail(dir.path() + "/data");
+  ASSERT_NE(started, nullptr);
+  DaemonProcess& daemon = *started;
   const std::string knowctl = kKnowctlBinary + " --server " + daemon.grpc_target() + " ";
   const std::string report_path = dir.path() + "/load.json";
   CommandResult load = RunCommand(knowctl +
@@ -222,10 +220,9 @@ TEST(Knowctl, LoadMixesForgetIntoItsCallsAndWritesAReport) {
 // answered.
 TEST(Knowctl, AskSaysNothingInMemoryAboutSomeoneNeverStored) {
   TempDir dir;
-  auto started = DaemonProcess::Start(dir.path() + "/data");
-  ASSERT_TRUE(started.ok()) << started.status();
-  auto& daemon = **started;
-  ASSERT_TRUE(WaitUntilServing(Options(daemon)).ok()) << daemon.log();
+  std::unique_ptr<DaemonProcess> started = StartServingOrFail(dir.path() + "/data");
+  ASSERT_NE(started, nullptr);
+  DaemonProcess& daemon = *started;
   const std::string knowctl = kKnowctlBinary + " --server " + daemon.grpc_target() + " ";
   const std::vector<WorldPassage> passages = LoadWorldPassages();
   {
