@@ -190,11 +190,8 @@ KNOWD_HD inline float Q8_0DotActivations(const uint8_t* block, const int8_t* x, 
 
 // Σ w_j·x_j over one q4_0 weight block and 32 activation codes of scale dx.
 KNOWD_HD inline float Q4_0DotActivations(const uint8_t* block, const int8_t* x, float dx) {
-  const uint8_t* qs = block + 2;
   int32_t sum = 0;
-  for (int j = 0; j < 16; ++j) {
-    sum += ((qs[j] & 0x0f) - 8) * x[j] + ((qs[j] >> 4) - 8) * x[j + 16];
-  }
+  for (int j = 0; j < kQ4_0BlockSize; ++j) sum += (Q4_0Code(block + 2, j) - 8) * x[j];
   return Q8_0BlockScale(block) * dx * static_cast<float>(sum);
 }
 
