@@ -112,11 +112,41 @@ class BoundedQueue {
 // next Forget refused (RESOURCE_EXHAUSTED) and its Ingest streams stop reading until one of its
 // writes completes: it waits on itself, while other clients' writes keep their places.
 //
+// It also paces each client's Forget calls to a rate (a token bucket holding a second's worth):
+// a call past it waits its turn, holding no permit, instead of being answered at once. A refusal
+// costs the daemon as much gRPC work as an answer, so only a wait slows a client that re-sends
+// at once; the rest of the cores stay with the other clients' questions.
+//
 // Thread-safety: every method may be called from any thread.
 class ClientWriteLimiter {
  public:
-  // `cap` <= 0: no limit.
-  explicit ClientWriteLimiter(int cap) : cap_(cap) {}
+  // `cap` <= 0: no limit; `forgets_per_second` <= 0: no pacing.
+  explicit ClientWriteLimiter(int cap, double forgets_per_second = 0)
+      : cap_(cap), forgets_per_second_(forgets_per_second) {}
+
+  // Reserves the turn of one of `client`'s Forget calls at `now`: how long the call must wait
+  // for it (zero within the rate). CancelForget gives back a turn the call will not use.
+  absl::Duration ReserveForget(const std::string& client, absl::Time now) {
+    if (forgets_per_second_ <= 0) return absl::ZeroDuration();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (buckets_.size() > kMaxBuckets) DropFullBucketsLocked(now);
+    auto [it, fresh] = buckets_.try_emplace(client, Bucket{forgets_per_second_, now});
+    Bucket& bucket = it->second;
+    if (!fresh) {
+      bucket.tokens = std::min(
+          forgets_per_second_,
+          bucket.tokens + absl::ToDoubleSeconds(now - bucket.refilled) * forgets_per_second_);
+      bucket.refilled = now;
+    }
+    bucket.tokens -= 1;
+    return bucket.tokens >= 0 ? absl::ZeroDuration()
+                              : absl::Seconds(-bucket.tokens / forgets_per_second_);
+  }
+  void CancelForget(const std::string& client) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = buckets_.find(client); it != buckets_.end()) it->second.tokens += 1;
+  }
+  double forgets_per_second() const { return forgets_per_second_; }
 
   // Takes one write permit of `client`; RESOURCE_EXHAUSTED when it has `cap` writes in flight.
   absl::Status TryAcquire(const std::string& client) {
@@ -164,10 +194,27 @@ class ClientWriteLimiter {
   int cap() const { return cap_; }
 
  private:
+  struct Bucket {
+    double tokens;  // negative: turns reserved ahead
+    absl::Time refilled;
+  };
+  // Buckets kept before the full ones (clients idle for a second) are dropped.
+  static constexpr size_t kMaxBuckets = 4096;
+
+  void DropFullBucketsLocked(absl::Time now) {
+    for (auto it = buckets_.begin(); it != buckets_.end();) {
+      const double tokens = it->second.tokens +
+                            absl::ToDoubleSeconds(now - it->second.refilled) * forgets_per_second_;
+      it = tokens >= forgets_per_second_ ? buckets_.erase(it) : std::next(it);
+    }
+  }
+
   const int cap_;
+  const double forgets_per_second_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, int> in_flight_;  // clients with writes in flight only
+  std::map<std::string, Bucket> buckets_;
 };
 
 // One write permit of a ClientWriteLimiter, given back when destroyed: a job holds it from its

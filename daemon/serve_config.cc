@@ -84,6 +84,9 @@ const std::vector<Key>& Keys() {
       {"client-writes-in-flight", &ServeConfig::client_writes_in_flight, 0,
        "documents and Forgets one client (token, else connection) may have in flight; more "
        "Forgets get RESOURCE_EXHAUSTED, its streams wait (0: no limit)"},
+      {"client-forgets-per-second", &ServeConfig::client_forgets_per_second, 0,
+       "Forget calls per second one client (token, else connection) is served at; the calls "
+       "past it wait their turn (0: no limit)"},
       {"drain-timeout", &ServeConfig::drain_timeout, 0, "seconds in-flight calls get at shutdown"},
       {"default-top-k", &ServeConfig::default_top_k, 1, "passages retrieved when top_k is 0"},
       {"subject-passages", &ServeConfig::subject_passages, 0,

@@ -72,6 +72,9 @@ struct ServeConfig {
   // have queued or in progress; past it Forgets get RESOURCE_EXHAUSTED and its Ingest streams
   // wait (0: no limit).
   int client_writes_in_flight = 128;
+  // Forget calls per second one client is served at; past it a call waits its turn (up to its
+  // deadline, else RESOURCE_EXHAUSTED with a retry hint). A call may name many ids (0: no limit).
+  double client_forgets_per_second = 1000;
   double drain_timeout = 30;  // seconds in-flight calls get at shutdown
 
   // Answer defaults (used when a request leaves them 0).

@@ -51,6 +51,8 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kServiceName = "knowd.v1.KnowledgeService";
+// Threads gRPC keeps waiting for calls after a burst (see the builder below).
+constexpr int kMaxIdleGrpcThreads = 256;
 
 int Fail(int code, const absl::Status& status) {
   spdlog::error("knowd serve: {}", std::string(status.message()));
@@ -325,7 +327,8 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   limits.passage_overlap_tokens = config.passage_overlap_tokens;
   limits.max_position_embeddings = lm.max_position_embeddings;
   limits.ingest_in_flight_per_stream = std::max(8, 2 * config.ingest_max_batch);
-  ClientWriteLimiter client_writes(config.client_writes_in_flight);
+  ClientWriteLimiter client_writes(config.client_writes_in_flight,
+                                   config.client_forgets_per_second);
   KnowledgeServiceImpl service(&scheduler, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
                                &metrics, info, limits, &client_writes);
 
@@ -357,6 +360,13 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  // gRPC's sync server ends a thread whose call finished once more than MAX_POLLERS poll, and
+  // starts one for each call that finds none: under a flood of short calls (thousands of Forgets
+  // a second) that is a thread created and destroyed per call, stack faults and TLB shootdowns
+  // included, on the cores questions need. Idle pollers cost nothing but their stacks.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                              kMaxIdleGrpcThreads);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {

@@ -645,6 +645,25 @@ absl::Status KnowledgeServiceImpl::DoForget(grpc::ServerContext* context,
   };
   if (writes_ != nullptr) {
     const std::string client = ClientKey(context);
+    // The client's turn under its Forget rate: waited for here, holding no permit.
+    const absl::Time now = absl::Now();
+    if (const absl::Duration wait = writes_->ReserveForget(client, now);
+        wait > absl::ZeroDuration()) {
+      if (now + wait > job->deadline) {
+        writes_->CancelForget(client);
+        metrics_->CountRejected("client_forget_rate");
+        context->AddTrailingMetadata(
+            "retry-after-ms", absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(wait))));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("this client's Forget calls are past client-forgets-per-second (",
+                         writes_->forgets_per_second(), "); its turn is ",
+                         absl::FormatDuration(wait), " away, past the call's deadline"));
+      }
+      for (const absl::Time turn = now + wait; absl::Now() < turn;) {
+        if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
+        absl::SleepFor(std::min(turn - absl::Now(), kCancelPoll));
+      }
+    }
     if (absl::Status s = writes_->TryAcquire(client); !s.ok()) {
       metrics_->CountRejected("client_writes");
       return refuse(s);

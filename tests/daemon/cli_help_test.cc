@@ -196,6 +196,7 @@ TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {
                                           "--ask-queue-size",
                                           "--ask-hold-ms",
                                           "--client-writes-in-flight",
+                                          "--client-forgets-per-second",
                                           "--drain-timeout",
                                           "--default-top-k",
                                           "--subject-passages",

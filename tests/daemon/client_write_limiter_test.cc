@@ -60,5 +60,33 @@ TEST(ClientWriteLimiter, CapZeroLimitsNothing) {
   EXPECT_EQ(limiter.in_flight("a"), 10001);
 }
 
+TEST(ClientWriteLimiter, PacesEachClientsForgetsToItsRate) {
+  ClientWriteLimiter limiter(0, 10);  // 10 Forget calls a second, a second's worth at once
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(limiter.ReserveForget("a", t0), absl::ZeroDuration());
+  EXPECT_EQ(limiter.ReserveForget("a", t0), absl::Milliseconds(100));
+  EXPECT_EQ(limiter.ReserveForget("a", t0), absl::Milliseconds(200));
+  // Another client has its own turns.
+  EXPECT_EQ(limiter.ReserveForget("b", t0), absl::ZeroDuration());
+  // A turn given back is the next caller's.
+  limiter.CancelForget("a");
+  EXPECT_EQ(limiter.ReserveForget("a", t0), absl::Milliseconds(200));
+  // A second later 10 more turns have come: the 2 reserved ahead are taken from them.
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(limiter.ReserveForget("a", t0 + absl::Seconds(1)), absl::ZeroDuration());
+  }
+  EXPECT_EQ(limiter.ReserveForget("a", t0 + absl::Seconds(1)), absl::Milliseconds(100));
+  // Idle for long, it holds a second's worth again, not more.
+  const absl::Time later = t0 + absl::Seconds(60);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(limiter.ReserveForget("a", later), absl::ZeroDuration());
+  EXPECT_GT(limiter.ReserveForget("a", later), absl::ZeroDuration());
+}
+
+TEST(ClientWriteLimiter, NoRateMeansNoWait) {
+  ClientWriteLimiter limiter(0, 0);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  for (int i = 0; i < 10000; ++i) ASSERT_EQ(limiter.ReserveForget("a", t0), absl::ZeroDuration());
+}
+
 }  // namespace
 }  // namespace knowd
