@@ -5,6 +5,7 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -702,6 +703,172 @@ absl::StatusOr<std::vector<T>> ReadJsonl(const std::string& path, F parse) {
   return out;
 }
 
+// ---- the paraphrase split -------------------------------------------------------------------
+
+// A question phrasing of the paraphrase split. {N} names the person (a name, or a description
+// unless the template takes the possessive "{N}'s").
+struct ParaphraseTemplate {
+  const char* text;
+  bool synonym;    // names the relation with words the plain templates do not use
+  bool reordered;  // the asked-for part is not in front
+};
+
+const std::vector<std::vector<ParaphraseTemplate>>& ParaphraseTemplates() {
+  static const auto* t = new std::vector<std::vector<ParaphraseTemplate>>{
+      {{"{N} was born in which city?", false, true},
+       {"In what place did {N}'s life begin?", true, false},
+       {"Which place is {N} originally from?", true, false},
+       {"{N} first saw the light of day in which place?", true, true},
+       {"Where did {N} come into the world?", true, false},
+       {"What is the native city of {N}?", true, false}},
+      {{"{N} was born in what year?", false, true},
+       {"When did {N}'s life begin?", true, false},
+       {"{N} came into the world in which year?", true, true},
+       {"In which year did the life of {N} begin?", true, false},
+       {"{N} first saw the light of day when?", true, true}},
+      {{"{N} lives in which city?", false, true},
+       {"Where does {N} reside?", true, false},
+       {"{N} calls which place home?", true, true},
+       {"In which place has {N} settled?", true, false},
+       {"{N} is currently based in which place?", true, true},
+       {"Where is the residence of {N}?", true, false}},
+      {{"{N} works for which company?", false, true},
+       {"Which organisation is {N} on the payroll of?", true, false},
+       {"{N} draws a salary from which organisation?", true, true},
+       {"Who pays the wages of {N}?", true, false},
+       {"{N} is employed by which company?", false, true},
+       {"For which firm does {N} labour?", true, false}},
+      {{"{N} works as what?", false, true},
+       {"What is the vocation of {N}?", true, false},
+       {"How does {N} make money?", true, false},
+       {"{N} is in what line of business?", true, true},
+       {"What kind of professional is {N}?", true, false}},
+      {{"{N} studied at which school?", false, true},
+       {"Where was {N} educated?", true, false},
+       {"{N} earned a diploma from which institution?", true, true},
+       {"Which institution is the alma mater of {N}?", true, false},
+       {"At which institution did {N} get an education?", true, false}},
+      {{"{N} is married to whom?", false, true},
+       {"Who is {N}'s wife or husband?", true, false},
+       {"Who is the partner of {N}?", true, false},
+       {"To whom is {N} wed?", true, false},
+       {"{N} tied the knot with whom?", true, true}},
+      {{"{N}'s pet is called what?", false, true},
+       {"What does {N}'s animal companion answer to?", true, false},
+       {"The animal that {N} looks after goes by what?", true, true},
+       {"What do people call the pet of {N}?", true, false},
+       {"What is the pet of {N} known as?", true, false}},
+      {{"{N} enjoys which activity?", false, true},
+       {"What pastime does {N} pursue?", true, false},
+       {"Which recreation is {N} fond of?", true, false},
+       {"How does {N} like to spend leisure hours?", true, false},
+       {"{N} is keen on which leisure activity?", true, true}},
+  };
+  return *t;
+}
+
+// A description of a person by facts of their passage: {0}, {1} are the values of `rels`.
+struct DescriptionTemplate {
+  std::vector<Rel> rels;
+  std::vector<const char*> phrasings;
+};
+
+const std::vector<DescriptionTemplate>& DescriptionTemplates() {
+  static const auto* t = new std::vector<DescriptionTemplate>{
+      {{kBirthplace, kBirthYear},
+       {"the person who came into the world in {0} in {1}",
+        "the native of {0} whose life began in {1}"}},
+      {{kPet}, {"the owner of the pet {0}", "the person whose animal answers to {0}"}},
+      {{kSpouse}, {"the partner of {0}", "the person wed to {0}"}},
+      {{kOccupation, kEmployer},
+       {"the {0} on the payroll of {1}", "the {0} who draws a salary from {1}"}},
+      {{kEmployer, kHobby},
+       {"the {0} employee who is fond of {1}",
+        "the person on the payroll of {0} whose pastime is {1}"}},
+      {{kOccupation, kHometown}, {"the {0} residing in {1}", "the {0} based in {1}"}},
+      {{kOccupation, kUniversity},
+       {"the {0} educated at {1}", "the {0} who holds a diploma from {1}"}},
+      {{kUniversity, kBirthYear}, {"the alum of {0} whose life began in {1}"}},
+      {{kBirthplace, kHobby}, {"the native of {0} who is fond of {1}"}},
+      {{kHometown, kHobby}, {"the {0} resident who is fond of {1}"}},
+      {{kOccupation, kBirthYear}, {"the {0} whose life began in {1}"}},
+  };
+  return *t;
+}
+
+// Function words: a question may share these with its passage and still share no content word.
+bool IsStopWord(std::string_view w) {
+  static const auto* words = new std::set<std::string_view>{
+      "a",     "an",   "the",   "of",    "in",    "at",    "to",   "for",   "by",   "on",
+      "from",  "with", "and",   "or",    "as",    "into",  "is",   "was",   "are",  "were",
+      "be",    "been", "has",   "have",  "had",   "do",    "does", "did",   "what", "which",
+      "who",   "whom", "whose", "where", "when",  "how",   "that", "this",  "it",   "its",
+      "his",   "her",  "he",    "she",   "him",   "their", "they", "there", "than", "now",
+      "after", "no",   "not",   "more",  "every", "but",   "very", "also",  "any",  "some"};
+  return words->count(w) > 0;
+}
+
+// The words of a text: runs of ASCII letters, digits and apostrophes, a final "'s" dropped.
+std::vector<std::string> TextWords(std::string_view text) {
+  std::vector<std::string> out;
+  std::string w;
+  auto flush = [&] {
+    if (w.size() >= 2 && w.compare(w.size() - 2, 2, "'s") == 0) w.resize(w.size() - 2);
+    while (!w.empty() && w.back() == '\'') w.pop_back();
+    if (!w.empty()) out.push_back(w);
+    w.clear();
+  };
+  for (char c : text) {
+    if (std::isalnum(static_cast<unsigned char>(c)) || c == '\'') {
+      w += c;
+    } else {
+      flush();
+    }
+  }
+  flush();
+  return out;
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// A crude stem, so that "lives" and "live", "employs" and "employed" count as one word.
+std::string Stem(std::string w) {
+  for (const char* suffix : {"ing", "ed", "es", "s"}) {
+    const size_t n = std::char_traits<char>::length(suffix);
+    if (w.size() >= n + 3 && w.compare(w.size() - n, n, suffix) == 0) {
+      w.resize(w.size() - n);
+      break;
+    }
+  }
+  return w;
+}
+
+// Content words of a question that its passage holds too (as stems). A question's content words
+// are its lower-case words that are not function words; capitalised words (names, and the first
+// word) and numbers name the person or a value.
+int SharedContentWords(std::string_view question, const std::set<std::string>& passage_words) {
+  int shared = 0;
+  for (const std::string& w : TextWords(question)) {
+    if (!std::islower(static_cast<unsigned char>(w[0])) || IsStopWord(w)) continue;
+    shared += passage_words.count(Stem(Lower(w))) > 0;
+  }
+  return shared;
+}
+
+bool Contains(std::string_view text, std::string_view part) {
+  return !part.empty() && text.find(part) != std::string_view::npos;
+}
+
+int RelationIndex(std::string_view relation) {
+  for (int r = 0; r < kNumRelations; ++r) {
+    if (relation == kRelations[r]) return r;
+  }
+  return -1;
+}
+
 }  // namespace
 
 std::string_view SplitName(Split split) {
@@ -741,6 +908,134 @@ double UnitDraw(std::mt19937_64& rng) {
 
 SplitData GenerateSplit(const WorldOptions& options, Split split) {
   return SplitGenerator(options, split).Generate();
+}
+
+ParaphraseSplit GenerateParaphrases(const WorldOptions& options, const SplitData& test) {
+  Rng rng(options.seed * 0x9E3779B97F4A7C15ull ^ Fnv1a(kParaphraseSplit));
+  std::map<std::string, const Passage*> passage_by_id;
+  // What the split states about each person, and who has each stated fact (descriptions must be
+  // unique among the split's people and stay true to the end of the stream).
+  std::map<std::string, std::map<std::string, std::set<std::string>>> stated;
+  std::map<std::pair<std::string, std::string>, std::set<std::string>> people_with;
+  for (const Passage& p : test.passages) {
+    passage_by_id[p.id] = &p;
+    for (const Fact& f : p.facts) {
+      stated[p.subject][f.relation].insert(f.value);
+      people_with[{f.relation, f.value}].insert(p.subject);
+    }
+  }
+
+  ParaphraseSplit out;
+  for (const Question& plain : test.questions) {
+    const int rel = RelationIndex(plain.relation);
+    auto passage = passage_by_id.find(plain.passage_id);
+    Question q = plain;
+    q.id = absl::StrCat(kParaphraseSplit, "-q", out.questions.size());
+    ParaphraseInfo info;
+    info.test_question_id = plain.id;
+    if (rel < 0 || passage == passage_by_id.end()) {  // not made by GenerateSplit: kept as is
+      out.questions.push_back(std::move(q));
+      out.info.push_back(std::move(info));
+      continue;
+    }
+    const Passage& p = *passage->second;
+    std::set<std::string> passage_words;
+    for (const std::string& w : TextWords(p.text)) passage_words.insert(Stem(Lower(w)));
+
+    // Descriptions from the passage's own facts on other relations, each value the only one the
+    // split states for the person, the whole description stated for nobody else.
+    std::vector<std::pair<const DescriptionTemplate*, std::vector<std::string>>> descriptions;
+    for (const DescriptionTemplate& d : DescriptionTemplates()) {
+      std::vector<std::string> values;
+      std::set<std::string> holders;
+      bool usable = true;
+      for (size_t i = 0; i < d.rels.size() && usable; ++i) {
+        const std::string relation = kRelations[d.rels[i]];
+        auto fact = std::find_if(p.facts.begin(), p.facts.end(),
+                                 [&](const Fact& f) { return f.relation == relation; });
+        usable =
+            d.rels[i] != rel && fact != p.facts.end() && stated[p.subject][relation].size() == 1;
+        if (!usable) break;
+        values.push_back(fact->value);
+        const std::set<std::string>& with = people_with[{relation, fact->value}];
+        if (i == 0) {
+          holders = with;
+        } else {
+          std::set<std::string> both;
+          std::set_intersection(holders.begin(), holders.end(), with.begin(), with.end(),
+                                std::inserter(both, both.end()));
+          holders = std::move(both);
+        }
+      }
+      if (usable && holders.size() == 1) descriptions.emplace_back(&d, std::move(values));
+    }
+
+    struct Candidate {
+      std::string text;
+      std::string reference;
+      const ParaphraseTemplate* tmpl;
+      int shared;
+    };
+    auto candidates = [&](const DescriptionTemplate* d, const std::vector<std::string>& values) {
+      std::vector<std::string> refs;
+      if (d == nullptr) {
+        refs.push_back(plain.subject);
+      } else {
+        for (const char* phrasing : d->phrasings) {
+          std::map<std::string, std::string> vars;
+          for (size_t i = 0; i < values.size(); ++i) vars[std::to_string(i)] = values[i];
+          std::string ref = Render(phrasing, vars);
+          ref[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(ref[0])));
+          refs.push_back(std::move(ref));
+        }
+      }
+      std::vector<Candidate> out;
+      for (const ParaphraseTemplate& t : ParaphraseTemplates()[rel]) {
+        const bool possessive = std::string_view(t.text).find("{N}'s") != std::string_view::npos;
+        if (d != nullptr && possessive) continue;
+        for (const std::string& ref : refs) {
+          std::string text = Render(t.text, {{"N", ref}});
+          // A description never gives the answer away.
+          if (d != nullptr &&
+              (Contains(text, plain.answer) || Contains(text, plain.final_answer))) {
+            continue;
+          }
+          const int shared = SharedContentWords(text, passage_words);
+          out.push_back({std::move(text), ref, &t, shared});
+        }
+      }
+      return out;
+    };
+    std::vector<Candidate> pool;
+    if (!descriptions.empty() && BoundedDraw(rng, 2) == 0) {
+      const auto& [d, values] = descriptions[BoundedDraw(rng, descriptions.size())];
+      pool = candidates(d, values);
+      if (!pool.empty()) {
+        for (size_t i = 0; i < d->rels.size(); ++i) {
+          info.description.push_back({kRelations[d->rels[i]], values[i]});
+        }
+      }
+    }
+    if (pool.empty()) pool = candidates(nullptr, {});
+    // Three times in four the phrasing shares the fewest content words with the passage.
+    if (BoundedDraw(rng, 4) != 0) {
+      int fewest = pool[0].shared;
+      for (const Candidate& c : pool) fewest = std::min(fewest, c.shared);
+      std::vector<Candidate> best;
+      for (Candidate& c : pool) {
+        if (c.shared == fewest) best.push_back(std::move(c));
+      }
+      pool = std::move(best);
+    }
+    const Candidate& chosen = pool[BoundedDraw(rng, pool.size())];
+    q.question = chosen.text;
+    info.reference = chosen.reference;
+    info.synonym = chosen.tmpl->synonym;
+    info.reordered = chosen.tmpl->reordered;
+    out.questions.push_back(std::move(q));
+    out.info.push_back(std::move(info));
+  }
+  return out;
 }
 
 std::string PassageToJson(const Passage& p) {
@@ -823,8 +1118,10 @@ absl::Status WriteWorld(const WorldOptions& options, const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create: ", ec.message()));
+  ParaphraseSplit paraphrase;
   for (int s = 0; s < kNumSplits; ++s) {
     const SplitData data = GenerateSplit(options, static_cast<Split>(s));
+    if (data.split == Split::kTest) paraphrase = GenerateParaphrases(options, data);
     std::vector<std::string> lines;
     lines.reserve(data.passages.size());
     for (const Passage& p : data.passages) lines.push_back(PassageToJson(p));
@@ -843,6 +1140,29 @@ absl::Status WriteWorld(const WorldOptions& options, const std::string& dir) {
   for (int s = 0; s < kNumSplits; ++s) {
     j["people"][std::string(SplitName(static_cast<Split>(s)))] = options.people[s];
   }
+  std::vector<std::string> lines;
+  int synonym = 0, reordered = 0, described = 0;
+  for (size_t i = 0; i < paraphrase.questions.size(); ++i) {
+    lines.push_back(QuestionToJson(paraphrase.questions[i]));
+    synonym += paraphrase.info[i].synonym;
+    reordered += paraphrase.info[i].reordered;
+    described += !paraphrase.info[i].description.empty();
+  }
+  const std::string paraphrase_file = absl::StrCat(kParaphraseSplit, ".questions.jsonl");
+  if (absl::Status st = WriteLines(absl::StrCat(dir, "/", paraphrase_file), lines); !st.ok()) {
+    return st;
+  }
+  j["paraphrase"] = {
+      {"what",
+       "the test split's questions (same passages and answers) asked with other words: relation "
+       "synonyms, descriptions of the person instead of the name, reordered clauses"},
+      {"passages", "test.passages.jsonl"},
+      {"questions", paraphrase_file},
+      {"seed", absl::StrCat("(seed, \"", kParaphraseSplit, "\")")},
+      {"count", paraphrase.questions.size()},
+      {"relation_synonym", synonym},
+      {"description", described},
+      {"reordered", reordered}};
   return WriteLines(dir + "/world.json", {j.dump(2) + "\n"});
 }
 
@@ -854,6 +1174,43 @@ absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split) {
   if (!passages.ok()) return passages.status();
   absl::StatusOr<std::vector<Question>> questions =
       ReadJsonl<Question>(SplitPath(dir, split, "questions"), QuestionFromJson);
+  if (!questions.ok()) return questions.status();
+  data.passages = *std::move(passages);
+  data.questions = *std::move(questions);
+  return data;
+}
+
+absl::StatusOr<Split> PassagesOfEvalSplit(std::string_view name) {
+  if (name == kParaphraseSplit) return Split::kTest;
+  absl::StatusOr<Split> split = ParseSplit(name);
+  if (!split.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown split '", std::string(name),
+                     "' (expected pretrain, adapter, valid, test or paraphrase)"));
+  }
+  return split;
+}
+
+absl::StatusOr<SplitData> ReadEvalSplit(const std::string& dir, std::string_view name) {
+  absl::StatusOr<Split> split = PassagesOfEvalSplit(name);
+  if (!split.ok()) return split.status();
+  if (name != kParaphraseSplit) return ReadSplit(dir, *split);
+  SplitData data;
+  data.split = *split;
+  absl::StatusOr<std::vector<Passage>> passages =
+      ReadJsonl<Passage>(SplitPath(dir, *split, "passages"), PassageFromJson);
+  if (!passages.ok()) return passages.status();
+  const std::string questions_path = absl::StrCat(dir, "/", kParaphraseSplit, ".questions.jsonl");
+  std::error_code ec;
+  if (!std::filesystem::exists(questions_path, ec)) {
+    return absl::NotFoundError(absl::StrCat(
+        questions_path,
+        ": not found; a world written before the paraphrase split existed: "
+        "regenerate it with `knowd-train data --out ",
+        dir, "` and the flags it was made with (the other splits come out byte-identical)"));
+  }
+  absl::StatusOr<std::vector<Question>> questions =
+      ReadJsonl<Question>(questions_path, QuestionFromJson);
   if (!questions.ok()) return questions.status();
   data.passages = *std::move(passages);
   data.questions = *std::move(questions);

@@ -92,11 +92,53 @@ std::string QuestionToJson(const Question& question);
 absl::StatusOr<Passage> PassageFromJson(std::string_view line);
 absl::StatusOr<Question> QuestionFromJson(std::string_view line);
 
-// Writes <dir>/<split>.passages.jsonl and <dir>/<split>.questions.jsonl for every split, plus
-// <dir>/world.json (the options). Creates `dir`.
+// ---- the paraphrase split ------------------------------------------------------------------
+//
+// One question per test question, about the same passage with the same answers, that names the
+// fact with other words: synonyms of the relation's words ("Who is the partner of X?" for
+// "Who is X's spouse?"), a description of the person instead of the name where one is unique
+// ("the person who came into the world in CITY in YEAR"), reordered clauses ("X was born in which
+// city?"). Among the phrasings a question may take, most are chosen to share as few content words
+// with the passage as possible. Drawn from its own generator, seeded from (seed, "paraphrase"), so
+// no other split changes with it. Its questions keep the test split's schema: `split` is "test"
+// (their people are the test split's), ids are "paraphrase-q<n>" for the test split's "test-q<n>".
+inline constexpr char kParaphraseSplit[] = "paraphrase";
+
+// How a paraphrase question differs from its test question (not written to the JSONL).
+struct ParaphraseInfo {
+  std::string test_question_id;
+  // The relation is named with words the plain question templates of the relation do not use.
+  bool synonym = false;
+  // The clauses are reordered ("X was born in which city?").
+  bool reordered = false;
+  // Non-empty: the person is named by these facts instead of their name; no other person of the
+  // test split has all of them stated.
+  std::vector<Fact> description;
+  // The words that name the person in the question: the name, or the description.
+  std::string reference;
+};
+
+struct ParaphraseSplit {
+  std::vector<Question> questions;   // parallel to the test split's questions
+  std::vector<ParaphraseInfo> info;  // parallel to `questions`
+};
+
+// The paraphrase questions of `test` (GenerateSplit(options, Split::kTest)). Deterministic in
+// (options.seed, test).
+ParaphraseSplit GenerateParaphrases(const WorldOptions& options, const SplitData& test);
+
+// Writes <dir>/<split>.passages.jsonl and <dir>/<split>.questions.jsonl for every split,
+// <dir>/paraphrase.questions.jsonl, and <dir>/world.json (the options and what each split is).
+// Creates `dir`.
 absl::Status WriteWorld(const WorldOptions& options, const std::string& dir);
 // Reads one split back from `dir`.
 absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split);
+// The split whose passages an evaluation split is asked about: the test split for "paraphrase",
+// the split of that name otherwise. INVALID_ARGUMENT for an unknown name.
+absl::StatusOr<Split> PassagesOfEvalSplit(std::string_view name);
+// Reads an evaluation split: ReadSplit for "pretrain", "adapter", "valid" and "test"; for
+// "paraphrase", test.passages.jsonl with paraphrase.questions.jsonl.
+absl::StatusOr<SplitData> ReadEvalSplit(const std::string& dir, std::string_view name);
 
 // A draw in [0, n) from `rng`, identical on every platform (rejection sampling on the raw 64-bit
 // output). n must be > 0.
