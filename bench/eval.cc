@@ -492,9 +492,9 @@ absl::Status Evaluator::MeasureAbstention() {
   };
   // Unknown people: another split's questions (its people never streamed here), as many as the
   // main questions, spread over it.
-  unknown_split_ = !o_.unknown_split.empty() ? o_.unknown_split
-                   : o_.split == "test"      ? "valid"
-                                             : "test";
+  const bool test_people =
+      o_.split == "test" || o_.split == train::kParaphraseSplit;  // paraphrase: test's passages
+  unknown_split_ = !o_.unknown_split.empty() ? o_.unknown_split : test_people ? "valid" : "test";
   absl::StatusOr<train::Split> split = train::ParseSplit(unknown_split_);
   if (!split.ok()) return split.status();
   std::error_code ec;
@@ -664,6 +664,7 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
   report["bundle"] = o_.bundle_dir;
   report["data"] = o_.data_dir;
   report["split"] = o_.split;
+  report["passages"] = std::string(train::SplitName(data_.split)) + ".passages.jsonl";
   report["model"] = {{"parameters", c.ParameterCount()},
                      {"layers", c.num_layers},
                      {"hidden_size", c.hidden_size},
@@ -853,9 +854,8 @@ absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::s
 }
 
 absl::Status RunEval(const EvalOptions& options) {
-  absl::StatusOr<train::Split> split = train::ParseSplit(options.split);
-  if (!split.ok()) return split.status();
-  absl::StatusOr<train::SplitData> data = train::ReadSplit(options.data_dir, *split);
+  // "paraphrase" asks the test split's passages (train::ReadEvalSplit).
+  absl::StatusOr<train::SplitData> data = train::ReadEvalSplit(options.data_dir, options.split);
   if (!data.ok()) return data.status();
   // The model and tokenizer; the adapter comes through the modulator loader (tests stand in
   // theirs), and a missing one skips the mac modes rather than failing.

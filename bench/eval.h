@@ -128,6 +128,8 @@ enum class MacRetrieval { kHybrid, kDense, kLexical };
 struct EvalOptions {
   std::string bundle_dir;  // config.json + model.safetensors + tokenizer.model [+ adapter/]
   std::string data_dir;    // <split>.passages.jsonl + <split>.questions.jsonl
+  // pretrain, adapter, valid, test, or paraphrase: the test split's passages with
+  // paraphrase.questions.jsonl, its questions in other words (train::ReadEvalSplit).
   std::string split = "test";
   int limit = 0;            // questions, spread evenly over the stream (0: all)
   std::string report_path;  // FILE.json; FILE.md and FILE.png are written beside it ("": none)

@@ -63,7 +63,9 @@ int main(int argc, char** argv) {
       "eval", "Question-answering accuracy of a bundle on a split of the synthetic world.");
   eval_cmd->add_option("--bundle", eval.bundle, "model bundle directory");
   eval_cmd->add_option("--data", eval.data, "world data directory; empty: <bundle>/eval");
-  eval_cmd->add_option("--split", eval.split, "world split to evaluate on");
+  eval_cmd->add_option("--split", eval.split,
+                       "world split to evaluate on: valid, test, paraphrase (the test passages, "
+                       "their questions in other words), adapter or pretrain");
   eval_cmd->add_option("--limit", eval.limit,
                        "questions to evaluate, spread evenly over the stream; 0 is all");
   eval_cmd->add_option("--report", eval.report,
@@ -90,7 +92,7 @@ int main(int argc, char** argv) {
                      "choose the threshold on this split and write <bundle>/knowledge.json");
   eval_cmd->add_option("--unknown-split", eval.unknown_split,
                        "split whose questions are about people never streamed; empty: valid for "
-                       "test, else test");
+                       "test and paraphrase, else test");
   eval_cmd->add_option("--forget-subjects", eval.forget_subjects,
                        "people whose passages are all forgotten, then asked about");
 
