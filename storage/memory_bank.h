@@ -96,11 +96,15 @@ struct BankOptions {
   // bank may hold both.
   LatentFormat latent_format = LatentFormat::kFp16;
 
-  // FAISS index_factory string for each namespace's index ("Flat", "HNSW32", "IVF1024,Flat").
-  // May change between opens (the indexes are then rebuilt). Trainable factories (IVF, PQ)
-  // serve from an exact flat index until a namespace holds index_train_min vectors, then train.
-  std::string index_factory = "Flat";
-  // FAISS ParameterSpace settings applied to every index, e.g. "efSearch=64" or "nprobe=16".
+  // FAISS index_factory string for each namespace's index ("Flat", "HNSW32", "IVF1024,Flat"),
+  // or "auto": an exact Flat index while a namespace is small, HNSW once it is large enough that
+  // a flat scan is slower (the threshold, measured, is in docs/operations.md; the namespace's
+  // index is rebuilt when it crosses it). May change between opens (the indexes are then
+  // rebuilt). Trainable factories (IVF, PQ) serve from an exact flat index until a namespace
+  // holds index_train_min vectors, then train.
+  std::string index_factory = "auto";
+  // FAISS ParameterSpace settings applied to every index, e.g. "efSearch=64" or "nprobe=16"
+  // ("auto": applied to its HNSW index; empty gives it efSearch=64).
   std::string index_search_params;
   int64_t index_train_min = 10000;
 

@@ -39,14 +39,27 @@ std::vector<FaissId> ToFaissIds(std::span<const uint64_t> ids) {
   return std::vector<FaissId>(ids.begin(), ids.end());
 }
 
+bool IsAuto(const VectorIndexConfig& config) { return config.factory == kAutoIndexFactory; }
+
+// What index_factory builds for `config` when not serving Flat.
+const char* FactoryOf(const VectorIndexConfig& config) {
+  return IsAuto(config) ? kAutoLargeFactory : config.factory.c_str();
+}
+
+const std::string& SearchParamsOf(const VectorIndexConfig& config) {
+  static const std::string* const kAuto = new std::string(kAutoLargeSearchParams);
+  return IsAuto(config) && config.search_params.empty() ? *kAuto : config.search_params;
+}
+
 // Makes an empty IndexIDMap2 around index_factory(config); `flat` forces "Flat".
 absl::StatusOr<std::unique_ptr<faiss::IndexIDMap2>> MakeEmpty(const VectorIndexConfig& config,
                                                               bool flat) {
   try {
     std::unique_ptr<faiss::Index> inner(faiss::index_factory(
-        config.dim, flat ? "Flat" : config.factory.c_str(), ToFaiss(config.metric)));
-    if (!flat && !config.search_params.empty()) {
-      faiss::ParameterSpace().set_index_parameters(inner.get(), config.search_params.c_str());
+        config.dim, flat ? "Flat" : FactoryOf(config), ToFaiss(config.metric)));
+    const std::string& params = SearchParamsOf(config);
+    if (!flat && !params.empty()) {
+      faiss::ParameterSpace().set_index_parameters(inner.get(), params.c_str());
     }
     auto map = std::make_unique<faiss::IndexIDMap2>(inner.release());
     map->own_fields = true;
@@ -72,7 +85,9 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorInde
   KNOWD_ASSIGN_OR_RETURN(auto probe, MakeEmpty(config, /*flat=*/false));
   const auto n = static_cast<int64_t>(ids.size());
   const bool needs_training = !(probe)->is_trained;
-  const bool fallback = needs_training && n < std::max<int64_t>(config.train_min, 1);
+  const bool fallback = IsAuto(config)
+                            ? n < config.auto_threshold
+                            : needs_training && n < std::max<int64_t>(config.train_min, 1);
   std::unique_ptr<faiss::IndexIDMap2> index;
   if (fallback) {
     KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true));
@@ -145,13 +160,14 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
   }
   index.release();
   try {
-    if (!fallback && !config.search_params.empty()) {
-      faiss::ParameterSpace().set_index_parameters(map->index, config.search_params.c_str());
+    const std::string& params = SearchParamsOf(config);
+    if (!fallback && !params.empty()) {
+      faiss::ParameterSpace().set_index_parameters(map->index, params.c_str());
     }
   } catch (const std::exception& e) {
     delete map;
     return absl::InvalidArgumentError(
-        absl::StrCat("index parameters '", config.search_params, "': ", e.what()));
+        absl::StrCat("index parameters '", SearchParamsOf(config), "': ", e.what()));
   }
   auto out = std::unique_ptr<VectorIndex>(new VectorIndex(config, map, fallback));
   out->tombstones_ = std::move(tombstones);
@@ -257,11 +273,26 @@ std::vector<uint64_t> VectorIndex::LiveIds() const {
 }
 
 bool VectorIndex::NeedsRebuild() const {
-  if (flat_fallback_ && !training_failed_ && size() >= config_.train_min) return true;
+  if (IsAuto(config_)) {
+    // Up at the threshold; down only at half of it, so a namespace hovering around the threshold
+    // is not rebuilt on every write.
+    if (flat_fallback_ && size() >= config_.auto_threshold) return true;
+    if (!flat_fallback_ && size() * 2 < config_.auto_threshold) return true;
+  } else if (flat_fallback_ && !training_failed_ && size() >= config_.train_min) {
+    return true;
+  }
   return !tombstones_.empty() && tombstones_.size() * 10 > static_cast<size_t>(index_->ntotal);
 }
 
 std::string VectorIndex::Description() const {
+  if (IsAuto(config_)) {
+    const std::string served = flat_fallback_
+                                   ? absl::StrCat("Flat (auto: ", kAutoLargeFactory, " from ",
+                                                  config_.auto_threshold, " vectors)")
+                                   : absl::StrCat(kAutoLargeFactory, " (auto)");
+    if (tombstones_.empty()) return served;
+    return absl::StrCat(served, " (", tombstones_.size(), " tombstones)");
+  }
   if (flat_fallback_)
     return absl::StrCat("Flat (until ", config_.train_min, " vectors: ", config_.factory, ")");
   if (!tombstones_.empty()) {

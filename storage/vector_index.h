@@ -12,6 +12,13 @@
 //    train_min vectors it is served by an exact "Flat" index; NeedsRebuild() turns true when the
 //    threshold is crossed so the owner rebuilds with training.
 //
+// The factory "auto" (kAutoIndexFactory, the bank's default) picks by size: an exact "Flat" index
+// below auto_threshold vectors, where a flat scan is as fast as any and exact, and
+// kAutoLargeFactory (HNSW) from there, where a flat scan's cost grows with the namespace.
+// NeedsRebuild() turns true when a namespace crosses the threshold (or falls below half of it),
+// so the owner rebuilds it from the source of truth; a rebuild at any size (crash recovery, a
+// changed factory) picks the same way. The saved file records which one is served.
+//
 // Not thread-safe for writes; Search() may run concurrently with other Search() calls.
 #pragma once
 
@@ -30,12 +37,25 @@
 
 namespace knowd::storage {
 
+// The factory string that picks Flat or kAutoLargeFactory by size.
+inline constexpr char kAutoIndexFactory[] = "auto";
+// What "auto" serves from kAutoThreshold vectors on, with kAutoLargeSearchParams unless the
+// config names its own search parameters. Chosen by `knowd bench scale`
+// (docs/reports/bench-scale.json): HNSW's search stays flat in the namespace's size at a recall
+// near Flat's, where IVF+PQ's compressed codes lose more recall than its memory saving is worth
+// beside the latents every passage stores anyway.
+inline constexpr char kAutoLargeFactory[] = "HNSW32";
+inline constexpr char kAutoLargeSearchParams[] = "efSearch=64";
+// Below this many vectors "auto" serves Flat: measured where Flat stops being the fastest.
+inline constexpr int64_t kAutoThreshold = 50000;
+
 struct VectorIndexConfig {
   int dim = 0;
   Metric metric = Metric::kInnerProduct;
   std::string factory = "Flat";
   std::string search_params;  // faiss::ParameterSpace string, may be empty
   int64_t train_min = 10000;
+  int64_t auto_threshold = kAutoThreshold;  // "auto": Flat below this many vectors
 };
 
 struct ScoredId {
@@ -71,7 +91,9 @@ class VectorIndex {
 
   VectorIndexConfig config_;
   std::unique_ptr<faiss::IndexIDMap2> index_;
-  bool flat_fallback_;            // serving "Flat" because the factory index is not trained yet
+  // Serving "Flat" because the factory index is not trained yet, or because "auto" is below its
+  // threshold.
+  bool flat_fallback_;
   bool training_failed_ = false;  // do not ask for a rebuild again in this process
   std::unordered_set<uint64_t> tombstones_;
 };
