@@ -6,6 +6,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "bench/scale_bench.h"
 #include "bench/tools.h"
 #include "cli/command_line.h"
 #include "model/convert.h"
@@ -52,6 +53,27 @@ int main(int argc, char** argv) {
   storage_cmd->add_flag("--lexical", storage.lexical, "keep the BM25 index too");
   storage_cmd->add_option("--threads", storage.threads, "CPU threads; 0 is one per core");
   storage_cmd->add_option("--out", storage.out, "also write the results as JSON to this file");
+
+  knowd::BenchScaleFlags scale;
+  CLI::App* scale_cmd = bench->add_subcommand(
+      "scale",
+      "1k..1M real passages under Flat, HNSW and IVF+PQ: recall, search, memory, mac Ask.");
+  scale_cmd->add_option("--bundle", scale.bundle, "model bundle directory (with an adapter)");
+  scale_cmd->add_option("--sizes", scale.sizes, "bank sizes in passages, comma-separated");
+  scale_cmd->add_option("--indexes", scale.indexes,
+                        "FAISS factories, ';'-separated, each FACTORY[@PARAMS]; Flat first; "
+                        "{nlist} is chosen per size");
+  scale_cmd->add_option("--world-passages", scale.world_passages,
+                        "passages of the world the banks draw from (at least the largest size)");
+  scale_cmd->add_option("--cache", scale.cache,
+                        "directory caching the encoded passages across runs; empty: none");
+  scale_cmd->add_flag("--encode-only", scale.encode_only, "encode (and cache) only, then stop");
+  scale_cmd->add_option("--threads", scale.threads, "CPU threads of the encoder and model");
+  scale_cmd->add_option("--queries", scale.queries, "question keys searched per size and index");
+  scale_cmd->add_option("--asks", scale.asks, "mac questions timed per size and index");
+  scale_cmd->add_option("--dir", scale.dir,
+                        "scratch directory for the banks; empty: a temporary one");
+  scale_cmd->add_option("--out", scale.out, "also write the results as JSON to this file");
 
   knowd::bench::BenchPeakFlags peak;
   CLI::App* peak_cmd =
@@ -100,6 +122,7 @@ int main(int argc, char** argv) {
   if (engine_cmd->parsed()) return knowd::bench::RunBenchEngine(engine);
   if (synth_cmd->parsed()) return knowd::bench::RunBenchSynthModel(synth);
   if (storage_cmd->parsed()) return knowd::bench::RunBenchStorage(storage);
+  if (scale_cmd->parsed()) return knowd::RunBenchScale(scale);
   if (peak_cmd->parsed()) return knowd::bench::RunBenchPeak(peak);
   if (eval_cmd->parsed()) return knowd::bench::RunEvalCommand(eval);
   return 2;  // not reached: Parse returns an exit code unless a command was selected
