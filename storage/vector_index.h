@@ -46,8 +46,11 @@ inline constexpr char kAutoIndexFactory[] = "auto";
 // beside the latents every passage stores anyway.
 inline constexpr char kAutoLargeFactory[] = "HNSW32";
 inline constexpr char kAutoLargeSearchParams[] = "efSearch=64";
-// Below this many vectors "auto" serves Flat: measured where Flat stops being the fastest.
-inline constexpr int64_t kAutoThreshold = 50000;
+// Below this many vectors "auto" serves Flat: where Flat stops being the fastest. Measured with
+// knowd-tiny's 64-dimensional keys (docs/reports/bench-scale.json): Flat is faster at 1,000
+// keys, HNSW32 at 3,000 and beyond, at the same recall@5; a flat scan's cost then grows with
+// the namespace. Exact search is kept for the smallest namespaces, where it is also cheapest.
+inline constexpr int64_t kAutoThreshold = 2000;
 
 struct VectorIndexConfig {
   int dim = 0;

@@ -203,7 +203,7 @@ TEST(VectorIndexTest, BankDefaultSwitchesAtTheThresholdAndKeepsItAcrossReopens) 
     PutRange(**bank, kAutoThreshold - 1, kAutoThreshold + 10);
     EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, hnsw_auto);
     EXPECT_TRUE((*bank)->VerifyIndexes().ok());
-    ExpectFinds(**bank, 12345);
+    ExpectFinds(**bank, kAutoThreshold / 2);
     ASSERT_TRUE((*bank)->Close().ok());
   }
   {
@@ -221,7 +221,7 @@ TEST(VectorIndexTest, BankDefaultSwitchesAtTheThresholdAndKeepsItAcrossReopens) 
     EXPECT_FALSE((*bank)->Stats()->indexes_loaded_from_disk);
     EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, hnsw_auto);
     EXPECT_TRUE((*bank)->VerifyIndexes().ok());
-    ExpectFinds(**bank, 777);
+    ExpectFinds(**bank, kAutoThreshold / 3);
   }
 }
 
