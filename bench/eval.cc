@@ -230,7 +230,7 @@ absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q) {
     absl::StatusOr<QuestionCode> code =
         knowledge::EncodeQuestion(*modulator_, tokenizer_, q.question);
     if (!code.ok()) return code.status();
-    key = std::move(code->key);
+    key = std::move(code->retrieval_key);
   } else {
     key = HashedKey(q.question);
   }

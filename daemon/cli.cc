@@ -146,6 +146,20 @@ int RunReencode(const ReencodeFlags& flags) {
   absl::StatusOr<storage::BankStats> stats = (*bank)->Stats();
   if (!stats.ok()) return Fail("reencode", stats.status());
   const std::string adapter_label = options.fingerprint.adapter_hash.substr(0, 12);
+  // Same adapter on the same base: the latents are current and only the keys are rewritten.
+  const bool keys_only = stats->fingerprint.adapter_hash == options.fingerprint.adapter_hash &&
+                         stats->fingerprint.base_model_hash == options.fingerprint.base_model_hash;
+  if (flags.keys_only && !keys_only) {
+    absl::Status closed = (*bank)->Close();
+    (void)closed;
+    return Fail("reencode",
+                absl::FailedPreconditionError(absl::StrCat(
+                    data_dir, "'s latents were made by adapter '",
+                    stats->fingerprint.adapter_hash.substr(0, 12), "' on base '",
+                    stats->fingerprint.base_model_hash.substr(0, 12), "', not by adapter '",
+                    adapter_label, "' on base '", options.fingerprint.base_model_hash.substr(0, 12),
+                    "': --keys-only would leave them stale; run without --keys-only")));
+  }
   if (!stats->needs_reencode && stats->fingerprint == options.fingerprint) {
     std::printf("%s: already encoded by adapter %s; nothing to do\n", data_dir.c_str(),
                 adapter_label.c_str());
@@ -168,7 +182,8 @@ int RunReencode(const ReencodeFlags& flags) {
     if (s.ok()) this_run += inputs.size();
     return s;
   };
-  cli::ProgressBar bar("re-encoding", "passages", isatty(STDERR_FILENO) != 0);
+  cli::ProgressBar bar(keys_only ? "re-encoding keys" : "re-encoding", "passages",
+                       isatty(STDERR_FILENO) != 0);
   bool first = true;
   uint64_t resumed_from = 0;
   storage::ReencodeProgress progress = [&](uint64_t done, uint64_t total) {
@@ -192,10 +207,15 @@ int RunReencode(const ReencodeFlags& flags) {
   if (absl::Status closed = (*bank)->Close(); !closed.ok()) return Fail("reencode", closed);
   const double elapsed = seconds();
   std::printf(
-      "%s: re-encoded %llu passages in %.1f s (%.1f passages/s); the bank now belongs to "
-      "adapter %s\n",
-      data_dir.c_str(), static_cast<unsigned long long>(this_run), elapsed,
-      elapsed > 0 ? this_run / elapsed : 0.0, adapter_label.c_str());
+      "%s: re-encoded the %s of %llu passages in %.1f s (%.1f passages/s); the bank now "
+      "belongs to adapter %s%s\n",
+      data_dir.c_str(), keys_only ? "keys" : "latents and keys",
+      static_cast<unsigned long long>(this_run), elapsed, elapsed > 0 ? this_run / elapsed : 0.0,
+      adapter_label.c_str(),
+      options.fingerprint.key_hash.empty()
+          ? ""
+          : absl::StrCat(" with retrieval keys ", options.fingerprint.key_hash.substr(0, 12))
+                .c_str());
   return 0;
 }
 

@@ -50,6 +50,9 @@ struct ReencodeFlags {
   std::string backend = "cpu";
   std::string index = "Flat";
   std::string latent_format = "int8";
+  // Only the retrieval keys may change (the bank's latents were made by this adapter on this
+  // base); refused otherwise, before anything is written.
+  bool keys_only = false;
 };
 int RunReencode(const ReencodeFlags& flags);
 

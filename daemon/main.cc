@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
   reencode_cmd->add_option("--index", reencode.index, "FAISS index factory string");
   reencode_cmd->add_option("--latent-format", reencode.latent_format,
                            "stored latents: fp16 or int8");
+  reencode_cmd->add_flag("--keys-only", reencode.keys_only,
+                         "rewrite only the retrieval keys (new retrieval heads, same adapter); "
+                         "refused when the latents would change too");
 
   if (std::optional<int> exit_code = knowd::cli::Parse(app, argc, argv)) return *exit_code;
   if (serve->parsed()) {

@@ -537,7 +537,7 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
     KNOWD_RETURN_IF_ERROR(scheduler_->RunOnEngineThread([&]() -> absl::Status {
       KNOWD_ASSIGN_OR_RETURN(QuestionCode code,
                              knowledge::EncodeQuestion(*modulator, *tokenizer_, request.query()));
-      key = std::move(code.key);
+      key = std::move(code.retrieval_key);
       return absl::OkStatus();
     }));
   }

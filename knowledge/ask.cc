@@ -93,9 +93,9 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
       depth = std::max(depth, params.subject_depth);
     }
     storage::LexicalTerms terms;
-    KNOWD_ASSIGN_OR_RETURN(
-        hits, RetrievePassages(*context.bank, name_space, question, code ? &code->key : nullptr,
-                               params.retrieval, depth, &terms));
+    KNOWD_ASSIGN_OR_RETURN(hits, RetrievePassages(*context.bank, name_space, question,
+                                                  code ? &code->retrieval_key : nullptr,
+                                                  params.retrieval, depth, &terms));
     marks = MarkLexicalHits(hits, terms);
     out.relevance = BestCoverage(marks);
     if (out.relevance < 0) {

@@ -63,7 +63,8 @@ std::unique_ptr<Modulator> MakeAdapterModulator(std::unique_ptr<Adapter> adapter
 
 storage::Fingerprint BankFingerprint(const Adapter* adapter) {
   if (adapter == nullptr) return {"none", ""};
-  return {adapter->spec().encoder_sha256, adapter->spec().base_sha256};
+  return {adapter->spec().encoder_sha256, adapter->spec().base_sha256,
+          adapter->spec().retrieval_keys_sha256};
 }
 
 std::string PrefixDigest(const PrefixKv& prefix) {

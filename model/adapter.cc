@@ -297,11 +297,21 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
     if (!latents.ok()) return latents.status();
     z.resize(chunk.size() * t * d);
     impl_->backend->Download(z.data(), *latents, z.size() * sizeof(float));
+    std::vector<float> states;
+    if (impl_->retrieval != nullptr) {
+      states.resize(int64_t{impl_->lm.num_layers} * tokens * impl_->lm.hidden_size);
+      impl_->backend->Download(states.data(), hidden, states.size() * sizeof(float));
+    }
     KNOWD_RETURN_IF_ERROR(impl_->Finish());
+    int64_t row = 0;
     for (size_t p = 0; p < chunk.size(); ++p) {
       PassageCode code;
       code.latents.assign(z.begin() + p * t * d, z.begin() + (p + 1) * t * d);
-      code.key = KeyOfLatent(code.latents);
+      const int n = static_cast<int>(chunk[p].size());
+      code.key = impl_->retrieval != nullptr ? impl_->retrieval->Key(RetrievalKeys::Side::kPassage,
+                                                                     states.data(), tokens, row, n)
+                                             : KeyOfLatent(code.latents);
+      row += n;
       out->push_back(std::move(code));
     }
     begin = end;
@@ -327,10 +337,21 @@ absl::StatusOr<QuestionCode> Adapter::EncodeQuestion(std::span<const int32_t> pr
   QuestionCode code;
   code.queries.resize(int64_t{t} * d);
   impl_->backend->Download(code.queries.data(), x, code.queries.size() * sizeof(float));
+  std::vector<float> states;
+  if (impl_->retrieval != nullptr) {
+    states.resize(int64_t{impl_->lm.num_layers} * n * impl_->lm.hidden_size);
+    impl_->backend->Download(states.data(), hidden, states.size() * sizeof(float));
+  }
   KNOWD_RETURN_IF_ERROR(impl_->Finish());
   code.key = KeyHead(impl_->question.key, code.queries, t, d, spec.key_dim);
+  code.retrieval_key =
+      impl_->retrieval != nullptr
+          ? impl_->retrieval->Key(RetrievalKeys::Side::kQuestion, states.data(), n, 0, n)
+          : code.key;
   return code;
 }
+
+bool Adapter::has_retrieval_keys() const { return impl_->retrieval != nullptr; }
 
 std::vector<float> Adapter::KeyOfLatent(std::span<const float> latents) const {
   const AdapterSpec& spec = impl_->spec;

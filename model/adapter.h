@@ -68,6 +68,10 @@ struct AdapterSpec {
   // writes), so an adapter whose question encoder or heads changed (a mac+rag head added, say)
   // serves a bank its predecessor encoded without re-encoding it.
   std::string encoder_sha256;
+  // SHA-256 of retrieval_keys.safetensors when the adapter has retrieval heads
+  // (model/retrieval_keys.h), else empty: the stored keys are then the readout's. A bank's keys
+  // depend on it, its latents do not (`knowd reencode --keys-only` re-encodes the keys alone).
+  std::string retrieval_keys_sha256;
 
   int prefix_rows() const { return 1 + slots * rows_per_slot; }
   // By how many positions the prefix keys are rotated (see rows_per_slot).
@@ -77,13 +81,16 @@ struct AdapterSpec {
 // One passage as the bank stores it.
 struct PassageCode {
   std::vector<float> latents;  // slots * latent_dim, row-major
-  std::vector<float> key;      // key_dim, unit norm
+  std::vector<float> key;      // key_dim, unit norm: the retrieval key the bank stores
 };
 
 // One question, encoded.
 struct QuestionCode {
   std::vector<float> queries;  // slots * latent_dim
-  std::vector<float> key;      // key_dim, unit norm
+  std::vector<float> key;      // key_dim, unit norm: the aggregator's (pairs with KeyOfLatent)
+  // key_dim, unit norm: what the bank's dense index is searched with (pairs with PassageCode's
+  // key). The retrieval heads' when the adapter has them, else equal to `key`.
+  std::vector<float> retrieval_key;
 };
 
 // The bounds of AdapterSpec::rag_prefix_key_scale: (0, 4].
@@ -121,8 +128,11 @@ class Adapter {
                               std::vector<PassageCode>* out);
   // Encodes a question prompt (token ids of knowledge::QuestionPrompt with BOS first).
   absl::StatusOr<QuestionCode> EncodeQuestion(std::span<const int32_t> prompt);
-  // The retrieval key of a stored latent (what EncodePassages returned with it).
+  // The readout's key of a latent, which the aggregator scores candidates with. Without
+  // retrieval heads it is also the stored retrieval key (what EncodePassages returned with it).
   std::vector<float> KeyOfLatent(std::span<const float> latents) const;
+  // Whether the adapter has retrieval heads (model/retrieval_keys.h).
+  bool has_retrieval_keys() const;
 
   // Aggregates the candidates (best first; 1 .. max_candidates; each slots * latent_dim floats)
   // for the question and expands the result into the prefix. with_text: the prompt after the

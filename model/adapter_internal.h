@@ -13,6 +13,7 @@
 #include "kernels/backend.h"
 #include "model/adapter.h"
 #include "model/config.h"
+#include "model/retrieval_keys.h"
 #include "model/transformer.h"
 
 namespace knowd {
@@ -103,6 +104,8 @@ struct Adapter::Impl {
   AdapterHead mac;
   AdapterHead rag;        // empty (no aggregator blocks, expand null) without spec.rag_head
   float* ones = nullptr;  // [max(hidden_size, d)]: the weight of a plain RMS normalisation
+  // The retrieval heads (model/retrieval_keys.h), or null: the readout's keys are then stored.
+  std::unique_ptr<RetrievalKeys> retrieval;
   std::vector<void*> allocations;
 
   // Scratch buffers in backend memory, grown on demand (see Scratch in adapter.cc).

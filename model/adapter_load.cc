@@ -348,6 +348,19 @@ absl::StatusOr<std::unique_ptr<Adapter>> Adapter::Load(const std::string& dir, T
   KNOWD_RETURN_IF_ERROR(reader.CheckAllUsed());
   a.spec.encoder_sha256 = reader.EncoderSha256();
 
+  absl::StatusOr<std::unique_ptr<RetrievalKeys>> retrieval = RetrievalKeys::Load(dir, lm);
+  if (retrieval.ok()) {
+    if ((*retrieval)->key_dim() != s.key_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, "/retrieval_keys.json: key_dim ", (*retrieval)->key_dim(),
+          " differs from the adapter's key_dim ", s.key_dim, " (the memory bank's key width)"));
+    }
+    a.spec.retrieval_keys_sha256 = (*retrieval)->sha256();
+    a.retrieval = *std::move(retrieval);
+  } else if (!absl::IsNotFound(retrieval.status())) {
+    return retrieval.status();
+  }
+
   KNOWD_ASSIGN_OR_RETURN(a.ones, upload(std::vector<float>(std::max(hidden, d), 1.0f)));
   a.backend->Synchronize();
   KNOWD_RETURN_IF_ERROR(a.backend->status());

@@ -93,7 +93,12 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
   std::lock_guard write(write_mu_);
   KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   const Fingerprint& target = options_.fingerprint;
-  const std::string target_bytes = EncodeFingerprint({target.adapter_hash, target.base_model_hash});
+  const std::string target_bytes =
+      EncodeFingerprint({target.adapter_hash, target.base_model_hash, target.key_hash});
+  // Latents made by the same adapter on the same base are current: only the keys change.
+  const bool keys_only = !fingerprint_.empty() &&
+                         fingerprint_.adapter_hash == target.adapter_hash &&
+                         fingerprint_.base_model_hash == target.base_model_hash;
 
   // Resume only a run towards the same target; any other recorded run starts over.
   ReencodeCursor cursor;
@@ -116,8 +121,8 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
   index_suspect_ = true;
   uint64_t total = 0;
   for (const auto& [name, ns] : namespaces_) total += ns.counts.passages;
-  spdlog::info("memory bank {}: re-encoding {} passages ({} already done)", options_.data_dir,
-               total, cursor.done);
+  spdlog::info("memory bank {}: re-encoding the {} of {} passages ({} already done)",
+               options_.data_dir, keys_only ? "keys" : "latents and keys", total, cursor.done);
 
   rocksdb::ReadOptions read;
   read.fill_cache = false;
@@ -178,9 +183,11 @@ absl::Status BankImpl::Reencode(const PassageEncoder& encoder, const ReencodePro
         return absl::InternalError(absl::StrCat("re-encode: the encoder's output for passage ",
                                                 pids[i], " has the wrong shape or bad values"));
       }
-      wb.Put(cf_latents_, LatentKey(pids[i]),
-             EncodeLatents(e.latents, options_.latent_rows, options_.latent_cols,
-                           options_.latent_format));
+      if (!keys_only) {
+        wb.Put(cf_latents_, LatentKey(pids[i]),
+               EncodeLatents(e.latents, options_.latent_rows, options_.latent_cols,
+                             options_.latent_format));
+      }
       wb.Put(cf_keys_, KeyKey(records[i].ns, pids[i]),
              EncodeKeyVector(e.key.data(), options_.key_dim));
     }

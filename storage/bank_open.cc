@@ -36,7 +36,16 @@ absl::Status ValidateOptions(const BankOptions& o) {
 }
 
 std::string Describe(const Fingerprint& f) {
-  return absl::StrCat("adapter '", f.adapter_hash, "' on base model '", f.base_model_hash, "'");
+  return absl::StrCat("adapter '", f.adapter_hash, "' on base model '", f.base_model_hash, "'",
+                      f.key_hash.empty() ? std::string(" (the readout's keys)")
+                                         : absl::StrCat(" with retrieval keys '", f.key_hash, "'"));
+}
+
+FingerprintRecord ToRecord(const Fingerprint& f) {
+  return {f.adapter_hash, f.base_model_hash, f.key_hash};
+}
+Fingerprint FromRecord(const FingerprintRecord& r) {
+  return {r.adapter_hash, r.base_model_hash, r.key_hash};
 }
 
 }  // namespace
@@ -276,9 +285,7 @@ absl::Status BankImpl::CheckLayout() {
     rocksdb::WriteBatch batch;
     batch.Put(cf_meta_, kMetaLayout, EncodeLayout(want));
     batch.Put(cf_meta_, kMetaNextPassageId, EncodeU64(1));
-    batch.Put(cf_meta_, kMetaFingerprint,
-              EncodeFingerprint(
-                  {options_.fingerprint.adapter_hash, options_.fingerprint.base_model_hash}));
+    batch.Put(cf_meta_, kMetaFingerprint, EncodeFingerprint(ToRecord(options_.fingerprint)));
     next_pid_ = 1;
     return FromRocks(db_->Write(SyncWrite(), &batch), "initializing memory bank");
   }
@@ -307,7 +314,7 @@ absl::Status BankImpl::CheckFingerprint() {
   if (!stored.ok()) return stored.status();
   if (stored->has_value()) {
     KNOWD_ASSIGN_OR_RETURN(auto f, DecodeFingerprint(**stored));
-    fingerprint_ = {f.adapter_hash, f.base_model_hash};
+    fingerprint_ = FromRecord(f);
   }
   KNOWD_ASSIGN_OR_RETURN(auto pending, GetMeta(kMetaReencodeTarget));
   if (options_.fingerprint.empty()) return absl::OkStatus();  // caller does not encode
@@ -317,9 +324,17 @@ absl::Status BankImpl::CheckFingerprint() {
   if (pending.has_value()) {
     KNOWD_ASSIGN_OR_RETURN(auto target, DecodeFingerprint(*pending));
     why = absl::StrCat("memory bank ", options_.data_dir, " has an interrupted re-encode to ",
-                       Describe({target.adapter_hash, target.base_model_hash}),
+                       Describe(FromRecord(target)),
                        " (its latents are mixed); finish it with `knowd reencode --data-dir ",
                        options_.data_dir, "`, which resumes where it stopped");
+  } else if (fingerprint_.adapter_hash == options_.fingerprint.adapter_hash &&
+             fingerprint_.base_model_hash == options_.fingerprint.base_model_hash) {
+    why = absl::StrCat("memory bank ", options_.data_dir, "'s retrieval keys were made by ",
+                       Describe(fingerprint_), " but this process uses ",
+                       Describe(options_.fingerprint),
+                       "; its latents are current: re-encode the keys alone with `knowd reencode "
+                       "--keys-only --data-dir ",
+                       options_.data_dir, "`, or run with the adapter that encoded it");
   } else {
     why = absl::StrCat("memory bank ", options_.data_dir, " was encoded with ",
                        Describe(fingerprint_), " but this process uses ",

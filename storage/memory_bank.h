@@ -76,6 +76,10 @@ enum class Metric : uint8_t {
 struct Fingerprint {
   std::string adapter_hash;
   std::string base_model_hash;
+  // The retrieval heads' hash when they, not the adapter's readout, made the keys (empty
+  // otherwise). Only the keys depend on it: a bank that differs in it alone needs its keys
+  // re-encoded (Reencode with keys_only), not its latents.
+  std::string key_hash;
 
   bool empty() const { return adapter_hash.empty() && base_model_hash.empty(); }
   friend bool operator==(const Fingerprint&, const Fingerprint&) = default;
@@ -344,7 +348,9 @@ class MemoryBank {
   // If interrupted (crash, error from encoder), calling Reencode() again with the same target
   // fingerprint (BankOptions::fingerprint) continues after the last committed batch. On
   // completion the bank records the new fingerprint and rebuilds its vector indexes. Writers
-  // wait while it runs. `progress` (optional) is called after each batch.
+  // wait while it runs. `progress` (optional) is called after each batch. When the recorded
+  // fingerprint differs from the target in its key_hash alone, the latents are current and only
+  // the keys are rewritten (the stored latents stay byte for byte).
   virtual absl::Status Reencode(const PassageEncoder& encoder, const ReencodeProgress& progress,
                                 int batch_size = 256) = 0;
 

@@ -58,6 +58,7 @@ class Reader {
   }
   // A field added at the end of a record after records without it were written: 0 when absent.
   void Trailing(uint32_t& v) { v = ok_ && pos_ == s_.size() ? 0 : U32(); }
+  void Trailing(std::string& v) { v = ok_ && pos_ == s_.size() ? std::string() : Bytes(); }
 
   // True when every read was in bounds and the input is fully consumed.
   bool Done() const { return ok_ && pos_ == s_.size(); }
@@ -105,6 +106,7 @@ class Writer {
  public:
   void operator()(uint8_t v) { s_.push_back(static_cast<char>(v)); }
   void Trailing(uint32_t v) { (*this)(v); }
+  void Trailing(const std::string& v) { (*this)(v); }
   void operator()(uint32_t v) { PutFixed32(&s_, v); }
   void operator()(uint64_t v) { PutFixed64(&s_, v); }
   void operator()(int64_t v) { PutFixed64(&s_, static_cast<uint64_t>(v)); }
@@ -226,6 +228,7 @@ template <typename IO, typename Fingerprint>
 void FingerprintFields(IO& io, Fingerprint& f) {
   io(f.adapter_hash);
   io(f.base_model_hash);
+  io.Trailing(f.key_hash);
 }
 
 template <typename IO, typename Counts>

@@ -88,6 +88,7 @@ absl::StatusOr<LayoutRecord> DecodeLayout(std::string_view bytes);
 struct FingerprintRecord {
   std::string adapter_hash;
   std::string base_model_hash;
+  std::string key_hash;  // trailing: empty in records written before it existed
 };
 std::string EncodeFingerprint(const FingerprintRecord& r);
 absl::StatusOr<FingerprintRecord> DecodeFingerprint(std::string_view bytes);

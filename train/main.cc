@@ -11,7 +11,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cli/flag_names.h"
 #include "model/adapter.h"
 #include "model/config.h"
@@ -19,6 +21,7 @@
 #include "train/export.h"
 #include "train/lm.h"
 #include "train/pretrain.h"
+#include "train/retrieval_keys.h"
 #include "train/world.h"
 
 ABSL_FLAG(std::string, out, "", "data: output directory; tokenizer: output tokenizer.model");
@@ -64,6 +67,16 @@ ABSL_FLAG(std::string, dtype, "",
           "export: f32 (default), f16 or bf16; adapter: f16 (default) or f32");
 // Adapter meta-training. --steps, --batch, --lr, --warmup, --log_every, --checkpoint_every,
 // --eval_questions, --seed, --threads and --resume apply too.
+// Retrieval keys (`knowd-train keys`). --steps, --batch, --lr, --warmup, --log_every, --seed,
+// --threads, --data, --bundle and --work_dir apply too.
+ABSL_FLAG(std::string, key_layers, "1,3",
+          "keys: block outputs the heads read (0-based, comma-separated)");
+ABSL_FLAG(int, key_heads, 4, "keys: pooling queries per head");
+ABSL_FLAG(int, retrieval_key_dim, 64, "keys: width of the retrieval keys");
+ABSL_FLAG(int, max_train_passages, 0,
+          "keys: training passages at most (0: the whole adapter split)");
+ABSL_FLAG(int, eval_every, 500, "keys: steps between recall measurements on valid and test");
+ABSL_FLAG(bool, no_export, false, "keys: measure only; write nothing to the bundle");
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
 ABSL_FLAG(int, slots, 8,
           "adapter: latent tokens per passage (prefix rows per layer: 1 + slots x rows_per_slot)");
@@ -320,17 +333,56 @@ int RunAdapterCommand() {
   return 0;
 }
 
+int RunKeysCommand() {
+  RetrievalKeyOptions o;
+  o.data_dir = absl::GetFlag(FLAGS_data);
+  o.bundle_dir = absl::GetFlag(FLAGS_bundle);
+  o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  if (o.data_dir.empty() || o.bundle_dir.empty()) {
+    return Fail("keys", absl::InvalidArgumentError("need --data DIR and --bundle DIR"));
+  }
+  o.layers.clear();
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_key_layers), ',')) {
+    int layer = 0;
+    if (!absl::SimpleAtoi(part, &layer)) {
+      return Fail("keys", absl::InvalidArgumentError(absl::StrCat(
+                              "--key_layers: '", part, "' is not a layer number (e.g. 1,3)")));
+    }
+    o.layers.push_back(layer);
+  }
+  o.heads = absl::GetFlag(FLAGS_key_heads);
+  o.key_dim = absl::GetFlag(FLAGS_retrieval_key_dim);
+  o.steps = FlagOr(FLAGS_steps, 2000);
+  o.batch = FlagOr(FLAGS_batch, 256);
+  o.lr = FlagOr(FLAGS_lr, 2e-3);
+  o.warmup = FlagOr(FLAGS_warmup, 50);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));
+  o.eval_every = std::max(1, absl::GetFlag(FLAGS_eval_every));
+  o.max_train_passages = absl::GetFlag(FLAGS_max_train_passages);
+  o.export_heads = !absl::GetFlag(FLAGS_no_export);
+  if (o.layers.empty() || o.heads < 1 || o.key_dim < 1 || o.steps < 1 || o.batch < 2) {
+    return Fail("keys", absl::InvalidArgumentError(
+                            "need --key_layers, --key_heads >= 1, --retrieval_key_dim >= 1, "
+                            "--steps >= 1 and --batch >= 2"));
+  }
+  if (absl::Status st = TrainRetrievalKeys(o); !st.ok()) return Fail("keys", st);
+  return 0;
+}
+
 }  // namespace
 }  // namespace knowd::train
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "knowd-train data|tokenizer|pretrain|export|adapter [flags]\n"
+      "knowd-train data|tokenizer|pretrain|export|adapter|keys [flags]\n"
       "  data       --out DIR                         the synthetic world (JSONL)\n"
       "  tokenizer  --data DIR --out tokenizer.model  SentencePiece BPE\n"
       "  pretrain   --data DIR --tokenizer FILE --work_dir DIR [--bundle DIR]\n"
       "  export     --work_dir DIR [--bundle DIR] [--dtype f16] [--tokenizer FILE]\n"
-      "  adapter    --data DIR --bundle DIR --work_dir DIR [--steps N] [--top_k K] [--resume]");
+      "  adapter    --data DIR --bundle DIR --work_dir DIR [--steps N] [--top_k K] [--resume]\n"
+      "  keys       --data DIR --bundle DIR [--steps N] [--key_layers 1,3]  retrieval keys");
   std::vector<std::string> storage;
   std::vector<char*> normalized = knowd::train::NormalizeFlagNames(argc, argv, &storage);
   std::vector<char*> args = absl::ParseCommandLine(argc, normalized.data());
@@ -344,6 +396,7 @@ int main(int argc, char** argv) {
   if (command == "pretrain") return knowd::train::RunPretrainCommand();
   if (command == "export") return knowd::train::RunExport();
   if (command == "adapter") return knowd::train::RunAdapterCommand();
+  if (command == "keys") return knowd::train::RunKeysCommand();
   std::fprintf(stderr, "knowd-train: unknown command '%s'\n%s\n", command.c_str(),
                absl::ProgramUsageMessage().data());
   return 2;

@@ -160,6 +160,7 @@ class FakeModulator : public Modulator {
   absl::StatusOr<QuestionCode> EncodeQuestion(std::span<const int32_t>) override {
     QuestionCode code;
     code.key.assign(8, 0.25f);
+    code.retrieval_key = code.key;
     return code;
   }
   bool has_text_head() const override { return true; }

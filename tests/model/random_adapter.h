@@ -134,4 +134,45 @@ inline absl::Status WriteRandomAdapter(const std::string& dir, const LlamaConfig
   return absl::OkStatus();
 }
 
+// Retrieval heads (model/retrieval_keys.h) with seeded random weights beside an adapter in `dir`:
+// retrieval_keys.json + retrieval_keys.safetensors (f32) reading the base's first and last layers.
+inline absl::Status WriteRandomRetrievalKeys(const std::string& dir, const LlamaConfig& base,
+                                             int key_dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<int> layers = {0, base.num_layers - 1};
+  const int64_t heads = 2, dim = static_cast<int64_t>(layers.size()) * base.hidden_size;
+  std::vector<std::vector<float>> data;
+  std::vector<HostTensor> tensors;
+  for (const char* side : {"passage", "question"}) {
+    for (auto [name, shape] :
+         {std::pair{"query", std::vector<int64_t>{heads, dim}},
+          std::pair{"proj.weight", std::vector<int64_t>{key_dim, heads * dim}}}) {
+      std::vector<float> v(shape[0] * shape[1]);
+      for (float& x : v) x = normal(rng) / std::sqrt(static_cast<float>(shape[1]));
+      data.push_back(std::move(v));
+      HostTensor t;
+      t.name = absl::StrCat(side, ".", name);
+      t.shape = shape;
+      t.data = data.back().data();
+      t.bytes = static_cast<int64_t>(data.back().size() * sizeof(float));
+      tensors.push_back(std::move(t));
+    }
+  }
+  if (absl::Status s = WriteSafetensors(dir + "/retrieval_keys.safetensors", tensors); !s.ok()) {
+    return s;
+  }
+  const nlohmann::json j = {{"format", "knowd-retrieval-keys"},
+                            {"version", 1},
+                            {"layers", layers},
+                            {"heads", heads},
+                            {"key_dim", key_dim},
+                            {"state_dim", dim}};
+  std::ofstream out(dir + "/retrieval_keys.json", std::ios::trunc);
+  out << j.dump(2) << "\n";
+  if (!out.good())
+    return absl::InternalError(absl::StrCat(dir, "/retrieval_keys.json: write failed"));
+  return absl::OkStatus();
+}
+
 }  // namespace knowd::testing

@@ -87,7 +87,8 @@ class ReencodeCliTest : public ::testing::Test {
     o.key_dim = adapter.spec().key_dim;
     o.latent_rows = adapter.spec().slots;
     o.latent_cols = adapter.spec().latent_dim;
-    o.fingerprint = {adapter.spec().encoder_sha256, adapter.spec().base_sha256};
+    o.fingerprint = {adapter.spec().encoder_sha256, adapter.spec().base_sha256,
+                     adapter.spec().retrieval_keys_sha256};
     return o;
   }
   storage::EncodedPassage Encode(Adapter& adapter, const std::string& text) {
@@ -159,7 +160,8 @@ TEST_F(ReencodeCliTest, MovesTheBankToTheNewAdapter) {
   EXPECT_NE(r.out.find("re-encoding [##############################] 150/150 passages  100%"),
             std::string::npos)
       << r.out;
-  EXPECT_NE(r.out.find("re-encoded 150 passages"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("re-encoded the latents and keys of 150 passages"), std::string::npos)
+      << r.out;
   EXPECT_EQ(r.out.find("resuming"), std::string::npos) << r.out;
 
   // The old adapter can no longer open the bank; the new one can, and finds its own codes.
@@ -170,6 +172,58 @@ TEST_F(ReencodeCliTest, MovesTheBankToTheNewAdapter) {
   const CommandResult again = RunKnowd(Command());
   EXPECT_EQ(again.exit_code, 0) << again.out;
   EXPECT_NE(again.out.find("nothing to do"), std::string::npos) << again.out;
+}
+
+// New retrieval heads beside the same adapter: the bank refuses to open until its keys are
+// re-encoded, `--keys-only` rewrites them in one pass and leaves every latent byte for byte, and
+// `--keys-only` is refused where the latents would change too.
+TEST_F(ReencodeCliTest, KeysOnlyRewritesTheKeysAndNotTheLatents) {
+  // --keys-only cannot move a bank the old adapter encoded: its latents would stay stale.
+  const CommandResult refused = RunKnowd(Command() + " --keys-only");
+  EXPECT_EQ(refused.exit_code, 1) << refused.out;
+  EXPECT_NE(refused.out.find("run without --keys-only"), std::string::npos) << refused.out;
+  ASSERT_EQ(RunKnowd(Command()).exit_code, 0);
+
+  // The latents as the new adapter (without heads) stored them.
+  std::vector<std::vector<float>> latents_before;
+  {
+    auto bank = storage::MemoryBank::Open(Options(*new_));
+    ASSERT_TRUE(bank.ok()) << bank.status();
+    for (int i = 0; i < kDocuments; ++i) {
+      auto doc = (*bank)->Get(i % 3 == 0 ? "beta" : "alpha", absl::StrCat("doc-", i), true);
+      ASSERT_TRUE(doc.ok()) << doc.status();
+      for (const storage::Passage& p : doc->passages) latents_before.push_back(p.latents);
+    }
+    ASSERT_TRUE((*bank)->Close().ok());
+  }
+  ASSERT_TRUE(testing::WriteRandomRetrievalKeys(bundle_ + "/adapter", model_->config(),
+                                                new_->spec().key_dim, 3)
+                  .ok());
+  std::unique_ptr<Adapter> heads = Load(bundle_ + "/adapter");
+  ASSERT_NE(heads, nullptr);
+  ASSERT_TRUE(heads->has_retrieval_keys());
+  const absl::Status stale = storage::MemoryBank::Open(Options(*heads)).status();
+  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition) << stale;
+  EXPECT_NE(stale.message().find("knowd reencode --keys-only"), std::string::npos) << stale;
+
+  const CommandResult r = RunKnowd(Command() + " --keys-only");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("re-encoded the keys of 150 passages"), std::string::npos) << r.out;
+  auto bank = storage::MemoryBank::Open(Options(*heads));
+  ASSERT_TRUE(bank.ok()) << bank.status();
+  size_t at = 0;
+  for (int i = 0; i < kDocuments; ++i) {
+    auto doc = (*bank)->Get(i % 3 == 0 ? "beta" : "alpha", absl::StrCat("doc-", i), true);
+    ASSERT_TRUE(doc.ok()) << doc.status();
+    for (const storage::Passage& p : doc->passages) {
+      EXPECT_EQ(p.latents, latents_before.at(at++)) << p.text;
+      const storage::EncodedPassage want = Encode(*heads, p.text);
+      ASSERT_EQ(p.key.size(), want.key.size());
+      for (size_t j = 0; j < want.key.size(); ++j) ASSERT_NEAR(p.key[j], want.key[j], 1e-5);
+    }
+  }
+  EXPECT_EQ(at, 150u);
+  ASSERT_TRUE((*bank)->Close().ok());
 }
 
 TEST_F(ReencodeCliTest, ResumesAnInterruptedReencode) {
@@ -198,7 +252,8 @@ TEST_F(ReencodeCliTest, ResumesAnInterruptedReencode) {
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("resuming: 64 of 150 passages were re-encoded before"), std::string::npos)
       << r.out;
-  EXPECT_NE(r.out.find("re-encoded 86 passages"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("re-encoded the latents and keys of 86 passages"), std::string::npos)
+      << r.out;
   ExpectBankHoldsTheNewCodes();
 }
 
