@@ -796,18 +796,6 @@ const std::vector<DescriptionTemplate>& DescriptionTemplates() {
   return *t;
 }
 
-// Function words: a question may share these with its passage and still share no content word.
-bool IsStopWord(std::string_view w) {
-  static const auto* words = new std::set<std::string_view>{
-      "a",     "an",   "the",   "of",    "in",    "at",    "to",   "for",   "by",   "on",
-      "from",  "with", "and",   "or",    "as",    "into",  "is",   "was",   "are",  "were",
-      "be",    "been", "has",   "have",  "had",   "do",    "does", "did",   "what", "which",
-      "who",   "whom", "whose", "where", "when",  "how",   "that", "this",  "it",   "its",
-      "his",   "her",  "he",    "she",   "him",   "their", "they", "there", "than", "now",
-      "after", "no",   "not",   "more",  "every", "but",   "very", "also",  "any",  "some"};
-  return words->count(w) > 0;
-}
-
 // The words of a text: runs of ASCII letters, digits and apostrophes, a final "'s" dropped.
 std::vector<std::string> TextWords(std::string_view text) {
   std::vector<std::string> out;
@@ -870,6 +858,17 @@ int RelationIndex(std::string_view relation) {
 }
 
 }  // namespace
+
+bool IsStopWord(std::string_view w) {
+  static const auto* words = new std::set<std::string_view>{
+      "a",     "an",   "the",   "of",    "in",    "at",    "to",   "for",   "by",   "on",
+      "from",  "with", "and",   "or",    "as",    "into",  "is",   "was",   "are",  "were",
+      "be",    "been", "has",   "have",  "had",   "do",    "does", "did",   "what", "which",
+      "who",   "whom", "whose", "where", "when",  "how",   "that", "this",  "it",   "its",
+      "his",   "her",  "he",    "she",   "him",   "their", "they", "there", "than", "now",
+      "after", "no",   "not",   "more",  "every", "but",   "very", "also",  "any",  "some"};
+  return words->count(w) > 0;
+}
 
 std::string_view SplitName(Split split) {
   switch (split) {

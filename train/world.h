@@ -131,6 +131,10 @@ ParaphraseSplit GenerateParaphrases(const WorldOptions& options, const SplitData
 // <dir>/paraphrase.questions.jsonl, and <dir>/world.json (the options and what each split is).
 // Creates `dir`.
 absl::Status WriteWorld(const WorldOptions& options, const std::string& dir);
+// Function words ("the", "whom", "was", ...): a paraphrase question may share these with its
+// passage and still share no content word.
+bool IsStopWord(std::string_view word);
+
 // Reads one split back from `dir`.
 absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split);
 // The split whose passages an evaluation split is asked about: the test split for "paraphrase",

@@ -241,17 +241,6 @@ TEST(WorldTest, DefaultTestSplitMatchesTheCommittedFixture) {
 
 // ---- the paraphrase split ----
 
-bool Stop(const std::string& w) {
-  static const std::set<std::string> words = {
-      "a",     "an",   "the",   "of",    "in",    "at",    "to",   "for",   "by",   "on",
-      "from",  "with", "and",   "or",    "as",    "into",  "is",   "was",   "are",  "were",
-      "be",    "been", "has",   "have",  "had",   "do",    "does", "did",   "what", "which",
-      "who",   "whom", "whose", "where", "when",  "how",   "that", "this",  "it",   "its",
-      "his",   "her",  "he",    "she",   "him",   "their", "they", "there", "than", "now",
-      "after", "no",   "not",   "more",  "every", "but",   "very", "also",  "any",  "some"};
-  return words.count(w) > 0;
-}
-
 // Words of a text, in their case: runs of letters, digits and apostrophes, "'s" dropped.
 std::vector<std::string> Words(const std::string& text) {
   std::vector<std::string> out;
@@ -279,7 +268,7 @@ std::string Lower(std::string s) {
 std::set<std::string> ContentWords(const std::string& text) {
   std::set<std::string> out;
   for (const std::string& w : Words(text)) {
-    if (std::islower(static_cast<unsigned char>(w[0])) && !Stop(w)) out.insert(w);
+    if (std::islower(static_cast<unsigned char>(w[0])) && !IsStopWord(w)) out.insert(w);
   }
   return out;
 }
