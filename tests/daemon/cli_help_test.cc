@@ -36,6 +36,7 @@ const std::vector<std::string> kCommands = {"knowd serve",
                                             "knowd bench engine",
                                             "knowd bench synth-model",
                                             "knowd bench storage",
+                                            "knowd bench scale",
                                             "knowd bench peak",
                                             "knowd eval",
                                             "knowd convert",
@@ -220,8 +221,9 @@ TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {
 TEST(CliHelp, ReencodeListsExactlyItsFlags) {
   const CommandResult help = RunCommand(kKnowd + " reencode --help");
   ASSERT_EQ(help.exit_code, 0) << help.out;
-  EXPECT_EQ(FlagsOfHelp(help.out), (Flags{"--data-dir", "--bundle", "--adapter", "--threads",
-                                          "--backend", "--index", "--latent-format"}))
+  EXPECT_EQ(FlagsOfHelp(help.out),
+            (Flags{"--data-dir", "--bundle", "--adapter", "--threads", "--backend", "--index",
+                   "--latent-format", "--keys-only"}))
       << help.out;
 }
 
