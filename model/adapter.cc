@@ -108,6 +108,17 @@ absl::StatusOr<float*> Adapter::Impl::Trunk(std::span<const std::span<const int3
   return hidden;
 }
 
+std::vector<float> Adapter::Impl::RetrievalStates(const float* hidden, int64_t tokens) const {
+  if (retrieval == nullptr) return {};
+  const int64_t layer = tokens * lm.hidden_size;
+  std::vector<float> states(retrieval->layers().size() * layer);
+  for (size_t l = 0; l < retrieval->layers().size(); ++l) {
+    backend->Download(states.data() + l * layer, hidden + retrieval->layers()[l] * layer,
+                      layer * sizeof(float));
+  }
+  return states;
+}
+
 absl::StatusOr<float*> Adapter::Impl::Mix(const AdapterEncoder& encoder, const float* hidden,
                                           int tokens) {
   const int h = lm.hidden_size, d = spec.latent_dim;
@@ -297,11 +308,7 @@ absl::Status Adapter::EncodePassages(std::span<const std::vector<int32_t>> passa
     if (!latents.ok()) return latents.status();
     z.resize(chunk.size() * t * d);
     impl_->backend->Download(z.data(), *latents, z.size() * sizeof(float));
-    std::vector<float> states;
-    if (impl_->retrieval != nullptr) {
-      states.resize(int64_t{impl_->lm.num_layers} * tokens * impl_->lm.hidden_size);
-      impl_->backend->Download(states.data(), hidden, states.size() * sizeof(float));
-    }
+    const std::vector<float> states = impl_->RetrievalStates(hidden, tokens);
     KNOWD_RETURN_IF_ERROR(impl_->Finish());
     int64_t row = 0;
     for (size_t p = 0; p < chunk.size(); ++p) {
@@ -337,11 +344,7 @@ absl::StatusOr<QuestionCode> Adapter::EncodeQuestion(std::span<const int32_t> pr
   QuestionCode code;
   code.queries.resize(int64_t{t} * d);
   impl_->backend->Download(code.queries.data(), x, code.queries.size() * sizeof(float));
-  std::vector<float> states;
-  if (impl_->retrieval != nullptr) {
-    states.resize(int64_t{impl_->lm.num_layers} * n * impl_->lm.hidden_size);
-    impl_->backend->Download(states.data(), hidden, states.size() * sizeof(float));
-  }
+  const std::vector<float> states = impl_->RetrievalStates(hidden, n);
   KNOWD_RETURN_IF_ERROR(impl_->Finish());
   code.key = KeyHead(impl_->question.key, code.queries, t, d, spec.key_dim);
   code.retrieval_key =

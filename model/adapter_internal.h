@@ -75,6 +75,9 @@ struct Adapter::Impl {
   // hidden states [layers][tokens][hidden_size], sequences in order.
   absl::StatusOr<float*> Trunk(std::span<const std::span<const int32_t>> sequences,
                                std::vector<std::unique_ptr<KvCache>>* caches);
+  // The layers of Trunk's hidden states the retrieval heads read, in host memory:
+  // [retrieval->layers()][tokens][hidden_size]; empty without retrieval heads.
+  std::vector<float> RetrievalStates(const float* hidden, int64_t tokens) const;
   // LayerMix: [tokens][d] = sum over layers of proj_l · rmsnorm(hidden_l).
   absl::StatusOr<float*> Mix(const AdapterEncoder& encoder, const float* hidden, int tokens);
   // CrossBlocks applied in order to x [x_rows][d]; `condition` [x_rows][d] or null.

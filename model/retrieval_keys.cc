@@ -71,7 +71,7 @@ absl::StatusOr<std::unique_ptr<RetrievalKeys>> RetrievalKeys::Load(const std::st
   return keys;
 }
 
-std::vector<float> RetrievalKeys::Key(Side side, const float* hidden, int64_t total_tokens,
+std::vector<float> RetrievalKeys::Key(Side side, const float* states, int64_t total_tokens,
                                       int64_t begin, int n) const {
   const Head& head = side == Side::kPassage ? passage_ : question_;
   const int tokens = std::max(0, n - 1);  // BOS is not pooled
@@ -79,7 +79,7 @@ std::vector<float> RetrievalKeys::Key(Side side, const float* hidden, int64_t to
   std::vector<float> x(static_cast<size_t>(tokens) * dim_);
   for (int t = 0; t < tokens; ++t) {
     for (size_t l = 0; l < layers_.size(); ++l) {
-      const float* h = hidden + (int64_t{layers_[l]} * total_tokens + begin + 1 + t) * hidden_;
+      const float* h = states + (int64_t(l) * total_tokens + begin + 1 + t) * hidden_;
       float* out = x.data() + int64_t{t} * dim_ + int64_t(l) * hidden_;
       double squares = 0;
       for (int c = 0; c < hidden_; ++c) squares += double{h[c]} * h[c];

@@ -27,9 +27,10 @@ class RetrievalKeys {
   static absl::StatusOr<std::unique_ptr<RetrievalKeys>> Load(const std::string& dir,
                                                              const LlamaConfig& lm);
 
-  // The key of one sequence (BOS first, n >= 2 tokens) from the trunk's hidden states:
-  // `hidden` [layers][total_tokens][hidden_size] holds it at rows begin .. begin + n - 1.
-  std::vector<float> Key(Side side, const float* hidden, int64_t total_tokens, int64_t begin,
+  // The key of one sequence (BOS first, n >= 2 tokens) from the trunk's hidden states of
+  // layers() only: `states` [layers().size()][total_tokens][hidden_size] holds it at rows
+  // begin .. begin + n - 1.
+  std::vector<float> Key(Side side, const float* states, int64_t total_tokens, int64_t begin,
                          int n) const;
 
   const std::vector<int>& layers() const { return layers_; }

@@ -28,6 +28,7 @@
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "train/adapter_networks.h"
 #include "train/lm.h"
 #include "train/lm_torch.h"
 #include "train/world.h"
@@ -35,21 +36,18 @@
 namespace knowd::train {
 namespace {
 
+using adapter_internal::Linear;
+using adapter_internal::RmsNormalize;
 using internal::TorchAccess;
 using internal::TorchError;
 using internal::TrunkStates;
-
-torch::Tensor RmsNormalize(const torch::Tensor& x) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + 1e-6);
-}
 
 // One pooling head (see retrieval_keys.h).
 struct KeyHeadImpl : torch::nn::Module {
   KeyHeadImpl(int64_t dim, int64_t heads, int64_t key_dim) {
     // Zero queries: every head starts as the mean of the tokens.
     query = register_parameter("query", torch::zeros({heads, dim}));
-    proj = register_module(
-        "proj", torch::nn::Linear(torch::nn::LinearOptions(heads * dim, key_dim).bias(false)));
+    proj = register_module("proj", Linear(heads * dim, key_dim, /*bias=*/false));
   }
   // x [B, T, D] (normalized states), mask [B, T] (true: a token to pool) -> keys [B, key_dim].
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask) {
