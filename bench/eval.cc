@@ -57,6 +57,10 @@ int AtBankSize(int point) { return 2 + point; }
 constexpr const char* kNamespace = "eval";
 constexpr int kHashedKeyDim = 256;
 constexpr int kRecallDepth = 5;
+// The fusion weights --calibrate-retrieval tries (dense weight 1): every rrf_k with every
+// lexical weight.
+constexpr int kFusionRrfK[] = {1, 5, 10, 20, 40, 60, 100};
+constexpr float kFusionLexicalWeight[] = {0.25f, 0.5f, 0.75f, 1.0f, 1.5f, 2.0f, 4.0f};
 
 // Feature hashing of the lower-cased alphanumeric words, L2-normalised: a stand-in retrieval key
 // until the bundle has an adapter whose encoder produces real keys.
@@ -134,7 +138,14 @@ class Evaluator {
   int GoldPassage(const train::Question& q, int stage) const;
 
   absl::Status StorePassages(int begin, int end);
+  absl::StatusOr<std::vector<float>> QuestionKey(const train::Question& q);
+  // The indices of the top kRecallDepth passages for `q`.
+  absl::StatusOr<std::vector<int>> Ranking(const train::Question& q, const std::vector<float>& key,
+                                           knowledge::Retrieval retrieval,
+                                           const knowledge::Fusion& fusion);
   absl::StatusOr<Retrieved> Retrieve(const train::Question& q);
+  // EvalOptions::calibrate_retrieval, in place of the evaluation.
+  absl::Status CalibrateRetrieval();
   knowledge::AskContext Context() const {
     return {bank_.get(), &tokenizer_, modulator_, model_.config().max_position_embeddings};
   }
@@ -224,36 +235,139 @@ absl::Status Evaluator::StorePassages(int begin, int end) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q) {
-  std::vector<float> key;
-  if (modulator_ != nullptr) {
-    absl::StatusOr<QuestionCode> code =
-        knowledge::EncodeQuestion(*modulator_, tokenizer_, q.question);
-    if (!code.ok()) return code.status();
-    key = std::move(code->retrieval_key);
-  } else {
-    key = HashedKey(q.question);
+absl::StatusOr<std::vector<float>> Evaluator::QuestionKey(const train::Question& q) {
+  if (modulator_ == nullptr) return HashedKey(q.question);
+  absl::StatusOr<QuestionCode> code =
+      knowledge::EncodeQuestion(*modulator_, tokenizer_, q.question);
+  if (!code.ok()) return code.status();
+  return std::move(code->retrieval_key);
+}
+
+absl::StatusOr<std::vector<int>> Evaluator::Ranking(const train::Question& q,
+                                                    const std::vector<float>& key,
+                                                    knowledge::Retrieval retrieval,
+                                                    const knowledge::Fusion& fusion) {
+  absl::StatusOr<std::vector<storage::SearchHit>> hits = knowledge::RetrievePassages(
+      *bank_, kNamespace, q.question, &key, retrieval, kRecallDepth, fusion);
+  if (!hits.ok()) return hits.status();
+  std::vector<int> out;
+  for (const storage::SearchHit& h : *hits) {
+    auto it = passage_index_.find(h.doc_id);
+    if (it != passage_index_.end()) out.push_back(it->second);
   }
-  auto ranking = [&](knowledge::Retrieval retrieval) -> absl::StatusOr<std::vector<int>> {
-    absl::StatusOr<std::vector<storage::SearchHit>> hits =
-        knowledge::RetrievePassages(*bank_, kNamespace, q.question, &key, retrieval, kRecallDepth);
-    if (!hits.ok()) return hits.status();
-    std::vector<int> out;
-    for (const storage::SearchHit& h : *hits) {
-      auto it = passage_index_.find(h.doc_id);
-      if (it != passage_index_.end()) out.push_back(it->second);
-    }
-    return out;
-  };
+  return out;
+}
+
+absl::StatusOr<Retrieved> Evaluator::Retrieve(const train::Question& q) {
+  absl::StatusOr<std::vector<float>> key = QuestionKey(q);
+  if (!key.ok()) return key.status();
   Retrieved r;
   for (auto [retrieval, out] : {std::pair{knowledge::Retrieval::kLexical, &r.bm25},
                                 std::pair{knowledge::Retrieval::kDense, &r.dense},
                                 std::pair{knowledge::Retrieval::kHybrid, &r.hybrid}}) {
-    absl::StatusOr<std::vector<int>> ranked = ranking(retrieval);
+    absl::StatusOr<std::vector<int>> ranked = Ranking(q, *key, retrieval, *o_.fusion);
     if (!ranked.ok()) return ranked.status();
     *out = *std::move(ranked);
   }
   return r;
+}
+
+absl::Status Evaluator::CalibrateRetrieval() {
+  const int total = static_cast<int>(data_.passages.size());
+  std::optional<cli::ProgressBar> bar;
+  if (o_.progress) bar.emplace("streaming", "passages", isatty(STDERR_FILENO) != 0);
+  for (int stored = 0; stored < total; stored += 64) {
+    if (bar) bar->Update(stored, total);
+    if (absl::Status s = StorePassages(stored, std::min(total, stored + 64)); !s.ok()) return s;
+  }
+  if (bar) bar->Finish();
+  if (o_.progress) bar.emplace("searching", "questions", isatty(STDERR_FILENO) != 0);
+  // The usual weighting (rrf_k 60, equal weights) first, so that it stays when nothing beats it.
+  std::vector<knowledge::Fusion> grid = {knowledge::Fusion()};
+  for (int rrf_k : kFusionRrfK) {
+    for (float lexical_weight : kFusionLexicalWeight) {
+      if (rrf_k != grid[0].rrf_k || lexical_weight != grid[0].lexical_weight) {
+        grid.push_back({rrf_k, 1.0f, lexical_weight});
+      }
+    }
+  }
+  RecallCounts lexical, dense;
+  std::vector<RecallCounts> hybrid(grid.size());
+  for (size_t i = 0; i < main_questions_.size(); ++i) {
+    if (bar) bar->Update(i, main_questions_.size());
+    const train::Question& q = data_.questions[main_questions_[i]];
+    const int gold = GoldPassage(q, kAtEnd);
+    absl::StatusOr<std::vector<float>> key = QuestionKey(q);
+    if (!key.ok()) return key.status();
+    auto add = [&](knowledge::Retrieval retrieval, const knowledge::Fusion& fusion,
+                   RecallCounts& counts) -> absl::Status {
+      absl::StatusOr<std::vector<int>> ranked = Ranking(q, *key, retrieval, fusion);
+      if (!ranked.ok()) return ranked.status();
+      counts.Add(*ranked, gold);
+      return absl::OkStatus();
+    };
+    if (absl::Status s = add(knowledge::Retrieval::kLexical, {}, lexical); !s.ok()) return s;
+    if (absl::Status s = add(knowledge::Retrieval::kDense, {}, dense); !s.ok()) return s;
+    for (size_t g = 0; g < grid.size(); ++g) {
+      if (absl::Status s = add(knowledge::Retrieval::kHybrid, grid[g], hybrid[g]); !s.ok())
+        return s;
+    }
+  }
+  if (bar) bar->Finish();
+  if (absl::Status s = bank_->Close(); !s.ok()) return s;
+
+  // The best by recall@1, then recall@5; the first in grid order among equals (the usual
+  // weighting, when it is among them).
+  auto better = [](const RecallCounts& a, const RecallCounts& b) {
+    return a.at1 != b.at1 ? a.at1 > b.at1 : a.at5 > b.at5;
+  };
+  size_t best = 0;
+  for (size_t g = 1; g < grid.size(); ++g) {
+    if (better(hybrid[g], hybrid[best])) best = g;
+  }
+  knowledge::Retrieval chosen = knowledge::Retrieval::kHybrid;
+  const RecallCounts* chosen_counts = &hybrid[best];
+  if (better(dense, *chosen_counts)) {
+    chosen = knowledge::Retrieval::kDense;
+    chosen_counts = &dense;
+  }
+  if (better(lexical, *chosen_counts)) chosen = knowledge::Retrieval::kLexical;
+
+  const double n = std::max<size_t>(1, main_questions_.size());
+  auto recall = [&](const RecallCounts& r) {
+    return Json{{"recall_at_1", r.at1 / n}, {"recall_at_5", r.at5 / n}};
+  };
+  Json tried = Json::array();
+  for (size_t g = 0; g < grid.size(); ++g) {
+    Json row = recall(hybrid[g]);
+    row["rrf_k"] = grid[g].rrf_k;
+    row["lexical_weight"] = grid[g].lexical_weight;
+    tried.push_back(row);
+  }
+  const Json retrieval = {
+      {"default", knowledge::RetrievalName(chosen)},
+      {"rrf_k", grid[best].rrf_k},
+      {"dense_weight", grid[best].dense_weight},
+      {"lexical_weight", grid[best].lexical_weight},
+      {"calibrated_on", absl::StrCat(o_.split, " split of ", o_.data_dir, ", ",
+                                     main_questions_.size(), " questions")},
+      {"rule",
+       "the best recall@1, then recall@5, of lexical, dense and hybrid over the fusion grid "
+       "(knowd eval --calibrate-retrieval)"},
+      {"lexical", recall(lexical)},
+      {"dense", recall(dense)},
+      {"hybrid", recall(hybrid[best])},
+      {"grid", tried}};
+  std::printf("retrieval on the %s split, %zu questions (recall@1 / @5):\n", o_.split.c_str(),
+              main_questions_.size());
+  std::printf("  lexical %.3f / %.3f\n  dense   %.3f / %.3f\n", lexical.at1 / n, lexical.at5 / n,
+              dense.at1 / n, dense.at5 / n);
+  std::printf("  hybrid  %.3f / %.3f (rrf_k %d, lexical weight %.2f, the best of %zu)\n",
+              hybrid[best].at1 / n, hybrid[best].at5 / n, grid[best].rrf_k,
+              grid[best].lexical_weight, grid.size());
+  std::printf("default retrieval: %s; written to %s/knowledge.json\n",
+              knowledge::RetrievalName(chosen), o_.bundle_dir.c_str());
+  return knowledge::UpdateCalibration(o_.bundle_dir, Json{{"retrieval", retrieval}}.dump());
 }
 
 int Evaluator::AddRequest(std::vector<int32_t> prompt, std::shared_ptr<const PrefixKv> prefix) {
@@ -400,6 +514,7 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
       storage::MemoryBank::Open(bank_options);
   if (!bank.ok()) return bank.status();
   bank_ = *std::move(bank);
+  if (o_.calibrate_retrieval) return CalibrateRetrieval();
 
   // The stream. The first retention_passages passages go in one at a time so their questions can
   // be asked right after; later ones in batches up to the next plot point.
@@ -481,9 +596,9 @@ absl::Status Evaluator::MeasureAbstention() {
     threshold_ = c->abstain_below;
     threshold_source_ = "bundle knowledge.json";
   }
-  knowledge::AskParams params;  // the daemon's default rag ask
-  params.mode = knowledge::AskMode::kRag;
-  params.max_tokens = o_.max_answer_tokens;
+  absl::StatusOr<knowledge::AskParams> rag = EvalModeParams(o_, "rag-subject");
+  if (!rag.ok()) return rag.status();
+  const knowledge::AskParams params = *rag;  // the daemon's default rag ask
   auto relevance = [&](const std::string& question) -> absl::StatusOr<double> {
     absl::StatusOr<knowledge::PreparedAsk> p =
         knowledge::PrepareAsk(Context(), kNamespace, question, params);
@@ -581,7 +696,7 @@ absl::Status Evaluator::MeasureAbstention() {
                     {"rule",
                      "max over t of unknown_abstained(t) - 10 * known_abstained(t) "
                      "(knowd eval --calibrate-abstention)"}};
-    if (absl::Status s = knowledge::WriteCalibration(o_.bundle_dir, {best_t}, calibration_.dump());
+    if (absl::Status s = knowledge::UpdateCalibration(o_.bundle_dir, calibration_.dump());
         !s.ok()) {
       return s;
     }
@@ -686,12 +801,21 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
     const double n = std::max(1, recall_questions_);
     return Json{{"recall_at_1", r.at1 / n}, {"recall_at_5", r.at5 / n}};
   };
+  const RecallCounts& served = *o_.retrieval == knowledge::Retrieval::kHybrid  ? recall_hybrid_
+                               : *o_.retrieval == knowledge::Retrieval::kDense ? recall_dense_
+                                                                               : recall_bm25_;
   report["retrieval"] = {
       {"questions", recall_questions_},
-      {"rag_ranking", "bm25"},
-      {"recall_at_1", recall_questions_ ? recall_bm25_.at1 / double(recall_questions_) : 0.0},
-      {"recall_at_5", recall_questions_ ? recall_bm25_.at5 / double(recall_questions_) : 0.0},
-      {"dense_key", modulator_ ? "adapter" : "hashed bag of words (no adapter)"},
+      {"served", knowledge::RetrievalName(*o_.retrieval)},
+      {"fusion",
+       {{"rrf_k", o_.fusion->rrf_k},
+        {"dense_weight", o_.fusion->dense_weight},
+        {"lexical_weight", o_.fusion->lexical_weight}}},
+      {"recall_at_1", recall(served)["recall_at_1"]},
+      {"recall_at_5", recall(served)["recall_at_5"]},
+      {"dense_key", modulator_ == nullptr ? "hashed bag of words (no adapter)"
+                    : modulator_->fingerprint().key_hash.empty() ? "adapter"
+                                                                 : "retrieval heads"},
       {"bm25", recall(recall_bm25_)},
       {"dense", recall(recall_dense_)},
       {"hybrid", recall(recall_hybrid_)}};
@@ -830,7 +954,8 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
 absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::string_view mode) {
   knowledge::AskParams p;
   p.max_tokens = o.max_answer_tokens;
-  p.retrieval = knowledge::Retrieval::kLexical;
+  p.retrieval = o.retrieval.value_or(knowledge::Retrieval::kLexical);
+  p.fusion = o.fusion.value_or(knowledge::Fusion());
   if (mode == "rag-top1" || mode == "rag-top3") {
     p.mode = knowledge::AskMode::kRag;
     p.top_k = p.rag_passages = mode == "rag-top1" ? 1 : 3;
@@ -839,9 +964,6 @@ absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::s
     p.mode = knowledge::AskMode::kRag;  // the daemon's rag mode with its defaults
   } else if (mode == "mac" || mode == "mac+rag") {
     p.mode = mode == "mac" ? knowledge::AskMode::kMac : knowledge::AskMode::kMacRag;
-    p.retrieval = o.mac_retrieval == MacRetrieval::kHybrid  ? knowledge::Retrieval::kHybrid
-                  : o.mac_retrieval == MacRetrieval::kDense ? knowledge::Retrieval::kDense
-                                                            : knowledge::Retrieval::kLexical;
     p.top_k = o.mac_top_k;
     if (!o.mac_rag_subject) {
       p.rag_passages = o.mac_rag_passages;
@@ -903,9 +1025,17 @@ absl::Status RunEval(const EvalOptions& options) {
     std::error_code ec;
     std::filesystem::remove_all(bank_dir, ec);  // every run streams into an empty bank
   }
+  // What a daemon request that names no retrieval gets: the bundle's, lexical without an adapter
+  // (dense keys need one; the hashed stand-in keys are only for the recall figures).
+  EvalOptions resolved = options;
+  if (!resolved.retrieval.has_value()) {
+    resolved.retrieval =
+        modulator != nullptr ? bundle->calibration.retrieval : knowledge::Retrieval::kLexical;
+  }
+  if (!resolved.fusion.has_value()) resolved.fusion = bundle->calibration.fusion;
   absl::Status status;
   {
-    Evaluator evaluator(options, *std::move(data), **model, **tokenizer, modulator.get(), reason);
+    Evaluator evaluator(resolved, *std::move(data), **model, **tokenizer, modulator.get(), reason);
     status = evaluator.Run(bank_dir);
   }  // the bank is closed before its directory goes
   if (!temp_dir.empty()) {

@@ -7,15 +7,16 @@
 // update passage changed is scored against the new value, and its oracle context is the original
 // passage followed by the update, oldest first as in pretraining).
 //
-// Modes:
+// Modes (every memory mode retrieves as the daemon does by default: the bundle's retrieval and
+// fusion, knowledge.json, unless EvalOptions names others):
 //   closed-book   "<BOS>Q: <question>\nA:"                     (no memory)
 //   oracle        "<BOS><gold passage(s)>\nQ: <question>\nA:"   (upper bound for reading)
-//   rag-top1/3    the top 1 / 3 passages retrieved by BM25 for the question, oldest first
-//   rag-subject   the top BM25 passage and up to two more BM25 candidates on its subject
+//   rag-top1/3    the top 1 / 3 passages retrieved for the question, oldest first
+//   rag-subject   the top passage and up to two more of the top 20 on its subject
 //                 (knowledge::LexicalMarks::same_subject: an update of a fact, or its older
 //                 version), oldest first
-//   mac           the adapter's prefix aggregated from the top mac_top_k passages (retrieved by
-//                 BM25 by default; or the adapter's keys, or both fused), then "Q: <question>\nA:"
+//   mac           the adapter's prefix aggregated from the top mac_top_k passages, then
+//                 "Q: <question>\nA:"
 //   mac+rag       the same prefix, then rag-subject's passages as text (or the best
 //                 mac_rag_passages of mac's candidates)
 //   mac and mac+rag need the bundle's MAC adapter (a Modulator); without one they are reported as
@@ -42,6 +43,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -123,8 +125,6 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(
 
 // ---- the evaluation --------------------------------------------------------------------------
 
-enum class MacRetrieval { kHybrid, kDense, kLexical };
-
 struct EvalOptions {
   std::string bundle_dir;  // config.json + model.safetensors + tokenizer.model [+ adapter/]
   std::string data_dir;    // <split>.passages.jsonl + <split>.questions.jsonl
@@ -141,9 +141,11 @@ struct EvalOptions {
   std::vector<int> bank_sizes = {250, 500};  // extra plot points; the first retention_passages
                                              // and the whole stream are always measured
   int mac_top_k = 3;
-  // Where mac's candidates come from: the adapter's keys fused with BM25 by reciprocal rank
-  // (kHybrid), the keys alone (kDense) or BM25 alone (kLexical).
-  MacRetrieval mac_retrieval = MacRetrieval::kLexical;
+  // Where every memory mode's passages come from, and hybrid retrieval's fusion weights
+  // (knowledge/retrieve.h); nullopt: the bundle's (knowledge.json), which a daemon request that
+  // names none gets.
+  std::optional<knowledge::Retrieval> retrieval;
+  std::optional<knowledge::Fusion> fusion;
   int mac_rag_passages = 1;     // mac+rag: the best this many candidates' texts in the prompt ...
   bool mac_rag_subject = true;  // ... or rag-subject's passages
   // > 0: the mac+rag prefix key scale instead of the adapter's rag_prefix_key_scale (calibration).
@@ -164,6 +166,11 @@ struct EvalOptions {
   // Choose the threshold on this split (known vs unknown questions) and write it to
   // <bundle>/knowledge.json.
   bool calibrate_abstention = false;
+  // Instead of the evaluation: stream the split, measure recall@1 / @5 of BM25, the dense keys
+  // and hybrid retrieval over a grid of fusion weights (7 rrf_k x 7 lexical weights), and write
+  // the best fusion
+  // and the best retrieval (recall@1, then recall@5) to <bundle>/knowledge.json.
+  bool calibrate_retrieval = false;
   // Progress on stderr (a bar with ETA on a terminal).
   bool progress = false;
 

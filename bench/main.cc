@@ -97,8 +97,9 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--backend", eval.backend, "compute backend: cpu only");
   eval_cmd->add_option("--mac-top-k", eval.mac_top_k,
                        "passages the adapter aggregates per question");
-  eval_cmd->add_option("--mac-retrieval", eval.mac_retrieval,
-                       "where mac's passages come from: lexical (BM25), dense (keys) or hybrid");
+  eval_cmd->add_option("--retrieval", eval.retrieval,
+                       "where every memory mode's passages come from: lexical (BM25), dense "
+                       "(keys) or hybrid; empty: the bundle's default (knowledge.json)");
   eval_cmd->add_option("--latent-format", eval.latent_format, "stored latents: fp16 or int8");
   eval_cmd->add_option("--examples", eval.examples,
                        "questions whose predictions in every mode the report lists; -1 is all");
@@ -112,6 +113,9 @@ int main(int argc, char** argv) {
                        "calibration (knowledge.json)");
   eval_cmd->add_flag("--calibrate-abstention", eval.calibrate_abstention,
                      "choose the threshold on this split and write <bundle>/knowledge.json");
+  eval_cmd->add_flag("--calibrate-retrieval", eval.calibrate_retrieval,
+                     "choose hybrid's fusion weights and the default retrieval by recall on "
+                     "this split, write <bundle>/knowledge.json, and stop");
   eval_cmd->add_option("--unknown-split", eval.unknown_split,
                        "split whose questions are about people never streamed; empty: valid for "
                        "test and paraphrase, else test");

@@ -117,17 +117,13 @@ int RunEvalCommand(const EvalFlags& flags) {
   o.examples = flags.examples;
   o.mac_top_k = flags.mac_top_k;
   if (o.mac_top_k < 1) return Fail("eval", absl::InvalidArgumentError("--mac-top-k must be >= 1"));
-  const std::string retrieval = flags.mac_retrieval;
-  if (retrieval == "hybrid") {
-    o.mac_retrieval = MacRetrieval::kHybrid;
-  } else if (retrieval == "dense") {
-    o.mac_retrieval = MacRetrieval::kDense;
-  } else if (retrieval == "lexical") {
-    o.mac_retrieval = MacRetrieval::kLexical;
-  } else {
-    return Fail("eval",
-                absl::InvalidArgumentError(absl::StrCat(
-                    "--mac-retrieval must be hybrid, dense or lexical, not \"", retrieval, "\"")));
+  if (!flags.retrieval.empty()) {
+    o.retrieval = knowledge::ParseRetrievalName(flags.retrieval);
+    if (!o.retrieval.has_value()) {
+      return Fail("eval", absl::InvalidArgumentError(
+                              absl::StrCat("--retrieval must be lexical, dense or hybrid, not \"",
+                                           flags.retrieval, "\"; empty: the bundle's")));
+    }
   }
   const std::string mac_rag_text = flags.mac_rag_text;
   if (mac_rag_text != "subject" && mac_rag_text != "top1") {
@@ -149,6 +145,12 @@ int RunEvalCommand(const EvalFlags& flags) {
   }
   o.abstain_below = flags.abstain_below;
   o.calibrate_abstention = flags.calibrate_abstention;
+  o.calibrate_retrieval = flags.calibrate_retrieval;
+  if (o.calibrate_abstention && o.calibrate_retrieval) {
+    return Fail("eval", absl::InvalidArgumentError(
+                            "--calibrate-retrieval runs alone: give --calibrate-abstention in a "
+                            "second run, which then measures with the new retrieval"));
+  }
   o.unknown_split = flags.unknown_split;
   o.forget_subjects = flags.forget_subjects;
   if (o.forget_subjects < 0) {

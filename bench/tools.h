@@ -54,13 +54,14 @@ struct EvalFlags {
   int threads = 0;
   std::string backend = "cpu";  // eval runs on the cpu backend only
   int mac_top_k = 3;
-  std::string mac_retrieval = "lexical";
+  std::string retrieval;  // "": the bundle's (knowledge.json)
   std::string latent_format = "int8";
   int examples = 10;
   std::string mac_rag_text = "subject";
   double rag_prefix_key_scale = 0;    // 0: the adapter's
   double abstain_below = -1;          // < 0: the bundle's calibration (knowledge.json)
   bool calibrate_abstention = false;  // choose the threshold here, write <bundle>/knowledge.json
+  bool calibrate_retrieval = false;   // choose retrieval and fusion here, write knowledge.json
   std::string unknown_split;          // "": valid for the test split, test otherwise
   int forget_subjects = 50;
 };

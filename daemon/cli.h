@@ -48,7 +48,7 @@ struct ReencodeFlags {
   std::string adapter;  // "" = <bundle>/adapter
   int threads = 0;
   std::string backend = "cpu";
-  std::string index = "Flat";
+  std::string index = "auto";
   std::string latent_format = "int8";
   // Only the retrieval keys may change (the bank's latents were made by this adapter on this
   // base); refused otherwise, before anything is written.

@@ -135,7 +135,8 @@ int main(int argc, char** argv) {
                            "adapter directory; empty: <bundle>/adapter");
   reencode_cmd->add_option("--threads", reencode.threads, "CPU threads; 0 is one per core");
   reencode_cmd->add_option("--backend", reencode.backend, "compute backend: cpu or cuda");
-  reencode_cmd->add_option("--index", reencode.index, "FAISS index factory string");
+  reencode_cmd->add_option("--index", reencode.index,
+                           "FAISS index factory string, or auto (the daemon's default)");
   reencode_cmd->add_option("--latent-format", reencode.latent_format,
                            "stored latents: fp16 or int8");
   reencode_cmd->add_flag("--keys-only", reencode.keys_only,

@@ -132,6 +132,8 @@ class AskScheduler {
   // The retrieval a request gets: its own, else the configured default (lexical without an
   // adapter: dense keys need one).
   knowledge::Retrieval ResolveRetrieval(v1::Retrieval requested) const;
+  // Hybrid retrieval's weights (the bundle's).
+  const knowledge::Fusion& fusion() const { return options_.defaults.fusion; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:

@@ -95,7 +95,8 @@ const std::vector<Key>& Keys() {
       {"default-max-tokens", &ServeConfig::default_max_tokens, 1,
        "answer tokens when max_tokens is 0"},
       {"default-retrieval", &ServeConfig::default_retrieval, 0,
-       "retrieval when a request leaves it unset: lexical, dense or hybrid"},
+       "retrieval when a request leaves it unset: lexical, dense, hybrid, or bundle (the "
+       "bundle's knowledge.json)"},
       {"cluster-nats", &ServeConfig::cluster_nats, 0,
        "NATS servers (comma-separated URLs) of the cluster log; unset = a single daemon"},
       {"shards", &ServeConfig::shards, 1, "cluster: shards the namespaces are hashed to"},
@@ -105,7 +106,8 @@ const std::vector<Key>& Keys() {
       {"cluster-stream", &ServeConfig::cluster_stream, 0, "cluster: the JetStream stream"},
       {"cluster-stream-replicas", &ServeConfig::cluster_stream_replicas, 1,
        "cluster: copies of the log JetStream keeps (quorum = a majority)"},
-      {"index-factory", &ServeConfig::index_factory, 0, "FAISS index factory string"},
+      {"index-factory", &ServeConfig::index_factory, 0,
+       "FAISS index factory string, or auto (Flat while a namespace is small, then HNSW32)"},
       {"latent-format", &ServeConfig::latent_format, 0, "stored latents: fp16 or int8"},
   };
   return *keys;
@@ -267,9 +269,10 @@ absl::StatusOr<ServeConfig> LoadServeConfig(std::span<const std::string> args,
     return absl::InvalidArgumentError(
         absl::StrCat("--backend must be cpu or cuda, not ", config.backend));
   }
-  if (!ParseRetrieval(config.default_retrieval).has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--default-retrieval must be lexical, dense or hybrid, not ", config.default_retrieval));
+  if (config.default_retrieval != "bundle" && !ParseRetrieval(config.default_retrieval)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--default-retrieval must be lexical, dense, hybrid or bundle, not ",
+                     config.default_retrieval));
   }
   if (!storage::ParseLatentFormat(config.latent_format).has_value()) {
     return absl::InvalidArgumentError(

@@ -82,9 +82,11 @@ struct ServeConfig {
   int subject_passages = 2;
   int default_max_tokens = 32;
   // Retrieval when a request leaves it unspecified and an adapter is loaded: lexical (BM25),
-  // dense (the adapter's keys) or hybrid (both, fused by reciprocal rank). Without an adapter
-  // retrieval is always lexical.
-  std::string default_retrieval = "lexical";
+  // dense (the adapter's keys), hybrid (both, fused by weighted reciprocal rank) or bundle (the
+  // one the bundle's knowledge.json names, chosen by recall on its valid split; lexical when it
+  // names none). Hybrid fuses with the bundle's weights. Without an adapter retrieval is always
+  // lexical.
+  std::string default_retrieval = "bundle";
 
   // Scale-out (daemon/cluster_log.h): "" = a single daemon.
   std::string cluster_nats;  // comma-separated NATS URLs
@@ -95,7 +97,9 @@ struct ServeConfig {
   int cluster_stream_replicas = 3;
 
   // Memory bank.
-  std::string index_factory = "Flat";  // FAISS index_factory string
+  // FAISS index_factory string, or auto: exact Flat while a namespace is small, HNSW past the
+  // size where Flat stops being the fastest (storage::BankOptions::index_factory).
+  std::string index_factory = "auto";
   std::string latent_format = "int8";  // int8 (+ a scale per row) or fp16
 };
 

@@ -291,7 +291,10 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   scheduler_options.defaults.top_k = config.default_top_k;
   scheduler_options.defaults.subject_passages = config.subject_passages;
   scheduler_options.defaults.max_tokens = config.default_max_tokens;
-  scheduler_options.defaults.retrieval = FromProto(*ParseRetrieval(config.default_retrieval));
+  scheduler_options.defaults.retrieval = config.default_retrieval == "bundle"
+                                             ? m.calibration.retrieval
+                                             : FromProto(*ParseRetrieval(config.default_retrieval));
+  scheduler_options.defaults.fusion = m.calibration.fusion;
   scheduler_options.defaults.abstain_below = m.calibration.abstain_below;
   AskScheduler scheduler(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
                          scheduler_options);

@@ -542,9 +542,10 @@ absl::Status KnowledgeServiceImpl::DoSearch(grpc::ServerContext* context,
     }));
   }
   const int k = request.top_k() > 0 ? request.top_k() : 10;
-  KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> hits,
-                         knowledge::RetrievePassages(*bank_, name_space, request.query(),
-                                                     key ? &*key : nullptr, retrieval, k));
+  KNOWD_ASSIGN_OR_RETURN(
+      std::vector<storage::SearchHit> hits,
+      knowledge::RetrievePassages(*bank_, name_space, request.query(), key ? &*key : nullptr,
+                                  retrieval, k, scheduler_->fusion()));
   for (const storage::SearchHit& h : hits) {
     v1::Passage* p = response->add_passages();
     p->set_document_id(h.doc_id);

@@ -89,13 +89,11 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
       KNOWD_ASSIGN_OR_RETURN(code, EncodeQuestion(*modulator, *context.tokenizer, question));
     }
     int depth = params.top_k;
-    if (text && params.subject_passages > 0 && params.retrieval == Retrieval::kLexical) {
-      depth = std::max(depth, params.subject_depth);
-    }
+    if (text && params.subject_passages > 0) depth = std::max(depth, params.subject_depth);
     storage::LexicalTerms terms;
     KNOWD_ASSIGN_OR_RETURN(hits, RetrievePassages(*context.bank, name_space, question,
                                                   code ? &code->retrieval_key : nullptr,
-                                                  params.retrieval, depth, &terms));
+                                                  params.retrieval, depth, params.fusion, &terms));
     marks = MarkLexicalHits(hits, terms);
     out.relevance = BestCoverage(marks);
     if (out.relevance < 0) {
@@ -103,7 +101,7 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
       storage::LexicalTerms lexical_terms;
       KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> lexical,
                              RetrievePassages(*context.bank, name_space, question, nullptr,
-                                              Retrieval::kLexical, 1, &lexical_terms));
+                                              Retrieval::kLexical, 1, {}, &lexical_terms));
       out.relevance = std::max(0.0, BestCoverage(MarkLexicalHits(lexical, lexical_terms)));
     }
     if (hits.empty() || out.relevance < params.abstain_below) {

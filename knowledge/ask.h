@@ -46,7 +46,8 @@ struct AskParams {
   int top_k = 3;             // passages retrieved: mac aggregates them, rag takes the best
   int rag_passages = 1;      // rag modes: the best this many passages go in the prompt, with
   int subject_passages = 2;  // up to this many more on the best one's subject, found among
-  int subject_depth = 20;    // this many lexical candidates
+  int subject_depth = 20;    // this many candidates
+  Fusion fusion;             // hybrid retrieval's weights
   int max_tokens = 32;       // answer tokens the prompt leaves room for
   // Nothing in memory when the question's relevance is below this (0: always answer).
   double abstain_below = 0;

@@ -1,7 +1,9 @@
 #include "knowledge/bundle.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -18,45 +20,94 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackendByName(std::string_view name
       absl::StrCat("the backend must be cpu or cuda, not \"", std::string(name), "\""));
 }
 
-absl::StatusOr<Calibration> ReadCalibration(const std::string& model) {
+namespace {
+
+absl::StatusOr<Calibration> ParseCalibration(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a JSON object"));
   Calibration c;
-  std::error_code ec;
-  const fs::path path = fs::path(model) / "knowledge.json";
-  if (!fs::is_regular_file(path, ec)) return c;
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not a JSON object"));
-  }
-  if (j.contains("abstain_below")) {
-    const nlohmann::json& v = j["abstain_below"];
-    if (!v.is_number() || v.get<double>() < 0 || v.get<double>() > 1) {
+  auto number = [&](const nlohmann::json& object, const char* key, double low, double high,
+                    const char* where) -> absl::StatusOr<std::optional<double>> {
+    if (!object.contains(key)) return std::nullopt;
+    const nlohmann::json& v = object[key];
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < low ||
+        v.get<double>() > high) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path.string(), ": abstain_below must be a number in [0, 1]"));
+          absl::StrCat(path, ": ", where, key, " must be a number in [", low, ", ", high, "]"));
     }
-    c.abstain_below = v.get<double>();
+    return v.get<double>();
+  };
+  KNOWD_ASSIGN_OR_RETURN(std::optional<double> abstain, number(j, "abstain_below", 0, 1, ""));
+  c.abstain_below = abstain.value_or(0);
+  if (!j.contains("retrieval")) return c;
+  const nlohmann::json& r = j["retrieval"];
+  if (!r.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": retrieval must be an object"));
+  }
+  if (r.contains("default")) {
+    std::optional<Retrieval> parsed;
+    if (r["default"].is_string()) parsed = ParseRetrievalName(r["default"].get<std::string>());
+    if (!parsed.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": retrieval.default must be lexical, dense or hybrid"));
+    }
+    c.retrieval = *parsed;
+  }
+  KNOWD_ASSIGN_OR_RETURN(std::optional<double> rrf_k, number(r, "rrf_k", 0, 1e6, "retrieval."));
+  KNOWD_ASSIGN_OR_RETURN(std::optional<double> dense,
+                         number(r, "dense_weight", 0, 1e6, "retrieval."));
+  KNOWD_ASSIGN_OR_RETURN(std::optional<double> lexical,
+                         number(r, "lexical_weight", 0, 1e6, "retrieval."));
+  c.fusion.rrf_k = static_cast<int>(rrf_k.value_or(c.fusion.rrf_k));
+  c.fusion.dense_weight = static_cast<float>(dense.value_or(c.fusion.dense_weight));
+  c.fusion.lexical_weight = static_cast<float>(lexical.value_or(c.fusion.lexical_weight));
+  if (c.fusion.dense_weight == 0 && c.fusion.lexical_weight == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": retrieval.dense_weight and lexical_weight are both 0"));
   }
   return c;
 }
 
-absl::Status WriteCalibration(const std::string& model, const Calibration& calibration,
-                              const std::string& extra_json) {
-  nlohmann::json j = nlohmann::json::object();
-  if (!extra_json.empty()) {
-    j = nlohmann::json::parse(extra_json, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object()) return absl::InvalidArgumentError("calibration extras are not an object");
-  }
-  j["abstain_below"] = calibration.abstain_below;
+absl::StatusOr<nlohmann::json> ReadJsonFile(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in && !in.eof()) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
+  return nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+}
+
+}  // namespace
+
+absl::StatusOr<Calibration> ReadCalibration(const std::string& model) {
+  std::error_code ec;
   const fs::path path = fs::path(model) / "knowledge.json";
+  if (!fs::is_regular_file(path, ec)) return Calibration();
+  KNOWD_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(path));
+  return ParseCalibration(j, path.string());
+}
+
+absl::Status UpdateCalibration(const std::string& model, const std::string& update_json) {
+  const nlohmann::json update =
+      nlohmann::json::parse(update_json, nullptr, /*allow_exceptions=*/false);
+  if (!update.is_object())
+    return absl::InvalidArgumentError("a calibration update is not an object");
+  const fs::path path = fs::path(model) / "knowledge.json";
+  std::error_code ec;
+  nlohmann::json j = nlohmann::json::object();
+  if (fs::is_regular_file(path, ec)) {
+    KNOWD_ASSIGN_OR_RETURN(j, ReadJsonFile(path));
+    if (!j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not a JSON object"));
+    }
+  }
+  for (const auto& [key, value] : update.items()) j[key] = value;
+  KNOWD_RETURN_IF_ERROR(ParseCalibration(j, path.string()).status());
   const fs::path temp = path.string() + ".tmp";
   {
     std::ofstream out(temp, std::ios::trunc);
     out << j.dump(2) << "\n";
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", temp.string()));
   }
-  std::error_code ec;
   fs::rename(temp, path, ec);
   if (ec)
     return absl::InternalError(absl::StrCat("cannot write ", path.string(), ": ", ec.message()));

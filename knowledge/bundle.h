@@ -5,9 +5,14 @@
 // A bundle is a directory: config.json + model.safetensors (or a GGUF file instead of the
 // directory), tokenizer.model / tokenizer.json, adapter/ (adapter.json + adapter.safetensors) and
 // knowledge.json:
-//   {"abstain_below": 0.5, "calibrated_on": "...", ...}
+//   {"abstain_below": 0.5, "calibrated_on": "...", ...,
+//    "retrieval": {"default": "hybrid", "rrf_k": 60, "dense_weight": 1, "lexical_weight": 0.5,
+//                  "calibrated_on": "...", ...}}
 // abstain_below: the lexical coverage under which a question has nothing in memory (ask.h),
 // chosen by `knowd eval --calibrate-abstention` on the valid split. Missing: 0, never abstain.
+// retrieval: the retrieval with the best recall@1 on the valid split, and hybrid retrieval's
+// fusion weights (retrieve.h), chosen by `knowd eval --calibrate-retrieval`. Missing: lexical,
+// equal weights, rrf_k 60.
 #pragma once
 
 #include <memory>
@@ -17,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "knowledge/modulator.h"
+#include "knowledge/retrieve.h"
 #include "model/adapter.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -38,6 +44,9 @@ struct BundleOptions {
 
 struct Calibration {
   double abstain_below = 0;  // AskParams::abstain_below
+  // The retrieval a request that names none gets (with an adapter; lexical without one).
+  Retrieval retrieval = Retrieval::kLexical;
+  Fusion fusion;  // AskParams::fusion
 };
 
 struct Bundle {
@@ -60,10 +69,11 @@ absl::StatusOr<Bundle> LoadBundle(const BundleOptions& options);
 absl::StatusOr<std::unique_ptr<Modulator>> LoadModulator(const std::string& dir, Transformer* model,
                                                          Adapter** adapter = nullptr);
 
-// <model>/knowledge.json, or the defaults when the file is missing.
+// <model>/knowledge.json, or the defaults when the file is missing. INVALID_ARGUMENT names the
+// file and the bad key.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& model);
-// Writes <model>/knowledge.json (every key of `extra` too).
-absl::Status WriteCalibration(const std::string& model, const Calibration& calibration,
-                              const std::string& extra_json);
+// Sets the top-level keys of `update` (a JSON object) in <model>/knowledge.json, keeping the
+// others; refused, with the file unchanged, when the result would not read back.
+absl::Status UpdateCalibration(const std::string& model, const std::string& update_json);
 
 }  // namespace knowd::knowledge

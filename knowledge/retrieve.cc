@@ -18,9 +18,17 @@ const char* RetrievalName(Retrieval r) {
   return "lexical";
 }
 
+std::optional<Retrieval> ParseRetrievalName(std::string_view name) {
+  for (Retrieval r : {Retrieval::kLexical, Retrieval::kDense, Retrieval::kHybrid}) {
+    if (name == RetrievalName(r)) return r;
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
     storage::MemoryBank& bank, std::string_view name_space, std::string_view query,
-    const std::vector<float>* key, Retrieval retrieval, int k, storage::LexicalTerms* terms) {
+    const std::vector<float>* key, Retrieval retrieval, int k, const Fusion& fusion,
+    storage::LexicalTerms* terms) {
   if (terms != nullptr) *terms = storage::LexicalTerms();
   if (k < 1) return absl::InvalidArgumentError("retrieval needs k >= 1");
   storage::SearchRequest request;
@@ -36,8 +44,27 @@ absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
     if (retrieval == Retrieval::kHybrid) {
       request.hybrid = true;
       request.query_text = std::string(query);
+      request.rrf_k = fusion.rrf_k;
+      request.dense_weight = fusion.dense_weight;
+      request.lexical_weight = fusion.lexical_weight;
+      return bank.Search(request, terms);
     }
-    return bank.Search(request, request.hybrid ? terms : nullptr);
+    if (terms == nullptr) return bank.Search(request);
+    // Dense, with what the lexical index makes of the query: a hybrid search whose lexical
+    // ranking weighs nothing keeps the dense order; the hits are dense ones.
+    request.hybrid = true;
+    request.query_text = std::string(query);
+    request.lexical_weight = 0;
+    request.candidates = k;
+    KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> hits, bank.Search(request, terms));
+    std::vector<storage::SearchHit> dense;
+    for (storage::SearchHit& h : hits) {
+      if (!h.dense_score.has_value()) continue;
+      h.score = *h.dense_score;
+      h.lexical_score.reset();
+      dense.push_back(std::move(h));
+    }
+    return dense;
   }
   // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
   // re-ranked by the BM25 weight, is exactly the BM25 top list.

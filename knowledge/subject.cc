@@ -96,7 +96,12 @@ std::vector<LexicalMarks> MarkLexicalHits(std::span<const storage::SearchHit> hi
   std::vector<LexicalMarks> marks(hits.size());
   for (size_t i = 0; i < hits.size(); ++i) {
     const storage::SearchHit& hit = hits[i];
-    if (!hit.lexical_score.has_value()) continue;
+    if (!hit.lexical_score.has_value()) {
+      marks[i].same_subject =
+          !subject.empty() && std::includes(hit.matched_terms.begin(), hit.matched_terms.end(),
+                                            subject.begin(), subject.end());
+      continue;
+    }
     double matched_idf = 0;
     for (const std::string& term : hit.matched_terms) {  // sorted
       auto found = idf.find(term);

@@ -13,10 +13,12 @@
 namespace knowd::knowledge {
 
 struct LexicalMarks {
-  // A lexical candidate about what the best BM25 hit is about: it holds every one of the rarest
-  // query terms that hit matches (function words aside; only capitalised words when the query
-  // has some; those at most 4x as frequent as the rarest): the names a question asks about. True
-  // for the best BM25 hit itself; false for passages outside the lexical candidates.
+  // On what the best BM25 hit is about: the passage holds every one of the rarest query terms
+  // that hit matches (function words aside; only capitalised words when the query has some;
+  // those at most 4x as frequent as the rarest): the names a question asks about. True for the
+  // best BM25 hit itself. Dense hits are marked by the same rule (their matched_terms), so a
+  // fact's update or older version is found however the passage was retrieved; false when the
+  // query names nothing a BM25 hit holds.
   bool same_subject = false;
   // For lexical candidates: how much of the query the passage covers, in [0, 1]: the sum of
   // idf² = log((N + 1) / (df + 0.5))² over the query terms it holds, divided by the same sum
@@ -30,8 +32,8 @@ struct LexicalMarks {
 };
 
 // The marks of each of `hits` (one per hit, in order), from the search's `terms` (the hits'
-// matched_terms must have been asked for with them). A hit with no lexical_score is no lexical
-// candidate: unmarked.
+// matched_terms must have been asked for with them: RetrievePassages with `terms`). A hit with no
+// lexical_score is no lexical candidate: no coverage.
 std::vector<LexicalMarks> MarkLexicalHits(std::span<const storage::SearchHit> hits,
                                           const storage::LexicalTerms& terms);
 

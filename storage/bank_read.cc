@@ -141,6 +141,12 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   if (request.candidates < 0 || request.rrf_k < 0) {
     return absl::InvalidArgumentError("candidates and rrf_k must be non-negative");
   }
+  if (!std::isfinite(request.dense_weight) || !std::isfinite(request.lexical_weight) ||
+      request.dense_weight < 0 || request.lexical_weight < 0 ||
+      (request.dense_weight == 0 && request.lexical_weight == 0)) {
+    return absl::InvalidArgumentError(
+        "dense_weight and lexical_weight must be finite, non-negative and not both 0");
+  }
   std::shared_lock lock(index_mu_);
   KNOWD_RETURN_IF_ERROR(CheckOpenLocked());
   if (needs_reencode_) {
@@ -176,12 +182,12 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     };
     for (size_t r = 0; r < dense->size(); ++r) {
       Candidate& c = entry((*dense)[r].id);
-      c.score += 1.0f / static_cast<float>(request.rrf_k + r + 1);
+      c.score += request.dense_weight / static_cast<float>(request.rrf_k + r + 1);
       c.dense = (*dense)[r].score;
     }
     for (size_t r = 0; r < lexical->size(); ++r) {
       Candidate& c = entry((*lexical)[r].id);
-      c.score += 1.0f / static_cast<float>(request.rrf_k + r + 1);
+      c.score += request.lexical_weight / static_cast<float>(request.rrf_k + r + 1);
       c.lexical = (*lexical)[r].weight;
       c.matched_terms = std::move((*lexical)[r].matched);
     }
@@ -220,6 +226,21 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       hit.valid_from = OptionalTime(passage.valid_from_us);
       if (request.with_text) hit.text = std::move(passage.text);
       hits.push_back(std::move(hit));
+    }
+  }
+  if (request.hybrid && terms != nullptr) {
+    // The dense-only hits' matched terms too: what they hold of the query says whether they are
+    // on its subject (knowledge/subject.h), however they were found.
+    std::vector<uint64_t> ids;
+    std::vector<SearchHit*> dense_only;
+    for (SearchHit& h : hits) {
+      if (h.lexical_score.has_value()) continue;
+      ids.push_back(h.passage_id);
+      dense_only.push_back(&h);
+    }
+    if (!ids.empty()) {
+      KNOWD_ASSIGN_OR_RETURN(auto matched, ns->second.lexical->MatchedTerms(ids, terms->query));
+      for (size_t i = 0; i < dense_only.size(); ++i) dense_only[i]->matched_terms = matched[i];
     }
   }
   return hits;

@@ -159,6 +159,33 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
   return hits;
 }
 
+absl::StatusOr<std::vector<std::vector<std::string>>> LexicalIndex::MatchedTerms(
+    std::span<const uint64_t> ids, std::span<const QueryTerm> query) {
+  std::vector<std::string> wanted;
+  for (const QueryTerm& t : query) wanted.push_back(t.term);
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  std::lock_guard lock(mu_);
+  std::vector<std::vector<std::string>> out(ids.size());
+  try {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      Xapian::PostingIterator post = state_->db.postlist_begin(UniqueTerm(ids[i]));
+      if (post == state_->db.postlist_end(UniqueTerm(ids[i]))) continue;
+      // The passage's terms, sorted like `wanted`: one forward walk.
+      Xapian::TermIterator term = state_->db.termlist_begin(*post);
+      const Xapian::TermIterator end = state_->db.termlist_end(*post);
+      for (const std::string& w : wanted) {
+        term.skip_to(w);
+        if (term == end) break;
+        if (*term == w) out[i].push_back(w);
+      }
+    }
+  } catch (const Xapian::Error& e) {
+    return XapianError("term lookup", e);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<uint64_t>> LexicalIndex::Ids() {
   std::lock_guard lock(mu_);
   std::vector<uint64_t> ids;

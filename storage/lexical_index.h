@@ -35,6 +35,10 @@ class LexicalIndex {
   // With `terms`, also the query's terms and their frequencies (memory_bank.h).
   absl::StatusOr<std::vector<LexicalHit>> Search(std::string_view query, int k,
                                                  LexicalTerms* terms = nullptr);
+  // For each of `ids`, the terms of `query` its passage holds, sorted (empty for an id the index
+  // does not hold): what Search() reports as LexicalHit::matched, for passages it did not return.
+  absl::StatusOr<std::vector<std::vector<std::string>>> MatchedTerms(
+      std::span<const uint64_t> ids, std::span<const QueryTerm> query);
   absl::StatusOr<std::vector<uint64_t>> Ids();  // sorted
   uint64_t size();
   // Xapian's in-memory backend keeps what a removed document took (about 3.6 KB per add and

@@ -166,12 +166,16 @@ struct SearchRequest {
   std::string name_space;
   std::vector<float> key;  // key_dim query key
   int k = 10;              // 1..4096
-  // Hybrid retrieval: fuse the dense ranking with Xapian BM25 over `query_text` by reciprocal
-  // rank fusion, score = sum over rankings of 1 / (rrf_k + rank), rank starting at 1. Each
-  // ranking contributes its top `candidates` (default 4k).
+  // Hybrid retrieval: fuse the dense ranking with Xapian BM25 over `query_text` by weighted
+  // reciprocal rank fusion, score = dense_weight / (rrf_k + dense rank) + lexical_weight /
+  // (rrf_k + lexical rank), ranks starting at 1 (a ranking a passage is not in adds nothing).
+  // Each ranking contributes its top `candidates` (default 4k). lexical_weight 0 keeps the dense
+  // order while the lexical index still reports on the query (Search()'s `terms`).
   bool hybrid = false;
   std::string query_text;
   int rrf_k = 60;
+  float dense_weight = 1.0f;    // >= 0, finite
+  float lexical_weight = 1.0f;  // >= 0, finite; not both 0
   int candidates = 0;
   bool with_text = false;  // fill SearchHit::text
 };
@@ -184,8 +188,8 @@ struct SearchHit {
   float score = 0.0f;
   std::optional<float> dense_score;    // set when the passage was in the dense candidates
   std::optional<float> lexical_score;  // BM25 weight, set when it was in the lexical candidates
-  // For lexical candidates, when Search() is given a LexicalTerms: the query terms the passage
-  // holds (LexicalTerms::query's spelling), sorted.
+  // When a hybrid Search() is given a LexicalTerms: the query terms the passage holds
+  // (LexicalTerms::query's spelling), sorted; for every hit, a lexical candidate or not.
   std::vector<std::string> matched_terms;
   absl::Time ingest_time;
   std::optional<absl::Time> valid_from;

@@ -152,14 +152,15 @@ TEST(CliHelp, EvalListsExactlyItsFlagsWithDefaults) {
   ASSERT_EQ(help.exit_code, 0) << help.out;
   EXPECT_EQ(FlagsOfHelp(help.out),
             (Flags{"--bundle", "--data", "--split", "--limit", "--report", "--batch", "--threads",
-                   "--backend", "--mac-top-k", "--mac-retrieval", "--latent-format", "--examples",
+                   "--backend", "--mac-top-k", "--retrieval", "--latent-format", "--examples",
                    "--mac-rag-text", "--rag-prefix-key-scale", "--abstain-below",
-                   "--calibrate-abstention", "--unknown-split", "--forget-subjects"}))
+                   "--calibrate-abstention", "--calibrate-retrieval", "--unknown-split",
+                   "--forget-subjects"}))
       << help.out;
   EXPECT_THAT(help.out, HasSubstr("Usage: knowd eval"));
   EXPECT_THAT(help.out, HasSubstr("--bundle TEXT=models/knowd-tiny"));
   EXPECT_THAT(help.out, HasSubstr("--batch INT=16"));
-  EXPECT_THAT(help.out, HasSubstr("--mac-retrieval TEXT=lexical"));
+  EXPECT_THAT(help.out, HasSubstr("--retrieval TEXT "));
 }
 
 TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {

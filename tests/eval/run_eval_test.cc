@@ -380,6 +380,62 @@ TEST_F(RunEvalTest, MeasuresNothingInMemory) {
   EXPECT_EQ(without["unknown"]["questions"].get<int>(), 0);
 }
 
+// --calibrate-retrieval: recall of every retrieval and fusion weighting on the split, the best
+// written to the bundle's knowledge.json (keeping its other keys), no answers; the next eval (and
+// the daemon) then retrieves with them.
+TEST_F(RunEvalTest, CalibratesRetrievalIntoTheBundle) {
+  const std::string bundle = dir_ + "/bundle";
+  std::filesystem::copy(kModel, bundle, std::filesystem::copy_options::recursive);
+  std::ofstream(bundle + "/knowledge.json") << R"({"abstain_below": 0.25})";
+  EvalOptions o = Options();
+  o.bundle_dir = bundle;
+  o.calibrate_retrieval = true;
+  {
+    absl::Status s = RunEval(o);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  EXPECT_FALSE(std::filesystem::exists(o.report_path));
+  std::ifstream in(bundle + "/knowledge.json");
+  const Json j = Json::parse(in);
+  EXPECT_EQ(j["abstain_below"].get<double>(), 0.25);
+  const Json& r = j["retrieval"];
+  ASSERT_EQ(r["grid"].size(), 49u);
+  auto better = [](const Json& a, const Json& b) {
+    return a["recall_at_1"].get<double>() != b["recall_at_1"].get<double>()
+               ? a["recall_at_1"].get<double>() > b["recall_at_1"].get<double>()
+               : a["recall_at_5"].get<double>() > b["recall_at_5"].get<double>();
+  };
+  // The recorded weighting is the grid's first best, and its figures are the hybrid ones.
+  size_t best = 0;
+  for (size_t g = 1; g < r["grid"].size(); ++g) {
+    if (better(r["grid"][g], r["grid"][best])) best = g;
+  }
+  EXPECT_EQ(r["rrf_k"], r["grid"][best]["rrf_k"]);
+  EXPECT_EQ(r["lexical_weight"], r["grid"][best]["lexical_weight"]);
+  EXPECT_EQ(r["dense_weight"].get<double>(), 1.0);
+  EXPECT_EQ(r["hybrid"]["recall_at_1"], r["grid"][best]["recall_at_1"]);
+  // The default is the best of the three; BM25 finds this world's names (recall@5 >= 0.5 above).
+  const std::string chosen = r["default"];
+  const Json& chosen_recall = r[chosen];
+  for (const char* other : {"lexical", "dense", "hybrid"}) {
+    EXPECT_FALSE(better(r[other], chosen_recall)) << other << " beats " << chosen;
+  }
+  EXPECT_GE(r["lexical"]["recall_at_5"].get<double>(), 0.5);
+
+  // The next eval fuses with the chosen weights; without an adapter it serves lexical retrieval,
+  // as the daemon does.
+  o.calibrate_retrieval = false;
+  o.limit = 4;
+  {
+    absl::Status s = RunEval(o);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  const Json report = ReadReport();
+  EXPECT_EQ(report["retrieval"]["served"], "lexical");
+  EXPECT_EQ(report["retrieval"]["fusion"]["rrf_k"], r["rrf_k"]);
+  EXPECT_EQ(report["retrieval"]["fusion"]["lexical_weight"], r["lexical_weight"]);
+}
+
 TEST_F(RunEvalTest, MissingDataIsAnError) {
   EvalOptions o = Options();
   o.data_dir = dir_ + "/nowhere";

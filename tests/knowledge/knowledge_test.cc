@@ -9,8 +9,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "knowledge/ask.h"
+#include "knowledge/bundle.h"
 #include "knowledge/passages.h"
 #include "knowledge/prompt.h"
+#include "knowledge/retrieve.h"
 #include "knowledge/subject.h"
 #include "model/tokenizer.h"
 #include "storage/memory_bank.h"
@@ -201,7 +203,6 @@ std::vector<std::string> OnSubject(storage::MemoryBank& bank, const storage::Sea
   }
   for (size_t i = 0; i < hits->size(); ++i) {
     if (!(*hits)[i].lexical_score.has_value()) {
-      EXPECT_FALSE(marks[i].same_subject) << (*hits)[i].doc_id;
       EXPECT_FALSE(marks[i].coverage.has_value()) << (*hits)[i].doc_id;
     }
   }
@@ -273,6 +274,84 @@ TEST(Subject, LexicalHitsOnTheBestHitsSubjectAreMarked) {
   // not on it.
   req.query_text = "who spends weekends cooking?";
   EXPECT_THAT(OnSubject(*bank, req), ElementsAre("ithhul-voqua"));
+}
+
+// Dense retrieval marks its hits by the same rule: the passage about the question's subject is
+// found by its key and marked by the names it shares with the question, as a lexical hit would
+// be; the others are not. Dense hits carry no coverage (relevance comes from the lexical index).
+TEST(Subject, DenseHitsOnTheBestHitsSubjectAreMarked) {
+  storage::testing::TempDir dir;
+  auto opened = storage::MemoryBank::Open(storage::testing::TestOptions(dir.path()));
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::unique_ptr<storage::MemoryBank> bank = *std::move(opened);
+  const std::vector<storage::Document> docs = storage::testing::NamesFixture();
+  ASSERT_TRUE(bank->Put(docs).ok());
+  const std::vector<float>& key = docs[21].passages[0].key;  // velka-update's
+  ASSERT_EQ(docs[21].id, "velka-update");
+  const std::string question = "What city is Velka Keslemul's home?";
+
+  auto plain = RetrievePassages(*bank, "ns", question, &key, Retrieval::kDense, 6);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  storage::LexicalTerms terms;
+  auto hits = RetrievePassages(*bank, "ns", question, &key, Retrieval::kDense, 6, {}, &terms);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), plain->size());
+  for (size_t i = 0; i < hits->size(); ++i) {  // the dense ranking, unchanged by the terms
+    EXPECT_EQ((*hits)[i].doc_id, (*plain)[i].doc_id) << i;
+    EXPECT_FLOAT_EQ((*hits)[i].score, (*plain)[i].score) << i;
+    EXPECT_FALSE((*hits)[i].lexical_score.has_value()) << i;
+  }
+  ASSERT_EQ((*hits)[0].doc_id, "velka-update");
+  const std::vector<LexicalMarks> marks = MarkLexicalHits(*hits, terms);
+  for (size_t i = 0; i < hits->size(); ++i) {
+    const std::string& id = (*hits)[i].doc_id;
+    EXPECT_EQ(marks[i].same_subject, id == "velka" || id == "velka-update") << id;
+    EXPECT_FALSE(marks[i].coverage.has_value()) << id;
+  }
+  // A query that names nothing the bank holds has no subject: no dense hit is on it.
+  hits = RetrievePassages(*bank, "ns", "Who is Qorbin Vantelix?", &key, Retrieval::kDense, 6, {},
+                          &terms);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  for (const LexicalMarks& m : MarkLexicalHits(*hits, terms)) EXPECT_FALSE(m.same_subject);
+}
+
+// knowledge.json: a calibration update keeps the keys it does not name, reads back as written,
+// and one that would not read back is refused with the file unchanged.
+TEST(Calibration, UpdatesKeepOtherKeysAndRefuseWhatWouldNotReadBack) {
+  storage::testing::TempDir dir;
+  const std::string bundle = dir.path();
+  absl::StatusOr<Calibration> none = ReadCalibration(bundle);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->abstain_below, 0);
+  EXPECT_EQ(none->retrieval, Retrieval::kLexical);
+  EXPECT_EQ(none->fusion.rrf_k, 60);
+
+  ASSERT_TRUE(UpdateCalibration(bundle, R"({"abstain_below": 0.75, "rule": "r"})").ok());
+  ASSERT_TRUE(UpdateCalibration(bundle, R"({"retrieval": {"default": "hybrid", "rrf_k": 20,
+      "dense_weight": 1, "lexical_weight": 0.5, "calibrated_on": "valid"}})")
+                  .ok());
+  absl::StatusOr<Calibration> c = ReadCalibration(bundle);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->abstain_below, 0.75);
+  EXPECT_EQ(c->retrieval, Retrieval::kHybrid);
+  EXPECT_EQ(c->fusion.rrf_k, 20);
+  EXPECT_FLOAT_EQ(c->fusion.dense_weight, 1.0f);
+  EXPECT_FLOAT_EQ(c->fusion.lexical_weight, 0.5f);
+
+  for (const char* bad :
+       {R"({"retrieval": {"default": "fuzzy"}})", R"({"retrieval": {"lexical_weight": -1}})",
+        R"({"retrieval": {"dense_weight": 0, "lexical_weight": 0}})", R"({"retrieval": 3})",
+        R"({"abstain_below": 2})", R"([1])"}) {
+    absl::Status s = UpdateCalibration(bundle, bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    if (std::string(bad) != "[1]") {
+      EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("knowledge.json")) << bad;
+    }
+  }
+  c = ReadCalibration(bundle);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->retrieval, Retrieval::kHybrid);
+  EXPECT_FLOAT_EQ(c->fusion.lexical_weight, 0.5f);
 }
 
 }  // namespace

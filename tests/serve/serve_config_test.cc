@@ -85,11 +85,12 @@ TEST(ServeConfig, FlagSpellings) {
   EXPECT_EQ(c->tokens_file, "/t.json");
 }
 
-TEST(ServeConfig, DefaultRetrievalIsLexicalAndParsed) {
+TEST(ServeConfig, DefaultRetrievalIsTheBundlesAndParsed) {
   Env env;
   absl::StatusOr<ServeConfig> c = LoadServeConfig({}, env.lookup());
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(ParseRetrieval(c->default_retrieval), v1::RETRIEVAL_LEXICAL);
+  EXPECT_EQ(c->default_retrieval, "bundle");
+  EXPECT_EQ(c->index_factory, "auto");
   env.vars["KNOWD_DEFAULT_RETRIEVAL"] = "hybrid";
   c = LoadServeConfig({}, env.lookup());
   ASSERT_TRUE(c.ok()) << c.status();
@@ -112,7 +113,7 @@ TEST(ServeConfig, BadInputNamesTheSetting) {
   EXPECT_NE(error({"positional"}).find("unexpected argument"), std::string::npos);
   EXPECT_NE(error({"--tls-cert", "c.pem"}).find("go together"), std::string::npos);
   EXPECT_NE(error({"--latent-format", "fp8"}).find("fp16 or int8"), std::string::npos);
-  EXPECT_NE(error({"--default-retrieval", "fuzzy"}).find("lexical, dense or hybrid"),
+  EXPECT_NE(error({"--default-retrieval", "fuzzy"}).find("lexical, dense, hybrid or bundle"),
             std::string::npos);
 
   env.vars["KNOWD_THREADS"] = "two";

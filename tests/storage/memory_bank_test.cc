@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -392,6 +393,50 @@ TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
   }
 }
 
+// Weighted fusion: each ranking adds its weight / (rrf_k + rank). A lexical weight of 0 keeps
+// the dense order; a large one puts the lexical best first; weights that make no ranking are
+// refused.
+TEST(MemoryBankTest, HybridFusionWeighsEachRanking) {
+  TempDir dir;
+  auto bank = OpenOrDie(TestOptions(dir.path()));
+  std::vector<Document> docs;
+  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("doc-", i), 0, 1));
+  docs[7].passages[0].text = "The aurora borealis glows over Tromsø in winter";
+  ASSERT_TRUE(bank->Put(docs).ok());
+  SearchRequest dense = QueryFor(docs[12], 0, 5);
+  auto dense_hits = bank->Search(dense);
+  ASSERT_TRUE(dense_hits.ok()) << dense_hits.status();
+  ASSERT_EQ((*dense_hits)[0].doc_id, "doc-12");
+
+  SearchRequest req = dense;
+  req.hybrid = true;
+  req.query_text = "aurora borealis";
+  req.rrf_k = 10;
+  req.lexical_weight = 0;
+  auto kept = bank->Search(req);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  ASSERT_EQ(kept->size(), dense_hits->size());
+  for (size_t i = 0; i < kept->size(); ++i) {
+    EXPECT_EQ((*kept)[i].doc_id, (*dense_hits)[i].doc_id) << i;
+    EXPECT_FLOAT_EQ((*kept)[i].score, 1.0f / static_cast<float>(10 + i + 1)) << i;
+  }
+  req.lexical_weight = 4;
+  auto lexical_first = bank->Search(req);
+  ASSERT_TRUE(lexical_first.ok()) << lexical_first.status();
+  EXPECT_EQ((*lexical_first)[0].doc_id, "doc-7");
+  // doc-7 is the only lexical hit: 4 / (10 + 1), plus 1 / (10 + its dense rank) if it has one.
+  EXPECT_GE((*lexical_first)[0].score, 4.0f / 11.0f - 1e-6f);
+  EXPECT_LE((*lexical_first)[0].score, 4.0f / 11.0f + 1.0f / 11.0f + 1e-6f);
+
+  for (auto [d, l] : {std::pair{0.0f, 0.0f}, std::pair{-1.0f, 1.0f},
+                      std::pair{1.0f, std::numeric_limits<float>::infinity()}}) {
+    req.dense_weight = d;
+    req.lexical_weight = l;
+    auto refused = bank->Search(req);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << d << " " << l;
+  }
+}
+
 // Search's LexicalTerms: the query's terms as the lexical index parsed them, how many passages
 // hold each, the terms the best BM25 candidate holds, and each lexical hit's matched terms.
 // (knowledge/subject.h turns them into a question's subject and coverage: tests/knowledge.)
@@ -428,15 +473,26 @@ TEST(MemoryBankTest, LexicalTermsSayWhatTheQueryAndEachHitMatch) {
   for (const QueryTerm& t : terms.best_match) best.push_back(t.term);
   EXPECT_THAT(best, ::testing::IsSupersetOf({velka[0], keslemul[0], home[1]}));  // and "is"
   for (const SearchHit& h : *hits) {
-    if (!h.lexical_score.has_value()) {
-      EXPECT_TRUE(h.matched_terms.empty()) << h.doc_id;
-    } else {
-      EXPECT_TRUE(std::is_sorted(h.matched_terms.begin(), h.matched_terms.end())) << h.doc_id;
-    }
+    EXPECT_TRUE(std::is_sorted(h.matched_terms.begin(), h.matched_terms.end())) << h.doc_id;
     if (h.doc_id == "velka-update") {
       EXPECT_THAT(h.matched_terms, ::testing::UnorderedElementsAre(velka[0], keslemul[0]));
     }
   }
+  // A hit the dense ranking alone found carries its matched terms too: one candidate from each
+  // ranking, the dense one velka-update (its own key), the lexical one velka.
+  SearchRequest narrow = QueryFor(docs[21], 0, 2);
+  narrow.hybrid = true;
+  narrow.candidates = 1;
+  narrow.query_text = req.query_text;
+  auto two = bank->Search(narrow, &terms);
+  ASSERT_TRUE(two.ok()) << two.status();
+  ASSERT_EQ(two->size(), 2u);
+  for (const SearchHit& h : *two) {
+    if (h.doc_id != "velka-update") continue;
+    EXPECT_FALSE(h.lexical_score.has_value());
+    EXPECT_THAT(h.matched_terms, ::testing::UnorderedElementsAre(velka[0], keslemul[0]));
+  }
+  EXPECT_EQ((*two)[0].doc_id == "velka-update" ? (*two)[1].doc_id : (*two)[0].doc_id, "velka");
   // Without LexicalTerms, no matched terms.
   auto plain = bank->Search(req);
   ASSERT_TRUE(plain.ok()) << plain.status();
