@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -35,6 +36,11 @@ ABSL_FLAG(int, adapter_people, 4000, "data: people of the adapter-training split
 ABSL_FLAG(int, valid_people, 300, "data: people of the validation split");
 ABSL_FLAG(int, test_people, 1000, "data: people of the test stream");
 ABSL_FLAG(double, update_fraction, 0.15, "data: fraction of people with an update passage");
+ABSL_FLAG(int, icl_train_tasks, 6, "data: in-context tasks per training family");
+ABSL_FLAG(int, icl_heldout_tasks, 4, "data: in-context tasks per held-out family");
+ABSL_FLAG(int, icl_demonstrations, 1024, "data: demonstrations per in-context task");
+ABSL_FLAG(int, icl_queries, 16, "data: queries per in-context task");
+ABSL_FLAG(int, icl_context_passages, 3, "data: passages in a passage-QA task's context");
 ABSL_FLAG(int, vocab_size, 1024, "tokenizer: SentencePiece vocabulary size");
 // One thread by default: on a busy 2-core machine libgomp spin-waits and 2 threads ran 5x slower
 // (6.0 vs 1.2 s/step); try 2 on an idle machine.
@@ -160,8 +166,20 @@ int RunData() {
   options.people[2] = absl::GetFlag(FLAGS_valid_people);
   options.people[3] = absl::GetFlag(FLAGS_test_people);
   options.update_fraction = absl::GetFlag(FLAGS_update_fraction);
+  options.icl_train_tasks_per_family = absl::GetFlag(FLAGS_icl_train_tasks);
+  options.icl_heldout_tasks_per_family = absl::GetFlag(FLAGS_icl_heldout_tasks);
+  options.icl_demonstrations = absl::GetFlag(FLAGS_icl_demonstrations);
+  options.icl_queries = absl::GetFlag(FLAGS_icl_queries);
+  options.icl_context_passages = absl::GetFlag(FLAGS_icl_context_passages);
   for (int n : options.people) {
     if (n < 1) return Fail("data", absl::InvalidArgumentError("every split needs >= 1 person"));
+  }
+  if (options.icl_train_tasks_per_family < 0 || options.icl_heldout_tasks_per_family < 0 ||
+      options.icl_demonstrations < 1 || options.icl_queries < 1 ||
+      options.icl_context_passages < 1) {
+    return Fail("data", absl::InvalidArgumentError(
+                            "--icl_train_tasks and --icl_heldout_tasks must be >= 0; "
+                            "--icl_demonstrations, --icl_queries and --icl_context_passages >= 1"));
   }
   if (absl::Status st = WriteWorld(options, out); !st.ok()) return Fail("data", st);
   for (int s = 0; s < kNumSplits; ++s) {
@@ -169,6 +187,20 @@ int RunData() {
     if (!d.ok()) return Fail("data", d.status());
     std::printf("%-8s %6zu passages  %7zu questions\n", std::string(SplitName(d->split)).c_str(),
                 d->passages.size(), d->questions.size());
+  }
+  for (const bool heldout : {false, true}) {
+    absl::StatusOr<std::vector<IclTask>> tasks = ReadIclTasks(out, heldout);
+    if (!tasks.ok()) return Fail("data", tasks.status());
+    size_t demonstrations = 0, queries = 0;
+    std::set<std::string> families;
+    for (const IclTask& t : *tasks) {
+      demonstrations += t.demonstrations.size();
+      queries += t.queries.size();
+      families.insert(t.family);
+    }
+    std::printf("%-11s %4zu tasks, %2zu families  %7zu demonstrations  %5zu queries\n",
+                heldout ? "icl.heldout" : "icl.train", tasks->size(), families.size(),
+                demonstrations, queries);
   }
   return 0;
 }
@@ -377,7 +409,7 @@ int RunKeysCommand() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "knowd-train data|tokenizer|pretrain|export|adapter|keys [flags]\n"
-      "  data       --out DIR                         the synthetic world (JSONL)\n"
+      "  data       --out DIR                         the world and in-context tasks (JSONL)\n"
       "  tokenizer  --data DIR --out tokenizer.model  SentencePiece BPE\n"
       "  pretrain   --data DIR --tokenizer FILE --work_dir DIR [--bundle DIR]\n"
       "  export     --work_dir DIR [--bundle DIR] [--dtype f16] [--tokenizer FILE]\n"

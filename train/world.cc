@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -1037,6 +1038,499 @@ ParaphraseSplit GenerateParaphrases(const WorldOptions& options, const SplitData
   return out;
 }
 
+// ---- in-context tasks -------------------------------------------------------------------------
+
+namespace {
+
+// Label words of the classify families: one or two tokens each with knowd-tiny's tokenizer, none
+// a value of the world's relations. Training and held-out families draw from disjoint lists.
+constexpr std::array<const char*, 24> kIclTrainLabels = {
+    "bridge", "river", "harbor", "museum", "hour", "summer", "office", "free",
+    "fun",    "new",   "red",    "white",  "gray", "lime",   "grape",  "west",
+    "up",     "down",  "big",    "sun",    "star", "rain",   "corn",   "bird"};
+constexpr std::array<const char*, 24> kIclHeldoutLabels = {
+    "fish", "tree",  "rose", "sky", "warm", "hot", "dry",  "wet",  "fast", "open", "top", "tall",
+    "one",  "three", "four", "hat", "cup",  "pen", "ring", "door", "wall", "car",  "bus", "boat"};
+
+// A main person of a split as its stream leaves them: every stated fact at its last value.
+struct IclPerson {
+  std::string name, first;
+  std::map<std::string, std::string> facts;
+};
+
+std::vector<IclPerson> StreamPeople(const SplitData& data) {
+  std::map<std::string, size_t> index;
+  std::vector<IclPerson> out;
+  for (const Passage& p : data.passages) {  // stream order: an update overrides its original
+    auto [it, inserted] = index.emplace(p.subject, out.size());
+    if (inserted) out.push_back({p.subject, p.subject.substr(0, p.subject.find(' ')), {}});
+    for (const Fact& f : p.facts) out[it->second].facts[f.relation] = f.value;
+  }
+  return out;
+}
+
+// The relation whose value a task shows for `relation` (a decade is shown as the year).
+std::string ShownRelation(const std::string& relation) {
+  return relation == "birth_decade" ? "birth_year" : relation;
+}
+
+// The person's value of `relation` ("birth_decade": "1950s"), or "" when the stream never states
+// it.
+std::string Attribute(const IclPerson& person, const std::string& relation) {
+  auto it = person.facts.find(ShownRelation(relation));
+  if (it == person.facts.end()) return "";
+  if (relation != "birth_decade") return it->second;
+  return absl::StrCat(std::stoi(it->second) / 10 * 10, "s");
+}
+
+// Indices of the people with a value of `relation`, by value (values in sorted order).
+std::map<std::string, std::vector<int>> PeopleByValue(const std::vector<IclPerson>& people,
+                                                      const std::string& relation) {
+  std::map<std::string, std::vector<int>> out;
+  for (size_t i = 0; i < people.size(); ++i) {
+    const std::string v = Attribute(people[i], relation);
+    if (!v.empty()) out[v].push_back(static_cast<int>(i));
+  }
+  return out;
+}
+
+class IclTaskMaker {
+ public:
+  IclTaskMaker(const WorldOptions& options, const IclFamily& family, int index,
+               const std::vector<IclPerson>& people, const SplitData& data)
+      : options_(options),
+        family_(family),
+        people_(people),
+        data_(data),
+        rng_(options.seed * 0x9E3779B97F4A7C15ull ^
+             Fnv1a(absl::StrCat("icl/", family.name, "/", index))) {
+    task_.family = family.name;
+    task_.heldout = family.heldout;
+    task_.people = data.split;
+  }
+
+  // False when the split has too few people for the task.
+  bool Make(IclTask* out) {
+    bool ok = false;
+    switch (family_.kind) {
+      case IclKind::kClassify:
+        ok = Classify();
+        break;
+      case IclKind::kMap:
+        ok = Map();
+        break;
+      case IclKind::kPick:
+        ok = family_.relation == "birth_year" ? PickExtreme() : PickByValue();
+        break;
+      case IclKind::kPassageQa:
+        ok = PassageQa();
+        break;
+    }
+    if (ok) *out = std::move(task_);
+    return ok;
+  }
+
+ private:
+  int Demonstrations() const { return std::max(0, options_.icl_demonstrations); }
+  int Queries() const { return std::max(0, options_.icl_queries); }
+
+  // "<Full Name>: <value>, <other value>" (or the other order): the label is the mapping of the
+  // family's attribute; the other value is one of another relation the stream states.
+  bool Classify() {
+    const std::string shown = ShownRelation(family_.relation);
+    std::vector<std::pair<std::string, std::vector<int>>> classes;
+    for (auto& [value, holders] : PeopleByValue(people_, family_.relation)) {
+      if (holders.size() >= 2) classes.emplace_back(value, holders);  // one query, one demo
+    }
+    Shuffle(rng_, &classes);
+    const size_t k = std::min<size_t>(classes.size(), 2 + BoundedDraw(rng_, 5));  // 2..6
+    if (k < 2) return false;
+    classes.resize(k);
+    std::sort(classes.begin(), classes.end());
+    const auto& words = family_.heldout ? kIclHeldoutLabels : kIclTrainLabels;
+    std::vector<std::string> labels(words.begin(), words.end());
+    Shuffle(rng_, &labels);
+    for (size_t c = 0; c < k; ++c) task_.mapping.push_back({classes[c].first, labels[c]});
+    task_.rule = absl::StrCat(family_.relation, " -> label");
+    const bool value_first = BoundedDraw(rng_, 2) == 0;
+    auto example = [&](int person, size_t c) {
+      const IclPerson& p = people_[person];
+      std::vector<std::string> others;
+      for (const auto& [relation, value] : p.facts) {
+        if (relation != shown) others.push_back(value);
+      }
+      const std::string& value = p.facts.at(shown);
+      std::string other = others.empty() ? value : Pick(rng_, others);
+      return IclExample{absl::StrCat(p.name, ": ", value_first ? value : other, ", ",
+                                     value_first ? other : value),
+                        task_.mapping[c].to};
+    };
+    // Queries take people of every class in turn, leaving each class one for demonstrations.
+    std::vector<std::vector<int>> demo_people(k);
+    for (size_t c = 0; c < k; ++c) {
+      demo_people[c] = classes[c].second;
+      Shuffle(rng_, &demo_people[c]);
+    }
+    std::vector<size_t> order(k);
+    for (size_t c = 0; c < k; ++c) order[c] = c;
+    Shuffle(rng_, &order);
+    for (int q = 0, misses = 0;
+         static_cast<int>(task_.queries.size()) < Queries() && misses < static_cast<int>(k); ++q) {
+      const size_t c = order[q % k];
+      if (demo_people[c].size() < 2) {
+        ++misses;
+        continue;
+      }
+      misses = 0;
+      task_.queries.push_back(example(demo_people[c].back(), c));
+      demo_people[c].pop_back();
+    }
+    for (int d = 0; d < Demonstrations(); ++d) {
+      const size_t c = BoundedDraw(rng_, k);
+      task_.demonstrations.push_back(example(Pick(rng_, demo_people[c]), c));
+    }
+    Shuffle(rng_, &task_.queries);
+    return !task_.queries.empty();
+  }
+
+  // "<value of A>" -> "<value of B>": 4..16 people's pairs, each value once in the task.
+  bool Map() {
+    const std::string& a = family_.relation;
+    const std::string& b = family_.output_relation;
+    std::vector<int> holders;
+    for (size_t i = 0; i < people_.size(); ++i) {
+      if (people_[i].facts.count(a) && people_[i].facts.count(b)) {
+        holders.push_back(static_cast<int>(i));
+      }
+    }
+    Shuffle(rng_, &holders);
+    const size_t k = 4 + BoundedDraw(rng_, 13);
+    std::set<std::string> used_a, used_b;
+    for (int i : holders) {
+      if (task_.mapping.size() == k) break;
+      const std::string& va = people_[i].facts.at(a);
+      const std::string& vb = people_[i].facts.at(b);
+      if (used_a.count(va) || used_b.count(vb)) continue;
+      used_a.insert(va);
+      used_b.insert(vb);
+      task_.mapping.push_back({va, vb});
+    }
+    if (task_.mapping.size() < 2) return false;
+    task_.rule = absl::StrCat(a, " -> ", b);
+    // Shuffled rounds: the first len(mapping) demonstrations show every pair once.
+    auto rounds = [&](int n, std::vector<IclExample>* out) {
+      std::vector<size_t> round;
+      while (static_cast<int>(out->size()) < n) {
+        if (round.empty()) {
+          for (size_t i = 0; i < task_.mapping.size(); ++i) round.push_back(i);
+          Shuffle(rng_, &round);
+        }
+        const IclMapping& m = task_.mapping[round.back()];
+        round.pop_back();
+        out->push_back({m.from, m.to});
+      }
+    };
+    rounds(Demonstrations(), &task_.demonstrations);
+    rounds(Queries(), &task_.queries);
+    return !task_.queries.empty();
+  }
+
+  // "<First>: <value>; ..." for `candidates` people with distinct first names; "" if not found.
+  std::string Line(const std::vector<int>& candidates, const std::string& relation) {
+    std::string line;
+    for (int i : candidates) {
+      if (!line.empty()) line += "; ";
+      absl::StrAppend(&line, people_[i].first, ": ", people_[i].facts.at(relation));
+    }
+    return line;
+  }
+
+  // Up to 100 tries at `n` people of `pool` with distinct first names (and distinct values of
+  // `relation` if `distinct_values`) none of whose first names is in `taken`.
+  std::vector<int> Draw(const std::vector<int>& pool, size_t n, const std::string& relation,
+                        bool distinct_values, std::set<std::string> taken) {
+    std::vector<int> out;
+    std::set<std::string> values;
+    for (int attempt = 0; attempt < 100 && out.size() < n && !pool.empty(); ++attempt) {
+      const int i = Pick(rng_, pool);
+      const std::string& v = people_[i].facts.at(relation);
+      if (taken.count(people_[i].first) || (distinct_values && values.count(v))) continue;
+      taken.insert(people_[i].first);
+      values.insert(v);
+      out.push_back(i);
+    }
+    return out;
+  }
+
+  // Three candidates, exactly one with the task's target value; the one of a query is in no
+  // demonstration.
+  bool PickByValue() {
+    const std::string& relation = family_.relation;
+    std::vector<std::pair<std::string, std::vector<int>>> values;
+    for (auto& [value, holders] : PeopleByValue(people_, relation)) {
+      if (holders.size() >= 2) values.emplace_back(value, holders);
+    }
+    if (values.empty()) return false;
+    auto& [target, fitting] = values[BoundedDraw(rng_, values.size())];
+    std::vector<int> others;
+    for (size_t i = 0; i < people_.size(); ++i) {
+      auto it = people_[i].facts.find(relation);
+      if (it != people_[i].facts.end() && it->second != target) others.push_back(i);
+    }
+    if (others.size() < 2) return false;
+    task_.rule = absl::StrCat(relation, " = ", target);
+    Shuffle(rng_, &fitting);
+    const size_t query_people = std::min<size_t>(Queries(), fitting.size() - 1);
+    auto example = [&](int fit) -> std::optional<IclExample> {
+      std::vector<int> line = Draw(others, 2, relation, false, {people_[fit].first});
+      if (line.size() < 2) return std::nullopt;
+      line.insert(line.begin() + BoundedDraw(rng_, 3), fit);
+      return IclExample{Line(line, relation), people_[fit].first};
+    };
+    for (size_t q = 0; q < query_people; ++q) {
+      if (auto e = example(fitting[q])) task_.queries.push_back(*e);
+    }
+    const std::vector<int> demo_people(fitting.begin() + query_people, fitting.end());
+    for (int d = 0; d < Demonstrations(); ++d) {
+      if (auto e = example(Pick(rng_, demo_people))) task_.demonstrations.push_back(*e);
+    }
+    return !task_.queries.empty() && !task_.demonstrations.empty();
+  }
+
+  // Three candidates with distinct years; the earliest or the latest born (per task). Query
+  // lines draw from a quarter of the people that demonstrations never show.
+  bool PickExtreme() {
+    const std::string relation = "birth_year";
+    std::vector<int> pool;
+    for (size_t i = 0; i < people_.size(); ++i) {
+      if (people_[i].facts.count(relation)) pool.push_back(static_cast<int>(i));
+    }
+    if (pool.size() < 12) return false;
+    Shuffle(rng_, &pool);
+    const bool earliest = BoundedDraw(rng_, 2) == 0;
+    task_.rule = absl::StrCat(relation, earliest ? ": earliest" : ": latest");
+    const std::vector<int> query_pool(pool.begin(), pool.begin() + pool.size() / 4);
+    const std::vector<int> demo_pool(pool.begin() + pool.size() / 4, pool.end());
+    auto example = [&](const std::vector<int>& from) -> std::optional<IclExample> {
+      const std::vector<int> line = Draw(from, 3, relation, true, {});
+      if (line.size() < 3) return std::nullopt;
+      int best = line[0];
+      for (int i : line) {
+        const int year = std::stoi(people_[i].facts.at(relation));
+        const int best_year = std::stoi(people_[best].facts.at(relation));
+        if (earliest ? year < best_year : year > best_year) best = i;
+      }
+      return IclExample{Line(line, relation), people_[best].first};
+    };
+    for (int q = 0; q < Queries(); ++q) {
+      if (auto e = example(query_pool)) task_.queries.push_back(*e);
+    }
+    for (int d = 0; d < Demonstrations(); ++d) {
+      if (auto e = example(demo_pool)) task_.demonstrations.push_back(*e);
+    }
+    return !task_.queries.empty() && !task_.demonstrations.empty();
+  }
+
+  // Questions on a context of passages: every plain phrasing of half of each passage's facts as
+  // demonstrations, one phrasing (plain, or the paraphrase split's for passage_qa_paraphrase) of
+  // each other fact as a query.
+  bool PassageQa() {
+    std::set<std::string> updated;
+    for (const Passage& p : data_.passages) {
+      if (p.is_update) updated.insert(p.subject);
+    }
+    std::vector<int> eligible;
+    for (size_t i = 0; i < data_.passages.size(); ++i) {
+      const Passage& p = data_.passages[i];
+      if (!p.is_update && !updated.count(p.subject)) eligible.push_back(static_cast<int>(i));
+    }
+    const size_t n = std::max(1, options_.icl_context_passages);
+    if (eligible.size() < n) return false;
+    std::vector<int> chosen;
+    for (size_t c = 0; c < n; ++c) {
+      const size_t j = c + BoundedDraw(rng_, eligible.size() - c);  // partial Fisher-Yates
+      std::swap(eligible[c], eligible[j]);
+      chosen.push_back(eligible[c]);
+    }
+    std::sort(chosen.begin(), chosen.end());  // stream order
+    task_.rule = "answers from the context";
+    const bool paraphrase = family_.name == "passage_qa_paraphrase";
+    // Phrasings that name the person and nothing else the passage record lacks (pet species,
+    // pronouns).
+    auto phrasings = [&](int rel) {
+      std::vector<std::string> out;
+      if (paraphrase) {
+        for (const ParaphraseTemplate& t : ParaphraseTemplates()[rel]) out.push_back(t.text);
+      } else {
+        for (const std::string& t : QuestionTemplates()[rel]) {
+          if (t.find("{X}") == std::string::npos && t.find("{PP}") == std::string::npos) {
+            out.push_back(t);
+          }
+        }
+      }
+      return out;
+    };
+    for (int index : chosen) {
+      const Passage& p = data_.passages[index];
+      task_.context.push_back(p.text);
+      std::vector<Fact> facts = p.facts;
+      Shuffle(rng_, &facts);
+      const size_t demonstrated = std::max<size_t>(1, facts.size() / 2);
+      for (size_t i = 0; i < facts.size(); ++i) {
+        const int rel = RelationIndex(facts[i].relation);
+        if (rel < 0) continue;
+        if (i < demonstrated) {
+          for (const std::string& t : QuestionTemplates()[rel]) {
+            if (t.find("{X}") != std::string::npos || t.find("{PP}") != std::string::npos) {
+              continue;
+            }
+            task_.demonstrations.push_back({Render(t, {{"N", p.subject}}), facts[i].value});
+          }
+        } else {
+          task_.queries.push_back(
+              {Render(Pick(rng_, phrasings(rel)), {{"N", p.subject}}), facts[i].value});
+        }
+      }
+    }
+    Shuffle(rng_, &task_.demonstrations);
+    Shuffle(rng_, &task_.queries);
+    if (static_cast<int>(task_.demonstrations.size()) > Demonstrations()) {
+      task_.demonstrations.resize(Demonstrations());
+    }
+    if (static_cast<int>(task_.queries.size()) > Queries()) task_.queries.resize(Queries());
+    return !task_.queries.empty();
+  }
+
+  const WorldOptions& options_;
+  const IclFamily& family_;
+  const std::vector<IclPerson>& people_;
+  const SplitData& data_;
+  Rng rng_;
+  IclTask task_;
+};
+
+nlohmann::ordered_json ExamplesToJson(const std::vector<IclExample>& examples) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const IclExample& e : examples) out.push_back({{"input", e.input}, {"output", e.output}});
+  return out;
+}
+
+std::vector<IclExample> ExamplesFromJson(const nlohmann::json& j) {
+  std::vector<IclExample> out;
+  for (const auto& e : j) {
+    out.push_back({e.at("input").get<std::string>(), e.at("output").get<std::string>()});
+  }
+  return out;
+}
+
+std::string IclPath(const std::string& dir, bool heldout) {
+  return absl::StrCat(dir, "/", heldout ? kIclHeldoutFile : kIclTrainFile);
+}
+
+}  // namespace
+
+const std::vector<IclFamily>& IclFamilies() {
+  static const auto* families = new std::vector<IclFamily>{
+      {"classify_occupation", IclKind::kClassify, false, "occupation", ""},
+      {"classify_hobby", IclKind::kClassify, false, "hobby", ""},
+      {"map_hometown_to_employer", IclKind::kMap, false, "hometown", "employer"},
+      {"map_occupation_to_hobby", IclKind::kMap, false, "occupation", "hobby"},
+      {"map_birthplace_to_university", IclKind::kMap, false, "birthplace", "university"},
+      {"pick_by_occupation", IclKind::kPick, false, "occupation", ""},
+      {"pick_by_hobby", IclKind::kPick, false, "hobby", ""},
+      {"passage_qa", IclKind::kPassageQa, false, "", ""},
+      {"classify_birth_decade", IclKind::kClassify, true, "birth_decade", ""},
+      {"map_employer_to_occupation", IclKind::kMap, true, "employer", "occupation"},
+      {"map_spouse_to_hometown", IclKind::kMap, true, "spouse", "hometown"},
+      {"pick_by_birth_year", IclKind::kPick, true, "birth_year", ""},
+      {"passage_qa_paraphrase", IclKind::kPassageQa, true, "", ""},
+  };
+  return *families;
+}
+
+IclTaskSet GenerateIclTasks(const WorldOptions& options, const SplitData& adapter,
+                            const SplitData& test) {
+  const std::vector<IclPerson> train_people = StreamPeople(adapter);
+  const std::vector<IclPerson> heldout_people = StreamPeople(test);
+  IclTaskSet out;
+  for (const IclFamily& family : IclFamilies()) {
+    std::vector<IclTask>& tasks = family.heldout ? out.heldout : out.train;
+    const int n =
+        family.heldout ? options.icl_heldout_tasks_per_family : options.icl_train_tasks_per_family;
+    for (int i = 0; i < n; ++i) {
+      IclTask task;
+      if (!IclTaskMaker(options, family, i, family.heldout ? heldout_people : train_people,
+                        family.heldout ? test : adapter)
+               .Make(&task)) {
+        continue;
+      }
+      task.id = absl::StrCat("icl-", family.heldout ? "heldout" : "train", "-t", tasks.size());
+      tasks.push_back(std::move(task));
+    }
+  }
+  return out;
+}
+
+std::string IclPrompt(std::string_view input) {
+  return absl::StrCat("Q: ", std::string(input), "\nA:");
+}
+
+std::string IclDemonstration(const IclExample& example) {
+  return absl::StrCat(IclPrompt(example.input), " ", example.output, "\n");
+}
+
+std::string IclTaskPrompt(const IclTask& task, int demonstrations, std::string_view input) {
+  std::string out;
+  for (const std::string& passage : task.context) absl::StrAppend(&out, passage, "\n");
+  const size_t n = std::min<size_t>(std::max(0, demonstrations), task.demonstrations.size());
+  for (size_t i = 0; i < n; ++i) out += IclDemonstration(task.demonstrations[i]);
+  return out + IclPrompt(input);
+}
+
+std::string IclTaskToJson(const IclTask& task) {
+  nlohmann::ordered_json mapping = nlohmann::ordered_json::array();
+  for (const IclMapping& m : task.mapping) mapping.push_back({{"from", m.from}, {"to", m.to}});
+  nlohmann::ordered_json j = {{"id", task.id},
+                              {"family", task.family},
+                              {"set", task.heldout ? "heldout" : "train"},
+                              {"people", std::string(SplitName(task.people))},
+                              {"rule", task.rule},
+                              {"mapping", mapping},
+                              {"context", task.context},
+                              {"demonstrations", ExamplesToJson(task.demonstrations)},
+                              {"queries", ExamplesToJson(task.queries)}};
+  return j.dump() + "\n";
+}
+
+absl::StatusOr<IclTask> IclTaskFromJson(std::string_view line) {
+  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  try {
+    IclTask task;
+    task.id = j.at("id").get<std::string>();
+    task.family = j.at("family").get<std::string>();
+    const std::string set = j.at("set").get<std::string>();
+    if (set != "train" && set != "heldout") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("task ", task.id, ": set '", set, "' (expected train or heldout)"));
+    }
+    task.heldout = set == "heldout";
+    absl::StatusOr<Split> people = ParseSplit(j.at("people").get<std::string>());
+    if (!people.ok()) return people.status();
+    task.people = *people;
+    task.rule = j.at("rule").get<std::string>();
+    for (const auto& m : j.at("mapping")) {
+      task.mapping.push_back({m.at("from").get<std::string>(), m.at("to").get<std::string>()});
+    }
+    task.context = j.at("context").get<std::vector<std::string>>();
+    task.demonstrations = ExamplesFromJson(j.at("demonstrations"));
+    task.queries = ExamplesFromJson(j.at("queries"));
+    return task;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("in-context task: ", e.what()));
+  }
+}
+
 std::string PassageToJson(const Passage& p) {
   nlohmann::ordered_json facts = nlohmann::ordered_json::array();
   for (const Fact& f : p.facts) facts.push_back({{"relation", f.relation}, {"value", f.value}});
@@ -1118,9 +1612,12 @@ absl::Status WriteWorld(const WorldOptions& options, const std::string& dir) {
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create: ", ec.message()));
   ParaphraseSplit paraphrase;
+  SplitData adapter, test;  // the people of the in-context tasks
   for (int s = 0; s < kNumSplits; ++s) {
     const SplitData data = GenerateSplit(options, static_cast<Split>(s));
     if (data.split == Split::kTest) paraphrase = GenerateParaphrases(options, data);
+    if (data.split == Split::kAdapter) adapter = data;
+    if (data.split == Split::kTest) test = data;
     std::vector<std::string> lines;
     lines.reserve(data.passages.size());
     for (const Passage& p : data.passages) lines.push_back(PassageToJson(p));
@@ -1162,7 +1659,50 @@ absl::Status WriteWorld(const WorldOptions& options, const std::string& dir) {
       {"relation_synonym", synonym},
       {"description", described},
       {"reordered", reordered}};
+
+  const IclTaskSet icl = GenerateIclTasks(options, adapter, test);
+  nlohmann::ordered_json families = nlohmann::ordered_json::object();
+  for (const bool heldout : {false, true}) {
+    const std::vector<IclTask>& tasks = heldout ? icl.heldout : icl.train;
+    lines.clear();
+    for (const IclTask& task : tasks) {
+      lines.push_back(IclTaskToJson(task));
+      families[task.family] = families.value(task.family, 0) + 1;
+    }
+    if (absl::Status st = WriteLines(IclPath(dir, heldout), lines); !st.ok()) return st;
+  }
+  nlohmann::ordered_json train_families = nlohmann::ordered_json::array();
+  nlohmann::ordered_json heldout_families = nlohmann::ordered_json::array();
+  for (const IclFamily& f : IclFamilies()) {
+    (f.heldout ? heldout_families : train_families).push_back(f.name);
+  }
+  j["icl"] = {{"what",
+               "in-context tasks: a family, a mapping drawn fresh per task, demonstrations and "
+               "queries (input -> output); held-out families never appear in the train file"},
+              {"train", kIclTrainFile},
+              {"heldout", kIclHeldoutFile},
+              {"seed", "(seed, \"icl/<family>/<task index>\")"},
+              {"format", "Q: <input>\nA: <output>\n"},
+              {"train_families", train_families},
+              {"heldout_families", heldout_families},
+              {"tasks_per_family", families},
+              {"demonstrations", options.icl_demonstrations},
+              {"queries", options.icl_queries},
+              {"context_passages", options.icl_context_passages}};
   return WriteLines(dir + "/world.json", {j.dump(2) + "\n"});
+}
+
+absl::StatusOr<std::vector<IclTask>> ReadIclTasks(const std::string& dir, bool heldout) {
+  const std::string path = IclPath(dir, heldout);
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(
+        path,
+        ": not found; a world written before the in-context tasks existed: regenerate it with "
+        "`knowd-train data --out ",
+        dir, "` and the flags it was made with (the other splits come out byte-identical)"));
+  }
+  return ReadJsonl<IclTask>(path, IclTaskFromJson);
 }
 
 absl::StatusOr<SplitData> ReadSplit(const std::string& dir, Split split) {

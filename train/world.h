@@ -44,6 +44,14 @@ struct WorldOptions {
   // Questions per main passage in the valid and test splits (pretrain and adapter passages get
   // every phrasing of every stated fact, for training variety).
   int eval_questions_per_passage = 3;
+  // In-context tasks (icl.train.jsonl, icl.heldout.jsonl; see "in-context tasks" below): tasks
+  // per family, demonstrations and queries per task (passage-QA tasks have as many
+  // demonstrations as their context's facts give), passages in a passage-QA context.
+  int icl_train_tasks_per_family = 6;
+  int icl_heldout_tasks_per_family = 4;
+  int icl_demonstrations = 1024;
+  int icl_queries = 16;
+  int icl_context_passages = 3;
 };
 
 struct Fact {
@@ -127,9 +135,93 @@ struct ParaphraseSplit {
 // (options.seed, test).
 ParaphraseSplit GenerateParaphrases(const WorldOptions& options, const SplitData& test);
 
+// ---- in-context tasks ------------------------------------------------------------------------
+//
+// Many-shot tasks for learning from a stream of demonstrations. A task is a family, a mapping
+// drawn fresh for the task, demonstrations (input -> output) and queries with gold outputs:
+//   classify_*  "<Full Name>: <value>, <value>" -> a label word; the label is a bijection of one
+//               of the two shown attributes' values (2..6 classes), the other is noise; queries
+//               are people no demonstration shows.
+//   map_*       "<value of relation A>" -> "<value of relation B>": a table of 4..16 pairs from
+//               the facts of as many people, A and B values distinct within the task.
+//   pick_*      "<First>: <value>; <First>: <value>; <First>: <value>" -> the first name of the
+//               one candidate that fits the task's rule (has the task's target value, or the
+//               earliest or latest year); the fitting person of a query is in no demonstration.
+//   passage_qa* a context of passages; demonstrations ask some of their facts, queries the others.
+// Families are either training families (people of the adapter split, label words from one
+// list) or held-out families (people of the test split, label words from a disjoint list); no
+// family is both. Every value a task shows is the person's value at the end of the split's
+// stream. Drawn from generators seeded from (seed, family, task index), so no other file
+// changes with them and a task does not depend on the number of tasks.
+inline constexpr char kIclTrainFile[] = "icl.train.jsonl";
+inline constexpr char kIclHeldoutFile[] = "icl.heldout.jsonl";
+
+enum class IclKind { kClassify = 0, kMap = 1, kPick = 2, kPassageQa = 3 };
+
+struct IclFamily {
+  std::string name;  // "classify_occupation", ...
+  IclKind kind = IclKind::kClassify;
+  bool heldout = false;
+  // classify and pick: the attribute the label or the rule depends on ("birth_decade" for
+  // classify_birth_decade: the birth year's decade, "1950s"); map: the input's relation.
+  std::string relation;
+  std::string output_relation;  // map: the output's relation
+};
+// Every family, training families first.
+const std::vector<IclFamily>& IclFamilies();
+
+struct IclExample {
+  std::string input, output;
+};
+
+struct IclMapping {
+  std::string from, to;
+};
+
+struct IclTask {
+  std::string id;  // "icl-train-t<n>" or "icl-heldout-t<n>"
+  std::string family;
+  bool heldout = false;
+  Split people = Split::kAdapter;  // the split whose people and passages it uses
+  // What the task computes, in words (never shown to a model): "occupation -> label",
+  // "hobby = chess", "birth_year: earliest", "answers from the context".
+  std::string rule;
+  // classify: attribute value -> label word; map: input value -> output value; empty otherwise.
+  std::vector<IclMapping> mapping;
+  std::vector<std::string> context;  // passage_qa*: passage texts, in stream order
+  std::vector<IclExample> demonstrations;
+  std::vector<IclExample> queries;
+};
+
+struct IclTaskSet {
+  std::vector<IclTask> train, heldout;
+};
+
+// The tasks of every family. `adapter` and `test` are GenerateSplit(options, kAdapter / kTest).
+// Deterministic in (options, adapter, test).
+IclTaskSet GenerateIclTasks(const WorldOptions& options, const SplitData& adapter,
+                            const SplitData& test);
+
+// The one text format of in-context data. A query: "Q: <input>\nA:", the shape of the QA prompt
+// the LM was pretrained on (knowledge/prompt.h), whose answer is the greedy continuation up to
+// "\n". A demonstration: IclPrompt(input) + " " + output + "\n". With knowd-tiny's tokenizer a
+// demonstration is about 20 tokens (12-13 for map_*, 25-33 for pick_*), a label word 1 or 2.
+std::string IclPrompt(std::string_view input);
+std::string IclDemonstration(const IclExample& example);
+// The in-context prompt of a query after the first `demonstrations` demonstrations of `task`:
+// the context's passages, each followed by "\n", then the demonstrations, then IclPrompt(input).
+std::string IclTaskPrompt(const IclTask& task, int demonstrations, std::string_view input);
+
+// One JSON object per line (keys: id, family, set, people, rule, mapping [{from, to}], context,
+// demonstrations [{input, output}], queries [{input, output}]), '\n' terminated.
+std::string IclTaskToJson(const IclTask& task);
+absl::StatusOr<IclTask> IclTaskFromJson(std::string_view line);
+// Reads <dir>/icl.train.jsonl or <dir>/icl.heldout.jsonl.
+absl::StatusOr<std::vector<IclTask>> ReadIclTasks(const std::string& dir, bool heldout);
+
 // Writes <dir>/<split>.passages.jsonl and <dir>/<split>.questions.jsonl for every split,
-// <dir>/paraphrase.questions.jsonl, and <dir>/world.json (the options and what each split is).
-// Creates `dir`.
+// <dir>/paraphrase.questions.jsonl, <dir>/icl.train.jsonl, <dir>/icl.heldout.jsonl, and
+// <dir>/world.json (the options and what each split is). Creates `dir`.
 absl::Status WriteWorld(const WorldOptions& options, const std::string& dir);
 // Function words ("the", "whom", "was", ...): a paraphrase question may share these with its
 // passage and still share no content word.

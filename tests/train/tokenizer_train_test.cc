@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -58,6 +59,44 @@ TEST(TokenizerTrainTest, TrainedModelLoadsAndRoundTrips) {
     EXPECT_GE((*tokenizer)->Encode(last, false).size(), 2u) << last;
   }
   std::filesystem::remove(path);
+}
+
+// The in-context tasks' lines are short for the shipped knowd-tiny tokenizer (512 positions): the
+// label words take one or two tokens, a demonstration about 20.
+TEST(TokenizerTrainTest, InContextLinesAreShortForTheShippedTokenizer) {
+  const std::string path = std::string(KNOWD_SOURCE_DIR) + "/models/knowd-tiny/tokenizer.model";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is not in this checkout";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(path);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const Tokenizer& tok = **tokenizer;
+  WorldOptions o;
+  o.icl_train_tasks_per_family = 2;
+  o.icl_heldout_tasks_per_family = 2;
+  o.icl_demonstrations = 32;
+  const IclTaskSet tasks =
+      GenerateIclTasks(o, GenerateSplit(o, Split::kAdapter), GenerateSplit(o, Split::kTest));
+  std::vector<IclTask> all = tasks.train;
+  all.insert(all.end(), tasks.heldout.begin(), tasks.heldout.end());
+  const size_t answer_prefix = tok.Encode("A:", false).size();
+  size_t lines = 0, tokens = 0;
+  for (const IclTask& t : all) {
+    size_t task_tokens = 0;
+    for (const IclExample& e : t.demonstrations) {
+      task_tokens += tok.Encode(IclDemonstration(e), false).size();
+    }
+    const double mean = static_cast<double>(task_tokens) / t.demonstrations.size();
+    EXPECT_LE(mean, 36.0) << t.id << " " << t.family;
+    tokens += task_tokens;
+    lines += t.demonstrations.size();
+    if (t.family.rfind("classify_", 0) != 0) continue;
+    for (const IclMapping& m : t.mapping) {
+      EXPECT_LE(tok.Encode("A: " + m.to, false).size() - answer_prefix, 2u) << m.to;
+    }
+  }
+  ASSERT_GT(lines, 0u);
+  const double mean = static_cast<double>(tokens) / lines;
+  std::printf("in-context demonstrations: %.1f tokens on average (%zu lines)\n", mean, lines);
+  EXPECT_LE(mean, 24.0);
 }
 
 }  // namespace

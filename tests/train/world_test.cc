@@ -450,5 +450,324 @@ TEST(WorldTest, ParaphraseSplitIsWrittenAndReadWithTheTestPassages) {
   std::filesystem::remove_all(dir);
 }
 
+// ---- in-context tasks ----
+
+WorldOptions SmallIclWorld() {
+  WorldOptions o = SmallWorld();
+  o.icl_train_tasks_per_family = 2;
+  o.icl_heldout_tasks_per_family = 2;
+  o.icl_demonstrations = 48;
+  o.icl_queries = 6;
+  return o;
+}
+
+IclTaskSet SmallIclTasks(const WorldOptions& o) {
+  return GenerateIclTasks(o, GenerateSplit(o, Split::kAdapter), GenerateSplit(o, Split::kTest));
+}
+
+std::string IclJsonl(const std::vector<IclTask>& tasks, bool with_ids = true) {
+  std::string s;
+  for (IclTask t : tasks) {
+    if (!with_ids) t.id.clear();
+    s += IclTaskToJson(t);
+  }
+  return s;
+}
+
+// Each main person's facts at the end of the split's stream (an update overrides).
+std::map<std::string, std::map<std::string, std::string>> FinalFacts(const SplitData& d) {
+  std::map<std::string, std::map<std::string, std::string>> out;
+  for (const Passage& p : d.passages) {
+    for (const Fact& f : p.facts) out[p.subject][f.relation] = f.value;
+  }
+  return out;
+}
+
+const IclFamily& FamilyOf(const IclTask& task) {
+  for (const IclFamily& f : IclFamilies()) {
+    if (f.name == task.family) return f;
+  }
+  ADD_FAILURE() << "unknown family " << task.family;
+  return IclFamilies()[0];
+}
+
+std::vector<std::string> SplitOn(const std::string& s, const std::string& sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t end; (end = s.find(sep, start)) != std::string::npos; start = end + sep.size()) {
+    out.push_back(s.substr(start, end - start));
+  }
+  out.push_back(s.substr(start));
+  return out;
+}
+
+TEST(WorldTest, IclTasksAreDeterministicAndIndependentOfTheirCount) {
+  const WorldOptions o = SmallIclWorld();
+  const IclTaskSet a = SmallIclTasks(o), b = SmallIclTasks(o);
+  ASSERT_FALSE(a.train.empty());
+  ASSERT_FALSE(a.heldout.empty());
+  EXPECT_EQ(IclJsonl(a.train), IclJsonl(b.train));
+  EXPECT_EQ(IclJsonl(a.heldout), IclJsonl(b.heldout));
+  WorldOptions other = o;
+  other.seed = 8;
+  EXPECT_NE(IclJsonl(SmallIclTasks(other).train), IclJsonl(a.train));
+  // One task per family is the first task of each family when there are two.
+  WorldOptions fewer = o;
+  fewer.icl_train_tasks_per_family = 1;
+  std::map<std::string, std::string> first;
+  for (const IclTask& t : a.train) first.emplace(t.family, IclJsonl({t}, false));
+  for (const IclTask& t : SmallIclTasks(fewer).train) {
+    EXPECT_EQ(IclJsonl({t}, false), first[t.family]) << t.family;
+  }
+}
+
+TEST(WorldTest, IclHeldoutFamiliesNeverTrain) {
+  const WorldOptions o;
+  const IclTaskSet tasks =
+      GenerateIclTasks(o, GenerateSplit(o, Split::kAdapter), GenerateSplit(o, Split::kTest));
+  std::map<std::string, int> train_families, heldout_families;
+  std::set<std::string> train_labels, heldout_labels;
+  for (const IclTask& t : tasks.train) {
+    EXPECT_FALSE(t.heldout);
+    EXPECT_FALSE(FamilyOf(t).heldout) << t.family;
+    EXPECT_EQ(t.people, Split::kAdapter);
+    ++train_families[t.family];
+    if (FamilyOf(t).kind == IclKind::kClassify) {
+      for (const IclMapping& m : t.mapping) train_labels.insert(m.to);
+    }
+  }
+  for (const IclTask& t : tasks.heldout) {
+    EXPECT_TRUE(t.heldout);
+    EXPECT_TRUE(FamilyOf(t).heldout) << t.family;
+    EXPECT_EQ(t.people, Split::kTest);
+    EXPECT_FALSE(train_families.count(t.family)) << t.family;
+    ++heldout_families[t.family];
+    if (FamilyOf(t).kind == IclKind::kClassify) {
+      for (const IclMapping& m : t.mapping) heldout_labels.insert(m.to);
+    }
+  }
+  // The default world gives every family its full count, every kind on both sides.
+  std::set<IclKind> train_kinds, heldout_kinds;
+  for (const IclFamily& f : IclFamilies()) {
+    (f.heldout ? heldout_kinds : train_kinds).insert(f.kind);
+    EXPECT_EQ((f.heldout ? heldout_families : train_families)[f.name],
+              f.heldout ? o.icl_heldout_tasks_per_family : o.icl_train_tasks_per_family)
+        << f.name;
+  }
+  EXPECT_EQ(train_kinds.size(), 4u);
+  EXPECT_EQ(heldout_kinds.size(), 4u);
+  ASSERT_FALSE(heldout_labels.empty());
+  for (const std::string& w : heldout_labels) EXPECT_FALSE(train_labels.count(w)) << w;
+  // A few MB at the default sizes.
+  EXPECT_LT(IclJsonl(tasks.train).size(), 4u << 20);
+  EXPECT_LT(IclJsonl(tasks.heldout).size(), 2u << 20);
+}
+
+// Every demonstration and query follows its task's mapping or rule, and is true of the world.
+TEST(WorldTest, IclTasksFollowTheirMappingAndTheWorld) {
+  const WorldOptions o;
+  const SplitData adapter = GenerateSplit(o, Split::kAdapter);
+  const SplitData test = GenerateSplit(o, Split::kTest);
+  const IclTaskSet tasks = GenerateIclTasks(o, adapter, test);
+  const auto adapter_facts = FinalFacts(adapter), test_facts = FinalFacts(test);
+  std::vector<IclTask> all = tasks.train;
+  all.insert(all.end(), tasks.heldout.begin(), tasks.heldout.end());
+  int checked = 0;
+  for (const IclTask& t : all) {
+    const IclFamily& family = FamilyOf(t);
+    const SplitData& data = t.heldout ? test : adapter;
+    const auto& facts = t.heldout ? test_facts : adapter_facts;
+    SCOPED_TRACE(t.id + " " + t.family);
+    if (family.kind == IclKind::kPassageQa) {  // as many queries as the context's facts allow
+      EXPECT_LE(t.queries.size(), static_cast<size_t>(o.icl_queries));
+      EXPECT_GE(t.queries.size(), t.context.size());
+    } else {
+      EXPECT_EQ(t.queries.size(), static_cast<size_t>(o.icl_queries));
+      EXPECT_EQ(t.demonstrations.size(), static_cast<size_t>(o.icl_demonstrations));
+      EXPECT_TRUE(t.context.empty());
+    }
+    // map: the (input, output) value pairs some person has; pick: the (first name, value) pairs.
+    std::set<std::pair<std::string, std::string>> held;
+    for (const auto& [name, f] : facts) {
+      if (family.kind == IclKind::kMap && f.count(family.relation) &&
+          f.count(family.output_relation)) {
+        held.emplace(f.at(family.relation), f.at(family.output_relation));
+      }
+      if (family.kind == IclKind::kPick && f.count(family.relation)) {
+        held.emplace(name.substr(0, name.find(' ')), f.at(family.relation));
+      }
+    }
+    std::map<std::string, std::string> mapping;
+    std::set<std::string> outputs;
+    for (const IclMapping& m : t.mapping) {
+      EXPECT_TRUE(mapping.emplace(m.from, m.to).second) << "twice: " << m.from;
+      EXPECT_TRUE(outputs.insert(m.to).second) << "twice: " << m.to;  // a bijection
+    }
+    std::set<std::string> demonstrated_people;
+    for (const bool query : {false, true}) {
+      for (const IclExample& e : query ? t.queries : t.demonstrations) {
+        SCOPED_TRACE(e.input + " -> " + e.output);
+        ++checked;
+        switch (family.kind) {
+          case IclKind::kClassify: {
+            ASSERT_GE(t.mapping.size(), 2u);
+            const size_t colon = e.input.find(": ");
+            ASSERT_NE(colon, std::string::npos);
+            const std::string name = e.input.substr(0, colon);
+            ASSERT_TRUE(facts.count(name));
+            const bool decade = family.relation == "birth_decade";
+            const std::string shown = facts.at(name).at(decade ? "birth_year" : family.relation);
+            const std::string value =
+                decade ? std::to_string(std::stoi(shown) / 10 * 10) + "s" : shown;
+            const std::vector<std::string> values = SplitOn(e.input.substr(colon + 2), ", ");
+            ASSERT_EQ(values.size(), 2u);
+            EXPECT_TRUE(values[0] == shown || values[1] == shown);
+            ASSERT_TRUE(mapping.count(value));
+            EXPECT_EQ(e.output, mapping.at(value));
+            if (query) {
+              EXPECT_FALSE(demonstrated_people.count(name))
+                  << "a query shows a demonstrated person";
+            } else {
+              demonstrated_people.insert(name);
+            }
+            break;
+          }
+          case IclKind::kMap: {
+            ASSERT_GE(t.mapping.size(), 2u);
+            ASSERT_TRUE(mapping.count(e.input));
+            EXPECT_EQ(e.output, mapping.at(e.input));
+            EXPECT_TRUE(held.count({e.input, e.output}))
+                << "nobody has " << e.input << " and " << e.output;
+            break;
+          }
+          case IclKind::kPick: {
+            EXPECT_TRUE(t.mapping.empty());
+            std::vector<std::pair<std::string, std::string>> candidates;
+            for (const std::string& c : SplitOn(e.input, "; ")) {
+              const std::vector<std::string> parts = SplitOn(c, ": ");
+              ASSERT_EQ(parts.size(), 2u) << c;
+              candidates.emplace_back(parts[0], parts[1]);
+              // Someone of the split has this first name and value.
+              EXPECT_TRUE(held.count({parts[0], parts[1]})) << c;
+            }
+            ASSERT_EQ(candidates.size(), 3u);
+            std::vector<std::string> fitting;
+            if (family.relation == "birth_year") {
+              const bool earliest = t.rule == "birth_year: earliest";
+              EXPECT_TRUE(earliest || t.rule == "birth_year: latest") << t.rule;
+              auto best = candidates[0];
+              for (const auto& c : candidates) {
+                if (earliest ? std::stoi(c.second) < std::stoi(best.second)
+                             : std::stoi(c.second) > std::stoi(best.second)) {
+                  best = c;
+                }
+              }
+              for (const auto& c : candidates) {
+                if (c.second == best.second) fitting.push_back(c.first);
+              }
+            } else {
+              const std::string prefix = family.relation + " = ";
+              ASSERT_EQ(t.rule.rfind(prefix, 0), 0u) << t.rule;
+              for (const auto& c : candidates) {
+                if (c.second == t.rule.substr(prefix.size())) fitting.push_back(c.first);
+              }
+            }
+            ASSERT_EQ(fitting.size(), 1u);
+            EXPECT_EQ(e.output, fitting[0]);
+            break;
+          }
+          case IclKind::kPassageQa: {
+            ASSERT_EQ(t.context.size(), static_cast<size_t>(o.icl_context_passages));
+            // The question names a context passage's subject; that passage states the answer.
+            bool stated = false;
+            for (const Passage& p : data.passages) {
+              if (std::find(t.context.begin(), t.context.end(), p.text) == t.context.end() ||
+                  e.input.find(p.subject) == std::string::npos) {
+                continue;
+              }
+              for (const Fact& f : p.facts) stated |= f.value == e.output;
+            }
+            EXPECT_TRUE(stated);
+            break;
+          }
+        }
+      }
+    }
+    if (family.kind == IclKind::kPassageQa) {
+      EXPECT_GE(t.demonstrations.size(), t.context.size());
+      // A query asks a fact no demonstration asks: its answer is no demonstration's answer
+      // about the same person, unless two of the person's facts share the value.
+      for (const IclExample& q : t.queries) {
+        for (const IclExample& d : t.demonstrations) {
+          for (const Passage& p : data.passages) {
+            if (std::find(t.context.begin(), t.context.end(), p.text) == t.context.end()) continue;
+            if (q.input.find(p.subject) == std::string::npos ||
+                d.input.find(p.subject) == std::string::npos || d.output != q.output) {
+              continue;
+            }
+            int with_value = 0;
+            for (const Fact& f : p.facts) with_value += f.value == q.output;
+            EXPECT_GE(with_value, 2) << q.input << " is demonstrated by " << d.input;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 60000);
+}
+
+TEST(WorldTest, IclPromptIsTheQaShape) {
+  EXPECT_EQ(IclPrompt("Kalo Ren: baker, chess"), "Q: Kalo Ren: baker, chess\nA:");
+  EXPECT_EQ(IclDemonstration({"Tosa", "Mimo Labs"}), "Q: Tosa\nA: Mimo Labs\n");
+  IclTask task;
+  task.context = {"Kalo Ren is a baker.", "Mimo Sa lives in Tosa."};
+  task.demonstrations = {{"Where does Mimo Sa live?", "Tosa"}, {"a", "b"}, {"c", "d"}};
+  EXPECT_EQ(IclTaskPrompt(task, 2, "What is Kalo Ren's job?"),
+            "Kalo Ren is a baker.\nMimo Sa lives in Tosa.\nQ: Where does Mimo Sa live?\nA: "
+            "Tosa\nQ: a\nA: b\nQ: What is Kalo Ren's job?\nA:");
+  EXPECT_EQ(IclTaskPrompt(task, 99, "x"), IclTaskPrompt(task, 3, "x"));
+}
+
+TEST(WorldTest, IclFilesAreWrittenAndReadBackBesideTheUnchangedSplits) {
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("knowd_world_icl_test_" + std::to_string(getpid())))
+                              .string();
+  const WorldOptions o = SmallIclWorld();
+  ASSERT_TRUE(WriteWorld(o, dir).ok());
+  const IclTaskSet expected = SmallIclTasks(o);
+  for (const bool heldout : {false, true}) {
+    absl::StatusOr<std::vector<IclTask>> read = ReadIclTasks(dir, heldout);
+    ASSERT_TRUE(read.ok()) << read.status();
+    const std::vector<IclTask>& want = heldout ? expected.heldout : expected.train;
+    EXPECT_EQ(IclJsonl(*read), IclJsonl(want));
+    EXPECT_EQ(ReadFile(dir + "/" + (heldout ? kIclHeldoutFile : kIclTrainFile)), IclJsonl(want));
+    for (const IclTask& t : *read) {
+      absl::StatusOr<IclTask> again = IclTaskFromJson(IclTaskToJson(t));
+      ASSERT_TRUE(again.ok()) << again.status();
+      EXPECT_EQ(IclTaskToJson(*again), IclTaskToJson(t));
+    }
+  }
+  // The split files keep the bytes pinned by ExistingSplitsArePinned.
+  const uint64_t pinned[kNumSplits] = {0x7f9a1171082e1d82ull, 0xc35f0b262971441full,
+                                       0x465590e38dc3f2efull, 0x66cd511a3c01745cull};
+  for (int s = 0; s < kNumSplits; ++s) {
+    const std::string name(SplitName(static_cast<Split>(s)));
+    EXPECT_EQ(Fnv1a64(ReadFile(dir + "/" + name + ".passages.jsonl") +
+                      ReadFile(dir + "/" + name + ".questions.jsonl")),
+              pinned[s])
+        << name;
+  }
+  const std::string world = ReadFile(dir + "/world.json");
+  EXPECT_NE(world.find("\"icl\""), std::string::npos) << world;
+  EXPECT_NE(world.find("\"classify_birth_decade\""), std::string::npos) << world;
+  EXPECT_FALSE(IclTaskFromJson("{\"id\": \"x\"}").ok());
+  EXPECT_FALSE(IclTaskFromJson("not json").ok());
+  std::filesystem::remove(dir + "/" + kIclHeldoutFile);
+  const absl::StatusOr<std::vector<IclTask>> missing = ReadIclTasks(dir, true);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("knowd-train data"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace knowd::train
