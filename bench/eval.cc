@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -127,6 +128,8 @@ class Evaluator {
         modulator_reason_(std::move(modulator_reason)) {}
 
   absl::Status Run(const std::string& bank_dir);
+  // The report Run() wrote (null after a retrieval calibration).
+  const Json& report() const { return report_; }
 
  private:
   const train::Passage& PassageOf(const train::Question& q) const {
@@ -188,6 +191,7 @@ class Evaluator {
   double threshold_ = 0;
   std::string threshold_source_;
   Json calibration_;
+  Json report_;
 };
 
 int Evaluator::GoldPassage(const train::Question& q, int stage) const {
@@ -582,6 +586,7 @@ absl::Status Evaluator::Run(const std::string& bank_dir) {
                        {"generation", generation_seconds},
                        {"total", std::chrono::duration<double>(Clock::now() - t0).count()}};
 
+  report_ = report;
   return internal::WriteReport(report, o_, total);
 }
 
@@ -801,12 +806,17 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
     const double n = std::max(1, recall_questions_);
     return Json{{"recall_at_1", r.at1 / n}, {"recall_at_5", r.at5 / n}};
   };
-  const RecallCounts& served = *o_.retrieval == knowledge::Retrieval::kHybrid  ? recall_hybrid_
-                               : *o_.retrieval == knowledge::Retrieval::kDense ? recall_dense_
-                                                                               : recall_bm25_;
+  const knowledge::Retrieval search = o_.retrieval.value_or(o_.retrieval_defaults.all);
+  const RecallCounts& served = search == knowledge::Retrieval::kHybrid  ? recall_hybrid_
+                               : search == knowledge::Retrieval::kDense ? recall_dense_
+                                                                        : recall_bm25_;
   report["retrieval"] = {
       {"questions", recall_questions_},
-      {"served", knowledge::RetrievalName(*o_.retrieval)},
+      {"served",
+       {{"search", knowledge::RetrievalName(search)},
+        {"rag", knowledge::RetrievalName(EvalModeParams(o_, "rag-subject")->retrieval)},
+        {"mac", knowledge::RetrievalName(EvalModeParams(o_, "mac")->retrieval)},
+        {"mac+rag", knowledge::RetrievalName(EvalModeParams(o_, "mac+rag")->retrieval)}}},
       {"fusion",
        {{"rrf_k", o_.fusion->rrf_k},
         {"dense_weight", o_.fusion->dense_weight},
@@ -954,7 +964,6 @@ Json Evaluator::Report(const std::vector<std::string>& answers, double generatio
 absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::string_view mode) {
   knowledge::AskParams p;
   p.max_tokens = o.max_answer_tokens;
-  p.retrieval = o.retrieval.value_or(knowledge::Retrieval::kLexical);
   p.fusion = o.fusion.value_or(knowledge::Fusion());
   if (mode == "rag-top1" || mode == "rag-top3") {
     p.mode = knowledge::AskMode::kRag;
@@ -972,8 +981,76 @@ absl::StatusOr<knowledge::AskParams> EvalModeParams(const EvalOptions& o, std::s
   } else {
     return absl::NotFoundError(absl::StrCat("no eval mode \"", std::string(mode), "\""));
   }
+  p.retrieval = o.retrieval.value_or(o.retrieval_defaults.For(p.mode));
   return p;
 }
+
+namespace {
+
+// --calibrate-retrieval's second part, after the recall grid wrote the fusion and the default:
+// every memory mode's EM with each retrieval (evaluations of the same split); each mode's best
+// joins knowledge.json's retrieval object, ties going to the cheaper retrieval (lexical needs no
+// encoder pass for a rag question, dense no lexical search).
+absl::Status CalibrateModeRetrieval(
+    const EvalOptions& options,
+    const std::function<absl::Status(const EvalOptions&, Json*)>& evaluate) {
+  absl::StatusOr<knowledge::Calibration> calibration =
+      knowledge::ReadCalibration(options.bundle_dir);
+  if (!calibration.ok()) return calibration.status();
+  std::ifstream in(std::filesystem::path(options.bundle_dir) / "knowledge.json");
+  Json written = Json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!written.is_object() || !written["retrieval"].is_object()) {
+    return absl::InternalError("knowledge.json lost its retrieval calibration");
+  }
+  Json retrieval = written["retrieval"];
+  // Cheapest first.
+  const knowledge::Retrieval order[] = {
+      knowledge::Retrieval::kLexical, knowledge::Retrieval::kDense, knowledge::Retrieval::kHybrid};
+  const std::pair<const char*, knowledge::AskMode> modes[] = {
+      {"rag-subject", knowledge::AskMode::kRag},
+      {"mac", knowledge::AskMode::kMac},
+      {"mac+rag", knowledge::AskMode::kMacRag}};
+  std::map<knowledge::Retrieval, Json> em;
+  for (knowledge::Retrieval r : order) {
+    EvalOptions o = options;
+    o.calibrate_retrieval = false;
+    o.calibrate_abstention = false;
+    o.retrieval = r;
+    o.fusion = calibration->fusion;
+    o.report_path.clear();
+    o.print_table = false;
+    o.on_prepared = nullptr;
+    Json report;
+    if (absl::Status s = evaluate(o, &report); !s.ok()) return s;
+    for (const auto& [eval_name, mode] : modes) {
+      em[r][knowledge::AskModeName(mode)] = report["modes"][eval_name]["em"].get<double>();
+    }
+  }
+  Json chosen = Json::object(), by_retrieval = Json::object();
+  for (knowledge::Retrieval r : order) by_retrieval[knowledge::RetrievalName(r)] = em[r];
+  std::printf("EM on the %s split with each retrieval:\n", options.split.c_str());
+  for (const auto& [eval_name, mode] : modes) {
+    const char* name = knowledge::AskModeName(mode);
+    knowledge::Retrieval best = order[0];
+    for (knowledge::Retrieval r : order) {
+      if (em[r][name].get<double>() > em[best][name].get<double>()) best = r;
+    }
+    chosen[name] = knowledge::RetrievalName(best);
+    std::printf("  %-8s", name);
+    for (knowledge::Retrieval r : order) {
+      std::printf(" %s %.3f", knowledge::RetrievalName(r), em[r][name].get<double>());
+    }
+    std::printf(" -> %s\n", knowledge::RetrievalName(best));
+  }
+  retrieval["modes"] = chosen;
+  retrieval["modes_em"] = by_retrieval;
+  retrieval["modes_rule"] =
+      "each mode's best EM on the split (rag: rag-subject), ties to the cheaper retrieval "
+      "(lexical, dense, hybrid)";
+  return knowledge::UpdateCalibration(options.bundle_dir, Json{{"retrieval", retrieval}}.dump());
+}
+
+}  // namespace
 
 absl::Status RunEval(const EvalOptions& options) {
   // "paraphrase" asks the test split's passages (train::ReadEvalSplit).
@@ -1028,16 +1105,23 @@ absl::Status RunEval(const EvalOptions& options) {
   // What a daemon request that names no retrieval gets: the bundle's, lexical without an adapter
   // (dense keys need one; the hashed stand-in keys are only for the recall figures).
   EvalOptions resolved = options;
-  if (!resolved.retrieval.has_value()) {
-    resolved.retrieval =
-        modulator != nullptr ? bundle->calibration.retrieval : knowledge::Retrieval::kLexical;
-  }
+  if (modulator != nullptr) resolved.retrieval_defaults = bundle->calibration.retrieval;
   if (!resolved.fusion.has_value()) resolved.fusion = bundle->calibration.fusion;
-  absl::Status status;
-  {
-    Evaluator evaluator(resolved, *std::move(data), **model, **tokenizer, modulator.get(), reason);
-    status = evaluator.Run(bank_dir);
-  }  // the bank is closed before its directory goes
+  auto evaluate = [&](const EvalOptions& o, Json* report) -> absl::Status {
+    absl::Status status;
+    {
+      Evaluator evaluator(o, *data, **model, **tokenizer, modulator.get(), reason);
+      status = evaluator.Run(bank_dir);
+      if (report != nullptr) *report = evaluator.report();
+    }  // the bank is closed before the next one opens in its directory
+    std::error_code ec;
+    std::filesystem::remove_all(bank_dir, ec);
+    return status;
+  };
+  absl::Status status = evaluate(resolved, nullptr);
+  if (status.ok() && options.calibrate_retrieval && modulator != nullptr) {
+    status = CalibrateModeRetrieval(resolved, evaluate);
+  }
   if (!temp_dir.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(temp_dir, ec);

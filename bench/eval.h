@@ -141,10 +141,12 @@ struct EvalOptions {
   std::vector<int> bank_sizes = {250, 500};  // extra plot points; the first retention_passages
                                              // and the whole stream are always measured
   int mac_top_k = 3;
-  // Where every memory mode's passages come from, and hybrid retrieval's fusion weights
-  // (knowledge/retrieve.h); nullopt: the bundle's (knowledge.json), which a daemon request that
-  // names none gets.
+  // Where every memory mode's passages come from; nullopt: each mode's from retrieval_defaults,
+  // which RunEval sets to the bundle's (knowledge.json; all lexical without an adapter): what a
+  // daemon request that names none gets.
   std::optional<knowledge::Retrieval> retrieval;
+  knowledge::RetrievalDefaults retrieval_defaults;
+  // Hybrid retrieval's fusion weights (knowledge/retrieve.h); nullopt: the bundle's.
   std::optional<knowledge::Fusion> fusion;
   int mac_rag_passages = 1;     // mac+rag: the best this many candidates' texts in the prompt ...
   bool mac_rag_subject = true;  // ... or rag-subject's passages
@@ -167,9 +169,10 @@ struct EvalOptions {
   // <bundle>/knowledge.json.
   bool calibrate_abstention = false;
   // Instead of the evaluation: stream the split, measure recall@1 / @5 of BM25, the dense keys
-  // and hybrid retrieval over a grid of fusion weights (7 rrf_k x 7 lexical weights), and write
-  // the best fusion
-  // and the best retrieval (recall@1, then recall@5) to <bundle>/knowledge.json.
+  // and hybrid retrieval over a grid of fusion weights (7 rrf_k x 7 lexical weights); then, with
+  // an adapter, the EM of every memory mode with each retrieval (three evaluations). Writes the
+  // best fusion, the best retrieval (recall@1, then recall@5) and each mode's (EM; ties go to
+  // the cheaper retrieval: lexical, dense, hybrid) to <bundle>/knowledge.json.
   bool calibrate_retrieval = false;
   // Progress on stderr (a bar with ETA on a terminal).
   bool progress = false;

@@ -64,8 +64,9 @@ absl::Status WriteReport(Json& report, const EvalOptions& o, int total) {
       ret["dense_key"].get<std::string>(), ") ", Fixed(ret["dense"]["recall_at_1"]), " / ",
       Fixed(ret["dense"]["recall_at_5"]), "; hybrid ", Fixed(ret["hybrid"]["recall_at_1"]), " / ",
       Fixed(ret["hybrid"]["recall_at_5"]), " (rrf_k ", ret["fusion"]["rrf_k"].get<int>(),
-      ", lexical weight ", Fixed(ret["fusion"]["lexical_weight"]), "); every memory mode ",
-      "retrieves ", ret["served"].get<std::string>(), "\n");
+      ", lexical weight ", Fixed(ret["fusion"]["lexical_weight"]), "); retrieval served: rag ",
+      ret["served"]["rag"].get<std::string>(), ", mac ", ret["served"]["mac"].get<std::string>(),
+      ", mac+rag ", ret["served"]["mac+rag"].get<std::string>(), "\n");
   const Json& curve = report["em_vs_stored"];
   absl::StrAppend(&md, "\nEM vs stored passages (", curve["questions"].get<int>(),
                   " retention questions):\n\n| mode |");

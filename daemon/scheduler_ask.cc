@@ -85,7 +85,7 @@ knowledge::Retrieval FromProto(v1::Retrieval retrieval) {
 }
 
 knowledge::AskParams AskParamsFor(const v1::AskRequest& r, const knowledge::AskParams& defaults,
-                                  bool has_adapter) {
+                                  const knowledge::RetrievalDefaults& retrieval, bool has_adapter) {
   knowledge::AskParams p = defaults;
   switch (r.mode()) {
     case v1::ASK_MODE_CLOSED_BOOK:
@@ -105,8 +105,8 @@ knowledge::AskParams AskParamsFor(const v1::AskRequest& r, const knowledge::AskP
   }
   if (r.retrieval() != v1::RETRIEVAL_UNSPECIFIED) {
     p.retrieval = FromProto(r.retrieval());
-  } else if (!has_adapter) {
-    p.retrieval = knowledge::Retrieval::kLexical;
+  } else {
+    p.retrieval = has_adapter ? retrieval.For(p.mode) : knowledge::Retrieval::kLexical;
   }
   if (r.top_k() > 0) p.top_k = r.top_k();
   if (r.rag_passages() > 0) p.rag_passages = r.rag_passages();
@@ -116,7 +116,7 @@ knowledge::AskParams AskParamsFor(const v1::AskRequest& r, const knowledge::AskP
 
 knowledge::Retrieval AskScheduler::ResolveRetrieval(v1::Retrieval requested) const {
   if (requested != v1::RETRIEVAL_UNSPECIFIED) return FromProto(requested);
-  return modulator_ != nullptr ? options_.defaults.retrieval : knowledge::Retrieval::kLexical;
+  return modulator_ != nullptr ? options_.retrieval.all : knowledge::Retrieval::kLexical;
 }
 
 // ---- AskScheduler -------------------------------------------------------------------------------
@@ -287,7 +287,8 @@ bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Lane* lane) {
     job->Fail(absl::DeadlineExceededError("the deadline passed while the question was queued"));
     return false;
   }
-  const knowledge::AskParams params = AskParamsFor(r, options_.defaults, modulator_ != nullptr);
+  const knowledge::AskParams params =
+      AskParamsFor(r, options_.defaults, options_.retrieval, modulator_ != nullptr);
   const knowledge::AskContext context{bank_, tokenizer_, modulator_, lane->cache->capacity()};
   absl::StatusOr<knowledge::PreparedAsk> prepared =
       knowledge::PrepareAsk(context, r.namespace_(), r.question(), params);

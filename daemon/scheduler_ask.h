@@ -92,12 +92,16 @@ struct AskSchedulerOptions {
   // subject_passages, max_tokens, retrieval (with an adapter; lexical without) and the
   // abstention threshold (the bundle's calibration).
   knowledge::AskParams defaults;
+  // The retrieval a request that names none gets, per mode (with an adapter; lexical without).
+  knowledge::RetrievalDefaults retrieval;
 };
 
-// The pipeline's parameters for `request` (mode and retrieval resolved; 0s take `defaults`).
+// The pipeline's parameters for `request` (mode and retrieval resolved: an unspecified retrieval
+// takes the mode's from `retrieval`; 0s take `defaults`).
 // `has_adapter`: the default mode is mac with one, rag without; dense keys need one.
 knowledge::AskParams AskParamsFor(const v1::AskRequest& request,
-                                  const knowledge::AskParams& defaults, bool has_adapter);
+                                  const knowledge::AskParams& defaults,
+                                  const knowledge::RetrievalDefaults& retrieval, bool has_adapter);
 
 v1::AskMode ToProto(knowledge::AskMode mode);
 knowledge::Retrieval FromProto(v1::Retrieval retrieval);
@@ -129,8 +133,8 @@ class AskScheduler {
   int running() const { return running_count_.load(); }
 
   knowledge::Modulator* modulator() const { return modulator_; }
-  // The retrieval a request gets: its own, else the configured default (lexical without an
-  // adapter: dense keys need one).
+  // The retrieval a Search gets: its own, else the configured default for every mode (lexical
+  // without an adapter: dense keys need one).
   knowledge::Retrieval ResolveRetrieval(v1::Retrieval requested) const;
   // Hybrid retrieval's weights (the bundle's).
   const knowledge::Fusion& fusion() const { return options_.defaults.fusion; }

@@ -172,16 +172,30 @@ ClusterOptions ClusterOptionsFor(const ServeConfig& config) {
   return o;
 }
 
+// The retrieval requests that name none get: --default-retrieval, or the bundle's per mode.
+knowledge::RetrievalDefaults ServedRetrieval(const ServeConfig& config,
+                                             const knowledge::Bundle& m) {
+  if (config.default_retrieval == "bundle") return m.calibration.retrieval;
+  knowledge::RetrievalDefaults r;
+  r.all = FromProto(*ParseRetrieval(config.default_retrieval));
+  return r;
+}
+
 // What the daemon serves, on stdout (the first line is the parseable contract) and in the log.
 void PrintBanner(const ServeConfig& config, const knowledge::Bundle& m, const TokenStore& auth,
                  const std::string& grpc_address, const std::string& http_address) {
   const LlamaConfig& lm = m.model->config();
+  const knowledge::RetrievalDefaults served = ServedRetrieval(config, m);
+  using knowledge::RetrievalName;
   const std::string adapter_line =
       m.adapter != nullptr
           ? absl::StrCat("adapter ", m.adapter_path, " (fingerprint ",
                          m.adapter->spec().encoder_sha256.substr(0, 16), ", ",
                          m.adapter->spec().slots, " slots x ", m.adapter->spec().latent_dim,
-                         "); default mode mac")
+                         "); default mode mac; retrieval: search ", RetrievalName(served.all),
+                         ", rag ", RetrievalName(served.For(knowledge::AskMode::kRag)), ", mac ",
+                         RetrievalName(served.For(knowledge::AskMode::kMac)), ", mac+rag ",
+                         RetrievalName(served.For(knowledge::AskMode::kMacRag)))
           : "no adapter: serving closed-book and rag with BM25 retrieval only (mode mac is "
             "unavailable)";
   const std::string listening =
@@ -291,9 +305,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   scheduler_options.defaults.top_k = config.default_top_k;
   scheduler_options.defaults.subject_passages = config.subject_passages;
   scheduler_options.defaults.max_tokens = config.default_max_tokens;
-  scheduler_options.defaults.retrieval = config.default_retrieval == "bundle"
-                                             ? m.calibration.retrieval
-                                             : FromProto(*ParseRetrieval(config.default_retrieval));
+  scheduler_options.retrieval = ServedRetrieval(config, m);
   scheduler_options.defaults.fusion = m.calibration.fusion;
   scheduler_options.defaults.abstain_below = m.calibration.abstain_below;
   AskScheduler scheduler(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string_view>
 #include <vector>
 
@@ -38,6 +39,17 @@ enum class AskMode {
 const char* AskModeName(AskMode mode);
 inline bool UsesModulation(AskMode m) { return m == AskMode::kMac || m == AskMode::kMacRag; }
 inline bool UsesText(AskMode m) { return m == AskMode::kRag || m == AskMode::kMacRag; }
+
+// The retrieval a request that names none gets: its mode's own, else one for every mode (and for
+// Search). A bundle's calibration chooses them on its valid split (bundle.h).
+struct RetrievalDefaults {
+  Retrieval all = Retrieval::kLexical;
+  std::map<AskMode, Retrieval> by_mode;
+  Retrieval For(AskMode mode) const {
+    auto it = by_mode.find(mode);
+    return it == by_mode.end() ? all : it->second;
+  }
+};
 
 // The defaults are the daemon's and the figures `knowd eval` reports.
 struct AskParams {

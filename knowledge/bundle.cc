@@ -44,14 +44,35 @@ absl::StatusOr<Calibration> ParseCalibration(const nlohmann::json& j, const std:
   if (!r.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": retrieval must be an object"));
   }
-  if (r.contains("default")) {
+  auto retrieval = [&](const nlohmann::json& v,
+                       const std::string& where) -> absl::StatusOr<Retrieval> {
     std::optional<Retrieval> parsed;
-    if (r["default"].is_string()) parsed = ParseRetrievalName(r["default"].get<std::string>());
+    if (v.is_string()) parsed = ParseRetrievalName(v.get<std::string>());
     if (!parsed.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": retrieval.default must be lexical, dense or hybrid"));
+          absl::StrCat(path, ": ", where, " must be lexical, dense or hybrid"));
     }
-    c.retrieval = *parsed;
+    return *parsed;
+  };
+  if (r.contains("default")) {
+    KNOWD_ASSIGN_OR_RETURN(c.retrieval.all, retrieval(r["default"], "retrieval.default"));
+  }
+  if (r.contains("modes")) {
+    if (!r["modes"].is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": retrieval.modes must be an object"));
+    }
+    for (const auto& [name, value] : r["modes"].items()) {
+      std::optional<AskMode> mode;
+      for (AskMode m : {AskMode::kRag, AskMode::kMac, AskMode::kMacRag}) {
+        if (name == AskModeName(m)) mode = m;
+      }
+      if (!mode.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": retrieval.modes has \"", name,
+                                                       "\"; the modes are rag, mac and mac+rag"));
+      }
+      KNOWD_ASSIGN_OR_RETURN(c.retrieval.by_mode[*mode],
+                             retrieval(value, absl::StrCat("retrieval.modes.", name)));
+    }
   }
   KNOWD_ASSIGN_OR_RETURN(std::optional<double> rrf_k, number(r, "rrf_k", 0, 1e6, "retrieval."));
   KNOWD_ASSIGN_OR_RETURN(std::optional<double> dense,

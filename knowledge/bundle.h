@@ -6,13 +6,14 @@
 // directory), tokenizer.model / tokenizer.json, adapter/ (adapter.json + adapter.safetensors) and
 // knowledge.json:
 //   {"abstain_below": 0.5, "calibrated_on": "...", ...,
-//    "retrieval": {"default": "hybrid", "rrf_k": 60, "dense_weight": 1, "lexical_weight": 0.5,
-//                  "calibrated_on": "...", ...}}
+//    "retrieval": {"default": "hybrid", "modes": {"mac": "lexical", ...}, "rrf_k": 60,
+//                  "dense_weight": 1, "lexical_weight": 0.5, "calibrated_on": "...", ...}}
 // abstain_below: the lexical coverage under which a question has nothing in memory (ask.h),
 // chosen by `knowd eval --calibrate-abstention` on the valid split. Missing: 0, never abstain.
-// retrieval: the retrieval with the best recall@1 on the valid split, and hybrid retrieval's
-// fusion weights (retrieve.h), chosen by `knowd eval --calibrate-retrieval`. Missing: lexical,
-// equal weights, rrf_k 60.
+// retrieval, chosen by `knowd eval --calibrate-retrieval` on the valid split: hybrid retrieval's
+// fusion weights (retrieve.h, the best recall@1), the retrieval with the best recall@1
+// (`default`: Search, and modes without their own) and each memory mode's retrieval with the
+// best EM (`modes`: rag, mac, mac+rag). Missing: lexical, equal weights, rrf_k 60.
 #pragma once
 
 #include <memory>
@@ -21,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "knowledge/ask.h"
 #include "knowledge/modulator.h"
 #include "knowledge/retrieve.h"
 #include "model/adapter.h"
@@ -45,7 +47,7 @@ struct BundleOptions {
 struct Calibration {
   double abstain_below = 0;  // AskParams::abstain_below
   // The retrieval a request that names none gets (with an adapter; lexical without one).
-  Retrieval retrieval = Retrieval::kLexical;
+  RetrievalDefaults retrieval;
   Fusion fusion;  // AskParams::fusion
 };
 

@@ -123,6 +123,10 @@ TEST(KnowledgePipeline, EvalPreparesWhatTheDaemonPrepares) {
     absl::StatusOr<v1::AskFinal> final = (*client)->Ask(request, nullptr);
     ASSERT_TRUE(final.ok()) << final.status() << " " << p.mode << ": " << p.question;
     const std::string what = absl::StrCat(p.mode, ": ", p.question);
+    // Both took the bundle's retrieval for the mode (knowledge.json, retrieval.modes).
+    if (p.params.mode != knowledge::AskMode::kClosedBook) {
+      EXPECT_EQ(p.params.retrieval, calibration->retrieval.For(p.params.mode)) << what;
+    }
     EXPECT_EQ(final->relevance(), static_cast<float>(p.ask.relevance)) << what;
     if (final->nothing_in_memory()) {
       // The daemon abstains below the bundle's threshold; the eval prepared with none.

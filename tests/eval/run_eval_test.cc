@@ -3,6 +3,7 @@
 // figures are near zero; the test checks the report's structure and invariants, and that the mac
 // modes are skipped with a reason, or run through the prefix path (with a stand-in Modulator,
 // and with a random-weight adapter in the bundle).
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "bench/eval.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "knowledge/bundle.h"
 #include "nlohmann/json.hpp"
 #include "tests/model/random_adapter.h"
 #include "train/world.h"
@@ -431,9 +433,55 @@ TEST_F(RunEvalTest, CalibratesRetrievalIntoTheBundle) {
     ASSERT_TRUE(s.ok()) << s;
   }
   const Json report = ReadReport();
-  EXPECT_EQ(report["retrieval"]["served"], "lexical");
+  for (const char* mode : {"search", "rag", "mac", "mac+rag"}) {
+    EXPECT_EQ(report["retrieval"]["served"][mode], "lexical") << mode;
+  }
   EXPECT_EQ(report["retrieval"]["fusion"]["rrf_k"], r["rrf_k"]);
   EXPECT_EQ(report["retrieval"]["fusion"]["lexical_weight"], r["lexical_weight"]);
+}
+
+// With an adapter, --calibrate-retrieval also measures every memory mode's EM with each
+// retrieval and records each mode's best (ties to the cheaper one); knowledge.json reads back
+// with them and the next eval serves them.
+TEST_F(RunEvalTest, CalibratesEachModesRetrievalWithTheAdapter) {
+  const std::string bundle = dir_ + "/tiny";
+  std::filesystem::copy(std::string(KNOWD_SOURCE_DIR) + "/models/knowd-tiny", bundle,
+                        std::filesystem::copy_options::recursive);
+  std::filesystem::remove(bundle + "/knowledge.json");
+  EvalOptions o = Options();
+  o.bundle_dir = bundle;
+  o.calibrate_retrieval = true;
+  {
+    absl::Status s = RunEval(o);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  std::ifstream in(bundle + "/knowledge.json");
+  const Json r = Json::parse(in)["retrieval"];
+  const std::vector<std::string> order = {"lexical", "dense", "hybrid"};  // cheapest first
+  for (const char* mode : {"rag", "mac", "mac+rag"}) {
+    std::string best = order[0];
+    for (const std::string& retrieval : order) {
+      const double em = r["modes_em"][retrieval][mode].get<double>();
+      EXPECT_GE(em, 0.0) << mode;
+      if (em > r["modes_em"][best][mode].get<double>()) best = retrieval;
+    }
+    EXPECT_EQ(r["modes"][mode], best) << mode;
+  }
+  absl::StatusOr<knowledge::Calibration> c = knowledge::ReadCalibration(bundle);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(knowledge::RetrievalName(c->retrieval.For(knowledge::AskMode::kMac)),
+            r["modes"]["mac"].get<std::string>());
+  EXPECT_EQ(knowledge::RetrievalName(c->retrieval.all), r["default"].get<std::string>());
+
+  o.calibrate_retrieval = false;
+  o.limit = 4;
+  {
+    absl::Status s = RunEval(o);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  const Json served = ReadReport()["retrieval"]["served"];
+  for (const char* mode : {"rag", "mac", "mac+rag"}) EXPECT_EQ(served[mode], r["modes"][mode]);
+  EXPECT_EQ(served["search"], r["default"]);
 }
 
 TEST_F(RunEvalTest, MissingDataIsAnError) {

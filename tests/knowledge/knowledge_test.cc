@@ -323,17 +323,20 @@ TEST(Calibration, UpdatesKeepOtherKeysAndRefuseWhatWouldNotReadBack) {
   absl::StatusOr<Calibration> none = ReadCalibration(bundle);
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_EQ(none->abstain_below, 0);
-  EXPECT_EQ(none->retrieval, Retrieval::kLexical);
+  EXPECT_EQ(none->retrieval.all, Retrieval::kLexical);
+  EXPECT_TRUE(none->retrieval.by_mode.empty());
   EXPECT_EQ(none->fusion.rrf_k, 60);
 
   ASSERT_TRUE(UpdateCalibration(bundle, R"({"abstain_below": 0.75, "rule": "r"})").ok());
   ASSERT_TRUE(UpdateCalibration(bundle, R"({"retrieval": {"default": "hybrid", "rrf_k": 20,
-      "dense_weight": 1, "lexical_weight": 0.5, "calibrated_on": "valid"}})")
+      "dense_weight": 1, "lexical_weight": 0.5, "modes": {"mac": "lexical"}}})")
                   .ok());
   absl::StatusOr<Calibration> c = ReadCalibration(bundle);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_DOUBLE_EQ(c->abstain_below, 0.75);
-  EXPECT_EQ(c->retrieval, Retrieval::kHybrid);
+  EXPECT_EQ(c->retrieval.all, Retrieval::kHybrid);
+  EXPECT_EQ(c->retrieval.For(AskMode::kMac), Retrieval::kLexical);
+  EXPECT_EQ(c->retrieval.For(AskMode::kRag), Retrieval::kHybrid);
   EXPECT_EQ(c->fusion.rrf_k, 20);
   EXPECT_FLOAT_EQ(c->fusion.dense_weight, 1.0f);
   EXPECT_FLOAT_EQ(c->fusion.lexical_weight, 0.5f);
@@ -341,7 +344,8 @@ TEST(Calibration, UpdatesKeepOtherKeysAndRefuseWhatWouldNotReadBack) {
   for (const char* bad :
        {R"({"retrieval": {"default": "fuzzy"}})", R"({"retrieval": {"lexical_weight": -1}})",
         R"({"retrieval": {"dense_weight": 0, "lexical_weight": 0}})", R"({"retrieval": 3})",
-        R"({"abstain_below": 2})", R"([1])"}) {
+        R"({"retrieval": {"modes": {"closed-book": "dense"}}})",
+        R"({"retrieval": {"modes": {"mac": "bm25"}}})", R"({"abstain_below": 2})", R"([1])"}) {
     absl::Status s = UpdateCalibration(bundle, bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
     if (std::string(bad) != "[1]") {
@@ -350,7 +354,7 @@ TEST(Calibration, UpdatesKeepOtherKeysAndRefuseWhatWouldNotReadBack) {
   }
   c = ReadCalibration(bundle);
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->retrieval, Retrieval::kHybrid);
+  EXPECT_EQ(c->retrieval.all, Retrieval::kHybrid);
   EXPECT_FLOAT_EQ(c->fusion.lexical_weight, 0.5f);
 }
 

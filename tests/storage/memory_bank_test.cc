@@ -357,13 +357,19 @@ TEST(MemoryBankTest, LatentsRoundTripWithinTheStatedError) {
   }
 }
 
-TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
-  TempDir dir;
-  auto bank = OpenOrDie(TestOptions(dir.path()));
+// 20 one-passage documents in "ns": doc-7 about the aurora, doc-12 about penguins.
+std::vector<Document> AuroraDocs() {
   std::vector<Document> docs;
   for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("doc-", i), 0, 1));
   docs[7].passages[0].text = "The aurora borealis glows over Tromsø in winter";
   docs[12].passages[0].text = "Penguins live in Antarctica";
+  return docs;
+}
+
+TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
+  TempDir dir;
+  auto bank = OpenOrDie(TestOptions(dir.path()));
+  const std::vector<Document> docs = AuroraDocs();
   ASSERT_TRUE(bank->Put(docs).ok());
 
   // Dense query points at doc-12; the words point at doc-7. Both must surface, fused.
@@ -399,9 +405,7 @@ TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
 TEST(MemoryBankTest, HybridFusionWeighsEachRanking) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
-  std::vector<Document> docs;
-  for (int i = 0; i < 20; ++i) docs.push_back(MakeDoc("ns", absl::StrCat("doc-", i), 0, 1));
-  docs[7].passages[0].text = "The aurora borealis glows over Tromsø in winter";
+  const std::vector<Document> docs = AuroraDocs();
   ASSERT_TRUE(bank->Put(docs).ok());
   SearchRequest dense = QueryFor(docs[12], 0, 5);
   auto dense_hits = bank->Search(dense);
