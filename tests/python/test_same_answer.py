@@ -3,6 +3,7 @@ endpoint gets the same answer and the same citations, in every memory mode: the 
 same service code. REST search with the question as its query returns the passages that mac
 aggregated, with the same scores."""
 import json
+import os
 import struct
 
 import pytest
@@ -27,6 +28,13 @@ def served(daemon):
 
 
 QUESTIONS = [q for q in world_questions() if q["oracle_correct"]][:3]
+
+
+def mac_retrieval():
+    """What a mac Ask that names no retrieval gets: the bundle's choice, else lexical."""
+    with open(os.path.join(os.environ["KNOWD_MODEL"], "knowledge.json")) as f:
+        retrieval = json.load(f).get("retrieval", {})
+    return retrieval.get("modes", {}).get("mac", retrieval.get("default", "lexical"))
 
 
 @pytest.mark.parametrize("mode", ["rag", "mac", "mac+rag"])
@@ -64,9 +72,11 @@ def test_same_answer_and_citations(daemon, served, question, mode):
             for c in r.json["knowd"]["citations"]] == cited
 
     if mode == "mac":
-        # mac cites every passage it retrieved: REST search with the question finds them.
+        # mac cites every passage it retrieved: REST search with the question and mac's default
+        # retrieval (the bundle's, knowledge.json; Search's own default may differ) finds them.
         r = http(daemon.http, "POST", f"/v1/namespaces/{NAMESPACE}/search",
-                 {"query": question, "topK": len(cited)}, token=ADMIN)
+                 {"query": question, "topK": len(cited), "retrieval": mac_retrieval()},
+                 token=ADMIN)
         assert r.status == 200, r.body
         assert [(p["documentId"], p["index"], p["text"], f32(p["score"]))
                 for p in r.json["passages"]] == cited
