@@ -88,9 +88,9 @@ struct AskSchedulerOptions {
   // client that asks one question after another keeps its share. Zero: tasks run whenever no
   // question is queued or decoding.
   absl::Duration ask_hold = absl::Milliseconds(5);
-  // What a request leaves at 0 or unspecified (knowledge/ask.h): top_k, rag_passages,
-  // subject_passages, max_tokens, retrieval (with an adapter; lexical without) and the
-  // abstention threshold (the bundle's calibration).
+  // What a request leaves at 0 (knowledge/ask.h): top_k, rag_passages, subject_passages,
+  // max_tokens; and hybrid's fusion weights and the abstention threshold (the bundle's
+  // calibration). Its `retrieval` is not read: `retrieval` below resolves it per mode.
   knowledge::AskParams defaults;
   // The retrieval a request that names none gets, per mode (with an adapter; lexical without).
   knowledge::RetrievalDefaults retrieval;
