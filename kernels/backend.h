@@ -98,6 +98,14 @@ class Backend {
   virtual void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y,
                            int64_t ldy, int m, int n, int k, bool accumulate) = 0;
 
+  // y[i, :] = x[i, :] · mats[group[i]] for rows i in [0, rows): each row times its own [k, n]
+  // matrix, mats = [groups][k][n] row-major; group[rows] is in backend memory, and a row whose
+  // group is negative gets y[i, :] = 0. ldx/ldy are the row strides of x and y (>= k and >= n).
+  // The per-sequence middle product of a batched low-rank update (model/low_rank.h).
+  virtual void GroupedRowMatMul(const float* x, int64_t ldx, const float* mats,
+                                const int32_t* group, float* y, int64_t ldy, int rows, int k,
+                                int n) = 0;
+
   // y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * weight. In place allowed (y == x).
   virtual void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,
                        float eps) = 0;

@@ -455,6 +455,19 @@ KNOWD_HD inline void RopeRotate(float* x0, float* x1, float c, float s) {
   *x1 = a * s + b * c;
 }
 
+// ---- grouped row products ------------------------------------------------------------------
+
+// One element of GroupedRowMatMul: y[c] = Σ_t x[t] · mat[t][c] over t in [0, k) with
+// mat = mats[group] ([k][n] row-major), summed in f32 in order of t; 0 when group < 0.
+KNOWD_HD inline float GroupedRowElement(const float* x, const float* mats, int32_t group, int k,
+                                        int n, int c) {
+  if (group < 0) return 0.0f;
+  const float* mat = mats + static_cast<int64_t>(group) * k * n + c;
+  float sum = 0.0f;
+  for (int t = 0; t < k; ++t) sum += x[t] * mat[static_cast<int64_t>(t) * n];
+  return sum;
+}
+
 // ---- softmax (plain and online) -----------------------------------------------------------
 
 // The max to subtract before exponentiating a row: its max, or 0 when every entry is -inf, so

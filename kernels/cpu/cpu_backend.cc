@@ -460,6 +460,16 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void GroupedRowMatMul(const float* x, int64_t ldx, const float* mats, const int32_t* group,
+                        float* y, int64_t ldy, int rows, int k, int n) override {
+#pragma omp parallel for num_threads(threads_) if (int64_t{rows} * n * k >= kParallelMin)
+    for (int i = 0; i < rows; ++i) {
+      const float* xi = x + i * ldx;
+      float* yi = y + i * ldy;
+      for (int c = 0; c < n; ++c) yi[c] = GroupedRowElement(xi, mats, group[i], k, n, c);
+    }
+  }
+
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) override {
 #pragma omp parallel for simd num_threads(threads_) if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) out[i] = knowd::SiluMul(gate[i], up[i]);

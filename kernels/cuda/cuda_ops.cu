@@ -195,6 +195,19 @@ __global__ void AddBiasKernel(float* y, int64_t ldy, const float* bias, int rows
   }
 }
 
+// One thread per element of y; the threads of a row read its x row and its matrix's columns
+// side by side (coalesced along n).
+__global__ void GroupedRowMatMulKernel(const float* x, int64_t ldx, const float* mats,
+                                       const int32_t* group, float* y, int64_t ldy, int rows, int k,
+                                       int n) {
+  const int64_t total = static_cast<int64_t>(rows) * n;
+  for (int64_t idx = GlobalThread(); idx < total; idx += GridThreads()) {
+    const int64_t r = idx / n;
+    const int c = static_cast<int>(idx % n);
+    y[r * ldy + c] = GroupedRowElement(x + r * ldx, mats, group[r], k, n, c);
+  }
+}
+
 __global__ void EmbeddingKernel(const uint8_t* table, DType dtype, int64_t row_bytes,
                                 const int32_t* ids, float* out, int n, int dim) {
   const int64_t total = static_cast<int64_t>(n) * dim;
@@ -286,6 +299,16 @@ cudaError_t LaunchAddBias(cudaStream_t stream, float* y, int64_t ldy, const floa
   if (rows <= 0 || cols <= 0) return cudaSuccess;
   AddBiasKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(y, ldy, bias, rows,
                                                                               cols);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGroupedRowMatMul(cudaStream_t stream, const float* x, int64_t ldx,
+                                   const float* mats, const int32_t* group, float* y, int64_t ldy,
+                                   int rows, int k, int n) {
+  const int64_t total = static_cast<int64_t>(rows) * n;
+  if (rows <= 0 || n <= 0) return cudaSuccess;
+  GroupedRowMatMulKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(
+      x, ldx, mats, group, y, ldy, rows, k, n);
   return cudaGetLastError();
 }
 

@@ -447,6 +447,44 @@ void ExpectSameValues(const std::vector<float>& got, const std::vector<double>& 
   }
 }
 
+// Each row times its own group's [k, n] matrix, rows of negative groups zeroed, with row strides
+// wider than the rows (padding untouched). Sizes for both the single-threaded and the OpenMP path.
+TEST_F(CpuBackendTest, GroupedRowMatMulMatchesDoubleReference) {
+  struct Case {
+    int rows, k, n, groups;
+    int64_t ldx, ldy;
+  };
+  for (const Case& c : {Case{7, 5, 3, 3, 9, 6}, Case{130, 64, 48, 4, 70, 50}}) {
+    const std::vector<float> x = Random(static_cast<size_t>(c.rows) * c.ldx, 60);
+    const std::vector<float> mats = Random(static_cast<size_t>(c.groups) * c.k * c.n, 61);
+    std::vector<int32_t> group(c.rows);
+    for (int i = 0; i < c.rows; ++i) group[i] = i % 5 == 3 ? -1 : (i * 7) % c.groups;
+    std::vector<float> y(static_cast<size_t>(c.rows) * c.ldy, kSentinel);
+    backend_->GroupedRowMatMul(x.data(), c.ldx, mats.data(), group.data(), y.data(), c.ldy, c.rows,
+                               c.k, c.n);
+    for (int i = 0; i < c.rows; ++i) {
+      for (int j = 0; j < c.ldy; ++j) {
+        const float got = y[i * c.ldy + j];
+        if (j >= c.n) {
+          ASSERT_EQ(got, kSentinel) << "padding at " << i << "," << j;
+          continue;
+        }
+        double ref = 0;
+        if (group[i] >= 0) {
+          for (int t = 0; t < c.k; ++t) {
+            ref += double{x[i * c.ldx + t]} * mats[(int64_t{group[i]} * c.k + t) * c.n + j];
+          }
+        }
+        if (group[i] < 0) {
+          ASSERT_EQ(got, 0.0f) << i << "," << j;
+        } else {
+          ASSERT_NEAR(got, ref, 1e-5 * c.k) << i << "," << j;
+        }
+      }
+    }
+  }
+}
+
 TEST_F(CpuBackendTest, EmbeddingOfF16RowsDecodesKnownBits) {
   const std::vector<uint16_t> table = {
       0x3c00, 0xc000, 0x0001, 0x7bff,  // 1, -2, 2^-24 (subnormal), 65504

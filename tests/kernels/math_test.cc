@@ -391,5 +391,36 @@ TEST(DTypeTest, NamesAndSizes) {
   EXPECT_EQ(DTypeBytes(DType::kQ8_0, int64_t{32} << 30), int64_t{34} << 30);  // no overflow
 }
 
+TEST(GroupedRowElementTest, PicksTheGroupsMatrixColumnAndSumsInOrder) {
+  // Two [k=3][n=2] matrices; x = (1, 2, 3).
+  const float mats[] = {1,  2,    3, 4, 5, 6,    // group 0
+                        -1, 0.5f, 0, 1, 2, -2};  // group 1
+  const float x[] = {1, 2, 3};
+  EXPECT_EQ(GroupedRowElement(x, mats, 0, 3, 2, 0), 1 * 1 + 2 * 3 + 3 * 5);
+  EXPECT_EQ(GroupedRowElement(x, mats, 0, 3, 2, 1), 1 * 2 + 2 * 4 + 3 * 6);
+  EXPECT_EQ(GroupedRowElement(x, mats, 1, 3, 2, 0), -1 + 0 + 6);
+  EXPECT_EQ(GroupedRowElement(x, mats, 1, 3, 2, 1), 0.5f + 2 - 6);
+  // A negative group is a row without a matrix: 0, whatever x holds.
+  const float nan_x[] = {NAN, NAN, NAN};
+  EXPECT_EQ(GroupedRowElement(nan_x, mats, -1, 3, 2, 1), 0.0f);
+  EXPECT_EQ(GroupedRowElement(x, mats, 0, 0, 2, 1), 0.0f);  // k == 0: an empty sum
+}
+
+TEST(GroupedRowElementTest, RandomDotProductsMatchDouble) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int k = 200, n = 7, groups = 3;
+  std::vector<float> mats(static_cast<size_t>(groups) * k * n), x(k);
+  for (float& v : mats) v = dist(rng);
+  for (float& v : x) v = dist(rng);
+  for (int g = 0; g < groups; ++g) {
+    for (int c = 0; c < n; ++c) {
+      double ref = 0;
+      for (int t = 0; t < k; ++t) ref += double{x[t]} * mats[(int64_t{g} * k + t) * n + c];
+      EXPECT_NEAR(GroupedRowElement(x.data(), mats.data(), g, k, n, c), ref, 1e-5) << g << c;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace knowd

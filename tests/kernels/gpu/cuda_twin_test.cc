@@ -244,6 +244,26 @@ TEST_F(CudaTwinTest, Elementwise) {
       y, [&](Backend& b) { b.AddBias(y.on(b), ldy, bias.on(b), rows, cols); }, 0.0, 0.0);
 }
 
+TEST_F(CudaTwinTest, GroupedRowMatMul) {
+  // 37 rows over 3 matrices [64][24] (rows of group -1 zeroed), with padded row strides; y starts
+  // random so a row the kernel skips shows.
+  const int rows = 37, k = 64, n = 24, groups = 3;
+  const int64_t ldx = 70, ldy = 29;
+  std::vector<int32_t> group_host(rows);
+  for (int i = 0; i < rows; ++i) group_host[i] = i % 4 == 1 ? -1 : (i * 5) % groups;
+  TwinBuffer x(*cpu_, *gpu_, Random<float>(rows * ldx, 70));
+  TwinBuffer mats(*cpu_, *gpu_, Random<float>(static_cast<size_t>(groups) * k * n, 71));
+  TwinBuffer group(*cpu_, *gpu_, group_host);
+  TwinBuffer y(*cpu_, *gpu_, Random<float>(rows * ldy, 72));
+  ExpectTwins(
+      y,
+      [&](Backend& b) {
+        b.GroupedRowMatMul(x.on(b), ldx, mats.on(b), group.on<int32_t>(b), y.on(b), ldy, rows, k,
+                           n);
+      },
+      1e-5, 1e-5);
+}
+
 TEST_F(CudaTwinTest, EmbeddingAndDequantizeOfEveryDType) {
   const int vocab = 50, dim = 256;  // rows of whole q4_K / q6_K super-blocks
   std::vector<uint16_t> half_bits(vocab * dim);
