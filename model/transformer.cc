@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/math.h"
 #include "model/tensor_file.h"
 
 namespace knowd {
@@ -343,6 +344,7 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
   int total = 0;
   int n_out = 0;
   std::set<const KvCache*> seen;
+  const LowRankFactors* factors = nullptr;  // of the batch's low-rank updates, if any
   for (const SequenceStep& s : batch) {
     if (s.cache == nullptr || s.tokens.empty()) {
       return absl::InvalidArgumentError("every sequence needs a cache and at least one token");
@@ -364,6 +366,16 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
         return absl::InvalidArgumentError(
             absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
       }
+    }
+    if (s.update != nullptr) {
+      if (s.update->factors()->model() != this) {
+        return absl::InvalidArgumentError("a low-rank state was made for another model");
+      }
+      if (factors != nullptr && s.update->factors() != factors) {
+        return absl::InvalidArgumentError(
+            "the low-rank states of one batch must share one LowRankFactors");
+      }
+      factors = s.update->factors();
     }
     total += static_cast<int>(s.tokens.size());
     n_out += s.all_logits ? static_cast<int>(s.tokens.size()) : 1;
@@ -396,6 +408,58 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
   backend_->Upload(ids_dev, ids.data(), ids.size() * sizeof(int32_t));
   backend_->Upload(pos_dev, positions.data(), positions.size() * sizeof(int32_t));
 
+  // Low-rank updates: the distinct states side by side in one buffer [groups][sites][r][r2], and
+  // per site a row -> matrix index (group * sites + site, or -1 for rows without an update), so
+  // GroupedRowMatMul reads each row's h of that site. Scratch slots 9 x·W2ᵀ, 10 its product with
+  // h, 11 the states, 12 the indices.
+  float* lr_t = nullptr;
+  float* lr_u = nullptr;
+  float* lr_mats = nullptr;
+  int32_t* lr_index = nullptr;
+  if (factors != nullptr) {
+    const int n_sites = static_cast<int>(factors->sites().size());
+    std::vector<const LowRankState*> states;
+    std::vector<int32_t> index(static_cast<size_t>(n_sites) * total, -1);
+    int row = 0;
+    for (const SequenceStep& s : batch) {
+      const int n = static_cast<int>(s.tokens.size());
+      if (s.update != nullptr) {
+        auto it = std::find(states.begin(), states.end(), s.update);
+        const int g = static_cast<int>(it - states.begin());
+        if (it == states.end()) states.push_back(s.update);
+        for (int site = 0; site < n_sites; ++site) {
+          std::fill_n(index.begin() + int64_t{site} * total + row, n, g * n_sites + site);
+        }
+      }
+      row += n;
+    }
+    lr_t = Scratch(9, int64_t{total} * factors->rank());
+    lr_u = Scratch(10, int64_t{total} * factors->rank_out());
+    lr_mats = Scratch(11, static_cast<int64_t>(states.size()) * factors->state_floats());
+    lr_index = reinterpret_cast<int32_t*>(Scratch(12, static_cast<int64_t>(index.size())));
+    for (size_t g = 0; g < states.size(); ++g) {
+      backend_->Copy(lr_mats + g * factors->state_floats(), states[g]->data(),
+                     static_cast<size_t>(states[g]->bytes()));
+    }
+    backend_->Upload(lr_index, index.data(), index.size() * sizeof(int32_t));
+  }
+  // Adds the low-rank update of (layer, projection), if a site, to `out` given the projection's
+  // input `in`.
+  auto low_rank = [&](int layer, Projection projection, const float* in, int64_t ld_in, float* out,
+                      int64_t ld_out) {
+    if (factors == nullptr) return;
+    const int site = factors->SiteIndex(layer, projection);
+    if (site < 0) return;
+    const int r = factors->rank();
+    const int r2 = factors->rank_out();
+    backend_->MatMul(in, ld_in, factors->w2(site), lr_t, r, total, r, factors->InSize(projection),
+                     false);
+    backend_->GroupedRowMatMul(lr_t, r, lr_mats, lr_index + int64_t{site} * total, lr_u, r2, total,
+                               r, r2);
+    backend_->MatMul(lr_u, r2, factors->w1(site), out, ld_out, total, factors->OutSize(projection),
+                     r2, true);
+  };
+
   backend_->Embedding(embedding_.data, embedding_.dtype, ids_dev, x, total, static_cast<int>(d));
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const size_t kv_row_bytes = sizeof(float) * c.kv_dim();
@@ -406,6 +470,7 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
       backend_->MatMulTyped(h, d, p.w.data, p.w.dtype, qkv + p.row, qkv_dim, total, p.rows,
                             static_cast<int>(d), false);
     }
+    low_rank(l, Projection::kQkv, h, d, qkv, qkv_dim);
     if (w.bqkv != nullptr) {
       backend_->AddBias(qkv, qkv_dim, w.bqkv, total, static_cast<int>(qkv_dim));
     }
@@ -443,14 +508,18 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
     }
     backend_->MatMulTyped(attn, c.q_dim(), w.wo.data, w.wo.dtype, x, d, total, static_cast<int>(d),
                           c.q_dim(), true);
+    low_rank(l, Projection::kO, attn, c.q_dim(), x, d);
     backend_->RmsNorm(x, w.ffn_norm, h, total, static_cast<int>(d), c.rms_norm_eps);
     backend_->MatMulTyped(h, d, w.w_gate.data, w.w_gate.dtype, gate, ff, total,
                           static_cast<int>(ff), static_cast<int>(d), false);
     backend_->MatMulTyped(h, d, w.w_up.data, w.w_up.dtype, up, ff, total, static_cast<int>(ff),
                           static_cast<int>(d), false);
+    low_rank(l, Projection::kGate, h, d, gate, ff);
+    low_rank(l, Projection::kUp, h, d, up, ff);
     backend_->SiluMul(gate, up, gate, total * ff);
     backend_->MatMulTyped(gate, ff, w.w_down.data, w.w_down.dtype, x, d, total, static_cast<int>(d),
                           static_cast<int>(ff), true);
+    low_rank(l, Projection::kDown, gate, ff, x, d);
     if (capture != nullptr && capture->hidden != nullptr) {
       backend_->Copy(capture->hidden + int64_t{l} * total * d, x, sizeof(float) * total * d);
     }
@@ -474,6 +543,120 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
     backend_->Download(logits->data(), logits_dev, logits->size() * sizeof(float));
   }
   for (const SequenceStep& s : batch) s.cache->size_ += static_cast<int>(s.tokens.size());
+  return absl::OkStatus();
+}
+
+// ---- low-rank merge --------------------------------------------------------------------------
+
+absl::Status Transformer::MergeLowRank(const LowRankState& state) {
+  const LowRankFactors& f = *state.factors();
+  if (f.model() != this) {
+    return absl::FailedPreconditionError("the low-rank state was made for another model");
+  }
+  // The matrices of a site: each with its rows [row, row + rows) of the site's out dimension.
+  struct Target {
+    Matrix m;
+    int row = 0;
+    int rows = 0;
+  };
+  auto targets = [&](const LowRankSite& site) {
+    std::vector<Target> t;
+    const Layer& w = layers_[site.layer];
+    const int out = f.OutSize(site.projection);
+    switch (site.projection) {
+      case Projection::kQkv:
+        for (const QkvPart& p : w.qkv) t.push_back({p.w, p.row, p.rows});
+        break;
+      case Projection::kO:
+        t.push_back({w.wo, 0, out});
+        break;
+      case Projection::kGate:
+        t.push_back({w.w_gate, 0, out});
+        break;
+      case Projection::kUp:
+        t.push_back({w.w_up, 0, out});
+        break;
+      case Projection::kDown:
+        t.push_back({w.w_down, 0, out});
+        break;
+    }
+    return t;
+  };
+  for (const LowRankSite& site : f.sites()) {
+    for (const Target& t : targets(site)) {
+      const Matrix& m = t.m;
+      if (m.dtype != DType::kF32 && m.dtype != DType::kF16 && m.dtype != DType::kBF16) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "cannot merge a low-rank update into the ", std::string(DTypeName(m.dtype)),
+            " weights of layer ", site.layer, "'s ", std::string(ProjectionName(site.projection)),
+            " projection (only f32, f16 and bf16)"));
+      }
+    }
+  }
+  const int r = f.rank();
+  const int r2 = f.rank_out();
+  std::vector<void*> temps;
+  auto temp = [&](int64_t floats) {
+    temps.push_back(backend_->Alloc(static_cast<size_t>(floats) * sizeof(float)));
+    return static_cast<float*>(temps.back());
+  };
+  auto free_temps = [&] {
+    backend_->Synchronize();
+    for (void* p : temps) backend_->Free(p);
+    temps.clear();
+  };
+  for (size_t i = 0; i < f.sites().size(); ++i) {
+    const LowRankSite& site = f.sites()[i];
+    const int in = f.InSize(site.projection);
+    const int out = f.OutSize(site.projection);
+    // a = W1 · hᵀ [out, r]; delta = a · W2 [out, in], as a product with W2ᵀ [in, r] in nn.Linear
+    // layout (transposed on the host).
+    std::vector<float> w2(static_cast<size_t>(r) * in);
+    backend_->Download(w2.data(), f.w2(static_cast<int>(i)), w2.size() * sizeof(float));
+    std::vector<float> w2t(w2.size());
+    for (int a = 0; a < r; ++a) {
+      for (int b = 0; b < in; ++b) w2t[int64_t{b} * r + a] = w2[int64_t{a} * in + b];
+    }
+    float* w2t_dev = temp(int64_t{in} * r);
+    float* a = temp(int64_t{out} * r);
+    float* delta = temp(int64_t{out} * in);
+    if (w2t_dev == nullptr || a == nullptr || delta == nullptr) {
+      free_temps();
+      return absl::ResourceExhaustedError(
+          absl::StrCat("out of ", backend_->name(), " memory merging a low-rank update"));
+    }
+    backend_->Upload(w2t_dev, w2t.data(), w2t.size() * sizeof(float));
+    backend_->MatMul(f.w1(static_cast<int>(i)), r2, state.data() + i * r * r2, a, r, out, r, r2,
+                     false);
+    backend_->MatMul(a, r, w2t_dev, delta, in, out, in, r, false);
+    for (const Target& t : targets(site)) {
+      const Matrix& m = t.m;
+      const int64_t n = int64_t{t.rows} * in;
+      const float* d_rows = delta + int64_t{t.row} * in;
+      void* weights = const_cast<void*>(m.data);
+      if (m.dtype == DType::kF32) {
+        backend_->Add(static_cast<float*>(weights), d_rows, static_cast<float*>(weights), n);
+        continue;
+      }
+      float* sum = temp(n);
+      if (sum == nullptr) {
+        free_temps();
+        return absl::ResourceExhaustedError(
+            absl::StrCat("out of ", backend_->name(), " memory merging a low-rank update"));
+      }
+      backend_->Dequantize(weights, m.dtype, sum, n);
+      backend_->Add(sum, d_rows, sum, n);
+      std::vector<float> host(static_cast<size_t>(n));
+      backend_->Download(host.data(), sum, host.size() * sizeof(float));
+      std::vector<uint16_t> half(host.size());
+      for (size_t j = 0; j < host.size(); ++j) {
+        half[j] = m.dtype == DType::kF16 ? F32ToF16(host[j]) : F32ToBF16(host[j]);
+      }
+      backend_->Upload(weights, half.data(), half.size() * sizeof(uint16_t));
+    }
+    free_temps();
+  }
+  if (absl::Status s = backend_->status(); !s.ok()) return s;
   return absl::OkStatus();
 }
 

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/low_rank.h"
 
 namespace knowd {
 
@@ -70,6 +71,9 @@ struct SequenceStep {
   KvCache* cache = nullptr;
   std::span<const int32_t> tokens;  // appended after the cache's current rows
   bool all_logits = false;          // logits for every token, not just the last
+  // Optional: a low-rank weight update applied to this sequence's rows only (model/low_rank.h).
+  // Every update of one batch must come from the same LowRankFactors, made for this model.
+  const LowRankState* update = nullptr;
 };
 
 // Optional by-products of Forward for the adapter's encoders (model/adapter.h), which read the
@@ -112,9 +116,22 @@ class Transformer {
   // host, [n_outputs, vocab_size]: per sequence in order, one row for its last token, or one per
   // token when all_logits; a null `logits` skips the output head (a trunk pass). `capture`
   // (optional) receives per-layer hidden states. Fails (changing no cache) on an empty sequence,
-  // a token id out of range, a full cache, or one cache appearing twice.
+  // a token id out of range, a full cache, one cache appearing twice, or low-rank updates made
+  // for another model or from different factors.
+  //
+  // A sequence with an `update` gets, after each projection its factors target, the rows
+  // ((x · W2ᵀ) · h) · W1ᵀ added to that projection's output (one MatMul with W2 over the whole
+  // batch, Backend::GroupedRowMatMul with each sequence's h, one accumulating MatMul with W1);
+  // rows of sequences without one are unchanged.
   absl::Status Forward(std::span<const SequenceStep> batch, std::vector<float>* logits,
                        const TrunkCapture* capture = nullptr);
+
+  // Adds W1 · hᵀ · W2 of every site of `state` into the site's weight matrix, in place, so that
+  // Forward without an update computes what Forward with `state` did (up to rounding to the
+  // weights' type). Weights in f32, f16 or bf16 (f16 and bf16 are converted, added to in f32 and
+  // rounded back); FAILED_PRECONDITION, changing nothing, for a block-quantized site (naming its
+  // type) or a state made for another model. Not thread-safe with Forward.
+  absl::Status MergeLowRank(const LowRankState& state);
 
  private:
   // A weight matrix [rows, cols] in backend memory, in its file's type (MatMulTyped reads it).
