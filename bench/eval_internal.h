@@ -22,4 +22,9 @@ std::string Fixed(double v, int digits = 3);
 // to `report`). `total`: the passages streamed.
 absl::Status WriteReport(Json& report, const EvalOptions& o, int total);
 
+// Writes `report` to json_path, `markdown` beside it as .md and `png` as .png (creating the
+// directory), after adding the two paths to report["files"].
+absl::Status WriteReportFiles(const std::string& json_path, Json& report,
+                              const std::string& markdown, const std::string& png);
+
 }  // namespace knowd::bench::internal

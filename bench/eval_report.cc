@@ -136,7 +136,12 @@ absl::Status WriteReport(Json& report, const EvalOptions& o, int total) {
   absl::StatusOr<std::string> png = RenderLinePlot(plot, series);
   if (!png.ok()) return png.status();
 
-  const std::filesystem::path json_path(o.report_path);
+  return WriteReportFiles(o.report_path, report, md, *png);
+}
+
+absl::Status WriteReportFiles(const std::string& json_file, Json& report,
+                              const std::string& markdown, const std::string& png) {
+  const std::filesystem::path json_path(json_file);
   std::filesystem::path md_path = json_path, png_path = json_path;
   md_path.replace_extension(".md");
   png_path.replace_extension(".png");
@@ -151,8 +156,8 @@ absl::Status WriteReport(Json& report, const EvalOptions& o, int total) {
     return absl::OkStatus();
   };
   if (absl::Status s = write(json_path, report.dump(2) + "\n"); !s.ok()) return s;
-  if (absl::Status s = write(md_path, md); !s.ok()) return s;
-  return write(png_path, *png);
+  if (absl::Status s = write(md_path, markdown); !s.ok()) return s;
+  return write(png_path, png);
 }
 
 }  // namespace knowd::bench::internal

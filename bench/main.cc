@@ -121,6 +121,15 @@ int main(int argc, char** argv) {
                        "test and paraphrase, else test");
   eval_cmd->add_option("--forget-subjects", eval.forget_subjects,
                        "people whose passages are all forgotten, then asked about");
+  eval_cmd->add_flag("--sessions", eval.sessions,
+                     "instead: sessions against in-context reading on the in-context tasks "
+                     "(icl.train.jsonl, icl.heldout.jsonl)");
+  eval_cmd
+      ->add_option("--demonstrations", eval.demonstrations,
+                   "--sessions: numbers of demonstrations, comma-separated")
+      ->delimiter(',');
+  eval_cmd->add_option("--queries", eval.queries, "--sessions: queries per task");
+  eval_cmd->add_option("--tasks", eval.tasks, "--sessions: tasks per set, the first; 0 is all");
 
   if (std::optional<int> exit_code = knowd::cli::Parse(app, argc, argv)) return *exit_code;
   if (engine_cmd->parsed()) return knowd::bench::RunBenchEngine(engine);

@@ -1,5 +1,6 @@
 #include "bench/tools.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/engine_bench.h"
 #include "bench/eval.h"
+#include "bench/eval_sessions.h"
 #include "bench/storage_bench.h"
 #include "cli/command_line.h"
 #include "kernels/peak.h"
@@ -101,6 +103,25 @@ int RunEvalCommand(const EvalFlags& flags) {
   if (o.bundle_dir.empty()) return Fail("eval", absl::InvalidArgumentError("--bundle is empty"));
   o.data_dir = flags.data;
   if (o.data_dir.empty()) o.data_dir = (std::filesystem::path(o.bundle_dir) / "eval").string();
+  if (flags.sessions) {
+    SessionEvalOptions s;
+    s.bundle_dir = o.bundle_dir;
+    s.data_dir = o.data_dir;
+    s.report_path = flags.report;
+    s.demonstrations = flags.demonstrations;
+    s.queries = flags.queries;
+    s.tasks = flags.tasks;
+    s.threads = flags.threads;
+    s.progress = true;
+    if (s.demonstrations.empty() || s.queries < 1 || s.tasks < 0 ||
+        *std::min_element(s.demonstrations.begin(), s.demonstrations.end()) < 0) {
+      return Fail("eval", absl::InvalidArgumentError(
+                              "--sessions needs --demonstrations >= 0, --queries >= 1 and "
+                              "--tasks >= 0"));
+    }
+    const absl::Status st = RunSessionEval(s);
+    return st.ok() ? 0 : Fail("eval", st);
+  }
   o.split = flags.split;
   o.limit = flags.limit;
   if (o.limit < 0) return Fail("eval", absl::InvalidArgumentError("--limit must be >= 0"));

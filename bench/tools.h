@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace knowd::bench {
 
@@ -64,6 +65,12 @@ struct EvalFlags {
   bool calibrate_retrieval = false;   // choose retrieval and fusion here, write knowledge.json
   std::string unknown_split;          // "": valid for the test split, test otherwise
   int forget_subjects = 50;
+  // --sessions: sessions against in-context reading on the in-context tasks instead
+  // (bench/eval_sessions.h).
+  bool sessions = false;
+  std::vector<int> demonstrations = {0, 4, 16, 64, 256, 1024};
+  int queries = 16;
+  int tasks = 0;
 };
 int RunEvalCommand(const EvalFlags& flags);
 

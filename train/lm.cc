@@ -51,11 +51,22 @@ struct AttentionImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, const torch::Tensor& prefix_k = {},
                         const torch::Tensor& prefix_v = {},
-                        internal::TrunkStates* capture = nullptr) {
+                        internal::TrunkStates* capture = nullptr,
+                        const internal::LowRankTorch* update = nullptr, int layer = 0) {
     const int64_t b = x.size(0), t = x.size(1);
-    auto q = q_proj(x).view({b, t, c.num_heads, c.head_dim}).transpose(1, 2);
-    auto k = k_proj(x).view({b, t, c.num_kv_heads, c.head_dim}).transpose(1, 2);
-    auto v = v_proj(x).view({b, t, c.num_kv_heads, c.head_dim}).transpose(1, 2);
+    auto q = q_proj(x);
+    auto k = k_proj(x);
+    auto v = v_proj(x);
+    if (update != nullptr) {
+      if (const torch::Tensor d = update->Delta(layer, 0, x); d.defined()) {
+        q = q + d.slice(-1, 0, c.q_dim());
+        k = k + d.slice(-1, c.q_dim(), c.q_dim() + c.kv_dim());
+        v = v + d.slice(-1, c.q_dim() + c.kv_dim());
+      }
+    }
+    q = q.view({b, t, c.num_heads, c.head_dim}).transpose(1, 2);
+    k = k.view({b, t, c.num_kv_heads, c.head_dim}).transpose(1, 2);
+    v = v.view({b, t, c.num_kv_heads, c.head_dim}).transpose(1, 2);
     q = q * cos + RotateHalf(q) * sin;
     k = k * cos + RotateHalf(k) * sin;
     if (capture != nullptr) {
@@ -73,8 +84,13 @@ struct AttentionImpl : torch::nn::Module {
     }
     auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(c.head_dim));
     scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    auto out = torch::matmul(torch::softmax(scores, -1), v);
-    return o_proj(out.transpose(1, 2).reshape({b, t, c.q_dim()}));
+    auto out =
+        torch::matmul(torch::softmax(scores, -1), v).transpose(1, 2).reshape({b, t, c.q_dim()});
+    auto y = o_proj(out);
+    if (update != nullptr) {
+      if (const torch::Tensor d = update->Delta(layer, 1, out); d.defined()) y = y + d;
+    }
+    return y;
   }
   LlamaConfig c;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -87,8 +103,17 @@ struct MlpImpl : torch::nn::Module {
     up_proj = register_module("up_proj", MakeLinear(c.hidden_size, c.intermediate_size));
     down_proj = register_module("down_proj", MakeLinear(c.intermediate_size, c.hidden_size));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  torch::Tensor forward(const torch::Tensor& x, const internal::LowRankTorch* update = nullptr,
+                        int layer = 0) {
+    if (update == nullptr) return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+    auto gate = gate_proj(x);
+    if (const torch::Tensor d = update->Delta(layer, 2, x); d.defined()) gate = gate + d;
+    auto up = up_proj(x);
+    if (const torch::Tensor d = update->Delta(layer, 3, x); d.defined()) up = up + d;
+    const auto act = torch::silu(gate) * up;
+    auto y = down_proj(act);
+    if (const torch::Tensor d = update->Delta(layer, 4, act); d.defined()) y = y + d;
+    return y;
   }
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
@@ -105,9 +130,11 @@ struct DecoderLayerImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, const torch::Tensor& prefix_k = {},
                         const torch::Tensor& prefix_v = {},
-                        internal::TrunkStates* capture = nullptr) {
-    x = x + self_attn(input_layernorm(x), cos, sin, mask, prefix_k, prefix_v, capture);
-    x = x + mlp(post_attention_layernorm(x));
+                        internal::TrunkStates* capture = nullptr,
+                        const internal::LowRankTorch* update = nullptr, int layer = 0) {
+    x = x +
+        self_attn(input_layernorm(x), cos, sin, mask, prefix_k, prefix_v, capture, update, layer);
+    x = x + mlp(post_attention_layernorm(x), update, layer);
     if (capture != nullptr) capture->hidden.push_back(x);
     return x;
   }
@@ -148,7 +175,8 @@ struct CausalLmImpl : torch::nn::Module {
   // undefined) precede the tokens in every layer, unrotated, and the tokens take positions
   // P, P+1, ... — KvCache::SetPrefix's semantics. `capture` (optional) receives per-layer states.
   torch::Tensor Run(const torch::Tensor& tokens, const torch::Tensor& prefix_k,
-                    const torch::Tensor& prefix_v, internal::TrunkStates* capture) {
+                    const torch::Tensor& prefix_v, internal::TrunkStates* capture,
+                    const internal::LowRankTorch* update = nullptr) {
     const int64_t t = tokens.size(1);
     const int64_t p = prefix_k.defined() ? prefix_k.size(2) : 0;
     auto positions = torch::arange(p, p + t, torch::kFloat32);
@@ -164,7 +192,8 @@ struct CausalLmImpl : torch::nn::Module {
         pk = prefix_k.select(1, static_cast<int64_t>(l)).transpose(1, 2);
         pv = prefix_v.select(1, static_cast<int64_t>(l)).transpose(1, 2);
       }
-      x = model->layers[l]->as<DecoderLayer>()->forward(x, cos, sin, mask, pk, pv, capture);
+      x = model->layers[l]->as<DecoderLayer>()->forward(x, cos, sin, mask, pk, pv, capture, update,
+                                                        static_cast<int>(l));
     }
     x = model->norm(x);
     if (c.tie_word_embeddings) return torch::matmul(x, model->embed_tokens->weight.t());
@@ -431,8 +460,17 @@ namespace internal {
 
 torch::Tensor TorchAccess::Forward(LanguageModel& model, const torch::Tensor& tokens,
                                    const torch::Tensor& prefix_keys,
-                                   const torch::Tensor& prefix_values, TrunkStates* capture) {
-  return model.impl_->net->Run(tokens, prefix_keys, prefix_values, capture);
+                                   const torch::Tensor& prefix_values, TrunkStates* capture,
+                                   const LowRankTorch* update) {
+  return model.impl_->net->Run(tokens, prefix_keys, prefix_values, capture, update);
+}
+
+torch::Tensor LowRankTorch::Delta(int layer, int projection, const torch::Tensor& x) const {
+  const size_t i = static_cast<size_t>(layer) * kProjections + projection;
+  if (i >= sites.size() || !sites[i].w1.defined()) return {};
+  const Site& s = sites[i];
+  // [B, T, in] -> [B, T, r] -> [B, T, r2] -> [B, T, out]
+  return torch::matmul(torch::bmm(torch::matmul(x, s.w2.t()), s.h), s.w1.t());
 }
 
 void TorchAccess::Freeze(LanguageModel& model) {

@@ -32,15 +32,34 @@ struct TrunkStates {
   std::vector<torch::Tensor> values;  // per layer: [B, T, kv_heads, head_dim]
 };
 
+// A low-rank update of chosen projections of the frozen LM, one state per batch row:
+// StreamAdapter's weight absorption (model/low_rank.h serves it): y += ((x · w2ᵀ) · h[b]) · w1ᵀ,
+// i.e. the weight W + w1 · h[b]ᵀ · w2. Sites are indexed layer * kProjections + projection, in the
+// engine's order (qkv, o, gate, up, down); the qkv site's output is q, k and v stacked, before
+// RoPE.
+struct LowRankTorch {
+  static constexpr int kProjections = 5;
+  struct Site {
+    torch::Tensor w2;  // [r, in]
+    torch::Tensor w1;  // [out, r2]
+    torch::Tensor h;   // [B, r, r2]
+  };
+  std::vector<Site> sites;  // layers * kProjections; an undefined w1: no update there
+  // The update's addition to projection `projection` of `layer` for input x [B, T, in], or an
+  // undefined tensor where the site has none.
+  torch::Tensor Delta(int layer, int projection, const torch::Tensor& x) const;
+};
+
 struct TorchAccess {
   // Logits [B, T, vocab] of `tokens` ([B, T] int64). prefix_keys / prefix_values
   // [B, layers, P, kv_heads, head_dim] (both undefined for none) are attended to by every token,
   // as given (never rotated), and the tokens take positions P, P+1, ... — exactly
-  // KvCache::SetPrefix in the engine. Differentiable with respect to the prefix. `capture`
-  // (optional) receives the per-layer states of the tokens.
+  // KvCache::SetPrefix in the engine. Differentiable with respect to the prefix and `update`.
+  // `capture` (optional) receives the per-layer states of the tokens; `update` (optional) adds a
+  // low-rank update per batch row.
   static torch::Tensor Forward(LanguageModel& model, const torch::Tensor& tokens,
                                const torch::Tensor& prefix_keys, const torch::Tensor& prefix_values,
-                               TrunkStates* capture);
+                               TrunkStates* capture, const LowRankTorch* update = nullptr);
   // Stops gradients into the model's weights and puts it in eval mode, for good: a frozen base LM
   // under an adapter. The model's own TrainStep must not be used afterwards.
   static void Freeze(LanguageModel& model);

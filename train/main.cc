@@ -23,6 +23,7 @@
 #include "train/lm.h"
 #include "train/pretrain.h"
 #include "train/retrieval_keys.h"
+#include "train/session.h"
 #include "train/world.h"
 
 ABSL_FLAG(std::string, out, "", "data: output directory; tokenizer: output tokenizer.model");
@@ -82,7 +83,24 @@ ABSL_FLAG(int, retrieval_key_dim, 64, "keys: width of the retrieval keys");
 ABSL_FLAG(int, max_train_passages, 0,
           "keys: training passages at most (0: the whole adapter split)");
 ABSL_FLAG(int, eval_every, 500, "keys: steps between recall measurements on valid and test");
-ABSL_FLAG(bool, no_export, false, "keys: measure only; write nothing to the bundle");
+ABSL_FLAG(bool, no_export, false, "keys, session: measure only; write nothing to the bundle");
+// The session mapper (`knowd-train session`). --steps, --lr, --warmup, --log_every,
+// --checkpoint_every, --eval_every, --resume, --seed, --threads, --data, --bundle and --work_dir
+// apply too.
+ABSL_FLAG(std::string, session_sites, "o,down",
+          "session: projections the update targets: <projection> (every layer) or "
+          "<layer>.<projection>, projection one of qkv, o, gate, up, down");
+ABSL_FLAG(int, session_rank, 16, "session: r, the state's rows (W2 is [r, in])");
+ABSL_FLAG(int, session_rank_out, 16, "session: r2, the state's columns (W1 is [out, r2])");
+ABSL_FLAG(int, demos_per_chunk, 8, "session: demonstrations per context chunk");
+ABSL_FLAG(int, max_train_demos, 256,
+          "session: most demonstrations in a training context (drawn log-uniformly from 1)");
+ABSL_FLAG(int, tasks_per_step, 4, "session: in-context tasks per step");
+ABSL_FLAG(double, distill, 0.0,
+          "session: weight of the KL term towards the LM reading the demonstrations in context");
+ABSL_FLAG(int, eval_queries, 8, "session: queries per task in the accuracy figures");
+ABSL_FLAG(bool, measure_icl, false,
+          "session: only measure the base LM's zero-shot and in-context accuracy");
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
 ABSL_FLAG(int, slots, 8,
           "adapter: latent tokens per passage (prefix rows per layer: 1 + slots x rows_per_slot)");
@@ -403,18 +421,58 @@ int RunKeysCommand() {
   return 0;
 }
 
+int RunSessionCommand() {
+  SessionTrainOptions o;
+  o.data_dir = absl::GetFlag(FLAGS_data);
+  o.bundle_dir = absl::GetFlag(FLAGS_bundle);
+  o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  o.measure_only = absl::GetFlag(FLAGS_measure_icl);
+  if (o.data_dir.empty() || o.bundle_dir.empty() || (o.work_dir.empty() && !o.measure_only)) {
+    return Fail("session",
+                absl::InvalidArgumentError("need --data DIR, --bundle DIR and --work_dir DIR"));
+  }
+  o.sites = absl::GetFlag(FLAGS_session_sites);
+  o.rank = absl::GetFlag(FLAGS_session_rank);
+  o.rank_out = absl::GetFlag(FLAGS_session_rank_out);
+  o.demos_per_chunk = absl::GetFlag(FLAGS_demos_per_chunk);
+  o.max_train_demos = absl::GetFlag(FLAGS_max_train_demos);
+  o.tasks_per_step = absl::GetFlag(FLAGS_tasks_per_step);
+  o.distill = absl::GetFlag(FLAGS_distill);
+  o.eval_queries = absl::GetFlag(FLAGS_eval_queries);
+  o.steps = FlagOr(FLAGS_steps, 1500);
+  o.lr = FlagOr(FLAGS_lr, 2e-3);
+  o.warmup = FlagOr(FLAGS_warmup, 50);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.log_every = std::max(1, absl::GetFlag(FLAGS_log_every));
+  o.checkpoint_every = std::max(1, absl::GetFlag(FLAGS_checkpoint_every));
+  o.eval_every = std::max(0, absl::GetFlag(FLAGS_eval_every));
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.export_mapper = !absl::GetFlag(FLAGS_no_export);
+  if (o.demos_per_chunk < 1 || o.max_train_demos < 1 || o.tasks_per_step < 1 ||
+      o.eval_queries < 1 || o.steps < 1 || o.distill < 0) {
+    return Fail("session", absl::InvalidArgumentError(
+                               "need --demos_per_chunk, --max_train_demos, --tasks_per_step, "
+                               "--eval_queries and --steps >= 1 and --distill >= 0"));
+  }
+  if (absl::Status st = TrainSession(o); !st.ok()) return Fail("session", st);
+  return 0;
+}
+
 }  // namespace
 }  // namespace knowd::train
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "knowd-train data|tokenizer|pretrain|export|adapter|keys [flags]\n"
+      "knowd-train data|tokenizer|pretrain|export|adapter|keys|session [flags]\n"
       "  data       --out DIR                         the world and in-context tasks (JSONL)\n"
       "  tokenizer  --data DIR --out tokenizer.model  SentencePiece BPE\n"
       "  pretrain   --data DIR --tokenizer FILE --work_dir DIR [--bundle DIR]\n"
       "  export     --work_dir DIR [--bundle DIR] [--dtype f16] [--tokenizer FILE]\n"
       "  adapter    --data DIR --bundle DIR --work_dir DIR [--steps N] [--top_k K] [--resume]\n"
-      "  keys       --data DIR --bundle DIR [--steps N] [--key_layers 1,3]  retrieval keys");
+      "  keys       --data DIR --bundle DIR [--steps N] [--key_layers 1,3]  retrieval keys\n"
+      "  session    --data DIR --bundle DIR --work_dir DIR [--steps N] [--measure_icl]  the\n"
+      "             session mapper: in-context tasks absorbed into a low-rank update");
   std::vector<std::string> storage;
   std::vector<char*> normalized = knowd::train::NormalizeFlagNames(argc, argv, &storage);
   std::vector<char*> args = absl::ParseCommandLine(argc, normalized.data());
@@ -429,6 +487,7 @@ int main(int argc, char** argv) {
   if (command == "export") return knowd::train::RunExport();
   if (command == "adapter") return knowd::train::RunAdapterCommand();
   if (command == "keys") return knowd::train::RunKeysCommand();
+  if (command == "session") return knowd::train::RunSessionCommand();
   std::fprintf(stderr, "knowd-train: unknown command '%s'\n%s\n", command.c_str(),
                absl::ProgramUsageMessage().data());
   return 2;

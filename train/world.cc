@@ -1487,6 +1487,21 @@ std::string IclTaskPrompt(const IclTask& task, int demonstrations, std::string_v
   return out + IclPrompt(input);
 }
 
+std::vector<std::string> IclContextChunks(const IclTask& task, int demonstrations, int per_chunk) {
+  std::vector<std::string> out;
+  for (const std::string& passage : task.context) out.push_back(passage + "\n");
+  const size_t n = std::min<size_t>(std::max(0, demonstrations), task.demonstrations.size());
+  const size_t group = static_cast<size_t>(std::max(1, per_chunk));
+  for (size_t i = 0; i < n; i += group) {
+    std::string chunk;
+    for (size_t j = i; j < std::min(n, i + group); ++j) {
+      chunk += IclDemonstration(task.demonstrations[j]);
+    }
+    out.push_back(std::move(chunk));
+  }
+  return out;
+}
+
 std::string IclTaskToJson(const IclTask& task) {
   nlohmann::ordered_json mapping = nlohmann::ordered_json::array();
   for (const IclMapping& m : task.mapping) mapping.push_back({{"from", m.from}, {"to", m.to}});

@@ -212,6 +212,12 @@ std::string IclDemonstration(const IclExample& example);
 // the context's passages, each followed by "\n", then the demonstrations, then IclPrompt(input).
 std::string IclTaskPrompt(const IclTask& task, int demonstrations, std::string_view input);
 
+// The same context as session chunks (train/session.h): each context passage alone, then the
+// first `demonstrations` demonstrations in groups of `per_chunk` (the last group may be short),
+// each chunk's text the concatenation of its parts as IclTaskPrompt writes them. Concatenated,
+// the chunks are IclTaskPrompt's context.
+std::vector<std::string> IclContextChunks(const IclTask& task, int demonstrations, int per_chunk);
+
 // One JSON object per line (keys: id, family, set, people, rule, mapping [{from, to}], context,
 // demonstrations [{input, output}], queries [{input, output}]), '\n' terminated.
 std::string IclTaskToJson(const IclTask& task);

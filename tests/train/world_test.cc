@@ -728,6 +728,23 @@ TEST(WorldTest, IclPromptIsTheQaShape) {
   EXPECT_EQ(IclTaskPrompt(task, 99, "x"), IclTaskPrompt(task, 3, "x"));
 }
 
+TEST(WorldTest, IclContextChunksSplitTheInContextPrompt) {
+  IclTask task;
+  task.context = {"Kalo Ren is a baker.", "Mimo Sa lives in Tosa."};
+  task.demonstrations = {{"a", "b"}, {"c", "d"}, {"e", "f"}, {"g", "h"}};
+  EXPECT_EQ(IclContextChunks(task, 3, 2),
+            (std::vector<std::string>{"Kalo Ren is a baker.\n", "Mimo Sa lives in Tosa.\n",
+                                      "Q: a\nA: b\nQ: c\nA: d\n", "Q: e\nA: f\n"}));
+  for (int n : {0, 1, 3, 4, 9}) {
+    std::string joined;
+    for (const std::string& chunk : IclContextChunks(task, n, 3)) joined += chunk;
+    EXPECT_EQ(joined + IclPrompt("x"), IclTaskPrompt(task, n, "x")) << n;
+  }
+  task.context.clear();
+  EXPECT_TRUE(IclContextChunks(task, 0, 8).empty());
+  EXPECT_EQ(IclContextChunks(task, 4, 0).size(), 4u);  // at least one demonstration a chunk
+}
+
 TEST(WorldTest, IclFilesAreWrittenAndReadBackBesideTheUnchangedSplits) {
   const std::string dir = (std::filesystem::temp_directory_path() /
                            ("knowd_world_icl_test_" + std::to_string(getpid())))

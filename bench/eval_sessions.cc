@@ -1,0 +1,413 @@
+#include "bench/eval_sessions.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/eval.h"
+#include "bench/eval_internal.h"
+#include "bench/png_plot.h"
+#include "cli/progress.h"
+#include "kernels/backend.h"
+#include "kernels/peak.h"
+#include "knowledge/prompt.h"
+#include "model/low_rank.h"
+#include "model/session_mapper.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+#include "nlohmann/json.hpp"
+#include "train/world.h"
+
+namespace knowd::bench {
+namespace {
+
+using internal::Fixed;
+using internal::Json;
+using train::IclTask;
+
+struct Engine {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> model;
+  std::unique_ptr<SessionMapper> mapper;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int32_t> stops;  // "\n" and EOS
+};
+
+// Greedy answers of `prompts` (BOS first), all under `update` (or none), in batches of up to 16
+// sequences.
+absl::StatusOr<std::vector<std::string>> Answer(Engine& e,
+                                                const std::vector<std::vector<int32_t>>& prompts,
+                                                const LowRankState* update, int max_tokens) {
+  std::vector<std::string> out(prompts.size());
+  const int vocab = e.model->config().vocab_size;
+  for (size_t begin = 0; begin < prompts.size(); begin += 16) {
+    const size_t end = std::min(prompts.size(), begin + 16);
+    std::vector<std::unique_ptr<KvCache>> caches;
+    std::vector<std::vector<int32_t>> generated(end - begin);
+    std::vector<int32_t> next(end - begin);
+    std::vector<bool> done(end - begin, false);
+    std::vector<SequenceStep> batch;
+    for (size_t i = begin; i < end; ++i) {
+      const int capacity = std::min<int>(static_cast<int>(prompts[i].size()) + max_tokens,
+                                         e.model->config().max_position_embeddings);
+      absl::StatusOr<std::unique_ptr<KvCache>> cache = e.model->NewCache(capacity);
+      if (!cache.ok()) return cache.status();
+      caches.push_back(*std::move(cache));
+      SequenceStep step{caches.back().get(), prompts[i], false};
+      step.update = update;
+      batch.push_back(step);
+    }
+    std::vector<size_t> rows(end - begin);
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+    std::vector<float> logits;
+    for (int t = 0; t < max_tokens && !batch.empty(); ++t) {
+      if (absl::Status s = e.model->Forward(batch, &logits); !s.ok()) return s;
+      std::vector<SequenceStep> continuing;
+      std::vector<size_t> continuing_rows;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const size_t i = rows[b];
+        const float* row = logits.data() + int64_t(b) * vocab;
+        const int32_t id = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+        if (std::find(e.stops.begin(), e.stops.end(), id) != e.stops.end()) continue;
+        generated[i].push_back(id);
+        if (caches[i]->size() >= caches[i]->capacity()) continue;
+        next[i] = id;
+        SequenceStep step{caches[i].get(), {&next[i], 1}, false};
+        step.update = update;
+        continuing.push_back(step);
+        continuing_rows.push_back(i);
+      }
+      batch = std::move(continuing);
+      rows = std::move(continuing_rows);
+    }
+    for (size_t i = 0; i < generated.size(); ++i) {
+      out[begin + i] = e.tokenizer->Decode(generated[i]);
+    }
+  }
+  return out;
+}
+
+// The in-context prompt's context: the task's passages and first k demonstrations.
+std::string InContext(const IclTask& task, int k) {
+  std::string s;
+  for (const std::string& c : train::IclContextChunks(task, k, 1 << 30)) s += c;
+  return s;
+}
+
+struct Figures {
+  double zero_shot = 0, in_context = 0, session = 0;
+  int in_context_demos = 0;
+  int64_t in_context_tokens = 0;  // the longest in-context prompt's tokens
+};
+
+class SessionEval {
+ public:
+  SessionEval(const SessionEvalOptions& o, Engine& e) : o_(o), e_(e) {}
+
+  std::vector<std::vector<int32_t>> Prompts(const IclTask& task, const std::string& context,
+                                            size_t queries) const {
+    std::vector<std::vector<int32_t>> out;
+    for (size_t q = 0; q < queries; ++q) {
+      out.push_back(e_.tokenizer->Encode(context + train::IclPrompt(task.queries[q].input), true));
+    }
+    return out;
+  }
+
+  double Score(const IclTask& task, const std::vector<std::string>& answers) const {
+    double hits = 0;
+    for (size_t q = 0; q < answers.size(); ++q)
+      hits += ExactMatch(answers[q], task.queries[q].output);
+    return answers.empty() ? 0 : hits / answers.size();
+  }
+
+  // The largest k <= n whose prompts all fit the LM's positions with the answer.
+  int FittingDemos(const IclTask& task, int n, size_t queries) const {
+    const int limit = e_.model->config().max_position_embeddings - o_.max_answer_tokens;
+    int k = std::min<int>(n, static_cast<int>(task.demonstrations.size()));
+    for (; k > 0; --k) {
+      bool fits = true;
+      for (const auto& p : Prompts(task, InContext(task, k), queries)) {
+        fits = fits && static_cast<int>(p.size()) <= limit;
+      }
+      if (fits) break;
+    }
+    return k;
+  }
+
+  absl::StatusOr<std::vector<float>> SessionState(const IclTask& task, int n) const {
+    std::vector<float> state(e_.mapper->state_floats(), 0.0f);
+    std::vector<std::vector<int32_t>> chunks;
+    for (const std::string& text :
+         train::IclContextChunks(task, n, e_.mapper->spec().demos_per_chunk)) {
+      for (auto& c : SessionChunks(*e_.tokenizer, text, e_.mapper->spec().max_chunk_tokens)) {
+        chunks.push_back(std::move(c));
+      }
+    }
+    if (absl::Status s = e_.mapper->Absorb(chunks, &state); !s.ok()) return s;
+    return state;
+  }
+
+  // Figures of one task at every n.
+  absl::StatusOr<std::vector<Figures>> Task(const IclTask& task) {
+    const size_t queries = std::min<size_t>(task.queries.size(), o_.queries);
+    std::vector<Figures> out(o_.demonstrations.size());
+    auto zero = Answer(e_, Prompts(task, "", queries), nullptr, o_.max_answer_tokens);
+    if (!zero.ok()) return zero.status();
+    const double zero_shot = Score(task, *zero);
+    std::map<int, std::pair<double, int64_t>> in_context;  // k -> accuracy, longest prompt
+    for (size_t i = 0; i < o_.demonstrations.size(); ++i) {
+      const int n = o_.demonstrations[i];
+      Figures& f = out[i];
+      f.zero_shot = zero_shot;
+      f.in_context_demos = FittingDemos(task, n, queries);
+      auto it = in_context.find(f.in_context_demos);
+      if (it == in_context.end()) {
+        const auto prompts = Prompts(task, InContext(task, f.in_context_demos), queries);
+        auto answers = Answer(e_, prompts, nullptr, o_.max_answer_tokens);
+        if (!answers.ok()) return answers.status();
+        int64_t longest = 0;
+        for (const auto& p : prompts) longest = std::max<int64_t>(longest, p.size());
+        it = in_context.emplace(f.in_context_demos, std::make_pair(Score(task, *answers), longest))
+                 .first;
+      }
+      f.in_context = it->second.first;
+      f.in_context_tokens = it->second.second;
+      if (n == 0 && task.context.empty()) {
+        f.session = zero_shot;  // nothing to absorb: the state is zero, the LM unchanged
+        continue;
+      }
+      absl::StatusOr<std::vector<float>> state = SessionState(task, n);
+      if (!state.ok()) return state.status();
+      auto served = LowRankState::Create(&e_.mapper->factors(), *state);
+      if (!served.ok()) return served.status();
+      auto answers = Answer(e_, Prompts(task, "", queries), served->get(), o_.max_answer_tokens);
+      if (!answers.ok()) return answers.status();
+      f.session = Score(task, *answers);
+    }
+    return out;
+  }
+
+ private:
+  const SessionEvalOptions& o_;
+  Engine& e_;
+};
+
+// Median over the prompts of the best of three timings of prefill + 4 decode steps, batch 1.
+absl::StatusOr<double> QuestionMillis(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
+                                      const LowRankState* update) {
+  std::vector<double> times;
+  const int vocab = e.model->config().vocab_size;
+  for (const auto& prompt : prompts) {
+    double best = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+      absl::StatusOr<std::unique_ptr<KvCache>> cache =
+          e.model->NewCache(static_cast<int>(prompt.size()) + 4, /*allow_longer=*/true);
+      if (!cache.ok()) return cache.status();
+      std::vector<float> logits;
+      const auto start = std::chrono::steady_clock::now();
+      SequenceStep step{cache->get(), prompt, false};
+      step.update = update;
+      if (absl::Status s = e.model->Forward({&step, 1}, &logits); !s.ok()) return s;
+      for (int t = 0; t < 4; ++t) {
+        const int32_t id = static_cast<int32_t>(
+            std::max_element(logits.begin(), logits.begin() + vocab) - logits.begin());
+        SequenceStep next{cache->get(), {&id, 1}, false};
+        next.update = update;
+        if (absl::Status s = e.model->Forward({&next, 1}, &logits); !s.ok()) return s;
+      }
+      best = std::min(
+          best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                    .count());
+    }
+    times.push_back(best);
+  }
+  std::sort(times.begin(), times.end());
+  return times.empty() ? 0 : times[times.size() / 2];
+}
+
+}  // namespace
+
+absl::Status RunSessionEval(const SessionEvalOptions& o) {
+  Engine e;
+  e.backend = MakeCpuBackend(o.threads);
+  absl::StatusOr<std::unique_ptr<Transformer>> model =
+      Transformer::Load(o.bundle_dir, e.backend.get());
+  if (!model.ok()) return model.status();
+  e.model = *std::move(model);
+  absl::StatusOr<std::unique_ptr<SessionMapper>> mapper =
+      SessionMapper::Load(o.bundle_dir + "/adapter", e.model.get());
+  if (!mapper.ok()) {
+    if (absl::IsNotFound(mapper.status())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(o.bundle_dir,
+                       " has no session mapper (adapter/session_mapper.json); train one with "
+                       "knowd-train session"));
+    }
+    return mapper.status();
+  }
+  e.mapper = *std::move(mapper);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      LoadTokenizer(o.bundle_dir + "/tokenizer.model");
+  if (!tokenizer.ok()) return tokenizer.status();
+  e.tokenizer = *std::move(tokenizer);
+  e.stops = {e.tokenizer->Encode("\n", false).back()};
+  if (e.tokenizer->eos_id() >= 0) e.stops.push_back(e.tokenizer->eos_id());
+  if (o.demonstrations.empty()) return absl::InvalidArgumentError("no demonstration counts");
+
+  Json report;
+  report["bundle"] = o.bundle_dir;
+  report["data"] = o.data_dir;
+  report["mapper_sha256"] = e.mapper->spec().sha256;
+  report["scoring"] =
+      "SQuAD exact match of the greedy answer (up to \"\\n\" or EOS), mean over tasks of each "
+      "task's accuracy on its first queries";
+  SessionEval eval(o, e);
+  std::string md = "## Sessions against in-context reading\n\n";
+  absl::StrAppend(&md, "Bundle `", o.bundle_dir, "`, mapper ",
+                  e.mapper->spec().sha256.substr(0, 12), "; ", o.queries,
+                  " queries per task; accuracy is exact match.\n\n",
+                  "| set | demos | zero-shot | in-context (demos that fit) | session | session / "
+                  "in-context | session bytes | in-context KV bytes |\n",
+                  "|---|---|---|---|---|---|---|---|\n");
+  Json rows = Json::array();
+  const LlamaConfig& c = e.model->config();
+  const int64_t kv_bytes_per_token = int64_t{c.num_layers} * c.kv_dim() * 2 * sizeof(float);
+  const int64_t session_bytes = e.mapper->state_floats() * static_cast<int64_t>(sizeof(float));
+  std::map<std::string, std::vector<Figures>> means;
+  for (bool heldout : {false, true}) {
+    const std::string set = heldout ? "heldout" : "train";
+    absl::StatusOr<std::vector<IclTask>> tasks = train::ReadIclTasks(o.data_dir, heldout);
+    if (!tasks.ok()) return tasks.status();
+    if (o.tasks > 0 && static_cast<int>(tasks->size()) > o.tasks) tasks->resize(o.tasks);
+    if (tasks->empty())
+      return absl::InvalidArgumentError(absl::StrCat(o.data_dir, ": no ", set, " tasks"));
+    std::vector<Figures> sum(o.demonstrations.size());
+    cli::ProgressBar bar(absl::StrCat("sessions (", set, ")"), "tasks",
+                         o.progress && isatty(STDERR_FILENO));
+    for (size_t t = 0; t < tasks->size(); ++t) {
+      absl::StatusOr<std::vector<Figures>> f = eval.Task((*tasks)[t]);
+      if (!f.ok()) return f.status();
+      for (size_t i = 0; i < sum.size(); ++i) {
+        sum[i].zero_shot += (*f)[i].zero_shot;
+        sum[i].in_context += (*f)[i].in_context;
+        sum[i].session += (*f)[i].session;
+        sum[i].in_context_demos += (*f)[i].in_context_demos;
+        sum[i].in_context_tokens = std::max(sum[i].in_context_tokens, (*f)[i].in_context_tokens);
+      }
+      if (o.progress) bar.Update(t + 1, tasks->size());
+    }
+    bar.Finish();
+    const double n = static_cast<double>(tasks->size());
+    for (size_t i = 0; i < sum.size(); ++i) {
+      Figures& f = sum[i];
+      f.zero_shot /= n;
+      f.in_context /= n;
+      f.session /= n;
+      const double demos_fit = f.in_context_demos / n;
+      const double ratio = f.in_context > 0 ? f.session / f.in_context : 0;
+      rows.push_back({{"set", set},
+                      {"tasks", tasks->size()},
+                      {"demonstrations", o.demonstrations[i]},
+                      {"zero_shot", f.zero_shot},
+                      {"in_context", f.in_context},
+                      {"in_context_demonstrations", demos_fit},
+                      {"session", f.session},
+                      {"session_over_in_context", ratio},
+                      {"session_bytes", session_bytes},
+                      {"in_context_kv_bytes", f.in_context_tokens * kv_bytes_per_token}});
+      absl::StrAppend(&md, "| ", set, " | ", o.demonstrations[i], " | ", Fixed(f.zero_shot), " | ",
+                      Fixed(f.in_context), " (", Fixed(demos_fit, 1), ") | ", Fixed(f.session),
+                      " | ", f.in_context > 0 ? Fixed(ratio, 2) : "-", " | ", session_bytes, " | ",
+                      f.in_context_tokens * kv_bytes_per_token, " |\n");
+    }
+    means[set] = sum;
+  }
+  report["rows"] = rows;
+
+  // Latency: the first held-out task's queries, one at a time.
+  absl::StatusOr<std::vector<IclTask>> heldout = train::ReadIclTasks(o.data_dir, true);
+  if (!heldout.ok()) return heldout.status();
+  const IclTask& task = heldout->front();
+  const size_t queries = std::min<size_t>(task.queries.size(), o.queries);
+  const int largest = *std::max_element(o.demonstrations.begin(), o.demonstrations.end());
+  const int fit = eval.FittingDemos(task, largest, queries);
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::vector<float>> state = eval.SessionState(task, largest);
+  if (!state.ok()) return state.status();
+  const double absorb_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  auto served = LowRankState::Create(&e.mapper->factors(), *state);
+  if (!served.ok()) return served.status();
+  const auto plain = eval.Prompts(task, "", queries);
+  absl::StatusOr<double> zero_ms = QuestionMillis(e, plain, nullptr);
+  absl::StatusOr<double> session_ms = QuestionMillis(e, plain, served->get());
+  absl::StatusOr<double> icl_ms =
+      QuestionMillis(e, eval.Prompts(task, InContext(task, fit), queries), nullptr);
+  if (!zero_ms.ok()) return zero_ms.status();
+  if (!session_ms.ok()) return session_ms.status();
+  if (!icl_ms.ok()) return icl_ms.status();
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  const double gflops = MeasureSgemmPeakGflops(threads);
+  const double bandwidth = MeasureMemoryBandwidthGBs(threads);
+  report["latency"] = {{"task", task.id},
+                       {"questions", queries},
+                       {"measure", "prefill + 4 decoded tokens, batch 1, median of best-of-3"},
+                       {"zero_shot_ms", *zero_ms},
+                       {"session_ms", *session_ms},
+                       {"session_demonstrations", largest},
+                       {"session_over_zero_shot", *session_ms / *zero_ms},
+                       {"in_context_ms", *icl_ms},
+                       {"in_context_demonstrations", fit},
+                       {"absorb_ms", absorb_ms}};
+  report["machine"] = {{"backend", e.backend->name()},
+                       {"threads", threads},
+                       {"sgemm_peak_gflops", gflops},
+                       {"memory_bandwidth_gbs", bandwidth}};
+  absl::StrAppend(
+      &md, "\nQuestion latency (", task.id, ", prefill + 4 tokens, batch 1, median): zero-shot ",
+      Fixed(*zero_ms, 2), " ms; with ", largest, " demonstrations absorbed ", Fixed(*session_ms, 2),
+      " ms (", Fixed(*session_ms / *zero_ms, 2), "x); in context with ", fit, " demonstrations ",
+      Fixed(*icl_ms, 2), " ms. Absorbing the ", largest, " demonstrations took ",
+      Fixed(absorb_ms, 0), " ms. Session state: ", session_bytes,
+      " bytes at every number of demonstrations.\n\nMachine: ", e.backend->name(), ", sgemm peak ",
+      Fixed(gflops, 1), " GFLOP/s, memory bandwidth ", Fixed(bandwidth, 1), " GB/s (this run).\n");
+  std::fputs(md.c_str(), stdout);
+  if (o.report_path.empty()) return absl::OkStatus();
+
+  std::vector<PlotSeries> series;
+  const Rgb colors[4] = {{31, 119, 180}, {214, 39, 40}, {44, 160, 44}, {255, 127, 14}};
+  int color = 0;
+  for (const char* set : {"train", "heldout"}) {
+    for (const char* what : {"in-context", "session"}) {
+      PlotSeries s;
+      s.label = absl::StrCat(set, " ", what);
+      s.color = colors[color++];
+      for (size_t i = 0; i < o.demonstrations.size(); ++i) {
+        s.x.push_back(std::log2(1.0 + o.demonstrations[i]));
+        const Figures& f = means[set][i];
+        s.y.push_back(std::string(what) == "session" ? f.session : f.in_context);
+      }
+      series.push_back(std::move(s));
+    }
+  }
+  LinePlot plot;
+  plot.title = "Accuracy vs demonstrations";
+  plot.x_label = "log2(1 + demonstrations)";
+  plot.y_label = "exact match";
+  absl::StatusOr<std::string> png = RenderLinePlot(plot, series);
+  if (!png.ok()) return png.status();
+  return internal::WriteReportFiles(o.report_path, report, md, *png);
+}
+
+}  // namespace knowd::bench
