@@ -3,6 +3,7 @@
 //   bank_write.cc    Put, Delete
 //   bank_read.cc     Get, Search, GetLatents, Scan, Stats, VerifyIndexes
 //   bank_maintain.cc Snapshot, RestoreSnapshot, Reencode
+//   bank_sessions.cc the sessions column family (PutSession ... SweepSessions)
 //   index_files.cc   the on-disk FAISS files and their manifest
 //
 // Locking (always in this order):
@@ -71,6 +72,15 @@ class BankImpl final : public MemoryBank {
                         int batch_size) override;
   absl::StatusOr<std::optional<std::string>> GetMarker(std::string_view name) override;
   absl::Status SetMarker(std::string_view name, std::string_view value) override;
+  absl::Status PutSession(Session* session, absl::Time now) override;
+  absl::StatusOr<Session> GetSession(std::string_view name_space, std::string_view id,
+                                     absl::Time now) override;
+  absl::Status DeleteSession(std::string_view name_space, std::string_view id,
+                             absl::Time now) override;
+  absl::StatusOr<std::vector<Session>> ListSessions(std::string_view name_space,
+                                                    absl::Time now) override;
+  absl::StatusOr<int> SweepSessions(absl::Time now) override;
+  absl::StatusOr<SessionTotals> CountSessions(absl::Time now) override;
   absl::Status Close() override;
 
  private:
@@ -154,6 +164,7 @@ class BankImpl final : public MemoryBank {
   rocksdb::ColumnFamilyHandle* cf_latents_ = nullptr;
   rocksdb::ColumnFamilyHandle* cf_keys_ = nullptr;
   rocksdb::ColumnFamilyHandle* cf_meta_ = nullptr;
+  rocksdb::ColumnFamilyHandle* cf_sessions_ = nullptr;
 
   std::mutex write_mu_;
   uint64_t next_pid_ = 1;       // guarded by write_mu_

@@ -97,6 +97,12 @@ absl::StatusOr<std::unique_ptr<MemoryBank>> BankImpl::OpenImpl(const BankOptions
   KNOWD_RETURN_IF_ERROR(bank->BuildIndexes(bank->db_->GetLatestSequenceNumber()));
   bank->open_time_ = absl::Now() - start;
   bank->closed_ = false;
+  // Expired sessions are gone for every call already; this removes their records.
+  if (absl::StatusOr<int> swept = bank->SweepSessions(absl::Now()); !swept.ok()) {
+    return swept.status();
+  } else if (*swept > 0) {
+    spdlog::info("memory bank {}: removed {} expired sessions", options.data_dir, *swept);
+  }
   return std::unique_ptr<MemoryBank>(std::move(bank));
 }
 
@@ -202,7 +208,8 @@ absl::Status BankImpl::OpenDatabase() {
       {kCfPassages, text_cf},
       {kCfLatents, vector_cf},
       {kCfKeys, vector_cf},
-      {kCfMeta, text_cf}};
+      {kCfMeta, text_cf},
+      {kCfSessions, vector_cf}};
   recovery_warning_ = ProbeWriteAheadLog(db_options, descriptors);
   if (!recovery_warning_.empty()) {
     spdlog::error("memory bank {}: {}", options_.data_dir, recovery_warning_);
@@ -221,6 +228,7 @@ absl::Status BankImpl::OpenDatabase() {
   cf_latents_ = handles_[2];
   cf_keys_ = handles_[3];
   cf_meta_ = handles_[4];
+  cf_sessions_ = handles_[5];
   return absl::OkStatus();
 }
 

@@ -6,7 +6,8 @@
 // On disk (DIR = BankOptions::data_dir):
 //   DIR/db/     RocksDB; column families "passages" (document + passage records), "latents"
 //               (fp16, or int8 with a per-row scale), "keys" (f32) and "meta" (options,
-//               fingerprint, id counter, per-namespace counts, re-encode cursor, markers).
+//               fingerprint, id counter, per-namespace counts, re-encode cursor, markers),
+//               "sessions" (each session's state and bookkeeping, keyed by namespace and id).
 //   DIR/index/  one FAISS file per namespace plus a MANIFEST naming the RocksDB sequence number
 //               the files reflect and a CRC per file. Written on Close() and by Snapshot().
 //
@@ -254,6 +255,33 @@ struct BankStats {
   bool needs_reencode = false;
 };
 
+// A session (StreamAdapter): a context absorbed into a constant-size state by the caller's model.
+// The bank stores the state as plain floats with its bookkeeping; what it means is the caller's.
+struct Session {
+  std::string name_space;  // 1..255 bytes, no NUL
+  std::string id;          // 1..256 bytes
+  std::string label;       // the client's, at most 256 bytes
+  // What computed `state` (the caller's model hash): a state is only valid for it.
+  std::string mapper_sha256;
+  std::vector<float> state;  // empty in ListSessions' results
+  int64_t state_bytes = 0;   // set by the bank: bytes of `state` as stored (4 per float)
+  int64_t chunks = 0;
+  int64_t tokens = 0;
+  absl::Time created;
+  absl::Time updated;
+  // Seconds the session lives after `updated`; 0: forever. A session whose updated + ttl has
+  // passed is gone for every call (NOT_FOUND) and its record is removed by SweepSessions.
+  int64_t ttl_seconds = 0;
+  // Set by the bank: how many times the session was written. PutSession stores only over the
+  // revision it was read at (0: a new session).
+  uint64_t revision = 0;
+
+  std::optional<absl::Time> expires() const {
+    if (ttl_seconds <= 0) return std::nullopt;
+    return updated + absl::Seconds(ttl_seconds);
+  }
+};
+
 // Re-encoding support: maps passage texts to new latents and keys. `out` has texts.size()
 // entries on success, each with latents of latent_rows × latent_cols and a key of key_dim.
 struct EncodedPassage {
@@ -364,6 +392,33 @@ class MemoryBank {
   // it. GetMarker gives nullopt for a name never set. Names are 1-128 bytes.
   virtual absl::StatusOr<std::optional<std::string>> GetMarker(std::string_view name) = 0;
   virtual absl::Status SetMarker(std::string_view name, std::string_view value) = 0;
+
+  // Sessions (struct Session). Every call treats a session past its expiry as absent, whatever
+  // `now` the caller gives (tests pass their own clock; the daemon absl::Now()).
+  //
+  // Stores `session` in one synced write, atomically: a failed write leaves the previous record.
+  // session.revision must be the stored revision it was read at (0 for a new session, which an
+  // expired one counts as); otherwise ABORTED (another writer got there first: read and retry)
+  // or ALREADY_EXISTS (creating an id that is live). On success sets session->revision and
+  // state_bytes. INVALID_ARGUMENT for a bad namespace, id or label, or a non-finite state.
+  virtual absl::Status PutSession(Session* session, absl::Time now) = 0;
+  // The session with its state. NOT_FOUND when absent or expired.
+  virtual absl::StatusOr<Session> GetSession(std::string_view name_space, std::string_view id,
+                                             absl::Time now) = 0;
+  // Removes a session (synced). NOT_FOUND when absent or expired.
+  virtual absl::Status DeleteSession(std::string_view name_space, std::string_view id,
+                                     absl::Time now) = 0;
+  // The live sessions of a namespace by id, without their states (state_bytes is set).
+  virtual absl::StatusOr<std::vector<Session>> ListSessions(std::string_view name_space,
+                                                            absl::Time now) = 0;
+  // Removes every expired session's record (also done by Open()); returns how many.
+  virtual absl::StatusOr<int> SweepSessions(absl::Time now) = 0;
+  // Live sessions and their stored state bytes, all namespaces together.
+  struct SessionTotals {
+    int64_t sessions = 0;
+    int64_t state_bytes = 0;
+  };
+  virtual absl::StatusOr<SessionTotals> CountSessions(absl::Time now) = 0;
 
   // Saves the vector indexes with the current sequence number, so the next Open() loads them
   // instead of rebuilding, and closes the database. Later calls on the bank return

@@ -237,6 +237,19 @@ void CountsFields(IO& io, Counts& c) {
   io(c.passages);
 }
 
+template <typename IO, typename Session>
+void SessionFields(IO& io, Session& s) {
+  io(s.label);
+  io(s.mapper_sha256);
+  io(s.state);
+  io(s.chunks);
+  io(s.tokens);
+  io(s.created_us);
+  io(s.updated_us);
+  io(s.ttl_seconds);
+  io(s.revision);
+}
+
 template <typename Record, typename Fields>
 std::string Encode(const Record& record, Fields fields, bool versioned = true) {
   Writer w;
@@ -292,6 +305,25 @@ std::string EncodeCounts(const NamespaceCounts& c) {
 absl::StatusOr<NamespaceCounts> DecodeCounts(std::string_view bytes) {
   return Decode<NamespaceCounts>(bytes, CountsFields<Reader, NamespaceCounts>, "namespace counts",
                                  /*versioned=*/false);
+}
+
+std::string SessionKeyPrefix(std::string_view ns) {
+  std::string k(ns);
+  k.push_back('\0');
+  return k;
+}
+
+std::string SessionKey(std::string_view ns, std::string_view id) {
+  std::string k = SessionKeyPrefix(ns);
+  k.append(id);
+  return k;
+}
+
+std::string EncodeSession(const SessionRecord& r) {
+  return Encode(r, SessionFields<Writer, const SessionRecord>);
+}
+absl::StatusOr<SessionRecord> DecodeSession(std::string_view bytes) {
+  return Decode<SessionRecord>(bytes, SessionFields<Reader, SessionRecord>, "session");
 }
 
 std::string EncodeKeyVector(const float* key, int dim) {

@@ -6,6 +6,7 @@
 // Column family "latents":  be64(pid)          -> encoded latent matrix (latent_codec.h)
 // Column family "keys":     ns '\0' be64(pid)  -> key_dim f32, little-endian
 // Column family "meta":     see the kMeta* names below.
+// Column family "sessions": ns '\0' session_id -> SessionRecord
 //
 // Records start with a version byte; integers are little-endian fixed width; strings and lists
 // are u32-length-prefixed. Decoders reject truncated or trailing bytes.
@@ -27,6 +28,7 @@ inline constexpr char kCfPassages[] = "passages";
 inline constexpr char kCfLatents[] = "latents";
 inline constexpr char kCfKeys[] = "keys";
 inline constexpr char kCfMeta[] = "meta";
+inline constexpr char kCfSessions[] = "sessions";
 
 // Meta keys.
 inline constexpr char kMetaLayout[] = "layout";                   // LayoutRecord
@@ -99,6 +101,24 @@ struct NamespaceCounts {
 };
 std::string EncodeCounts(const NamespaceCounts& c);
 absl::StatusOr<NamespaceCounts> DecodeCounts(std::string_view bytes);
+
+// Key of a session in "sessions" (ns never contains NUL) and the prefix of a namespace's.
+std::string SessionKey(std::string_view ns, std::string_view id);
+std::string SessionKeyPrefix(std::string_view ns);
+
+struct SessionRecord {
+  std::string label;
+  std::string mapper_sha256;
+  std::string state;  // raw f32, little-endian
+  int64_t chunks = 0;
+  int64_t tokens = 0;
+  int64_t created_us = 0;
+  int64_t updated_us = 0;
+  int64_t ttl_seconds = 0;  // 0: forever
+  uint64_t revision = 0;
+};
+std::string EncodeSession(const SessionRecord& r);
+absl::StatusOr<SessionRecord> DecodeSession(std::string_view bytes);
 
 // Keys are stored as raw f32 (little-endian hosts only; checked at compile time).
 std::string EncodeKeyVector(const float* key, int dim);
