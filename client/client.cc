@@ -215,4 +215,52 @@ absl::StatusOr<v1::StatsResponse> Client::Stats(v1::StatsRequest request) {
   return response;
 }
 
+absl::StatusOr<v1::Session> Client::CreateSession(std::vector<v1::SessionChunk> chunks) {
+  return WriteSession(false, std::move(chunks));
+}
+
+absl::StatusOr<v1::Session> Client::AppendSession(std::vector<v1::SessionChunk> chunks) {
+  return WriteSession(true, std::move(chunks));
+}
+
+absl::StatusOr<v1::Session> Client::WriteSession(bool append,
+                                                 std::vector<v1::SessionChunk> chunks) {
+  if (chunks.empty()) return absl::InvalidArgumentError("a session needs at least one chunk");
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (absl::Status s = CheckUtf8(absl::StrCat("chunk ", i, ": its text"), chunks[i].text());
+        !s.ok()) {
+      return s;
+    }
+  }
+  FillNamespace(&chunks.front());
+  auto context = NewContext(chunks.front().namespace_());
+  v1::Session session;
+  std::unique_ptr<grpc::ClientWriter<v1::SessionChunk>> writer =
+      append ? stub_->AppendSession(context.get(), &session)
+             : stub_->CreateSession(context.get(), &session);
+  for (const v1::SessionChunk& chunk : chunks) {
+    if (!writer->Write(chunk)) break;  // Finish says why
+  }
+  writer->WritesDone();
+  const grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return session;
+}
+
+absl::Status Client::DeleteSession(v1::DeleteSessionRequest request) {
+  FillNamespace(&request);
+  auto context = NewContext(request.namespace_());
+  v1::DeleteSessionResponse response;
+  return FromGrpcStatus(stub_->DeleteSession(context.get(), request, &response));
+}
+
+absl::StatusOr<v1::ListSessionsResponse> Client::ListSessions(v1::ListSessionsRequest request) {
+  FillNamespace(&request);
+  auto context = NewContext(request.namespace_());
+  v1::ListSessionsResponse response;
+  const grpc::Status status = stub_->ListSessions(context.get(), request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
 }  // namespace knowd::client

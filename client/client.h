@@ -73,6 +73,14 @@ class Client {
   absl::StatusOr<v1::ForgetResponse> Forget(v1::ForgetRequest request);
   absl::StatusOr<v1::StatsResponse> Stats(v1::StatsRequest request = {});
 
+  // Sessions: a context absorbed chunk by chunk into a constant-size state (knowd.proto,
+  // CreateSession). `chunks` go as one stream, in order; the first carries the namespace (the
+  // client's when empty), ttl and label (CreateSession) or the session id (AppendSession).
+  absl::StatusOr<v1::Session> CreateSession(std::vector<v1::SessionChunk> chunks);
+  absl::StatusOr<v1::Session> AppendSession(std::vector<v1::SessionChunk> chunks);
+  absl::Status DeleteSession(v1::DeleteSessionRequest request);
+  absl::StatusOr<v1::ListSessionsResponse> ListSessions(v1::ListSessionsRequest request = {});
+
   const ClientOptions& options() const { return options_; }
 
  private:
@@ -83,6 +91,7 @@ class Client {
   std::unique_ptr<grpc::ClientContext> NewContext(std::string_view name_space) const;
   template <typename Request>
   void FillNamespace(Request* request) const;
+  absl::StatusOr<v1::Session> WriteSession(bool append, std::vector<v1::SessionChunk> chunks);
 
   ClientOptions options_;
   std::unique_ptr<v1::KnowledgeService::Stub> stub_;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <sstream>
 #include <tuple>
+#include <utility>
 
 #include "CLI/CLI.hpp"
 #include "cli/command_line.h"
@@ -119,6 +120,69 @@ int main(int argc, char** argv) {
   CLI::App* stats_cmd = app.add_subcommand("stats", "Prints what the daemon stores and serves.");
   stats_cmd->add_flag("--json", stats.json, "print the response as JSON");
 
+  // session create|append|ask|delete|list.
+  CLI::App* session_cmd = app.add_subcommand(
+      "session",
+      "Sessions: a context (demonstrations of a task, a manual, a conversation) absorbed into a "
+      "constant-size state that the model applies under later questions.");
+  session_cmd->require_subcommand(1);
+  kc::SessionWriteFlags session_create;
+  CLI::App* session_create_cmd = session_cmd->add_subcommand(
+      "create", "Creates a session from a text file (or - for stdin); prints its id and size.");
+  session_create_cmd->add_option("source", session_create.source, "FILE or -")
+      ->type_name("FILE|-")
+      ->required();
+  session_create_cmd->add_option("--label", session_create.label, "a label for the session");
+  kc::SessionWriteFlags session_append;
+  CLI::App* session_append_cmd = session_cmd->add_subcommand(
+      "append", "Absorbs more text (a file or - for stdin) into a session.");
+  session_append_cmd->add_option("id", session_append.id, "session ID")
+      ->type_name("ID")
+      ->required();
+  session_append_cmd->add_option("source", session_append.source, "FILE or -")
+      ->type_name("FILE|-")
+      ->required();
+  for (auto [command, flags] : {std::pair{session_create_cmd, &session_create},
+                                std::pair{session_append_cmd, &session_append}}) {
+    command
+        ->add_option("--ttl-seconds", flags->ttl_seconds,
+                     "seconds the session lives after its last write; 0: the daemon's default "
+                     "(create) or the session's own (append)")
+        ->check(knowd::cli::NonNegativeInteger());
+    command
+        ->add_option("--chunk-lines", flags->chunk_lines,
+                     "lines per chunk (e.g. demonstrations per chunk); 0: the daemon cuts the "
+                     "text at line ends into chunks as long as its session mapper reads")
+        ->check(knowd::cli::NonNegativeInteger());
+    command->add_flag("--json", flags->json, "print the session as JSON");
+  }
+  kc::AskFlags session_ask;
+  CLI::App* session_ask_cmd = session_cmd->add_subcommand(
+      "ask",
+      "Asks a question under a session's state (with --mode mac, rag or mac+rag: that mode's "
+      "memory too); streams the answer.");
+  session_ask_cmd->add_option("id", session_ask.session, "session ID")->type_name("ID")->required();
+  session_ask_cmd->add_option("question", session_ask.question, "the question (quote it)")
+      ->type_name("QUESTION")
+      ->required();
+  session_ask_cmd->add_option(
+      "--mode", session_ask.mode,
+      "empty or closed-book: the session alone; mac, rag or mac+rag: that mode's memory too");
+  session_ask_cmd
+      ->add_option("--max-tokens", session_ask.max_tokens, "answer tokens; 0: the daemon's default")
+      ->check(knowd::cli::NonNegativeInteger());
+  session_ask_cmd->add_flag("--json", session_ask.json,
+                            "print the final answer as JSON (no streaming)");
+  kc::SessionIdFlags session_delete;
+  CLI::App* session_delete_cmd = session_cmd->add_subcommand("delete", "Deletes a session.");
+  session_delete_cmd->add_option("id", session_delete.id, "session ID")
+      ->type_name("ID")
+      ->required();
+  kc::SessionListFlags session_list;
+  CLI::App* session_list_cmd =
+      session_cmd->add_subcommand("list", "Lists the namespace's sessions (id, size, expiry).");
+  session_list_cmd->add_flag("--json", session_list.json, "print the list as JSON");
+
   kc::LoadFlags load;
   CLI::App* load_cmd = app.add_subcommand(
       "load",
@@ -137,6 +201,9 @@ int main(int argc, char** argv) {
           "exits 1")
       ->type_name("CODE,...");
   for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) {
+    command->footer(connection_footer);
+  }
+  for (CLI::App* command : session_cmd->get_subcommands([](CLI::App*) { return true; })) {
     command->footer(connection_footer);
   }
 
@@ -172,5 +239,10 @@ int main(int argc, char** argv) {
   if (get_cmd->parsed()) return kc::RunGet(connected, get);
   if (forget_cmd->parsed()) return kc::RunForget(connected, forget);
   if (stats_cmd->parsed()) return kc::RunStats(connected, stats);
+  if (session_create_cmd->parsed()) return kc::RunSessionWrite(connected, session_create, false);
+  if (session_append_cmd->parsed()) return kc::RunSessionWrite(connected, session_append, true);
+  if (session_ask_cmd->parsed()) return kc::RunAsk(connected, session_ask);
+  if (session_delete_cmd->parsed()) return kc::RunSessionDelete(connected, session_delete);
+  if (session_list_cmd->parsed()) return kc::RunSessionList(connected, session_list);
   return 2;  // not reached: Parse returns an exit code unless a command was selected
 }

@@ -4,11 +4,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "client/document_source.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -150,17 +153,19 @@ int RunIngest(Client& client, const IngestFlags& flags) {
 }
 
 int RunAsk(Client& client, const AskFlags& flags) {
+  const std::string command = flags.session.empty() ? "ask" : "session ask";
   v1::AskRequest request;
   request.set_question(flags.question);
+  request.set_session_id(flags.session);
   if (!flags.mode.empty()) {
     absl::StatusOr<v1::AskMode> mode = ParseAskMode(flags.mode);
-    if (!mode.ok()) return Usage("ask", std::string(mode.status().message()));
+    if (!mode.ok()) return Usage(command, std::string(mode.status().message()));
     request.set_mode(*mode);
   }
   request.set_top_k(flags.top_k);
   request.set_max_tokens(flags.max_tokens);
   absl::StatusOr<v1::Retrieval> retrieval = ParseRetrieval(flags.retrieval);
-  if (!retrieval.ok()) return Usage("ask", std::string(retrieval.status().message()));
+  if (!retrieval.ok()) return Usage(command, std::string(retrieval.status().message()));
   request.set_retrieval(*retrieval);
   request.set_explain(flags.explain);
   const bool json = flags.json;
@@ -169,7 +174,7 @@ int RunAsk(Client& client, const AskFlags& flags) {
       client.Ask(request, [](std::string_view text) { std::cout << text << std::flush; });
   if (!final_message.ok()) {
     if (!json) std::cout << std::endl;
-    return ReportError("ask", client.options(), final_message.status());
+    return ReportError(command, client.options(), final_message.status());
   }
   if (json) {
     std::cout << ToJson(*final_message) << "\n";
@@ -278,6 +283,111 @@ int RunStats(Client& client, const StatsFlags& flags) {
   if (!stats->recovery_warning().empty()) {
     std::cout << "recovery warning     " << stats->recovery_warning() << "\n";
   }
+  return 0;
+}
+
+namespace {
+
+// The messages of a session's input: `chunk_lines` lines each, or (0) pieces of at most
+// kMaxSessionMessage bytes cut at line ends, which the daemon splits further into chunks.
+constexpr size_t kMaxSessionMessage = 256 << 10;
+
+std::vector<std::string> SessionMessages(const std::string& text, int chunk_lines) {
+  std::vector<std::string> out;
+  std::string current;
+  int lines = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    end = end == std::string::npos ? text.size() : end + 1;
+    const std::string_view line(text.data() + start, end - start);
+    start = end;
+    const bool full =
+        chunk_lines > 0 ? lines == chunk_lines : current.size() + line.size() > kMaxSessionMessage;
+    if (full && !current.empty()) {
+      out.push_back(std::move(current));
+      current.clear();
+      lines = 0;
+    }
+    current.append(line);
+    ++lines;
+  }
+  if (current.find_first_not_of(" \t\r\n") != std::string::npos) out.push_back(std::move(current));
+  return out;
+}
+
+void PrintSession(const v1::Session& s) {
+  std::cout << absl::StrFormat(
+      "session %s\n  namespace %s%s\n  state     %d bytes (%d chunks, %d tokens absorbed)\n",
+      s.id(), s.namespace_(), s.label().empty() ? "" : absl::StrCat("\n  label     ", s.label()),
+      s.state_bytes(), s.chunks(), s.tokens());
+  if (s.expires_unix() != 0) {
+    std::cout << "  expires   "
+              << absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(s.expires_unix()),
+                                  absl::UTCTimeZone())
+              << "\n";
+  }
+}
+
+}  // namespace
+
+int RunSessionWrite(Client& client, const SessionWriteFlags& flags, bool append) {
+  const std::string command = append ? "session append" : "session create";
+  if (flags.ttl_seconds < 0) return Usage(command, "--ttl-seconds must not be negative");
+  if (flags.chunk_lines < 0) return Usage(command, "--chunk-lines must not be negative");
+  std::string text;
+  if (flags.source == "-") {
+    std::ostringstream in;
+    in << std::cin.rdbuf();
+    text = in.str();
+  } else {
+    std::ifstream in(flags.source, std::ios::binary);
+    if (!in) return Usage(command, flags.source + ": cannot open");
+    std::ostringstream read;
+    read << in.rdbuf();
+    text = read.str();
+  }
+  std::vector<v1::SessionChunk> chunks;
+  for (std::string& message : SessionMessages(text, flags.chunk_lines)) {
+    chunks.emplace_back().set_text(std::move(message));
+  }
+  if (chunks.empty()) return Usage(command, flags.source + " holds no text");
+  chunks.front().set_ttl_seconds(flags.ttl_seconds);
+  if (append) {
+    chunks.front().set_session_id(flags.id);
+  } else {
+    chunks.front().set_label(flags.label);
+  }
+  absl::StatusOr<v1::Session> session =
+      append ? client.AppendSession(std::move(chunks)) : client.CreateSession(std::move(chunks));
+  if (!session.ok()) return ReportError(command, client.options(), session.status());
+  if (flags.json) {
+    std::cout << ToJson(*session) << "\n";
+  } else {
+    PrintSession(*session);
+  }
+  return 0;
+}
+
+int RunSessionDelete(Client& client, const SessionIdFlags& flags) {
+  v1::DeleteSessionRequest request;
+  request.set_session_id(flags.id);
+  if (absl::Status s = client.DeleteSession(request); !s.ok()) {
+    return ReportError("session delete", client.options(), s);
+  }
+  std::cout << "deleted session " << flags.id << "\n";
+  return 0;
+}
+
+int RunSessionList(Client& client, const SessionListFlags& flags) {
+  absl::StatusOr<v1::ListSessionsResponse> list = client.ListSessions();
+  if (!list.ok()) return ReportError("session list", client.options(), list.status());
+  if (flags.json) {
+    std::cout << ToJson(*list) << "\n";
+    return 0;
+  }
+  for (const v1::Session& s : list->sessions()) PrintSession(s);
+  if (list->sessions().empty()) std::cout << "no sessions\n";
   return 0;
 }
 

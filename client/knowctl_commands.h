@@ -3,6 +3,7 @@
 // stdout; progress and errors go to stderr as "knowctl <command>: <message>".
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@ struct IngestFlags {
 };
 struct AskFlags {
   std::string question;
+  std::string session;    // a session's id (`session ask`); "" = none
   std::string mode;       // closed-book, mac, rag or mac+rag; "" = the daemon's default
   int top_k = 0;          // 0 = the daemon's --default-top-k
   int max_tokens = 0;     // 0 = the daemon's --default-max-tokens
@@ -44,6 +46,21 @@ struct ForgetFlags {
 struct StatsFlags {
   bool json = false;
 };
+// `session create SOURCE` and `session append ID SOURCE`.
+struct SessionWriteFlags {
+  std::string id;           // append: the session
+  std::string source;       // FILE or - (stdin)
+  std::string label;        // create: the client's label
+  int64_t ttl_seconds = 0;  // 0: the daemon's default (create) or the session's (append)
+  int chunk_lines = 0;      // lines per message (a chunk boundary); 0: the daemon splits the text
+  bool json = false;
+};
+struct SessionIdFlags {
+  std::string id;
+};
+struct SessionListFlags {
+  bool json = false;
+};
 struct LoadFlags {
   int clients = 1;
   double duration = 10;  // seconds
@@ -61,6 +78,9 @@ int RunSearch(Client& client, const SearchFlags& flags);
 int RunGet(Client& client, const GetFlags& flags);
 int RunForget(Client& client, const ForgetFlags& flags);
 int RunStats(Client& client, const StatsFlags& flags);
+int RunSessionWrite(Client& client, const SessionWriteFlags& flags, bool append);
+int RunSessionDelete(Client& client, const SessionIdFlags& flags);
+int RunSessionList(Client& client, const SessionListFlags& flags);
 // `load`: connects its own clients with `options` (one channel each).
 int RunLoad(const ClientOptions& options, const LoadFlags& flags);
 

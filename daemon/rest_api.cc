@@ -603,6 +603,83 @@ void RestApi::Register(httplib::Server& server) const {
   server.Get("/v1/stats", stats);
   server.Get(ns + "/stats", stats);
 
+  // Sessions: create from one chunk (JSON: {"text", "ttlSeconds", "label"}) or many (NDJSON, one
+  // SessionChunk per line, absorbed in order), through one CreateSession (AppendSession) stream.
+  auto session_stream = [stub](const httplib::Request& req, httplib::Response& res, bool append) {
+    std::vector<v1::SessionChunk> chunks;
+    absl::Status s;
+    if (IsNdjson(req)) {
+      int64_t line_number = 0;
+      for (absl::string_view line : absl::StrSplit(req.body, '\n')) {
+        ++line_number;
+        if (absl::StripAsciiWhitespace(line).empty()) continue;
+        s = JsonToMessage(std::string_view(line.data(), line.size()), &chunks.emplace_back());
+        if (!s.ok()) {
+          s = absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": ", s.message()));
+          break;
+        }
+      }
+      if (s.ok() && chunks.empty()) {
+        s = absl::InvalidArgumentError(
+            "the body holds no chunk: one JSON object per line, e.g. {\"text\": \"...\"}");
+      }
+    } else {
+      s = JsonToMessage(req.body.empty() ? std::string_view("{}") : req.body,
+                        &chunks.emplace_back());
+    }
+    std::string name_space;
+    for (size_t i = 0; s.ok() && i < chunks.size(); ++i) {
+      s = PathNamespace(req, chunks[i].namespace_(), &name_space);
+    }
+    if (s.ok()) {
+      chunks.front().set_namespace_(name_space);
+      if (append) chunks.front().set_session_id(req.matches[2].str());
+    }
+    grpc::ClientContext context;
+    if (s.ok()) s = Authorize(req, &context);
+    if (!s.ok()) {
+      SetError(res, s);
+      return;
+    }
+    v1::Session session;
+    std::unique_ptr<grpc::ClientWriter<v1::SessionChunk>> writer =
+        append ? stub->AppendSession(&context, &session) : stub->CreateSession(&context, &session);
+    for (const v1::SessionChunk& chunk : chunks) {
+      if (!writer->Write(chunk)) break;
+    }
+    writer->WritesDone();
+    s = FromGrpc(writer->Finish());
+    s.ok() ? SetMessage(res, session) : SetError(res, s);
+  };
+  server.Post(ns + "/sessions",
+              [session_stream](const httplib::Request& req, httplib::Response& res) {
+                session_stream(req, res, false);
+              });
+  server.Post(ns + "/sessions/([^/]+)/append",
+              [session_stream](const httplib::Request& req, httplib::Response& res) {
+                session_stream(req, res, true);
+              });
+  server.Get(ns + "/sessions", [stub](const httplib::Request& req, httplib::Response& res) {
+    v1::ListSessionsRequest request;
+    request.set_namespace_(req.matches[1].str());
+    grpc::ClientContext context;
+    v1::ListSessionsResponse response;
+    absl::Status s = Authorize(req, &context);
+    if (s.ok()) s = FromGrpc(stub->ListSessions(&context, request, &response));
+    s.ok() ? SetMessage(res, response) : SetError(res, s);
+  });
+  server.Delete(ns + "/sessions/([^/]+)",
+                [stub](const httplib::Request& req, httplib::Response& res) {
+                  v1::DeleteSessionRequest request;
+                  request.set_namespace_(req.matches[1].str());
+                  request.set_session_id(req.matches[2].str());
+                  grpc::ClientContext context;
+                  v1::DeleteSessionResponse response;
+                  absl::Status s = Authorize(req, &context);
+                  if (s.ok()) s = FromGrpc(stub->DeleteSession(&context, request, &response));
+                  s.ok() ? SetMessage(res, response) : SetError(res, s);
+                });
+
   // Ask: the final answer as one object, or with "stream": true the AskChunks as NDJSON lines
   // while they are generated. An error before the first chunk is the response's status; one
   // after it is a last {"error": ...} line.

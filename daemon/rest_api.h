@@ -9,6 +9,11 @@
 //   POST   /v1/namespaces/{ns}/ask              a question (Ask): one JSON answer, or with
 //                                              "stream": true one NDJSON line per chunk
 //   GET    /v1/stats, /v1/namespaces/{ns}/stats the bank's counts (Stats)
+//   POST   /v1/namespaces/{ns}/sessions     a session from one chunk (JSON) or many (NDJSON)
+//                                              (CreateSession)
+//   POST   /v1/namespaces/{ns}/sessions/{id}/append   more chunks (AppendSession)
+//   GET    /v1/namespaces/{ns}/sessions     the namespace's sessions (ListSessions)
+//   DELETE /v1/namespaces/{ns}/sessions/{id}   remove one (DeleteSession)
 // Every call is the gRPC call itself, made over the daemon's in-process channel to its own
 // KnowledgeService: the same bearer tokens (the Authorization header is passed on as the call's
 // metadata), request checks, roles, queues, drain and durability (an ingest result line is the

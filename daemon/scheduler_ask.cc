@@ -135,6 +135,10 @@ struct AskScheduler::Lane {
   std::string answer;
   v1::AskFinal final;
   absl::Time decode_start;
+  // The question's session update (kept between questions, its values replaced), and whether
+  // the current question has one.
+  std::unique_ptr<LowRankState> update;
+  bool with_update = false;
 };
 
 AskScheduler::AskScheduler(Transformer* model, const Tokenizer* tokenizer,
@@ -320,6 +324,28 @@ bool AskScheduler::Prepare(const std::shared_ptr<AskJob>& job, Lane* lane) {
     job->Finish(std::move(final));
     return false;
   }
+  lane->with_update = false;
+  if (job->session_state() != nullptr) {
+    if (session_factors_ == nullptr) {
+      job->Fail(absl::FailedPreconditionError("this daemon serves no session mapper"));
+      return false;
+    }
+    const std::span<const float> state(*job->session_state());
+    if (lane->update == nullptr) {
+      absl::StatusOr<std::unique_ptr<LowRankState>> created =
+          LowRankState::Create(session_factors_, state);
+      if (!created.ok()) {
+        job->Fail(created.status());
+        return false;
+      }
+      lane->update = *std::move(created);
+    } else if (absl::Status set = lane->update->Set(state); !set.ok()) {
+      job->Fail(set);
+      return false;
+    }
+    lane->with_update = true;
+    final.set_session_id(r.session_id());
+  }
   lane->cache->Clear();
   const PrefixKv& prefix = prepared->prefix;
   if (prefix.rows > 0) {
@@ -369,6 +395,7 @@ void AskScheduler::Step() {
     } else {
       steps.push_back({lane->cache.get(), lane->prompt, false});
     }
+    if (lane->with_update) steps.back().update = lane->update.get();
     active.push_back(lane);
   }
   if (steps.empty()) return;

@@ -31,6 +31,7 @@
 #include "knowd/v1/knowd.pb.h"
 #include "knowledge/ask.h"
 #include "knowledge/modulator.h"
+#include "model/low_rank.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "storage/memory_bank.h"
@@ -53,6 +54,12 @@ class AskJob {
 
   const v1::AskRequest& request() const { return request_; }
   absl::Time deadline() const { return deadline_; }
+  // A session's state (AskRequest.session_id): the engine applies it as a low-rank update
+  // (AskScheduler::SetSessionFactors) to this question's rows. Null: none. Set before Submit.
+  void set_session_state(std::shared_ptr<const std::vector<float>> state) {
+    session_state_ = std::move(state);
+  }
+  const std::shared_ptr<const std::vector<float>>& session_state() const { return session_state_; }
   absl::Time enqueued() const { return enqueued_; }
 
   // The caller went away: the engine drops the question at its next step.
@@ -72,6 +79,7 @@ class AskJob {
   void Push(Event event);
   const v1::AskRequest request_;
   const absl::Time deadline_;
+  std::shared_ptr<const std::vector<float>> session_state_;
   const absl::Time enqueued_;
   std::atomic<bool> cancelled_{false};
   std::mutex mu_;
@@ -115,6 +123,10 @@ class AskScheduler {
   ~AskScheduler();  // Stop()s
 
   absl::Status Start();
+  // The session mapper's factors (model/session_mapper.h), which a question's session state
+  // (AskJob::session_state) is applied through; null (the default): questions with a session
+  // fail. Call before Start().
+  void SetSessionFactors(const LowRankFactors* factors) { session_factors_ = factors; }
   // Refuses new work (UNAVAILABLE), fails what still waits, and joins the thread. Idempotent.
   void Stop();
 
@@ -156,6 +168,7 @@ class AskScheduler {
   storage::MemoryBank* const bank_;
   Metrics* const metrics_;
   const AskSchedulerOptions options_;
+  const LowRankFactors* session_factors_ = nullptr;
 
   BoundedQueue<std::shared_ptr<AskJob>> queue_;
   std::mutex mu_;

@@ -88,6 +88,8 @@ const std::vector<Key>& Keys() {
        "Forget calls per second one client (token, else connection) is served at; the calls "
        "past it wait their turn (0: no limit)"},
       {"drain-timeout", &ServeConfig::drain_timeout, 0, "seconds in-flight calls get at shutdown"},
+      {"session-ttl-seconds", &ServeConfig::session_ttl_seconds, 1,
+       "how long a session lives after its last write when its client names no TTL"},
       {"default-top-k", &ServeConfig::default_top_k, 1, "passages retrieved when top_k is 0"},
       {"subject-passages", &ServeConfig::subject_passages, 0,
        "rag modes: retrieved passages on the best BM25 hit's subject (an update of its fact or "

@@ -68,6 +68,7 @@ struct ServeConfig {
   // While encoder passes have taken more than their half of the engine thread, how long the
   // engine keeps them waiting after a question ends for the next one (0: not at all).
   int ask_hold_ms = 5;
+  int64_t session_ttl_seconds = 24 * 3600;  // a session's TTL when its client names none
   // Writes (documents and Forget calls) one client, i.e. one token, else one connection, may
   // have queued or in progress; past it Forgets get RESOURCE_EXHAUSTED and its Ingest streams
   // wait (0: no limit).

@@ -35,6 +35,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
 #include "knowledge/bundle.h"
+#include "model/session_mapper.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -138,7 +139,7 @@ int64_t BytesPerModulation(const storage::BankOptions& o, const Adapter* adapter
 
 std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& ingest,
                           const ForgetBatcher& forget, const AskScheduler& scheduler,
-                          storage::MemoryBank& bank) {
+                          storage::MemoryBank& bank, bool sessions) {
   std::vector<Gauge> g;
   g.push_back({"knowd_ready", "1 when serving, 0 while starting or draining", ready ? 1.0 : 0});
   g.push_back({"knowd_queue_depth{queue=\"ingest\"}", "Requests waiting in a scheduler queue",
@@ -155,6 +156,15 @@ std::vector<Gauge> Gauges(const std::atomic<bool>& ready, const IngestBatcher& i
                  static_cast<double>(stats->passages)});
     g.push_back({"knowd_bank_disk_bytes", "Bytes of the bank on disk",
                  static_cast<double>(stats->disk_bytes)});
+  }
+  if (sessions) {
+    absl::StatusOr<storage::MemoryBank::SessionTotals> totals = bank.CountSessions(absl::Now());
+    if (totals.ok()) {
+      g.push_back({"knowd_sessions", "Live sessions, every namespace",
+                   static_cast<double>(totals->sessions)});
+      g.push_back({"knowd_session_bytes", "Bytes of the live sessions' stored states",
+                   static_cast<double>(totals->state_bytes)});
+    }
   }
   return g;
 }
@@ -308,8 +318,23 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   scheduler_options.retrieval = ServedRetrieval(config, m);
   scheduler_options.defaults.fusion = m.calibration.fusion;
   scheduler_options.defaults.abstain_below = m.calibration.abstain_below;
+  // Sessions: the adapter directory's session mapper, when it has one (before the scheduler,
+  // which applies its factors and so must stop first).
+  std::unique_ptr<SessionMapper> session_mapper;
+  if (!m.adapter_path.empty()) {
+    absl::StatusOr<std::unique_ptr<SessionMapper>> loaded =
+        SessionMapper::Load(m.adapter_path, m.model.get());
+    if (loaded.ok()) {
+      session_mapper = *std::move(loaded);
+      spdlog::info("sessions: mapper {} ({} floats of state per session)",
+                   session_mapper->spec().sha256.substr(0, 16), session_mapper->state_floats());
+    } else if (!absl::IsNotFound(loaded.status())) {
+      return Fail(1, loaded.status());
+    }
+  }
   AskScheduler scheduler(m.model.get(), m.tokenizer.get(), m.modulator.get(), bank->get(), &metrics,
                          scheduler_options);
+  if (session_mapper != nullptr) scheduler.SetSessionFactors(&session_mapper->factors());
   if (absl::Status s = scheduler.Start(); !s.ok()) return Fail(1, s);
   IngestOptions ingest_options;
   ingest_options.max_batch = config.ingest_max_batch;
@@ -322,7 +347,9 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   ForgetBatcher forget(bank->get(), &scheduler, &metrics, forget_options);
   forget.Start();
   storage::MemoryBank* bank_ptr = bank->get();
-  metrics.SetGaugeSource([&] { return Gauges(ready, ingest, forget, scheduler, *bank_ptr); });
+  metrics.SetGaugeSource([&] {
+    return Gauges(ready, ingest, forget, scheduler, *bank_ptr, session_mapper != nullptr);
+  });
 
   ServiceInfo info;
   info.model = m.model_path;
@@ -346,6 +373,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                                    config.client_forgets_per_second);
   KnowledgeServiceImpl service(&scheduler, &ingest, &forget, bank->get(), m.tokenizer.get(), &auth,
                                &metrics, info, limits, &client_writes);
+  service.SetSessions(session_mapper.get(), config.session_ttl_seconds);
 
   // Scale-out: writes go through the cluster log, and this replica applies its shard's entries.
   std::unique_ptr<ClusterLog> cluster;
@@ -420,6 +448,24 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   // A replica is ready once it has applied what its shard's log held (a router then sends it
   // reads that see every acknowledged write); a single daemon at once.
   std::atomic<bool> stopping{false};
+  // Expired sessions are gone for every call at once; this removes their records, each minute.
+  std::thread session_sweeper;
+  if (session_mapper != nullptr) {
+    session_sweeper = std::thread([&] {
+      absl::Time next = absl::Now() + absl::Minutes(1);
+      while (!stopping.load()) {
+        absl::SleepFor(absl::Milliseconds(200));
+        if (absl::Now() < next) continue;
+        next = absl::Now() + absl::Minutes(1);
+        absl::StatusOr<int> swept = bank_ptr->SweepSessions(absl::Now());
+        if (!swept.ok()) {
+          spdlog::warn("sessions: sweeping expired ones failed: {}", swept.status().ToString());
+        } else if (*swept > 0) {
+          spdlog::info("sessions: removed {} expired", *swept);
+        }
+      }
+    });
+  }
   std::thread readiness;
   if (cluster == nullptr) {
     ready = true;
@@ -456,6 +502,7 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                config.drain_timeout);
   stopping = true;
   if (readiness.joinable()) readiness.join();
+  if (session_sweeper.joinable()) session_sweeper.join();
   ready = false;
   server->GetHealthCheckService()->SetServingStatus(false);
   // New calls get UNAVAILABLE and open Ingest streams take no new document; in-flight calls may

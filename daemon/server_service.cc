@@ -5,10 +5,12 @@
 #include <deque>
 #include <future>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
@@ -393,7 +395,17 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
   KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kRead));
   KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   KNOWD_RETURN_IF_ERROR(WaitForLog(request.min_log_sequence(), deadline, nullptr));
-  if (request.mode() != v1::ASK_MODE_CLOSED_BOOK) {
+  // A session alone (no memory mode named) answers under the plain question prompt.
+  const bool session_only =
+      !request.session_id().empty() &&
+      (request.mode() == v1::ASK_MODE_UNSPECIFIED || request.mode() == v1::ASK_MODE_CLOSED_BOOK);
+  std::shared_ptr<const std::vector<float>> session_state;
+  if (!request.session_id().empty()) {
+    KNOWD_RETURN_IF_ERROR(CheckSessionsServed());
+    KNOWD_ASSIGN_OR_RETURN(storage::Session session, LoadSession(name_space, request.session_id()));
+    session_state = std::make_shared<const std::vector<float>>(std::move(session.state));
+  }
+  if (request.mode() != v1::ASK_MODE_CLOSED_BOOK && !session_only) {
     // Memory in a namespace that holds nothing is a mistake (a typo, a wrong tenant), not a
     // question to answer from the model's own weights.
     absl::StatusOr<storage::ScanPage> first = bank_->Scan(name_space, "", 1);
@@ -406,8 +418,10 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
   }
   v1::AskRequest resolved = request;
   resolved.set_namespace_(name_space);
+  if (session_only) resolved.set_mode(v1::ASK_MODE_CLOSED_BOOK);
 
   auto job = std::make_shared<AskJob>(std::move(resolved), deadline);
+  job->set_session_state(std::move(session_state));
   KNOWD_RETURN_IF_ERROR(scheduler_->Submit(job));
   return job;
 }
@@ -776,6 +790,209 @@ int64_t KnowledgeServiceImpl::MedianPassageTokens() {
   if (tokens.empty()) return 0;
   std::nth_element(tokens.begin(), tokens.begin() + tokens.size() / 2, tokens.end());
   return tokens[tokens.size() / 2];
+}
+
+// ---- Sessions ----------------------------------------------------------------------------
+
+namespace {
+
+constexpr size_t kMaxSessionIdBytes = 256;
+constexpr size_t kMaxSessionLabelBytes = 256;
+
+// 128 random bits in hex: ids are unguessable, so one is as good as a capability within its
+// namespace.
+std::string NewSessionId() {
+  static std::mutex mu;
+  static std::mt19937_64 rng(std::random_device{}());
+  uint64_t words[2];
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    words[0] = rng();
+    words[1] = rng();
+  }
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(words), sizeof(words)));
+}
+
+absl::Status CheckSessionId(std::string_view id) {
+  if (id.empty()) return absl::InvalidArgumentError("session_id is empty");
+  if (id.size() > kMaxSessionIdBytes || !IsValidUtf8(id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session_id must be 1..", kMaxSessionIdBytes, " bytes of UTF-8"));
+  }
+  return absl::OkStatus();
+}
+
+void ToProto(const storage::Session& s, v1::Session* out) {
+  out->set_id(s.id);
+  out->set_namespace_(s.name_space);
+  out->set_label(s.label);
+  out->set_state_bytes(s.state_bytes);
+  out->set_chunks(s.chunks);
+  out->set_tokens(s.tokens);
+  out->set_created_unix(UnixSeconds(s.created));
+  out->set_updated_unix(UnixSeconds(s.updated));
+  const std::optional<absl::Time> expires = s.expires();
+  out->set_expires_unix(expires.has_value() ? UnixSeconds(*expires) : 0);
+  out->set_mapper_sha256(s.mapper_sha256);
+}
+
+}  // namespace
+
+absl::Status KnowledgeServiceImpl::CheckSessionsServed() const {
+  if (sessions_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "this bundle has no session mapper (adapter/session_mapper.json); train one with "
+        "knowd-train session");
+  }
+  if (cluster_ != nullptr) {
+    return absl::FailedPreconditionError(
+        "sessions are kept by a single daemon; a cluster (--cluster-nats) does not serve them");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<storage::Session> KnowledgeServiceImpl::LoadSession(std::string_view name_space,
+                                                                   std::string_view id) {
+  KNOWD_RETURN_IF_ERROR(CheckSessionId(id));
+  KNOWD_ASSIGN_OR_RETURN(storage::Session session, bank_->GetSession(name_space, id, absl::Now()));
+  if (session.mapper_sha256 != sessions_->spec().sha256 ||
+      static_cast<int64_t>(session.state.size()) != sessions_->state_floats()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session '", std::string(id), "' was absorbed by another session mapper (",
+        session.mapper_sha256, ") than the one this daemon serves (", sessions_->spec().sha256,
+        "); its state means nothing to this one: delete it and create the session again"));
+  }
+  return session;
+}
+
+grpc::Status KnowledgeServiceImpl::CreateSession(grpc::ServerContext* context,
+                                                 grpc::ServerReader<v1::SessionChunk>* reader,
+                                                 v1::Session* response) {
+  const absl::Time start = absl::Now();
+  CallGuard call(this);
+  return FinishRpc(
+      metrics_, "CreateSession", start, context,
+      call.admitted() ? DoSessionStream(context, reader, false, response) : call.refusal());
+}
+
+grpc::Status KnowledgeServiceImpl::AppendSession(grpc::ServerContext* context,
+                                                 grpc::ServerReader<v1::SessionChunk>* reader,
+                                                 v1::Session* response) {
+  const absl::Time start = absl::Now();
+  CallGuard call(this);
+  return FinishRpc(
+      metrics_, "AppendSession", start, context,
+      call.admitted() ? DoSessionStream(context, reader, true, response) : call.refusal());
+}
+
+absl::Status KnowledgeServiceImpl::DoSessionStream(grpc::ServerContext* context,
+                                                   grpc::ServerReader<v1::SessionChunk>* reader,
+                                                   bool append, v1::Session* response) {
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
+  v1::SessionChunk chunk;
+  if (!reader->Read(&chunk)) {
+    return absl::InvalidArgumentError("the stream held no chunk: send at least one text");
+  }
+  std::string name_space;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(chunk.namespace_(), &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kWrite));
+  KNOWD_RETURN_IF_ERROR(CheckSessionsServed());
+  if (chunk.ttl_seconds() < 0) return absl::InvalidArgumentError("ttl_seconds is negative");
+  const absl::Time now = absl::Now();
+  storage::Session session;
+  if (append) {
+    KNOWD_ASSIGN_OR_RETURN(session, LoadSession(name_space, chunk.session_id()));
+  } else {
+    if (chunk.label().size() > kMaxSessionLabelBytes || !IsValidUtf8(chunk.label())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("label must be at most ", kMaxSessionLabelBytes, " bytes of UTF-8"));
+    }
+    session.name_space = name_space;
+    session.id = NewSessionId();
+    session.label = chunk.label();
+    session.mapper_sha256 = sessions_->spec().sha256;
+    session.state.assign(static_cast<size_t>(sessions_->state_floats()), 0.0f);
+    session.created = now;
+    session.ttl_seconds = session_ttl_seconds_;
+  }
+  if (chunk.ttl_seconds() > 0) session.ttl_seconds = chunk.ttl_seconds();
+  // Each message's text is absorbed as it arrives (its chunks on the engine thread, between
+  // questions), so a long context never sits in memory whole; the state is stored once, at the
+  // end, so a stream that fails part way stores nothing.
+  const int max_chunk_tokens = sessions_->spec().max_chunk_tokens;
+  SessionMapper* mapper = sessions_;
+  int64_t message = 0;
+  do {
+    if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
+    KNOWD_RETURN_IF_ERROR(CheckText(absl::StrCat("text of message ", message), chunk.text(),
+                                    limits_.max_document_bytes));
+    std::vector<std::vector<int32_t>> pieces =
+        SessionChunks(*tokenizer_, chunk.text(), max_chunk_tokens);
+    if (pieces.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("text of message ", message, " holds no tokens"));
+    }
+    std::vector<float>* state = &session.state;
+    KNOWD_RETURN_IF_ERROR(scheduler_->RunOnEngineThread(
+        [mapper, &pieces, state] { return mapper->Absorb(pieces, state); }));
+    session.chunks += static_cast<int64_t>(pieces.size());
+    for (const std::vector<int32_t>& piece : pieces) {
+      session.tokens += static_cast<int64_t>(piece.size());
+    }
+    ++message;
+  } while (reader->Read(&chunk));
+  session.updated = absl::Now();
+  absl::Status stored = bank_->PutSession(&session, session.updated);
+  if (absl::IsAlreadyExists(stored)) {
+    return absl::InternalError("a new session id collided with a live one; retry");
+  }
+  KNOWD_RETURN_IF_ERROR(stored);
+  ToProto(session, response);
+  return absl::OkStatus();
+}
+
+grpc::Status KnowledgeServiceImpl::DeleteSession(grpc::ServerContext* context,
+                                                 const v1::DeleteSessionRequest* request,
+                                                 v1::DeleteSessionResponse* /*response*/) {
+  const absl::Time start = absl::Now();
+  CallGuard call(this);
+  return FinishRpc(metrics_, "DeleteSession", start, context,
+                   call.admitted() ? DoDeleteSession(context, *request) : call.refusal());
+}
+
+absl::Status KnowledgeServiceImpl::DoDeleteSession(grpc::ServerContext* context,
+                                                   const v1::DeleteSessionRequest& request) {
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
+  std::string name_space;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kWrite));
+  KNOWD_RETURN_IF_ERROR(CheckSessionsServed());
+  KNOWD_RETURN_IF_ERROR(CheckSessionId(request.session_id()));
+  return bank_->DeleteSession(name_space, request.session_id(), absl::Now());
+}
+
+grpc::Status KnowledgeServiceImpl::ListSessions(grpc::ServerContext* context,
+                                                const v1::ListSessionsRequest* request,
+                                                v1::ListSessionsResponse* response) {
+  const absl::Time start = absl::Now();
+  CallGuard call(this);
+  return FinishRpc(metrics_, "ListSessions", start, context,
+                   call.admitted() ? DoListSessions(context, *request, response) : call.refusal());
+}
+
+absl::Status KnowledgeServiceImpl::DoListSessions(grpc::ServerContext* context,
+                                                  const v1::ListSessionsRequest& request,
+                                                  v1::ListSessionsResponse* response) {
+  KNOWD_ASSIGN_OR_RETURN(Grant grant, Authenticate(context));
+  std::string name_space;
+  KNOWD_RETURN_IF_ERROR(ResolveNamespace(request.namespace_(), &name_space));
+  KNOWD_RETURN_IF_ERROR(CheckGrant(grant, name_space, Role::kRead));
+  KNOWD_RETURN_IF_ERROR(CheckSessionsServed());
+  KNOWD_ASSIGN_OR_RETURN(std::vector<storage::Session> sessions,
+                         bank_->ListSessions(name_space, absl::Now()));
+  for (const storage::Session& s : sessions) ToProto(s, response->add_sessions());
+  return absl::OkStatus();
 }
 
 }  // namespace knowd

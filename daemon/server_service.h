@@ -27,6 +27,7 @@
 #include "daemon/scheduler_ingest.h"
 #include "grpcpp/grpcpp.h"
 #include "knowd/v1/knowd.grpc.pb.h"
+#include "model/session_mapper.h"
 #include "model/tokenizer.h"
 #include "storage/memory_bank.h"
 
@@ -106,6 +107,13 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   // Scale-out (daemon/cluster_log.h): from now on writes go through `cluster`'s log, namespaces
   // of other shards are refused, and reads may wait for a log position. Call before serving.
   void SetCluster(ClusterLog* cluster) { cluster_ = cluster; }
+  // Sessions (CreateSession ... ListSessions, AskRequest.session_id) through `mapper` (null: the
+  // bundle has none, and session calls get FAILED_PRECONDITION); `default_ttl_seconds` is a
+  // session's TTL when its client names none. Call before serving.
+  void SetSessions(SessionMapper* mapper, int64_t default_ttl_seconds) {
+    sessions_ = mapper;
+    session_ttl_seconds_ = default_ttl_seconds;
+  }
   // Applies entries of the cluster log to this replica's bank, in order, through the same
   // batchers as a single daemon's writes (daemon/server_cluster.cc). The ClusterLog's Applier.
   absl::Status ApplyLogRecords(std::span<const LogRecord> records);
@@ -122,6 +130,16 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
                       v1::ForgetResponse* response) override;
   grpc::Status Stats(grpc::ServerContext* context, const v1::StatsRequest* request,
                      v1::StatsResponse* response) override;
+  grpc::Status CreateSession(grpc::ServerContext* context,
+                             grpc::ServerReader<v1::SessionChunk>* reader,
+                             v1::Session* response) override;
+  grpc::Status AppendSession(grpc::ServerContext* context,
+                             grpc::ServerReader<v1::SessionChunk>* reader,
+                             v1::Session* response) override;
+  grpc::Status DeleteSession(grpc::ServerContext* context, const v1::DeleteSessionRequest* request,
+                             v1::DeleteSessionResponse* response) override;
+  grpc::Status ListSessions(grpc::ServerContext* context, const v1::ListSessionsRequest* request,
+                            v1::ListSessionsResponse* response) override;
 
  private:
   absl::Status DoIngest(grpc::ServerContext* context,
@@ -136,6 +154,19 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
                         v1::ForgetResponse* response);
   absl::Status DoStats(grpc::ServerContext* context, const v1::StatsRequest& request,
                        v1::StatsResponse* response);
+  // CreateSession (append = false) and AppendSession.
+  absl::Status DoSessionStream(grpc::ServerContext* context,
+                               grpc::ServerReader<v1::SessionChunk>* reader, bool append,
+                               v1::Session* response);
+  absl::Status DoDeleteSession(grpc::ServerContext* context,
+                               const v1::DeleteSessionRequest& request);
+  absl::Status DoListSessions(grpc::ServerContext* context, const v1::ListSessionsRequest& request,
+                              v1::ListSessionsResponse* response);
+  // FAILED_PRECONDITION when the bundle has no session mapper; the cluster's refusal.
+  absl::Status CheckSessionsServed() const;
+  // The stored session `id` of `name_space`, checked against the mapper: NOT_FOUND when unknown
+  // or expired, FAILED_PRECONDITION when another mapper wrote it.
+  absl::StatusOr<storage::Session> LoadSession(std::string_view name_space, std::string_view id);
 
   // The checks and queueing that StartAsk describes, shared by gRPC's Ask and StartAsk.
   absl::StatusOr<std::shared_ptr<AskJob>> SubmitAsk(std::optional<std::string_view> authorization,
@@ -198,6 +229,8 @@ class KnowledgeServiceImpl final : public v1::KnowledgeService::Service {
   std::set<IngestStream*> ingest_streams_;
 
   ClusterLog* cluster_ = nullptr;
+  SessionMapper* sessions_ = nullptr;
+  int64_t session_ttl_seconds_ = 24 * 3600;
   // Outcomes of Forgets applied from the log, by sequence, until the call that published each
   // takes its own (bounded: an abandoned one is dropped when full).
   std::mutex forget_outcomes_mu_;

@@ -48,6 +48,11 @@ const std::vector<std::string> kCommands = {"knowd serve",
                                             "knowctl get",
                                             "knowctl forget",
                                             "knowctl stats",
+                                            "knowctl session create",
+                                            "knowctl session append",
+                                            "knowctl session ask",
+                                            "knowctl session delete",
+                                            "knowctl session list",
                                             "knowctl load"};
 
 // "knowctl ask" -> the command line that runs it.
@@ -200,6 +205,7 @@ TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {
                                           "--client-writes-in-flight",
                                           "--client-forgets-per-second",
                                           "--drain-timeout",
+                                          "--session-ttl-seconds",
                                           "--default-top-k",
                                           "--subject-passages",
                                           "--default-max-tokens",
@@ -237,6 +243,20 @@ TEST(CliHelp, KnowctlAskListsExactlyItsFlags) {
   EXPECT_THAT(help.out, HasSubstr("--top-k INT=0"));
 }
 
+TEST(CliHelp, KnowctlSessionCommandsListExactlyTheirFlags) {
+  CommandResult help = RunCommand(kKnowctl + " session create --help");
+  ASSERT_EQ(help.exit_code, 0) << help.out;
+  EXPECT_EQ(FlagsOfHelp(help.out), (Flags{"--label", "--ttl-seconds", "--chunk-lines", "--json"}))
+      << help.out;
+  EXPECT_THAT(help.out, HasSubstr("--chunk-lines INT=0"));
+  help = RunCommand(kKnowctl + " session append --help");
+  ASSERT_EQ(help.exit_code, 0) << help.out;
+  EXPECT_EQ(FlagsOfHelp(help.out), (Flags{"--ttl-seconds", "--chunk-lines", "--json"})) << help.out;
+  help = RunCommand(kKnowctl + " session ask --help");
+  ASSERT_EQ(help.exit_code, 0) << help.out;
+  EXPECT_EQ(FlagsOfHelp(help.out), (Flags{"--mode", "--max-tokens", "--json"})) << help.out;
+}
+
 TEST(CliHelp, AFlagOfAnotherCommandIsRefusedNamingBoth) {
   CommandResult r = RunCommand(kKnowd + " eval --entries 5", /*with_stderr=*/true);
   EXPECT_EQ(r.exit_code, 2);
@@ -255,7 +275,9 @@ TEST(CliHelp, AFlagOfAnotherCommandIsRefusedNamingBoth) {
       r.out, HasSubstr("knowd bench peak: unknown flag --entries (a flag of knowd bench storage)"));
   r = RunCommand(kKnowctl + " stats --mode mac", true);
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.out, HasSubstr("knowctl stats: unknown flag --mode (a flag of knowctl ask)"));
+  EXPECT_THAT(
+      r.out,
+      HasSubstr("knowctl stats: unknown flag --mode (a flag of knowctl ask, knowctl session ask)"));
   r = RunCommand(kKnowd + " generate --no-such-flag", true);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.out, HasSubstr("knowd generate: unknown flag --no-such-flag;"));

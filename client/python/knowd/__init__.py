@@ -36,6 +36,7 @@ from knowd.types import (  # noqa: E402
     NamespaceStats,
     Passage,
     SearchResult,
+    Session,
     Stats,
     Timings,
 )
@@ -46,5 +47,5 @@ __all__ = [
     "Answer", "AskStream", "AsyncAskStream", "AsyncClient", "Client", "DeadlineExceeded", "Doc",
     "Document", "ForgetResult", "IngestResult", "InvalidArgument", "KnowdError",
     "NamespaceStats", "NotFound", "Passage", "PermissionDenied", "ResourceExhausted",
-    "SearchResult", "Stats", "Timings", "Unauthenticated", "Unavailable",
+    "SearchResult", "Session", "Stats", "Timings", "Unauthenticated", "Unavailable",
 ]

@@ -1,7 +1,7 @@
 """Between the package's types and the proto messages (shared by Client and AsyncClient)."""
 from knowd.errors import error_of
 from knowd.types import (Answer, Doc, Document, ForgetResult, IngestResult, NamespaceStats,
-                         Passage, SearchResult, Stats, Timings)
+                         Passage, SearchResult, Session, Stats, Timings)
 
 try:
     from knowd.v1 import knowd_pb2 as pb
@@ -89,12 +89,36 @@ def ingest_result(ack):
 
 
 def ask_request(question, namespace, mode_name, top_k, rag_passages, retrieval_name, max_tokens,
-                temperature, top_p, seed, stream, explain):
+                temperature, top_p, seed, stream, explain, session_id=None):
     return pb.AskRequest(
         namespace=utf8(namespace, "namespace"), question=utf8(question, "question"),
         mode=mode(mode_name), top_k=top_k, rag_passages=rag_passages,
         retrieval=retrieval(retrieval_name), max_tokens=max_tokens, temperature=temperature,
-        top_p=top_p, seed=seed, stream=stream, explain=explain)
+        top_p=top_p, seed=seed, stream=stream, explain=explain,
+        session_id=utf8(session_id or "", "session_id"))
+
+
+def session_chunks(texts, namespace, session_id="", ttl_seconds=0, label=""):
+    """The SessionChunk messages of a CreateSession/AppendSession stream: one per text (a str is
+    one text), the first with the namespace, session id, TTL and label."""
+    if isinstance(texts, (str, bytes)):
+        texts = [texts]
+    chunks = [pb.SessionChunk(text=utf8(t, "text")) for t in texts]
+    if not chunks:
+        raise ValueError("a session needs at least one text")
+    first = chunks[0]
+    first.namespace = utf8(namespace, "namespace")
+    first.session_id = utf8(session_id, "session_id")
+    first.ttl_seconds = ttl_seconds
+    first.label = utf8(label, "label")
+    return chunks
+
+
+def session(s):
+    return Session(id=s.id, namespace=s.namespace, label=s.label, state_bytes=s.state_bytes,
+                   chunks=s.chunks, tokens=s.tokens, created_unix=s.created_unix,
+                   updated_unix=s.updated_unix, expires_unix=s.expires_unix,
+                   mapper_sha256=s.mapper_sha256)
 
 
 def passage(p):
@@ -112,7 +136,8 @@ def answer(final):
         timings=Timings(t.queue_ms, t.retrieval_ms, t.modulation_ms, t.prefill_ms, t.decode_ms,
                         t.total_ms, t.prompt_tokens, t.generated_tokens),
         metadata_trimmed=final.metadata_trimmed,
-        prompt=final.explain.prompt if final.HasField("explain") else None)
+        prompt=final.explain.prompt if final.HasField("explain") else None,
+        session_id=final.session_id)
 
 
 def search_result(response):

@@ -97,26 +97,27 @@ class AsyncClient:
         return results[0]
 
     def _ask(self, question, namespace, mode, top_k, rag_passages, retrieval, max_tokens,
-             temperature, top_p, seed, stream, explain, timeout):
+             temperature, top_p, seed, stream, explain, timeout, session_id=None):
         request = c.ask_request(question, self._ns(namespace), mode, top_k, rag_passages,
-                                retrieval, max_tokens, temperature, top_p, seed, stream, explain)
+                                retrieval, max_tokens, temperature, top_p, seed, stream, explain,
+                                session_id)
         return AsyncAskStream(self._stub.Ask(request, timeout=self._timeout(timeout),
                                              metadata=c.routed(self._metadata, request.namespace)))
 
     async def ask(self, question, mode=None, namespace=None, top_k=0, rag_passages=0,
                   retrieval=None, max_tokens=0, temperature=0.0, top_p=0.0, seed=0,
-                  explain=False, timeout=None):
+                  explain=False, timeout=None, session_id=None):
         stream = self._ask(question, namespace, mode, top_k, rag_passages, retrieval, max_tokens,
-                           temperature, top_p, seed, False, explain, timeout)
+                           temperature, top_p, seed, False, explain, timeout, session_id)
         async for _ in stream:
             pass
         return stream.answer
 
     def ask_stream(self, question, mode=None, namespace=None, top_k=0, rag_passages=0,
                    retrieval=None, max_tokens=0, temperature=0.0, top_p=0.0, seed=0,
-                   explain=False, timeout=None):
+                   explain=False, timeout=None, session_id=None):
         return self._ask(question, namespace, mode, top_k, rag_passages, retrieval, max_tokens,
-                         temperature, top_p, seed, True, explain, timeout)
+                         temperature, top_p, seed, True, explain, timeout, session_id)
 
     async def search(self, query, top_k=0, retrieval=None, namespace=None, timeout=None):
         request = c.pb.SearchRequest(namespace=c.utf8(self._ns(namespace), "namespace"),
@@ -137,3 +138,29 @@ class AsyncClient:
     async def stats(self, namespace=None, timeout=None):
         request = c.pb.StatsRequest(namespace=c.utf8(namespace or "", "namespace"))
         return c.stats(await self._unary(self._stub.Stats, request, timeout))
+
+    async def _session_stream(self, method, chunks, timeout):
+        try:
+            return c.session(await method(iter(chunks), timeout=self._timeout(timeout),
+                                          metadata=c.routed(self._metadata, chunks[0].namespace)))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def create_session(self, texts, ttl_seconds=0, label="", namespace=None, timeout=None):
+        chunks = c.session_chunks(texts, self._ns(namespace), "", ttl_seconds, label)
+        return await self._session_stream(self._stub.CreateSession, chunks, timeout)
+
+    async def append_session(self, session_id, texts, ttl_seconds=0, namespace=None,
+                             timeout=None):
+        chunks = c.session_chunks(texts, self._ns(namespace), session_id, ttl_seconds)
+        return await self._session_stream(self._stub.AppendSession, chunks, timeout)
+
+    async def delete_session(self, session_id, namespace=None, timeout=None):
+        request = c.pb.DeleteSessionRequest(namespace=c.utf8(self._ns(namespace), "namespace"),
+                                            session_id=c.utf8(session_id, "session_id"))
+        await self._unary(self._stub.DeleteSession, request, timeout)
+
+    async def list_sessions(self, namespace=None, timeout=None):
+        request = c.pb.ListSessionsRequest(namespace=c.utf8(self._ns(namespace), "namespace"))
+        response = await self._unary(self._stub.ListSessions, request, timeout)
+        return [c.session(s) for s in response.sessions]

@@ -101,17 +101,21 @@ class Client:
         return results[0]
 
     def _ask_request(self, question, namespace, mode, top_k, rag_passages, retrieval,
-                     max_tokens, temperature, top_p, seed, stream, explain):
+                     max_tokens, temperature, top_p, seed, stream, explain, session_id=None):
         return c.ask_request(question, self._ns(namespace), mode, top_k, rag_passages, retrieval,
-                             max_tokens, temperature, top_p, seed, stream, explain)
+                             max_tokens, temperature, top_p, seed, stream, explain, session_id)
 
     def ask(self, question, mode=None, namespace=None, top_k=0, rag_passages=0, retrieval=None,
-            max_tokens=0, temperature=0.0, top_p=0.0, seed=0, explain=False, timeout=None):
+            max_tokens=0, temperature=0.0, top_p=0.0, seed=0, explain=False, timeout=None,
+            session_id=None):
         """Answers `question`; returns the Answer. mode: "closed-book", "mac", "rag", "mac+rag"
         (None: the daemon's default); retrieval: "dense", "lexical", "hybrid" (None: the
-        daemon's default); 0 for a number means the daemon's default."""
+        daemon's default); 0 for a number means the daemon's default. session_id: a session
+        (create_session) whose update the answer is generated under; alone (mode None) the
+        session answers by itself."""
         request = self._ask_request(question, namespace, mode, top_k, rag_passages, retrieval,
-                                    max_tokens, temperature, top_p, seed, False, explain)
+                                    max_tokens, temperature, top_p, seed, False, explain,
+                                    session_id)
         stream = AskStream(self._stub.Ask(request, timeout=self._timeout(timeout),
                                           metadata=c.routed(self._metadata, request.namespace)))
         for _ in stream:
@@ -151,3 +155,34 @@ class Client:
         read), and what the daemon serves."""
         request = c.pb.StatsRequest(namespace=c.utf8(namespace or "", "namespace"))
         return c.stats(self._unary(self._stub.Stats, request, timeout))
+
+    def _session_stream(self, method, chunks, timeout):
+        try:
+            return c.session(method(iter(chunks), timeout=self._timeout(timeout),
+                                    metadata=c.routed(self._metadata, chunks[0].namespace)))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def create_session(self, texts, ttl_seconds=0, label="", namespace=None, timeout=None):
+        """Absorbs `texts` (a str, or chunks in order: each ends a chunk) into a new session;
+        returns its Session. ttl_seconds: how long it lives after its last write (0: the
+        daemon's default)."""
+        chunks = c.session_chunks(texts, self._ns(namespace), "", ttl_seconds, label)
+        return self._session_stream(self._stub.CreateSession, chunks, timeout)
+
+    def append_session(self, session_id, texts, ttl_seconds=0, namespace=None, timeout=None):
+        """Absorbs more text into a session; returns the Session (the same state_bytes)."""
+        chunks = c.session_chunks(texts, self._ns(namespace), session_id, ttl_seconds)
+        return self._session_stream(self._stub.AppendSession, chunks, timeout)
+
+    def delete_session(self, session_id, namespace=None, timeout=None):
+        """Removes a session; raises NotFound when it is unknown or expired."""
+        request = c.pb.DeleteSessionRequest(namespace=c.utf8(self._ns(namespace), "namespace"),
+                                            session_id=c.utf8(session_id, "session_id"))
+        self._unary(self._stub.DeleteSession, request, timeout)
+
+    def list_sessions(self, namespace=None, timeout=None):
+        """The namespace's live sessions (a list of Session, by id)."""
+        request = c.pb.ListSessionsRequest(namespace=c.utf8(self._ns(namespace), "namespace"))
+        response = self._unary(self._stub.ListSessions, request, timeout)
+        return [c.session(s) for s in response.sessions]

@@ -73,6 +73,7 @@ class Answer:
     timings: Timings
     metadata_trimmed: bool = False
     prompt: Optional[str] = None  # what the model read, when asked with explain=True
+    session_id: str = ""  # the session whose update the answer was generated under
 
 
 @dataclass
@@ -128,3 +129,20 @@ class Stats:
     uptime_seconds: float
     kv_bytes_per_median_passage: int
     recovery_warning: str = ""
+
+
+@dataclass
+class Session:
+    """A session: a context absorbed into a constant-size state (state_bytes, whatever its
+    length) that the model applies under questions asked with its id. expires_unix 0: never."""
+
+    id: str
+    namespace: str
+    label: str
+    state_bytes: int
+    chunks: int
+    tokens: int
+    created_unix: int
+    updated_unix: int
+    expires_unix: int
+    mapper_sha256: str
