@@ -933,9 +933,18 @@ absl::Status KnowledgeServiceImpl::DoSessionStream(grpc::ServerContext* context,
       return absl::InvalidArgumentError(
           absl::StrCat("text of message ", message, " holds no tokens"));
     }
+    // A few chunks per engine task, so a long message shares the engine with the questions
+    // that arrive meanwhile instead of holding it for its whole length.
+    constexpr size_t kChunksPerTask = 16;
     std::vector<float>* state = &session.state;
-    KNOWD_RETURN_IF_ERROR(scheduler_->RunOnEngineThread(
-        [mapper, &pieces, state] { return mapper->Absorb(pieces, state); }));
+    for (size_t begin = 0; begin < pieces.size(); begin += kChunksPerTask) {
+      const std::span<const std::vector<int32_t>> group =
+          std::span<const std::vector<int32_t>>(pieces).subspan(
+              begin, std::min(kChunksPerTask, pieces.size() - begin));
+      KNOWD_RETURN_IF_ERROR(scheduler_->RunOnEngineThread(
+          [mapper, group, state] { return mapper->Absorb(group, state); }));
+      if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
+    }
     session.chunks += static_cast<int64_t>(pieces.size());
     for (const std::vector<int32_t>& piece : pieces) {
       session.tokens += static_cast<int64_t>(piece.size());

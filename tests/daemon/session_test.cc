@@ -373,6 +373,95 @@ TEST_F(SessionTest, AnswersAsTheEngineDoesAndAppendListDeleteWork) {
   EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
 }
 
+// Questions with different sessions and none, asked at once, share the engine's batches (each
+// lane its own update, or none) and each still gets its own answer.
+TEST_F(SessionTest, ConcurrentQuestionsWithDifferentSessionsKeepTheirOwnAnswers) {
+  if (std::getenv("KNOWD_TEST_ADAPTER")) GTEST_SKIP() << "this test brings its own adapter";
+  std::unique_ptr<DaemonProcess> daemon =
+      StartServingOrFail(Data("data-batch"), {"--adapter", adapter(), "--ask-max-batch", "8"});
+  ASSERT_NE(daemon, nullptr);
+  auto c = Connect(Options(*daemon));
+  Engine& engine = Engine::Get();
+  SessionMapper& mapper = engine.Mapper(adapter());
+  const std::vector<std::vector<std::string>> contexts = {
+      kFirstMessages, {Demonstrations(20, 8)}, {Demonstrations(40, 16)}};
+  std::vector<std::string> ids;
+  for (const auto& context : contexts) {
+    absl::StatusOr<v1::Session> s = c->CreateSession(Chunks(context));
+    ASSERT_TRUE(s.ok()) << s.status();
+    ids.push_back(s->id());
+  }
+  ids.push_back("");  // closed-book, no session
+  // Each (session, question) pair asked by 12 threads at once, twice over.
+  std::vector<std::pair<size_t, size_t>> asks;
+  for (int round = 0; round < 2; ++round) {
+    for (size_t s = 0; s < ids.size(); ++s) {
+      for (size_t q = 0; q < kQuestions.size(); ++q) asks.emplace_back(s, q);
+    }
+  }
+  std::vector<absl::StatusOr<v1::AskFinal>> answers(asks.size(), absl::UnknownError("not asked"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < asks.size(); ++i) {
+    threads.emplace_back([&, i] {
+      auto own = Connect(Options(*daemon));
+      answers[i] =
+          AskWith(*own, ids[asks[i].first], kQuestions[asks[i].second],
+                  ids[asks[i].first].empty() ? v1::ASK_MODE_CLOSED_BOOK : v1::ASK_MODE_UNSPECIFIED);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // A zero state is no update: closed-book's answer.
+  std::map<std::pair<size_t, size_t>, std::string> expected;
+  for (size_t s = 0; s < ids.size(); ++s) {
+    const std::vector<float> state = s < contexts.size()
+                                         ? engine.State(mapper, contexts[s])
+                                         : std::vector<float>(mapper.state_floats(), 0.0f);
+    for (size_t q = 0; q < kQuestions.size(); ++q) {
+      expected[{s, q}] = engine.Answer(mapper, state, kQuestions[q]);
+    }
+  }
+  for (size_t i = 0; i < asks.size(); ++i) {
+    ASSERT_TRUE(answers[i].ok()) << answers[i].status();
+    EXPECT_EQ(answers[i]->answer(), expected[asks[i]])
+        << "session " << asks[i].first << ", question " << asks[i].second;
+  }
+  // And they did share forward passes: more sequences than passes.
+  const std::string metrics = HttpGet(daemon->http_target(), "/metrics").body;
+  auto value = [&](const std::string& name) {
+    const size_t at = metrics.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::stod(metrics.substr(at + name.size() + 2));
+  };
+  EXPECT_GT(value("knowd_ask_batch_sequences_sum"), value("knowd_ask_batch_sequences_count"))
+      << metrics;
+  EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
+// The shipped bundle's own session mapper, when it has one: the daemon serves it by default and
+// answers as the engine does.
+TEST_F(SessionTest, TheBundlesTrainedMapperAnswersAsTheEngineDoes) {
+  const std::string shipped = kTinyModel + "/adapter";
+  if (!fs::exists(shipped + "/session_mapper.json") || std::getenv("KNOWD_TEST_ADAPTER")) {
+    GTEST_SKIP() << "knowd-tiny ships no session mapper";
+  }
+  std::unique_ptr<DaemonProcess> daemon = StartServingOrFail(Data("data-shipped"));
+  ASSERT_NE(daemon, nullptr);
+  auto c = Connect(Options(*daemon));
+  Engine& engine = Engine::Get();
+  SessionMapper& mapper = engine.Mapper(shipped);
+  const std::vector<std::string> context = {Demonstrations(0, 8), Demonstrations(8, 8)};
+  absl::StatusOr<v1::Session> s = c->CreateSession(Chunks(context));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->state_bytes(), mapper.state_floats() * 4);
+  EXPECT_EQ(s->mapper_sha256(), mapper.spec().sha256);
+  const std::vector<float> state = engine.State(mapper, context);
+  for (const std::string& q : kQuestions) {
+    absl::StatusOr<v1::AskFinal> answer = AskWith(*c, s->id(), q);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->answer(), engine.Answer(mapper, state, q)) << q;
+  }
+  EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
 TEST_F(SessionTest, ExpiresAfterItsTtlAndSurvivesARestart) {
   if (std::getenv("KNOWD_TEST_ADAPTER")) GTEST_SKIP() << "this test brings its own adapter";
   const std::string data = Data("data-ttl");
