@@ -3,10 +3,12 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/math.h"
+#include "model/sha256.h"
 #include "model/tensor_file.h"
 #include "train/lm_torch.h"
 
@@ -508,6 +510,59 @@ absl::Status SaveTorchCheckpoint(const torch::nn::Module& net,
   } catch (const std::exception& e) {
     return TorchError(absl::StrCat("saving ", path), e);
   }
+}
+
+absl::StatusOr<std::string> ExportParametersF16(const torch::nn::Module& net,
+                                                const std::string& path,
+                                                const std::vector<std::string>& skip,
+                                                nlohmann::json* list) {
+  std::vector<std::vector<uint16_t>> f16;
+  std::vector<HostTensor> tensors;
+  torch::NoGradGuard no_grad;
+  const auto named = net.named_parameters();
+  f16.reserve(named.size());
+  for (const auto& p : named) {
+    if (std::find(skip.begin(), skip.end(), p.key()) != skip.end()) continue;
+    const torch::Tensor t = p.value().detach().to(torch::kFloat32).contiguous();
+    HostTensor h;
+    h.name = p.key();
+    h.shape.assign(t.sizes().begin(), t.sizes().end());
+    f16.emplace_back(t.numel());
+    const float* data = t.data_ptr<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) f16.back()[i] = F32ToF16(data[i]);
+    h.dtype = DType::kF16;
+    h.data = f16.back().data();
+    h.bytes = static_cast<int64_t>(f16.back().size() * sizeof(uint16_t));
+    if (list != nullptr) list->push_back({{"name", h.name}, {"shape", h.shape}, {"dtype", "F16"}});
+    tensors.push_back(std::move(h));
+  }
+  if (absl::Status s = WriteSafetensors(path, tensors, {}); !s.ok()) return s;
+  return Sha256OfFile(path);
+}
+
+absl::Status LoadParameters(torch::nn::Module& net, const std::string& path) {
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+  if (!file.ok()) return file.status();
+  try {
+    torch::NoGradGuard no_grad;
+    auto params = net.named_parameters();
+    for (const HostTensor& t : (*file)->tensors()) {
+      torch::Tensor* p = params.find(t.name);
+      if (p == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": unknown tensor ", t.name));
+      }
+      if (p->numel() != t.numel()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", t.name, " has ", t.numel(), " values, not ", p->numel()));
+      }
+      std::vector<float> data(t.numel());
+      for (int64_t i = 0; i < t.numel(); ++i) data[i] = LoadAsF32(t.data, t.dtype, i);
+      p->copy_(torch::from_blob(data.data(), p->sizes(), torch::kFloat32));
+    }
+  } catch (const std::exception& e) {
+    return TorchError(absl::StrCat("loading ", path), e);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LoadTorchCheckpoint(torch::nn::Module& net, torch::optim::Optimizer& optimizer,

@@ -8,8 +8,10 @@
 
 #include <torch/torch.h>
 
+#include <string>
 #include <vector>
 
+#include "nlohmann/json.hpp"
 #include "train/lm.h"
 
 namespace knowd::train::internal {
@@ -24,6 +26,17 @@ absl::Status SaveTorchCheckpoint(const torch::nn::Module& net,
 // Loads what SaveTorchCheckpoint wrote into a module and optimizer of the same shape.
 absl::Status LoadTorchCheckpoint(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
                                  const std::string& path);
+
+// Writes every parameter of `net` but those named in `skip` to the safetensors file `path` in
+// f16 (the shipped model files stay small) and returns the file's SHA-256; `tensors` (optional)
+// receives one {"name", "shape", "dtype"} object per tensor, for the file's JSON description.
+absl::StatusOr<std::string> ExportParametersF16(const torch::nn::Module& net,
+                                                const std::string& path,
+                                                const std::vector<std::string>& skip,
+                                                nlohmann::json* tensors);
+// Copies every tensor of the safetensors file `path` (any float dtype) into the parameter of
+// `net` with its name; INVALID_ARGUMENT for a tensor the module does not have.
+absl::Status LoadParameters(torch::nn::Module& net, const std::string& path);
 
 // Per-layer states of a batch of sequences, as the frozen LM computes them.
 struct TrunkStates {

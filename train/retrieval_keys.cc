@@ -24,8 +24,6 @@
 #include "kernels/math.h"
 #include "knowledge/prompt.h"
 #include "model/adapter.h"
-#include "model/sha256.h"
-#include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "train/adapter_networks.h"
@@ -296,33 +294,10 @@ void DrawBatch(const Corpus& s, const Relatives& r, int size, std::mt19937_64& r
 
 absl::Status Export(KeyNets& nets, const RetrievalKeyOptions& o, const std::string& dir,
                     int64_t dim, const nlohmann::json& figures) {
-  std::vector<std::vector<float>> f32;
-  std::vector<std::vector<uint16_t>> f16;
-  std::vector<HostTensor> tensors;
   nlohmann::json list = nlohmann::json::array();
-  torch::NoGradGuard no_grad;
-  const auto named = nets.named_parameters();
-  f32.reserve(named.size());
-  f16.reserve(named.size());
-  for (const auto& p : named) {
-    if (p.key() == "log_scale") continue;  // a training temperature, not served
-    const torch::Tensor t = p.value().detach().to(torch::kFloat32).contiguous();
-    f32.emplace_back(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
-    HostTensor h;
-    h.name = p.key();
-    h.shape.assign(t.sizes().begin(), t.sizes().end());
-    // f16, like the adapter's matrices: the model files stay small.
-    f16.emplace_back(f32.back().size());
-    for (size_t i = 0; i < f32.back().size(); ++i) f16.back()[i] = F32ToF16(f32.back()[i]);
-    h.dtype = DType::kF16;
-    h.data = f16.back().data();
-    h.bytes = static_cast<int64_t>(f16.back().size() * sizeof(uint16_t));
-    list.push_back({{"name", h.name}, {"shape", h.shape}, {"dtype", "F16"}});
-    tensors.push_back(std::move(h));
-  }
-  const std::string path = dir + "/retrieval_keys.safetensors";
-  if (absl::Status s = WriteSafetensors(path, tensors, {}); !s.ok()) return s;
-  absl::StatusOr<std::string> sha = Sha256OfFile(path);
+  // log_scale is a training temperature, not served.
+  absl::StatusOr<std::string> sha = internal::ExportParametersF16(
+      nets, dir + "/retrieval_keys.safetensors", {"log_scale"}, &list);
   if (!sha.ok()) return sha.status();
   nlohmann::json j = {
       {"format", "knowd-retrieval-keys"},
@@ -463,20 +438,13 @@ absl::StatusOr<std::vector<std::vector<float>>> TorchRetrievalKeys(
   absl::StatusOr<std::unique_ptr<LanguageModel>> lm = LanguageModel::LoadBundle(bundle_dir);
   if (!lm.ok()) return lm.status();
   TorchAccess::Freeze(**lm);
-  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
-      SafetensorsFile::Open(dir + "/retrieval_keys.safetensors");
-  if (!file.ok()) return file.status();
   try {
     KeyNets nets(j.value("state_dim", 0), j.value("heads", 0), j.value("key_dim", 0));
-    torch::NoGradGuard no_grad;
-    auto params = nets.named_parameters();
-    for (const HostTensor& t : (*file)->tensors()) {
-      torch::Tensor* p = params.find(t.name);
-      if (p == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown tensor ", t.name));
-      std::vector<float> data(t.numel());
-      for (int64_t i = 0; i < t.numel(); ++i) data[i] = LoadAsF32(t.data, t.dtype, i);
-      p->copy_(torch::from_blob(data.data(), p->sizes(), torch::kFloat32));
+    if (absl::Status s = internal::LoadParameters(nets, dir + "/retrieval_keys.safetensors");
+        !s.ok()) {
+      return s;
     }
+    torch::NoGradGuard no_grad;
     absl::StatusOr<std::vector<torch::Tensor>> states =
         States(**lm, sequences, layers, "reference", torch::kFloat32);
     if (!states.ok()) return states.status();

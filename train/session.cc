@@ -27,9 +27,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "kernels/math.h"
-#include "model/sha256.h"
-#include "model/tensor_file.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "train/lm.h"
@@ -522,8 +519,12 @@ class Trainer {
   }
 
   // Mean accuracy per demonstration count over a task set; JSON rows.
-  nlohmann::json EvaluateSet(const std::vector<IclTask>& tasks, const std::string& name,
+  nlohmann::json EvaluateSet(const std::vector<IclTask>& all, const std::string& name,
                              bool with_session) {
+    // At most eval_tasks tasks, evenly spaced (the files list them family by family).
+    std::vector<IclTask> tasks;
+    const size_t n = std::min<size_t>(all.size(), std::max(1, o_.eval_tasks));
+    for (size_t i = 0; i < n; ++i) tasks.push_back(all[i * all.size() / n]);
     nlohmann::json rows = nlohmann::json::array();
     for (int demos : o_.eval_demos) {
       std::vector<double> icl, icl_demos, session;
@@ -534,6 +535,7 @@ class Trainer {
         session.push_back(f.session);
       }
       nlohmann::json row = {{"set", name},
+                            {"tasks", tasks.size()},
                             {"demonstrations", demos},
                             {"in_context", Mean(icl)},
                             {"in_context_demonstrations", Mean(icl_demos)}};
@@ -566,29 +568,9 @@ class Trainer {
 
 absl::Status Export(MapperNets& nets, const SessionTrainOptions& o, const std::string& dir,
                     const nlohmann::json& figures) {
-  std::vector<std::vector<uint16_t>> f16;
-  std::vector<HostTensor> tensors;
   nlohmann::json list = nlohmann::json::array();
-  torch::NoGradGuard no_grad;
-  const auto named = nets.named_parameters();
-  f16.reserve(named.size());
-  for (const auto& p : named) {
-    const torch::Tensor t = p.value().detach().to(torch::kFloat32).contiguous();
-    HostTensor h;
-    h.name = p.key();
-    h.shape.assign(t.sizes().begin(), t.sizes().end());
-    f16.emplace_back(t.numel());
-    const float* data = t.data_ptr<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) f16.back()[i] = F32ToF16(data[i]);
-    h.dtype = DType::kF16;
-    h.data = f16.back().data();
-    h.bytes = static_cast<int64_t>(f16.back().size() * sizeof(uint16_t));
-    list.push_back({{"name", h.name}, {"shape", h.shape}, {"dtype", "F16"}});
-    tensors.push_back(std::move(h));
-  }
-  const std::string path = dir + "/session_mapper.safetensors";
-  if (absl::Status s = WriteSafetensors(path, tensors, {}); !s.ok()) return s;
-  absl::StatusOr<std::string> sha = Sha256OfFile(path);
+  absl::StatusOr<std::string> sha =
+      internal::ExportParametersF16(nets, dir + "/session_mapper.safetensors", {}, &list);
   if (!sha.ok()) return sha.status();
   nlohmann::json sites = nlohmann::json::array();
   for (const auto& [layer, projection] : nets.shape.sites) {
@@ -791,21 +773,14 @@ absl::StatusOr<TorchSessionReference> TorchSession(const std::string& bundle_dir
   absl::StatusOr<MapperShape> shape = ShapeFor((*lm)->config(), absl::StrJoin(names, ","),
                                                j.value("rank", 0), j.value("rank_out", 0));
   if (!shape.ok()) return shape.status();
-  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
-      SafetensorsFile::Open(dir + "/session_mapper.safetensors");
-  if (!file.ok()) return file.status();
   try {
     // ParseSessionSites sorts the sites: the order Export wrote them in.
     MapperNets nets((*lm)->config(), *shape);
-    torch::NoGradGuard no_grad;
-    auto params = nets.named_parameters();
-    for (const HostTensor& t : (*file)->tensors()) {
-      torch::Tensor* p = params.find(t.name);
-      if (p == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown tensor ", t.name));
-      std::vector<float> data(t.numel());
-      for (int64_t i = 0; i < t.numel(); ++i) data[i] = LoadAsF32(t.data, t.dtype, i);
-      p->copy_(torch::from_blob(data.data(), p->sizes(), torch::kFloat32));
+    if (absl::Status s = internal::LoadParameters(nets, dir + "/session_mapper.safetensors");
+        !s.ok()) {
+      return s;
     }
+    torch::NoGradGuard no_grad;
     TorchSessionReference out;
     std::vector<torch::Tensor> h(nets.shape.sites.size());
     for (auto& t : h) t = torch::zeros({1, nets.shape.rank, nets.shape.rank_out});

@@ -57,6 +57,7 @@ struct SessionTrainOptions {
   bool measure_only = false;
   std::vector<int> eval_demos = {0, 4, 16, 64, 256, 1024};
   int eval_queries = 8;  // per task
+  int eval_tasks = 48;   // per set, evenly spaced
 };
 
 // Trains the mapper, reports accuracy (teacher-forced greedy exact match, see session.cc) of
