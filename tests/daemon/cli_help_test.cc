@@ -160,7 +160,8 @@ TEST(CliHelp, EvalListsExactlyItsFlagsWithDefaults) {
                    "--backend", "--mac-top-k", "--retrieval", "--latent-format", "--examples",
                    "--mac-rag-text", "--rag-prefix-key-scale", "--abstain-below",
                    "--calibrate-abstention", "--calibrate-retrieval", "--unknown-split",
-                   "--forget-subjects"}))
+                   "--forget-subjects", "--sessions", "--demonstrations", "--queries",
+                   "--tasks"}))
       << help.out;
   EXPECT_THAT(help.out, HasSubstr("Usage: knowd eval"));
   EXPECT_THAT(help.out, HasSubstr("--bundle TEXT=models/knowd-tiny"));
