@@ -36,6 +36,31 @@ export interface AskOptions extends CallOptions {
   topP?: number;
   seed?: number;
   explain?: boolean;
+  /** A session whose update the answer is generated under (alone, without a mode: by itself). */
+  sessionId?: string;
+}
+
+export interface SessionOptions extends CallOptions {
+  /** Seconds the session lives after its last write (0: the daemon's default, or on append the
+   * session's own). */
+  ttlSeconds?: number;
+  /** createSession only. */
+  label?: string;
+}
+
+export interface Session {
+  id: string;
+  namespace: string;
+  label: string;
+  /** The stored state's bytes: the same whatever the context's length. */
+  stateBytes: number;
+  chunks: number;
+  tokens: number;
+  createdUnix: number;
+  updatedUnix: number;
+  /** 0: never. */
+  expiresUnix: number;
+  mapperSha256: string;
 }
 
 export interface SearchOptions extends CallOptions {
@@ -90,6 +115,8 @@ export interface Answer {
   metadataTrimmed: boolean;
   timings: Timings | null;
   explain: { promptIds: number[]; prompt: string; prefixRows: number; prefixSha256: string } | null;
+  /** The session the answer was generated under ("" when none). */
+  sessionId: string;
 }
 
 export interface SearchResult {
@@ -172,4 +199,8 @@ export class KnowdClient {
   get(id: string, opts?: CallOptions): Promise<Document>;
   forget(ids: string | string[], opts?: CallOptions): Promise<ForgetResult>;
   stats(opts?: CallOptions): Promise<Stats>;
+  createSession(texts: string | string[], opts?: SessionOptions): Promise<Session>;
+  appendSession(sessionId: string, texts: string | string[], opts?: SessionOptions): Promise<Session>;
+  deleteSession(sessionId: string, opts?: CallOptions): Promise<void>;
+  listSessions(opts?: CallOptions): Promise<Session[]>;
 }

@@ -156,6 +156,7 @@ function answer(f) {
     metadataTrimmed: f.metadataTrimmed,
     timings: f.timings ?? null,
     explain: f.explain ?? null,
+    sessionId: f.sessionId ?? '',
   };
 }
 
@@ -360,13 +361,16 @@ export class KnowdClient {
       topP: opts.topP ?? 0,
       seed: opts.seed ?? 0,
       explain: opts.explain ?? false,
+      sessionId: utf8(opts.sessionId ?? ''),
     };
   }
 
   /** Asks a question and resolves to the final Answer: {text, mode, citations, stopReason,
    * nothingInMemory, relevance, timings, ...}. opts: mode ("closed-book", "mac", "rag",
    * "mac+rag"; absent: the daemon's default), topK, ragPassages, retrieval ("dense", "lexical",
-   * "hybrid"), maxTokens, temperature, topP, seed, explain, namespace, timeoutMs. */
+   * "hybrid"), maxTokens, temperature, topP, seed, explain, namespace, timeoutMs, sessionId (a
+   * session whose update the answer is generated under: alone, without a mode, the session
+   * answers by itself). */
   async ask(question, opts = {}) {
     const request = { ...this.#askRequest(question, opts), stream: false };
     const metadata = this.#metadata(request.namespace?.toString());
@@ -414,6 +418,59 @@ export class KnowdClient {
     const list = Array.isArray(ids) ? ids : [ids];
     const r = await this.#unary('Forget', { namespace: utf8(this.#ns(opts)), ids: list.map(utf8) }, opts);
     return { forgotten: r.forgotten, notFound: r.notFound, passages: r.passages };
+  }
+
+  // One CreateSession/AppendSession stream: a message per text, the first with `first`'s fields.
+  #sessionStream(method, texts, first, opts) {
+    const list = typeof texts === 'string' ? [texts] : [...texts];
+    if (list.length === 0) {
+      return Promise.reject(new InvalidArgument(3, 'a session needs at least one text'));
+    }
+    const namespace = this.#ns(opts);
+    return new Promise((resolve, reject) => {
+      const call = this.stub[method](this.#metadata(namespace), this.#callOptions(opts), (err, s) =>
+        err ? reject(fromServiceError(err)) : resolve({ ...s }),
+      );
+      list.forEach((text, i) =>
+        call.write(i === 0 ? { ...first, namespace: utf8(namespace), text: utf8(text) } : { text: utf8(text) }),
+      );
+      call.end();
+    });
+  }
+
+  /** Absorbs `texts` (a string, or an array whose every text ends a chunk) into a new session:
+   * resolves to {id, namespace, label, stateBytes, chunks, tokens, createdUnix, updatedUnix,
+   * expiresUnix, mapperSha256}. opts: ttlSeconds (after the last write; 0: the daemon's
+   * default), label, namespace, timeoutMs. */
+  createSession(texts, opts = {}) {
+    return this.#sessionStream(
+      'CreateSession',
+      texts,
+      { ttlSeconds: opts.ttlSeconds ?? 0, label: utf8(opts.label ?? '') },
+      opts,
+    );
+  }
+
+  /** Absorbs more text into a session; resolves to the Session (the same stateBytes). opts:
+   * ttlSeconds (0 keeps the session's), namespace, timeoutMs. */
+  appendSession(sessionId, texts, opts = {}) {
+    return this.#sessionStream(
+      'AppendSession',
+      texts,
+      { sessionId: utf8(sessionId), ttlSeconds: opts.ttlSeconds ?? 0 },
+      opts,
+    );
+  }
+
+  /** Removes a session; rejects with NotFound when it is unknown or expired. */
+  async deleteSession(sessionId, opts = {}) {
+    await this.#unary('DeleteSession', { namespace: utf8(this.#ns(opts)), sessionId: utf8(sessionId) }, opts);
+  }
+
+  /** The namespace's live sessions, by id. */
+  async listSessions(opts = {}) {
+    const r = await this.#unary('ListSessions', { namespace: utf8(this.#ns(opts)) }, opts);
+    return r.sessions.map((s) => ({ ...s }));
   }
 
   /** Counts and sizes of the bank: {documents, passages, namespaces, diskBytes, model, ...}.
