@@ -412,8 +412,9 @@ absl::StatusOr<std::shared_ptr<AskJob>> KnowledgeServiceImpl::SubmitAsk(
     if (!first.ok()) return first.status();
     if (first->documents.empty()) {
       return absl::NotFoundError(absl::StrCat(
-          "namespace \"", name_space,
-          "\" holds no documents; ingest some first, or ask closed-book (mode CLOSED_BOOK)"));
+          "namespace \"", name_space, "\" holds no documents; ingest some first, or ask ",
+          request.session_id().empty() ? "closed-book (mode CLOSED_BOOK)"
+                                       : "with the session alone (no mode)"));
     }
   }
   v1::AskRequest resolved = request;

@@ -330,6 +330,11 @@ TEST_F(SessionTest, AnswersAsTheEngineDoesAndAppendListDeleteWork) {
     }
   }
 
+  // A memory mode in a namespace without documents is refused, pointing at the session alone.
+  absl::StatusOr<v1::AskFinal> empty_rag = AskWith(*c, s->id(), kQuestions[0], v1::ASK_MODE_RAG);
+  EXPECT_EQ(empty_rag.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(empty_rag.status().message()), HasSubstr("with the session alone"));
+
   // With a memory mode: that mode's prompt, the session's update on top.
   std::vector<v1::IngestAck> acks;
   ASSERT_TRUE(c->Ingest(
