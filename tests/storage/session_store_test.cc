@@ -3,12 +3,15 @@
 // open, and kept across a reopen.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "storage/memory_bank.h"
 #include "tests/storage/bank_test_util.h"
+#include "tests/storage/fault_fs.h"
 
 namespace knowd::storage {
 namespace {
@@ -135,6 +138,49 @@ TEST(SessionStoreTest, ExpiredIsGoneAndSweptAndLiveOnesSurviveReopen) {
   EXPECT_EQ(lasting->state, std::vector<float>(8, 2.0f));
   EXPECT_TRUE((*reopened)->GetSession("ns", "forever", absl::Now()).ok());
   EXPECT_TRUE(absl::IsNotFound((*reopened)->GetSession("ns", "brief", absl::Now()).status()));
+}
+
+// A full disk: an append's write fails with RESOURCE_EXHAUSTED and the stored state is the one
+// before it; once space returns the same write succeeds, and it is there after a reopen.
+TEST(SessionStoreTest, AWriteOnAFullDiskLeavesThePreviousState) {
+  TempDir dir;
+  auto disk = std::make_shared<testing::FaultFileSystem>();
+  BankOptions options = TestOptions(dir.Sub("bank"));
+  options.env = testing::FaultFileSystem::EnvFor(disk);
+  const absl::Time now = absl::Now();
+  {
+    auto bank = MemoryBank::Open(options);
+    ASSERT_TRUE(bank.ok()) << bank.status();
+    Session s = MakeSession("ns", "s", 4096, 1.0f, now);
+    ASSERT_TRUE((*bank)->PutSession(&s, now).ok());
+
+    disk->SetBudget(1000);  // less than one state
+    auto read = (*bank)->GetSession("ns", "s", now);
+    ASSERT_TRUE(read.ok());
+    read->state.assign(4096, 2.0f);
+    read->chunks = 2;
+    absl::Status full = (*bank)->PutSession(&*read, now);
+    EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+    auto kept = (*bank)->GetSession("ns", "s", now);
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    EXPECT_EQ(kept->state, std::vector<float>(4096, 1.0f));
+    EXPECT_EQ(kept->chunks, 1);
+
+    disk->SetBudget(testing::FaultFileSystem::kUnlimited);
+    absl::Status resumed = absl::UnknownError("not tried");
+    for (int attempt = 0; attempt < 300 && !resumed.ok(); ++attempt) {
+      resumed = (*bank)->PutSession(&*read, now);
+      if (!resumed.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_TRUE(resumed.ok()) << resumed;
+  }
+  options.env = nullptr;
+  auto reopened = MemoryBank::Open(options);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  auto got = (*reopened)->GetSession("ns", "s", now);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->state, std::vector<float>(4096, 2.0f));
+  EXPECT_EQ(got->chunks, 2);
 }
 
 TEST(SessionStoreTest, RefusesBadKeys) {
