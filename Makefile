@@ -53,7 +53,7 @@ TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1:supp
 # tests/client; for TSan every test of those and tests/daemon, with the binaries they start.
 QUICK_TARGETS = serve_config_test auth_test document_rules_test request_checks_test \
 	scheduler_test metrics_test memory_bank_test bank_recovery_test latent_codec_test crash_test \
-	storage_crash_child full_disk_test client_test document_source_test
+	storage_crash_child full_disk_test session_store_test client_test document_source_test
 TSAN_TARGETS = tests/serve/all tests/storage/all tests/client/all tests/daemon/all
 
 .PHONY: test-asan
