@@ -134,15 +134,23 @@ class SessionEval {
   // The largest k <= n whose prompts all fit the LM's positions with the answer.
   int FittingDemos(const IclTask& task, int n, size_t queries) const {
     const int limit = e_.model->config().max_position_embeddings - o_.max_answer_tokens;
-    int k = std::min<int>(n, static_cast<int>(task.demonstrations.size()));
-    for (; k > 0; --k) {
-      bool fits = true;
+    auto fits = [&](int k) {
       for (const auto& p : Prompts(task, InContext(task, k), queries)) {
-        fits = fits && static_cast<int>(p.size()) <= limit;
+        if (static_cast<int>(p.size()) > limit) return false;
       }
-      if (fits) break;
+      return true;
+    };
+    // The prompts grow with k: a binary search for the largest that fits.
+    int lo = 0, hi = std::min<int>(n, static_cast<int>(task.demonstrations.size()));
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (fits(mid)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
     }
-    return k;
+    return lo;
   }
 
   absl::StatusOr<std::vector<float>> SessionState(const IclTask& task, int n) const {

@@ -99,6 +99,7 @@ ABSL_FLAG(int, tasks_per_step, 4, "session: in-context tasks per step");
 ABSL_FLAG(double, distill, 0.0,
           "session: weight of the KL term towards the LM reading the demonstrations in context");
 ABSL_FLAG(int, eval_queries, 8, "session: queries per task in the accuracy figures");
+ABSL_FLAG(int, eval_tasks, 48, "session: tasks per set in the accuracy figures, evenly spaced");
 ABSL_FLAG(bool, measure_icl, false,
           "session: only measure the base LM's zero-shot and in-context accuracy");
 ABSL_FLAG(int, top_k, 4, "adapter: passages the aggregator reads per question (after curriculum)");
@@ -439,6 +440,7 @@ int RunSessionCommand() {
   o.tasks_per_step = absl::GetFlag(FLAGS_tasks_per_step);
   o.distill = absl::GetFlag(FLAGS_distill);
   o.eval_queries = absl::GetFlag(FLAGS_eval_queries);
+  o.eval_tasks = absl::GetFlag(FLAGS_eval_tasks);
   o.steps = FlagOr(FLAGS_steps, 1500);
   o.lr = FlagOr(FLAGS_lr, 2e-3);
   o.warmup = FlagOr(FLAGS_warmup, 50);
@@ -450,10 +452,10 @@ int RunSessionCommand() {
   o.resume = absl::GetFlag(FLAGS_resume);
   o.export_mapper = !absl::GetFlag(FLAGS_no_export);
   if (o.demos_per_chunk < 1 || o.max_train_demos < 1 || o.tasks_per_step < 1 ||
-      o.eval_queries < 1 || o.steps < 1 || o.distill < 0) {
+      o.eval_queries < 1 || o.eval_tasks < 1 || o.steps < 1 || o.distill < 0) {
     return Fail("session", absl::InvalidArgumentError(
                                "need --demos_per_chunk, --max_train_demos, --tasks_per_step, "
-                               "--eval_queries and --steps >= 1 and --distill >= 0"));
+                               "--eval_queries, --eval_tasks and --steps >= 1 and --distill >= 0"));
   }
   if (absl::Status st = TrainSession(o); !st.ok()) return Fail("session", st);
   return 0;

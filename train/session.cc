@@ -490,22 +490,38 @@ class Trainer {
     };
     std::vector<QueryRow> icl, plain;
     for (size_t q = 0; q < n; ++q) plain.push_back(BuildQuery(tok_, "", task.queries[q], newline_));
-    for (int k = std::min<int>(demos, task.demonstrations.size()); k >= 0; --k) {
+    // The most demonstrations (<= demos) whose prompts all fit: the lengths grow with k, so a
+    // binary search.
+    auto rows_for = [&](int k, std::vector<QueryRow>* rows) {
       const std::string in_context = InContext(task, k);
-      icl.clear();
-      bool fits = true;
-      for (size_t q = 0; q < n && fits; ++q) {
-        icl.push_back(BuildQuery(tok_, in_context, task.queries[q], newline_));
-        fits = static_cast<int>(icl.back().tokens.size()) <= lm_.config().max_position_embeddings;
+      rows->clear();
+      for (size_t q = 0; q < n; ++q) {
+        rows->push_back(BuildQuery(tok_, in_context, task.queries[q], newline_));
+        if (static_cast<int>(rows->back().tokens.size()) > lm_.config().max_position_embeddings) {
+          return false;
+        }
       }
-      if (!fits) continue;
+      return true;
+    };
+    int lo = 0, hi = std::min<int>(demos, task.demonstrations.size());
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (rows_for(mid, &icl)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    f.in_context_demos = lo;
+    auto cached = icl_cache_.find({task.id, lo});
+    if (cached == icl_cache_.end()) {
+      rows_for(lo, &icl);
       // Long prompts one at a time: a batch of 1,000-token rows is slow and no faster.
       std::vector<bool> hits;
       for (const QueryRow& r : icl) hits.push_back(Score(lm_, {r}, nullptr, stops_).hits[0]);
-      f.in_context = rate(hits);
-      f.in_context_demos = k;
-      break;
+      cached = icl_cache_.emplace(std::make_pair(task.id, lo), rate(hits)).first;
     }
+    f.in_context = cached->second;
     if (with_session) {
       const std::vector<ChunkKv> kv = ChunkStates(lm_, ChunkTokens(task, demos));
       std::vector<const ChunkKv*> context;
@@ -562,6 +578,7 @@ class Trainer {
   MapperNets nets_;
   torch::optim::AdamW optimizer_;
   std::vector<TaskCache> cache_;
+  std::map<std::pair<std::string, int>, double> icl_cache_;  // (task, k) -> in-context accuracy
   int32_t newline_ = 0;
   std::vector<int32_t> stops_;
 };
@@ -700,7 +717,7 @@ absl::Status TrainSession(const SessionTrainOptions& o) {
       ++first;
       std::fprintf(stderr, "resuming after step %d\n", first - 1);
     }
-    trainer.PrepareCache();
+    if (first <= o.steps) trainer.PrepareCache();
     std::mt19937_64 rng(o.seed + static_cast<uint64_t>(first) * 0x9E3779B97F4A7C15ull);
     const auto start = std::chrono::steady_clock::now();
     double loss_sum = 0, acc_sum = 0;
