@@ -12,8 +12,10 @@
 //                prompt under the session's update
 // answered greedily up to "\n" or EOS and scored by SQuAD exact match. Also measured: question
 // latency (prefill + 4 decoded tokens, one question at a time, median) zero-shot, in context and
-// with the largest session; session bytes and the in-context KV cache's bytes per n; the machine's
-// sgemm peak and memory bandwidth in the same run. Writes FILE.json, FILE.md and FILE.png.
+// with the largest session, served factored and merged into a copy of the weights (the
+// single-session deployment, Transformer::MergeLowRank); session bytes and the in-context KV
+// cache's bytes per n; the machine's sgemm peak and memory bandwidth in the same run. Writes
+// FILE.json, FILE.md and FILE.png.
 #pragma once
 
 #include <string>
