@@ -155,13 +155,29 @@ TEST(CliHelp, EveryCommandsHelpListsTheFlagsItsDocsList) {
 TEST(CliHelp, EvalListsExactlyItsFlagsWithDefaults) {
   const CommandResult help = RunCommand(kKnowd + " eval --help");
   ASSERT_EQ(help.exit_code, 0) << help.out;
-  EXPECT_EQ(FlagsOfHelp(help.out),
-            (Flags{"--bundle", "--data", "--split", "--limit", "--report", "--batch", "--threads",
-                   "--backend", "--mac-top-k", "--retrieval", "--latent-format", "--examples",
-                   "--mac-rag-text", "--rag-prefix-key-scale", "--abstain-below",
-                   "--calibrate-abstention", "--calibrate-retrieval", "--unknown-split",
-                   "--forget-subjects", "--sessions", "--demonstrations", "--queries",
-                   "--tasks"}))
+  EXPECT_EQ(FlagsOfHelp(help.out), (Flags{"--bundle",
+                                          "--data",
+                                          "--split",
+                                          "--limit",
+                                          "--report",
+                                          "--batch",
+                                          "--threads",
+                                          "--backend",
+                                          "--mac-top-k",
+                                          "--retrieval",
+                                          "--latent-format",
+                                          "--examples",
+                                          "--mac-rag-text",
+                                          "--rag-prefix-key-scale",
+                                          "--abstain-below",
+                                          "--calibrate-abstention",
+                                          "--calibrate-retrieval",
+                                          "--unknown-split",
+                                          "--forget-subjects",
+                                          "--sessions",
+                                          "--demonstrations",
+                                          "--queries",
+                                          "--tasks"}))
       << help.out;
   EXPECT_THAT(help.out, HasSubstr("Usage: knowd eval"));
   EXPECT_THAT(help.out, HasSubstr("--bundle TEXT=models/knowd-tiny"));
