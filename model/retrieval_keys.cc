@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/math.h"
+#include "model/json_descriptor.h"
 #include "model/sha256.h"
 #include "model/tensor_file.h"
 #include "nlohmann/json.hpp"
@@ -18,16 +17,10 @@ absl::StatusOr<std::unique_ptr<RetrievalKeys>> RetrievalKeys::Load(const std::st
                                                                    const LlamaConfig& lm) {
   const std::string json_path = dir + "/retrieval_keys.json";
   const std::string tensors_path = dir + "/retrieval_keys.safetensors";
-  std::ifstream in(json_path);
-  if (!in) return absl::NotFoundError(absl::StrCat(json_path, ": none"));
-  std::stringstream text;
-  text << in.rdbuf();
-  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || j.value("format", "") != "knowd-retrieval-keys" ||
-      j.value("version", 0) != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(json_path, ": not a knowd-retrieval-keys version 1 file"));
-  }
+  absl::StatusOr<nlohmann::json> descriptor =
+      internal::ReadJsonDescriptor(json_path, "knowd-retrieval-keys", 1);
+  if (!descriptor.ok()) return descriptor.status();
+  const nlohmann::json& j = *descriptor;
   auto keys = std::unique_ptr<RetrievalKeys>(new RetrievalKeys());
   RetrievalKeys& k = *keys;
   const auto layers = j.find("layers");

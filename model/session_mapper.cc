@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/math.h"
+#include "model/json_descriptor.h"
 #include "model/sha256.h"
 #include "model/tensor_file.h"
 #include "model/tokenizer.h"
@@ -30,16 +29,10 @@ absl::StatusOr<std::unique_ptr<SessionMapper>> SessionMapper::Load(const std::st
                                                                    Transformer* base) {
   const std::string json_path = dir + "/session_mapper.json";
   const std::string tensors_path = dir + "/session_mapper.safetensors";
-  std::ifstream in(json_path);
-  if (!in) return absl::NotFoundError(absl::StrCat(json_path, ": none"));
-  std::stringstream text;
-  text << in.rdbuf();
-  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || j.value("format", "") != "knowd-session-mapper" ||
-      j.value("version", 0) != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(json_path, ": not a knowd-session-mapper version 1 file"));
-  }
+  absl::StatusOr<nlohmann::json> descriptor =
+      internal::ReadJsonDescriptor(json_path, "knowd-session-mapper", 1);
+  if (!descriptor.ok()) return descriptor.status();
+  const nlohmann::json& j = *descriptor;
   const LlamaConfig& c = base->config();
   auto mapper = std::unique_ptr<SessionMapper>(new SessionMapper());
   SessionMapper& m = *mapper;
