@@ -111,6 +111,7 @@ absl::StatusOr<std::unique_ptr<Modulator>> LoadBundleModulator(const std::string
 struct AnswerRequest {
   std::vector<int32_t> prompt;             // non-empty; with BOS, unless a prefix stands for it
   std::shared_ptr<const PrefixKv> prefix;  // optional modulation
+  const LowRankState* update = nullptr;    // optional session update (SequenceStep::update)
 };
 
 // Greedy answers for every request: the generated text up to the first newline or EOS, at most

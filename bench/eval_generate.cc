@@ -68,7 +68,7 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(
         }
       }
       live.push_back({order[i], cache, {}, {}});
-      steps.push_back({cache, r.prompt, false});
+      steps.push_back({cache, r.prompt, false, r.update});
     }
     while (!steps.empty()) {
       if (absl::Status s = model.Forward(steps, &logits); !s.ok()) return s;
@@ -95,7 +95,8 @@ absl::StatusOr<std::vector<std::string>> GreedyAnswers(
                    l.cache->size() >= l.cache->capacity()) {
           l.done = true;
         } else {
-          steps.push_back({l.cache, std::span<const int32_t>(&l.next, 1), false});
+          steps.push_back(
+              {l.cache, std::span<const int32_t>(&l.next, 1), false, requests[l.request].update});
         }
       }
     }

@@ -41,61 +41,18 @@ struct Engine {
   std::unique_ptr<Transformer> model;
   std::unique_ptr<SessionMapper> mapper;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::vector<int32_t> stops;  // "\n" and EOS
 };
 
-// Greedy answers of `prompts` (BOS first), all under `update` (or none), in batches of up to 16
-// sequences.
+// Greedy answers of `prompts` (BOS first), all under `update` (or none), 16 sequences a pass.
 absl::StatusOr<std::vector<std::string>> Answer(Engine& e,
                                                 const std::vector<std::vector<int32_t>>& prompts,
                                                 const LowRankState* update, int max_tokens) {
-  std::vector<std::string> out(prompts.size());
-  const int vocab = e.model->config().vocab_size;
-  for (size_t begin = 0; begin < prompts.size(); begin += 16) {
-    const size_t end = std::min(prompts.size(), begin + 16);
-    std::vector<std::unique_ptr<KvCache>> caches;
-    std::vector<std::vector<int32_t>> generated(end - begin);
-    std::vector<int32_t> next(end - begin);
-    std::vector<bool> done(end - begin, false);
-    std::vector<SequenceStep> batch;
-    for (size_t i = begin; i < end; ++i) {
-      const int capacity = std::min<int>(static_cast<int>(prompts[i].size()) + max_tokens,
-                                         e.model->config().max_position_embeddings);
-      absl::StatusOr<std::unique_ptr<KvCache>> cache = e.model->NewCache(capacity);
-      if (!cache.ok()) return cache.status();
-      caches.push_back(*std::move(cache));
-      SequenceStep step{caches.back().get(), prompts[i], false};
-      step.update = update;
-      batch.push_back(step);
-    }
-    std::vector<size_t> rows(end - begin);
-    for (size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-    std::vector<float> logits;
-    for (int t = 0; t < max_tokens && !batch.empty(); ++t) {
-      if (absl::Status s = e.model->Forward(batch, &logits); !s.ok()) return s;
-      std::vector<SequenceStep> continuing;
-      std::vector<size_t> continuing_rows;
-      for (size_t b = 0; b < batch.size(); ++b) {
-        const size_t i = rows[b];
-        const float* row = logits.data() + int64_t(b) * vocab;
-        const int32_t id = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
-        if (std::find(e.stops.begin(), e.stops.end(), id) != e.stops.end()) continue;
-        generated[i].push_back(id);
-        if (caches[i]->size() >= caches[i]->capacity()) continue;
-        next[i] = id;
-        SequenceStep step{caches[i].get(), {&next[i], 1}, false};
-        step.update = update;
-        continuing.push_back(step);
-        continuing_rows.push_back(i);
-      }
-      batch = std::move(continuing);
-      rows = std::move(continuing_rows);
-    }
-    for (size_t i = 0; i < generated.size(); ++i) {
-      out[begin + i] = e.tokenizer->Decode(generated[i]);
-    }
+  std::vector<AnswerRequest> requests(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    requests[i].prompt = prompts[i];
+    requests[i].update = update;
   }
-  return out;
+  return GreedyAnswers(*e.model, *e.tokenizer, requests, /*batch=*/16, max_tokens);
 }
 
 // The in-context prompt's context: the task's passages and first k demonstrations.
@@ -269,8 +226,6 @@ absl::Status RunSessionEval(const SessionEvalOptions& o) {
       LoadTokenizer(o.bundle_dir + "/tokenizer.model");
   if (!tokenizer.ok()) return tokenizer.status();
   e.tokenizer = *std::move(tokenizer);
-  e.stops = {e.tokenizer->Encode("\n", false).back()};
-  if (e.tokenizer->eos_id() >= 0) e.stops.push_back(e.tokenizer->eos_id());
   if (o.demonstrations.empty()) return absl::InvalidArgumentError("no demonstration counts");
 
   Json report;
