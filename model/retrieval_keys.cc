@@ -47,12 +47,8 @@ absl::StatusOr<std::unique_ptr<RetrievalKeys>> RetrievalKeys::Load(const std::st
   }
   KNOWD_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                          SafetensorsFile::Open(tensors_path));
-  auto read = [&](const std::string& name, std::vector<int64_t> shape,
-                  std::vector<float>* out) -> absl::Status {
-    KNOWD_ASSIGN_OR_RETURN(const HostTensor* t, file->Require(name, shape));
-    out->resize(t->numel());
-    for (int64_t i = 0; i < t->numel(); ++i) (*out)[i] = LoadAsF32(t->data, t->dtype, i);
-    return absl::OkStatus();
+  auto read = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float>* out) {
+    return internal::ReadF32Tensor(*file, name, shape, out);
   };
   for (auto [name, head] :
        {std::pair{"passage", &k.passage_}, std::pair{"question", &k.question_}}) {

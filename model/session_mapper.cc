@@ -63,12 +63,8 @@ absl::StatusOr<std::unique_ptr<SessionMapper>> SessionMapper::Load(const std::st
   }
   KNOWD_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                          SafetensorsFile::Open(tensors_path));
-  auto read = [&](const std::string& name, std::vector<int64_t> shape,
-                  std::vector<float>* out) -> absl::Status {
-    KNOWD_ASSIGN_OR_RETURN(const HostTensor* t, file->Require(name, shape));
-    out->resize(t->numel());
-    for (int64_t i = 0; i < t->numel(); ++i) (*out)[i] = LoadAsF32(t->data, t->dtype, i);
-    return absl::OkStatus();
+  auto read = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float>* out) {
+    return internal::ReadF32Tensor(*file, name, shape, out);
   };
   const int64_t r = spec.rank, r2 = spec.rank_out, kv = c.kv_dim();
   if (r < 1 || r2 < 1) {
