@@ -502,7 +502,6 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
                config.drain_timeout);
   stopping = true;
   if (readiness.joinable()) readiness.join();
-  if (session_sweeper.joinable()) session_sweeper.join();
   ready = false;
   server->GetHealthCheckService()->SetServingStatus(false);
   // New calls get UNAVAILABLE and open Ingest streams take no new document; in-flight calls may
@@ -528,6 +527,9 @@ int RunServe(const std::vector<std::string>& args, const std::string& executable
   forget.Stop();
   scheduler.Stop();
   http.Stop();
+  // Joined here, not before the drain: it sleeps in 200 ms steps, and new calls would be admitted
+  // while it wakes up. It only needs to be gone before the bank closes.
+  if (session_sweeper.joinable()) session_sweeper.join();
   spdlog::info("saving the index");
   if (absl::Status s = (*bank)->Close(); !s.ok()) return Fail(1, s);
   spdlog::info("stopped; index saved ({:.1f} s of the {} s drain timeout left)",
