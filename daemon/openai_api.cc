@@ -168,15 +168,17 @@ json Citations(const v1::AskFinal& final) {
   return out;
 }
 
-// knowd's extras, which OpenAI clients ignore.
+// knowd's extras, which OpenAI clients ignore. session_id only when the answer used one.
 json Extras(const v1::AskFinal& final, const std::string& name_space) {
-  return {{"mode", ModeText(final.mode())},
-          {"namespace", name_space},
-          {"citations", Citations(final)},
-          {"relevance", final.relevance()},
-          {"nothing_in_memory", final.nothing_in_memory()},
-          {"stop_reason", final.stop_reason()},
-          {"metadata_trimmed", final.metadata_trimmed()}};
+  json extras = {{"mode", ModeText(final.mode())},
+                 {"namespace", name_space},
+                 {"citations", Citations(final)},
+                 {"relevance", final.relevance()},
+                 {"nothing_in_memory", final.nothing_in_memory()},
+                 {"stop_reason", final.stop_reason()},
+                 {"metadata_trimmed", final.metadata_trimmed()}};
+  if (!final.session_id().empty()) extras["session_id"] = final.session_id();
+  return extras;
 }
 
 const char* FinishReason(const v1::AskFinal& final) {
@@ -335,6 +337,7 @@ void OpenAiApi::Register(httplib::Server& server) const {
       std::string name_space;
       std::string mode_name;
       std::string retrieval;
+      std::string session_id;
       int64_t top_k = 0;
       int64_t rag_passages = 0;
       if (!error) {
@@ -346,6 +349,7 @@ void OpenAiApi::Register(httplib::Server& server) const {
             error = ReadString(k, "namespace", "knowd.namespace", &name_space);
             if (!error) error = ReadString(k, "mode", "knowd.mode", &mode_name);
             if (!error) error = ReadString(k, "retrieval", "knowd.retrieval", &retrieval);
+            if (!error) error = ReadString(k, "session_id", "knowd.session_id", &session_id);
             if (!error) error = ReadInt(k, "top_k", "knowd.top_k", 0, INT32_MAX, &top_k);
             if (!error) {
               error = ReadInt(k, "rag_passages", "knowd.rag_passages", 0, INT32_MAX, &rag_passages);
@@ -410,6 +414,7 @@ void OpenAiApi::Register(httplib::Server& server) const {
       ask.set_top_p(static_cast<float>(top_p));
       ask.set_seed(static_cast<uint64_t>(seed));
       ask.set_stream(parsed.stream);
+      ask.set_session_id(session_id);
 
       absl::StatusOr<std::unique_ptr<KnowledgeServiceImpl::AskCall>> started = service_->StartAsk(
           chat ? "ChatCompletions" : "Completions",

@@ -9,8 +9,9 @@
 // ask scheduler as gRPC's Ask. Model names are "<name>" (the daemon's default mode) and
 // "<name>:<mode>" with mode closed-book, rag, mac, mac+rag (mac modes only with an adapter);
 // <name> is the model bundle's directory name (knowd-tiny). An optional "knowd" object in the
-// request gives the namespace, mode, top_k, rag_passages and retrieval; the response's "knowd"
-// object carries the mode, citations, relevance and the "nothing in memory" outcome. Errors are
+// request gives the namespace, mode, top_k, rag_passages, retrieval and session_id; the
+// response's "knowd" object carries the mode, citations, relevance, the "nothing in memory"
+// outcome and the session the answer was generated under. Errors are
 // OpenAI's {"error": {"message", "type", "param", "code"}} with the HTTP status of the gRPC code
 // (docs/operations.md, "OpenAI-compatible API").
 #pragma once

@@ -405,6 +405,152 @@ TEST(OpenAiEndToEnd, TokensNamespacesAndErrorsInOpenAiShape) {
   EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
 }
 
+// knowd.session_id asks under a session (created here through gRPC with the bundle's session
+// mapper): the answers are gRPC Ask's with the same session_id, streamed or not, chat or
+// completions, alone and with a memory mode; the knowd object echoes the session; a session id
+// of the wrong type is 400 naming the field and an unknown one 404, as gRPC's NOT_FOUND.
+TEST(OpenAiEndToEnd, SessionIdAsksUnderTheSessionAsGrpcAskDoes) {
+  TempDir dir;
+  Serving s = Start(dir.path() + "/data", {});
+  ASSERT_NE(s.client, nullptr);
+  const std::string http = s.daemon->http_target();
+  // Demonstrations of one in-context task ("Q: <name>: <occupation>\nA: <label>\n").
+  std::vector<v1::SessionChunk> chunks(2);
+  chunks[0].set_text(
+      "Q: Damka Gralinvo: accountant\nA: free\nQ: Coros Zangorbel: designer\nA: fun\n"
+      "Q: Ruloseth Gilgra: nurse\nA: new\nQ: Yoxi Fenbello: accountant\nA: free\n");
+  chunks[1].set_text(
+      "Q: Mivel Damxisa: designer\nA: fun\nQ: Risub Wynlintem: nurse\nA: new\n"
+      "Q: Invas Temwenvo: accountant\nA: free\nQ: Moqua Zelvasmi: designer\nA: fun\n");
+  absl::StatusOr<v1::Session> session = s.client->CreateSession(chunks);
+  if (session.status().code() == absl::StatusCode::kFailedPrecondition) {
+    GTEST_SKIP() << "the bundle has no session mapper: " << session.status();
+  }
+  ASSERT_TRUE(session.ok()) << session.status() << s.daemon->log();
+  const std::string id = session->id();
+  const std::vector<std::string> questions = {"Lorenor Ithmo: nurse", "Celren Corvel: designer",
+                                              "Kusa Gralinvo: accountant"};
+  auto grpc_ask = [&](const std::string& question, v1::AskMode mode, const std::string& sid) {
+    v1::AskRequest request;
+    request.set_question(question);
+    request.set_mode(mode);
+    request.set_session_id(sid);
+    return s.client->Ask(request);
+  };
+
+  int differs_from_closed_book = 0;
+  for (const std::string& question : questions) {
+    SCOPED_TRACE(question);
+    absl::StatusOr<v1::AskFinal> grpc = grpc_ask(question, v1::ASK_MODE_UNSPECIFIED, id);
+    ASSERT_TRUE(grpc.ok()) << grpc.status();
+    ASSERT_EQ(grpc->session_id(), id);
+    absl::StatusOr<v1::AskFinal> plain = grpc_ask(question, v1::ASK_MODE_CLOSED_BOOK, "");
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    if (plain->answer() != grpc->answer()) ++differs_from_closed_book;
+
+    // Chat, one JSON answer: the bare model name and a session is the session alone.
+    const json chat = {{"model", "knowd-tiny"},
+                       {"messages", {{{"role", "user"}, {"content", question}}}},
+                       {"knowd", {{"session_id", id}}}};
+    const Reply r = Post(http, "/v1/chat/completions", chat);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.parsed["choices"][0]["message"]["content"], grpc->answer());
+    EXPECT_EQ(r.parsed["knowd"]["session_id"], id);
+    EXPECT_EQ(r.parsed["knowd"]["mode"], "closed-book");
+    EXPECT_EQ(r.parsed["usage"]["completion_tokens"], grpc->timings().generated_tokens());
+
+    // Chat, streamed.
+    json streamed = chat;
+    streamed["stream"] = true;
+    const Reply sr = Post(http, "/v1/chat/completions", streamed);
+    ASSERT_EQ(sr.status, 200) << sr.body;
+    bool done = false;
+    const std::vector<json> events = Events(sr.body, &done);
+    EXPECT_TRUE(done) << sr.body;
+    ASSERT_GE(events.size(), 2u) << sr.body;
+    std::string text;
+    for (const json& e : events) text += e["choices"][0]["delta"].value("content", "");
+    EXPECT_EQ(text, grpc->answer());
+    EXPECT_EQ(events.back()["knowd"]["session_id"], id);
+
+    // Completions, one JSON answer and streamed.
+    const json completion = {
+        {"model", "knowd-tiny"}, {"prompt", question}, {"knowd", {{"session_id", id}}}};
+    const Reply cr = Post(http, "/v1/completions", completion);
+    ASSERT_EQ(cr.status, 200) << cr.body;
+    EXPECT_EQ(cr.parsed["choices"][0]["text"], grpc->answer());
+    EXPECT_EQ(cr.parsed["knowd"]["session_id"], id);
+    json completion_streamed = completion;
+    completion_streamed["stream"] = true;
+    const Reply csr = Post(http, "/v1/completions", completion_streamed);
+    ASSERT_EQ(csr.status, 200) << csr.body;
+    const std::vector<json> cevents = Events(csr.body, &done);
+    EXPECT_TRUE(done) << csr.body;
+    ASSERT_FALSE(cevents.empty());
+    std::string ctext;
+    for (const json& e : cevents) ctext += e["choices"][0].value("text", "");
+    EXPECT_EQ(ctext, grpc->answer());
+    EXPECT_EQ(cevents.back()["knowd"]["session_id"], id);
+
+    // Without a session the knowd object names none.
+    const Reply none = Post(http, "/v1/chat/completions",
+                            {{"model", "knowd-tiny:closed-book"},
+                             {"messages", {{{"role", "user"}, {"content", question}}}}});
+    ASSERT_EQ(none.status, 200) << none.body;
+    EXPECT_EQ(none.parsed["choices"][0]["message"]["content"], plain->answer());
+    EXPECT_FALSE(none.parsed["knowd"].contains("session_id")) << none.body;
+  }
+  EXPECT_GT(differs_from_closed_book, 0) << "the session changed no answer: was it applied?";
+
+  // With a memory mode: that mode's memory and the session together, as gRPC answers.
+  IngestWorld(*s.client);
+  const std::string world_question = LoadWorldQuestions()[0].question;
+  absl::StatusOr<v1::AskFinal> grpc_rag = grpc_ask(world_question, v1::ASK_MODE_RAG, id);
+  ASSERT_TRUE(grpc_rag.ok()) << grpc_rag.status();
+  const Reply rag = Post(http, "/v1/chat/completions",
+                         {{"model", "knowd-tiny:rag"},
+                          {"messages", {{{"role", "user"}, {"content", world_question}}}},
+                          {"knowd", {{"session_id", id}}}});
+  ASSERT_EQ(rag.status, 200) << rag.body;
+  EXPECT_EQ(rag.parsed["choices"][0]["message"]["content"], grpc_rag->answer());
+  EXPECT_EQ(rag.parsed["knowd"]["mode"], "rag");
+  EXPECT_EQ(rag.parsed["knowd"]["session_id"], id);
+  ExpectSameCitations(rag.parsed["knowd"], *grpc_rag);
+
+  // Errors: the wrong type is 400 naming the field; an unknown session is gRPC's NOT_FOUND, 404,
+  // streamed or not, and the message names the session.
+  Reply bad = Post(http, "/v1/chat/completions",
+                   {{"model", "knowd-tiny"},
+                    {"messages", {{{"role", "user"}, {"content", questions[0]}}}},
+                    {"knowd", {{"session_id", 42}}}});
+  ExpectOpenAiError(bad, 400, "invalid_request_error");
+  EXPECT_EQ(bad.parsed["error"]["param"], "knowd.session_id");
+  EXPECT_EQ(bad.parsed["error"]["message"], "knowd.session_id: must be a string");
+  EXPECT_EQ(grpc_ask(questions[0], v1::ASK_MODE_UNSPECIFIED, "no-such-session").status().code(),
+            absl::StatusCode::kNotFound);
+  json unknown = {{"model", "knowd-tiny"},
+                  {"messages", {{{"role", "user"}, {"content", questions[0]}}}},
+                  {"knowd", {{"session_id", "no-such-session"}}}};
+  for (bool stream : {false, true}) {
+    unknown["stream"] = stream;
+    const Reply r = Post(http, "/v1/chat/completions", unknown);
+    ExpectOpenAiError(r, 404, "invalid_request_error");
+    EXPECT_EQ(r.parsed["error"]["code"], "not_found");
+    EXPECT_NE(r.parsed["error"]["message"].get<std::string>().find("no-such-session"),
+              std::string::npos)
+        << r.body;
+  }
+  // A deleted session is unknown too.
+  v1::DeleteSessionRequest del;
+  del.set_session_id(id);
+  ASSERT_TRUE(s.client->DeleteSession(del).ok());
+  ExpectOpenAiError(
+      Post(http, "/v1/completions",
+           {{"model", "knowd-tiny"}, {"prompt", questions[0]}, {"knowd", {{"session_id", id}}}}),
+      404, "invalid_request_error");
+  EXPECT_EQ(s.daemon->Terminate(), 0) << s.daemon->log();
+}
+
 // mac+rag on the world's first question, at most 32 tokens.
 json WorldChat() {
   return {{"model", "knowd-tiny:mac+rag"},
