@@ -267,11 +267,13 @@ int RunStats(Client& client, const StatsFlags& flags) {
     std::cout << ToJson(*stats) << "\n";
     return 0;
   }
-  std::cout << absl::StrFormat("documents            %d\npassages             %d\n",
-                               stats->documents(), stats->passages());
+  std::cout << absl::StrFormat(
+      "documents            %d\npassages             %d\nsessions             %d (%d bytes)\n",
+      stats->documents(), stats->passages(), stats->sessions(), stats->session_bytes());
   for (const v1::NamespaceStats& ns : stats->namespaces()) {
-    std::cout << absl::StrFormat("  %-18s %d documents, %d passages\n", ns.name(), ns.documents(),
-                                 ns.passages());
+    std::cout << absl::StrFormat("  %-18s %d documents, %d passages, %d sessions (%d bytes)\n",
+                                 ns.name(), ns.documents(), ns.passages(), ns.sessions(),
+                                 ns.session_bytes());
   }
   std::cout << absl::StrFormat(
       "disk                 %d bytes\nmodulations          %d bytes (%d per passage; the KV "

@@ -722,21 +722,44 @@ absl::Status KnowledgeServiceImpl::DoStats(grpc::ServerContext* context,
     KNOWD_RETURN_IF_ERROR(CheckShard(name_space));
   }
   KNOWD_ASSIGN_OR_RETURN(storage::BankStats stats, bank_->Stats());
+  // The same count as the knowd_sessions and knowd_session_bytes metrics, per namespace.
+  KNOWD_ASSIGN_OR_RETURN(storage::MemoryBank::SessionTotals sessions,
+                         bank_->CountSessions(absl::Now()));
+  auto wanted = [&](const std::string& name) {
+    return request.namespace_().empty() ? grant.AllowsNamespace(name)
+                                        : name == request.namespace_();
+  };
+  // Every namespace with documents or live sessions, by name.
+  std::map<std::string, v1::NamespaceStats> counted;
+  for (const storage::NamespaceStats& ns : stats.namespaces) {
+    if (!wanted(ns.name_space)) continue;
+    v1::NamespaceStats& out = counted[ns.name_space];
+    out.set_name(ns.name_space);
+    out.set_documents(static_cast<int64_t>(ns.documents));
+    out.set_passages(static_cast<int64_t>(ns.passages));
+  }
+  for (const auto& [name, count] : sessions.namespaces) {
+    if (!wanted(name)) continue;
+    v1::NamespaceStats& out = counted[name];
+    out.set_name(name);
+    out.set_sessions(count.sessions);
+    out.set_session_bytes(count.state_bytes);
+  }
   int64_t documents = 0;
   int64_t passages = 0;
-  for (const storage::NamespaceStats& ns : stats.namespaces) {
-    const bool wanted = request.namespace_().empty() ? grant.AllowsNamespace(ns.name_space)
-                                                     : ns.name_space == request.namespace_();
-    if (!wanted) continue;
-    v1::NamespaceStats* out = response->add_namespaces();
-    out->set_name(ns.name_space);
-    out->set_documents(static_cast<int64_t>(ns.documents));
-    out->set_passages(static_cast<int64_t>(ns.passages));
-    documents += out->documents();
-    passages += out->passages();
+  int64_t session_count = 0;
+  int64_t session_bytes = 0;
+  for (auto& [name, ns] : counted) {
+    documents += ns.documents();
+    passages += ns.passages();
+    session_count += ns.sessions();
+    session_bytes += ns.session_bytes();
+    *response->add_namespaces() = std::move(ns);
   }
   response->set_documents(documents);
   response->set_passages(passages);
+  response->set_sessions(session_count);
+  response->set_session_bytes(session_bytes);
   response->set_disk_bytes(static_cast<int64_t>(stats.disk_bytes));
   response->set_bytes_per_modulation(info_.bytes_per_modulation);
   response->set_modulation_bytes(passages * info_.bytes_per_modulation);

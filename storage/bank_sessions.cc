@@ -189,8 +189,14 @@ absl::StatusOr<MemoryBank::SessionTotals> BankImpl::CountSessions(absl::Time now
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     absl::StatusOr<SessionRecord> r = DecodeSession(it->value().ToStringView());
     if (!r.ok() || Expired(*r, now)) continue;
+    const int64_t bytes = static_cast<int64_t>(r->state.size());
     ++totals.sessions;
-    totals.state_bytes += static_cast<int64_t>(r->state.size());
+    totals.state_bytes += bytes;
+    // The key is the namespace, a NUL, the id (SessionKey).
+    const std::string_view key = it->key().ToStringView();
+    SessionCount& ns = totals.namespaces[std::string(key.substr(0, key.find('\0')))];
+    ++ns.sessions;
+    ns.state_bytes += bytes;
   }
   KNOWD_RETURN_IF_ERROR(FromRocks(it->status(), "counting sessions"));
   return totals;

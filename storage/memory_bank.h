@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -413,10 +414,14 @@ class MemoryBank {
                                                             absl::Time now) = 0;
   // Removes every expired session's record (also done by Open()); returns how many.
   virtual absl::StatusOr<int> SweepSessions(absl::Time now) = 0;
-  // Live sessions and their stored state bytes, all namespaces together.
-  struct SessionTotals {
+  // Live sessions and their stored state bytes: all namespaces together, and each namespace's
+  // (only namespaces that hold a live session appear).
+  struct SessionCount {
     int64_t sessions = 0;
     int64_t state_bytes = 0;
+  };
+  struct SessionTotals : SessionCount {
+    std::map<std::string, SessionCount, std::less<>> namespaces;
   };
   virtual absl::StatusOr<SessionTotals> CountSessions(absl::Time now) = 0;
 

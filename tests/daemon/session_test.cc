@@ -581,6 +581,99 @@ TEST_F(SessionTest, RolesAreThoseOfTheirNeighboursAndNoMapperIsAClearError) {
 }
 
 // knowctl session ... and the REST routes, against the same daemon.
+// Stats counts the live sessions and their bytes, per namespace and in all, as the metrics do;
+// REST's stats and `knowctl stats` carry the same numbers.
+TEST_F(SessionTest, StatsCountSessionsAndTheirBytes) {
+  if (std::getenv("KNOWD_TEST_ADAPTER")) GTEST_SKIP() << "this test brings its own adapter";
+  std::unique_ptr<DaemonProcess> daemon =
+      StartServingOrFail(Data("data-stats"), {"--adapter", adapter()});
+  ASSERT_NE(daemon, nullptr);
+  auto c = Connect(Options(*daemon));
+  // A namespace with a document and no session, beside "default" with sessions and no document.
+  ASSERT_TRUE(c->Ingest(
+                   [n = 0](v1::IngestRequest* r) mutable -> absl::StatusOr<bool> {
+                     if (n++ > 0) return false;
+                     r->set_namespace_("docs");
+                     r->set_id("doc");
+                     r->set_text("Mivel Zangorbel works as a nurse in Dripe.");
+                     return true;
+                   },
+                   [](const v1::IngestAck&) {})
+                  .ok());
+  absl::StatusOr<v1::Session> first = c->CreateSession(Chunks(kFirstMessages));
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<v1::Session> second = c->CreateSession(Chunks({Demonstrations(20, 8)}));
+  ASSERT_TRUE(second.ok()) << second.status();
+  const int64_t size = first->state_bytes();
+  ASSERT_GT(size, 0);
+  ASSERT_EQ(second->state_bytes(), size);
+
+  absl::StatusOr<v1::StatsResponse> stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->sessions(), 2);
+  EXPECT_EQ(stats->session_bytes(), 2 * size);
+  EXPECT_EQ(stats->documents(), 1);
+  ASSERT_EQ(stats->namespaces_size(), 2) << stats->DebugString();
+  EXPECT_EQ(stats->namespaces(0).name(), "default");
+  EXPECT_EQ(stats->namespaces(0).documents(), 0);
+  EXPECT_EQ(stats->namespaces(0).sessions(), 2);
+  EXPECT_EQ(stats->namespaces(0).session_bytes(), 2 * size);
+  EXPECT_EQ(stats->namespaces(1).name(), "docs");
+  EXPECT_EQ(stats->namespaces(1).documents(), 1);
+  EXPECT_EQ(stats->namespaces(1).sessions(), 0);
+  EXPECT_EQ(stats->namespaces(1).session_bytes(), 0);
+  v1::StatsRequest docs_only;
+  docs_only.set_namespace_("docs");
+  absl::StatusOr<v1::StatsResponse> docs = c->Stats(docs_only);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_EQ(docs->sessions(), 0);
+  EXPECT_EQ(docs->session_bytes(), 0);
+
+  // The metrics count the same.
+  const std::string metrics = HttpGet(daemon->http_target(), "/metrics").body;
+  EXPECT_THAT(metrics, HasSubstr("\nknowd_sessions 2\n"));
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("\nknowd_session_bytes ", 2 * size, "\n")));
+
+  // REST: the namespace's stats.
+  const HttpResponse rest = HttpGet(daemon->http_target(), "/v1/namespaces/default/stats");
+  ASSERT_EQ(rest.status, 200) << rest.body;
+  const nlohmann::json rest_stats = nlohmann::json::parse(rest.body, nullptr, false);
+  ASSERT_TRUE(rest_stats.is_object()) << rest.body;
+  EXPECT_EQ(rest_stats["sessions"], 2) << rest.body;
+  EXPECT_EQ(rest_stats["sessionBytes"], 2 * size) << rest.body;
+  EXPECT_EQ(rest_stats["namespaces"][0]["sessions"], 2) << rest.body;
+  EXPECT_EQ(rest_stats["namespaces"][0]["sessionBytes"], 2 * size) << rest.body;
+
+  // After a delete: one.
+  v1::DeleteSessionRequest del;
+  del.set_session_id(first->id());
+  ASSERT_TRUE(c->DeleteSession(del).ok());
+  stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->sessions(), 1);
+  EXPECT_EQ(stats->session_bytes(), size);
+  EXPECT_EQ(stats->namespaces(0).sessions(), 1);
+
+  // knowctl stats prints them, in all and per namespace.
+  const std::string knowctl = kKnowctlBinary + " --server " + daemon->grpc_target() + " ";
+  CommandResult printed = RunCommand(knowctl + "stats");
+  ASSERT_EQ(printed.exit_code, 0) << printed.out;
+  EXPECT_THAT(printed.out,
+              HasSubstr(absl::StrCat("\nsessions             1 (", size, " bytes)\n")));
+  EXPECT_THAT(printed.out,
+              HasSubstr(absl::StrCat("  default            0 documents, 0 passages, 1 sessions (",
+                                     size, " bytes)\n")));
+  EXPECT_THAT(printed.out,
+              HasSubstr("  docs               1 documents, 1 passages, 0 sessions (0 bytes)\n"));
+  CommandResult json = RunCommand(knowctl + "stats --json");
+  ASSERT_EQ(json.exit_code, 0) << json.out;
+  const nlohmann::json parsed = nlohmann::json::parse(json.out, nullptr, false);
+  ASSERT_TRUE(parsed.is_object()) << json.out;
+  EXPECT_EQ(parsed["sessions"], "1") << json.out;  // protobuf's JSON: int64 as a string
+  EXPECT_EQ(parsed["session_bytes"], std::to_string(size)) << json.out;
+  EXPECT_EQ(daemon->Terminate(), 0) << daemon->log();
+}
+
 TEST_F(SessionTest, KnowctlAndRestDriveTheSameCalls) {
   if (std::getenv("KNOWD_TEST_ADAPTER")) GTEST_SKIP() << "this test brings its own adapter";
   std::unique_ptr<DaemonProcess> daemon =

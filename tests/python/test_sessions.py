@@ -101,7 +101,13 @@ def test_create_ask_append_list_delete(session_daemon):
         assert appended.state_bytes == small.state_bytes
 
         assert sorted(s.id for s in c.list_sessions()) == sorted([small.id, big.id])
+        stats = c.stats("team-a")
+        assert (stats.sessions, stats.session_bytes) == (2, 2 * small.state_bytes)
+        assert [(n.name, n.sessions, n.session_bytes) for n in stats.namespaces] == [
+            ("team-a", 2, 2 * small.state_bytes)]
         c.delete_session(big.id)
+        assert (c.stats("team-a").sessions, c.stats("team-a").session_bytes) == (
+            1, small.state_bytes)
         with pytest.raises(knowd.NotFound):
             c.delete_session(big.id)
         with pytest.raises(knowd.NotFound):

@@ -70,6 +70,11 @@ TEST(SessionStoreTest, PutGetListDelete) {
   ASSERT_TRUE(totals.ok());
   EXPECT_EQ(totals->sessions, 3);
   EXPECT_EQ(totals->state_bytes, 3 * 96 * 4);
+  ASSERT_EQ(totals->namespaces.size(), 2u);  // per namespace, by name
+  EXPECT_EQ(totals->namespaces.at("ns").sessions, 2);
+  EXPECT_EQ(totals->namespaces.at("ns").state_bytes, 2 * 96 * 4);
+  EXPECT_EQ(totals->namespaces.at("ns2").sessions, 1);
+  EXPECT_EQ(totals->namespaces.at("ns2").state_bytes, 96 * 4);
 
   ASSERT_TRUE((*bank)->DeleteSession("ns", "a", now).ok());
   EXPECT_TRUE(absl::IsNotFound((*bank)->GetSession("ns", "a", now).status()));

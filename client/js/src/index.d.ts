@@ -145,7 +145,13 @@ export interface ForgetResult {
 export interface Stats {
   documents: number;
   passages: number;
-  namespaces: { name: string; documents: number; passages: number }[];
+  namespaces: {
+    name: string;
+    documents: number;
+    passages: number;
+    sessions: number;
+    sessionBytes: number;
+  }[];
   diskBytes: number;
   modulationBytes: number;
   bytesPerModulation: number;
@@ -156,6 +162,9 @@ export interface Stats {
   uptimeSeconds: number;
   kvBytesPerMedianPassage: number;
   recoveryWarning: string;
+  /** Live sessions and the bytes of their stored states, summed over `namespaces`. */
+  sessions: number;
+  sessionBytes: number;
 }
 
 export class KnowdError extends Error {

@@ -158,12 +158,13 @@ def forget_result(r):
 def stats(s):
     return Stats(
         documents=s.documents, passages=s.passages,
-        namespaces=[NamespaceStats(n.name, n.documents, n.passages) for n in s.namespaces],
+        namespaces=[NamespaceStats(n.name, n.documents, n.passages, n.sessions, n.session_bytes)
+                    for n in s.namespaces],
         disk_bytes=s.disk_bytes, modulation_bytes=s.modulation_bytes,
         bytes_per_modulation=s.bytes_per_modulation, model=s.model, adapter=s.adapter,
         fingerprint=s.fingerprint, version=s.version, uptime_seconds=s.uptime_seconds,
         kv_bytes_per_median_passage=s.kv_bytes_per_median_passage,
-        recovery_warning=s.recovery_warning)
+        recovery_warning=s.recovery_warning, sessions=s.sessions, session_bytes=s.session_bytes)
 
 
 def channel_options(max_message_bytes):

@@ -112,6 +112,8 @@ class NamespaceStats:
     name: str
     documents: int
     passages: int
+    sessions: int = 0
+    session_bytes: int = 0
 
 
 @dataclass
@@ -129,6 +131,8 @@ class Stats:
     uptime_seconds: float
     kv_bytes_per_median_passage: int
     recovery_warning: str = ""
+    sessions: int = 0
+    session_bytes: int = 0
 
 
 @dataclass
