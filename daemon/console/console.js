@@ -7,10 +7,14 @@ const tokenInput = $('#token');
 const nsInput = $('#namespace');
 tokenInput.value = localStorage.getItem('knowd.token') ?? '';
 nsInput.value = localStorage.getItem('knowd.namespace') ?? 'default';
-tokenInput.addEventListener('change', () => localStorage.setItem('knowd.token', tokenInput.value));
+tokenInput.addEventListener('change', () => {
+  localStorage.setItem('knowd.token', tokenInput.value);
+  refreshSessions();
+});
 nsInput.addEventListener('change', () => {
   localStorage.setItem('knowd.namespace', nsInput.value);
   refreshStats();
+  refreshSessions();
 });
 
 const ns = () => encodeURIComponent(nsInput.value.trim() || 'default');
@@ -152,7 +156,7 @@ function renderCitations(list, cited) {
   );
 }
 
-async function askMode(column, question) {
+async function askMode(column, question, sessionId) {
   const text = $('.text', column);
   const meta = $('.meta', column);
   const citations = $('.citations', column);
@@ -164,7 +168,7 @@ async function askMode(column, question) {
     const res = await fetch(`/v1/namespaces/${ns()}/ask`, {
       method: 'POST',
       headers: headers(),
-      body: JSON.stringify({ question, mode: column.dataset.mode, stream: true }),
+      body: JSON.stringify({ question, mode: column.dataset.mode, stream: true, ...(sessionId ? { sessionId } : {}) }),
     });
     if (!res.ok) throw new Error(errorText(res.status, await res.json().catch(() => null)));
     for await (const chunk of ndjson(res)) {
@@ -175,7 +179,7 @@ async function askMode(column, question) {
         text.textContent = f.answer;
         if (f.nothingInMemory) text.textContent = '(nothing in memory on this question)';
         const t = f.timings ?? {};
-        meta.textContent = `${f.stopReason} · ${t.generatedTokens ?? 0} tokens · ${Number(t.totalMs ?? 0).toFixed(1)} ms · relevance ${Number(f.relevance ?? 0).toFixed(2)}`;
+        meta.textContent = `${f.stopReason} · ${t.generatedTokens ?? 0} tokens · ${Number(t.totalMs ?? 0).toFixed(1)} ms · relevance ${Number(f.relevance ?? 0).toFixed(2)}${f.sessionId ? ` · session ${f.sessionId}` : ''}`;
         renderCitations(citations, f.cited ?? []);
       }
     }
@@ -191,11 +195,99 @@ $('#ask-form').addEventListener('submit', async (event) => {
   event.preventDefault();
   const question = $('#question').value.trim();
   if (!question) return;
+  const sessionId = $('#ask-session').value;
+  const alone = $('.answer[data-mode="closed-book"] h3 small');
+  alone.textContent = sessionId ? alone.dataset.session : alone.dataset.alone;
   $('#ask-submit').disabled = true;
-  await Promise.all(MODES.map((m) => askMode($(`.answer[data-mode="${m}"]`), question)));
+  await Promise.all(MODES.map((m) => askMode($(`.answer[data-mode="${m}"]`), question, sessionId)));
   $('#ask-submit').disabled = false;
   refreshStats();
 });
+
+// ---- sessions: list, create from pasted text, delete; Ask's session choice ----
+
+function renderSessionChoice(sessions) {
+  const select = $('#ask-session');
+  const chosen = select.value;
+  select.replaceChildren(
+    el('option', { value: '' }, 'no session'),
+    ...sessions.map((s) => el('option', { value: s.id }, s.label ? `${s.label} (${s.id.slice(0, 8)})` : s.id)),
+  );
+  select.value = sessions.some((s) => s.id === chosen) ? chosen : '';
+}
+
+async function refreshSessions() {
+  const body = $('#sessions tbody');
+  try {
+    const r = await call('GET', `/v1/namespaces/${ns()}/sessions`);
+    const sessions = r.sessions ?? [];
+    body.replaceChildren(
+      ...sessions.map((s) =>
+        el('tr', { 'data-session-id': s.id },
+           el('td', {}, el('code', {}, s.id)),
+           el('td', { class: 'label' }, s.label),
+           el('td', { class: 'bytes', title: `${s.stateBytes} bytes` }, bytes(s.stateBytes)),
+           el('td', { class: 'chunks' }, String(s.chunks)),
+           el('td', { class: 'tokens' }, String(s.tokens)),
+           el('td', { class: 'expires' }, s.expiresUnix ? new Date(s.expiresUnix * 1000).toISOString() : 'never'),
+           el('td', {}, el('button', { type: 'button', class: 'small danger', onclick: () => deleteSession(s.id) }, 'delete'))),
+      ),
+    );
+    if (sessions.length === 0) body.replaceChildren(el('tr', { class: 'empty' }, el('td', { colspan: 7 }, 'no live session in this namespace')));
+    renderSessionChoice(sessions);
+  } catch (e) {
+    body.replaceChildren(el('tr', { class: 'error' }, el('td', { colspan: 7 }, e.message)));
+    renderSessionChoice([]);
+  }
+}
+
+$('#session-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const text = $('#session-text').value;
+  const status = $('#session-status');
+  if (!text.trim()) {
+    status.className = 'meta error';
+    status.textContent = 'paste the context to absorb first';
+    return;
+  }
+  const request = { text };
+  const label = $('#session-label').value.trim();
+  if (label) request.label = label;
+  const ttl = Number($('#session-ttl').value);
+  if (ttl > 0) request.ttlSeconds = ttl;
+  $('#session-submit').disabled = true;
+  try {
+    const s = await call('POST', `/v1/namespaces/${ns()}/sessions`, request);
+    status.className = 'meta ok';
+    status.dataset.sessionId = s.id;
+    status.textContent = `created ${s.id}: ${s.chunks} chunk(s), ${s.tokens} tokens in ${bytes(s.stateBytes)}`;
+    $('#session-text').value = '';
+    $('#session-label').value = '';
+  } catch (e) {
+    status.className = 'meta error';
+    status.textContent = e.message;
+  } finally {
+    $('#session-submit').disabled = false;
+    await refreshSessions();
+    refreshStats();
+  }
+});
+
+async function deleteSession(id) {
+  const status = $('#session-status');
+  try {
+    await call('DELETE', `/v1/namespaces/${ns()}/sessions/${encodeURIComponent(id)}`);
+    status.className = 'meta ok';
+    status.textContent = `deleted ${id}`;
+  } catch (e) {
+    status.className = 'meta error';
+    status.textContent = e.message;
+  }
+  await refreshSessions();
+  refreshStats();
+}
+
+$('#sessions-refresh').addEventListener('click', refreshSessions);
 
 // ---- search, view, forget ----
 
@@ -280,6 +372,8 @@ async function refreshStats() {
     fill($('#stats'), [
       ['documents', s.documents],
       ['passages', s.passages],
+      ['sessions', s.sessions],
+      ['session bytes', bytes(s.sessionBytes)],
       ['namespace', nsName],
       ['bytes per modulation', bytes(s.bytesPerModulation)],
       ['KV cache per passage', bytes(s.kvBytesPerMedianPassage)],
@@ -341,6 +435,7 @@ async function refreshReady() {
 $('#stats-refresh').addEventListener('click', refreshStats);
 refreshReady();
 refreshStats();
+refreshSessions();
 setInterval(() => {
   if (document.visibilityState === 'visible') {
     refreshReady();

@@ -3,8 +3,9 @@
 // loaded, the token typed in, one document pasted into the ingest form and the rest of the world
 // fixture uploaded as a .jsonl file; one question asked in the four modes side by side, each
 // answer and its citations checked against the REST API's answer to the same request; a search,
-// a document viewed and forgotten, and the question asked again. Screenshots of each step go to
-// KNOWD_SCREENSHOT_DIR; their paths are printed.
+// a document viewed and forgotten, and the question asked again; a session created from pasted
+// text, listed, chosen for a question (each column REST's answer with the same session) and
+// deleted. Screenshots of each step go to KNOWD_SCREENSHOT_DIR; their paths are printed.
 //
 // Run by ctest (tests/console/CMakeLists.txt), which skips it (exit 77) without /usr/bin/chromium
 // or client/js's puppeteer-core.
@@ -68,10 +69,10 @@ async function readAnswers() {
   );
 }
 
-async function ask() {
+async function ask(text = question.question) {
   await page.$$eval('.answer', (columns) => columns.forEach((a) => delete a.dataset.state));
   await page.click('#question', { clickCount: 3 });
-  await page.type('#question', question.question);
+  await page.type('#question', text);
   await page.click('#ask-submit');
   return readAnswers();
 }
@@ -209,4 +210,101 @@ test('search, view and forget a document, then ask again', async () => {
     assert.ok(got.citations.every((c) => c.documentId !== 'test-p0'), mode);
   }
   await shot('forgotten');
+});
+
+// Demonstrations of one in-context task, the session's context, and a question of the task.
+const CONTEXT = [
+  ['Damka Gralinvo', 'accountant', 'free'], ['Coros Zangorbel', 'designer', 'fun'],
+  ['Ruloseth Gilgra', 'nurse', 'new'], ['Yoxi Fenbello', 'accountant', 'free'],
+  ['Mivel Damxisa', 'designer', 'fun'], ['Risub Wynlintem', 'nurse', 'new'],
+].map(([name, job, label]) => `Q: ${name}: ${job}\nA: ${label}\n`).join('');
+const SESSION_QUESTION = 'Kusa Corvel: designer';
+
+test('sessions: created from pasted text, listed, asked with, deleted', async () => {
+  const sessionRows = () =>
+    page.$$eval('#sessions tbody tr[data-session-id]', (rows) =>
+      rows.map((r) => ({
+        id: r.dataset.sessionId,
+        label: r.querySelector('.label').textContent,
+        bytes: r.querySelector('.bytes').title,
+        chunks: r.querySelector('.chunks').textContent,
+        tokens: r.querySelector('.tokens').textContent,
+        expires: r.querySelector('.expires').textContent,
+      })),
+    );
+  await page.waitForSelector('#sessions tbody tr.empty');
+  await page.type('#session-label', 'occupations');
+  await page.$eval('#session-text', (e, text) => (e.value = text), CONTEXT);
+  await page.click('#session-submit');
+  await page.waitForSelector('#sessions tbody tr[data-session-id]');
+  const rows = await sessionRows();
+  assert.equal(rows.length, 1);
+  const id = rows[0].id;
+  assert.match(await page.$eval('#session-status', (e) => e.textContent), new RegExp(`^created ${id}: `));
+
+  // The row is what REST lists.
+  const listed = await daemon.rest('GET', '/v1/namespaces/team-a/sessions');
+  assert.equal(listed.status, 200, JSON.stringify(listed.json));
+  assert.equal(listed.json.sessions.length, 1);
+  const s = listed.json.sessions[0];
+  assert.equal(s.id, id);
+  assert.equal(s.label, 'occupations');
+  assert.ok(s.stateBytes > 0 && s.chunks >= 1 && s.tokens > 0, JSON.stringify(s));
+  assert.deepEqual(rows[0], {
+    id,
+    label: 'occupations',
+    bytes: `${s.stateBytes} bytes`,
+    chunks: String(s.chunks),
+    tokens: String(s.tokens),
+    expires: new Date(s.expiresUnix * 1000).toISOString(),
+  });
+  // The bank's panel counts it.
+  await page.click('#stats-refresh');
+  await page.waitForFunction(() => document.querySelector('#stats dd[data-key="sessions"]')?.textContent === '1');
+
+  // Asked with the session: each column is REST's answer to the same question, mode and session;
+  // a question of the session's task, then one of the world's whose passage is still stored.
+  await page.select('#ask-session', id);
+  const worldQuestion = worldQuestions().find((q) => q.passage_id !== 'test-p0' && q.oracle_correct);
+  for (const text of [SESSION_QUESTION, worldQuestion.question]) {
+    const answers = await ask(text);
+    assert.equal(
+      await page.$eval('.answer[data-mode="closed-book"] h3 small', (e) => e.textContent),
+      'the session alone',
+    );
+    let answered = 0;
+    for (const mode of MODES) {
+      const r = await daemon.rest('POST', '/v1/namespaces/team-a/ask', { question: text, mode, sessionId: id });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      const expected = r.json;
+      const got = answers[mode];
+      assert.equal(got.state, 'done', `${mode}: ${got.meta}`);
+      if (expected.nothingInMemory) {
+        // Nothing generated: no session applied, none named.
+        assert.equal(expected.sessionId, '', mode);
+        assert.equal(got.text, '(nothing in memory on this question)', mode);
+        assert.ok(!got.meta.includes('session'), `${mode}: ${got.meta}`);
+      } else {
+        answered++;
+        assert.equal(expected.sessionId, id, mode);
+        assert.equal(got.text, expected.answer, `${mode}: ${text}`);
+        assert.ok(got.meta.endsWith(` · session ${id}`), `${mode}: ${got.meta}`);
+        assert.deepEqual(got.citations, (expected.cited ?? []).map((c) => ({ documentId: c.documentId, text: c.text })), mode);
+      }
+    }
+    // The session alone always answers; on the world's question the memory modes too.
+    assert.ok(answers['closed-book'].text.length > 0);
+    if (text !== SESSION_QUESTION) assert.equal(answered, MODES.length, text);
+  }
+  await shot('sessions');
+
+  // Deleted: gone from the list, the ask box and the daemon.
+  await page.click(`#sessions tbody tr[data-session-id="${id}"] button`);
+  await page.waitForSelector('#sessions tbody tr.empty');
+  assert.equal(await page.$eval('#session-status', (e) => e.textContent), `deleted ${id}`);
+  assert.deepEqual(await page.$$eval('#ask-session option', (o) => o.map((x) => x.value)), ['']);
+  assert.deepEqual((await daemon.rest('GET', '/v1/namespaces/team-a/sessions')).json.sessions, []);
+  const gone = await daemon.rest('POST', '/v1/namespaces/team-a/ask', { question: SESSION_QUESTION, sessionId: id });
+  assert.equal(gone.status, 404);
+  await page.waitForFunction(() => document.querySelector('#stats dd[data-key="sessions"]')?.textContent === '0');
 });
