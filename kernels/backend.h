@@ -52,6 +52,24 @@ struct AttentionArgs {
   int n_keys = 0;      // > 0: cross-attention over exactly this many key rows (see above)
 };
 
+// Backend::LowRankUpdate's operands.
+struct LowRankUpdateArgs {
+  const float* x = nullptr;  // [rows, in], row stride ldx
+  int64_t ldx = 0;
+  const float* w2t = nullptr;      // W2 transposed: [in, rank]
+  const float* mats = nullptr;     // [groups][rank][rank_out]
+  const int32_t* group = nullptr;  // [rows]; negative: the row has no update
+  const float* w1t = nullptr;      // W1 transposed: [rank_out, out]
+  float* y = nullptr;              // [rows, out], row stride ldy; accumulated into
+  int64_t ldy = 0;
+  int rows = 0;
+  int in = 0;
+  int out = 0;
+  int rank = 0;      // at most kMaxLowRank
+  int rank_out = 0;  // at most kMaxLowRank
+};
+inline constexpr int kMaxLowRank = 256;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -98,13 +116,11 @@ class Backend {
   virtual void MatMulTyped(const float* x, int64_t ldx, const void* w, DType w_dtype, float* y,
                            int64_t ldy, int m, int n, int k, bool accumulate) = 0;
 
-  // y[i, :] = x[i, :] · mats[group[i]] for rows i in [0, rows): each row times its own [k, n]
-  // matrix, mats = [groups][k][n] row-major; group[rows] is in backend memory, and a row whose
-  // group is negative gets y[i, :] = 0. ldx/ldy are the row strides of x and y (>= k and >= n).
-  // The per-sequence middle product of a batched low-rank update (model/low_rank.h).
-  virtual void GroupedRowMatMul(const float* x, int64_t ldx, const float* mats,
-                                const int32_t* group, float* y, int64_t ldy, int rows, int k,
-                                int n) = 0;
+  // A batched low-rank update of one linear layer (model/low_rank.h), fused:
+  // y[i, :] += W1 · mats[group[i]]ᵀ · W2 · x[i, :] for rows i in [0, rows), i.e. per row
+  // t = W2·x (rank), u[c] = Σ_j t[j]·h[j][c] (rank_out) with h = mats[group[i]], y += W1·u. A row
+  // whose group is negative is left as it is. All pointers are backend memory.
+  virtual void LowRankUpdate(const LowRankUpdateArgs& args) = 0;
 
   // y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * weight. In place allowed (y == x).
   virtual void RmsNorm(const float* x, const float* weight, float* y, int rows, int dim,

@@ -455,17 +455,30 @@ KNOWD_HD inline void RopeRotate(float* x0, float* x1, float c, float s) {
   *x1 = a * s + b * c;
 }
 
-// ---- grouped row products ------------------------------------------------------------------
+// ---- low-rank updates ---------------------------------------------------------------------
 
-// One element of GroupedRowMatMul: y[c] = Σ_t x[t] · mat[t][c] over t in [0, k) with
-// mat = mats[group] ([k][n] row-major), summed in f32 in order of t; 0 when group < 0.
-KNOWD_HD inline float GroupedRowElement(const float* x, const float* mats, int32_t group, int k,
-                                        int n, int c) {
-  if (group < 0) return 0.0f;
-  const float* mat = mats + static_cast<int64_t>(group) * k * n + c;
+// Element c of the vector-matrix product v · m, m [k][n] row-major: Σ_t v[t] · m[t][c] over t in
+// [0, k), summed in f32 in order of t. Each of Backend::LowRankUpdate's three steps is one:
+// t = x · W2ᵀ, u = t · h (the row's state), y += u · W1ᵀ.
+KNOWD_HD inline float LowRankColumn(const float* v, const float* m, int k, int n, int c) {
   float sum = 0.0f;
-  for (int t = 0; t < k; ++t) sum += x[t] * mat[static_cast<int64_t>(t) * n];
+  for (int t = 0; t < k; ++t) sum += v[t] * m[static_cast<int64_t>(t) * n + c];
   return sum;
+}
+
+// Every column of v · m at once, out[c] = LowRankColumn(v, m, k, n, c) for c in [0, n): the same
+// sums in the same order of t (up to the compiler fusing some multiply-adds), with the loops
+// swapped so the host vectorises along c.
+KNOWD_HD inline void LowRankColumns(const float* v, const float* m, int k, int n, float* out) {
+  for (int c = 0; c < n; ++c) out[c] = 0.0f;
+  for (int t = 0; t < k; ++t) {
+    const float vt = v[t];
+    const float* row = m + static_cast<int64_t>(t) * n;
+#if !defined(__CUDA_ARCH__) && defined(_OPENMP)
+#pragma omp simd
+#endif
+    for (int c = 0; c < n; ++c) out[c] += vt * row[c];
+  }
 }
 
 // ---- softmax (plain and online) -----------------------------------------------------------

@@ -18,6 +18,14 @@ std::string SiteName(const LowRankSite& site) {
 
 }  // namespace
 
+std::vector<float> LowRankTransposed(std::span<const float> m, int rows, int cols) {
+  std::vector<float> t(m.size());
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) t[int64_t{c} * rows + r] = m[int64_t{r} * cols + c];
+  }
+  return t;
+}
+
 std::string_view ProjectionName(Projection projection) {
   const int i = static_cast<int>(projection);
   return i >= 0 && i < kNumProjections ? kProjectionNames[i] : "?";
@@ -113,7 +121,11 @@ absl::StatusOr<std::unique_ptr<LowRankFactors>> LowRankFactors::Create(
   f->sites_ = std::move(sites);
   Backend* backend = model->backend();
   for (size_t i = 0; i < f->sites_.size(); ++i) {
-    for (auto [host, dst] : {std::pair{&w2[i], &f->w2_}, std::pair{&w1[i], &f->w1_}}) {
+    const int in = f->InSize(f->sites_[i].projection);
+    const int out = f->OutSize(f->sites_[i].projection);
+    const std::vector<float> w2t = LowRankTransposed(w2[i], rank, in);
+    const std::vector<float> w1t = LowRankTransposed(w1[i], out, rank_out);
+    for (auto [host, dst] : {std::pair{&w2t, &f->w2t_}, std::pair{&w1t, &f->w1t_}}) {
       const size_t bytes = host->size() * sizeof(float);
       auto* p = static_cast<float*>(backend->Alloc(bytes));
       if (p == nullptr) {
@@ -133,8 +145,8 @@ LowRankFactors::~LowRankFactors() {
   if (model_ == nullptr) return;
   Backend* backend = model_->backend();
   backend->Synchronize();
-  for (float* p : w2_) backend->Free(p);
-  for (float* p : w1_) backend->Free(p);
+  for (float* p : w2t_) backend->Free(p);
+  for (float* p : w1t_) backend->Free(p);
 }
 
 // ---- LowRankState -------------------------------------------------------------------------

@@ -31,6 +31,10 @@ std::string_view ProjectionName(Projection projection);
 // The inverse of ProjectionName; INVALID_ARGUMENT naming the valid names otherwise.
 absl::StatusOr<Projection> ParseProjection(std::string_view name);
 
+// m [rows][cols] row-major, transposed: [cols][rows]. The factors are kept transposed in backend
+// memory; merging transposes W1ᵀ back.
+std::vector<float> LowRankTransposed(std::span<const float> m, int rows, int cols);
+
 struct LowRankSite {
   int layer = 0;
   Projection projection = Projection::kO;
@@ -58,9 +62,10 @@ class LowRankFactors {
   int64_t state_floats() const { return static_cast<int64_t>(sites_.size()) * rank_ * rank_out_; }
   Transformer* model() const { return model_; }
 
-  // Backend memory: sites()[i]'s W2 [rank, in] and W1 [out, rank_out].
-  const float* w2(int site) const { return w2_[site]; }
-  const float* w1(int site) const { return w1_[site]; }
+  // Backend memory: sites()[i]'s factors transposed, W2ᵀ [in, rank] and W1ᵀ [rank_out, out], the
+  // layout Backend::LowRankUpdate reads (each of its steps runs along its output).
+  const float* w2t(int site) const { return w2t_[site]; }
+  const float* w1t(int site) const { return w1t_[site]; }
   // The index in sites() of (layer, projection), or -1 when no site targets it.
   int SiteIndex(int layer, Projection projection) const {
     return by_layer_[layer][static_cast<int>(projection)];
@@ -75,8 +80,8 @@ class LowRankFactors {
   int rank_ = 0;
   int rank_out_ = 0;
   std::vector<LowRankSite> sites_;
-  std::vector<float*> w2_;
-  std::vector<float*> w1_;
+  std::vector<float*> w2t_;
+  std::vector<float*> w1t_;
   std::vector<std::array<int, kNumProjections>> by_layer_;
 };
 

@@ -410,10 +410,7 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
 
   // Low-rank updates: the distinct states side by side in one buffer [groups][sites][r][r2], and
   // per site a row -> matrix index (group * sites + site, or -1 for rows without an update), so
-  // GroupedRowMatMul reads each row's h of that site. Scratch slots 9 x·W2ᵀ, 10 its product with
-  // h, 11 the states, 12 the indices.
-  float* lr_t = nullptr;
-  float* lr_u = nullptr;
+  // LowRankUpdate reads each row's h of that site. Scratch slots 11 the states, 12 the indices.
   float* lr_mats = nullptr;
   int32_t* lr_index = nullptr;
   if (factors != nullptr) {
@@ -433,8 +430,6 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
       }
       row += n;
     }
-    lr_t = Scratch(9, int64_t{total} * factors->rank());
-    lr_u = Scratch(10, int64_t{total} * factors->rank_out());
     lr_mats = Scratch(11, static_cast<int64_t>(states.size()) * factors->state_floats());
     lr_index = reinterpret_cast<int32_t*>(Scratch(12, static_cast<int64_t>(index.size())));
     for (size_t g = 0; g < states.size(); ++g) {
@@ -450,14 +445,21 @@ absl::Status Transformer::Forward(std::span<const SequenceStep> batch, std::vect
     if (factors == nullptr) return;
     const int site = factors->SiteIndex(layer, projection);
     if (site < 0) return;
-    const int r = factors->rank();
-    const int r2 = factors->rank_out();
-    backend_->MatMul(in, ld_in, factors->w2(site), lr_t, r, total, r, factors->InSize(projection),
-                     false);
-    backend_->GroupedRowMatMul(lr_t, r, lr_mats, lr_index + int64_t{site} * total, lr_u, r2, total,
-                               r, r2);
-    backend_->MatMul(lr_u, r2, factors->w1(site), out, ld_out, total, factors->OutSize(projection),
-                     r2, true);
+    LowRankUpdateArgs a;
+    a.x = in;
+    a.ldx = ld_in;
+    a.w2t = factors->w2t(site);
+    a.mats = lr_mats;
+    a.group = lr_index + int64_t{site} * total;
+    a.w1t = factors->w1t(site);
+    a.y = out;
+    a.ldy = ld_out;
+    a.rows = total;
+    a.in = factors->InSize(projection);
+    a.out = factors->OutSize(projection);
+    a.rank = factors->rank();
+    a.rank_out = factors->rank_out();
+    backend_->LowRankUpdate(a);
   };
 
   backend_->Embedding(embedding_.data, embedding_.dtype, ids_dev, x, total, static_cast<int>(d));
@@ -609,26 +611,22 @@ absl::Status Transformer::MergeLowRank(const LowRankState& state) {
     const LowRankSite& site = f.sites()[i];
     const int in = f.InSize(site.projection);
     const int out = f.OutSize(site.projection);
-    // a = W1 · hᵀ [out, r]; delta = a · W2 [out, in], as a product with W2ᵀ [in, r] in nn.Linear
-    // layout (transposed on the host).
-    std::vector<float> w2(static_cast<size_t>(r) * in);
-    backend_->Download(w2.data(), f.w2(static_cast<int>(i)), w2.size() * sizeof(float));
-    std::vector<float> w2t(w2.size());
-    for (int a = 0; a < r; ++a) {
-      for (int b = 0; b < in; ++b) w2t[int64_t{b} * r + a] = w2[int64_t{a} * in + b];
-    }
-    float* w2t_dev = temp(int64_t{in} * r);
+    // a = W1 · hᵀ [out, r]; delta = a · W2 [out, in], as a product with the factors' W2ᵀ [in, r]
+    // (nn.Linear layout). W1 is made on the host from the factors' W1ᵀ.
+    std::vector<float> w1t(static_cast<size_t>(r2) * out);
+    backend_->Download(w1t.data(), f.w1t(static_cast<int>(i)), w1t.size() * sizeof(float));
+    const std::vector<float> w1 = LowRankTransposed(w1t, r2, out);
+    float* w1_dev = temp(int64_t{out} * r2);
     float* a = temp(int64_t{out} * r);
     float* delta = temp(int64_t{out} * in);
-    if (w2t_dev == nullptr || a == nullptr || delta == nullptr) {
+    if (w1_dev == nullptr || a == nullptr || delta == nullptr) {
       free_temps();
       return absl::ResourceExhaustedError(
           absl::StrCat("out of ", backend_->name(), " memory merging a low-rank update"));
     }
-    backend_->Upload(w2t_dev, w2t.data(), w2t.size() * sizeof(float));
-    backend_->MatMul(f.w1(static_cast<int>(i)), r2, state.data() + i * r * r2, a, r, out, r, r2,
-                     false);
-    backend_->MatMul(a, r, w2t_dev, delta, in, out, in, r, false);
+    backend_->Upload(w1_dev, w1.data(), w1.size() * sizeof(float));
+    backend_->MatMul(w1_dev, r2, state.data() + i * r * r2, a, r, out, r, r2, false);
+    backend_->MatMul(a, r, f.w2t(static_cast<int>(i)), delta, in, out, in, r, false);
     for (const Target& t : targets(site)) {
       const Matrix& m = t.m;
       const int64_t n = int64_t{t.rows} * in;

@@ -120,9 +120,9 @@ class Transformer {
   // for another model or from different factors.
   //
   // A sequence with an `update` gets, after each projection its factors target, the rows
-  // ((x · W2ᵀ) · h) · W1ᵀ added to that projection's output (one MatMul with W2 over the whole
-  // batch, Backend::GroupedRowMatMul with each sequence's h, one accumulating MatMul with W1);
-  // rows of sequences without one are unchanged.
+  // ((x · W2ᵀ) · h) · W1ᵀ added to that projection's output (one Backend::LowRankUpdate per
+  // site for the whole batch, each row with its sequence's h); rows of sequences without one
+  // are unchanged.
   absl::Status Forward(std::span<const SequenceStep> batch, std::vector<float>* logits,
                        const TrunkCapture* capture = nullptr);
 

@@ -29,6 +29,9 @@ namespace {
 constexpr int64_t kParallelMin = int64_t{1} << 15;
 constexpr int kSmallBatchRows = 16;                       // MatMul with 2..16 rows of x skips sgemm
 constexpr int64_t kParallelMatMulMin = int64_t{1} << 17;  // m*n*k below this: one thread
+// LowRankUpdate's multiply-adds below this: one thread (a prefill of 25 rows through rank-16
+// factors of a 192-wide model ran as fast on one thread as on two).
+constexpr int64_t kParallelLowRankMin = int64_t{1} << 19;
 // Floats of one dequantized panel of w in MatMulTyped's prefill path: 128 KiB, so a panel stays
 // in L2 while sgemm reads it.
 constexpr int64_t kTypedPanelFloats = int64_t{1} << 15;
@@ -460,13 +463,54 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void GroupedRowMatMul(const float* x, int64_t ldx, const float* mats, const int32_t* group,
-                        float* y, int64_t ldy, int rows, int k, int n) override {
-#pragma omp parallel for num_threads(threads_) if (int64_t{rows} * n * k >= kParallelMin)
-    for (int i = 0; i < rows; ++i) {
-      const float* xi = x + i * ldx;
-      float* yi = y + i * ldy;
-      for (int c = 0; c < n; ++c) yi[c] = GroupedRowElement(xi, mats, group[i], k, n, c);
+  // Four rows at a time: their t = x · W2ᵀ together (four independent chains of multiply-adds
+  // along `in`, which one row alone would wait on), then per row u and y, all in L1 (t, u on the
+  // stack, the last step's sums in a per-thread buffer of `out` floats), each step vectorised
+  // along its output. Each element is summed in LowRankColumn's order. Rows are shared among the
+  // threads when there are enough.
+  void LowRankUpdate(const LowRankUpdateArgs& a) override {
+    auto rows = [&a](int begin, int end) {
+      constexpr int kBlock = 4;
+      float t[kBlock][kMaxLowRank];
+      float u[kMaxLowRank];
+      std::vector<float> sums(a.out);
+      for (int i0 = begin; i0 < end; i0 += kBlock) {
+        const int n = std::min(kBlock, end - i0);
+        if (n == 1) {
+          LowRankColumns(a.x + i0 * a.ldx, a.w2t, a.in, a.rank, t[0]);
+        } else {
+          for (int r = 0; r < n; ++r) std::fill_n(t[r], a.rank, 0.0f);
+        }
+        for (int k = 0; k < (n == 1 ? 0 : a.in); ++k) {
+          const float* w = a.w2t + int64_t{k} * a.rank;
+          for (int r = 0; r < n; ++r) {
+            const float xk = a.x[(i0 + r) * a.ldx + k];
+            float* tr = t[r];
+#pragma omp simd
+            for (int c = 0; c < a.rank; ++c) tr[c] += xk * w[c];
+          }
+        }
+        for (int r = 0; r < n; ++r) {
+          const int32_t g = a.group[i0 + r];
+          if (g < 0) continue;
+          LowRankColumns(t[r], a.mats + int64_t{g} * a.rank * a.rank_out, a.rank, a.rank_out, u);
+          LowRankColumns(u, a.w1t, a.rank_out, a.out, sums.data());
+          float* y = a.y + (i0 + r) * a.ldy;
+#pragma omp simd
+          for (int o = 0; o < a.out; ++o) y[o] += sums[o];
+        }
+      }
+    };
+    const int64_t work = int64_t{a.rows} * (int64_t{a.rank} * a.in + int64_t{a.out} * a.rank_out);
+    const int blocks = work >= kParallelLowRankMin ? std::min(threads_, a.rows) : 1;
+    if (blocks == 1) {
+      rows(0, a.rows);
+      return;
+    }
+#pragma omp parallel for num_threads(blocks) schedule(static)
+    for (int b = 0; b < blocks; ++b) {
+      const auto [begin, end] = RowShare(b, blocks, a.rows);
+      rows(begin, end);
     }
   }
 

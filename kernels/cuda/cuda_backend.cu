@@ -166,11 +166,9 @@ class CudaBackend final : public Backend {
     Check(cuda::LaunchAddBias(stream_, y, ldy, bias, rows, cols), "AddBias");
   }
 
-  void GroupedRowMatMul(const float* x, int64_t ldx, const float* mats, const int32_t* group,
-                        float* y, int64_t ldy, int rows, int k, int n) override {
+  void LowRankUpdate(const LowRankUpdateArgs& args) override {
     Activate();
-    Check(cuda::LaunchGroupedRowMatMul(stream_, x, ldx, mats, group, y, ldy, rows, k, n),
-          "GroupedRowMatMul");
+    Check(cuda::LaunchLowRankUpdate(stream_, args), "LowRankUpdate");
   }
 
   void Embedding(const void* table, DType dtype, const int32_t* ids, float* out, int n,

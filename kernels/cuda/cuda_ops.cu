@@ -195,16 +195,28 @@ __global__ void AddBiasKernel(float* y, int64_t ldy, const float* bias, int rows
   }
 }
 
-// One thread per element of y; the threads of a row read its x row and its matrix's columns
-// side by side (coalesced along n).
-__global__ void GroupedRowMatMulKernel(const float* x, int64_t ldx, const float* mats,
-                                       const int32_t* group, float* y, int64_t ldy, int rows, int k,
-                                       int n) {
-  const int64_t total = static_cast<int64_t>(rows) * n;
-  for (int64_t idx = GlobalThread(); idx < total; idx += GridThreads()) {
-    const int64_t r = idx / n;
-    const int c = static_cast<int>(idx % n);
-    y[r * ldy + c] = GroupedRowElement(x + r * ldx, mats, group[r], k, n, c);
+// One block per row: its threads compute t = W2·x, then u = hᵀ·t, then y += W1·u, each step's
+// elements shared among them through shared memory (the last step's reads of W1ᵀ coalesce). A row
+// without an update returns at once (the whole block, so no thread misses a barrier).
+__global__ void LowRankUpdateKernel(LowRankUpdateArgs a) {
+  __shared__ float t[kMaxLowRank];
+  __shared__ float u[kMaxLowRank];
+  const int64_t i = blockIdx.x;
+  const int32_t g = a.group[i];
+  if (g < 0) return;
+  const float* x = a.x + i * a.ldx;
+  for (int j = threadIdx.x; j < a.rank; j += blockDim.x) {
+    t[j] = LowRankColumn(x, a.w2t, a.in, a.rank, j);
+  }
+  __syncthreads();
+  const float* h = a.mats + static_cast<int64_t>(g) * a.rank * a.rank_out;
+  for (int c = threadIdx.x; c < a.rank_out; c += blockDim.x) {
+    u[c] = LowRankColumn(t, h, a.rank, a.rank_out, c);
+  }
+  __syncthreads();
+  float* y = a.y + i * a.ldy;
+  for (int o = threadIdx.x; o < a.out; o += blockDim.x) {
+    y[o] += LowRankColumn(u, a.w1t, a.rank_out, a.out, o);
   }
 }
 
@@ -302,13 +314,9 @@ cudaError_t LaunchAddBias(cudaStream_t stream, float* y, int64_t ldy, const floa
   return cudaGetLastError();
 }
 
-cudaError_t LaunchGroupedRowMatMul(cudaStream_t stream, const float* x, int64_t ldx,
-                                   const float* mats, const int32_t* group, float* y, int64_t ldy,
-                                   int rows, int k, int n) {
-  const int64_t total = static_cast<int64_t>(rows) * n;
-  if (rows <= 0 || n <= 0) return cudaSuccess;
-  GroupedRowMatMulKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(
-      x, ldx, mats, group, y, ldy, rows, k, n);
+cudaError_t LaunchLowRankUpdate(cudaStream_t stream, const LowRankUpdateArgs& args) {
+  if (args.rows <= 0 || args.out <= 0) return cudaSuccess;
+  LowRankUpdateKernel<<<args.rows, 128, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

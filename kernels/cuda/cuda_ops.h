@@ -28,9 +28,7 @@ cudaError_t LaunchGelu(cudaStream_t stream, const float* x, float* out, int64_t 
 cudaError_t LaunchAdd(cudaStream_t stream, const float* a, const float* b, float* out, int64_t n);
 cudaError_t LaunchAddBias(cudaStream_t stream, float* y, int64_t ldy, const float* bias, int rows,
                           int cols);
-cudaError_t LaunchGroupedRowMatMul(cudaStream_t stream, const float* x, int64_t ldx,
-                                   const float* mats, const int32_t* group, float* y, int64_t ldy,
-                                   int rows, int k, int n);
+cudaError_t LaunchLowRankUpdate(cudaStream_t stream, const LowRankUpdateArgs& args);
 // `row_bytes` is DTypeBytes(dtype, dim), computed by the caller on the host.
 cudaError_t LaunchEmbedding(cudaStream_t stream, const void* table, DType dtype, int64_t row_bytes,
                             const int32_t* ids, float* out, int n, int dim);

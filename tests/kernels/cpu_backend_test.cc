@@ -447,39 +447,58 @@ void ExpectSameValues(const std::vector<float>& got, const std::vector<double>& 
   }
 }
 
-// Each row times its own group's [k, n] matrix, rows of negative groups zeroed, with row strides
-// wider than the rows (padding untouched). Sizes for both the single-threaded and the OpenMP path.
-TEST_F(CpuBackendTest, GroupedRowMatMulMatchesDoubleReference) {
+// y += W1 · hᵀ · W2 · x per row (W1 and W2 given transposed) with the row's own h, rows of negative
+// groups untouched, row strides wider than the rows (padding untouched). Sizes for both the
+// single-threaded and the OpenMP path, and the largest rank.
+TEST_F(CpuBackendTest, LowRankUpdateMatchesDoubleReference) {
   struct Case {
-    int rows, k, n, groups;
+    int rows, in, out, rank, rank_out, groups;
     int64_t ldx, ldy;
   };
-  for (const Case& c : {Case{7, 5, 3, 3, 9, 6}, Case{130, 64, 48, 4, 70, 50}}) {
+  for (const Case& c : {Case{7, 5, 9, 3, 2, 3, 9, 12}, Case{130, 192, 96, 16, 16, 4, 200, 100},
+                        Case{3, 40, 33, kMaxLowRank, kMaxLowRank, 2, 40, 35}}) {
     const std::vector<float> x = Random(static_cast<size_t>(c.rows) * c.ldx, 60);
-    const std::vector<float> mats = Random(static_cast<size_t>(c.groups) * c.k * c.n, 61);
+    const std::vector<float> w2t = Random(static_cast<size_t>(c.in) * c.rank, 61);
+    const std::vector<float> mats = Random(static_cast<size_t>(c.groups) * c.rank * c.rank_out, 62);
+    const std::vector<float> w1t = Random(static_cast<size_t>(c.rank_out) * c.out, 63);
     std::vector<int32_t> group(c.rows);
     for (int i = 0; i < c.rows; ++i) group[i] = i % 5 == 3 ? -1 : (i * 7) % c.groups;
-    std::vector<float> y(static_cast<size_t>(c.rows) * c.ldy, kSentinel);
-    backend_->GroupedRowMatMul(x.data(), c.ldx, mats.data(), group.data(), y.data(), c.ldy, c.rows,
-                               c.k, c.n);
+    const std::vector<float> y0 = Random(static_cast<size_t>(c.rows) * c.ldy, 64);
+    std::vector<float> y = y0;
+    LowRankUpdateArgs a;
+    a.x = x.data();
+    a.ldx = c.ldx;
+    a.w2t = w2t.data();
+    a.mats = mats.data();
+    a.group = group.data();
+    a.w1t = w1t.data();
+    a.y = y.data();
+    a.ldy = c.ldy;
+    a.rows = c.rows;
+    a.in = c.in;
+    a.out = c.out;
+    a.rank = c.rank;
+    a.rank_out = c.rank_out;
+    backend_->LowRankUpdate(a);
     for (int i = 0; i < c.rows; ++i) {
-      for (int j = 0; j < c.ldy; ++j) {
-        const float got = y[i * c.ldy + j];
-        if (j >= c.n) {
-          ASSERT_EQ(got, kSentinel) << "padding at " << i << "," << j;
+      std::vector<double> t(c.rank, 0.0), u(c.rank_out, 0.0);
+      if (group[i] >= 0) {
+        for (int j = 0; j < c.rank; ++j)
+          for (int k = 0; k < c.in; ++k) t[j] += double{w2t[k * c.rank + j]} * x[i * c.ldx + k];
+        const float* h = mats.data() + int64_t{group[i]} * c.rank * c.rank_out;
+        for (int k = 0; k < c.rank_out; ++k)
+          for (int j = 0; j < c.rank; ++j) u[k] += t[j] * h[j * c.rank_out + k];
+      }
+      for (int o = 0; o < c.ldy; ++o) {
+        const float got = y[i * c.ldy + o];
+        const float before = y0[i * c.ldy + o];
+        if (o >= c.out || group[i] < 0) {
+          ASSERT_EQ(got, before) << "untouched at " << i << "," << o;
           continue;
         }
-        double ref = 0;
-        if (group[i] >= 0) {
-          for (int t = 0; t < c.k; ++t) {
-            ref += double{x[i * c.ldx + t]} * mats[(int64_t{group[i]} * c.k + t) * c.n + j];
-          }
-        }
-        if (group[i] < 0) {
-          ASSERT_EQ(got, 0.0f) << i << "," << j;
-        } else {
-          ASSERT_NEAR(got, ref, 1e-5 * c.k) << i << "," << j;
-        }
+        double ref = before;
+        for (int k = 0; k < c.rank_out; ++k) ref += double{w1t[k * c.out + o]} * u[k];
+        ASSERT_NEAR(got, ref, 1e-5 * c.in * c.rank) << i << "," << o;
       }
     }
   }

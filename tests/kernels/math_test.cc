@@ -391,33 +391,35 @@ TEST(DTypeTest, NamesAndSizes) {
   EXPECT_EQ(DTypeBytes(DType::kQ8_0, int64_t{32} << 30), int64_t{34} << 30);  // no overflow
 }
 
-TEST(GroupedRowElementTest, PicksTheGroupsMatrixColumnAndSumsInOrder) {
-  // Two [k=3][n=2] matrices; x = (1, 2, 3).
-  const float mats[] = {1,  2,    3, 4, 5, 6,    // group 0
-                        -1, 0.5f, 0, 1, 2, -2};  // group 1
-  const float x[] = {1, 2, 3};
-  EXPECT_EQ(GroupedRowElement(x, mats, 0, 3, 2, 0), 1 * 1 + 2 * 3 + 3 * 5);
-  EXPECT_EQ(GroupedRowElement(x, mats, 0, 3, 2, 1), 1 * 2 + 2 * 4 + 3 * 6);
-  EXPECT_EQ(GroupedRowElement(x, mats, 1, 3, 2, 0), -1 + 0 + 6);
-  EXPECT_EQ(GroupedRowElement(x, mats, 1, 3, 2, 1), 0.5f + 2 - 6);
-  // A negative group is a row without a matrix: 0, whatever x holds.
-  const float nan_x[] = {NAN, NAN, NAN};
-  EXPECT_EQ(GroupedRowElement(nan_x, mats, -1, 3, 2, 1), 0.0f);
-  EXPECT_EQ(GroupedRowElement(x, mats, 0, 0, 2, 1), 0.0f);  // k == 0: an empty sum
+TEST(LowRankMathTest, ColumnPicksTheMatrixColumnAndSumsInOrder) {
+  // A [k=3][n=2] matrix; v = (1, 2, 3).
+  const float m[] = {1, 2, 3, 4, 5, 6};
+  const float v[] = {1, 2, 3};
+  EXPECT_EQ(LowRankColumn(v, m, 3, 2, 0), 1 * 1 + 2 * 3 + 3 * 5);
+  EXPECT_EQ(LowRankColumn(v, m, 3, 2, 1), 1 * 2 + 2 * 4 + 3 * 6);
+  EXPECT_EQ(LowRankColumn(v, m, 0, 2, 1), 0.0f);  // k == 0: an empty sum
+  // In order of t: (1e8 + 1) - 1e8 is 0 in f32, not 1.
+  const float big[] = {1e8f, 1.0f, -1e8f};
+  const float ones[] = {1, 1, 1};
+  EXPECT_EQ(LowRankColumn(big, ones, 3, 1, 0), 0.0f);
 }
 
-TEST(GroupedRowElementTest, RandomDotProductsMatchDouble) {
+TEST(LowRankMathTest, ColumnsEqualEachColumn) {
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  const int k = 200, n = 7, groups = 3;
-  std::vector<float> mats(static_cast<size_t>(groups) * k * n), x(k);
-  for (float& v : mats) v = dist(rng);
-  for (float& v : x) v = dist(rng);
-  for (int g = 0; g < groups; ++g) {
+  // Widths around the vector widths, so the lanes' remainders are covered.
+  for (int n : {1, 3, 8, 15, 16, 17, 33, 200}) {
+    const int k = 37;
+    std::vector<float> v(k), m(static_cast<size_t>(k) * n), out(n);
+    for (float& x : v) x = dist(rng);
+    for (float& x : m) x = dist(rng);
+    LowRankColumns(v.data(), m.data(), k, n, out.data());
     for (int c = 0; c < n; ++c) {
+      // The same order of summation; only fused multiply-adds may differ.
+      ASSERT_NEAR(out[c], LowRankColumn(v.data(), m.data(), k, n, c), 1e-6) << n << "," << c;
       double ref = 0;
-      for (int t = 0; t < k; ++t) ref += double{x[t]} * mats[(int64_t{g} * k + t) * n + c];
-      EXPECT_NEAR(GroupedRowElement(x.data(), mats.data(), g, k, n, c), ref, 1e-5) << g << c;
+      for (int t = 0; t < k; ++t) ref += double{v[t]} * m[int64_t{t} * n + c];
+      EXPECT_NEAR(out[c], ref, 1e-5) << n << "," << c;
     }
   }
 }

@@ -244,24 +244,39 @@ TEST_F(CudaTwinTest, Elementwise) {
       y, [&](Backend& b) { b.AddBias(y.on(b), ldy, bias.on(b), rows, cols); }, 0.0, 0.0);
 }
 
-TEST_F(CudaTwinTest, GroupedRowMatMul) {
-  // 37 rows over 3 matrices [64][24] (rows of group -1 zeroed), with padded row strides; y starts
-  // random so a row the kernel skips shows.
-  const int rows = 37, k = 64, n = 24, groups = 3;
-  const int64_t ldx = 70, ldy = 29;
+TEST_F(CudaTwinTest, LowRankUpdate) {
+  // 37 rows over 3 states [16][12] (rows of group -1 untouched), with padded row strides; y starts
+  // random so a row the kernel skips or overwrites shows.
+  const int rows = 37, in = 70, out = 45, rank = 16, rank_out = 12, groups = 3;
+  const int64_t ldx = 75, ldy = 50;
   std::vector<int32_t> group_host(rows);
   for (int i = 0; i < rows; ++i) group_host[i] = i % 4 == 1 ? -1 : (i * 5) % groups;
   TwinBuffer x(*cpu_, *gpu_, Random<float>(rows * ldx, 70));
-  TwinBuffer mats(*cpu_, *gpu_, Random<float>(static_cast<size_t>(groups) * k * n, 71));
+  TwinBuffer w2t(*cpu_, *gpu_, Random<float>(in * rank, 71));
+  TwinBuffer mats(*cpu_, *gpu_, Random<float>(static_cast<size_t>(groups) * rank * rank_out, 72));
+  TwinBuffer w1t(*cpu_, *gpu_, Random<float>(rank_out * out, 73));
   TwinBuffer group(*cpu_, *gpu_, group_host);
-  TwinBuffer y(*cpu_, *gpu_, Random<float>(rows * ldy, 72));
+  TwinBuffer y(*cpu_, *gpu_, Random<float>(rows * ldy, 74));
   ExpectTwins(
       y,
       [&](Backend& b) {
-        b.GroupedRowMatMul(x.on(b), ldx, mats.on(b), group.on<int32_t>(b), y.on(b), ldy, rows, k,
-                           n);
+        LowRankUpdateArgs a;
+        a.x = x.on(b);
+        a.ldx = ldx;
+        a.w2t = w2t.on(b);
+        a.mats = mats.on(b);
+        a.group = group.on<int32_t>(b);
+        a.w1t = w1t.on(b);
+        a.y = y.on(b);
+        a.ldy = ldy;
+        a.rows = rows;
+        a.in = in;
+        a.out = out;
+        a.rank = rank;
+        a.rank_out = rank_out;
+        b.LowRankUpdate(a);
       },
-      1e-5, 1e-5);
+      1e-4, 1e-3);  // |y| reaches ~40; the sums of 70 and 16 terms differ in order
 }
 
 TEST_F(CudaTwinTest, EmbeddingAndDequantizeOfEveryDType) {
