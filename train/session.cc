@@ -27,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "model/session_mapper.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "train/lm.h"
@@ -331,10 +332,12 @@ class Trainer {
 
   std::vector<std::vector<int32_t>> ChunkTokens(const IclTask& task, int demos) const {
     std::vector<std::vector<int32_t>> out;
+    // The engine's rule (SessionChunks), so a chunk over max_chunk_tokens is split where the
+    // daemon and the evaluation would split it.
     for (const std::string& chunk : IclContextChunks(task, demos, o_.demos_per_chunk)) {
-      std::vector<int32_t> ids = tok_.Encode(chunk, true);
-      if (static_cast<int>(ids.size()) > o_.max_chunk_tokens) ids.resize(o_.max_chunk_tokens);
-      out.push_back(std::move(ids));
+      for (std::vector<int32_t>& ids : SessionChunks(tok_, chunk, o_.max_chunk_tokens)) {
+        out.push_back(std::move(ids));
+      }
     }
     return out;
   }
