@@ -79,6 +79,28 @@ std::vector<json> Events(const std::string& body, bool* done) {
   return events;
 }
 
+// `body` posted to `path` with "stream": true: its events (the last [DONE] checked and left out)
+// and the text they carry, completions' text or chat's delta content.
+struct Streamed {
+  std::vector<json> events;
+  std::string text;
+};
+Streamed PostStreamed(const std::string& target, const std::string& path, json body) {
+  body["stream"] = true;
+  const Reply r = Post(target, path, body);
+  Streamed s;
+  EXPECT_EQ(r.status, 200) << r.body;
+  bool done = false;
+  s.events = Events(r.body, &done);
+  EXPECT_TRUE(done) << r.body;
+  for (const json& e : s.events) {
+    if (!e.contains("choices") || e["choices"].empty()) continue;
+    const json& c = e["choices"][0];
+    s.text += c.contains("delta") ? c["delta"].value("content", "") : c.value("text", "");
+  }
+  return s;
+}
+
 // An error body in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 void ExpectOpenAiError(const Reply& reply, int status, const std::string& type) {
   EXPECT_EQ(reply.status, status) << reply.body << reply.error;
@@ -273,17 +295,10 @@ TEST(OpenAiEndToEnd, AnswersEqualGrpcAskInEveryMode) {
       EXPECT_EQ(cr.parsed["object"], "text_completion");
       EXPECT_EQ(cr.parsed["choices"][0]["text"], grpc->answer());
       ExpectSameCitations(cr.parsed["knowd"], *grpc);
-      json completion_streamed = completion;
-      completion_streamed["stream"] = true;
-      const Reply csr = Post(http, "/v1/completions", completion_streamed);
-      ASSERT_EQ(csr.status, 200) << csr.body;
-      const std::vector<json> cevents = Events(csr.body, &done);
-      EXPECT_TRUE(done) << csr.body;
-      ASSERT_FALSE(cevents.empty());
-      std::string ctext;
-      for (const json& e : cevents) ctext += e["choices"][0].value("text", "");
-      EXPECT_EQ(ctext, grpc->answer());
-      EXPECT_EQ(cevents.back()["choices"][0]["finish_reason"], FinishReason(*grpc));
+      const Streamed cs = PostStreamed(http, "/v1/completions", completion);
+      ASSERT_FALSE(cs.events.empty());
+      EXPECT_EQ(cs.text, grpc->answer());
+      EXPECT_EQ(cs.events.back()["choices"][0]["finish_reason"], FinishReason(*grpc));
       ++compared;
     }
   }
@@ -460,18 +475,10 @@ TEST(OpenAiEndToEnd, SessionIdAsksUnderTheSessionAsGrpcAskDoes) {
     EXPECT_EQ(r.parsed["usage"]["completion_tokens"], grpc->timings().generated_tokens());
 
     // Chat, streamed.
-    json streamed = chat;
-    streamed["stream"] = true;
-    const Reply sr = Post(http, "/v1/chat/completions", streamed);
-    ASSERT_EQ(sr.status, 200) << sr.body;
-    bool done = false;
-    const std::vector<json> events = Events(sr.body, &done);
-    EXPECT_TRUE(done) << sr.body;
-    ASSERT_GE(events.size(), 2u) << sr.body;
-    std::string text;
-    for (const json& e : events) text += e["choices"][0]["delta"].value("content", "");
-    EXPECT_EQ(text, grpc->answer());
-    EXPECT_EQ(events.back()["knowd"]["session_id"], id);
+    const Streamed ss = PostStreamed(http, "/v1/chat/completions", chat);
+    ASSERT_GE(ss.events.size(), 2u);
+    EXPECT_EQ(ss.text, grpc->answer());
+    EXPECT_EQ(ss.events.back()["knowd"]["session_id"], id);
 
     // Completions, one JSON answer and streamed.
     const json completion = {
@@ -480,17 +487,10 @@ TEST(OpenAiEndToEnd, SessionIdAsksUnderTheSessionAsGrpcAskDoes) {
     ASSERT_EQ(cr.status, 200) << cr.body;
     EXPECT_EQ(cr.parsed["choices"][0]["text"], grpc->answer());
     EXPECT_EQ(cr.parsed["knowd"]["session_id"], id);
-    json completion_streamed = completion;
-    completion_streamed["stream"] = true;
-    const Reply csr = Post(http, "/v1/completions", completion_streamed);
-    ASSERT_EQ(csr.status, 200) << csr.body;
-    const std::vector<json> cevents = Events(csr.body, &done);
-    EXPECT_TRUE(done) << csr.body;
-    ASSERT_FALSE(cevents.empty());
-    std::string ctext;
-    for (const json& e : cevents) ctext += e["choices"][0].value("text", "");
-    EXPECT_EQ(ctext, grpc->answer());
-    EXPECT_EQ(cevents.back()["knowd"]["session_id"], id);
+    const Streamed cs = PostStreamed(http, "/v1/completions", completion);
+    ASSERT_FALSE(cs.events.empty());
+    EXPECT_EQ(cs.text, grpc->answer());
+    EXPECT_EQ(cs.events.back()["knowd"]["session_id"], id);
 
     // Without a session the knowd object names none.
     const Reply none = Post(http, "/v1/chat/completions",
