@@ -607,10 +607,12 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
     std::vector<std::vector<float>> query_keys;
     std::vector<int64_t> gold;
     for (const auto& [q, p] : questions) {
+      // The key the bank's dense index is searched with: the retrieval heads' when the bundle
+      // has them (QuestionCode::retrieval_key), as the stored passage keys are.
       absl::StatusOr<QuestionCode> code = knowledge::EncodeQuestion(
           *bundle.modulator, *bundle.tokenizer, world.questions[q].question);
       if (!code.ok()) return code.status();
-      query_keys.push_back(std::move(code->key));
+      query_keys.push_back(std::move(code->retrieval_key));
       gold.push_back(p);
     }
     int64_t text_bytes = 0;
