@@ -480,14 +480,14 @@ class CpuBackend final : public Backend {
           LowRankColumns(a.x + i0 * a.ldx, a.w2t, a.in, a.rank, t[0]);
         } else {
           for (int r = 0; r < n; ++r) std::fill_n(t[r], a.rank, 0.0f);
-        }
-        for (int k = 0; k < (n == 1 ? 0 : a.in); ++k) {
-          const float* w = a.w2t + int64_t{k} * a.rank;
-          for (int r = 0; r < n; ++r) {
-            const float xk = a.x[(i0 + r) * a.ldx + k];
-            float* tr = t[r];
+          for (int k = 0; k < a.in; ++k) {
+            const float* w = a.w2t + int64_t{k} * a.rank;
+            for (int r = 0; r < n; ++r) {
+              const float xk = a.x[(i0 + r) * a.ldx + k];
+              float* tr = t[r];
 #pragma omp simd
-            for (int c = 0; c < a.rank; ++c) tr[c] += xk * w[c];
+              for (int c = 0; c < a.rank; ++c) tr[c] += xk * w[c];
+            }
           }
         }
         for (int r = 0; r < n; ++r) {
