@@ -112,13 +112,9 @@ class SessionEval {
 
   absl::StatusOr<std::vector<float>> SessionState(const IclTask& task, int n) const {
     std::vector<float> state(e_.mapper->state_floats(), 0.0f);
-    std::vector<std::vector<int32_t>> chunks;
-    for (const std::string& text :
-         train::IclContextChunks(task, n, e_.mapper->spec().demos_per_chunk)) {
-      for (auto& c : SessionChunks(*e_.tokenizer, text, e_.mapper->spec().max_chunk_tokens)) {
-        chunks.push_back(std::move(c));
-      }
-    }
+    const std::vector<std::vector<int32_t>> chunks = SessionChunksOfMessages(
+        *e_.tokenizer, train::IclContextChunks(task, n, e_.mapper->spec().demos_per_chunk),
+        e_.mapper->spec().max_chunk_tokens);
     if (absl::Status s = e_.mapper->Absorb(chunks, &state); !s.ok()) return s;
     return state;
   }
@@ -357,10 +353,7 @@ absl::Status RunSessionEval(const SessionEvalOptions& o) {
                                                               {&e, &in_context, nullptr}},
                                                              queries);
   if (!ms.ok()) return ms.status();
-  const double* zero_ms = &(*ms)[0];
-  const double* session_ms = &(*ms)[1];
-  const double* merged_ms = &(*ms)[2];
-  const double* icl_ms = &(*ms)[3];
+  const double zero_ms = (*ms)[0], session_ms = (*ms)[1], merged_ms = (*ms)[2], icl_ms = (*ms)[3];
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   const double gflops = MeasureSgemmPeakGflops(threads);
   const double bandwidth = MeasureMemoryBandwidthGBs(threads);
@@ -370,13 +363,13 @@ absl::Status RunSessionEval(const SessionEvalOptions& o) {
       {"measure", absl::StrCat("prefill + 4 decoded tokens, batch 1, median over the questions "
                                "of the best of ",
                                kLatencyRounds, " rounds, the ways taking turns")},
-      {"zero_shot_ms", *zero_ms},
-      {"session_ms", *session_ms},
+      {"zero_shot_ms", zero_ms},
+      {"session_ms", session_ms},
       {"session_demonstrations", largest},
-      {"session_over_zero_shot", *session_ms / *zero_ms},
-      {"merged_ms", *merged_ms},
-      {"merged_over_zero_shot", *merged_ms / *zero_ms},
-      {"in_context_ms", *icl_ms},
+      {"session_over_zero_shot", session_ms / zero_ms},
+      {"merged_ms", merged_ms},
+      {"merged_over_zero_shot", merged_ms / zero_ms},
+      {"in_context_ms", icl_ms},
       {"in_context_demonstrations", fit},
       {"absorb_ms", absorb_ms}};
   report["machine"] = {{"backend", e.backend->name()},
@@ -385,11 +378,11 @@ absl::Status RunSessionEval(const SessionEvalOptions& o) {
                        {"memory_bandwidth_gbs", bandwidth}};
   absl::StrAppend(
       &md, "\nQuestion latency (", task.id, ", prefill + 4 tokens, batch 1, median): zero-shot ",
-      Fixed(*zero_ms, 2), " ms; with ", largest, " demonstrations absorbed ", Fixed(*session_ms, 2),
-      " ms (", Fixed(*session_ms / *zero_ms, 2), "x) as a factored update, ", Fixed(*merged_ms, 2),
-      " ms (", Fixed(*merged_ms / *zero_ms, 2),
+      Fixed(zero_ms, 2), " ms; with ", largest, " demonstrations absorbed ", Fixed(session_ms, 2),
+      " ms (", Fixed(session_ms / zero_ms, 2), "x) as a factored update, ", Fixed(merged_ms, 2),
+      " ms (", Fixed(merged_ms / zero_ms, 2),
       "x) merged into a copy of the weights; in context with ", fit, " demonstrations ",
-      Fixed(*icl_ms, 2), " ms. Absorbing the ", largest, " demonstrations took ",
+      Fixed(icl_ms, 2), " ms. Absorbing the ", largest, " demonstrations took ",
       Fixed(absorb_ms, 0), " ms. Session state: ", session_bytes,
       " bytes at every number of demonstrations.\n\nMachine: ", e.backend->name(), ", sgemm peak ",
       Fixed(gflops, 1), " GFLOP/s, memory bandwidth ", Fixed(bandwidth, 1), " GB/s (this run).\n");

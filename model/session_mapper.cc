@@ -262,4 +262,16 @@ std::vector<std::vector<int32_t>> SessionChunks(const Tokenizer& tokenizer, std:
   return out;
 }
 
+std::vector<std::vector<int32_t>> SessionChunksOfMessages(const Tokenizer& tokenizer,
+                                                          std::span<const std::string> messages,
+                                                          int max_chunk_tokens) {
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& message : messages) {
+    for (std::vector<int32_t>& c : SessionChunks(tokenizer, message, max_chunk_tokens)) {
+      out.push_back(std::move(c));
+    }
+  }
+  return out;
+}
+
 }  // namespace knowd

@@ -81,5 +81,10 @@ class SessionMapper {
 class Tokenizer;
 std::vector<std::vector<int32_t>> SessionChunks(const Tokenizer& tokenizer, std::string_view text,
                                                 int max_chunk_tokens);
+// The chunks of a context sent as several messages, in order: each message cut by SessionChunks on
+// its own, as the daemon cuts each message of a CreateSession stream (no chunk spans two).
+std::vector<std::vector<int32_t>> SessionChunksOfMessages(const Tokenizer& tokenizer,
+                                                          std::span<const std::string> messages,
+                                                          int max_chunk_tokens);
 
 }  // namespace knowd

@@ -331,15 +331,10 @@ class Trainer {
   torch::optim::AdamW& optimizer() { return optimizer_; }
 
   std::vector<std::vector<int32_t>> ChunkTokens(const IclTask& task, int demos) const {
-    std::vector<std::vector<int32_t>> out;
-    // The engine's rule (SessionChunks), so a chunk over max_chunk_tokens is split where the
-    // daemon and the evaluation would split it.
-    for (const std::string& chunk : IclContextChunks(task, demos, o_.demos_per_chunk)) {
-      for (std::vector<int32_t>& ids : SessionChunks(tok_, chunk, o_.max_chunk_tokens)) {
-        out.push_back(std::move(ids));
-      }
-    }
-    return out;
+    // The engine's rule, so a chunk over max_chunk_tokens is split where the daemon and the
+    // evaluation would split it.
+    return SessionChunksOfMessages(tok_, IclContextChunks(task, demos, o_.demos_per_chunk),
+                                   o_.max_chunk_tokens);
   }
 
   // The in-context prompt's context for `demos` demonstrations (IclTaskPrompt without the query).

@@ -228,6 +228,12 @@ TEST_F(SessionTest, SessionChunksSplitTextAtLineEndsWithinTheLimit) {
   ASSERT_FALSE(cut.empty());
   EXPECT_EQ(static_cast<int>(cut[0].size()), limit);
   EXPECT_TRUE(SessionChunks(*e.tokenizer, "", limit).empty());
+  // Messages are cut each on its own, in order: no chunk spans two.
+  const std::vector<std::string> messages = {text, "Q: Ana Bel: pilot, golf\nA: red\n", ""};
+  const auto of_messages = SessionChunksOfMessages(*e.tokenizer, messages, limit);
+  ASSERT_EQ(of_messages.size(), chunks.size() + 1);
+  for (size_t i = 0; i < chunks.size(); ++i) EXPECT_EQ(of_messages[i], chunks[i]) << i;
+  EXPECT_EQ(of_messages.back(), SessionChunks(*e.tokenizer, messages[1], limit)[0]);
 }
 
 }  // namespace
