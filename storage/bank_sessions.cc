@@ -192,9 +192,8 @@ absl::StatusOr<MemoryBank::SessionTotals> BankImpl::CountSessions(absl::Time now
     const int64_t bytes = static_cast<int64_t>(r->state.size());
     ++totals.sessions;
     totals.state_bytes += bytes;
-    // The key is the namespace, a NUL, the id (SessionKey).
-    const std::string_view key = it->key().ToStringView();
-    SessionCount& ns = totals.namespaces[std::string(key.substr(0, key.find('\0')))];
+    SessionCount& ns =
+        totals.namespaces[std::string(SessionKeyNamespace(it->key().ToStringView()))];
     ++ns.sessions;
     ns.state_bytes += bytes;
   }

@@ -319,6 +319,8 @@ std::string SessionKey(std::string_view ns, std::string_view id) {
   return k;
 }
 
+std::string_view SessionKeyNamespace(std::string_view key) { return key.substr(0, key.find('\0')); }
+
 std::string EncodeSession(const SessionRecord& r) {
   return Encode(r, SessionFields<Writer, const SessionRecord>);
 }

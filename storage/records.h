@@ -105,6 +105,8 @@ absl::StatusOr<NamespaceCounts> DecodeCounts(std::string_view bytes);
 // Key of a session in "sessions" (ns never contains NUL) and the prefix of a namespace's.
 std::string SessionKey(std::string_view ns, std::string_view id);
 std::string SessionKeyPrefix(std::string_view ns);
+// The namespace a SessionKey names (the key up to its NUL).
+std::string_view SessionKeyNamespace(std::string_view key);
 
 struct SessionRecord {
   std::string label;
