@@ -349,8 +349,8 @@ absl::Status FillBank(const ScaleBenchOptions& o, const knowledge::Bundle& bundl
   return (*bank)->Close();
 }
 
-// A whole mac question, timed: PrepareAsk (question encode, dense search, the lexical relevance
-// look-up, aggregation) and greedy decoding of a few tokens.
+// A whole mac question, timed: PrepareAsk (question encode, dense search, the hits' lexical
+// coverage, aggregation) and greedy decoding of a few tokens.
 struct AskTime {
   bool abstained = false;
   double total_ms = 0, retrieval_ms = 0, modulation_ms = 0;
@@ -759,7 +759,7 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
       "\nrecall: of the reference's top %d, the share each index returns for the same question "
       "keys; gold: the question's own passage in the top %d.\nscan GB/s: the namespace's key "
       "bytes per search at p50 (a flat search reads them all; others read less).\nask: a whole "
-      "mac question (question encode, dense search, lexical relevance look-up, aggregation, %d "
+      "mac question (question encode, dense search, the hits' lexical coverage, aggregation, %d "
       "greedy tokens); open s: opening the bank with that index (rebuilt from the stored keys, "
       "BM25 index rebuilt too).\n",
       o.recall_k, o.recall_k, o.answer_tokens);

@@ -2,7 +2,7 @@
 // the bundle's real adapter, under several FAISS indexes. Per size and index: recall@5 against
 // an exact (Flat) search on the world's questions' keys, search p50/p99, index bytes and build
 // time; and per size and index, the latency of a whole mac question (question encode, search,
-// the lexical relevance look-up, aggregation, a few greedy tokens: knowledge::PrepareAsk and
+// the hits' lexical coverage, aggregation, a few greedy tokens: knowledge::PrepareAsk and
 // GreedyAnswers, the path `knowd eval` takes). Beside them, the machine's memory bandwidth
 // measured in the same run.
 //

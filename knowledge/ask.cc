@@ -94,16 +94,10 @@ absl::StatusOr<PreparedAsk> PrepareAsk(const AskContext& context, std::string_vi
     KNOWD_ASSIGN_OR_RETURN(hits, RetrievePassages(*context.bank, name_space, question,
                                                   code ? &code->retrieval_key : nullptr,
                                                   params.retrieval, depth, params.fusion, &terms));
+    // Relevance: the best coverage among the hits themselves, however they were found; a
+    // constant cost per hit, whatever the namespace's size.
     marks = MarkLexicalHits(hits, terms);
-    out.relevance = BestCoverage(marks);
-    if (out.relevance < 0) {
-      // Dense hits carry no lexical coverage: ask the lexical index for the best one's.
-      storage::LexicalTerms lexical_terms;
-      KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> lexical,
-                             RetrievePassages(*context.bank, name_space, question, nullptr,
-                                              Retrieval::kLexical, 1, {}, &lexical_terms));
-      out.relevance = std::max(0.0, BestCoverage(MarkLexicalHits(lexical, lexical_terms)));
-    }
+    out.relevance = std::max(0.0, BestCoverage(marks));
     if (hits.empty() || out.relevance < params.abstain_below) {
       out.nothing_in_memory = true;
       out.retrieval_time = absl::Now() - start;

@@ -76,7 +76,7 @@ struct PreparedAsk {
   AskMode mode = AskMode::kClosedBook;
   // The memory holds nothing relevant enough: no prompt, no answer (memory modes only).
   bool nothing_in_memory = false;
-  // The best retrieved passage's lexical coverage (0 with no hit; 1 in closed-book mode).
+  // The best lexical coverage among the retrieved passages (0 with no hit; 1 in closed-book mode).
   double relevance = 0;
   PrefixKv prefix;              // rows == 0: none
   std::vector<int32_t> prompt;  // starts with BOS unless a prefix stands for it

@@ -102,13 +102,15 @@ std::vector<LexicalMarks> MarkLexicalHits(std::span<const storage::SearchHit> hi
                                             subject.begin(), subject.end());
       continue;
     }
+    marks[i].same_subject = std::includes(hit.matched_terms.begin(), hit.matched_terms.end(),
+                                          subject.begin(), subject.end());
+  }
+  for (size_t i = 0; i < hits.size(); ++i) {
     double matched_idf = 0;
-    for (const std::string& term : hit.matched_terms) {  // sorted
+    for (const std::string& term : hits[i].matched_terms) {  // sorted
       auto found = idf.find(term);
       if (found != idf.end()) matched_idf += found->second;
     }
-    marks[i].same_subject = std::includes(hit.matched_terms.begin(), hit.matched_terms.end(),
-                                          subject.begin(), subject.end());
     marks[i].coverage = total_idf > 0 ? static_cast<float>(matched_idf / total_idf) : 0.0f;
   }
   return marks;

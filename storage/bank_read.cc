@@ -163,6 +163,9 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     std::vector<std::string> matched_terms;
   };
   std::vector<Candidate> ranked;
+  // lexical_weight 0 ranks by the dense index alone: no BM25 ranking, whose cost grows with the
+  // namespace; the lexical index only describes the query.
+  const bool lexical_ranking = request.hybrid && request.lexical_weight > 0;
   const int pool =
       request.hybrid
           ? std::min(kMaxSearchK, request.candidates > 0 ? request.candidates : 4 * request.k)
@@ -171,6 +174,14 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   if (!dense.ok()) return dense.status();
   if (!request.hybrid) {
     for (const ScoredId& hit : *dense) ranked.push_back({hit.id, hit.score, hit.score, {}, {}});
+  } else if (!lexical_ranking) {
+    for (size_t r = 0; r < dense->size(); ++r) {
+      const float fused = request.dense_weight / static_cast<float>(request.rrf_k + r + 1);
+      ranked.push_back({(*dense)[r].id, fused, (*dense)[r].score, {}, {}});
+    }
+    if (terms != nullptr) {
+      KNOWD_ASSIGN_OR_RETURN(*terms, ns->second.lexical->Describe(request.query_text));
+    }
   } else {
     auto lexical = ns->second.lexical->Search(request.query_text, pool, terms);
     if (!lexical.ok()) return lexical.status();
@@ -241,6 +252,14 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
     if (!ids.empty()) {
       KNOWD_ASSIGN_OR_RETURN(auto matched, ns->second.lexical->MatchedTerms(ids, terms->query));
       for (size_t i = 0; i < dense_only.size(); ++i) dense_only[i]->matched_terms = matched[i];
+    }
+    if (!lexical_ranking && !hits.empty()) {  // the best candidate is the best dense hit
+      for (const QueryTerm& t : terms->query) {
+        if (std::binary_search(hits[0].matched_terms.begin(), hits[0].matched_terms.end(),
+                               t.term)) {
+          terms->best_match.push_back(t);
+        }
+      }
     }
   }
   return hits;

@@ -6,8 +6,6 @@
 #include <cctype>
 #include <cmath>
 #include <iterator>
-#include <map>
-#include <set>
 #include <string>
 #include <utility>
 
@@ -105,38 +103,49 @@ absl::Status LexicalIndex::Remove(std::span<const uint64_t> ids) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// User text is words, not a query language: FLAG_DEFAULT minus boolean operators, so a stray
+// "AND" or quote never turns into a syntax error.
+Xapian::Query ParseQuery(Xapian::QueryParser& parser, std::string_view query) {
+  return parser.parse_query(WithoutPossessives(query),
+                            Xapian::QueryParser::FLAG_PHRASE | Xapian::QueryParser::FLAG_LOVEHATE);
+}
+
+// Query terms: "Z" + stem for a stemmed word; a capitalised word or a number as it is.
+QueryTerm TermOf(const Xapian::Database& db, const std::string& term) {
+  return QueryTerm{term, !term.starts_with('Z'), db.get_termfreq(term)};
+}
+
+void DescribeQuery(const Xapian::Database& db, const Xapian::Query& q, LexicalTerms* terms) {
+  *terms = LexicalTerms();
+  terms->passages = db.get_doccount();
+  for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
+    terms->query.push_back(TermOf(db, *t));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view query, int k,
                                                              LexicalTerms* terms) {
   std::lock_guard lock(mu_);
   std::vector<LexicalHit> hits;
   try {
-    // FLAG_DEFAULT minus boolean operators: user text is words, not a query language, and a
-    // stray "AND" or quote must not turn into a syntax error.
-    Xapian::Query q = state_->parser.parse_query(
-        WithoutPossessives(query),
-        Xapian::QueryParser::FLAG_PHRASE | Xapian::QueryParser::FLAG_LOVEHATE);
+    const Xapian::Query q = ParseQuery(state_->parser, query);
     Xapian::Enquire enquire(state_->db);
     enquire.set_query(q);
     enquire.set_weighting_scheme(Xapian::BM25Weight());
     Xapian::MSet mset = enquire.get_mset(0, static_cast<Xapian::doccount>(k));
     if (terms != nullptr) {
-      // Query terms: "Z" + stem for a stemmed word; a capitalised word or a number as it is.
-      *terms = LexicalTerms();
-      terms->passages = state_->db.get_doccount();
-      std::map<std::string, QueryTerm> by_term;
-      for (auto t = q.get_unique_terms_begin(); t != q.get_unique_terms_end(); ++t) {
-        QueryTerm term{*t, !(*t).starts_with('Z'), state_->db.get_termfreq(*t)};
-        by_term.emplace(*t, term);
-        terms->query.push_back(std::move(term));
-      }
+      DescribeQuery(state_->db, q, terms);
       if (!mset.empty()) {
         for (auto t = enquire.get_matching_terms_begin(mset.begin());
              t != enquire.get_matching_terms_end(mset.begin()); ++t) {
-          auto found = by_term.find(*t);
-          terms->best_match.push_back(
-              found != by_term.end()
-                  ? found->second
-                  : QueryTerm{*t, !(*t).starts_with('Z'), state_->db.get_termfreq(*t)});
+          auto found = std::find_if(terms->query.begin(), terms->query.end(),
+                                    [&](const QueryTerm& qt) { return qt.term == *t; });
+          terms->best_match.push_back(found != terms->query.end() ? *found
+                                                                  : TermOf(state_->db, *t));
         }
       }
     }
@@ -157,6 +166,20 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     return XapianError("search", e);
   }
   return hits;
+}
+
+absl::StatusOr<LexicalTerms> LexicalIndex::Describe(std::string_view query) {
+  std::lock_guard lock(mu_);
+  LexicalTerms terms;
+  try {
+    DescribeQuery(state_->db, ParseQuery(state_->parser, query), &terms);
+  } catch (const Xapian::QueryParserError& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("query text is not understood: ", e.get_description()));
+  } catch (const Xapian::Error& e) {
+    return XapianError("query description", e);
+  }
+  return terms;
 }
 
 absl::StatusOr<std::vector<std::vector<std::string>>> LexicalIndex::MatchedTerms(

@@ -35,6 +35,9 @@ class LexicalIndex {
   // With `terms`, also the query's terms and their frequencies (memory_bank.h).
   absl::StatusOr<std::vector<LexicalHit>> Search(std::string_view query, int k,
                                                  LexicalTerms* terms = nullptr);
+  // What Search() reports in `terms` without ranking anything (best_match empty): the parse and
+  // one frequency look-up per query term, whatever the index's size.
+  absl::StatusOr<LexicalTerms> Describe(std::string_view query);
   // For each of `ids`, the terms of `query` its passage holds, sorted (empty for an id the index
   // does not hold): what Search() reports as LexicalHit::matched, for passages it did not return.
   absl::StatusOr<std::vector<std::vector<std::string>>> MatchedTerms(

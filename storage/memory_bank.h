@@ -172,7 +172,8 @@ struct SearchRequest {
   // reciprocal rank fusion, score = dense_weight / (rrf_k + dense rank) + lexical_weight /
   // (rrf_k + lexical rank), ranks starting at 1 (a ranking a passage is not in adds nothing).
   // Each ranking contributes its top `candidates` (default 4k). lexical_weight 0 keeps the dense
-  // order while the lexical index still reports on the query (Search()'s `terms`).
+  // order and runs no BM25 ranking at all (the cost stays the dense index's, however large the
+  // namespace), while the lexical index still reports on the query (Search()'s `terms`).
   bool hybrid = false;
   std::string query_text;
   int rrf_k = 60;
@@ -206,12 +207,13 @@ struct QueryTerm {
 };
 
 // What the lexical index made of a hybrid search's query text (Search()'s `terms`): its terms
-// and how common each is, and the terms its best BM25 candidate holds. Plain statistics of the
+// and how common each is, and the terms its best candidate holds (the best BM25 one; with
+// lexical_weight 0, the best dense hit). Plain statistics of the
 // index; what they mean for a question is the caller's business (knowledge/subject.h).
 struct LexicalTerms {
   uint64_t passages = 0;              // passages in the namespace's lexical index
   std::vector<QueryTerm> query;       // the query's distinct terms, in the index's term order
-  std::vector<QueryTerm> best_match;  // those the best BM25 candidate holds (empty: no candidate)
+  std::vector<QueryTerm> best_match;  // those the best candidate holds (empty: no candidate)
 };
 
 // The terms a lower-case word can become in a query's LexicalTerms: the word itself (written

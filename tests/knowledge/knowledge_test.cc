@@ -201,10 +201,8 @@ std::vector<std::string> OnSubject(storage::MemoryBank& bank, const storage::Sea
   for (size_t i : order) {
     if (marks[i].same_subject) on_subject.push_back((*hits)[i].doc_id);
   }
-  for (size_t i = 0; i < hits->size(); ++i) {
-    if (!(*hits)[i].lexical_score.has_value()) {
-      EXPECT_FALSE(marks[i].coverage.has_value()) << (*hits)[i].doc_id;
-    }
+  for (size_t i = 0; i < hits->size(); ++i) {  // every hit's coverage, however it was found
+    EXPECT_TRUE(marks[i].coverage.has_value()) << (*hits)[i].doc_id;
   }
   if (hits_out != nullptr) *hits_out = *hits;
   if (marks_out != nullptr) *marks_out = marks;
@@ -278,7 +276,8 @@ TEST(Subject, LexicalHitsOnTheBestHitsSubjectAreMarked) {
 
 // Dense retrieval marks its hits by the same rule: the passage about the question's subject is
 // found by its key and marked by the names it shares with the question, as a lexical hit would
-// be; the others are not. Dense hits carry no coverage (relevance comes from the lexical index).
+// be; the others are not. Dense hits carry their own coverage (the question's relevance, with no
+// BM25 ranking of the namespace), and the best dense hit stands for the best candidate.
 TEST(Subject, DenseHitsOnTheBestHitsSubjectAreMarked) {
   storage::testing::TempDir dir;
   auto opened = storage::MemoryBank::Open(storage::testing::TestOptions(dir.path()));
@@ -302,17 +301,29 @@ TEST(Subject, DenseHitsOnTheBestHitsSubjectAreMarked) {
     EXPECT_FALSE((*hits)[i].lexical_score.has_value()) << i;
   }
   ASSERT_EQ((*hits)[0].doc_id, "velka-update");
+  // The best candidate is the best dense hit: the query terms velka-update holds.
+  std::vector<std::string> best;
+  for (const storage::QueryTerm& t : terms.best_match) best.push_back(t.term);
+  EXPECT_EQ(best, (*hits)[0].matched_terms);
+  EXPECT_THAT(best, ::testing::IsSupersetOf({"keslemul", "velka"}));
   const std::vector<LexicalMarks> marks = MarkLexicalHits(*hits, terms);
   for (size_t i = 0; i < hits->size(); ++i) {
     const std::string& id = (*hits)[i].doc_id;
-    EXPECT_EQ(marks[i].same_subject, id == "velka" || id == "velka-update") << id;
-    EXPECT_FALSE(marks[i].coverage.has_value()) << id;
+    const bool velka = id == "velka" || id == "velka-update";
+    EXPECT_EQ(marks[i].same_subject, velka) << id;
+    // Both names are the question's exact words: the velka passages hold both, the others
+    // neither (their coverage is 0, whatever common words they share).
+    EXPECT_FLOAT_EQ(marks[i].coverage.value_or(-1), velka ? 1.0f : 0.0f) << id;
   }
+  EXPECT_FLOAT_EQ(BestCoverage(marks), 1.0f);
   // A query that names nothing the bank holds has no subject: no dense hit is on it.
   hits = RetrievePassages(*bank, "ns", "Who is Qorbin Vantelix?", &key, Retrieval::kDense, 6, {},
                           &terms);
   ASSERT_TRUE(hits.ok()) << hits.status();
-  for (const LexicalMarks& m : MarkLexicalHits(*hits, terms)) EXPECT_FALSE(m.same_subject);
+  for (const LexicalMarks& m : MarkLexicalHits(*hits, terms)) {
+    EXPECT_FALSE(m.same_subject);
+    EXPECT_FLOAT_EQ(m.coverage.value_or(-1), 0.0f);  // an unknown name: nothing covers it
+  }
 }
 
 // knowledge.json: a calibration update keeps the keys it does not name, reads back as written,
