@@ -300,6 +300,8 @@ struct IndexFigures {
   double ask_p50_ms = 0, ask_p99_ms = 0;
   double ask_retrieval_p50_ms = 0, ask_modulation_p50_ms = 0;
   double baseline_ask_p50_ms = 0;  // the smallest size's, asked in turn (auto only)
+  // The same with BM25 retrieval instead of the dense index (auto only).
+  double lexical_ask_p50_ms = 0, baseline_lexical_ask_p50_ms = 0;
   double open_s = 0;  // opening the bank with this index (rebuilt from the stored keys)
   int asks = 0, abstained = 0;
 };
@@ -315,7 +317,7 @@ storage::BankOptions BankOptionsFor(const ScaleBenchOptions& o, const knowledge:
   b.index_factory = ResolveScaleFactory(index.factory, n);
   b.index_search_params = index.search_params;
   b.index_train_min = 1;   // train at every size: the point is to measure the trained index
-  b.lexical_index = true;  // a mac question asks it for the question's relevance
+  b.lexical_index = true;  // it describes a mac question's terms (the hits' coverage)
   b.fingerprint = bundle.fingerprint();
   return b;
 }
@@ -357,7 +359,8 @@ struct AskTime {
 };
 
 absl::StatusOr<AskTime> TimeAsk(const ScaleBenchOptions& o, knowledge::Bundle& bundle,
-                                storage::MemoryBank& bank, const std::string& question) {
+                                storage::MemoryBank& bank, const std::string& question,
+                                knowledge::Retrieval retrieval) {
   knowledge::AskContext context;
   context.bank = &bank;
   context.tokenizer = bundle.tokenizer.get();
@@ -365,7 +368,7 @@ absl::StatusOr<AskTime> TimeAsk(const ScaleBenchOptions& o, knowledge::Bundle& b
   context.context_positions = bundle.model->config().max_position_embeddings;
   knowledge::AskParams params;
   params.mode = knowledge::AskMode::kMac;
-  params.retrieval = knowledge::Retrieval::kDense;
+  params.retrieval = retrieval;
   params.top_k = o.mac_top_k;
   params.max_tokens = o.answer_tokens;
   params.abstain_below = 0;
@@ -400,18 +403,18 @@ struct Baseline {
 
 absl::Status MeasureAsks(const ScaleBenchOptions& o, knowledge::Bundle& bundle,
                          storage::MemoryBank& bank, const train::SplitData& world,
-                         const std::vector<std::pair<int, int64_t>>& questions, IndexFigures* f,
-                         Baseline* baseline) {
+                         const std::vector<std::pair<int, int64_t>>& questions,
+                         knowledge::Retrieval retrieval, IndexFigures* f, Baseline* baseline) {
   std::vector<double> total_ms, retrieval_ms, modulation_ms;
   const int warmup = std::min<int>(10, questions.size());
   for (int i = 0; i < warmup + static_cast<int>(questions.size()); ++i) {
     const train::Question& q = world.questions[questions[i % questions.size()].first];
-    absl::StatusOr<AskTime> a = TimeAsk(o, bundle, bank, q.question);
+    absl::StatusOr<AskTime> a = TimeAsk(o, bundle, bank, q.question, retrieval);
     if (!a.ok()) return a.status();
     if (baseline != nullptr) {
       const auto& bq = *baseline->questions;
-      absl::StatusOr<AskTime> b =
-          TimeAsk(o, bundle, *baseline->bank, world.questions[bq[i % bq.size()].first].question);
+      absl::StatusOr<AskTime> b = TimeAsk(
+          o, bundle, *baseline->bank, world.questions[bq[i % bq.size()].first].question, retrieval);
       if (!b.ok()) return b.status();
       if (i >= warmup && !b->abstained) baseline->ms.push_back(b->total_ms);
     }
@@ -663,12 +666,25 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
         }
         Baseline baseline{baseline_bank.get(), &baseline_questions, {}};
         const bool paired = index.factory == "auto" && baseline_bank != nullptr;
-        if (status = MeasureAsks(o, bundle, **bank, world, ask_questions, &f,
-                                 paired ? &baseline : nullptr);
+        if (status = MeasureAsks(o, bundle, **bank, world, ask_questions,
+                                 knowledge::Retrieval::kDense, &f, paired ? &baseline : nullptr);
             !status.ok()) {
           break;
         }
-        if (paired) f.baseline_ask_p50_ms = Percentile(baseline.ms, 0.5);
+        if (paired) {
+          f.baseline_ask_p50_ms = Percentile(baseline.ms, 0.5);
+          // The same questions with BM25 retrieval, also asked in turn: how a lexical mac
+          // question's cost grows with the namespace.
+          IndexFigures lexical;
+          Baseline lexical_baseline{baseline_bank.get(), &baseline_questions, {}};
+          if (status = MeasureAsks(o, bundle, **bank, world, ask_questions,
+                                   knowledge::Retrieval::kLexical, &lexical, &lexical_baseline);
+              !status.ok()) {
+            break;
+          }
+          f.lexical_ask_p50_ms = lexical.ask_p50_ms;
+          f.baseline_lexical_ask_p50_ms = Percentile(lexical_baseline.ms, 0.5);
+        }
         if (status = (*bank)->Close(); !status.ok()) break;
       }
       const double scan_gbs = f.search_p50_ms > 0
@@ -699,6 +715,17 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
             "turn: x%.2f\n",
             "", "", f.ask_p50_ms, f.baseline_ask_p50_ms, static_cast<long long>(baseline_n),
             f.ask_p50_ms / f.baseline_ask_p50_ms);
+      }
+      if (f.baseline_lexical_ask_p50_ms > 0) {
+        j.update({{"mac_ask_lexical_p50_ms", f.lexical_ask_p50_ms},
+                  {"baseline_mac_ask_lexical_p50_ms", f.baseline_lexical_ask_p50_ms},
+                  {"mac_ask_lexical_p50_ratio_to_baseline",
+                   f.lexical_ask_p50_ms / f.baseline_lexical_ask_p50_ms}});
+        std::printf(
+            "%9s %-22s with BM25 retrieval: %.2f ms against %.2f ms at %lld passages: x%.2f\n", "",
+            "", f.lexical_ask_p50_ms, f.baseline_lexical_ask_p50_ms,
+            static_cast<long long>(baseline_n),
+            f.lexical_ask_p50_ms / f.baseline_lexical_ask_p50_ms);
       }
       if (index.factory != "auto") {
         j.update({{"build_s", f.build_s},
@@ -752,6 +779,10 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
       if (i["factory"] == "auto" && i.contains("mac_ask_p50_ratio_to_baseline")) {
         report["mac_ask_p50_ratio_largest_to_smallest"] = i["mac_ask_p50_ratio_to_baseline"];
         report["mac_ask_ratio_sizes"] = {baseline_n, sizes.back()["passages"]};
+        if (i.contains("mac_ask_lexical_p50_ratio_to_baseline")) {
+          report["mac_ask_lexical_p50_ratio_largest_to_smallest"] =
+              i["mac_ask_lexical_p50_ratio_to_baseline"];
+        }
       }
     }
   }
