@@ -77,8 +77,11 @@ Loaded Load() {
           absl::StrJoin(candidates, " or "),
           " (install the knowd-cuda package, or set KNOWD_CUDA_MODULE to the module's path)"
 #else
-          "knowd was built without CUDA, and no CUDA module is installed at ",
-          absl::StrJoin(candidates, " or ")
+          "knowd was built without CUDA, and ",
+          candidates.empty()
+              ? std::string("no CUDA module is installed beside it")
+              : absl::StrCat("no CUDA module is installed at ", absl::StrJoin(candidates, " or ")),
+          " (install the knowd-cuda package, or set KNOWD_CUDA_MODULE to the module's path)"
 #endif
           ));
     }
