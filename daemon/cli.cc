@@ -138,7 +138,7 @@ int RunReencode(const ReencodeFlags& flags) {
   options.latent_cols = modulator.latent_cols();
   options.latent_format = *format;
   options.index_factory = flags.index;
-  options.lexical_index = false;  // rebuilt from the texts at every open; not needed here
+  options.lexical_index = false;  // not needed here
   options.fingerprint = bundle->fingerprint();
   options.open_for_reencode = true;
   absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank = storage::MemoryBank::Open(options);

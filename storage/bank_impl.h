@@ -5,6 +5,8 @@
 //   bank_maintain.cc Snapshot, RestoreSnapshot, Reencode
 //   bank_sessions.cc the sessions column family (PutSession ... SweepSessions)
 //   index_files.cc   the on-disk FAISS files and their manifest
+//   (lexical_index.cc, one on-disk Xapian database per namespace: see bank_open.cc's
+//   OpenLexical for when it is loaded or rebuilt)
 //
 // Locking (always in this order):
 //   write_mu_  serializes writers (Put, Delete, Reencode, Snapshot, Close, index rebuilds).
@@ -117,9 +119,25 @@ class BankImpl final : public MemoryBank {
   // Builds one VectorIndex per namespace from the "keys" column family, for the namespaces in
   // `namespaces` (all of them when `only` is empty, else just `only`).
   absl::Status RebuildVectors(NamespaceMap* namespaces, std::string_view only = {});
-  // Every namespace in `namespaces` gets a fresh lexical index; with `only`, just that one (the
-  // passages of other namespaces are skipped).
-  absl::Status RebuildLexical(NamespaceMap* namespaces, std::string_view only = {});
+  // Loads each namespace's saved lexical index when it was committed at `seqno` with the
+  // namespace's passage count, else rebuilds it; removes the directories of other namespaces.
+  absl::Status OpenLexical(NamespaceMap* namespaces, uint64_t seqno);
+  // Every namespace in `namespaces` without a lexical index gets a fresh one built from the
+  // passages column family; with `only`, just that one (the passages of other namespaces are
+  // skipped). `staged`: each is built beside its namespace's directory (LexicalDir() + ".new"),
+  // for InstallStagedLexical(), so that the served index stays intact meanwhile.
+  absl::Status RebuildLexical(NamespaceMap* namespaces, std::string_view only = {},
+                              bool staged = false);
+  // Moves the staged lexical indexes of `fresh` into their namespaces' directories, closing the
+  // served indexes of those namespaces first. Requires index_mu_ held exclusively.
+  absl::Status InstallStagedLexical(NamespaceMap* fresh);
+  // Commits every namespace's lexical index as reflecting `seqno`. Requires write_mu_ (contents
+  // frozen) and index_mu_ at least shared.
+  absl::Status CommitLexical(uint64_t seqno);
+  // DIR/lexical/<hex of the name>: namespace names may hold any byte. A name whose hex exceeds
+  // 200 characters is cut into components of 200, each but the last ending in '+', so no
+  // component exceeds a file name's limit and no namespace's directory holds another's.
+  std::string LexicalDir(std::string_view name_space) const;
   // Rebuilds what NeedsRebuild() asks for. Requires write_mu_ held, index_mu_ not held.
   absl::Status RebuildIfNeeded(std::span<const std::string> touched);
 
@@ -157,6 +175,7 @@ class BankImpl final : public MemoryBank {
   const BankOptions options_;
   const std::string db_dir_;
   const std::string index_dir_;
+  const std::string lexical_dir_;
 
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
@@ -186,6 +205,8 @@ class BankImpl final : public MemoryBank {
   // Set once by Open().
   bool indexes_loaded_ = false;
   std::string rebuild_reason_;
+  bool lexical_loaded_ = false;
+  std::string lexical_rebuild_reason_;
   std::string recovery_warning_;  // what opening skipped of a damaged write-ahead log; "" = none
   absl::Duration open_time_;
 };

@@ -4,9 +4,11 @@
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 #include <shared_mutex>
 #include <string_view>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "storage/bank_impl.h"
@@ -76,6 +78,7 @@ BankImpl::BankImpl(const BankOptions& options)
     : options_(options),
       db_dir_((fs::path(options.data_dir) / "db").string()),
       index_dir_((fs::path(options.data_dir) / "index").string()),
+      lexical_dir_((fs::path(options.data_dir) / "lexical").string()),
       cache_(options.latent_cache_bytes) {
   closed_ = true;  // until OpenImpl() completes; the destructor must not save half-built state
 }
@@ -387,8 +390,88 @@ absl::Status BankImpl::BuildIndexes(uint64_t seqno) {
     for (auto& [name, ns] : fresh) ns.vectors.reset();  // drop any partly loaded state
     KNOWD_RETURN_IF_ERROR(RebuildVectors(&fresh));
   }
-  if (options_.lexical_index) KNOWD_RETURN_IF_ERROR(RebuildLexical(&fresh));
+  // Off, the lexical directory is left as it is: any write from now on makes it stale, and the
+  // next open with the lexical index on then rebuilds it.
+  if (options_.lexical_index) KNOWD_RETURN_IF_ERROR(OpenLexical(&fresh, seqno));
   namespaces_ = std::move(fresh);
+  return absl::OkStatus();
+}
+
+std::string BankImpl::LexicalDir(std::string_view name_space) const {
+  constexpr size_t kComponent = 200;
+  const std::string hex = absl::BytesToHexString(AbslView(name_space));
+  fs::path dir(lexical_dir_);
+  for (size_t at = 0; at < hex.size(); at += kComponent) {
+    const bool last = at + kComponent >= hex.size();
+    dir /= last ? hex.substr(at) : hex.substr(at, kComponent) + "+";
+  }
+  return dir.string();
+}
+
+namespace {
+
+// Removes everything under `dir` that is not one of `keep` (or a '+' directory on the way to
+// one; see LexicalDir()), and '+' directories left empty.
+void PruneLexicalDirs(const fs::path& dir, const std::set<std::string>& keep) {
+  std::error_code ec;
+  std::vector<fs::path> entries;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) entries.push_back(entry.path());
+  for (const fs::path& path : entries) {
+    if (keep.count(path.string())) continue;
+    if (path.filename().string().ends_with('+') && fs::is_directory(path, ec)) {
+      PruneLexicalDirs(path, keep);
+      if (fs::is_empty(path, ec)) fs::remove(path, ec);
+    } else {
+      fs::remove_all(path, ec);
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status BankImpl::OpenLexical(NamespaceMap* namespaces, uint64_t seqno) {
+  // The rule of the vector index files (index_files.cc): a namespace's Xapian database is loaded
+  // only when Close() committed it at the sequence number the database is at now. Xapian also
+  // commits on its own every so many changes; such a commit records no sequence number (see
+  // LexicalIndex::Load), so after a crash the database is rebuilt, never served stale.
+  std::set<std::string> keep;
+  for (const auto& [name, ns] : *namespaces) keep.insert(LexicalDir(name));
+  PruneLexicalDirs(lexical_dir_, keep);
+  size_t rebuild = 0;
+  lexical_rebuild_reason_.clear();
+  for (auto& [name, ns] : *namespaces) {
+    auto loaded = LexicalIndex::Load(LexicalDir(name), seqno, ns.counts.passages);
+    if (loaded.ok()) {
+      ns.lexical = std::move(*loaded);
+    } else if (rebuild++ == 0) {
+      lexical_rebuild_reason_ =
+          absl::StrCat("namespace '", absl::CHexEscape(name), "': ", loaded.status().message());
+    }
+  }
+  lexical_loaded_ = rebuild == 0;
+  if (rebuild == 0) return absl::OkStatus();
+  spdlog::info("memory bank {}: rebuilding the lexical indexes of {} of {} namespaces ({})",
+               options_.data_dir, rebuild, namespaces->size(), lexical_rebuild_reason_);
+  return RebuildLexical(namespaces);
+}
+
+absl::Status BankImpl::InstallStagedLexical(NamespaceMap* fresh) {
+  absl::Status first = absl::OkStatus();
+  for (auto& [name, ns] : *fresh) {
+    if (ns.lexical == nullptr) continue;
+    if (auto served = namespaces_.find(name); served != namespaces_.end()) {
+      served->second.lexical.reset();  // closes its database
+    }
+    absl::Status moved = ns.lexical->MoveTo(LexicalDir(name));
+    if (first.ok()) first = moved;
+  }
+  return first;
+}
+
+absl::Status BankImpl::CommitLexical(uint64_t seqno) {
+  for (const auto& [name, ns] : namespaces_) {
+    if (ns.lexical != nullptr) KNOWD_RETURN_IF_ERROR(ns.lexical->Commit(seqno));
+  }
   return absl::OkStatus();
 }
 
@@ -436,10 +519,17 @@ absl::Status BankImpl::RebuildVectors(NamespaceMap* namespaces, std::string_view
   return absl::OkStatus();
 }
 
-absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view only) {
+absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view only,
+                                      bool staged) {
+  std::set<std::string, std::less<>> building;
   for (auto& [name, ns] : *namespaces) {
-    KNOWD_ASSIGN_OR_RETURN(ns.lexical, LexicalIndex::Create());
+    if (ns.lexical != nullptr || (!only.empty() && name != only)) continue;
+    std::string dir = LexicalDir(name);
+    if (staged) dir += ".new";
+    KNOWD_ASSIGN_OR_RETURN(ns.lexical, LexicalIndex::Create(dir));
+    building.insert(name);
   }
+  if (building.empty()) return absl::OkStatus();
   rocksdb::ReadOptions read;
   read.fill_cache = false;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, cf_passages_));
@@ -455,6 +545,7 @@ absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view
       return absl::DataLossError(absl::StrCat("passage ", *pid, " names namespace '", passage->ns,
                                               "' which has no recorded counts"));
     }
+    if (!building.contains(passage->ns)) continue;  // loaded from disk
     KNOWD_RETURN_IF_ERROR(ns->second.lexical->Add(*pid, passage->text));
   }
   return FromRocks(it->status(), "reading the passages column family");
@@ -463,13 +554,11 @@ absl::Status BankImpl::RebuildLexical(NamespaceMap* namespaces, std::string_view
 absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
   for (const std::string& name : touched) {
     bool vectors = false;
-    bool lexical = false;
     {
       std::shared_lock lock(index_mu_);
       auto it = namespaces_.find(name);
       if (it == namespaces_.end()) continue;
       vectors = it->second.vectors->NeedsRebuild();
-      lexical = it->second.lexical != nullptr && it->second.lexical->NeedsRebuild();
     }
     // write_mu_ is held, so the column families cannot change while we read them unlocked.
     if (vectors) {
@@ -478,13 +567,6 @@ absl::Status BankImpl::RebuildIfNeeded(std::span<const std::string> touched) {
       KNOWD_RETURN_IF_ERROR(RebuildVectors(&scratch, name));
       std::unique_lock lock(index_mu_);
       namespaces_[name].vectors = std::move(scratch[name].vectors);
-    }
-    if (lexical) {
-      NamespaceMap scratch;
-      scratch[name];
-      KNOWD_RETURN_IF_ERROR(RebuildLexical(&scratch, name));
-      std::unique_lock lock(index_mu_);
-      namespaces_[name].lexical = std::move(scratch[name].lexical);
     }
   }
   return absl::OkStatus();
@@ -502,11 +584,16 @@ absl::Status BankImpl::Close() {
     std::shared_lock lock(index_mu_);
     if (db_ != nullptr && !closed_) {
       if (index_suspect_) {
-        // Never persist indexes that may disagree with RocksDB; the next Open() rebuilds.
+        // Never persist indexes that may disagree with RocksDB; the next Open() rebuilds. The
+        // lexical indexes record no sequence number then (none was committed with one since
+        // they were loaded or built), so they are rebuilt too.
         std::error_code ec;
         fs::remove(fs::path(index_dir_) / "MANIFEST", ec);
       } else {
-        saved = SaveIndexFiles(index_dir_, db_->GetLatestSequenceNumber());
+        const uint64_t seqno = db_->GetLatestSequenceNumber();
+        saved = SaveIndexFiles(index_dir_, seqno);
+        absl::Status committed = CommitLexical(seqno);
+        if (saved.ok()) saved = committed;
       }
     }
   }

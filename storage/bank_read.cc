@@ -357,10 +357,19 @@ absl::StatusOr<BankStats> BankImpl::Stats() {
   for (const auto& entry : std::filesystem::directory_iterator(index_dir_, ec)) {
     stats.disk_bytes += entry.is_regular_file(ec) ? entry.file_size(ec) : 0;
   }
+  std::error_code walk;
+  for (std::filesystem::recursive_directory_iterator it(lexical_dir_, walk), end;
+       !walk && it != end; it.increment(walk)) {
+    if (!it->is_regular_file(ec)) continue;
+    const uintmax_t bytes = it->file_size(ec);
+    if (!ec) stats.disk_bytes += bytes;
+  }
   stats.latent_cache_hits = cache_.hits();
   stats.latent_cache_misses = cache_.misses();
   stats.indexes_loaded_from_disk = indexes_loaded_;
   stats.index_rebuild_reason = rebuild_reason_;
+  stats.lexical_loaded_from_disk = lexical_loaded_;
+  stats.lexical_rebuild_reason = lexical_rebuild_reason_;
   stats.recovery_warning = recovery_warning_;
   stats.open_time = open_time_;
   stats.fingerprint = fingerprint_;

@@ -201,7 +201,11 @@ void BankImpl::ApplyDeltas(DeltaMap* deltas) {
     for (auto& [name, delta] : *deltas) {
       cache_.Erase(delta.removed);
       if (delta.counts.documents == 0) {
-        namespaces_.erase(name);
+        namespaces_.erase(name);  // closes its lexical index, whose directory goes too
+        if (options_.lexical_index) {
+          std::error_code ec;
+          std::filesystem::remove_all(LexicalDir(name), ec);
+        }
         continue;
       }
       Namespace& ns = namespaces_[name];
@@ -218,7 +222,7 @@ void BankImpl::ApplyDeltas(DeltaMap* deltas) {
       if (status.ok()) status = ns.vectors->Add(delta.added, delta.vectors);
       if (status.ok() && options_.lexical_index) {
         if (ns.lexical == nullptr) {
-          auto lexical = LexicalIndex::Create();
+          auto lexical = LexicalIndex::Create(LexicalDir(name));
           if (!lexical.ok()) {
             status = lexical.status();
             break;
@@ -249,13 +253,27 @@ void BankImpl::RecoverIndexes() {
   NamespaceMap fresh;
   absl::Status s = LoadCounts(&fresh);
   if (s.ok()) s = RebuildVectors(&fresh);
-  if (s.ok() && options_.lexical_index) s = RebuildLexical(&fresh);
+  // Built beside the served lexical indexes, which keep answering until the swap.
+  if (s.ok() && options_.lexical_index) s = RebuildLexical(&fresh, {}, /*staged=*/true);
   if (!s.ok()) {
     spdlog::error("memory bank {}: index rebuild failed: {}", options_.data_dir, s.ToString());
     return;
   }
   std::unique_lock lock(index_mu_);
+  if (options_.lexical_index) {
+    for (auto& [name, ns] : namespaces_) {
+      if (fresh.contains(name)) continue;
+      ns.lexical.reset();
+      std::error_code ec;
+      std::filesystem::remove_all(LexicalDir(name), ec);
+    }
+    s = InstallStagedLexical(&fresh);
+  }
   namespaces_ = std::move(fresh);
+  if (!s.ok()) {
+    spdlog::error("memory bank {}: index rebuild failed: {}", options_.data_dir, s.ToString());
+    return;
+  }
   index_suspect_ = false;
 }
 
@@ -282,6 +300,18 @@ absl::Status BankImpl::PurgeFromDisk(std::string_view ns, const std::set<std::st
   // The saved vector files still hold the forgotten keys; drop them (Close() writes new ones).
   std::error_code ec;
   std::filesystem::remove_all(index_dir_, ec);
+  // The namespace's Xapian database may keep the forgotten passages' terms in the free space of
+  // its files: build it afresh (beside the served one, then swapped in) so no file holds them.
+  // A namespace left without documents has no database any more.
+  if (options_.lexical_index && namespaces_.contains(ns)) {
+    NamespaceMap scratch;
+    scratch[std::string(ns)];
+    KNOWD_RETURN_IF_ERROR(RebuildLexical(&scratch, ns, /*staged=*/true));
+    std::unique_lock lock(index_mu_);
+    absl::Status installed = InstallStagedLexical(&scratch);
+    namespaces_.find(ns)->second.lexical = std::move(scratch.begin()->second.lexical);
+    KNOWD_RETURN_IF_ERROR(installed);
+  }
   return absl::OkStatus();
 }
 

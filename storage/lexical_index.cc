@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <iterator>
 #include <string>
 #include <utility>
@@ -14,6 +15,12 @@
 
 namespace knowd::storage {
 namespace {
+
+namespace fs = std::filesystem;
+
+// The metadata key holding the RocksDB sequence number the committed index reflects.
+constexpr char kSeqnoKey[] = "knowd-seqno";
+constexpr int kGlass = Xapian::DB_BACKEND_GLASS;
 
 std::string UniqueTerm(uint64_t id) { return absl::StrCat("Q", id); }
 
@@ -50,30 +57,110 @@ std::vector<std::string> QueryTermsOfWord(std::string_view word) {
 }
 
 struct LexicalIndex::State {
+  std::string dir;
   Xapian::WritableDatabase db;
   Xapian::TermGenerator indexer;
   Xapian::QueryParser parser;
   Xapian::Stem stemmer{"english"};
-  uint64_t removed = 0;  // documents removed since Create()
+
+  explicit State(std::string d, Xapian::WritableDatabase database)
+      : dir(std::move(d)), db(std::move(database)) {
+    indexer.set_stemmer(stemmer);
+    indexer.set_stemming_strategy(Xapian::TermGenerator::STEM_SOME);
+    parser.set_stemmer(stemmer);
+    parser.set_stemming_strategy(Xapian::QueryParser::STEM_SOME);
+    parser.set_default_op(Xapian::Query::OP_OR);
+    parser.set_database(db);
+  }
 };
 
 LexicalIndex::LexicalIndex(std::unique_ptr<State> state) : state_(std::move(state)) {}
 LexicalIndex::~LexicalIndex() = default;
 
-absl::StatusOr<std::unique_ptr<LexicalIndex>> LexicalIndex::Create() {
+absl::StatusOr<std::unique_ptr<LexicalIndex>> LexicalIndex::Create(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", dir, ": ", ec.message()));
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   try {
-    auto state = std::make_unique<State>();
-    state->db = Xapian::WritableDatabase(std::string(), Xapian::DB_BACKEND_INMEMORY);
-    state->indexer.set_stemmer(state->stemmer);
-    state->indexer.set_stemming_strategy(Xapian::TermGenerator::STEM_SOME);
-    state->parser.set_stemmer(state->stemmer);
-    state->parser.set_stemming_strategy(Xapian::QueryParser::STEM_SOME);
-    state->parser.set_default_op(Xapian::Query::OP_OR);
-    state->parser.set_database(state->db);
-    return std::unique_ptr<LexicalIndex>(new LexicalIndex(std::move(state)));
+    Xapian::WritableDatabase db(dir, Xapian::DB_CREATE_OR_OVERWRITE | kGlass);
+    return std::unique_ptr<LexicalIndex>(
+        new LexicalIndex(std::make_unique<State>(dir, std::move(db))));
   } catch (const Xapian::Error& e) {
-    return XapianError("in-memory database creation", e);
+    return XapianError(absl::StrCat("database creation in ", dir), e);
   }
+}
+
+absl::StatusOr<std::unique_ptr<LexicalIndex>> LexicalIndex::Load(const std::string& dir,
+                                                                 uint64_t seqno,
+                                                                 uint64_t passages) {
+  std::error_code ec;
+  if (!fs::exists(fs::path(dir) / "iamglass", ec)) {
+    return absl::NotFoundError("no saved lexical index");
+  }
+  try {
+    Xapian::WritableDatabase db(dir, Xapian::DB_OPEN | kGlass);
+    const std::string recorded = db.get_metadata(kSeqnoKey);
+    if (recorded.empty()) {
+      return absl::FailedPreconditionError(
+          "the saved lexical index records no sequence number (unclean shutdown)");
+    }
+    if (recorded != std::to_string(seqno)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the saved lexical index reflects sequence number ", recorded,
+                       ", the database is at ", seqno, " (unclean shutdown or stale files)"));
+    }
+    if (db.get_doccount() != passages) {
+      return absl::DataLossError(absl::StrCat("the saved lexical index holds ", db.get_doccount(),
+                                              " passages, the database ", passages));
+    }
+    // Xapian commits on its own every so many changes, and on close. Such a commit must not
+    // claim a sequence number: the index then holds changes the recorded number does not.
+    db.set_metadata(kSeqnoKey, std::string());
+    return std::unique_ptr<LexicalIndex>(
+        new LexicalIndex(std::make_unique<State>(dir, std::move(db))));
+  } catch (const Xapian::Error& e) {
+    return absl::DataLossError(
+        absl::StrCat("the saved lexical index is unreadable: ", e.get_description()));
+  }
+}
+
+absl::Status LexicalIndex::Commit(uint64_t seqno) {
+  std::lock_guard lock(mu_);
+  try {
+    state_->db.set_metadata(kSeqnoKey, std::to_string(seqno));
+    state_->db.commit();
+  } catch (const Xapian::Error& e) {
+    return XapianError(absl::StrCat("commit in ", state_->dir), e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LexicalIndex::MoveTo(const std::string& dir) {
+  std::lock_guard lock(mu_);
+  try {
+    state_->db.close();  // commits what is pending
+  } catch (const Xapian::Error& e) {
+    return XapianError(absl::StrCat("close of ", state_->dir), e);
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!ec) fs::rename(state_->dir, dir, ec);
+  absl::Status moved = absl::OkStatus();
+  if (ec) {
+    moved = absl::InternalError(
+        absl::StrCat("cannot move ", state_->dir, " to ", dir, ": ", ec.message()));
+  } else {
+    state_->dir = dir;
+  }
+  try {
+    state_->db = Xapian::WritableDatabase(state_->dir, Xapian::DB_OPEN | kGlass);
+    state_->parser.set_database(state_->db);
+  } catch (const Xapian::Error& e) {
+    return XapianError(absl::StrCat("reopening ", state_->dir), e);
+  }
+  return moved;
 }
 
 absl::Status LexicalIndex::Add(uint64_t id, std::string_view text) {
@@ -96,7 +183,6 @@ absl::Status LexicalIndex::Remove(std::span<const uint64_t> ids) {
   std::lock_guard lock(mu_);
   try {
     for (uint64_t id : ids) state_->db.delete_document(UniqueTerm(id));
-    state_->removed += ids.size();
   } catch (const Xapian::Error& e) {
     return XapianError("delete", e);
   }
@@ -227,11 +313,6 @@ absl::StatusOr<std::vector<uint64_t>> LexicalIndex::Ids() {
 uint64_t LexicalIndex::size() {
   std::lock_guard lock(mu_);
   return state_->db.get_doccount();
-}
-
-bool LexicalIndex::NeedsRebuild() {
-  std::lock_guard lock(mu_);
-  return state_->removed > std::max<uint64_t>(4096, state_->db.get_doccount());
 }
 
 }  // namespace knowd::storage

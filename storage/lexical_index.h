@@ -1,6 +1,11 @@
-// One namespace's lexical index (private to storage/): BM25 over passage text with Xapian's
-// in-memory backend. Each passage is a Xapian document whose unique term is "Q<pid>" and whose
-// data is the pid, so Xapian's own 32-bit docids never leak out. English stemming.
+// One namespace's lexical index (private to storage/): BM25 over passage text in an on-disk
+// Xapian glass database of its own directory. Each passage is a Xapian document whose unique term
+// is "Q<pid>" and whose data is the pid, so Xapian's own 32-bit docids never leak out. English
+// stemming.
+//
+// Searches see every Add() and Remove() at once, committed or not. Commit() makes the database
+// durable and records the RocksDB sequence number it reflects (metadata "knowd-seqno"); Load()
+// opens a database only when that number and the passage count are the ones asked for.
 //
 // Xapian database objects are not thread-safe, so every method takes the index's own mutex.
 #pragma once
@@ -26,8 +31,22 @@ struct LexicalHit {
 
 class LexicalIndex {
  public:
-  static absl::StatusOr<std::unique_ptr<LexicalIndex>> Create();
+  // An empty index in `dir`, replacing whatever the directory held.
+  static absl::StatusOr<std::unique_ptr<LexicalIndex>> Create(const std::string& dir);
+  // The index committed in `dir` if it reflects exactly RocksDB sequence number `seqno` and holds
+  // `passages` passages; otherwise an error saying why (the caller rebuilds). Until the next
+  // Commit(), any commit Xapian makes on its own records no sequence number.
+  static absl::StatusOr<std::unique_ptr<LexicalIndex>> Load(const std::string& dir, uint64_t seqno,
+                                                            uint64_t passages);
+  // Closes the database; changes not yet committed are committed without a sequence number.
   ~LexicalIndex();
+
+  // Commits every change, recording that the index reflects RocksDB sequence number `seqno`.
+  // For the bank's Close() only: a commit Xapian made on its own after it (on a later change)
+  // would carry the same number.
+  absl::Status Commit(uint64_t seqno);
+  // Closes the database, moves its directory to `dir` (replacing what was there) and reopens it.
+  absl::Status MoveTo(const std::string& dir);
 
   absl::Status Add(uint64_t id, std::string_view text);
   absl::Status Remove(std::span<const uint64_t> ids);
@@ -44,10 +63,6 @@ class LexicalIndex {
       std::span<const uint64_t> ids, std::span<const QueryTerm> query);
   absl::StatusOr<std::vector<uint64_t>> Ids();  // sorted
   uint64_t size();
-  // Xapian's in-memory backend keeps what a removed document took (about 3.6 KB per add and
-  // remove of a short passage, measured): true once removals outnumber the live passages (and
-  // 4,096), when the owner should build the index afresh from the source of truth.
-  bool NeedsRebuild();
 
  private:
   struct State;

@@ -10,6 +10,11 @@
 //               "sessions" (each session's state and bookkeeping, keyed by namespace and id).
 //   DIR/index/  one FAISS file per namespace plus a MANIFEST naming the RocksDB sequence number
 //               the files reflect and a CRC per file. Written on Close() and by Snapshot().
+//   DIR/lexical/<hex of the namespace name>/  one Xapian glass database per namespace (a name
+//               whose hex exceeds 200 characters is cut into directories of 200, each but the
+//               last ending in '+'). Committed on Close() with the RocksDB sequence number it
+//               reflects ("knowd-seqno" metadata). Not created while BankOptions::lexical_index is
+//               off.
 //
 // Durability: Put() and Delete() return only after their single RocksDB WriteBatch is in the
 // synced WAL. After a crash (kill -9, power loss) every acknowledged write is present and no
@@ -19,10 +24,15 @@
 // sequence number equals the database's and every CRC matches; otherwise (crash, missing, stale
 // or corrupt files, changed index factory) it rebuilds them from RocksDB.
 //
-// Lexical index: BM25 over passage text with Xapian's in-memory backend, rebuilt from the
-// "passages" column family at every Open(). Chosen over an on-disk Xapian database because it
-// can never disagree with RocksDB after a crash and needs no second commit per write; the cost
-// is open time (reported by the storage benchmark). Disable it with BankOptions::lexical_index.
+// Lexical index: BM25 over passage text, one on-disk Xapian database per namespace, a cache of
+// the "passages" column family under the FAISS files' rule: Open() loads a namespace's database
+// only when Close() committed it at the sequence number the database is at now and it holds the
+// namespace's passage count; otherwise (crash, a snapshot, missing or damaged files) it rebuilds
+// it from RocksDB. Each write updates it uncommitted (searches see it at once); Xapian commits on
+// its own every 10,000 changes, and such a commit records no sequence number, so it can never be
+// loaded stale. Stats() says whether the last Open() loaded or rebuilt it. A purging Delete
+// rebuilds the namespace's database, since its files may keep a forgotten passage's terms in
+// their free space. Disable it with BankOptions::lexical_index.
 #pragma once
 
 #include <cstdint>
@@ -114,7 +124,7 @@ struct BankOptions {
   std::string index_search_params;
   int64_t index_train_min = 10000;
 
-  bool lexical_index = true;              // Xapian BM25 for hybrid search (rebuilt at Open)
+  bool lexical_index = true;              // Xapian BM25 for hybrid search (DIR/lexical)
   size_t latent_cache_bytes = 64u << 20;  // LRU cache of decoded latents
 
   // The encoder this process uses. A bank created with a fingerprint records it; opening a bank
@@ -244,12 +254,16 @@ struct BankStats {
   std::vector<NamespaceStats> namespaces;  // sorted by name
   uint64_t documents = 0;
   uint64_t passages = 0;
-  uint64_t disk_bytes = 0;  // SST + WAL + index files, approximate
+  uint64_t disk_bytes = 0;  // SST + WAL + index files + Xapian databases, approximate
   uint64_t latent_cache_hits = 0;
   uint64_t latent_cache_misses = 0;
   // How the last Open() got its vector indexes, and how long it took.
   bool indexes_loaded_from_disk = false;  // false: rebuilt from RocksDB
   std::string index_rebuild_reason;       // empty when loaded
+  // The same for the lexical indexes (BankOptions::lexical_index): true when every namespace's
+  // saved Xapian database was loaded (none rebuilt); the reason names the first one rebuilt.
+  bool lexical_loaded_from_disk = false;
+  std::string lexical_rebuild_reason;  // empty when loaded or when the lexical index is off
   // Not empty when the last Open() found a damaged write-ahead log: what RocksDB said and that
   // the writes after the damage were skipped (acknowledged documents among them are lost).
   std::string recovery_warning;
@@ -375,7 +389,8 @@ class MemoryBank {
   // Writes a consistent copy of the bank into `snapshot_dir` (which must not exist): a RocksDB
   // checkpoint (hard links where possible) plus the FAISS files and manifest of the same
   // sequence number. Writers wait while it runs; readers do not. The result is itself a bank
-  // directory; restore it with RestoreSnapshot().
+  // directory; restore it with RestoreSnapshot(). It holds no lexical index: the restored bank's
+  // first Open() builds it from the passages.
   virtual absl::Status Snapshot(const std::string& snapshot_dir) = 0;
 
   // Rebuilds every passage's latents and key from its stored text with `encoder`, in batches of
