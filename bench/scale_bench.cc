@@ -791,8 +791,8 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
       "keys; gold: the question's own passage in the top %d.\nscan GB/s: the namespace's key "
       "bytes per search at p50 (a flat search reads them all; others read less).\nask: a whole "
       "mac question (question encode, dense search, the hits' lexical coverage, aggregation, %d "
-      "greedy tokens); open s: opening the bank with that index (rebuilt from the stored keys, "
-      "BM25 index rebuilt too).\n",
+      "greedy tokens); open s: opening the bank with that index (rebuilt from the stored keys; "
+      "the BM25 index loaded from disk).\n",
       o.recall_k, o.recall_k, o.answer_tokens);
   if (!o.output.empty()) std::ofstream(o.output) << report.dump(2) << "\n";
   return status;

@@ -23,7 +23,7 @@ struct StorageBenchOptions {
   storage::LatentFormat latent_format = storage::LatentFormat::kFp16;
   std::string index_factory = "Flat";
   std::string index_search_params;  // e.g. "efSearch=64"
-  bool lexical_index = false;       // Xapian is rebuilt at open; on, it adds to open/recovery time
+  bool lexical_index = false;       // the BM25 index (on disk); on, it adds to recovery time
   int batch_docs = 500;             // documents per Put (one synced WriteBatch)
   int k = 10;
   int queries = 500;   // per size; fewer when a flat scan would take too long
