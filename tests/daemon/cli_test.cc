@@ -140,6 +140,11 @@ TEST(KnowdCli, BenchScaleFindsTheQuestionsOwnPassages) {
     EXPECT_EQ(index["mac_asks"], 5) << index.dump();
     EXPECT_EQ(index["mac_abstained"], 0) << index.dump();
   }
+  // The default index, reopened unchanged as a restart does, loads its saved FAISS file and BM25
+  // database instead of rebuilding them.
+  const nlohmann::json& automatic = size["indexes"].back();
+  EXPECT_EQ(automatic["factory"], "auto");
+  EXPECT_EQ(automatic["bank_reopen_loaded_indexes"], true) << automatic.dump();
 }
 
 // `knowd convert` writes a quantized GGUF that `knowd bench engine` then holds in that type, in
