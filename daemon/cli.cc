@@ -138,7 +138,9 @@ int RunReencode(const ReencodeFlags& flags) {
   options.latent_cols = modulator.latent_cols();
   options.latent_format = *format;
   options.index_factory = flags.index;
-  options.lexical_index = false;  // not needed here
+  // The texts do not change, but the sequence number does: with the BM25 index open (loaded
+  // from disk), Close() saves it at the new one, so the daemon's next start loads it.
+  options.lexical_index = true;
   options.fingerprint = bundle->fingerprint();
   options.open_for_reencode = true;
   absl::StatusOr<std::unique_ptr<storage::MemoryBank>> bank = storage::MemoryBank::Open(options);

@@ -106,6 +106,11 @@ class ReencodeCliTest : public ::testing::Test {
   void ExpectBankHoldsTheNewCodes() {
     auto bank = storage::MemoryBank::Open(Options(*new_));
     ASSERT_TRUE(bank.ok()) << bank.status();
+    // The re-encode saved both indexes at its last write: this open loads them.
+    auto stats = (*bank)->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_TRUE(stats->indexes_loaded_from_disk);
+    EXPECT_TRUE(stats->lexical_loaded_from_disk) << stats->lexical_rebuild_reason;
     int passages = 0;
     double old_distance = 0;
     for (int i = 0; i < kDocuments; ++i) {
