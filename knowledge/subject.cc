@@ -96,18 +96,12 @@ std::vector<LexicalMarks> MarkLexicalHits(std::span<const storage::SearchHit> hi
   std::vector<LexicalMarks> marks(hits.size());
   for (size_t i = 0; i < hits.size(); ++i) {
     const storage::SearchHit& hit = hits[i];
-    if (!hit.lexical_score.has_value()) {
-      marks[i].same_subject =
-          !subject.empty() && std::includes(hit.matched_terms.begin(), hit.matched_terms.end(),
-                                            subject.begin(), subject.end());
-      continue;
-    }
-    marks[i].same_subject = std::includes(hit.matched_terms.begin(), hit.matched_terms.end(),
-                                          subject.begin(), subject.end());
-  }
-  for (size_t i = 0; i < hits.size(); ++i) {
+    // A dense hit is on no subject when the query has none; a lexical one holds an empty subject.
+    const bool holds_subject = std::includes(hit.matched_terms.begin(), hit.matched_terms.end(),
+                                             subject.begin(), subject.end());
+    marks[i].same_subject = holds_subject && (hit.lexical_score.has_value() || !subject.empty());
     double matched_idf = 0;
-    for (const std::string& term : hits[i].matched_terms) {  // sorted
+    for (const std::string& term : hit.matched_terms) {  // sorted
       auto found = idf.find(term);
       if (found != idf.end()) matched_idf += found->second;
     }

@@ -53,6 +53,19 @@ std::string FirstDifference(const std::vector<uint64_t>& want, const std::vector
   return "matches";
 }
 
+// The bytes of the regular files under `dir`, at any depth (0 when it does not exist).
+uint64_t FileBytesUnder(const std::string& dir) {
+  uint64_t total = 0;
+  std::error_code walk, ec;
+  for (std::filesystem::recursive_directory_iterator it(dir, walk), end; !walk && it != end;
+       it.increment(walk)) {
+    if (!it->is_regular_file(ec)) continue;
+    const uintmax_t bytes = it->file_size(ec);
+    if (!ec) total += bytes;
+  }
+  return total;
+}
+
 }  // namespace
 
 absl::StatusOr<Document> BankImpl::Get(std::string_view name_space, std::string_view id,
@@ -353,17 +366,7 @@ absl::StatusOr<BankStats> BankImpl::Stats() {
   if (db_->GetSortedWalFiles(wal_files).ok()) {
     for (const auto& wal : wal_files) stats.disk_bytes += wal->SizeFileBytes();
   }
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(index_dir_, ec)) {
-    stats.disk_bytes += entry.is_regular_file(ec) ? entry.file_size(ec) : 0;
-  }
-  std::error_code walk;
-  for (std::filesystem::recursive_directory_iterator it(lexical_dir_, walk), end;
-       !walk && it != end; it.increment(walk)) {
-    if (!it->is_regular_file(ec)) continue;
-    const uintmax_t bytes = it->file_size(ec);
-    if (!ec) stats.disk_bytes += bytes;
-  }
+  stats.disk_bytes += FileBytesUnder(index_dir_) + FileBytesUnder(lexical_dir_);
   stats.latent_cache_hits = cache_.hits();
   stats.latent_cache_misses = cache_.misses();
   stats.indexes_loaded_from_disk = indexes_loaded_;
