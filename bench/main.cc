@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   knowd::BenchScaleFlags scale;
   CLI::App* scale_cmd = bench->add_subcommand(
       "scale",
-      "1k..1M real passages under Flat, HNSW and IVF+PQ: recall, search, memory, mac Ask.");
+      "1k..1M real passages under Flat, HNSW, IVF and IVF+PQ: recall, search, memory, mac Ask.");
   scale_cmd->add_option("--bundle", scale.bundle, "model bundle directory (with an adapter)");
   scale_cmd->add_option("--sizes", scale.sizes, "bank sizes in passages, comma-separated");
   scale_cmd->add_option("--indexes", scale.indexes,

@@ -317,7 +317,7 @@ storage::BankOptions BankOptionsFor(const ScaleBenchOptions& o, const knowledge:
   b.latent_rows = bundle.modulator->latent_rows();
   b.latent_cols = bundle.modulator->latent_cols();
   b.latent_format = *storage::ParseLatentFormat(o.latent_format);
-  b.index_factory = ResolveScaleFactory(index.factory, n);
+  b.index_factory = storage::ResolveNlist(index.factory, n);
   b.index_search_params = index.search_params;
   b.index_train_min = 1;   // train at every size: the point is to measure the trained index
   b.lexical_index = true;  // it describes a mac question's terms (the hits' coverage)
@@ -447,7 +447,7 @@ struct BuiltIndex {
 absl::StatusOr<BuiltIndex> BuildIndex(const Codes& codes, int64_t n, const ScaleIndex& spec) {
   BuiltIndex out;
   IndexFigures& f = out.figures;
-  f.factory = ResolveScaleFactory(spec.factory, n);
+  f.factory = storage::ResolveNlist(spec.factory, n);
   f.search_params = spec.search_params;
   storage::VectorIndexConfig config;
   config.dim = codes.key_dim;
@@ -466,6 +466,25 @@ absl::StatusOr<BuiltIndex> BuildIndex(const Codes& codes, int64_t n, const Scale
   if (!bytes.ok()) return bytes.status();
   f.index_bytes = static_cast<int64_t>(bytes->size());
   out.index = *std::move(built);
+  return out;
+}
+
+// `built` served with `spec`'s search parameters: its bytes read back with them.
+absl::StatusOr<BuiltIndex> CopyIndex(const Codes& codes, const BuiltIndex& built,
+                                     const ScaleIndex& spec) {
+  BuiltIndex out;
+  out.figures = built.figures;
+  out.figures.search_params = spec.search_params;
+  storage::VectorIndexConfig config;
+  config.dim = codes.key_dim;
+  config.factory = built.figures.factory;
+  config.search_params = spec.search_params;
+  config.train_min = 1;
+  auto bytes = built.index->Serialize();
+  if (!bytes.ok()) return bytes.status();
+  auto copy = storage::VectorIndex::Deserialize(config, *bytes);
+  if (!copy.ok()) return copy.status();
+  out.index = *std::move(copy);
   return out;
 }
 
@@ -525,14 +544,6 @@ absl::Status SearchAll(const ScaleBenchOptions& o, std::vector<BuiltIndex>& buil
 
 }  // namespace
 
-std::string ResolveScaleFactory(const std::string& factory, int64_t n) {
-  if (factory.find("{nlist}") == std::string::npos) return factory;
-  int64_t nlist = 16;
-  const double target = 4.0 * std::sqrt(static_cast<double>(n));
-  while (nlist * 2 <= target && nlist * 2 * 39 <= n) nlist *= 2;
-  return absl::StrReplaceAll(factory, {{"{nlist}", absl::StrCat(nlist)}});
-}
-
 absl::Status RunScaleBench(const ScaleBenchOptions& o) {
   if (o.sizes.empty() || o.indexes.empty() || o.threads < 1 || o.queries < 1 || o.asks < 1 ||
       o.recall_k < 1 || o.answer_tokens < 1) {
@@ -580,7 +591,7 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
       o.bundle.c_str(), codes->key_dim, bundle.modulator->latent_rows(),
       bundle.modulator->latent_cols(), o.latent_format.c_str(), o.recall_k,
       o.indexes[0].factory.c_str(), o.mac_top_k, o.answer_tokens, bw1, bwn, o.threads);
-  std::printf("%9s %-22s %8s %9s %9s %9s %8s %8s %10s %9s %9s %7s\n", "passages", "index",
+  std::printf("%9s %-28s %8s %9s %9s %9s %8s %8s %10s %9s %9s %7s\n", "passages", "index",
               "build s", "index MB", "p50 ms", "p99 ms", "recall", "gold", "scan GB/s", "ask p50",
               "ask p99", "open s");
 
@@ -634,8 +645,18 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
     {
       std::vector<BuiltIndex> built;
       for (const ScaleIndex& index : o.indexes) {
-        std::fprintf(stderr, "  building %s...\n", ResolveScaleFactory(index.factory, n).c_str());
-        absl::StatusOr<BuiltIndex> b = BuildIndex(*codes, n, index);
+        const std::string factory = storage::ResolveNlist(index.factory, n);
+        // Search parameters are search-time only: an index built already for the same factory
+        // is copied and served with this entry's (as a bank reopened with them does).
+        auto same = std::find_if(built.begin(), built.end(),
+                                 [&](const BuiltIndex& b) { return b.figures.factory == factory; });
+        absl::StatusOr<BuiltIndex> b;
+        if (same != built.end()) {
+          b = CopyIndex(*codes, *same, index);
+        } else {
+          std::fprintf(stderr, "  building %s...\n", factory.c_str());
+          b = BuildIndex(*codes, n, index);
+        }
         if (!b.ok()) {
           status = b.status();
           break;
@@ -707,10 +728,14 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
                                   ? static_cast<double>(n) * codes->key_dim * sizeof(float) /
                                         (f.search_p50_ms * 1e-3) / 1e9
                                   : 0.0;
-      std::printf("%9lld %-22s %8.2f %9.2f %9.3f %9.3f %7.1f%% %7.1f%% %10.2f %9.2f %9.2f %7.2f\n",
-                  static_cast<long long>(n), f.description.c_str(), f.build_s, f.index_bytes / 1e6,
-                  f.search_p50_ms, f.search_p99_ms, 100 * f.recall_vs_reference,
-                  100 * f.gold_recall, scan_gbs, f.ask_p50_ms, f.ask_p99_ms, f.open_s);
+      std::printf("%9lld %-28s %8.2f %9.2f %9.3f %9.3f %7.1f%% %7.1f%% %10.2f %9.2f %9.2f %7.2f\n",
+                  static_cast<long long>(n),
+                  (f.search_params.empty() ? f.description
+                                           : absl::StrCat(f.description, " ", f.search_params))
+                      .c_str(),
+                  f.build_s, f.index_bytes / 1e6, f.search_p50_ms, f.search_p99_ms,
+                  100 * f.recall_vs_reference, 100 * f.gold_recall, scan_gbs, f.ask_p50_ms,
+                  f.ask_p99_ms, f.open_s);
       std::fflush(stdout);
       Json j = {{"factory", f.factory},
                 {"search_params", f.search_params},
@@ -727,14 +752,14 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
                   {"baseline_mac_ask_p50_ms", f.baseline_ask_p50_ms},
                   {"mac_ask_p50_ratio_to_baseline", f.ask_p50_ms / f.baseline_ask_p50_ms}});
         std::printf(
-            "%9s %-22s mac Ask p50 %.2f ms against %.2f ms at %lld passages asked in "
+            "%9s %-28s mac Ask p50 %.2f ms against %.2f ms at %lld passages asked in "
             "turn: x%.2f\n",
             "", "", f.ask_p50_ms, f.baseline_ask_p50_ms, static_cast<long long>(baseline_n),
             f.ask_p50_ms / f.baseline_ask_p50_ms);
       }
       if (index.factory == "auto") {
         j.update({{"bank_reopen_s", f.reopen_s}, {"bank_reopen_loaded_indexes", f.reopen_loaded}});
-        std::printf("%9s %-22s reopened unchanged in %.2f s (%s)\n", "", "", f.reopen_s,
+        std::printf("%9s %-28s reopened unchanged in %.2f s (%s)\n", "", "", f.reopen_s,
                     f.reopen_loaded ? "saved indexes loaded" : "indexes rebuilt");
       }
       if (f.baseline_lexical_ask_p50_ms > 0) {
@@ -743,7 +768,7 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
                   {"mac_ask_lexical_p50_ratio_to_baseline",
                    f.lexical_ask_p50_ms / f.baseline_lexical_ask_p50_ms}});
         std::printf(
-            "%9s %-22s with BM25 retrieval: %.2f ms against %.2f ms at %lld passages: x%.2f\n", "",
+            "%9s %-28s with BM25 retrieval: %.2f ms against %.2f ms at %lld passages: x%.2f\n", "",
             "", f.lexical_ask_p50_ms, f.baseline_lexical_ask_p50_ms,
             static_cast<long long>(baseline_n),
             f.lexical_ask_p50_ms / f.baseline_lexical_ask_p50_ms);

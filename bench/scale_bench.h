@@ -20,8 +20,8 @@
 
 namespace knowd {
 
-// One index to measure: a FAISS factory string, in which "{nlist}" stands for a number of IVF
-// lists chosen for the bank's size (a power of two near 4·sqrt(n), at most n / 39), and FAISS
+// One index to measure: a FAISS factory string, in which "{nlist}" stands for the number of IVF
+// lists "auto" would train for the bank's size (storage::AutoNlist), and FAISS
 // ParameterSpace settings ("efSearch=64", "nprobe=16"; empty: FAISS's defaults).
 struct ScaleIndex {
   std::string factory;
@@ -33,8 +33,11 @@ struct ScaleBenchOptions {
   std::vector<int64_t> sizes = {1000, 10000, 100000, 1000000};
   // The first is the reference the others' recall is measured against; it must be exact. "np":
   // no polysemous training, which takes minutes and which a plain IVF+PQ search does not use.
-  std::vector<ScaleIndex> indexes = {
-      {"Flat", ""}, {"HNSW32", "efSearch=64"}, {"IVF{nlist},PQ16np", "nprobe=16"}};
+  std::vector<ScaleIndex> indexes = {{"Flat", ""},
+                                     {"HNSW32", "efSearch=64"},
+                                     {"IVF{nlist},Flat", "nprobe=24"},
+                                     {"IVF{nlist},PQ16np,RFlat", "nprobe=32,k_factor_rf=8"},
+                                     {"IVF{nlist},PQ16np", "nprobe=16"}};
   // The world's passages: the banks hold its first `size` passages, so every size draws from the
   // same stream and the cache serves every run (at least the largest size).
   int64_t world_passages = 1000000;
@@ -58,7 +61,9 @@ absl::Status RunScaleBench(const ScaleBenchOptions& options);
 struct BenchScaleFlags {
   std::string bundle = "models/knowd-tiny";
   std::string sizes = "1000,10000,100000,1000000";
-  std::string indexes = "Flat;HNSW32@efSearch=64;IVF{nlist},PQ16np@nprobe=16";
+  std::string indexes =
+      "Flat;HNSW32@efSearch=64;IVF{nlist},Flat@nprobe=24;IVF{nlist},PQ16np,RFlat@nprobe=32,"
+      "k_factor_rf=8;IVF{nlist},PQ16np@nprobe=16";
   int64_t world_passages = 1000000;
   std::string cache;
   bool encode_only = false;
@@ -69,8 +74,5 @@ struct BenchScaleFlags {
   std::string out;
 };
 int RunBenchScale(const BenchScaleFlags& flags);
-
-// The factory string with "{nlist}" replaced for a bank of n vectors.
-std::string ResolveScaleFactory(const std::string& factory, int64_t n);
 
 }  // namespace knowd

@@ -109,7 +109,9 @@ const std::vector<Key>& Keys() {
       {"cluster-stream-replicas", &ServeConfig::cluster_stream_replicas, 1,
        "cluster: copies of the log JetStream keeps (quorum = a majority)"},
       {"index-factory", &ServeConfig::index_factory, 0,
-       "FAISS index factory string, or auto (Flat while a namespace is small, then HNSW32)"},
+       "FAISS index factory string, or auto (Flat while a namespace is small, then IVF)"},
+      {"index-search-params", &ServeConfig::index_search_params, 0,
+       "FAISS search settings of the index (efSearch=32, nprobe=16); empty: auto's own"},
       {"latent-format", &ServeConfig::latent_format, 0, "stored latents: fp16 or int8"},
   };
   return *keys;

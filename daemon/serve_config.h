@@ -98,9 +98,12 @@ struct ServeConfig {
   int cluster_stream_replicas = 3;
 
   // Memory bank.
-  // FAISS index_factory string, or auto: exact Flat while a namespace is small, HNSW past the
+  // FAISS index_factory string, or auto: exact Flat while a namespace is small, IVF past the
   // size where Flat stops being the fastest (storage::BankOptions::index_factory).
   std::string index_factory = "auto";
+  // FAISS ParameterSpace settings for it ("efSearch=32", "nprobe=16"); empty: auto's own, or
+  // FAISS's defaults. Search-time only: a change applies at the next start without a rebuild.
+  std::string index_search_params;
   std::string latent_format = "int8";  // int8 (+ a scale per row) or fp16
 };
 

@@ -114,6 +114,7 @@ storage::BankOptions BankOptionsFor(const ServeConfig& config, const Adapter* ad
   storage::BankOptions o;
   o.data_dir = config.data_dir;
   o.index_factory = config.index_factory;
+  o.index_search_params = config.index_search_params;
   o.latent_format =
       *storage::ParseLatentFormat(config.latent_format);  // LoadServeConfig checked it
   o.lexical_index = true;

@@ -141,8 +141,9 @@ absl::Status BankImpl::LoadIndexFiles(const std::string& dir, uint64_t seqno,
                                                         saved_seqno, ", the database is at ", seqno,
                                                         " (unclean shutdown or stale files)"));
     }
+    // Search parameters (efSearch, nprobe) are not part of what was built: Deserialize applies
+    // the current ones, so changing them costs no rebuild.
     if (manifest.at("factory").get<std::string>() != options_.index_factory ||
-        manifest.at("search_params").get<std::string>() != options_.index_search_params ||
         manifest.at("train_min").get<int64_t>() != options_.index_train_min ||
         manifest.at("key_dim").get<int>() != options_.key_dim ||
         manifest.at("metric").get<int>() != static_cast<int>(options_.metric)) {

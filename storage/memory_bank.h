@@ -113,14 +113,15 @@ struct BankOptions {
   LatentFormat latent_format = LatentFormat::kFp16;
 
   // FAISS index_factory string for each namespace's index ("Flat", "HNSW32", "IVF1024,Flat"),
-  // or "auto": an exact Flat index while a namespace is small, HNSW once it is large enough that
-  // a flat scan is slower (the threshold, measured, is in docs/operations.md; the namespace's
-  // index is rebuilt when it crosses it). May change between opens (the indexes are then
-  // rebuilt). Trainable factories (IVF, PQ) serve from an exact flat index until a namespace
-  // holds index_train_min vectors, then train.
+  // or "auto": an exact Flat index while a namespace is small, IVF-Flat once it is large enough
+  // that a flat scan is slower, its lists retrained as it grows (the rule, measured, is in
+  // docs/operations.md; the namespace's index is rebuilt when it crosses a step). May change
+  // between opens (the indexes are then rebuilt). Trainable factories (IVF, PQ) serve from an exact
+  // flat index until a namespace holds index_train_min vectors, then train.
   std::string index_factory = "auto";
   // FAISS ParameterSpace settings applied to every index, e.g. "efSearch=64" or "nprobe=16"
-  // ("auto": applied to its HNSW index; empty gives it efSearch=64).
+  // ("auto": applied to its large index; empty gives it kAutoLargeSearchParams). Search-time
+  // only: changing them between opens loads the saved indexes and applies the new settings.
   std::string index_search_params;
   int64_t index_train_min = 10000;
 

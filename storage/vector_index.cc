@@ -3,13 +3,17 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <exception>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "base/status_macros.h"
 #include "faiss/AutoTune.h"
 #include "faiss/IndexFlatCodes.h"
+#include "faiss/IndexIVF.h"
+#include "faiss/IndexRefine.h"
 #include "faiss/impl/IDSelector.h"
 #include "faiss/impl/io.h"
 #include "faiss/index_factory.h"
@@ -41,9 +45,17 @@ std::vector<FaissId> ToFaissIds(std::span<const uint64_t> ids) {
 
 bool IsAuto(const VectorIndexConfig& config) { return config.factory == kAutoIndexFactory; }
 
-// What index_factory builds for `config` when not serving Flat.
-const char* FactoryOf(const VectorIndexConfig& config) {
-  return IsAuto(config) ? kAutoLargeFactory : config.factory.c_str();
+// What index_factory builds for `config` over n vectors when not serving Flat.
+std::string FactoryOf(const VectorIndexConfig& config, int64_t n) {
+  return IsAuto(config) ? ResolveNlist(kAutoLargeFactory, n) : config.factory;
+}
+
+// The IVF index inside `index` (directly, or under a refinement), or null.
+const faiss::IndexIVF* IvfOf(const faiss::Index* index) {
+  if (const auto* refine = dynamic_cast<const faiss::IndexRefine*>(index)) {
+    index = refine->base_index;
+  }
+  return dynamic_cast<const faiss::IndexIVF*>(index);
 }
 
 const std::string& SearchParamsOf(const VectorIndexConfig& config) {
@@ -51,12 +63,12 @@ const std::string& SearchParamsOf(const VectorIndexConfig& config) {
   return IsAuto(config) && config.search_params.empty() ? *kAuto : config.search_params;
 }
 
-// Makes an empty IndexIDMap2 around index_factory(config); `flat` forces "Flat".
+// Makes an empty IndexIDMap2 around index_factory(config) for n vectors; `flat` forces "Flat".
 absl::StatusOr<std::unique_ptr<faiss::IndexIDMap2>> MakeEmpty(const VectorIndexConfig& config,
-                                                              bool flat) {
+                                                              bool flat, int64_t n) {
   try {
     std::unique_ptr<faiss::Index> inner(faiss::index_factory(
-        config.dim, flat ? "Flat" : FactoryOf(config), ToFaiss(config.metric)));
+        config.dim, flat ? "Flat" : FactoryOf(config, n).c_str(), ToFaiss(config.metric)));
     const std::string& params = SearchParamsOf(config);
     if (!flat && !params.empty()) {
       faiss::ParameterSpace().set_index_parameters(inner.get(), params.c_str());
@@ -73,6 +85,17 @@ absl::StatusOr<std::unique_ptr<faiss::IndexIDMap2>> MakeEmpty(const VectorIndexC
 
 }  // namespace
 
+int64_t AutoNlist(int64_t n) {
+  int64_t nlist = 16;
+  const double target = 4.0 * std::sqrt(static_cast<double>(n));
+  while (static_cast<double>(nlist * 2) <= target && nlist * 2 * 39 <= n) nlist *= 2;
+  return nlist;
+}
+
+std::string ResolveNlist(std::string_view factory, int64_t n) {
+  return absl::StrReplaceAll(AbslView(factory), {{"{nlist}", absl::StrCat(AutoNlist(n))}});
+}
+
 VectorIndex::VectorIndex(const VectorIndexConfig& config, faiss::IndexIDMap2* index,
                          bool flat_fallback)
     : config_(config), index_(index), flat_fallback_(flat_fallback) {}
@@ -82,15 +105,15 @@ VectorIndex::~VectorIndex() = default;
 absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorIndexConfig& config,
                                                                 std::span<const uint64_t> ids,
                                                                 std::span<const float> vectors) {
-  KNOWD_ASSIGN_OR_RETURN(auto probe, MakeEmpty(config, /*flat=*/false));
   const auto n = static_cast<int64_t>(ids.size());
+  KNOWD_ASSIGN_OR_RETURN(auto probe, MakeEmpty(config, /*flat=*/false, n));
   const bool needs_training = !(probe)->is_trained;
   const bool fallback = IsAuto(config)
                             ? n < config.auto_threshold
                             : needs_training && n < std::max<int64_t>(config.train_min, 1);
   std::unique_ptr<faiss::IndexIDMap2> index;
   if (fallback) {
-    KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true));
+    KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true, n));
   } else {
     index = std::move(probe);
   }
@@ -110,7 +133,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(const VectorInde
       // Open() tries again.
       spdlog::warn("FAISS '{}' could not train on {} vectors ({}); serving a flat index",
                    config.factory, sample.size() / config.dim, e.what());
-      KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true));
+      KNOWD_ASSIGN_OR_RETURN(index, MakeEmpty(config, /*flat=*/true, n));
       training_failed = true;
     }
   }
@@ -159,6 +182,12 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
     return absl::DataLossError("index file does not match the bank's dimension and metric");
   }
   index.release();
+  if (IsAuto(config) && !fallback && IvfOf(map->index) == nullptr) {
+    // Written when "auto" served another index (HNSW before IVF): rebuild what it serves now.
+    delete map;
+    return absl::FailedPreconditionError(
+        "the saved index is not the IVF index \"auto\" serves now");
+  }
   try {
     const std::string& params = SearchParamsOf(config);
     if (!fallback && !params.empty()) {
@@ -278,18 +307,30 @@ bool VectorIndex::NeedsRebuild() const {
     // is not rebuilt on every write.
     if (flat_fallback_ && size() >= config_.auto_threshold) return true;
     if (!flat_fallback_ && size() * 2 < config_.auto_threshold) return true;
+    // Grown to four times what its lists were trained for: twice as many lists serve it now.
+    const faiss::IndexIVF* ivf = IvfOf(index_->index);
+    if (!flat_fallback_ && !training_failed_ && ivf != nullptr &&
+        AutoNlist(size()) >= 2 * static_cast<int64_t>(ivf->nlist)) {
+      return true;
+    }
   } else if (flat_fallback_ && !training_failed_ && size() >= config_.train_min) {
     return true;
   }
   return !tombstones_.empty() && tombstones_.size() * 10 > static_cast<size_t>(index_->ntotal);
 }
 
+std::string VectorIndex::AutoServedFactory() const {
+  const faiss::IndexIVF* ivf = IvfOf(index_->index);
+  return ivf == nullptr
+             ? std::string(kAutoLargeFactory)
+             : absl::StrReplaceAll(kAutoLargeFactory, {{"{nlist}", absl::StrCat(ivf->nlist)}});
+}
+
 std::string VectorIndex::Description() const {
   if (IsAuto(config_)) {
-    const std::string served = flat_fallback_
-                                   ? absl::StrCat("Flat (auto: ", kAutoLargeFactory, " from ",
-                                                  config_.auto_threshold, " vectors)")
-                                   : absl::StrCat(kAutoLargeFactory, " (auto)");
+    const std::string served =
+        flat_fallback_ ? absl::StrCat("Flat (auto: IVF from ", config_.auto_threshold, " vectors)")
+                       : absl::StrCat(AutoServedFactory(), " (auto)");
     if (tombstones_.empty()) return served;
     return absl::StrCat(served, " (", tombstones_.size(), " tombstones)");
   }

@@ -13,9 +13,11 @@
 //    threshold is crossed so the owner rebuilds with training.
 //
 // The factory "auto" (kAutoIndexFactory, the bank's default) picks by size: an exact "Flat" index
-// below auto_threshold vectors, where a flat scan is as fast as any and exact, and
-// kAutoLargeFactory (HNSW) from there, where a flat scan's cost grows with the namespace.
+// below auto_threshold vectors, where a flat scan is as fast as any and exact, and an IVF index
+// (kAutoLargeFactory with AutoNlist(n) lists, trained on the namespace's own keys) from there,
+// where a flat scan's cost grows with the namespace and an IVF search reads a few lists.
 // NeedsRebuild() turns true when a namespace crosses the threshold (or falls below half of it),
+// and when it has grown to four times the size its lists were trained for (AutoNlist doubles),
 // so the owner rebuilds it from the source of truth; a rebuild at any size (crash recovery, a
 // changed factory) picks the same way. The saved file records which one is served.
 //
@@ -39,18 +41,24 @@ namespace knowd::storage {
 
 // The factory string that picks Flat or kAutoLargeFactory by size.
 inline constexpr char kAutoIndexFactory[] = "auto";
-// What "auto" serves from kAutoThreshold vectors on, with kAutoLargeSearchParams unless the
-// config names its own search parameters. Chosen by `knowd bench scale`
-// (docs/reports/bench-scale.json): HNSW's search stays flat in the namespace's size at a recall
-// near Flat's, where IVF+PQ's compressed codes lose more recall than its memory saving is worth
-// beside the latents every passage stores anyway.
-inline constexpr char kAutoLargeFactory[] = "HNSW32";
-inline constexpr char kAutoLargeSearchParams[] = "efSearch=64";
+// What "auto" serves from kAutoThreshold vectors on ("{nlist}" is AutoNlist(n)), with
+// kAutoLargeSearchParams unless the config names its own search parameters. Chosen by `knowd
+// bench scale`; the comparison with HNSW and IVF+PQ is in docs/operations.md ("The vector index
+// as a namespace grows") and its figures in docs/reports/bench-scale.json.
+inline constexpr char kAutoLargeFactory[] = "IVF{nlist},Flat";
+inline constexpr char kAutoLargeSearchParams[] = "nprobe=24";
 // Below this many vectors "auto" serves Flat: where Flat stops being the fastest. Measured with
-// knowd-tiny's 64-dimensional keys (docs/reports/bench-scale.json): Flat is faster at 1,000
-// keys, HNSW32 at 3,000 and beyond, at the same recall@5; a flat scan's cost then grows with
-// the namespace. Exact search is kept for the smallest namespaces, where it is also cheapest.
+// knowd-tiny's 64-dimensional keys (docs/reports/bench-scale.json): a flat scan of 1,000 keys
+// costs about what an IVF search does, and from there a flat scan's cost grows with the
+// namespace. Exact search is kept for the smallest namespaces, where it is also cheapest.
 inline constexpr int64_t kAutoThreshold = 2000;
+
+// IVF lists for n vectors: the power of two nearest below 4·sqrt(n), at least 16, and at most
+// n / 39 (FAISS's k-means wants 39 training points per list).
+int64_t AutoNlist(int64_t n);
+
+// `factory` with "{nlist}" replaced by AutoNlist(n).
+std::string ResolveNlist(std::string_view factory, int64_t n);
 
 struct VectorIndexConfig {
   int dim = 0;
@@ -91,6 +99,8 @@ class VectorIndex {
 
  private:
   VectorIndex(const VectorIndexConfig& config, faiss::IndexIDMap2* index, bool flat_fallback);
+  // "auto"'s large index as served: kAutoLargeFactory with its number of lists.
+  std::string AutoServedFactory() const;
 
   VectorIndexConfig config_;
   std::unique_ptr<faiss::IndexIDMap2> index_;

@@ -234,6 +234,7 @@ TEST(CliHelp, ServeListsExactlyItsSettingsWithDefaultsAndVariables) {
                                           "--cluster-stream",
                                           "--cluster-stream-replicas",
                                           "--index-factory",
+                                          "--index-search-params",
                                           "--latent-format"}))
       << help.out;
   EXPECT_THAT(help.out, HasSubstr("--listen TEXT=127.0.0.1:7070"));

@@ -83,6 +83,10 @@ TEST(ServeConfig, FlagSpellings) {
   EXPECT_EQ(c->ingest_max_batch, 5);
   EXPECT_EQ(c->drain_timeout, 2.0);
   EXPECT_EQ(c->tokens_file, "/t.json");
+  const std::vector<std::string> search = {"--index-search-params", "efSearch=32"};
+  c = LoadServeConfig(search, env.lookup());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->index_search_params, "efSearch=32");
 }
 
 TEST(ServeConfig, DefaultRetrievalIsTheBundlesAndParsed) {
@@ -91,6 +95,7 @@ TEST(ServeConfig, DefaultRetrievalIsTheBundlesAndParsed) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->default_retrieval, "bundle");
   EXPECT_EQ(c->index_factory, "auto");
+  EXPECT_EQ(c->index_search_params, "");
   env.vars["KNOWD_DEFAULT_RETRIEVAL"] = "hybrid";
   c = LoadServeConfig({}, env.lookup());
   ASSERT_TRUE(c.ok()) << c.status();

@@ -161,6 +161,34 @@ TEST(BankRecoveryTest, CorruptOrMissingIndexFilesAreRebuilt) {
   reopen_expecting_rebuild("configuration changed");
 }
 
+TEST(BankRecoveryTest, ChangedSearchParametersLoadTheSavedIndex) {
+  TempDir dir;
+  BankOptions options = TestOptions(dir.path());
+  options.index_factory = "HNSW8";
+  options.index_search_params = "efSearch=32";
+  std::vector<Document> docs = SomeDocs("ns", 20);
+  {
+    auto bank = MemoryBank::Open(options);
+    ASSERT_TRUE(bank.ok()) << bank.status();
+    ASSERT_TRUE((*bank)->Put(docs).ok());
+  }
+  // efSearch is a search-time setting: the saved HNSW graph serves with the new value.
+  options.index_search_params = "efSearch=8";
+  {
+    auto bank = MemoryBank::Open(options);
+    ASSERT_TRUE(bank.ok()) << bank.status();
+    auto stats = (*bank)->Stats();
+    EXPECT_TRUE(stats->indexes_loaded_from_disk) << stats->index_rebuild_reason;
+    ExpectSearchable(**bank, docs);
+    EXPECT_TRUE((*bank)->VerifyIndexes().ok());
+  }
+  // A setting the index does not have is refused at open, naming it.
+  options.index_search_params = "nprobe=4";
+  auto refused = MemoryBank::Open(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("nprobe"));
+}
+
 TEST(BankRecoveryTest, LayoutAndFingerprintMismatchesAreRefused) {
   TempDir dir;
   BankOptions options = TestOptions(dir.path());

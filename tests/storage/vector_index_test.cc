@@ -105,7 +105,8 @@ TEST(VectorIndexTest, AutoServesFlatBelowItsThresholdAndAsksForARebuildAtIt) {
 
   auto large = VectorIndex::Build(config, Iota(3000), vectors);
   ASSERT_TRUE(large.ok()) << large.status();
-  EXPECT_EQ((*large)->Description(), absl::StrCat(kAutoLargeFactory, " (auto)"));
+  EXPECT_EQ(AutoNlist(3000), 64);
+  EXPECT_EQ((*large)->Description(), "IVF64,Flat (auto)");
   EXPECT_FALSE((*large)->NeedsRebuild());
   EXPECT_GE(RecallAgainstFlat(**large, vectors, 3000), 0.95);
   EXPECT_EQ((*large)->size(), 3000);
@@ -122,6 +123,59 @@ TEST(VectorIndexTest, AutoServesFlatBelowItsThresholdAndAsksForARebuildAtIt) {
   ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
   EXPECT_THAT((*rebuilt)->Description(), HasSubstr("Flat (auto"));
   EXPECT_FALSE((*rebuilt)->NeedsRebuild());
+}
+
+TEST(VectorIndexTest, AutoNlistFollowsTheSquareRootOfTheSize) {
+  EXPECT_EQ(AutoNlist(2000), 32);  // capped by 39 training points per list
+  EXPECT_EQ(AutoNlist(10000), 256);
+  EXPECT_EQ(AutoNlist(100000), 1024);
+  EXPECT_EQ(AutoNlist(1000000), 2048);
+  EXPECT_EQ(ResolveNlist("IVF{nlist},PQ16np", 100000), "IVF1024,PQ16np");
+  EXPECT_EQ(ResolveNlist("HNSW32", 100000), "HNSW32");
+}
+
+// An IVF index's lists are trained for the size it was built at; once the namespace has grown so
+// far that AutoNlist doubles, the owner is asked to rebuild it with more lists.
+TEST(VectorIndexTest, AutoAsksForMoreListsWhenTheNamespaceOutgrowsThem) {
+  const std::vector<float> vectors = ClusteredVectors(5000, 3);
+  const VectorIndexConfig config = AutoConfig(2000);
+  auto index = VectorIndex::Build(config, Iota(3000), {vectors.data(), 3000 * kDim});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ((*index)->Description(), "IVF64,Flat (auto)");
+  const int64_t grown = 4992;  // the first size for which AutoNlist is 128
+  ASSERT_EQ(AutoNlist(grown - 1), 64);
+  ASSERT_EQ(AutoNlist(grown), 128);
+  ASSERT_TRUE(
+      (*index)
+          ->Add(Iota(grown - 1 - 3000, 3000),
+                {vectors.data() + 3000 * kDim, static_cast<size_t>(grown - 1 - 3000) * kDim})
+          .ok());
+  EXPECT_FALSE((*index)->NeedsRebuild());
+  ASSERT_TRUE((*index)->Add(Iota(1, grown - 1), {vectors.data() + (grown - 1) * kDim, kDim}).ok());
+  EXPECT_TRUE((*index)->NeedsRebuild());
+  // Vectors added since training are found all the same.
+  EXPECT_GE(RecallAgainstFlat(**index, vectors, grown), 0.95);
+  auto rebuilt =
+      VectorIndex::Build(config, Iota(grown), {vectors.data(), static_cast<size_t>(grown) * kDim});
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_EQ((*rebuilt)->Description(), "IVF128,Flat (auto)");
+  EXPECT_FALSE((*rebuilt)->NeedsRebuild());
+  EXPECT_GE(RecallAgainstFlat(**rebuilt, vectors, grown), 0.95);
+}
+
+// A file saved while "auto" served another kind of index is not served: the owner rebuilds.
+TEST(VectorIndexTest, AutoRefusesASavedIndexOfAnotherKind) {
+  const std::vector<float> vectors = ClusteredVectors(3000, 4);
+  VectorIndexConfig hnsw;
+  hnsw.dim = kDim;
+  hnsw.factory = "HNSW32";
+  auto built = VectorIndex::Build(hnsw, Iota(3000), vectors);
+  ASSERT_TRUE(built.ok()) << built.status();
+  auto bytes = (*built)->Serialize();
+  ASSERT_TRUE(bytes.ok());
+  auto loaded = VectorIndex::Deserialize(AutoConfig(2000), *bytes);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition) << loaded.status();
+  EXPECT_THAT(loaded.status().message(), HasSubstr("auto"));
 }
 
 TEST(VectorIndexTest, AutoRoundTripsThroughSaveAndLoad) {
@@ -185,7 +239,7 @@ void ExpectFinds(MemoryBank& bank, int64_t i) {
   EXPECT_EQ((*hits)[0].doc_id, absl::StrCat("doc-", i));
 }
 
-// The bank's default: a namespace switches to HNSW when it reaches the threshold, keeps it
+// The bank's default: a namespace switches to IVF when it reaches the threshold, keeps it
 // through a clean reopen (loaded from the index files) and through a rebuild from the stored
 // keys (index files gone, as after a crash).
 TEST(VectorIndexTest, BankDefaultSwitchesAtTheThresholdAndKeepsItAcrossReopens) {
@@ -194,14 +248,14 @@ TEST(VectorIndexTest, BankDefaultSwitchesAtTheThresholdAndKeepsItAcrossReopens) 
   options.lexical_index = false;
   ASSERT_EQ(options.index_factory, kAutoIndexFactory);
   const std::string flat_auto = "Flat (auto";
-  const std::string hnsw_auto = absl::StrCat(kAutoLargeFactory, " (auto)");
+  const std::string ivf_auto = absl::StrCat("IVF", AutoNlist(kAutoThreshold + 10), ",Flat (auto)");
   {
     auto bank = MemoryBank::Open(options);
     ASSERT_TRUE(bank.ok()) << bank.status();
     PutRange(**bank, 0, kAutoThreshold - 1);
     EXPECT_THAT((*bank)->Stats()->namespaces[0].index_description, HasSubstr(flat_auto));
     PutRange(**bank, kAutoThreshold - 1, kAutoThreshold + 10);
-    EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, hnsw_auto);
+    EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, ivf_auto);
     EXPECT_TRUE((*bank)->VerifyIndexes().ok());
     ExpectFinds(**bank, kAutoThreshold / 2);
     ASSERT_TRUE((*bank)->Close().ok());
@@ -210,7 +264,7 @@ TEST(VectorIndexTest, BankDefaultSwitchesAtTheThresholdAndKeepsItAcrossReopens) 
     auto bank = MemoryBank::Open(options);
     ASSERT_TRUE(bank.ok()) << bank.status();
     EXPECT_TRUE((*bank)->Stats()->indexes_loaded_from_disk);
-    EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, hnsw_auto);
+    EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, ivf_auto);
     ExpectFinds(**bank, kAutoThreshold + 5);
     ASSERT_TRUE((*bank)->Close().ok());
   }
@@ -219,7 +273,7 @@ TEST(VectorIndexTest, BankDefaultSwitchesAtTheThresholdAndKeepsItAcrossReopens) 
     auto bank = MemoryBank::Open(options);
     ASSERT_TRUE(bank.ok()) << bank.status();
     EXPECT_FALSE((*bank)->Stats()->indexes_loaded_from_disk);
-    EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, hnsw_auto);
+    EXPECT_EQ((*bank)->Stats()->namespaces[0].index_description, ivf_auto);
     EXPECT_TRUE((*bank)->VerifyIndexes().ok());
     ExpectFinds(**bank, kAutoThreshold / 3);
   }
