@@ -444,16 +444,23 @@ struct BuiltIndex {
   std::unique_ptr<storage::VectorIndex> index;
 };
 
+// The configuration an index of `factory` (resolved) is built and served with.
+storage::VectorIndexConfig ConfigFor(const Codes& codes, const std::string& factory,
+                                     const std::string& search_params) {
+  storage::VectorIndexConfig config;
+  config.dim = codes.key_dim;
+  config.factory = factory;
+  config.search_params = search_params;
+  config.train_min = 1;
+  return config;
+}
+
 absl::StatusOr<BuiltIndex> BuildIndex(const Codes& codes, int64_t n, const ScaleIndex& spec) {
   BuiltIndex out;
   IndexFigures& f = out.figures;
   f.factory = storage::ResolveNlist(spec.factory, n);
   f.search_params = spec.search_params;
-  storage::VectorIndexConfig config;
-  config.dim = codes.key_dim;
-  config.factory = f.factory;
-  config.search_params = spec.search_params;
-  config.train_min = 1;
+  const storage::VectorIndexConfig config = ConfigFor(codes, f.factory, f.search_params);
   std::vector<uint64_t> ids(n);
   std::iota(ids.begin(), ids.end(), uint64_t{0});
   const auto t = Clock::now();
@@ -475,17 +482,22 @@ absl::StatusOr<BuiltIndex> CopyIndex(const Codes& codes, const BuiltIndex& built
   BuiltIndex out;
   out.figures = built.figures;
   out.figures.search_params = spec.search_params;
-  storage::VectorIndexConfig config;
-  config.dim = codes.key_dim;
-  config.factory = built.figures.factory;
-  config.search_params = spec.search_params;
-  config.train_min = 1;
   auto bytes = built.index->Serialize();
   if (!bytes.ok()) return bytes.status();
-  auto copy = storage::VectorIndex::Deserialize(config, *bytes);
+  auto copy = storage::VectorIndex::Deserialize(
+      ConfigFor(codes, built.figures.factory, spec.search_params), *bytes);
   if (!copy.ok()) return copy.status();
   out.index = *std::move(copy);
   return out;
+}
+
+// Opens a bank, setting `*seconds` to how long the open took.
+absl::StatusOr<std::unique_ptr<storage::MemoryBank>> OpenTimed(const storage::BankOptions& options,
+                                                               double* seconds) {
+  const auto t = Clock::now();
+  auto bank = storage::MemoryBank::Open(options);
+  *seconds = SecondsSince(t);
+  return bank;
 }
 
 // Searches every index with each question key in turn (so the machine's drifting load falls on
@@ -678,13 +690,11 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
         f.factory = "auto";
       }
       {
-        const auto t = Clock::now();
-        auto bank = storage::MemoryBank::Open(BankOptionsFor(o, bundle, dir, index, n));
+        auto bank = OpenTimed(BankOptionsFor(o, bundle, dir, index, n), &f.open_s);
         if (!bank.ok()) {
           status = bank.status();
           break;
         }
-        f.open_s = SecondsSince(t);
         if (auto stats = (*bank)->Stats(); stats.ok() && !stats->namespaces.empty()) {
           if (f.description.empty()) f.description = stats->namespaces[0].index_description;
         }
@@ -711,13 +721,11 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
         }
         if (status = (*bank)->Close(); !status.ok()) break;
         if (index.factory == "auto") {
-          const auto t2 = Clock::now();
-          auto again = storage::MemoryBank::Open(BankOptionsFor(o, bundle, dir, index, n));
+          auto again = OpenTimed(BankOptionsFor(o, bundle, dir, index, n), &f.reopen_s);
           if (!again.ok()) {
             status = again.status();
             break;
           }
-          f.reopen_s = SecondsSince(t2);
           if (auto stats = (*again)->Stats(); stats.ok()) {
             f.reopen_loaded = stats->indexes_loaded_from_disk && stats->lexical_loaded_from_disk;
           }

@@ -50,6 +50,11 @@ std::string FactoryOf(const VectorIndexConfig& config, int64_t n) {
   return IsAuto(config) ? ResolveNlist(kAutoLargeFactory, n) : config.factory;
 }
 
+// `factory` with "{nlist}" replaced by `nlist`.
+std::string WithNlist(std::string_view factory, int64_t nlist) {
+  return absl::StrReplaceAll(AbslView(factory), {{"{nlist}", absl::StrCat(nlist)}});
+}
+
 // The IVF index inside `index` (directly, or under a refinement), or null.
 const faiss::IndexIVF* IvfOf(const faiss::Index* index) {
   if (const auto* refine = dynamic_cast<const faiss::IndexRefine*>(index)) {
@@ -93,7 +98,7 @@ int64_t AutoNlist(int64_t n) {
 }
 
 std::string ResolveNlist(std::string_view factory, int64_t n) {
-  return absl::StrReplaceAll(AbslView(factory), {{"{nlist}", absl::StrCat(AutoNlist(n))}});
+  return WithNlist(factory, AutoNlist(n));
 }
 
 VectorIndex::VectorIndex(const VectorIndexConfig& config, faiss::IndexIDMap2* index,
@@ -321,9 +326,8 @@ bool VectorIndex::NeedsRebuild() const {
 
 std::string VectorIndex::AutoServedFactory() const {
   const faiss::IndexIVF* ivf = IvfOf(index_->index);
-  return ivf == nullptr
-             ? std::string(kAutoLargeFactory)
-             : absl::StrReplaceAll(kAutoLargeFactory, {{"{nlist}", absl::StrCat(ivf->nlist)}});
+  return ivf == nullptr ? std::string(kAutoLargeFactory)
+                        : WithNlist(kAutoLargeFactory, static_cast<int64_t>(ivf->nlist));
 }
 
 std::string VectorIndex::Description() const {
