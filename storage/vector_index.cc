@@ -1,18 +1,23 @@
 #include "storage/vector_index.h"
 
+#include <cblas.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <limits>
+#include <typeinfo>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "base/status_macros.h"
 #include "faiss/AutoTune.h"
+#include "faiss/IndexFlat.h"
 #include "faiss/IndexFlatCodes.h"
 #include "faiss/IndexIVF.h"
+#include "faiss/IndexIVFFlat.h"
 #include "faiss/IndexRefine.h"
 #include "faiss/impl/IDSelector.h"
 #include "faiss/impl/io.h"
@@ -88,11 +93,73 @@ absl::StatusOr<std::unique_ptr<faiss::IndexIDMap2>> MakeEmpty(const VectorIndexC
   }
 }
 
+// The k best (score, label) pairs seen, kept as a min-heap on the score.
+class TopK {
+ public:
+  explicit TopK(int k) : k_(k) { heap_.reserve(k); }
+  // Scores at or below this cannot enter.
+  float threshold() const {
+    return static_cast<int>(heap_.size()) < k_ ? -std::numeric_limits<float>::infinity()
+                                               : heap_.front().first;
+  }
+  void Push(float score, FaissId label) {
+    if (static_cast<int>(heap_.size()) == k_) {
+      std::pop_heap(heap_.begin(), heap_.end(), Worse);
+      heap_.pop_back();
+    }
+    heap_.emplace_back(score, label);
+    std::push_heap(heap_.begin(), heap_.end(), Worse);
+  }
+  // Best first.
+  std::vector<std::pair<float, FaissId>> Take() && {
+    std::sort_heap(heap_.begin(), heap_.end(), Worse);
+    return std::move(heap_);
+  }
+
+ private:
+  static bool Worse(const std::pair<float, FaissId>& a, const std::pair<float, FaissId>& b) {
+    return a.first > b.first;
+  }
+  int k_;
+  std::vector<std::pair<float, FaissId>> heap_;
+};
+
+// Inner products of `n` row-major keys with `query`, in blocks that stay in cache, offered to
+// `offer(score, row)` when they beat `top`'s threshold. OpenBLAS picks its kernels for the CPU
+// at run time; Debian's FAISS is a generic build whose per-key loop is 1.7-2.2x slower on the
+// same keys (docs/operations.md, "The vector index as a namespace grows").
+template <typename Offer>
+void ScanKeys(const float* keys, int64_t n, int dim, const float* query, const TopK& top,
+              std::vector<float>& scores, Offer&& offer) {
+  constexpr int64_t kBlock = 1024;
+  // One thread pool only, as in the CPU backend: OpenBLAS runs in the calling thread.
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+  for (int64_t first = 0; first < n; first += kBlock) {
+    const int64_t rows = std::min(kBlock, n - first);
+    scores.resize(rows);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), dim, 1.0f, keys + first * dim,
+                dim, query, 1, 0.0f, scores.data(), 1);
+    for (int64_t i = 0; i < rows; ++i) {
+      if (scores[i] > top.threshold()) offer(scores[i], first + i);
+    }
+  }
+}
+
+// The flat inner-product index whose keys ScanKeys can read, or null.
+const faiss::IndexFlat* FlatIpOf(const faiss::Index* index) {
+  const auto& type = typeid(*index);
+  if (type != typeid(faiss::IndexFlat) && type != typeid(faiss::IndexFlatIP)) return nullptr;
+  return index->metric_type == faiss::METRIC_INNER_PRODUCT
+             ? static_cast<const faiss::IndexFlat*>(index)
+             : nullptr;
+}
+
 }  // namespace
 
 int64_t AutoNlist(int64_t n) {
   int64_t nlist = 16;
-  const double target = 4.0 * std::sqrt(static_cast<double>(n));
+  // Double while twice as many lists is nearer 4·sqrt(n) (by ratio) than the current count.
+  const double target = 4.0 * std::sqrt(static_cast<double>(n)) * std::sqrt(2.0);
   while (static_cast<double>(nlist * 2) <= target && nlist * 2 * 39 <= n) nlist *= 2;
   return nlist;
 }
@@ -256,7 +323,67 @@ absl::Status VectorIndex::Remove(std::span<const uint64_t> ids) {
   return absl::OkStatus();
 }
 
+std::optional<std::vector<ScoredId>> VectorIndex::ScanSearch(const float* query, int k) const {
+  const faiss::Index* inner = index_->index;
+  const int dim = config_.dim;
+  std::vector<float> scores;
+  TopK top(k);
+  // Offers row `row` of a scan whose rows carry internal labels `labels` (null: the row is the
+  // label), skipping tombstones.
+  auto scan = [&](const float* keys, const FaissId* labels, int64_t n) {
+    ScanKeys(keys, n, dim, query, top, scores, [&](float score, int64_t row) {
+      const FaissId label = labels == nullptr ? row : labels[row];
+      if (!tombstones_.empty() &&
+          tombstones_.count(static_cast<uint64_t>(index_->id_map[label])) != 0) {
+        return;
+      }
+      top.Push(score, label);
+    });
+  };
+  if (const faiss::IndexFlat* flat = FlatIpOf(inner)) {
+    scan(flat->get_xb(), nullptr, flat->ntotal);
+  } else if (typeid(*inner) == typeid(faiss::IndexIVFFlat) &&
+             inner->metric_type == faiss::METRIC_INNER_PRODUCT) {
+    const auto* ivf = static_cast<const faiss::IndexIVFFlat*>(inner);
+    const int nprobe = static_cast<int>(std::min<size_t>(ivf->nprobe, ivf->nlist));
+    // The nprobe lists whose centroids score highest, as FAISS's own search picks them.
+    std::vector<FaissId> lists(nprobe, -1);
+    if (const faiss::IndexFlat* centroids = FlatIpOf(ivf->quantizer)) {
+      TopK nearest(nprobe);
+      std::vector<float> centroid_scores;
+      ScanKeys(centroids->get_xb(), centroids->ntotal, dim, query, nearest, centroid_scores,
+               [&](float score, int64_t row) { nearest.Push(score, row); });
+      auto best = std::move(nearest).Take();
+      for (size_t i = 0; i < best.size(); ++i) lists[i] = best[i].second;
+    } else {
+      std::vector<float> distances(nprobe);
+      ivf->quantizer->search(1, query, nprobe, distances.data(), lists.data());
+    }
+    for (FaissId list : lists) {
+      if (list < 0) continue;
+      const size_t n = ivf->invlists->list_size(list);
+      if (n == 0) continue;
+      faiss::InvertedLists::ScopedCodes codes(ivf->invlists, list);
+      faiss::InvertedLists::ScopedIds ids(ivf->invlists, list);
+      scan(reinterpret_cast<const float*>(codes.get()), ids.get(), static_cast<int64_t>(n));
+    }
+  } else {
+    return std::nullopt;
+  }
+  std::vector<ScoredId> out;
+  for (const auto& [score, label] : std::move(top).Take()) {
+    out.push_back({static_cast<uint64_t>(index_->id_map[label]), score});
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<ScoredId>> VectorIndex::Search(const float* query, int k) const {
+  if (k <= 0) return std::vector<ScoredId>();
+  try {
+    if (auto scanned = ScanSearch(query, k)) return *std::move(scanned);
+  } catch (const std::exception& e) {
+    return FaissError("search", e);
+  }
   const int64_t total = index_->ntotal;
   std::vector<ScoredId> out;
   // With tombstones, over-fetch and widen until k live results or the index is exhausted.

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -46,15 +47,15 @@ inline constexpr char kAutoIndexFactory[] = "auto";
 // bench scale`; the comparison with HNSW and IVF+PQ is in docs/operations.md ("The vector index
 // as a namespace grows") and its figures in docs/reports/bench-scale.json.
 inline constexpr char kAutoLargeFactory[] = "IVF{nlist},Flat";
-inline constexpr char kAutoLargeSearchParams[] = "nprobe=24";
+inline constexpr char kAutoLargeSearchParams[] = "nprobe=32";
 // Below this many vectors "auto" serves Flat: where Flat stops being the fastest. Measured with
 // knowd-tiny's 64-dimensional keys (docs/reports/bench-scale.json): a flat scan of 1,000 keys
 // costs about what an IVF search does, and from there a flat scan's cost grows with the
 // namespace. Exact search is kept for the smallest namespaces, where it is also cheapest.
 inline constexpr int64_t kAutoThreshold = 2000;
 
-// IVF lists for n vectors: the power of two nearest below 4·sqrt(n), at least 16, and at most
-// n / 39 (FAISS's k-means wants 39 training points per list).
+// IVF lists for n vectors: the power of two nearest 4·sqrt(n), at least 16, and at most n / 39
+// (FAISS's k-means wants 39 training points per list).
 int64_t AutoNlist(int64_t n);
 
 // `factory` with "{nlist}" replaced by AutoNlist(n).
@@ -99,6 +100,9 @@ class VectorIndex {
 
  private:
   VectorIndex(const VectorIndexConfig& config, faiss::IndexIDMap2* index, bool flat_fallback);
+  // Search() for the inner-product Flat and IVF-Flat indexes (the ones "auto" serves): the same
+  // keys and lists FAISS would score, scored by OpenBLAS. nullopt for every other index.
+  std::optional<std::vector<ScoredId>> ScanSearch(const float* query, int k) const;
   // "auto"'s large index as served: kAutoLargeFactory with its number of lists.
   std::string AutoServedFactory() const;
 

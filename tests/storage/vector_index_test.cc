@@ -1,5 +1,6 @@
-// The "auto" index factory: Flat below its threshold, HNSW from there, a rebuild asked for when a
-// namespace crosses it, and the choice kept through save and load and through a bank's reopen.
+// The "auto" index factory: Flat below its threshold, IVF-Flat from there, a rebuild asked for
+// when a namespace crosses it, and the choice kept through save and load and through a bank's
+// reopen. The scanned search of Flat and IVF-Flat returns what FAISS's own search returns.
 #include "storage/vector_index.h"
 
 #include <gmock/gmock.h>
@@ -11,6 +12,8 @@
 #include <random>
 #include <vector>
 
+#include "faiss/IndexIVF.h"
+#include "faiss/index_factory.h"
 #include "storage/memory_bank.h"
 #include "tests/storage/bank_test_util.h"
 
@@ -125,11 +128,77 @@ TEST(VectorIndexTest, AutoServesFlatBelowItsThresholdAndAsksForARebuildAtIt) {
   EXPECT_FALSE((*rebuilt)->NeedsRebuild());
 }
 
+// Flat and IVF-Flat inner-product indexes are searched by VectorIndex's own scan of FAISS's
+// lists. It must return FAISS's own results: the same ids in the same order, the same scores up
+// to float rounding, with removed ids (IVF tombstones) left out.
+TEST(VectorIndexTest, ScannedSearchReturnsWhatFaissReturns) {
+  constexpr int64_t kN = 3000;
+  constexpr uint64_t kFirstId = 5000;
+  constexpr int kK = 10;
+  // Unclustered, so that a query's neighbours lie in several IVF lists and which lists are
+  // probed shows in the results.
+  std::vector<float> vectors(kN * kDim);
+  std::mt19937_64 data_rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& v : vectors) v = normal(data_rng);
+  const std::vector<uint64_t> ids = Iota(kN, kFirstId);
+  for (const std::string factory : {"Flat", "IVF64,Flat"}) {
+    SCOPED_TRACE(factory);
+    const bool ivf = factory != "Flat";
+    VectorIndexConfig config;
+    config.dim = kDim;
+    config.factory = factory;
+    config.train_min = 1000;
+    if (ivf) config.search_params = "nprobe=8";
+    auto index = VectorIndex::Build(config, ids, vectors);
+    ASSERT_TRUE(index.ok()) << index.status();
+    ASSERT_EQ((*index)->Description(), factory);
+    // FAISS alone, trained on the same vectors in the same order (its k-means is seeded).
+    std::unique_ptr<faiss::Index> reference(
+        faiss::index_factory(kDim, factory.c_str(), faiss::METRIC_INNER_PRODUCT));
+    reference->train(kN, vectors.data());
+    reference->add(kN, vectors.data());
+    if (ivf) dynamic_cast<faiss::IndexIVF*>(reference.get())->nprobe = 8;
+    // Remove every seventh vector: IVF keeps them as tombstones, Flat drops them.
+    std::vector<uint64_t> removed;
+    for (int64_t i = 0; i < kN; i += 7) removed.push_back(kFirstId + i);
+    ASSERT_TRUE((*index)->Remove(removed).ok());
+
+    std::mt19937_64 rng(11);
+    std::normal_distribution<float> noise(0.0f, 0.1f);
+    int compared = 0;
+    for (int q = 0; q < 50; ++q) {
+      const int64_t at = static_cast<int64_t>(rng() % kN);
+      std::vector<float> query(vectors.begin() + at * kDim, vectors.begin() + (at + 1) * kDim);
+      for (float& v : query) v += noise(rng);
+      // FAISS's top 2k, removed ids filtered out, cut to k.
+      std::vector<float> distances(2 * kK);
+      std::vector<faiss::Index::idx_t> labels(2 * kK);
+      reference->search(1, query.data(), 2 * kK, distances.data(), labels.data());
+      std::vector<std::pair<uint64_t, float>> want;
+      for (int i = 0; i < 2 * kK && static_cast<int>(want.size()) < kK; ++i) {
+        if (labels[i] < 0 || labels[i] % 7 == 0) continue;
+        want.emplace_back(kFirstId + labels[i], distances[i]);
+      }
+      auto got = (*index)->Search(query.data(), kK);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(got->size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_EQ((*got)[i].id, want[i].first) << "query " << q << " rank " << i;
+        EXPECT_NEAR((*got)[i].score, want[i].second, 1e-5);
+      }
+      compared += static_cast<int>(want.size());
+    }
+    EXPECT_EQ(compared, 50 * kK);
+  }
+}
+
 TEST(VectorIndexTest, AutoNlistFollowsTheSquareRootOfTheSize) {
   EXPECT_EQ(AutoNlist(2000), 32);  // capped by 39 training points per list
   EXPECT_EQ(AutoNlist(10000), 256);
   EXPECT_EQ(AutoNlist(100000), 1024);
-  EXPECT_EQ(AutoNlist(1000000), 2048);
+  EXPECT_EQ(AutoNlist(400000), 2048);   // 4·sqrt(n) = 2530: nearer 2048 than 4096
+  EXPECT_EQ(AutoNlist(1000000), 4096);  // 4·sqrt(n) = 4000
   EXPECT_EQ(ResolveNlist("IVF{nlist},PQ16np", 100000), "IVF1024,PQ16np");
   EXPECT_EQ(ResolveNlist("HNSW32", 100000), "HNSW32");
 }
