@@ -246,32 +246,22 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
       hit.dense_score = c.dense;
       hit.lexical_score = c.lexical;
       hit.matched_terms = c.matched_terms;
+      if (request.hybrid && terms != nullptr && !c.lexical.has_value()) {
+        // A dense-only hit's matched terms too: what it holds of the query says whether it is on
+        // the query's subject (knowledge/subject.h), however it was found.
+        hit.matched_terms = LexicalIndex::TermsHeld(passage.text, terms->query);
+      }
       hit.ingest_time = FromMicros(passage.ingest_us);
       hit.valid_from = OptionalTime(passage.valid_from_us);
       if (request.with_text) hit.text = std::move(passage.text);
       hits.push_back(std::move(hit));
     }
   }
-  if (request.hybrid && terms != nullptr) {
-    // The dense-only hits' matched terms too: what they hold of the query says whether they are
-    // on its subject (knowledge/subject.h), however they were found.
-    std::vector<uint64_t> ids;
-    std::vector<SearchHit*> dense_only;
-    for (SearchHit& h : hits) {
-      if (h.lexical_score.has_value()) continue;
-      ids.push_back(h.passage_id);
-      dense_only.push_back(&h);
-    }
-    if (!ids.empty()) {
-      KNOWD_ASSIGN_OR_RETURN(auto matched, ns->second.lexical->MatchedTerms(ids, terms->query));
-      for (size_t i = 0; i < dense_only.size(); ++i) dense_only[i]->matched_terms = matched[i];
-    }
-    if (!lexical_ranking && !hits.empty()) {  // the best candidate is the best dense hit
-      for (const QueryTerm& t : terms->query) {
-        if (std::binary_search(hits[0].matched_terms.begin(), hits[0].matched_terms.end(),
-                               t.term)) {
-          terms->best_match.push_back(t);
-        }
+  if (request.hybrid && terms != nullptr && !lexical_ranking && !hits.empty()) {
+    // The best candidate is the best dense hit.
+    for (const QueryTerm& t : terms->query) {
+      if (std::binary_search(hits[0].matched_terms.begin(), hits[0].matched_terms.end(), t.term)) {
+        terms->best_match.push_back(t);
       }
     }
   }

@@ -49,6 +49,15 @@ std::string WithoutPossessives(std::string_view text) {
   return out;
 }
 
+// How a passage's text becomes terms: English stems for lower-case words, capitalised words and
+// numbers as they are.
+Xapian::TermGenerator MakeIndexer() {
+  Xapian::TermGenerator indexer;
+  indexer.set_stemmer(Xapian::Stem("english"));
+  indexer.set_stemming_strategy(Xapian::TermGenerator::STEM_SOME);
+  return indexer;
+}
+
 }  // namespace
 
 std::vector<std::string> QueryTermsOfWord(std::string_view word) {
@@ -59,14 +68,12 @@ std::vector<std::string> QueryTermsOfWord(std::string_view word) {
 struct LexicalIndex::State {
   std::string dir;
   Xapian::WritableDatabase db;
-  Xapian::TermGenerator indexer;
+  Xapian::TermGenerator indexer = MakeIndexer();
   Xapian::QueryParser parser;
   Xapian::Stem stemmer{"english"};
 
   explicit State(std::string d, Xapian::WritableDatabase database)
       : dir(std::move(d)), db(std::move(database)) {
-    indexer.set_stemmer(stemmer);
-    indexer.set_stemming_strategy(Xapian::TermGenerator::STEM_SOME);
     parser.set_stemmer(stemmer);
     parser.set_stemming_strategy(Xapian::QueryParser::STEM_SOME);
     parser.set_default_op(Xapian::Query::OP_OR);
@@ -268,29 +275,26 @@ absl::StatusOr<LexicalTerms> LexicalIndex::Describe(std::string_view query) {
   return terms;
 }
 
-absl::StatusOr<std::vector<std::vector<std::string>>> LexicalIndex::MatchedTerms(
-    std::span<const uint64_t> ids, std::span<const QueryTerm> query) {
+std::vector<std::string> LexicalIndex::TermsHeld(std::string_view text,
+                                                 std::span<const QueryTerm> query) {
   std::vector<std::string> wanted;
   for (const QueryTerm& t : query) wanted.push_back(t.term);
   std::sort(wanted.begin(), wanted.end());
   wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-  std::lock_guard lock(mu_);
-  std::vector<std::vector<std::string>> out(ids.size());
-  try {
-    for (size_t i = 0; i < ids.size(); ++i) {
-      Xapian::PostingIterator post = state_->db.postlist_begin(UniqueTerm(ids[i]));
-      if (post == state_->db.postlist_end(UniqueTerm(ids[i]))) continue;
-      // The passage's terms, sorted like `wanted`: one forward walk.
-      Xapian::TermIterator term = state_->db.termlist_begin(*post);
-      const Xapian::TermIterator end = state_->db.termlist_end(*post);
-      for (const std::string& w : wanted) {
-        term.skip_to(w);
-        if (term == end) break;
-        if (*term == w) out[i].push_back(w);
-      }
-    }
-  } catch (const Xapian::Error& e) {
-    return XapianError("term lookup", e);
+  // The terms Add() gives the passage, in an in-memory document: no database read, whatever the
+  // namespace's size. A TermGenerator is not thread-safe: one per thread.
+  thread_local Xapian::TermGenerator indexer = MakeIndexer();
+  Xapian::Document doc;
+  indexer.set_document(doc);
+  indexer.index_text_without_positions(WithoutPossessives(text));
+  // The passage's terms, sorted like `wanted`: one forward walk.
+  std::vector<std::string> out;
+  Xapian::TermIterator term = doc.termlist_begin();
+  const Xapian::TermIterator end = doc.termlist_end();
+  for (const std::string& w : wanted) {
+    term.skip_to(w);
+    if (term == end) break;
+    if (*term == w) out.push_back(w);
   }
   return out;
 }

@@ -57,10 +57,11 @@ class LexicalIndex {
   // What Search() reports in `terms` without ranking anything (best_match empty): the parse and
   // one frequency look-up per query term, whatever the index's size.
   absl::StatusOr<LexicalTerms> Describe(std::string_view query);
-  // For each of `ids`, the terms of `query` its passage holds, sorted (empty for an id the index
-  // does not hold): what Search() reports as LexicalHit::matched, for passages it did not return.
-  absl::StatusOr<std::vector<std::vector<std::string>>> MatchedTerms(
-      std::span<const uint64_t> ids, std::span<const QueryTerm> query);
+  // The terms of `query` a passage of text `text` holds, sorted: what Search() reports as
+  // LexicalHit::matched, for a passage it did not return. Computed from the text, the way Add()
+  // indexes it, so its cost does not grow with the namespace.
+  static std::vector<std::string> TermsHeld(std::string_view text,
+                                            std::span<const QueryTerm> query);
   absl::StatusOr<std::vector<uint64_t>> Ids();  // sorted
   uint64_t size();
 
