@@ -20,7 +20,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "bench/eval.h"
 #include "kernels/peak.h"
@@ -850,6 +849,14 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
       o.recall_k, o.recall_k, o.answer_tokens);
   if (!o.output.empty()) std::ofstream(o.output) << report.dump(2) << "\n";
   return status;
+}
+
+std::string DefaultScaleIndexes() {
+  // "np": no polysemous training, which takes minutes and which a plain IVF+PQ search does not
+  // use.
+  return absl::StrCat(
+      "Flat;HNSW32@efSearch=64;", storage::kAutoLargeFactory, "@", storage::kAutoLargeSearchParams,
+      ";IVF{nlist},PQ16np,RFlat@nprobe=32,k_factor_rf=8;IVF{nlist},PQ16np@nprobe=16");
 }
 
 int RunBenchScale(const BenchScaleFlags& flags) {

@@ -52,16 +52,17 @@ struct ScaleBenchOptions {
 
 absl::Status RunScaleBench(const ScaleBenchOptions& options);
 
+// The default --indexes: Flat, HNSW32, what "auto" serves from its threshold on
+// (storage::kAutoLargeFactory with kAutoLargeSearchParams), and IVF+PQ with and without exact
+// re-ranking.
+std::string DefaultScaleIndexes();
+
 // `knowd bench scale`'s flags, as typed: sizes comma-separated; indexes ';'-separated, each
 // FACTORY[@PARAMS] ("HNSW32@efSearch=64"). Returns the exit code; errors go to stderr.
 struct BenchScaleFlags {
   std::string bundle = "models/knowd-tiny";
   std::string sizes = "1000,10000,100000,1000000";
-  // "np": no polysemous training, which takes minutes and which a plain IVF+PQ search does not
-  // use. The IVF-Flat entry is what "auto" serves (storage/vector_index.h).
-  std::string indexes =
-      "Flat;HNSW32@efSearch=64;IVF{nlist},Flat@nprobe=32;IVF{nlist},PQ16np,RFlat@nprobe=32,"
-      "k_factor_rf=8;IVF{nlist},PQ16np@nprobe=16";
+  std::string indexes = DefaultScaleIndexes();
   int64_t world_passages = 1000000;
   std::string cache;
   bool encode_only = false;
