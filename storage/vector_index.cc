@@ -126,8 +126,8 @@ class TopK {
 
 // Inner products of `n` row-major keys with `query`, in blocks that stay in cache, offered to
 // `offer(score, row)` when they beat `top`'s threshold. OpenBLAS picks its kernels for the CPU
-// (model) at run time; Debian's FAISS is a generic build whose per-key loop is 1.7-2.2x slower
-// on the same keys (docs/operations.md, "The vector index as a namespace grows").
+// (model) at run time, where Debian's FAISS is a generic build (why, and by how much:
+// docs/operations.md, "The vector index as a namespace grows").
 template <typename Offer>
 void ScanKeys(const float* keys, int64_t n, int dim, const float* query, const TopK& top,
               std::vector<float>& scores, Offer&& offer) {
