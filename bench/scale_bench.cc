@@ -103,6 +103,8 @@ absl::StatusOr<train::SplitData> MakeWorld(int64_t n, const std::string& cache_d
   if (data.passages.empty()) {
     data = train::GenerateSplit(w, train::Split::kTest);
     if (!cached.empty()) {
+      std::error_code ec;
+      fs::create_directories(cache_dir, ec);  // the first run's: the world is cached before codes
       const std::string tmp = cached + ".tmp";
       std::ofstream out(tmp, std::ios::trunc);
       out << data.passages.size() << " " << data.questions.size() << "\n";
@@ -111,7 +113,6 @@ absl::StatusOr<train::SplitData> MakeWorld(int64_t n, const std::string& cache_d
         out << q.passage_id << "\t" << q.question << "\n";
       }
       out.close();
-      std::error_code ec;
       if (out) fs::rename(tmp, cached, ec);
     }
   }

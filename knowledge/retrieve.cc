@@ -66,13 +66,13 @@ absl::StatusOr<std::vector<storage::SearchHit>> RetrievePassages(
     }
     return dense;
   }
-  // The bank has no BM25-only search; a hybrid search whose k covers every lexical candidate,
-  // re-ranked by the BM25 weight, is exactly the BM25 top list.
+  // BM25 alone: a hybrid search whose dense ranking weighs nothing runs no dense search (the key
+  // is not read), so its hits are the lexical top k.
   request.key.assign(std::max(1, bank.key_dim()), 0.0f);
   request.hybrid = true;
   request.query_text = std::string(query);
+  request.dense_weight = 0;
   request.candidates = k;
-  request.k = std::min(4096, 2 * k);
   KNOWD_ASSIGN_OR_RETURN(std::vector<storage::SearchHit> hits, bank.Search(request, terms));
   std::vector<storage::SearchHit> lexical;
   for (storage::SearchHit& h : hits) {

@@ -179,11 +179,14 @@ absl::StatusOr<std::vector<SearchHit>> BankImpl::Search(const SearchRequest& req
   // lexical_weight 0 ranks by the dense index alone: no BM25 ranking, whose cost grows with the
   // namespace; the lexical index only describes the query.
   const bool lexical_ranking = request.hybrid && request.lexical_weight > 0;
+  // dense_weight 0 is BM25 alone: no dense search, which would only add candidates scored 0.
+  const bool dense_ranking = !request.hybrid || request.dense_weight > 0;
   const int pool =
       request.hybrid
           ? std::min(kMaxSearchK, request.candidates > 0 ? request.candidates : 4 * request.k)
           : request.k;
-  auto dense = ns->second.vectors->Search(request.key.data(), pool);
+  absl::StatusOr<std::vector<ScoredId>> dense = std::vector<ScoredId>();
+  if (dense_ranking) dense = ns->second.vectors->Search(request.key.data(), pool);
   if (!dense.ok()) return dense.status();
   if (!request.hybrid) {
     for (const ScoredId& hit : *dense) ranked.push_back({hit.id, hit.score, hit.score, {}, {}});

@@ -185,6 +185,8 @@ struct SearchRequest {
   // Each ranking contributes its top `candidates` (default 4k). lexical_weight 0 keeps the dense
   // order and runs no BM25 ranking at all (the cost stays the dense index's, however large the
   // namespace), while the lexical index still reports on the query (Search()'s `terms`).
+  // dense_weight 0 is BM25 alone: no dense search, the hits are the lexical candidates in BM25
+  // order, and `key` is not read (it must still have key_dim floats).
   bool hybrid = false;
   std::string query_text;
   int rrf_k = 60;

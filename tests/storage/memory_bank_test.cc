@@ -399,8 +399,8 @@ TEST(MemoryBankTest, HybridSearchFusesLexicalAndDenseRankings) {
 }
 
 // Weighted fusion: each ranking adds its weight / (rrf_k + rank). A lexical weight of 0 keeps
-// the dense order; a large one puts the lexical best first; weights that make no ranking are
-// refused.
+// the dense order; a large one puts the lexical best first; a dense weight of 0 is BM25 alone;
+// weights that make no ranking are refused.
 TEST(MemoryBankTest, HybridFusionWeighsEachRanking) {
   TempDir dir;
   auto bank = OpenOrDie(TestOptions(dir.path()));
@@ -430,6 +430,15 @@ TEST(MemoryBankTest, HybridFusionWeighsEachRanking) {
   // doc-7 is the only lexical hit: 4 / (10 + 1), plus 1 / (10 + its dense rank) if it has one.
   EXPECT_GE((*lexical_first)[0].score, 4.0f / 11.0f - 1e-6f);
   EXPECT_LE((*lexical_first)[0].score, 4.0f / 11.0f + 1.0f / 11.0f + 1e-6f);
+  // A dense weight of 0 is BM25 alone: the lexical candidates only, none from a dense search.
+  req.dense_weight = 0;
+  req.lexical_weight = 1;
+  auto bm25 = bank->Search(req);
+  ASSERT_TRUE(bm25.ok()) << bm25.status();
+  ASSERT_EQ(bm25->size(), 1u);
+  EXPECT_EQ((*bm25)[0].doc_id, "doc-7");
+  EXPECT_FALSE((*bm25)[0].dense_score.has_value());
+  EXPECT_FLOAT_EQ((*bm25)[0].score, 1.0f / 11.0f);
 
   for (auto [d, l] : {std::pair{0.0f, 0.0f}, std::pair{-1.0f, 1.0f},
                       std::pair{1.0f, std::numeric_limits<float>::infinity()}}) {
