@@ -11,19 +11,12 @@
 namespace knowd::knowledge {
 namespace {
 
-// English function words: never a subject, however rare a small bank makes them.
-constexpr std::string_view kFunctionWords[] = {
-    "a",    "about", "after", "an",    "and",  "are",  "as",   "at",   "be",   "by",
-    "did",  "do",    "does",  "for",   "from", "had",  "has",  "have", "he",   "her",
-    "his",  "how",   "i",     "in",    "is",   "it",   "its",  "of",   "on",   "or",
-    "she",  "that",  "the",   "their", "they", "this", "to",   "was",  "were", "what",
-    "when", "where", "which", "who",   "whom", "why",  "will", "with", "you",  "your"};
-
-// The query terms a function word can become.
+// The query terms a function word (storage::FunctionWords()) can become: never a subject, however
+// rare a small bank makes them. The lexical index searches them only in a query of nothing else.
 const std::set<std::string>& FunctionWordTerms() {
   static const std::set<std::string>* const terms = [] {
     auto* out = new std::set<std::string>;
-    for (std::string_view word : kFunctionWords) {
+    for (std::string_view word : storage::FunctionWords()) {
       for (std::string& term : storage::QueryTermsOfWord(word)) out->insert(std::move(term));
     }
     return out;

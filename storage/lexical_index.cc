@@ -58,7 +58,22 @@ Xapian::TermGenerator MakeIndexer() {
   return indexer;
 }
 
+constexpr std::string_view kFunctionWords[] = {
+    "a",    "about", "after", "an",    "and",  "are",  "as",   "at",   "be",   "by",
+    "did",  "do",    "does",  "for",   "from", "had",  "has",  "have", "he",   "her",
+    "his",  "how",   "i",     "in",    "is",   "it",   "its",  "of",   "on",   "or",
+    "she",  "that",  "the",   "their", "they", "this", "to",   "was",  "were", "what",
+    "when", "where", "which", "who",   "whom", "why",  "will", "with", "you",  "your"};
+
+// BM25 as Xapian's defaults have it (k1 1, k2 0, k3 1, min_normlen 0.5) but without length
+// normalisation (b 0): passages are chunks of a bounded length, and normalising by length reads
+// every candidate's length from the database, one random read per passage holding any query
+// term. At 1M passages that was most of a search's time (docs/operations.md).
+Xapian::BM25Weight Bm25() { return Xapian::BM25Weight(1, 0, 1, 0, 0.5); }
+
 }  // namespace
+
+std::span<const std::string_view> FunctionWords() { return kFunctionWords; }
 
 std::vector<std::string> QueryTermsOfWord(std::string_view word) {
   const Xapian::Stem stemmer("english");
@@ -69,6 +84,7 @@ struct LexicalIndex::State {
   std::string dir;
   Xapian::WritableDatabase db;
   Xapian::TermGenerator indexer = MakeIndexer();
+  Xapian::SimpleStopper stopper;  // FunctionWords(): not searched for
   Xapian::QueryParser parser;
   Xapian::Stem stemmer{"english"};
 
@@ -76,6 +92,8 @@ struct LexicalIndex::State {
       : dir(std::move(d)), db(std::move(database)) {
     parser.set_stemmer(stemmer);
     parser.set_stemming_strategy(Xapian::QueryParser::STEM_SOME);
+    for (std::string_view word : kFunctionWords) stopper.add(std::string(word));
+    parser.set_stopper(&stopper);
     parser.set_default_op(Xapian::Query::OP_OR);
     parser.set_database(db);
   }
@@ -228,7 +246,7 @@ absl::StatusOr<std::vector<LexicalHit>> LexicalIndex::Search(std::string_view qu
     const Xapian::Query q = ParseQuery(state_->parser, query);
     Xapian::Enquire enquire(state_->db);
     enquire.set_query(q);
-    enquire.set_weighting_scheme(Xapian::BM25Weight());
+    enquire.set_weighting_scheme(Bm25());
     Xapian::MSet mset = enquire.get_mset(0, static_cast<Xapian::doccount>(k));
     if (terms != nullptr) {
       DescribeQuery(state_->db, q, terms);

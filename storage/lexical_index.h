@@ -1,7 +1,8 @@
 // One namespace's lexical index (private to storage/): BM25 over passage text in an on-disk
 // Xapian glass database of its own directory. Each passage is a Xapian document whose unique term
 // is "Q<pid>" and whose data is the pid, so Xapian's own 32-bit docids never leak out. English
-// stemming.
+// stemming; a query's function words (FunctionWords()) are not searched for, and BM25 does not
+// normalise by passage length (lexical_index.cc, Bm25()).
 //
 // Searches see every Add() and Remove() at once, committed or not. Commit() makes the database
 // durable and records the RocksDB sequence number it reflects (metadata "knowd-seqno"); Load()

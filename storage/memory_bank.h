@@ -233,6 +233,12 @@ struct LexicalTerms {
 // with a capital, which the parser leaves unstemmed) and its English stem.
 std::vector<std::string> QueryTermsOfWord(std::string_view word);
 
+// English function words ("what", "is", "the", ...), lower case. Passages are indexed with them,
+// but a query's are not searched for: most passages hold them, so theirs are the longest posting
+// lists BM25 would read, for a weight near nothing. A query of function words only is searched
+// as it is. knowledge/subject.h never takes one for what a question is about.
+std::span<const std::string_view> FunctionWords();
+
 struct DocumentSummary {
   std::string id;
   std::string metadata;
