@@ -68,6 +68,9 @@ int main(int argc, char** argv) {
   scale_cmd->add_option("--cache", scale.cache,
                         "directory caching the encoded passages across runs; empty: none");
   scale_cmd->add_flag("--encode-only", scale.encode_only, "encode (and cache) only, then stop");
+  scale_cmd->add_flag("--synthetic-codes", scale.synthetic_codes,
+                      "random keys and latents instead of the encoder's: costs in minutes, no "
+                      "recall");
   scale_cmd->add_option("--threads", scale.threads, "CPU threads of the encoder and model");
   scale_cmd->add_option("--queries", scale.queries, "question keys searched per size and index");
   scale_cmd->add_option("--asks", scale.asks, "mac questions timed per size and index");

@@ -13,6 +13,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <random>
 #include <span>
 #include <string_view>
 #include <unordered_map>
@@ -20,6 +21,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/eval.h"
 #include "kernels/peak.h"
@@ -184,17 +186,43 @@ absl::Status WriteChunk(const std::string& path, int64_t first, int64_t count, i
   return absl::OkStatus();
 }
 
-// The codes of the first n passages: from the cache where it has them, else encoded now (and
-// cached). Reports the encoder's rate.
-absl::StatusOr<Codes> EncodeWorld(const ScaleBenchOptions& o, knowledge::Bundle& bundle,
-                                  const train::SplitData& world, int64_t people, int64_t n,
-                                  Json* report) {
+// Room for n passages' codes in the bundle's shapes, zeroed.
+Codes EmptyCodes(const knowledge::Bundle& bundle, int64_t n) {
   Codes codes;
   codes.key_dim = bundle.modulator->key_dim();
   codes.latent_floats = bundle.modulator->latent_rows() * bundle.modulator->latent_cols();
   codes.count = n;
   codes.keys.resize(static_cast<size_t>(n) * codes.key_dim);
   codes.latents.resize(static_cast<size_t>(n) * codes.latent_floats);
+  return codes;
+}
+
+// Random codes for the first n passages (ScaleBenchOptions::synthetic_codes): unit-length keys
+// and latents of unit variance, from a fixed seed. They cost what encoded ones cost to store,
+// index, read and aggregate; what they retrieve means nothing.
+Codes SyntheticCodes(const knowledge::Bundle& bundle, int64_t n) {
+  Codes codes = EmptyCodes(bundle, n);
+  std::mt19937_64 rng(20240601);
+  std::normal_distribution<float> normal;
+  for (int64_t i = 0; i < n; ++i) {
+    const std::span<float> key(codes.keys.data() + i * codes.key_dim, codes.key_dim);
+    double norm = 0;
+    for (float& v : key) {
+      v = normal(rng);
+      norm += double{v} * v;
+    }
+    for (float& v : key) v = static_cast<float>(v / std::sqrt(norm));
+  }
+  for (float& v : codes.latents) v = normal(rng);
+  return codes;
+}
+
+// The codes of the first n passages: from the cache where it has them, else encoded now (and
+// cached). Reports the encoder's rate.
+absl::StatusOr<Codes> EncodeWorld(const ScaleBenchOptions& o, knowledge::Bundle& bundle,
+                                  const train::SplitData& world, int64_t people, int64_t n,
+                                  Json* report) {
+  Codes codes = EmptyCodes(bundle, n);
   std::string dir;
   if (!o.cache_dir.empty()) {
     const storage::Fingerprint fp = bundle.fingerprint();
@@ -566,6 +594,9 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
   if (!storage::ParseLatentFormat(o.latent_format).has_value()) {
     return absl::InvalidArgumentError("--latent-format must be fp16 or int8");
   }
+  if (o.synthetic_codes && o.encode_only) {
+    return absl::InvalidArgumentError("--synthetic-codes encodes nothing: drop --encode-only");
+  }
   const int64_t max_n = *std::max_element(o.sizes.begin(), o.sizes.end());
   Json report = {{"benchmark", "scale"}, {"bundle", o.bundle}};
 
@@ -582,9 +613,12 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
       MakeWorld(std::max(max_n, o.world_passages), o.cache_dir, &people);
   if (!world_or.ok()) return world_or.status();
   const train::SplitData& world = *world_or;
-  absl::StatusOr<Codes> codes = EncodeWorld(o, bundle, world, people, max_n, &report);
+  absl::StatusOr<Codes> codes = o.synthetic_codes
+                                    ? SyntheticCodes(bundle, max_n)
+                                    : EncodeWorld(o, bundle, world, people, max_n, &report);
   if (!codes.ok()) return codes.status();
   if (o.encode_only) return absl::OkStatus();
+  report["codes"] = o.synthetic_codes ? "synthetic" : "encoded";
 
   std::fprintf(stderr, "measuring memory bandwidth (1 and %d threads)...\n", o.threads);
   const double bw1 = MeasureMemoryBandwidthGBs(1);
@@ -597,12 +631,12 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
   report["answer_tokens"] = o.answer_tokens;
   report["latent_format"] = o.latent_format;
   std::printf(
-      "knowd bench scale — %s, keys d=%d, latents %dx%d (%s stored), recall@%d against %s; "
+      "knowd bench scale — %s, %skeys d=%d, latents %dx%d (%s stored), recall@%d against %s; "
       "mac: dense top-%d, %d greedy tokens\nmachine (measured now): memory bandwidth %.1f GB/s "
       "(1 thread), %.1f GB/s (%d threads)\n\n",
-      o.bundle.c_str(), codes->key_dim, bundle.modulator->latent_rows(),
-      bundle.modulator->latent_cols(), o.latent_format.c_str(), o.recall_k,
-      o.indexes[0].factory.c_str(), o.mac_top_k, o.answer_tokens, bw1, bwn, o.threads);
+      o.bundle.c_str(), o.synthetic_codes ? "synthetic (random) " : "", codes->key_dim,
+      bundle.modulator->latent_rows(), bundle.modulator->latent_cols(), o.latent_format.c_str(),
+      o.recall_k, o.indexes[0].factory.c_str(), o.mac_top_k, o.answer_tokens, bw1, bwn, o.threads);
   std::printf("%9s %-28s %8s %9s %9s %9s %8s %8s %10s %9s %9s %7s\n", "passages", "index",
               "build s", "index MB", "p50 ms", "p99 ms", "recall", "gold", "scan GB/s", "ask p50",
               "ask p99", "open s");
@@ -736,14 +770,18 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
                                   ? static_cast<double>(n) * codes->key_dim * sizeof(float) /
                                         (f.search_p50_ms * 1e-3) / 1e9
                                   : 0.0;
-      std::printf("%9lld %-28s %8.2f %9.2f %9.3f %9.3f %7.1f%% %7.1f%% %10.2f %9.2f %9.2f %7.2f\n",
+      // Random keys retrieve nothing in particular: no recall.
+      auto percent = [&](double share) {
+        return o.synthetic_codes ? std::string("-") : absl::StrFormat("%.1f%%", 100 * share);
+      };
+      std::printf("%9lld %-28s %8.2f %9.2f %9.3f %9.3f %8s %8s %10.2f %9.2f %9.2f %7.2f\n",
                   static_cast<long long>(n),
                   (f.search_params.empty() ? f.description
                                            : absl::StrCat(f.description, " ", f.search_params))
                       .c_str(),
                   f.build_s, f.index_bytes / 1e6, f.search_p50_ms, f.search_p99_ms,
-                  100 * f.recall_vs_reference, 100 * f.gold_recall, scan_gbs, f.ask_p50_ms,
-                  f.ask_p99_ms, f.open_s);
+                  percent(f.recall_vs_reference).c_str(), percent(f.gold_recall).c_str(), scan_gbs,
+                  f.ask_p50_ms, f.ask_p99_ms, f.open_s);
       std::fflush(stdout);
       Json j = {{"factory", f.factory},
                 {"search_params", f.search_params},
@@ -787,10 +825,12 @@ absl::Status RunScaleBench(const ScaleBenchOptions& o) {
                   {"index_bytes_per_passage", static_cast<double>(f.index_bytes) / n},
                   {"search_p50_ms", f.search_p50_ms},
                   {"search_p99_ms", f.search_p99_ms},
-                  {"recall_at_k_vs_reference", f.recall_vs_reference},
-                  {"gold_recall_at_k", f.gold_recall},
                   {"scan_gb_per_s", scan_gbs},
                   {"scan_fraction_of_1thread_bandwidth", scan_gbs / bw1}});
+        if (!o.synthetic_codes) {
+          j.update({{"recall_at_k_vs_reference", f.recall_vs_reference},
+                    {"gold_recall_at_k", f.gold_recall}});
+        }
       }
       indexes.push_back(j);
     }
@@ -889,6 +929,7 @@ int RunBenchScale(const BenchScaleFlags& flags) {
   o.world_passages = flags.world_passages;
   o.cache_dir = flags.cache;
   o.encode_only = flags.encode_only;
+  o.synthetic_codes = flags.synthetic_codes;
   o.threads = flags.threads;
   o.queries = flags.queries;
   o.asks = flags.asks;

@@ -9,7 +9,11 @@
 // Encoding a million passages takes hours on a few cores, so the codes (key + latents per
 // passage) can be cached: `cache_dir` holds them in chunk files named by the world and the
 // adapter's fingerprint, each written whole (renamed into place), so an interrupted encode
-// resumes at its first missing chunk and reruns skip encoding.
+// resumes at its first missing chunk and reruns skip encoding. `synthetic_codes` skips the
+// encoder altogether: the passages' real text with random keys and latents, for what costs
+// scale (BM25 retrieval, reading latents, aggregation) in minutes; what the dense index
+// retrieves then means nothing, so no recall is reported, and IVF lists over uniform keys are
+// more even than over real ones.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +43,7 @@ struct ScaleBenchOptions {
   int64_t world_passages = 1000000;
   std::string cache_dir;  // encoded passages; empty: encode in memory for this run only
   bool encode_only = false;
+  bool synthetic_codes = false;  // random keys and latents instead of encoded ones (costs only)
   int threads = 2;
   int queries = 200;      // questions whose keys search each index (recall, p50/p99)
   int asks = 100;         // mac questions per size and index (after 10 unmeasured ones)
@@ -66,6 +71,7 @@ struct BenchScaleFlags {
   int64_t world_passages = 1000000;
   std::string cache;
   bool encode_only = false;
+  bool synthetic_codes = false;
   int threads = 2;
   int queries = 200;
   int asks = 100;

@@ -147,6 +147,46 @@ TEST(KnowdCli, BenchScaleFindsTheQuestionsOwnPassages) {
   EXPECT_EQ(automatic["bank_reopen_loaded_indexes"], true) << automatic.dump();
 }
 
+// `knowd bench scale --synthetic-codes`: the world's text with random keys and latents, so costs
+// only: no recall figures, every mac question still answered at both sizes and the two sizes'
+// BM25 and dense mac questions compared. A cache directory that does not exist yet is created
+// and keeps the world's text.
+TEST(KnowdCli, BenchScaleWithSyntheticCodesMeasuresCostsOnly) {
+  const std::string out = ::testing::TempDir() + "/knowd_cli_bench_scale_synthetic.json";
+  const std::string cache = ::testing::TempDir() + "/knowd_cli_bench_scale_cache/new";
+  std::filesystem::remove_all(cache);
+  CommandResult r = RunKnowd("bench scale --bundle " + kModels +
+                             "/knowd-tiny --sizes 200,400 --world-passages 400 --indexes Flat "
+                             "--synthetic-codes --queries 20 --asks 5 --threads 1 --cache " +
+                             cache + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("synthetic (random) keys"), std::string::npos) << r.out;
+  std::ifstream in(out);
+  const nlohmann::json report = nlohmann::json::parse(in);
+  EXPECT_EQ(report["codes"], "synthetic");
+  ASSERT_EQ(report["sizes"].size(), 2u);
+  for (const nlohmann::json& size : report["sizes"]) {
+    for (const nlohmann::json& index : size["indexes"]) {
+      EXPECT_FALSE(index.contains("recall_at_k_vs_reference")) << index.dump();
+      EXPECT_FALSE(index.contains("gold_recall_at_k")) << index.dump();
+      EXPECT_EQ(index["mac_asks"], 5) << index.dump();
+    }
+  }
+  EXPECT_GT(report["mac_ask_p50_ratio_largest_to_smallest"].get<double>(), 0);
+  EXPECT_GT(report["mac_ask_lexical_p50_ratio_largest_to_smallest"].get<double>(), 0);
+  int tsv = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(cache)) {
+    tsv += entry.path().extension() == ".tsv";
+  }
+  EXPECT_EQ(tsv, 1);
+
+  CommandResult both = RunKnowd(
+      "bench scale --bundle " + kModels + "/knowd-tiny --sizes 200 --synthetic-codes --encode-only",
+      true);
+  EXPECT_EQ(both.exit_code, 1);
+  EXPECT_NE(both.out.find("drop --encode-only"), std::string::npos) << both.out;
+}
+
 // `knowd convert` writes a quantized GGUF that `knowd bench engine` then holds in that type, in
 // about the file's bytes; `--dtype` converts on the way; an unknown type is refused by name.
 TEST(KnowdCli, ConvertWritesQuantizedModelsThatStayQuantized) {
