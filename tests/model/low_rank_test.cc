@@ -250,13 +250,16 @@ TEST_P(LowRankHalfTest, MergeIntoHalfWeightsEqualsFactored) {
   const std::vector<float> factored = Run(model.get(), kPrompt, state.get());
   ASSERT_TRUE(merged->MergeLowRank(*merged_state).ok());
   const std::vector<float> got = Run(merged.get(), kPrompt, nullptr);
-  // The merged weights are the host's rounding of W + W1 · hᵀ · W2 to the weights' types: the same
-  // logits, bit for bit.
+  // The merged weights are W + W1 · hᵀ · W2 rounded to the weights' types, as the host rounds
+  // them. Where a sum falls between two values of its type, the engine's order of summation (its
+  // BLAS kernels differ by CPU) can round it the other way: one step of one weight, which moves
+  // the logits by about 1e-5, far inside the type's own rounding below. So the logits agree to
+  // 1e-4, not bit for bit.
   RandomLlama sum = llama_;
   sum.RoundTo(dtype_of);
   sum = factors_host_.Apply(sum, h);
   auto reference = load(sum, "half_reference");
-  EXPECT_EQ(got, Run(reference.get(), kPrompt, nullptr));
+  EXPECT_LE(MaxAbsDiff(got, Run(reference.get(), kPrompt, nullptr)), 1e-4f);
   // The factored update adds to the unrounded sum, so the two differ by that one rounding of the
   // weights to their type: no more than a few times what rounding the f32 base to the type moves
   // its logits by (measured with these seeds: 3.2e-3 against 3.5e-3 for f16, 1.8e-2 against
